@@ -1,0 +1,179 @@
+"""The `multiwatch` command: run | check | tail.
+
+`main(argv)` returns the exit status, so tests call it directly.  User mistakes print one
+paragraph on stderr and exit 2; no traceback.
+"""
+
+from __future__ import annotations
+
+import argparse
+import dataclasses
+import os
+import socket
+import sys
+import uuid
+from collections.abc import Sequence
+
+from multiwatch import __version__
+from multiwatch.config import ConfigError, Roster, load_roster, mask_url, render_effective
+
+EXIT_USAGE = 2
+EXIT_BROKER = 1
+
+_CONFIG_HELP = (
+    "roster file (YAML). Default: $MULTIWATCH_CONFIG; if that is unset too, one instance is "
+    "built from the environment (DATA_DIR, INSTANCE_ID, RABBITMQ_HOST, ...)."
+)
+_DESCRIPTION = """\
+Watch many directories from one process and announce every fully written file on
+RabbitMQ (or an embedded spool) with its SHA-256 and XXH128 hashes.
+
+commands:
+  run     run the supervisor and one watcher per roster instance
+  check   validate a roster and print the effective configuration
+  tail    print events from the queue (or the embedded spool), one JSON per line
+"""
+
+
+def _parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="multiwatch", description=_DESCRIPTION,
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
+    parser.add_argument("--version", action="version", version=f"multiwatch {__version__}")
+    commands = parser.add_subparsers(dest="command", metavar="COMMAND", required=True)
+
+    run = commands.add_parser(
+        "run", help="run the supervisor",
+        description="Run the supervisor: one watcher child per roster instance, restarted if it "
+        "crashes or hangs. Logs are JSON lines on stdout. SIGTERM/SIGINT stop gracefully; "
+        "SIGHUP re-reads the roster file and starts, stops or restarts only what changed.",
+    )
+    run.add_argument("-c", "--config", metavar="PATH", help=_CONFIG_HELP)
+    run.add_argument("--only", metavar="ID", action="append",
+                     help="run only this instance of the roster (repeatable)")
+
+    check = commands.add_parser(
+        "check", help="validate a roster",
+        description="Validate a roster and print the effective configuration (defaults applied, "
+        "${VAR} expanded, passwords masked). Exit status 0 if valid, 2 if not.",
+    )
+    check.add_argument("-c", "--config", metavar="PATH", help=_CONFIG_HELP)
+
+    tail = commands.add_parser(
+        "tail", help="print events as they arrive",
+        description="Consume events from the roster's queue (or the embedded spool when no "
+        "broker is configured) and print each message body as one JSON line. Consumed "
+        "messages are acknowledged, i.e. taken off the queue; use --tap to watch a copy "
+        "instead (RabbitMQ only).",
+    )
+    tail.add_argument("-c", "--config", metavar="PATH", help=_CONFIG_HELP)
+    tail.add_argument("--queue", metavar="NAME", help="queue to consume (default: broker.queue)")
+    tail.add_argument("--tap", action="store_true",
+                      help="bind a private, auto-deleted queue to the exchange and print copies, "
+                      "leaving the configured queue untouched (RabbitMQ only)")
+    tail.add_argument("-n", "--count", type=int, metavar="N",
+                      help="exit after printing N events")
+    tail.add_argument("--timeout", type=float, metavar="SECONDS",
+                      help="exit after SECONDS without a new event")
+    return parser
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    args = _parser().parse_args(argv)
+    try:
+        roster = load_roster(args.config, os.environ)
+        if args.command == "check":
+            print(render_effective(roster), end="")
+            return 0
+        if args.command == "tail":
+            return _tail(roster, args)
+        return _run(roster, args)
+    except ConfigError as exc:
+        print(f"multiwatch: error: {exc}", file=sys.stderr)
+        return EXIT_USAGE
+    except KeyboardInterrupt:
+        return 130
+
+
+def _run(roster: Roster, args: argparse.Namespace) -> int:
+    from multiwatch.logs import setup_logging
+    from multiwatch.supervisor.fleet import Supervisor
+
+    roster = _only(roster, args.only)
+    config_path = args.config or os.environ.get("MULTIWATCH_CONFIG") or None
+    os.makedirs(roster.state_dir, exist_ok=True)
+    setup_logging(roster.log_level, "supervisor")
+
+    def reload() -> Roster:
+        return _only(load_roster(config_path, os.environ), args.only)
+
+    return Supervisor(roster, reload=reload if config_path else None).run()
+
+
+def _only(roster: Roster, ids: list[str] | None) -> Roster:
+    if not ids:
+        return roster
+    known = {instance.id for instance in roster.instances}
+    unknown = [i for i in ids if i not in known]
+    if unknown:
+        raise ConfigError(
+            f"--only {', '.join(unknown)}: no such instance in {roster.source} "
+            f"(instances: {', '.join(sorted(known))})"
+        )
+    chosen = tuple(i for i in roster.instances if i.id in ids)
+    return dataclasses.replace(roster, instances=chosen)
+
+
+def _tail(roster: Roster, args: argparse.Namespace) -> int:
+    from kombu import Consumer, Queue
+
+    from multiwatch.broker import exchange_for, open_connection, queue_for
+
+    broker = roster.broker
+    if args.tap and broker.embedded:
+        raise ConfigError("--tap needs a RabbitMQ broker; the embedded spool has one queue")
+    if args.tap:
+        queue = Queue(f"multiwatch-tail-{uuid.uuid4().hex[:8]}", exchange_for(broker),
+                      routing_key=broker.binding_key, exclusive=True, auto_delete=True)
+    elif args.queue:
+        queue = Queue(args.queue, exchange_for(broker), routing_key=broker.binding_key,
+                      durable=True)
+    else:
+        configured = queue_for(broker)
+        if configured is None:
+            raise ConfigError("broker.queue is null, so there is no queue to tail; "
+                              "pass --queue NAME or --tap")
+        queue = configured
+    printed = 0
+
+    def on_message(body: object, message: object) -> None:
+        nonlocal printed
+        raw = getattr(message, "body", b"")
+        text = raw.decode("utf-8", "replace") if isinstance(raw, bytes) else str(raw)
+        print(text.strip(), flush=True)
+        message.ack()  # type: ignore[attr-defined]
+        printed += 1
+
+    where = "embedded spool" if broker.embedded else mask_url(str(broker.url))
+    connection = open_connection(broker, roster.state_dir, connection_name="multiwatch_tail")
+    try:
+        connection.connect()
+    except (OSError, connection.connection_errors) as exc:  # type: ignore[misc]
+        print(f"multiwatch: cannot connect to {where}: {exc}", file=sys.stderr)
+        return EXIT_BROKER
+    with connection:
+        with Consumer(connection, queues=[queue], callbacks=[on_message], accept=None):
+            print(f"multiwatch: tailing {queue.name} on {where} (Ctrl-C to stop)",
+                  file=sys.stderr, flush=True)
+            idle = 0.0
+            while args.count is None or printed < args.count:
+                before = printed
+                try:
+                    connection.drain_events(timeout=0.5)
+                except (TimeoutError, socket.timeout):
+                    pass
+                idle = 0.0 if printed > before else idle + 0.5
+                if args.timeout is not None and idle >= args.timeout:
+                    break
+    return 0

@@ -1,0 +1,201 @@
+"""The supervisor: a reconcile loop over one Child per roster instance.
+
+Each turn waits at most a second (for a child report or a signal), handles queued
+signals, reaps exited children, checks heartbeats, starts children whose backoff is
+over, and logs resource use on schedule.  Signal handlers only queue the signal.
+"""
+
+from __future__ import annotations
+
+import logging
+import multiprocessing
+import os
+import signal
+import time
+from collections import deque
+from collections.abc import Callable
+from multiprocessing.connection import wait
+
+from multiwatch.config import ConfigError, Roster
+from multiwatch.supervisor.lifecycle import Child, State
+from multiwatch.supervisor.resources import ResourceMeter
+from multiwatch.watcher.main import ChildSpec
+
+log = logging.getLogger(__name__)
+
+LOOP_WAIT_SECONDS = 1.0
+
+
+class Supervisor:
+    """Runs the fleet described by a roster until SIGTERM or SIGINT."""
+
+    def __init__(self, roster: Roster, *, reload: Callable[[], Roster] | None = None) -> None:
+        self.roster = roster
+        self._reload = reload
+        self._context = multiprocessing.get_context("spawn")
+        self._children: dict[str, Child] = {}
+        self._signals: deque[int] = deque()
+        self._stopping = False
+        self._meter = ResourceMeter()
+        self._next_report = 0.0
+
+    # -- signals: handlers only enqueue; the loop acts ---------------------------------------
+
+    def _install_signal_handlers(self) -> int:
+        wake_read, wake_write = os.pipe()
+        os.set_blocking(wake_read, False)
+        os.set_blocking(wake_write, False)
+        signal.set_wakeup_fd(wake_write, warn_on_full_buffer=False)
+        for signum in (signal.SIGTERM, signal.SIGINT, signal.SIGHUP):
+            signal.signal(signum, lambda signum, _frame: self._signals.append(signum))
+        return wake_read
+
+    def _handle_signals(self) -> None:
+        while self._signals:
+            signum = self._signals.popleft()
+            if signum in (signal.SIGTERM, signal.SIGINT):
+                self.handle_stop(signal.Signals(signum).name)
+            elif signum == signal.SIGHUP:
+                self.handle_hup()
+
+    def handle_stop(self, reason: str) -> None:
+        if not self._stopping:
+            log.info("stopping", extra={"reason": reason})
+            self._stopping = True
+
+    def handle_hup(self) -> None:
+        if self._reload is None:
+            log.warning("SIGHUP ignored: this fleet was not started from a roster file")
+            return
+        try:
+            new_roster = self._reload()
+        except ConfigError as exc:
+            log.error("roster reload rejected; the running fleet is unchanged",
+                      extra={"error": str(exc)})
+            return
+        self._converge(new_roster)
+
+    # -- the loop ------------------------------------------------------------------------------
+
+    def run(self) -> int:
+        """Supervise until asked to stop; returns the process exit status."""
+        wake_fd = self._install_signal_handlers()
+        log.info("supervisor started", extra={"pid": os.getpid(), "roster": self.roster.source,
+                                             "instances": len(self.roster.instances)})
+        self._converge(self.roster)
+        while not self._stopping:
+            self._turn(wake_fd)
+        self._shutdown()
+        log.info("supervisor stopped")
+        return 0
+
+    def _turn(self, wake_fd: int) -> None:
+        readers = [c.reader for c in self._children.values() if c.reader is not None]
+        wait([*readers, wake_fd], timeout=self._wait_budget())
+        _drain(wake_fd)
+        self._handle_signals()
+        now = time.monotonic()
+        for child in self._children.values():
+            child.receive(now)
+            child.reap(now)
+            child.check_hung(now)
+            if child.state is State.BACKOFF and now >= child.next_start_at and not self._stopping:
+                child.start(now)
+        if now >= self._next_report:
+            self._next_report = now + self.roster.supervisor.report_interval_seconds
+            self._report_resources()
+
+    def _wait_budget(self) -> float:
+        now = time.monotonic()
+        budget = LOOP_WAIT_SECONDS
+        for child in self._children.values():
+            if child.state is State.BACKOFF:
+                budget = min(budget, max(0.0, child.next_start_at - now))
+        return budget
+
+    # -- converge target (roster) and actual (children) ------------------------------------------
+
+    def _converge(self, roster: Roster) -> None:
+        """Start added instances, stop removed ones, restart changed ones; leave the rest."""
+        old_specs = {cid: child.spec for cid, child in self._children.items()}
+        self.roster = roster
+        now = time.monotonic()
+        for instance in roster.instances:
+            spec = self._spec_for(instance.id)
+            current = self._children.get(instance.id)
+            if current is not None and old_specs.get(instance.id) == spec:
+                continue
+            if current is not None:
+                log.info("instance changed; restarting it", extra={"instance_id": instance.id})
+                self._stop_children([current])
+            child = Child(spec, roster.supervisor, self._context)
+            self._children[instance.id] = child
+            child.start(now)
+        for child in list(self._children.values()):
+            if child.instance_id not in self._wanted_ids():
+                log.info("instance removed; stopping it", extra={"instance_id": child.instance_id})
+                self._stop_children([child])
+                del self._children[child.instance_id]
+
+    def _spec_for(self, instance_id: str) -> ChildSpec:
+        instance = next(i for i in self.roster.instances if i.id == instance_id)
+        return ChildSpec(
+            instance=instance,
+            broker=self.roster.broker,
+            state_dir=self.roster.state_dir,
+            log_level=self.roster.log_level,
+            stop_timeout_seconds=self.roster.supervisor.stop_timeout_seconds,
+            parent_pid=os.getpid(),
+        )
+
+    def _wanted_ids(self) -> set[str]:
+        return {instance.id for instance in self.roster.instances}
+
+    # -- shutdown with a deadline --------------------------------------------------------------
+
+    def _shutdown(self) -> None:
+        self._stop_children(list(self._children.values()))
+
+    def _stop_children(self, children: list[Child]) -> None:
+        """SIGTERM, wait up to stop_timeout, SIGKILL whoever is left, reap everyone."""
+        for child in children:
+            child.terminate()
+        deadline = time.monotonic() + self.roster.supervisor.stop_timeout_seconds
+        while time.monotonic() < deadline and any(c.process is not None for c in children):
+            sentinels = [c.process.sentinel for c in children if c.process is not None]
+            wait(sentinels, timeout=max(0.0, deadline - time.monotonic()))
+            for child in children:
+                child.receive(time.monotonic())
+                child.reap(time.monotonic())
+        for child in children:
+            if child.process is not None:
+                log.warning("child did not stop in time; killing it",
+                            extra={"instance_id": child.instance_id, "pid": child.pid})
+                child.kill()
+                child.process.join()
+                child.reap(time.monotonic())
+
+    # -- resources -------------------------------------------------------------------------------
+
+    def _report_resources(self) -> None:
+        live = {c.pid for c in self._children.values() if c.pid is not None}
+        self._meter.retain(live | {os.getpid()})
+        own = self._meter.sample(os.getpid())
+        if own is not None:
+            log.info("supervisor resources", extra=own.as_dict())
+        for child in self._children.values():
+            if child.pid is None:
+                continue
+            usage = self._meter.sample(child.pid)
+            if usage is not None:
+                log.info("child resources", extra={
+                    "instance_id": child.instance_id, "pid": child.pid, "state": str(child.state),
+                    **usage.as_dict()})
+
+
+def _drain(fd: int) -> None:
+    try:
+        while os.read(fd, 512):
+            pass
+    except BlockingIOError:
+        pass

@@ -1,0 +1,159 @@
+"""One child process and its lifecycle: STARTING → RUNNING → BACKOFF → … → STOPPED.
+
+All times are time.monotonic().  The child reports over a one-way pipe: "ready" once it
+watches, "heartbeat" from its work loop, "waiting" while an optional directory is absent.
+"""
+
+from __future__ import annotations
+
+import enum
+import logging
+import os
+import random
+import signal
+from multiprocessing.connection import Connection
+from multiprocessing.context import SpawnContext, SpawnProcess
+
+from multiwatch.config import SupervisorConfig
+from multiwatch.watcher.main import EXIT_DIRECTORY_GONE, ChildSpec, child_main
+
+log = logging.getLogger(__name__)
+
+
+class State(enum.StrEnum):
+    STARTING = "STARTING"
+    RUNNING = "RUNNING"
+    WAITING = "WAITING"  # optional instance whose directory is not there (yet)
+    BACKOFF = "BACKOFF"
+    STOPPING = "STOPPING"
+    STOPPED = "STOPPED"
+
+
+class Child:
+    """Supervises one watcher process for one instance."""
+
+    def __init__(self, spec: ChildSpec, settings: SupervisorConfig, context: SpawnContext) -> None:
+        self.spec = spec
+        self.settings = settings
+        self._context = context
+        self.state = State.STOPPED
+        self.process: SpawnProcess | None = None
+        self.reader: Connection | None = None
+        self.restarts = 0
+        self.started_at = 0.0
+        self.last_heartbeat = 0.0
+        self.snapshot: dict[str, object] = {}
+        self.last_exit = ""
+        self.next_start_at = 0.0
+        self._backoff = settings.restart_backoff_seconds
+        self._term_sent_at: float | None = None
+
+    @property
+    def instance_id(self) -> str:
+        return self.spec.instance.id
+
+    @property
+    def pid(self) -> int | None:
+        return self.process.pid if self.process is not None else None
+
+    def start(self, now: float) -> None:
+        reader, writer = self._context.Pipe(duplex=False)
+        process = self._context.Process(
+            target=child_main, args=(self.spec, writer), name=f"multiwatch-{self.instance_id}"
+        )
+        process.start()
+        writer.close()  # the child holds the only writer: EOF here means it is gone
+        self.process, self.reader = process, reader
+        self.state = State.STARTING
+        self.started_at = self.last_heartbeat = now
+        self._term_sent_at = None
+        log.info("child started", extra={"instance_id": self.instance_id, "pid": process.pid,
+                                         "restarts": self.restarts})
+
+    def receive(self, now: float) -> None:
+        """Read every pending report from the child."""
+        if self.reader is None:
+            return
+        try:
+            while self.reader.poll():
+                kind, payload = self.reader.recv()
+                self.last_heartbeat = now
+                if kind == "ready" and self.state is State.STARTING:
+                    self.state = State.RUNNING
+                elif kind == "waiting" and self.state is State.STARTING:
+                    self.state = State.WAITING
+                elif kind == "heartbeat":
+                    self.snapshot = payload
+        except (EOFError, OSError):
+            self.reader.close()
+            self.reader = None
+
+    def reap(self, now: float) -> bool:
+        """If the process has exited, record why and schedule a restart; True if it had."""
+        process = self.process
+        if process is None or process.is_alive():
+            return False
+        process.join()
+        code = process.exitcode
+        self.last_exit = _describe_exit(code)
+        uptime = now - self.started_at
+        if self.reader is not None:
+            self.reader.close()
+            self.reader = None
+        self.process = None
+        if self.state is State.STOPPING:
+            self.state = State.STOPPED
+            log.info("child stopped", extra={"instance_id": self.instance_id,
+                                             "exit": self.last_exit})
+            return True
+        if uptime >= self.settings.backoff_reset_seconds:
+            self._backoff = self.settings.restart_backoff_seconds
+        delay = self._backoff * random.uniform(0.8, 1.2)
+        self._backoff = min(self._backoff * 2, self.settings.restart_backoff_max_seconds)
+        self.next_start_at = now + delay
+        self.restarts += 1
+        self.state = State.BACKOFF
+        log.warning("child exited; restarting after backoff", extra={
+            "instance_id": self.instance_id, "exit": self.last_exit,
+            "uptime_seconds": round(uptime, 1), "restart_in_seconds": round(delay, 2)})
+        return True
+
+    def check_hung(self, now: float) -> None:
+        """SIGTERM a child whose work loop stopped heartbeating; SIGKILL if that is ignored."""
+        if self.process is None or self.state is State.STOPPING:
+            return
+        silent = now - self.last_heartbeat
+        if silent < self.settings.hang_timeout_seconds:
+            return
+        if self._term_sent_at is None:
+            log.error("child stopped heartbeating; terminating it", extra={
+                "instance_id": self.instance_id, "silent_seconds": round(silent, 1)})
+            self._signal(signal.SIGTERM)
+            self._term_sent_at = now
+        elif now - self._term_sent_at >= self.settings.stop_timeout_seconds:
+            self._signal(signal.SIGKILL)
+
+    def terminate(self) -> None:
+        """Ask the child to stop (it flushes its outbox first)."""
+        self.state = State.STOPPING if self.process is not None else State.STOPPED
+        self._signal(signal.SIGTERM)
+
+    def kill(self) -> None:
+        self._signal(signal.SIGKILL)
+
+    def _signal(self, signum: int) -> None:
+        if self.process is not None and self.process.pid is not None and self.process.is_alive():
+            try:
+                os.kill(self.process.pid, signum)
+            except ProcessLookupError:
+                pass
+
+
+def _describe_exit(code: int | None) -> str:
+    if code is None:
+        return "unknown"
+    if code < 0:
+        return f"killed by {signal.Signals(-code).name}"
+    if code == EXIT_DIRECTORY_GONE:
+        return "watched directory missing"
+    return f"exit status {code}"

@@ -1,0 +1,90 @@
+"""One read of a regular file feeding SHA-256 and XXH128 together.
+
+Only regular files are opened, with O_NOFOLLOW|O_NONBLOCK so that neither a symlink
+nor a FIFO swapped in at the last moment can redirect or block the watcher.
+"""
+
+from __future__ import annotations
+
+import errno
+import hashlib
+import os
+import stat
+from dataclasses import dataclass
+
+import xxhash
+
+CHUNK_BYTES = 1 << 20
+
+
+@dataclass(frozen=True)
+class FileVersion:
+    """What identifies one version of a file's content on disk."""
+
+    size: int
+    mtime_ns: int
+    inode: int
+
+    @classmethod
+    def of(cls, st: os.stat_result) -> FileVersion:
+        return cls(size=st.st_size, mtime_ns=st.st_mtime_ns, inode=st.st_ino)
+
+
+@dataclass(frozen=True)
+class Hashed:
+    """A file's content hashes, valid for `version`."""
+
+    version: FileVersion
+    sha256: str
+    xxh128: str
+
+
+class ChangedWhileHashing(Exception):
+    """The file changed between the first and the last byte read: settle it again."""
+
+
+class NotRegularFile(Exception):
+    """The path is not (or no longer) a regular file; it is never opened for reading."""
+
+
+def stat_regular(path: str) -> os.stat_result | None:
+    """lstat the path; None if it is missing or not a regular file (symlinks are not followed)."""
+    try:
+        st = os.lstat(path)
+    except (FileNotFoundError, NotADirectoryError):
+        return None
+    return st if stat.S_ISREG(st.st_mode) else None
+
+
+def hash_file(path: str) -> Hashed:
+    """Hash `path` in one pass. Raises FileNotFoundError, NotRegularFile, ChangedWhileHashing."""
+    try:
+        fd = os.open(path, os.O_RDONLY | os.O_NOFOLLOW | os.O_NONBLOCK | os.O_CLOEXEC)
+    except OSError as exc:
+        if exc.errno in (errno.ELOOP, errno.ENXIO):  # a symlink, or a socket
+            raise NotRegularFile(path) from exc
+        raise
+    try:
+        before = os.fstat(fd)
+        if not stat.S_ISREG(before.st_mode):
+            raise NotRegularFile(path)
+        sha256 = hashlib.sha256()
+        xxh128 = xxhash.xxh128()
+        buffer = bytearray(CHUNK_BYTES)
+        view = memoryview(buffer)
+        while True:
+            count = os.readv(fd, [buffer])
+            if not count:
+                break
+            chunk = view[:count]
+            sha256.update(chunk)
+            xxh128.update(chunk)
+        after = os.fstat(fd)
+    finally:
+        os.close(fd)
+    version = FileVersion.of(before)
+    # Re-stat by path too: a rename-over replaces the inode without touching our fd.
+    current = stat_regular(path)
+    if FileVersion.of(after) != version or current is None or FileVersion.of(current) != version:
+        raise ChangedWhileHashing(path)
+    return Hashed(version=version, sha256=sha256.hexdigest(), xxh128=xxh128.hexdigest())

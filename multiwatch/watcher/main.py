@@ -1,0 +1,179 @@
+"""Entry point of one watcher child: wiring, heartbeats, SIGTERM, dying with the parent.
+
+Runs in a fresh interpreter (multiprocessing `spawn`), so the observer, the publisher
+thread and the broker connection are all built here, never inherited.
+"""
+
+from __future__ import annotations
+
+import ctypes
+import logging
+import os
+import signal
+import sys
+import threading
+import time
+from dataclasses import dataclass
+from multiprocessing.connection import Connection
+
+from multiwatch.config import BrokerConfig, InstanceConfig
+from multiwatch.logs import setup_logging
+from multiwatch.watcher.observe import start_observer
+from multiwatch.watcher.outbox import Outbox
+from multiwatch.watcher.pipeline import Pipeline
+from multiwatch.watcher.publisher import Publisher
+
+log = logging.getLogger(__name__)
+
+HEARTBEAT_SECONDS = 1.0
+LOOP_WAIT_SECONDS = 0.2
+DIRECTORY_RETRY_SECONDS = 2.0
+POLLING_INTERVAL_SECONDS = 1.0
+EXIT_DIRECTORY_GONE = 3
+_PR_SET_PDEATHSIG = 1
+
+
+@dataclass(frozen=True)
+class ChildSpec:
+    """Everything a child needs, handed over by pickling (spawn)."""
+
+    instance: InstanceConfig
+    broker: BrokerConfig
+    state_dir: str
+    log_level: str
+    stop_timeout_seconds: float
+    parent_pid: int
+
+
+def child_main(spec: ChildSpec, to_parent: Connection) -> None:
+    """Run one watcher until SIGTERM, the parent's death, or the directory's disappearance."""
+    setup_logging(spec.log_level, spec.instance.id)
+    stop = threading.Event()
+    signal.signal(signal.SIGTERM, lambda _signum, _frame: stop.set())
+    signal.signal(signal.SIGINT, signal.SIG_IGN)  # Ctrl-C reaches the whole group: the parent leads
+    _die_with_parent(spec.parent_pid)
+    try:
+        code = _run(spec, to_parent, stop)
+    except Exception:
+        log.exception("watcher crashed")
+        code = 1
+    logging.shutdown()
+    sys.exit(code)
+
+
+def _run(spec: ChildSpec, to_parent: Connection, stop: threading.Event) -> int:
+    instance = spec.instance
+    parent = _ParentLink(to_parent, spec.parent_pid)
+    if not _wait_for_directory(instance, parent, stop):
+        return 0 if stop.is_set() or not parent.alive() else EXIT_DIRECTORY_GONE
+
+    outbox = Outbox()
+    publisher = Publisher(broker=spec.broker, state_dir=spec.state_dir,
+                          instance_id=instance.id, outbox=outbox)
+    publisher.start()
+    pipeline = Pipeline(instance, outbox)
+    # Observer first, then the scan: nothing created during the scan can slip through.
+    observer = start_observer(instance.directory, recursive=instance.recursive,
+                              events=pipeline.notifications,
+                              polling_interval=POLLING_INTERVAL_SECONDS)
+    pipeline.request_scan()
+    parent.send("ready", {"pid": os.getpid()})
+    log.info("watching", extra={"path": instance.directory, "pid": os.getpid(),
+                                "settle_seconds": instance.settle_seconds})
+    exit_code = 0
+    next_heartbeat = 0.0
+    while not stop.is_set():
+        pipeline.step(LOOP_WAIT_SECONDS)
+        now = time.monotonic()
+        if now >= next_heartbeat:
+            next_heartbeat = now + HEARTBEAT_SECONDS
+            parent.send("heartbeat", _snapshot(pipeline, publisher, outbox))
+        if not parent.alive():
+            log.warning("supervisor is gone; stopping")
+            break
+        if pipeline.root_missing or not os.path.isdir(instance.directory):
+            log.error("watched directory disappeared", extra={"path": instance.directory})
+            exit_code = EXIT_DIRECTORY_GONE
+            break
+        if not observer.is_alive():
+            log.error("filesystem observer died; restarting it and rescanning",
+                      extra={"path": instance.directory})
+            observer = start_observer(instance.directory, recursive=instance.recursive,
+                                      events=pipeline.notifications,
+                                      polling_interval=POLLING_INTERVAL_SECONDS)
+            pipeline.request_scan()
+
+    observer.stop()
+    if len(pipeline.settle):
+        log.info("stopping with files still settling; the next start's scan announces them",
+                 extra={"files_waiting": len(pipeline.settle)})
+    # Leave a margin before the supervisor's SIGKILL to flush what the broker has not confirmed.
+    publisher.stop(deadline=time.monotonic() + max(spec.stop_timeout_seconds - 1.5, 0.5))
+    publisher.join()
+    observer.join(timeout=2)
+    log.info("stopped", extra={"events": dict(pipeline.counts), "outbox_depth": len(outbox)})
+    return exit_code
+
+
+def _snapshot(pipeline: Pipeline, publisher: Publisher, outbox: Outbox) -> dict[str, object]:
+    return {
+        "events": dict(pipeline.counts),
+        "bytes_hashed": pipeline.bytes_hashed,
+        "files_waiting": len(pipeline.settle),
+        "outbox_depth": len(outbox),
+        "broker_connected": publisher.stats.connected,
+        "published": publisher.stats.published,
+        "publish_failures": publisher.stats.failures,
+        "last_error": publisher.stats.last_error,
+    }
+
+
+def _wait_for_directory(instance: InstanceConfig, parent: _ParentLink,
+                        stop: threading.Event) -> bool:
+    """True once the directory exists; an optional instance waits for it (a late mount)."""
+    if os.path.isdir(instance.directory):
+        return True
+    if not instance.optional:
+        log.error("watched directory is missing", extra={"path": instance.directory})
+        return False
+    log.warning("optional directory is missing; waiting for it", extra={"path": instance.directory})
+    parent.send("waiting", {"reason": "directory missing"})
+    while not stop.wait(DIRECTORY_RETRY_SECONDS):
+        if not parent.alive():
+            return False
+        parent.send("waiting", {"reason": "directory missing"})
+        if os.path.isdir(instance.directory):
+            log.info("directory appeared", extra={"path": instance.directory})
+            return True
+    return False
+
+
+class _ParentLink:
+    """The pipe to the supervisor; a broken pipe means the parent is gone."""
+
+    def __init__(self, connection: Connection, parent_pid: int) -> None:
+        self._connection = connection
+        self._parent_pid = parent_pid
+        self._broken = False
+
+    def send(self, kind: str, payload: dict[str, object]) -> None:
+        if self._broken:
+            return
+        try:
+            self._connection.send((kind, payload))
+        except (BrokenPipeError, EOFError, OSError):
+            self._broken = True
+
+    def alive(self) -> bool:
+        return not self._broken and os.getppid() == self._parent_pid
+
+
+def _die_with_parent(parent_pid: int) -> None:
+    """Ask the kernel to SIGTERM us when the supervisor dies, even by SIGKILL (Linux)."""
+    try:
+        libc = ctypes.CDLL(None, use_errno=True)
+        libc.prctl(_PR_SET_PDEATHSIG, signal.SIGTERM)
+    except (OSError, AttributeError):
+        pass  # not Linux: the loop's getppid() check still catches an orphaning
+    if os.getppid() != parent_pid:  # the parent died before prctl took effect
+        os.kill(os.getpid(), signal.SIGTERM)

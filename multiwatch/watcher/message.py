@@ -1,0 +1,112 @@
+"""The event message: the deployment guide's schema plus a few additive fields.
+
+The body keeps every field of the guide (size_bytes stays a string, as there).  The
+message_id is deterministic — same instance, event, path and file version give the same
+id — so consumers can drop the duplicates that at-least-once delivery allows.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+import socket
+import uuid
+from dataclasses import dataclass
+from datetime import datetime, timezone
+
+from multiwatch.watcher.hashing import Hashed
+
+SCHEMA_VERSION = 1
+HOSTNAME = socket.gethostname()
+
+FILE_DISCOVERED = "file_discovered"
+FILE_MODIFIED = "file_modified"
+FILE_DELETED = "file_deleted"
+FILE_MOVED = "file_moved"
+ROUTING_KEYS = {
+    FILE_DISCOVERED: "file.discovered",
+    FILE_MODIFIED: "file.modified",
+    FILE_DELETED: "file.deleted",
+    FILE_MOVED: "file.moved",
+}
+
+
+@dataclass(frozen=True)
+class Event:
+    """One message ready for the outbox: body bytes plus its AMQP routing and properties."""
+
+    instance_id: str
+    event_type: str
+    routing_key: str
+    message_id: str
+    correlation_id: str
+    body: bytes
+
+    @property
+    def headers(self) -> dict[str, str]:
+        return {"instance_id": self.instance_id, "event_type": self.event_type}
+
+
+def _utc_now() -> str:
+    return datetime.now(timezone.utc).isoformat(timespec="microseconds").replace("+00:00", "Z")
+
+
+def build_event(
+    *,
+    event_type: str,
+    instance_id: str,
+    watched_directory: str,
+    relative_path: str,
+    hashed: Hashed,
+    old_relative_path: str | None = None,
+) -> Event:
+    """Build the message for one file event (paths relative to watched_directory)."""
+    path = os.path.join(watched_directory, relative_path)
+    name = os.path.basename(relative_path)
+    file_info: dict[str, str] = {
+        "path": path,
+        "name": name,
+        "extension": os.path.splitext(name)[1],
+        "size_bytes": str(hashed.version.size),
+        "sha256_hash": hashed.sha256,
+        "xxh128_hash": hashed.xxh128,
+        "relative_path": relative_path,
+    }
+    if old_relative_path is not None:
+        file_info["old_path"] = os.path.join(watched_directory, old_relative_path)
+        file_info["old_relative_path"] = old_relative_path
+    correlation_id = str(uuid.uuid4())
+    body = {
+        "correlation_id": correlation_id,
+        "timestamp": _utc_now(),
+        "event_type": event_type,
+        "instance_id": instance_id,
+        "watched_directory": watched_directory,
+        "file_info": file_info,
+        "schema_version": SCHEMA_VERSION,
+        "hostname": HOSTNAME,
+    }
+    identity = "\0".join(
+        [
+            instance_id,
+            event_type,
+            relative_path,
+            old_relative_path or "",
+            str(hashed.version.size),
+            str(hashed.version.mtime_ns),
+            str(hashed.version.inode),
+            hashed.sha256,
+        ]
+    )
+    message_id = hashlib.sha256(identity.encode("utf-8", "surrogateescape")).hexdigest()[:32]
+    # ensure_ascii keeps undecodable names (surrogate escapes) encodable as \udcXX.
+    encoded = json.dumps(body, ensure_ascii=True, separators=(",", ":")).encode("ascii")
+    return Event(
+        instance_id=instance_id,
+        event_type=event_type,
+        routing_key=ROUTING_KEYS[event_type],
+        message_id=message_id,
+        correlation_id=correlation_id,
+        body=encoded,
+    )

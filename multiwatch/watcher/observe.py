@@ -1,0 +1,97 @@
+"""The watchdog side: turn filesystem notifications into plain tuples on a queue.
+
+The handler runs on watchdog's thread and must never raise (an exception there kills the
+observer while the process lives on), so it only converts paths and enqueues; all
+decisions happen on the pipeline loop.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import queue
+from dataclasses import dataclass
+
+from watchdog.events import (
+    DirCreatedEvent,
+    DirDeletedEvent,
+    DirMovedEvent,
+    FileClosedEvent,
+    FileCreatedEvent,
+    FileDeletedEvent,
+    FileModifiedEvent,
+    FileMovedEvent,
+    FileSystemEvent,
+    FileSystemEventHandler,
+)
+from watchdog.observers import Observer
+from watchdog.observers.api import BaseObserver
+from watchdog.observers.polling import PollingObserver
+
+log = logging.getLogger(__name__)
+
+WATCHED_EVENTS: list[type[FileSystemEvent]] = [
+    FileCreatedEvent,
+    FileModifiedEvent,
+    FileClosedEvent,
+    FileDeletedEvent,
+    FileMovedEvent,
+    DirCreatedEvent,
+    DirDeletedEvent,
+    DirMovedEvent,
+]
+
+
+@dataclass(frozen=True)
+class RawEvent:
+    """A notification with paths relative to the watched root; None = outside the tree."""
+
+    kind: str  # created | modified | closed | deleted | moved
+    is_directory: bool
+    src: str | None
+    dest: str | None = None
+
+
+class _Enqueuer(FileSystemEventHandler):
+    def __init__(self, root: str, events: queue.SimpleQueue[RawEvent]) -> None:
+        self._root = root.rstrip("/")
+        self._prefix = self._root + "/"
+        self._events = events
+
+    def _relative(self, path: str | bytes) -> str | None:
+        """Path relative to the root ("" for the root itself); None if outside the tree."""
+        text = os.fsdecode(path)
+        if text == self._root:
+            return ""
+        return text[len(self._prefix) :] if text.startswith(self._prefix) else None
+
+    def dispatch(self, event: FileSystemEvent) -> None:
+        try:
+            dest = self._relative(event.dest_path) if event.dest_path else None
+            self._events.put(
+                RawEvent(event.event_type, event.is_directory, self._relative(event.src_path), dest)
+            )
+        except Exception:  # never let the observer thread die
+            log.exception("dropped a filesystem notification", extra={"path": str(event.src_path)})
+
+
+def start_observer(
+    root: str, *, recursive: bool, events: queue.SimpleQueue[RawEvent], polling_interval: float
+) -> BaseObserver:
+    """Start watching `root`; falls back to polling, with a warning, if inotify is unusable."""
+    try:
+        observer: BaseObserver = Observer()
+        observer.schedule(_Enqueuer(root, events), root, recursive=recursive,
+                          event_filter=WATCHED_EVENTS)
+        observer.start()
+        return observer
+    except OSError as exc:
+        log.warning(
+            "inotify unavailable (%s); falling back to polling every %.1fs",
+            exc, polling_interval, extra={"path": root},
+        )
+    observer = PollingObserver(timeout=polling_interval)
+    observer.schedule(_Enqueuer(root, events), root, recursive=recursive,
+                      event_filter=WATCHED_EVENTS)
+    observer.start()
+    return observer

@@ -1,0 +1,285 @@
+"""The pipeline of one watcher: notifications and scans → settle → hash → outbox.
+
+Everything here runs on the child's main thread, one step at a time, so there is no
+locking and the loop that drives it can heartbeat between steps.  `known` is what has
+been announced (path → hashes of the announced version); it decides whether a settled
+path is discovered, modified, unchanged, moved or deleted.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import queue
+import time
+from collections import Counter
+from collections.abc import Iterator
+
+from multiwatch.config import InstanceConfig
+from multiwatch.watcher.filters import PathFilter
+from multiwatch.watcher.hashing import (
+    ChangedWhileHashing,
+    FileVersion,
+    Hashed,
+    NotRegularFile,
+    hash_file,
+    stat_regular,
+)
+from multiwatch.watcher.message import (
+    FILE_DELETED,
+    FILE_DISCOVERED,
+    FILE_MODIFIED,
+    FILE_MOVED,
+    build_event,
+)
+from multiwatch.watcher.observe import RawEvent
+from multiwatch.watcher.outbox import Outbox
+from multiwatch.watcher.scan import walk_files
+from multiwatch.watcher.settle import SettleTable
+
+log = logging.getLogger(__name__)
+
+EVENTS_PER_STEP = 5000
+SCAN_ENTRIES_PER_STEP = 2000
+HASHES_PER_STEP = 200
+PROGRESS_EVERY_SECONDS = 5.0
+
+
+class Pipeline:
+    """Turns raw notifications and scan results into announced events for one instance."""
+
+    def __init__(self, instance: InstanceConfig, outbox: Outbox) -> None:
+        self.instance = instance
+        self.root = instance.directory
+        self.filter = PathFilter(instance.include, instance.exclude)
+        self.settle = SettleTable(instance.settle_seconds)
+        self.notifications: queue.SimpleQueue[RawEvent] = queue.SimpleQueue()
+        self.outbox = outbox
+        self.known: dict[str, Hashed] = {}
+        self.counts: Counter[str] = Counter()
+        self.bytes_hashed = 0
+        self.files_hashed = 0
+        self.root_missing = False
+        self._scans: list[Iterator[tuple[str, FileVersion]]] = []
+        self._startup = _StartupProgress()
+        self._unreadable: set[str] = set()
+
+    # -- driving -------------------------------------------------------------------------
+
+    def request_scan(self, relative_dir: str = "") -> None:
+        """Walk (part of) the tree; found files are settled like notified ones."""
+        self._scans.append(
+            walk_files(self.root, relative_dir, self.filter, recursive=self.instance.recursive)
+        )
+
+    def step(self, max_wait: float) -> None:
+        """One turn: wait briefly for notifications, then scan, then handle settled paths."""
+        now = time.monotonic()
+        due = self.settle.next_due()
+        wait = 0.0 if self._scans else max_wait
+        if due is not None:
+            wait = min(wait, max(0.0, due - now))
+        self._take_notifications(wait)
+        self._scan_some()
+        self._handle_settled()
+        self._startup.report(self)
+
+    def _take_notifications(self, wait: float) -> None:
+        try:
+            event = self.notifications.get(timeout=wait) if wait > 0 else (
+                self.notifications.get_nowait())
+        except queue.Empty:
+            return
+        now = time.monotonic()
+        for _ in range(EVENTS_PER_STEP):
+            self._on_notification(event, now)
+            try:
+                event = self.notifications.get_nowait()
+            except queue.Empty:
+                return
+        self._on_notification(event, now)
+
+    def _scan_some(self) -> None:
+        if not self._scans:
+            return
+        now = time.monotonic()
+        scan = self._scans[-1]
+        for _ in range(SCAN_ENTRIES_PER_STEP):
+            try:
+                relative, version = next(scan)
+            except StopIteration:
+                self._scans.pop()
+                if not self._scans:
+                    self._startup.scan_finished()
+                return
+            self._startup.files_scanned += 1
+            announced = self.known.get(relative)
+            if announced is None or announced.version != version:
+                self.settle.touch(relative, now, seen=version)
+
+    def _handle_settled(self) -> None:
+        now = time.monotonic()
+        for relative, seen in self.settle.pop_due(now, HASHES_PER_STEP):
+            self._on_settled(relative, seen, now)
+
+    @property
+    def busy(self) -> bool:
+        """True while a scan or settling paths remain (used for startup progress)."""
+        return bool(self._scans) or len(self.settle) > 0
+
+    # -- notifications -------------------------------------------------------------------
+
+    def _on_notification(self, event: RawEvent, now: float) -> None:
+        if event.is_directory:
+            self._on_directory(event, now)
+        elif event.kind == "moved":
+            self._on_file_moved(event.src, event.dest, now)
+        elif event.kind == "deleted":
+            if event.src:
+                self._gone(event.src)
+        elif event.src and self._wants(event.src):  # created, modified, closed
+            self.settle.touch(event.src, now)
+
+    def _on_directory(self, event: RawEvent, now: float) -> None:
+        if event.kind == "deleted" and event.src == "":
+            self.root_missing = True
+        elif event.kind == "created" and event.src and self.filter.wants_directory(event.src):
+            # Files written before the new directory's watch existed produce no events.
+            self.request_scan(event.src)
+        elif event.kind == "deleted" and event.src:
+            for relative in self._tracked_under(event.src):
+                self._gone(relative)
+        elif event.kind == "moved" and event.src:
+            for relative in self._tracked_under(event.src):
+                moved_to = f"{event.dest}/{relative[len(event.src) + 1:]}" if event.dest else None
+                self._on_file_moved(relative, moved_to, now)
+
+    def _tracked_under(self, relative_dir: str) -> list[str]:
+        prefix = relative_dir + "/"
+        return sorted({p for p in self.known if p.startswith(prefix)} |
+                      set(self.settle.under(relative_dir)))
+
+    def _on_file_moved(self, src: str | None, dest: str | None, now: float) -> None:
+        announced = self.known.pop(src, None) if src else None
+        was_settling = self.settle.discard(src) if src else False
+        if not (dest and self._wants(dest)):
+            if announced is not None:
+                self._emit(FILE_DELETED, src or "", announced)
+            return
+        if announced is not None and not was_settling:
+            st = stat_regular(os.path.join(self.root, dest))
+            # A rename keeps inode, size and mtime; anything else means other content.
+            if st is not None and FileVersion.of(st) == announced.version:
+                self.settle.discard(dest)
+                self.known[dest] = announced
+                self._emit(FILE_MOVED, dest, announced, old_relative_path=src)
+                return
+        if announced is not None:
+            # What arrived at dest is not what we announced: the old path is gone.
+            self._emit(FILE_DELETED, src or "", announced)
+        self.settle.touch(dest, now)
+
+    def _gone(self, relative: str) -> None:
+        self.settle.discard(relative)
+        announced = self.known.pop(relative, None)
+        if announced is not None:
+            self._emit(FILE_DELETED, relative, announced)
+
+    def _wants(self, relative: str) -> bool:
+        if not self.instance.recursive and "/" in relative:
+            return False
+        return self.filter.wants_file(relative)
+
+    # -- settled paths -------------------------------------------------------------------
+
+    def _on_settled(self, relative: str, seen: FileVersion | None, now: float) -> None:
+        path = os.path.join(self.root, relative)
+        st = stat_regular(path)
+        if st is None:
+            self._gone(relative)
+            return
+        version = FileVersion.of(st)
+        written_ago_ns = time.time_ns() - st.st_mtime_ns
+        if version != seen and written_ago_ns < self.settle.settle_seconds * 1e9:
+            # Still being written by someone who does not trigger events (mmap, NFS).
+            self.settle.touch(relative, now, seen=version)
+            return
+        announced = self.known.get(relative)
+        if announced is not None and announced.version == version:
+            return
+        try:
+            hashed = hash_file(path)
+        except ChangedWhileHashing:
+            self.settle.touch(relative, now)
+            return
+        except (FileNotFoundError, NotADirectoryError, NotRegularFile):
+            self._gone(relative)
+            return
+        except OSError as exc:
+            if relative not in self._unreadable:  # once per path, not per event
+                self._unreadable.add(relative)
+                log.warning("cannot read file: %s", exc.strerror, extra={"path": path})
+            return
+        self._unreadable.discard(relative)
+        self.files_hashed += 1
+        self.bytes_hashed += hashed.version.size
+        self.known[relative] = hashed
+        if announced is None:
+            self._emit(FILE_DISCOVERED, relative, hashed)
+        elif announced.sha256 != hashed.sha256:
+            self._emit(FILE_MODIFIED, relative, hashed)
+
+    def _emit(self, event_type: str, relative: str, hashed: Hashed,
+              old_relative_path: str | None = None) -> None:
+        event = build_event(
+            event_type=event_type,
+            instance_id=self.instance.id,
+            watched_directory=self.root,
+            relative_path=relative,
+            hashed=hashed,
+            old_relative_path=old_relative_path,
+        )
+        self.outbox.put(event)
+        self.counts[event_type] += 1
+        log.info(event_type.replace("_", " "), extra={
+            "path": os.path.join(self.root, relative),
+            "event_type": event_type,
+            "size_bytes": hashed.version.size,
+            "message_id": event.message_id,
+        })
+
+
+class _StartupProgress:
+    """Logs the startup scan's progress every few seconds, then one summary line."""
+
+    def __init__(self) -> None:
+        self.started = time.monotonic()
+        self.files_scanned = 0
+        self._scan_done = False
+        self._finished = False
+        self._next_report = self.started + PROGRESS_EVERY_SECONDS
+
+    def scan_finished(self) -> None:
+        self._scan_done = True
+
+    def report(self, pipeline: Pipeline) -> None:
+        if self._finished:
+            return
+        now = time.monotonic()
+        if self._scan_done and not pipeline.busy:
+            self._finished = True
+            self._log("startup scan complete", pipeline, now)
+        elif now >= self._next_report:
+            self._next_report = now + PROGRESS_EVERY_SECONDS
+            self._log("startup scan progress", pipeline, now)
+
+    def _log(self, message: str, pipeline: Pipeline, now: float) -> None:
+        elapsed = max(now - self.started, 1e-6)
+        log.info(message, extra={
+            "files_scanned": self.files_scanned,
+            "files_waiting": len(pipeline.settle),
+            "files_hashed": pipeline.files_hashed,
+            "bytes_hashed": pipeline.bytes_hashed,
+            "hash_rate_mb_s": round(pipeline.bytes_hashed / elapsed / 1e6, 1),
+            "elapsed_seconds": round(elapsed, 1),
+        })

@@ -1,0 +1,44 @@
+"""Walk a watched tree without following symlinks, yielding regular files as they are found.
+
+A generator, so the pipeline can interleave the walk with live events and heartbeats
+instead of blocking for minutes on a large tree.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import stat
+from collections.abc import Iterator
+
+from multiwatch.watcher.filters import PathFilter
+from multiwatch.watcher.hashing import FileVersion
+
+log = logging.getLogger(__name__)
+
+
+def walk_files(
+    root: str, start: str, path_filter: PathFilter, *, recursive: bool
+) -> Iterator[tuple[str, FileVersion]]:
+    """Yield (relative path, version) for each wanted regular file under root/start."""
+    pending = [start]
+    while pending:
+        relative_dir = pending.pop()
+        absolute_dir = os.path.join(root, relative_dir) if relative_dir else root
+        try:
+            with os.scandir(absolute_dir) as entries:
+                for entry in entries:
+                    relative = f"{relative_dir}/{entry.name}" if relative_dir else entry.name
+                    try:
+                        st = entry.stat(follow_symlinks=False)
+                    except FileNotFoundError:
+                        continue  # vanished between readdir and stat
+                    if stat.S_ISDIR(st.st_mode):
+                        if recursive and path_filter.wants_directory(relative):
+                            pending.append(relative)
+                    elif stat.S_ISREG(st.st_mode) and path_filter.wants_file(relative):
+                        yield relative, FileVersion.of(st)
+        except (FileNotFoundError, NotADirectoryError):
+            continue  # the directory went away mid-scan; its deletion events tell the rest
+        except PermissionError as exc:
+            log.warning("cannot list directory, skipping it", extra={"path": exc.filename})
