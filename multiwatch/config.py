@@ -1,0 +1,436 @@
+"""The roster: typed, frozen configuration loaded from YAML or from the environment.
+
+Frozen dataclasses give equality for free, so a reload can diff old against new.
+`load_roster` is the only entry point; every user mistake becomes a `ConfigError`
+whose message names the file, the line, the key and why.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import os
+import re
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass, field
+from typing import Any
+
+import yaml
+
+from multiwatch import config_source as cs
+from multiwatch.config_checks import Origin, check_roster
+from multiwatch.config_env import (
+    ENV_NAME,
+    broker_url_from_env,
+    default_state_dir,
+    env_node,
+    env_source,
+    generated_instance_id,
+)
+from multiwatch.config_source import ConfigError, Node, Source, Where
+
+__all__ = [
+    "DEFAULT_BINDING_KEY",
+    "DEFAULT_EXCHANGE",
+    "DEFAULT_EXCLUDE",
+    "DEFAULT_QUEUE",
+    "EMBEDDED_URL",
+    "ENV_SOURCE",
+    "BrokerConfig",
+    "ConfigError",
+    "InstanceConfig",
+    "Roster",
+    "SupervisorConfig",
+    "generated_instance_id",
+    "load_roster",
+    "mask_url",
+    "render_effective",
+]
+
+DEFAULT_EXCHANGE = "file_events"
+DEFAULT_QUEUE = "file_events"
+DEFAULT_BINDING_KEY = "file.#"
+DEFAULT_EXCLUDE: tuple[str, ...] = (".*", "*.part", "*.tmp", "*~")
+EMBEDDED_URL = "embedded"
+
+
+@dataclass(frozen=True)
+class BrokerConfig:
+    """Where events go. `url is None` means the embedded filesystem spool under state_dir."""
+
+    url: str | None = None
+    exchange: str = DEFAULT_EXCHANGE
+    queue: str | None = DEFAULT_QUEUE  # None: declare no queue (the user binds their own)
+    binding_key: str = DEFAULT_BINDING_KEY
+    heartbeat_seconds: int = 60
+    connect_timeout_seconds: float = 10.0
+    confirm_timeout_seconds: float = 10.0
+    reconnect_max_seconds: float = 30.0
+
+    @property
+    def embedded(self) -> bool:
+        return self.url is None
+
+
+@dataclass(frozen=True)
+class SupervisorConfig:
+    """How the parent looks after its children."""
+
+    report_interval_seconds: float = 30.0  # psutil resource log line per child
+    stop_timeout_seconds: float = 8.0  # SIGTERM → wait → SIGKILL
+    restart_backoff_seconds: float = 1.0  # first restart delay, doubled per crash
+    restart_backoff_max_seconds: float = 60.0
+    backoff_reset_seconds: float = 60.0  # up this long → next crash starts from the first delay
+    hang_timeout_seconds: float = 60.0  # no heartbeat this long → SIGTERM, then SIGKILL
+
+
+@dataclass(frozen=True)
+class InstanceConfig:
+    """One watched directory tree, served by one child process."""
+
+    id: str
+    directory: str  # absolute, normalised
+    include: tuple[str, ...] = ("*",)
+    exclude: tuple[str, ...] = DEFAULT_EXCLUDE
+    recursive: bool = True
+    settle_seconds: float = 1.0
+    optional: bool = False  # a missing directory is waited for instead of being an error
+
+
+@dataclass(frozen=True)
+class Roster:
+    """Everything one `multiwatch run` needs."""
+
+    state_dir: str  # absolute
+    broker: BrokerConfig = field(default_factory=BrokerConfig)
+    supervisor: SupervisorConfig = field(default_factory=SupervisorConfig)
+    instances: tuple[InstanceConfig, ...] = ()
+    log_level: str = "INFO"
+    source: str = "<environment>"  # the roster file, or "<environment>"
+
+
+ENV_SOURCE = "<environment>"
+_LEVELS = ("DEBUG", "INFO", "WARNING", "ERROR", "CRITICAL")
+_SCHEMES = ("amqp", "amqps", "pyamqp", "filesystem")
+# The id becomes part of the AMQP connection name `file_watcher_{id}` and of file names.
+_ID_RE = re.compile(r"[A-Za-z0-9][A-Za-z0-9._-]{0,99}")
+
+
+# ---------------------------------------------------------------- public API
+
+
+def load_roster(path: str | None, environ: Mapping[str, str]) -> Roster:
+    """Load and validate a roster from `path`, or from the environment when `path` is None."""
+    if path is None:
+        path = environ.get("MULTIWATCH_CONFIG") or None
+    if path is None:
+        return _load_environment(environ)
+    return _load_file(path, environ)
+
+
+def render_effective(roster: Roster) -> str:
+    """The effective configuration as YAML, passwords masked (what `multiwatch check` prints)."""
+    broker: dict[str, Any] = dataclasses.asdict(roster.broker)
+    spool = os.path.join(roster.state_dir, "spool")
+    url = roster.broker.url
+    broker["url"] = mask_url(url) if url is not None else f"embedded (spool: {spool})"
+    doc = {
+        "source": roster.source,
+        "state_dir": roster.state_dir,
+        "log_level": roster.log_level,
+        "broker": broker,
+        "supervisor": dataclasses.asdict(roster.supervisor),
+        # SafeDumper cannot represent tuples.
+        "instances": [
+            {k: list(v) if isinstance(v, tuple) else v for k, v in dataclasses.asdict(i).items()}
+            for i in roster.instances
+        ],
+    }
+    return yaml.safe_dump(doc, sort_keys=False, default_flow_style=False, allow_unicode=True)
+
+
+def mask_url(url: str) -> str:
+    """`url` with its password replaced by `****`; URLs without one come back unchanged.
+
+    kombu failover lists (`amqp://a;amqp://b`) are masked part by part.
+    """
+    return ";".join(_mask_one(part) for part in _split_urls(url))
+
+
+def _split_urls(url: str) -> list[str]:
+    # Split only where a new `scheme://` starts, so a `;` inside a password stays put.
+    return re.split(r";(?=[A-Za-z][A-Za-z0-9+.-]*://)", url)
+
+
+def _mask_one(url: str) -> str:
+    scheme, sep, rest = url.partition("://")
+    at = rest.rfind("@")
+    user, colon, password = rest[: max(at, 0)].partition(":")
+    # The last `@` ends the userinfo even when an unquoted password holds `/` or `@`:
+    # over-masking an odd URL beats leaking a password into logs.
+    if not sep or at < 0 or not colon or not password or any(c in user for c in "/?#"):
+        return url
+    return f"{scheme}://{user}:****@{rest[at + 1 :]}"
+
+
+# ---------------------------------------------------------------- field coercers
+
+_Coerce = Callable[[Source, Node, str], Any]
+
+
+def _positive(src: Source, node: Node, key: str) -> float:
+    return cs.number(src, node, key, positive=True)
+
+
+def _non_negative(src: Source, node: Node, key: str) -> float:
+    return cs.number(src, node, key, positive=False)
+
+
+def _whole(src: Source, node: Node, key: str) -> int:
+    return int(cs.number(src, node, key, positive=False, integer=True))
+
+
+def _include(src: Source, node: Node, key: str) -> tuple[str, ...]:
+    return cs.patterns(src, node, key, allow_empty=False)
+
+
+def _exclude(src: Source, node: Node, key: str) -> tuple[str, ...]:
+    return cs.patterns(src, node, key, allow_empty=True)
+
+
+def _queue(src: Source, node: Node, key: str) -> str | None:
+    value = cs.scalar(src, node, key)
+    if value is None or (isinstance(value, str) and value.strip().lower() in ("", "none")):
+        return None  # declare no queue: the user binds their own
+    return cs.text(src, node, key)
+
+
+def _url(src: Source, node: Node, key: str) -> str | None:
+    url = cs.optional_text(src, node, key)
+    if url is None or url.strip().lower() == EMBEDDED_URL:
+        return None if url is None else EMBEDDED_URL
+    for part in _split_urls(url):
+        scheme, sep, _ = part.partition("://")
+        if not sep:
+            raise src.where(node, key).error(
+                f'expected a URL like amqp://user:password@host:5672/%2F or "embedded", '
+                f"got {cs.show(mask_url(url))}"
+            )
+        if scheme.lower() not in _SCHEMES:
+            raise src.where(node, key).error(
+                f"unsupported URL scheme {cs.show(scheme)}; use one of "
+                f'{", ".join(_SCHEMES)}, or "embedded"'
+            )
+    return url
+
+
+def _level(src: Source, node: Node, key: str) -> str | None:
+    level = cs.optional_text(src, node, key)
+    if level is not None and level.strip().upper() not in _LEVELS:
+        raise src.where(node, key).error(
+            f"unknown log level {cs.show(level)}; use one of {', '.join(_LEVELS)}"
+        )
+    return None if level is None else level.strip().upper()
+
+
+def _instance_id(src: Source, node: Node, key: str) -> str:
+    ident = cs.text(src, node, key, allow_empty=True)
+    if not _ID_RE.fullmatch(ident):
+        raise src.where(node, key).error(
+            f"invalid instance id {cs.show(ident)}: use 1 to 100 letters, digits, '.', '_' or "
+            "'-', starting with a letter or digit (it names the AMQP connection "
+            "file_watcher_<id> and the state files)"
+        )
+    return ident
+
+
+_TOP_KEYS = ("state_dir", "log_level", "broker", "supervisor", "defaults", "instances")
+_BROKER_FIELDS: dict[str, _Coerce] = {
+    "url": _url,
+    "exchange": cs.text,
+    "queue": _queue,
+    "binding_key": cs.text,
+    "heartbeat_seconds": _whole,
+    "connect_timeout_seconds": _positive,
+    "confirm_timeout_seconds": _positive,
+    "reconnect_max_seconds": _positive,
+}
+_SUPERVISOR_FIELDS: dict[str, _Coerce] = {
+    f.name: _positive for f in dataclasses.fields(SupervisorConfig)
+}
+_INSTANCE_FIELDS: dict[str, _Coerce] = {
+    "include": _include,
+    "exclude": _exclude,
+    "recursive": cs.boolean,
+    "settle_seconds": _non_negative,
+    "optional": cs.boolean,
+}
+_INSTANCE_KEYS = ("id", "directory", *_INSTANCE_FIELDS)
+
+
+def _coerce(
+    src: Source, entries: Mapping[str, Node], prefix: str, fields: Mapping[str, _Coerce]
+) -> dict[str, Any]:
+    """The entries that `fields` knows, typed; the caller has already rejected unknown keys."""
+    return {
+        name: fields[name](src, node, cs.join(prefix, name))
+        for name, node in entries.items()
+        if name in fields
+    }
+
+
+def _section(
+    src: Source, node: Node | None, key: str, fields: Mapping[str, _Coerce]
+) -> dict[str, Any]:
+    return {} if node is None else _coerce(src, cs.mapping(src, node, key, fields), key, fields)
+
+
+# ---------------------------------------------------------------- loading
+
+
+def _load_file(given: str, environ: Mapping[str, str]) -> Roster:
+    file = cs.resolve_path(given, os.getcwd(), environ)
+    root = cs.parse_yaml(_read_roster(given, file), given)
+    if root is None:
+        raise ConfigError(
+            f"{given}: the roster is empty; expected a mapping with an instances list"
+        )
+    if not isinstance(root.value, dict):
+        raise ConfigError(
+            f"{given}:{root.line}: the roster must be a mapping with keys "
+            f"{', '.join(_TOP_KEYS)}; got {cs.kind(root.value)}"
+        )
+    src = Source(given, os.path.dirname(file), environ, expand=True)
+    top = cs.mapping(src, root, "", _TOP_KEYS)
+    defaults = _section(src, top.get("defaults"), "defaults", _INSTANCE_FIELDS)
+    instances, origins = _yaml_instances(src, top.get("instances"), defaults)
+    return _finish(src, top, instances, origins, source=file)
+
+
+def _read_roster(given: str, file: str) -> str:
+    name = cs.show(given) if given == file else f"{cs.show(given)} ({file})"
+    try:
+        with open(file, encoding="utf-8-sig") as handle:
+            return handle.read()
+    except IsADirectoryError:
+        raise ConfigError(f"cannot read roster {name}: it is a directory, not a file") from None
+    except OSError as exc:
+        raise ConfigError(f"cannot read roster {name}: {exc.strerror or exc}") from None
+    except UnicodeDecodeError as exc:
+        raise ConfigError(f"cannot read roster {name}: not UTF-8 text (byte {exc.start})") from None
+
+
+def _yaml_instances(
+    src: Source, node: Node | None, defaults: Mapping[str, Any]
+) -> tuple[list[InstanceConfig], list[Origin]]:
+    if node is None or node.value is None or node.value == []:
+        where = Where(src.name, node.line if node else None, "instances")
+        raise where.error("no instances: list at least one, each with an id and a directory")
+    if not isinstance(node.value, list):
+        raise src.where(node, "instances").error(f"expected a list, got {cs.kind(node.value)}")
+    instances: list[InstanceConfig] = []
+    origins: list[Origin] = []
+    first: dict[str, Where] = {}
+    for i, item in enumerate(node.value):
+        key = f"instances[{i}]"
+        fields = cs.mapping(src, item, key, _INSTANCE_KEYS)
+        for required in ("id", "directory"):
+            if required not in fields:
+                raise src.where(item, key).error(f"missing required key {cs.show(required)}")
+        origin = Origin(
+            src.where(fields["id"], f"{key}.id"), src.where(fields["directory"], f"{key}.directory")
+        )
+        ident = _instance_id(src, fields["id"], origin.id.key)
+        if ident in first:
+            raise origin.id.error(
+                f"duplicate instance id {cs.show(ident)} (first defined at line "
+                f"{first[ident].line}); each instance needs a unique id"
+            )
+        first[ident] = origin.id
+        directory = cs.path(src, fields["directory"], origin.directory.key)
+        settings = {**defaults, **_coerce(src, fields, key, _INSTANCE_FIELDS)}
+        instances.append(InstanceConfig(id=ident, directory=directory, **settings))
+        origins.append(origin)
+    return instances, origins
+
+
+def _load_environment(environ: Mapping[str, str]) -> Roster:
+    env = env_source(environ)
+    data_dir = env_node(environ, "DATA_DIR")
+    if data_dir is None:
+        raise ConfigError(
+            "no roster was given (-c/--config or MULTIWATCH_CONFIG) and DATA_DIR is not set; "
+            "pass a roster file, or set DATA_DIR (and INSTANCE_ID) to watch one directory"
+        )
+    directory = cs.path(env, data_dir, "DATA_DIR")
+    id_node = env_node(environ, "INSTANCE_ID")
+    ident = (
+        _instance_id(env, id_node, "INSTANCE_ID") if id_node else generated_instance_id(directory)
+    )
+    settings: dict[str, Any] = {}
+    if settle := env_node(environ, "SETTLE_SECONDS"):
+        settings["settle_seconds"] = _non_negative(env, settle, "SETTLE_SECONDS")
+    for name in ("INCLUDE", "EXCLUDE"):
+        if listed := env_node(environ, name):  # comma-separated patterns
+            items = [Node(p.strip()) for p in listed.value.split(",") if p.strip()]
+            settings[name.lower()] = _INSTANCE_FIELDS[name.lower()](env, Node(items), name)
+    instance = InstanceConfig(id=ident, directory=directory, **settings)
+    origin = Origin(Where(ENV_NAME, None, "INSTANCE_ID"), Where(ENV_NAME, None, "DATA_DIR"))
+    return _finish(env, {}, [instance], [origin], source=ENV_SOURCE)
+
+
+def _finish(
+    src: Source,
+    top: Mapping[str, Node],
+    instances: list[InstanceConfig],
+    origins: list[Origin],
+    source: str,
+) -> Roster:
+    """The settings shared by both modes, then the checks that need the whole roster."""
+    state_dir, state_where = _state_dir(src, top)
+    roster = Roster(
+        state_dir=state_dir,
+        broker=_broker(src, top),
+        supervisor=_supervisor(src, top.get("supervisor")),
+        instances=tuple(instances),
+        log_level=_log_level(src, top),
+        source=source,
+    )
+    check_roster(roster, origins, state_where)
+    return roster
+
+
+def _state_dir(src: Source, top: Mapping[str, Node]) -> tuple[str, Where]:
+    node = top.get("state_dir")
+    value = cs.optional_text(src, node, "state_dir") if node else None
+    if node and value is not None:
+        return cs.resolve_path(value, src.base_dir, src.environ), src.where(node, "state_dir")
+    return default_state_dir(src.environ, src.name)
+
+
+def _log_level(src: Source, top: Mapping[str, Node]) -> str:
+    node = top.get("log_level")
+    level = _level(src, node, "log_level") if node else None
+    if level is None and (from_env := env_node(src.environ, "LOG_LEVEL")):
+        level = _level(env_source(src.environ), from_env, "LOG_LEVEL")
+    return level or "INFO"
+
+
+def _broker(src: Source, top: Mapping[str, Node]) -> BrokerConfig:
+    values = _section(src, top.get("broker"), "broker", _BROKER_FIELDS)
+    url = values.pop("url", None)
+    if url is None:
+        url = broker_url_from_env(src.environ)
+    elif url == EMBEDDED_URL:
+        url = None
+    return BrokerConfig(url=url, **values)
+
+
+def _supervisor(src: Source, node: Node | None) -> SupervisorConfig:
+    config = SupervisorConfig(**_section(src, node, "supervisor", _SUPERVISOR_FIELDS))
+    if config.restart_backoff_max_seconds < config.restart_backoff_seconds:
+        assert node is not None and isinstance(node.value, dict)  # defaults are consistent
+        at = node.value.get("restart_backoff_max_seconds", node)
+        raise src.where(at, "supervisor.restart_backoff_max_seconds").error(
+            f"must be at least restart_backoff_seconds ({config.restart_backoff_seconds:g})"
+        )
+    return config

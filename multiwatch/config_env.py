@@ -1,0 +1,85 @@
+"""The deployment guide's environment contract: RABBITMQ_*, DATA_DIR ids, state dir defaults.
+
+These names come from the original one-container-per-directory guide and must not change.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import os
+import re
+import socket
+from collections.abc import Mapping
+from urllib.parse import quote
+
+from multiwatch import config_source as cs
+from multiwatch.config_source import Node, Source, Where
+
+ENV_NAME = "environment"  # how errors name values that came from environment variables
+
+
+def env_source(environ: Mapping[str, str]) -> Source:
+    """Values from variables: relative paths against the cwd, no `${VAR}` re-expansion."""
+    return Source(ENV_NAME, os.getcwd(), environ, expand=False)
+
+
+def env_node(environ: Mapping[str, str], name: str) -> Node | None:
+    # Empty counts as unset: compose files and k8s manifests often pass `NAME=`.
+    value = environ.get(name)
+    return Node(value, None, value) if value else None
+
+
+def broker_url_from_env(environ: Mapping[str, str]) -> str | None:
+    """RABBITMQ_* as one amqp:// URL; None (embedded broker) without RABBITMQ_HOST."""
+    host = environ.get("RABBITMQ_HOST", "").strip()
+    if not host:
+        return None
+    port = (environ.get("RABBITMQ_PORT") or "5672").strip()
+    if not re.fullmatch(r"[0-9]{1,5}", port) or not 1 <= int(port) <= 65535:
+        raise Where(ENV_NAME, None, "RABBITMQ_PORT").error(
+            f"expected a port number from 1 to 65535, got {cs.show(port)}"
+        )
+    # quote(safe="") so the default vhost "/" becomes %2F and odd passwords survive.
+    user, password, vhost = (
+        quote(environ.get(name) or default, safe="")
+        for name, default in (
+            ("RABBITMQ_USER", "guest"),
+            ("RABBITMQ_PASS", "guest"),
+            ("RABBITMQ_VHOST", "/"),
+        )
+    )
+    if ":" in host and not host.startswith("["):
+        host = f"[{host}]"  # a bare IPv6 address
+    return f"amqp://{user}:{password}@{host}:{int(port)}/{vhost}"
+
+
+def default_state_dir(environ: Mapping[str, str], roster_name: str) -> tuple[str, Where]:
+    """The state dir when the roster names none, and what an error about it should blame."""
+    if node := env_node(environ, "MULTIWATCH_STATE_DIR"):
+        where = Where(ENV_NAME, None, "MULTIWATCH_STATE_DIR")
+        return cs.path(env_source(environ), node, where.key), where
+    where = Where(roster_name, None, "state_dir")
+    if _euid() == 0:
+        return "/var/lib/multiwatch", where
+    xdg = environ.get("XDG_STATE_HOME", "")
+    # The XDG spec says to ignore relative values.
+    base = xdg if os.path.isabs(xdg) else cs.resolve_path("~/.local/state", "/", environ)
+    return os.path.join(os.path.abspath(base), "multiwatch"), where
+
+
+def _euid() -> int:
+    geteuid = getattr(os, "geteuid", None)  # absent on Windows
+    return geteuid() if geteuid else -1
+
+
+def generated_instance_id(directory: str, hostname: str | None = None) -> str:
+    """The id used when INSTANCE_ID is unset: readable, and stable per host + directory.
+
+    Stable so a restarted container keeps its state files and connection name; the hash
+    keeps `/a/data` and `/b/data` apart.
+    """
+    host = socket.gethostname() if hostname is None else hostname
+    absolute = os.path.abspath(directory)
+    digest = hashlib.sha256(f"{host}:{absolute}".encode()).hexdigest()[:8]
+    slug = re.sub(r"[^a-z0-9]+", "-", os.path.basename(absolute).lower()).strip("-")
+    return f"watcher-{slug[:40].strip('-') or 'root'}-{digest}"
