@@ -20,7 +20,9 @@ class SettleTable:
         self.settle_seconds = settle_seconds
         self._due: dict[str, float] = {}
         self._seen: dict[str, FileVersion | None] = {}
-        self._heap: list[tuple[float, str]] = []
+        # (due, sequence, path): the sequence keeps equal deadlines in arrival order.
+        self._heap: list[tuple[float, int, str]] = []
+        self._sequence = 0
 
     def __len__(self) -> int:
         return len(self._due)
@@ -34,7 +36,8 @@ class SettleTable:
         self._due[relative_path] = due
         if seen is not None or relative_path not in self._seen:
             self._seen[relative_path] = seen
-        heapq.heappush(self._heap, (due, relative_path))
+        self._sequence += 1
+        heapq.heappush(self._heap, (due, self._sequence, relative_path))
 
     def discard(self, relative_path: str) -> bool:
         """Forget a path; True if it was waiting."""
@@ -49,7 +52,7 @@ class SettleTable:
     def next_due(self) -> float | None:
         """The earliest live deadline, or None when nothing waits."""
         while self._heap:
-            due, path = self._heap[0]
+            due, _, path = self._heap[0]
             if self._due.get(path) == due:
                 return due
             heapq.heappop(self._heap)
@@ -59,7 +62,7 @@ class SettleTable:
         """Up to `limit` (path, last version seen) whose quiet period is over, earliest first."""
         ready: list[tuple[str, FileVersion | None]] = []
         while self._heap and len(ready) < limit:
-            due, path = self._heap[0]
+            due, _, path = self._heap[0]
             if self._due.get(path) != due:
                 heapq.heappop(self._heap)
                 continue
