@@ -32,11 +32,16 @@ class FileVersion:
 
 @dataclass(frozen=True)
 class Hashed:
-    """A file's content hashes, valid for `version`."""
+    """A file's content hashes, valid for `version`.
+
+    ctime_ns is not part of the version (a chmod must not cause a re-hash) but marks each
+    rename or re-creation, so message ids of otherwise identical events differ.
+    """
 
     version: FileVersion
     sha256: str
     xxh128: str
+    ctime_ns: int = 0
 
 
 class ChangedWhileHashing(Exception):
@@ -87,4 +92,5 @@ def hash_file(path: str) -> Hashed:
     current = stat_regular(path)
     if FileVersion.of(after) != version or current is None or FileVersion.of(current) != version:
         raise ChangedWhileHashing(path)
-    return Hashed(version=version, sha256=sha256.hexdigest(), xxh128=xxh128.hexdigest())
+    return Hashed(version=version, sha256=sha256.hexdigest(), xxh128=xxh128.hexdigest(),
+                  ctime_ns=current.st_ctime_ns)

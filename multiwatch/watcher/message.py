@@ -1,8 +1,9 @@
 """The event message: the deployment guide's schema plus a few additive fields.
 
 The body keeps every field of the guide (size_bytes stays a string, as there).  The
-message_id is deterministic — same instance, event, path and file version give the same
-id — so consumers can drop the duplicates that at-least-once delivery allows.
+message_id is deterministic — same instance, event, path and file version (size, mtime,
+inode, ctime, sha256) give the same id — so consumers can drop the duplicates that
+at-least-once delivery allows, while a file renamed back and forth still gets new ids.
 """
 
 from __future__ import annotations
@@ -96,6 +97,7 @@ def build_event(
             str(hashed.version.size),
             str(hashed.version.mtime_ns),
             str(hashed.version.inode),
+            str(hashed.ctime_ns),
             hashed.sha256,
         ]
     )

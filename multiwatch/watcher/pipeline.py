@@ -8,6 +8,7 @@ path is discovered, modified, unchanged, moved or deleted.
 
 from __future__ import annotations
 
+import dataclasses
 import logging
 import os
 import queue
@@ -60,17 +61,17 @@ class Pipeline:
         self.bytes_hashed = 0
         self.files_hashed = 0
         self.root_missing = False
-        self._scans: list[Iterator[tuple[str, FileVersion]]] = []
+        self._scans: list[_Scan] = []
         self._startup = _StartupProgress()
         self._unreadable: set[str] = set()
 
     # -- driving -------------------------------------------------------------------------
 
     def request_scan(self, relative_dir: str = "") -> None:
-        """Walk (part of) the tree; found files are settled like notified ones."""
-        self._scans.append(
-            walk_files(self.root, relative_dir, self.filter, recursive=self.instance.recursive)
-        )
+        """Reconcile (part of) the tree with what was announced: new or changed files are
+        settled like notified ones; announced files no longer on disk are deleted."""
+        files = walk_files(self.root, relative_dir, self.filter, recursive=self.instance.recursive)
+        self._scans.append(_Scan(relative_dir, files))
 
     def step(self, max_wait: float) -> None:
         """One turn: wait briefly for notifications, then scan, then handle settled paths."""
@@ -106,16 +107,26 @@ class Pipeline:
         scan = self._scans[-1]
         for _ in range(SCAN_ENTRIES_PER_STEP):
             try:
-                relative, version = next(scan)
+                relative, version = next(scan.files)
             except StopIteration:
                 self._scans.pop()
+                self._reconcile_unseen(scan)
                 if not self._scans:
                     self._startup.scan_finished()
                 return
+            scan.seen.add(relative)
             self._startup.files_scanned += 1
             announced = self.known.get(relative)
             if announced is None or announced.version != version:
                 self.settle.touch(relative, now, seen=version)
+
+    def _reconcile_unseen(self, scan: _Scan) -> None:
+        """Announced files the scan did not meet are deleted, if they are really gone
+        (a file renamed behind the walk's back is still on disk and stays known)."""
+        prefix = scan.relative_dir + "/" if scan.relative_dir else ""
+        for relative in [p for p in self.known if p.startswith(prefix) and p not in scan.seen]:
+            if relative not in self.settle and stat_regular(os.path.join(self.root, relative)) is None:
+                self._gone(relative)
 
     def _handle_settled(self) -> None:
         now = time.monotonic()
@@ -143,7 +154,8 @@ class Pipeline:
     def _on_directory(self, event: RawEvent, now: float) -> None:
         if event.kind == "deleted" and event.src == "":
             self.root_missing = True
-        elif event.kind == "created" and event.src and self.filter.wants_directory(event.src):
+        elif event.kind == "created" and event.src and self.instance.recursive and (
+                self.filter.wants_directory(event.src)):
             # Files written before the new directory's watch existed produce no events.
             self.request_scan(event.src)
         elif event.kind == "deleted" and event.src:
@@ -161,18 +173,20 @@ class Pipeline:
 
     def _on_file_moved(self, src: str | None, dest: str | None, now: float) -> None:
         announced = self.known.pop(src, None) if src else None
-        was_settling = self.settle.discard(src) if src else False
+        if src:
+            self.settle.discard(src)
         if not (dest and self._wants(dest)):
             if announced is not None:
                 self._emit(FILE_DELETED, src or "", announced)
             return
-        if announced is not None and not was_settling:
+        if announced is not None:
             st = stat_regular(os.path.join(self.root, dest))
             # A rename keeps inode, size and mtime; anything else means other content.
             if st is not None and FileVersion.of(st) == announced.version:
                 self.settle.discard(dest)
-                self.known[dest] = announced
-                self._emit(FILE_MOVED, dest, announced, old_relative_path=src)
+                renamed = dataclasses.replace(announced, ctime_ns=st.st_ctime_ns)
+                self.known[dest] = renamed
+                self._emit(FILE_MOVED, dest, renamed, old_relative_path=src)
                 return
         if announced is not None:
             # What arrived at dest is not what we announced: the old path is gone.
@@ -247,6 +261,15 @@ class Pipeline:
             "size_bytes": hashed.version.size,
             "message_id": event.message_id,
         })
+
+
+@dataclasses.dataclass
+class _Scan:
+    """One walk in progress and the paths it has met so far."""
+
+    relative_dir: str
+    files: Iterator[tuple[str, FileVersion]]
+    seen: set[str] = dataclasses.field(default_factory=set)
 
 
 class _StartupProgress:

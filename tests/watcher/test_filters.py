@@ -1,0 +1,94 @@
+"""Include/exclude filters: which relative paths an instance announces."""
+
+from __future__ import annotations
+
+import pytest
+
+from multiwatch.watcher.filters import PathFilter
+
+DEFAULTS = PathFilter(include=("*",), exclude=(".*", "*.part", "*.tmp", "*~"))
+
+
+@pytest.mark.parametrize("relative_path", [
+    ".hidden",
+    "a/.hidden",
+    ".git/config",
+    "music/.cache/deep/song.mp3",
+])
+def test_dot_pattern_hides_dot_files_and_everything_under_dot_directories(
+    relative_path: str,
+) -> None:
+    """".*" excludes dot-files and any file below a dot-directory, at any depth."""
+    assert not DEFAULTS.wants_file(relative_path)
+
+
+@pytest.mark.parametrize("relative_path", ["x.mp3.part", "incoming/x.mp3.part", "notes.tmp",
+                                           "draft.txt~"])
+def test_partial_and_temporary_files_are_excluded(relative_path: str) -> None:
+    """In-progress downloads and editor/temporary files are never announced."""
+    assert not DEFAULTS.wants_file(relative_path)
+
+
+@pytest.mark.parametrize("relative_path", ["song.mp3", "a/b/c/song.mp3", "a.b/readme",
+                                           "partial/x.mp3", "x.part.mp3"])
+def test_ordinary_files_are_wanted_with_defaults(relative_path: str) -> None:
+    """Ordinary names (even containing "part" or dots mid-name) pass the default filter."""
+    assert DEFAULTS.wants_file(relative_path)
+
+
+def test_include_name_pattern_matches_nested_files() -> None:
+    """include "*.mp3" matches a file by its own name at any depth, and nothing else."""
+    only_mp3 = PathFilter(include=("*.mp3",), exclude=(".*",))
+    assert only_mp3.wants_file("x.mp3")
+    assert only_mp3.wants_file("a/b/x.mp3")
+    assert not only_mp3.wants_file("a/b/x.flac")
+    assert not only_mp3.wants_file("x.mp3/cover.jpg")  # a directory named *.mp3 is not enough
+
+
+def test_exclude_wins_over_include() -> None:
+    """A file matching both include and exclude is not announced."""
+    both = PathFilter(include=("*.mp3",), exclude=("*.part", ".*"))
+    assert not both.wants_file("a/.x.mp3")
+    assert not both.wants_file("stuff.part/x.mp3")
+
+
+def test_empty_include_announces_nothing() -> None:
+    """With no include pattern no file is wanted."""
+    assert not PathFilter(include=(), exclude=()).wants_file("a.txt")
+
+
+def test_include_pattern_with_slash_matches_whole_relative_path() -> None:
+    """include "music/*.mp3" is matched against the relative path, not the bare name."""
+    in_music = PathFilter(include=("music/*.mp3",), exclude=())
+    assert in_music.wants_file("music/a.mp3")
+    assert not in_music.wants_file("a.mp3")
+    assert not in_music.wants_file("other/music/a.mp3")
+
+
+def test_exclude_pattern_with_slash_matches_whole_relative_path() -> None:
+    """exclude "incoming/*" hides what is below top-level incoming/ but not a nested incoming/."""
+    no_incoming = PathFilter(include=("*",), exclude=("incoming/*",))
+    assert not no_incoming.wants_file("incoming/a.mp3")
+    assert not no_incoming.wants_file("incoming/deep/a.mp3")
+    assert no_incoming.wants_file("other/incoming/a.mp3")
+    assert no_incoming.wants_file("incoming.mp3")
+
+
+@pytest.mark.parametrize("relative_dir", [".git", "a/.cache", "a/.cache/b", "dl.part"])
+def test_wants_directory_prunes_excluded_directories(relative_dir: str) -> None:
+    """A directory matched by a name pattern is pruned, and nothing below it is wanted."""
+    assert not DEFAULTS.wants_directory(relative_dir)
+    assert not DEFAULTS.wants_file(f"{relative_dir}/song.mp3")
+
+
+@pytest.mark.parametrize("relative_dir", ["music", "a/b", "part", "a.b"])
+def test_wants_directory_keeps_ordinary_directories(relative_dir: str) -> None:
+    """Ordinary directories are walked."""
+    assert DEFAULTS.wants_directory(relative_dir)
+
+
+def test_slash_patterns_never_prune_directories() -> None:
+    """A whole-path exclude does not prune (it is decided per file), so nothing wanted is lost."""
+    no_incoming = PathFilter(include=("*",), exclude=("incoming/*",))
+    assert no_incoming.wants_directory("incoming")
+    assert no_incoming.wants_directory("other/incoming")

@@ -1,0 +1,395 @@
+"""The pipeline driven step by step: notifications and scans in, announced events out."""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+import shutil
+import time
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+import pytest
+import xxhash
+
+from multiwatch.config import InstanceConfig
+from multiwatch.watcher.observe import RawEvent
+from multiwatch.watcher.outbox import Outbox
+from multiwatch.watcher.pipeline import Pipeline
+
+
+def make_pipeline(tmp_path: Path, **options: Any) -> tuple[Pipeline, Outbox, Path]:
+    root = tmp_path / "w"
+    root.mkdir(exist_ok=True)
+    options.setdefault("settle_seconds", 0.05)
+    outbox = Outbox()
+    return Pipeline(InstanceConfig(id="t", directory=str(root), **options), outbox), outbox, root
+
+
+def run_until(pipeline: Pipeline, predicate: Callable[[], bool], timeout: float = 5.0) -> None:
+    """Step the pipeline until predicate() holds; fail after `timeout` seconds."""
+    deadline = time.monotonic() + timeout
+    while not predicate():
+        assert time.monotonic() < deadline, "pipeline did not reach the expected state in time"
+        pipeline.step(0.01)
+
+
+def settle_all(pipeline: Pipeline) -> None:
+    """Step until every queued notification, scan and settling path has been dealt with."""
+    pipeline.step(0.0)
+    run_until(pipeline, lambda: pipeline.notifications.empty() and not pipeline.busy)
+
+
+def drain(outbox: Outbox) -> list[dict[str, Any]]:
+    """Take every announced event out of the outbox (as the publisher would), bodies decoded."""
+    bodies = []
+    while (event := outbox.peek(0)) is not None:
+        outbox.ack(event)
+        body = json.loads(event.body)
+        assert body["event_type"] == event.event_type
+        bodies.append(body)
+    return bodies
+
+
+def announce(pipeline: Pipeline, outbox: Outbox, *events: RawEvent) -> list[dict[str, Any]]:
+    """Feed notifications, let everything settle, return what was announced."""
+    for event in events:
+        pipeline.notifications.put(event)
+    settle_all(pipeline)
+    return drain(outbox)
+
+
+def known_files(pipeline: Pipeline, outbox: Outbox, root: Path,
+                files: dict[str, bytes]) -> None:
+    """Write files and let a scan announce them, so the pipeline knows them."""
+    for relative, data in files.items():
+        path = root / relative
+        path.parent.mkdir(parents=True, exist_ok=True)
+        path.write_bytes(data)
+    pipeline.request_scan()
+    settle_all(pipeline)
+    assert sorted(b["file_info"]["relative_path"] for b in drain(outbox)) == sorted(files)
+
+
+def digests(data: bytes) -> tuple[str, str]:
+    return hashlib.sha256(data).hexdigest(), xxhash.xxh128(data).hexdigest()
+
+
+def hashes_of(body: dict[str, Any]) -> tuple[str, str]:
+    return body["file_info"]["sha256_hash"], body["file_info"]["xxh128_hash"]
+
+
+def summary(bodies: list[dict[str, Any]]) -> list[tuple[str, str]]:
+    return sorted((b["event_type"], b["file_info"]["relative_path"]) for b in bodies)
+
+
+# -- discovery -----------------------------------------------------------------------------
+
+
+def test_file_present_before_start_is_discovered_by_scan(tmp_path: Path) -> None:
+    """A file that existed before the watch started is announced once, with correct hashes."""
+    pipeline, outbox, root = make_pipeline(tmp_path)
+    data = b"already here\n" * 100
+    (root / "old.mp3").write_bytes(data)
+    pipeline.request_scan()
+    settle_all(pipeline)
+    [body] = drain(outbox)
+    assert body["event_type"] == "file_discovered"
+    assert body["instance_id"] == "t"
+    assert body["watched_directory"] == str(root)
+    assert body["file_info"]["path"] == str(root / "old.mp3")
+    assert body["file_info"]["size_bytes"] == str(len(data))
+    assert hashes_of(body) == digests(data)
+
+
+def test_rescan_does_not_reannounce_unchanged_files(tmp_path: Path) -> None:
+    """A periodic or overflow rescan of an unchanged tree announces nothing new."""
+    pipeline, outbox, root = make_pipeline(tmp_path)
+    known_files(pipeline, outbox, root, {"a.mp3": b"a", "sub/b.mp3": b"b"})
+    pipeline.request_scan()
+    settle_all(pipeline)
+    assert drain(outbox) == []
+
+
+def test_rescan_finds_a_change_the_watcher_missed(tmp_path: Path) -> None:
+    """A content change without any notification is announced as modified by the next scan."""
+    pipeline, outbox, root = make_pipeline(tmp_path)
+    known_files(pipeline, outbox, root, {"a.mp3": b"old"})
+    (root / "a.mp3").write_bytes(b"new content")
+    pipeline.request_scan()
+    settle_all(pipeline)
+    [body] = drain(outbox)
+    assert body["event_type"] == "file_modified"
+    assert hashes_of(body) == digests(b"new content")
+
+
+def test_created_file_is_discovered(tmp_path: Path) -> None:
+    """A new file reported by the watcher is announced as file_discovered with its hashes."""
+    pipeline, outbox, root = make_pipeline(tmp_path)
+    (root / "new.mp3").write_bytes(b"fresh")
+    [body] = announce(pipeline, outbox, RawEvent("created", False, "new.mp3"))
+    assert body["event_type"] == "file_discovered"
+    assert body["file_info"]["relative_path"] == "new.mp3"
+    assert hashes_of(body) == digests(b"fresh")
+
+
+def test_burst_of_events_for_one_file_gives_one_announcement(tmp_path: Path) -> None:
+    """created + many modified + closed for one file coalesce into a single file_discovered."""
+    pipeline, outbox, root = make_pipeline(tmp_path)
+    (root / "new.mp3").write_bytes(b"fresh")
+    events = [RawEvent("created", False, "new.mp3")]
+    events += [RawEvent("modified", False, "new.mp3")] * 20
+    events += [RawEvent("closed", False, "new.mp3")]
+    assert summary(announce(pipeline, outbox, *events)) == [("file_discovered", "new.mp3")]
+
+
+def test_excluded_files_are_never_announced(tmp_path: Path) -> None:
+    """Dot-files, partial downloads and files in dot-directories produce no event."""
+    pipeline, outbox, root = make_pipeline(tmp_path)
+    (root / ".hidden").write_bytes(b"x")
+    (root / "x.mp3.part").write_bytes(b"x")
+    (root / ".git").mkdir()
+    (root / ".git" / "config").write_bytes(b"x")
+    pipeline.request_scan()
+    assert announce(pipeline, outbox, RawEvent("created", False, ".hidden"),
+                    RawEvent("modified", False, "x.mp3.part"),
+                    RawEvent("created", False, ".git/config")) == []
+
+
+def test_new_directory_is_scanned_for_files_written_before_its_watch(tmp_path: Path) -> None:
+    """Files already inside a newly created directory are discovered (their events were lost)."""
+    pipeline, outbox, root = make_pipeline(tmp_path)
+    (root / "album" / "cd1").mkdir(parents=True)
+    (root / "album" / "01.mp3").write_bytes(b"one")
+    (root / "album" / "cd1" / "02.mp3").write_bytes(b"two")
+    bodies = announce(pipeline, outbox, RawEvent("created", True, "album"))
+    assert summary(bodies) == [("file_discovered", "album/01.mp3"),
+                               ("file_discovered", "album/cd1/02.mp3")]
+
+
+# -- modification --------------------------------------------------------------------------
+
+
+def test_rewritten_content_is_announced_as_modified(tmp_path: Path) -> None:
+    """New content in a known file gives file_modified carrying the new hashes."""
+    pipeline, outbox, root = make_pipeline(tmp_path)
+    known_files(pipeline, outbox, root, {"a.txt": b"version one"})
+    (root / "a.txt").write_bytes(b"version two, longer")
+    [body] = announce(pipeline, outbox, RawEvent("modified", False, "a.txt"),
+                      RawEvent("closed", False, "a.txt"))
+    assert body["event_type"] == "file_modified"
+    assert body["file_info"]["size_bytes"] == str(len(b"version two, longer"))
+    assert hashes_of(body) == digests(b"version two, longer")
+
+
+def test_touch_without_content_change_announces_nothing(tmp_path: Path) -> None:
+    """A new mtime with the same bytes is re-checked but not announced as a modification."""
+    pipeline, outbox, root = make_pipeline(tmp_path)
+    known_files(pipeline, outbox, root, {"a.txt": b"same bytes"})
+    before = os.stat(root / "a.txt").st_mtime_ns
+    hashed_before = pipeline.files_hashed
+    os.utime(root / "a.txt", ns=(time.time_ns(), time.time_ns()))
+    assert os.stat(root / "a.txt").st_mtime_ns != before
+    assert announce(pipeline, outbox, RawEvent("modified", False, "a.txt")) == []
+    assert pipeline.files_hashed == hashed_before + 1  # it was really looked at
+
+
+def test_file_still_being_written_is_announced_once_when_quiet(tmp_path: Path) -> None:
+    """A file whose mtime keeps advancing is held back, then announced once with final bytes."""
+    pipeline, outbox, root = make_pipeline(tmp_path, settle_seconds=0.2)
+    target = root / "growing.bin"
+    target.write_bytes(b"start")
+    pipeline.notifications.put(RawEvent("created", False, "growing.bin"))
+    # A writer that triggers no further events (mmap, NFS): append before every step for
+    # three settle periods; the file must not be announced while it keeps changing.
+    writing_until = time.monotonic() + 3 * 0.2
+    while time.monotonic() < writing_until:
+        with open(target, "ab") as handle:
+            handle.write(b"more data ")
+        pipeline.step(0.01)
+        assert len(outbox) == 0, "announced while still being written"
+    assert pipeline.files_hashed == 0
+    final = target.read_bytes()
+    settle_all(pipeline)
+    [body] = drain(outbox)
+    assert body["event_type"] == "file_discovered"
+    assert body["file_info"]["size_bytes"] == str(len(final))
+    assert hashes_of(body) == digests(final)
+
+
+# -- deletion ------------------------------------------------------------------------------
+
+
+def test_deleted_known_file_is_announced_with_last_known_hashes(tmp_path: Path) -> None:
+    """Deleting an announced file gives file_deleted carrying the hashes it was announced with."""
+    pipeline, outbox, root = make_pipeline(tmp_path)
+    known_files(pipeline, outbox, root, {"a.txt": b"goodbye"})
+    (root / "a.txt").unlink()
+    [body] = announce(pipeline, outbox, RawEvent("deleted", False, "a.txt"))
+    assert body["event_type"] == "file_deleted"
+    assert body["file_info"]["path"] == str(root / "a.txt")
+    assert body["file_info"]["size_bytes"] == str(len(b"goodbye"))
+    assert hashes_of(body) == digests(b"goodbye")
+
+
+def test_file_created_and_deleted_before_settling_is_never_announced(tmp_path: Path) -> None:
+    """A short-lived file (created then deleted within the quiet period) produces no event."""
+    pipeline, outbox, root = make_pipeline(tmp_path)
+    (root / "flash.mp3").write_bytes(b"x")
+    pipeline.notifications.put(RawEvent("created", False, "flash.mp3"))
+    pipeline.step(0.0)
+    (root / "flash.mp3").unlink()
+    assert announce(pipeline, outbox, RawEvent("deleted", False, "flash.mp3")) == []
+
+
+def test_file_gone_by_the_time_it_settles_is_never_announced(tmp_path: Path) -> None:
+    """A file whose deletion event has not arrived yet is not announced once it is gone."""
+    pipeline, outbox, root = make_pipeline(tmp_path)
+    (root / "flash.mp3").write_bytes(b"x")
+    pipeline.notifications.put(RawEvent("created", False, "flash.mp3"))
+    pipeline.step(0.0)
+    (root / "flash.mp3").unlink()
+    settle_all(pipeline)
+    assert drain(outbox) == []
+
+
+def test_deleted_directory_announces_each_known_file_below_it(tmp_path: Path) -> None:
+    """Removing a directory announces file_deleted for every known file below it, only those."""
+    pipeline, outbox, root = make_pipeline(tmp_path)
+    known_files(pipeline, outbox, root, {"sub/a.mp3": b"a", "sub/deeper/b.mp3": b"b",
+                                         "sub2/c.mp3": b"c", "top.mp3": b"t"})
+    shutil.rmtree(root / "sub")
+    bodies = announce(pipeline, outbox, RawEvent("deleted", True, "sub"))
+    assert summary(bodies) == [("file_deleted", "sub/a.mp3"), ("file_deleted", "sub/deeper/b.mp3")]
+    by_path = {b["file_info"]["relative_path"]: b for b in bodies}
+    assert hashes_of(by_path["sub/a.mp3"]) == digests(b"a")
+    assert hashes_of(by_path["sub/deeper/b.mp3"]) == digests(b"b")
+
+
+def test_deleting_the_root_marks_it_missing(tmp_path: Path) -> None:
+    """When the watched directory itself is deleted the pipeline reports root_missing."""
+    pipeline, outbox, root = make_pipeline(tmp_path)
+    known_files(pipeline, outbox, root, {"a.mp3": b"a"})
+    assert pipeline.root_missing is False
+    shutil.rmtree(root)
+    announce(pipeline, outbox, RawEvent("deleted", True, ""))
+    assert pipeline.root_missing is True
+
+
+# -- moves ---------------------------------------------------------------------------------
+
+
+def test_rename_within_tree_is_one_moved_event(tmp_path: Path) -> None:
+    """Renaming a known file gives a single file_moved naming old and new paths, same hashes."""
+    pipeline, outbox, root = make_pipeline(tmp_path)
+    known_files(pipeline, outbox, root, {"a.txt": b"content"})
+    os.rename(root / "a.txt", root / "b.txt")
+    [body] = announce(pipeline, outbox, RawEvent("moved", False, "a.txt", "b.txt"))
+    assert body["event_type"] == "file_moved"
+    info = body["file_info"]
+    assert info["path"] == str(root / "b.txt")
+    assert info["relative_path"] == "b.txt"
+    assert info["old_path"] == str(root / "a.txt")
+    assert info["old_relative_path"] == "a.txt"
+    assert hashes_of(body) == digests(b"content")
+
+
+def test_renamed_file_is_tracked_under_its_new_name(tmp_path: Path) -> None:
+    """After a rename, deleting the file announces the new path, not the old one."""
+    pipeline, outbox, root = make_pipeline(tmp_path)
+    known_files(pipeline, outbox, root, {"a.txt": b"content"})
+    os.rename(root / "a.txt", root / "b.txt")
+    announce(pipeline, outbox, RawEvent("moved", False, "a.txt", "b.txt"))
+    (root / "b.txt").unlink()
+    assert summary(announce(pipeline, outbox, RawEvent("deleted", False, "b.txt"),
+                            RawEvent("deleted", False, "a.txt"))) == [("file_deleted", "b.txt")]
+
+
+def test_rename_from_excluded_name_is_a_discovery(tmp_path: Path) -> None:
+    """A download finished by renaming x.mp3.part to x.mp3 is file_discovered, not moved."""
+    pipeline, outbox, root = make_pipeline(tmp_path)
+    (root / "x.mp3.part").write_bytes(b"downloaded")
+    assert announce(pipeline, outbox, RawEvent("created", False, "x.mp3.part")) == []
+    os.rename(root / "x.mp3.part", root / "x.mp3")
+    [body] = announce(pipeline, outbox, RawEvent("moved", False, "x.mp3.part", "x.mp3"))
+    assert body["event_type"] == "file_discovered"
+    assert body["file_info"]["relative_path"] == "x.mp3"
+    assert "old_path" not in body["file_info"]
+    assert hashes_of(body) == digests(b"downloaded")
+
+
+def test_rename_to_excluded_name_is_a_deletion(tmp_path: Path) -> None:
+    """Renaming a known file to an excluded name (e.g. into a dot-directory) is file_deleted."""
+    pipeline, outbox, root = make_pipeline(tmp_path)
+    known_files(pipeline, outbox, root, {"a.mp3": b"bye"})
+    (root / ".trash").mkdir()
+    os.rename(root / "a.mp3", root / ".trash" / "a.mp3")
+    [body] = announce(pipeline, outbox, RawEvent("moved", False, "a.mp3", ".trash/a.mp3"))
+    assert body["event_type"] == "file_deleted"
+    assert body["file_info"]["relative_path"] == "a.mp3"
+    assert hashes_of(body) == digests(b"bye")
+
+
+def test_moved_directory_announces_each_known_file_moved(tmp_path: Path) -> None:
+    """Renaming a directory gives file_moved for every known file below it, with old paths."""
+    pipeline, outbox, root = make_pipeline(tmp_path)
+    known_files(pipeline, outbox, root, {"sub/a.mp3": b"a", "sub/deeper/b.mp3": b"b",
+                                         "top.mp3": b"t"})
+    os.rename(root / "sub", root / "renamed")
+    bodies = announce(pipeline, outbox, RawEvent("moved", True, "sub", "renamed"))
+    assert summary(bodies) == [("file_moved", "renamed/a.mp3"),
+                               ("file_moved", "renamed/deeper/b.mp3")]
+    old = {b["file_info"]["relative_path"]: b["file_info"]["old_relative_path"] for b in bodies}
+    assert old == {"renamed/a.mp3": "sub/a.mp3", "renamed/deeper/b.mp3": "sub/deeper/b.mp3"}
+    assert all(b["file_info"]["old_path"] == str(root / old[b["file_info"]["relative_path"]])
+               for b in bodies)
+
+
+def test_moved_directory_followed_by_per_file_moves_announces_once(tmp_path: Path) -> None:
+    """watchdog also reports each file of a moved directory: that must not add events."""
+    pipeline, outbox, root = make_pipeline(tmp_path)
+    known_files(pipeline, outbox, root, {"sub/a.mp3": b"a"})
+    os.rename(root / "sub", root / "renamed")
+    bodies = announce(pipeline, outbox, RawEvent("moved", True, "sub", "renamed"),
+                      RawEvent("moved", False, "sub/a.mp3", "renamed/a.mp3"))
+    assert summary(bodies) == [("file_moved", "renamed/a.mp3")]
+
+
+# -- regressions: defects found while writing these tests --------------------------------
+
+
+def test_non_recursive_instance_ignores_files_in_new_subdirectories(tmp_path: Path) -> None:
+    """With recursive off, a directory created or moved into the root announces nothing."""
+    pipeline, outbox, root = make_pipeline(tmp_path, recursive=False)
+    (root / "album").mkdir()
+    (root / "album" / "01.mp3").write_bytes(b"one")
+    assert announce(pipeline, outbox, RawEvent("created", False, "album/01.mp3")) == []
+    assert announce(pipeline, outbox, RawEvent("created", True, "album")) == []
+
+
+def test_file_moved_back_and_forth_gets_distinct_message_ids(tmp_path: Path) -> None:
+    """Renaming a→b, b→a, a→b gives three moves a consumer will not drop as duplicates."""
+    pipeline, outbox, root = make_pipeline(tmp_path)
+    known_files(pipeline, outbox, root, {"a.txt": b"content"})
+    ids = []
+    for src, dest in [("a.txt", "b.txt"), ("b.txt", "a.txt"), ("a.txt", "b.txt")]:
+        os.rename(root / src, root / dest)
+        pipeline.notifications.put(RawEvent("moved", False, src, dest))
+        settle_all(pipeline)
+        event = outbox.peek(0)
+        assert event is not None and event.event_type == "file_moved"
+        outbox.ack(event)
+        ids.append(event.message_id)
+    assert len(set(ids)) == 3
+
+
+def test_rescan_announces_deletions_the_watcher_missed(tmp_path: Path) -> None:
+    """A known file deleted while no notification arrived (observer restart) is file_deleted."""
+    pipeline, outbox, root = make_pipeline(tmp_path)
+    known_files(pipeline, outbox, root, {"a.mp3": b"a", "b.mp3": b"b"})
+    (root / "a.mp3").unlink()
+    pipeline.request_scan()
+    settle_all(pipeline)
+    assert summary(drain(outbox)) == [("file_deleted", "a.mp3")]
