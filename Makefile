@@ -1,0 +1,51 @@
+# The README's commands.  `make test PYTEST_ARGS="tests/integration -x"` passes options on.
+VENV        ?= .venv
+PYTHON      ?= python3
+PY           = $(VENV)/bin/python
+CONFIG      ?= config/example.yaml
+PYTEST_ARGS ?=
+APT_GET      = DEBIAN_FRONTEND=noninteractive apt-get
+
+.PHONY: help install rabbitmq-deps test run tail lint clean
+
+help:
+	@echo "make install | test [PYTEST_ARGS=...] | run | tail | lint | clean"
+
+install: $(VENV)/.installed
+
+# Debian's own python3 ships without ensurepip: add python3-venv when we may (root).
+$(PY):
+	$(PYTHON) -m venv $(VENV) || { rm -rf $(VENV); [ "$$(id -u)" = 0 ] \
+	  && apt-get update && $(APT_GET) install -y python3-venv && $(PYTHON) -m venv $(VENV); }
+
+# Re-run pip only when pyproject.toml changes.
+$(VENV)/.installed: pyproject.toml | $(PY)
+	$(PY) -m pip install -e '.[test]'
+	touch $@
+
+# The test suite starts its own private RabbitMQ node; it only needs the program.
+rabbitmq-deps:
+	@PATH="$$PATH:/usr/local/sbin:/usr/sbin:/sbin"; command -v rabbitmq-server >/dev/null || { \
+	  if [ "$$(id -u)" = 0 ]; then apt-get update && $(APT_GET) install -y rabbitmq-server; \
+	  else echo "rabbitmq-server is missing: run 'sudo make rabbitmq-deps'" \
+	    "(apt-get install rabbitmq-server)" >&2; exit 1; fi; }
+
+test: install rabbitmq-deps
+	$(PY) -m pytest $(PYTEST_ARGS)
+
+run: install
+	mkdir -p demo/music demo/downloads
+	$(VENV)/bin/multiwatch run -c $(CONFIG)
+
+tail: install
+	$(VENV)/bin/multiwatch tail -c $(CONFIG)
+
+lint:
+	@if [ -x $(VENV)/bin/ruff ]; then $(VENV)/bin/ruff check multiwatch tests; \
+	  else echo "ruff not installed: $(PY) -m pip install -e '.[dev]'"; fi
+	@if [ -x $(VENV)/bin/mypy ]; then $(VENV)/bin/mypy multiwatch tests; \
+	  else echo "mypy not installed: $(PY) -m pip install -e '.[dev]'"; fi
+
+clean:
+	rm -rf $(VENV) demo .multiwatch-state build dist *.egg-info .pytest_cache .mypy_cache .ruff_cache
+	find . -name __pycache__ -type d -prune -exec rm -rf {} +

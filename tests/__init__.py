@@ -1,0 +1,1 @@
+"""multiwatch tests (a package, so `tests.support` imports from the repo root)."""

@@ -1,0 +1,1 @@
+"""Test helpers: a private RabbitMQ node and consumers that count what arrived."""
