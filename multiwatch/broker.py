@@ -59,7 +59,9 @@ def queue_for(broker: BrokerConfig) -> Queue | None:
     The embedded spool always needs a queue: its transport drops messages that no
     queue is bound to.
     """
-    name = broker.queue if broker.queue is not None else (DEFAULT_QUEUE if broker.embedded else None)
+    name = broker.queue
+    if name is None and broker.embedded:
+        name = DEFAULT_QUEUE
     if name is None:
         return None
     return Queue(name, exchange_for(broker), routing_key=broker.binding_key, durable=True)

@@ -9,7 +9,6 @@ from __future__ import annotations
 import argparse
 import dataclasses
 import os
-import socket
 import sys
 import uuid
 from collections.abc import Sequence
@@ -162,18 +161,17 @@ def _tail(roster: Roster, args: argparse.Namespace) -> int:
     except (OSError, connection.connection_errors) as exc:  # type: ignore[misc]
         print(f"multiwatch: cannot connect to {where}: {exc}", file=sys.stderr)
         return EXIT_BROKER
-    with connection:
-        with Consumer(connection, queues=[queue], callbacks=[on_message], accept=None):
-            print(f"multiwatch: tailing {queue.name} on {where} (Ctrl-C to stop)",
-                  file=sys.stderr, flush=True)
-            idle = 0.0
-            while args.count is None or printed < args.count:
-                before = printed
-                try:
-                    connection.drain_events(timeout=0.5)
-                except (TimeoutError, socket.timeout):
-                    pass
-                idle = 0.0 if printed > before else idle + 0.5
-                if args.timeout is not None and idle >= args.timeout:
-                    break
+    with connection, Consumer(connection, queues=[queue], callbacks=[on_message], accept=None):
+        print(f"multiwatch: tailing {queue.name} on {where} (Ctrl-C to stop)",
+              file=sys.stderr, flush=True)
+        idle = 0.0
+        while args.count is None or printed < args.count:
+            before = printed
+            try:
+                connection.drain_events(timeout=0.5)
+            except TimeoutError:
+                pass
+            idle = 0.0 if printed > before else idle + 0.5
+            if args.timeout is not None and idle >= args.timeout:
+                break
     return 0

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import os
 import re
+import sys
 import textwrap
 from pathlib import Path
 
@@ -21,6 +22,7 @@ from multiwatch.config import (
     mask_url,
     render_effective,
 )
+from tests.support.privilege import run_unprivileged
 
 
 def write_roster(tmp_path: Path, text: str, name: str = "roster.yaml") -> str:
@@ -451,13 +453,14 @@ def test_directory_that_is_a_file_is_an_error(dirs: Path) -> None:
     assert "is not a directory" in config_error(path)
 
 
-@pytest.mark.skipif(os.geteuid() == 0, reason="root can read any directory")
 def test_unreadable_directory_is_an_error(dirs: Path) -> None:
     """A directory this user cannot list is rejected unless the instance is optional."""
     (dirs / "music").chmod(0o000)
     try:
         path = write_roster(dirs, "state_dir: st\ninstances:\n  - {id: m, directory: music}\n")
-        assert "is not readable" in config_error(path)
+        result = run_unprivileged([sys.executable, "-m", "multiwatch", "check", "-c", str(path)])
+        assert result.returncode == 2
+        assert "is not readable" in result.stderr
     finally:
         (dirs / "music").chmod(0o755)
 

@@ -125,7 +125,9 @@ class Pipeline:
         (a file renamed behind the walk's back is still on disk and stays known)."""
         prefix = scan.relative_dir + "/" if scan.relative_dir else ""
         for relative in [p for p in self.known if p.startswith(prefix) and p not in scan.seen]:
-            if relative not in self.settle and stat_regular(os.path.join(self.root, relative)) is None:
+            if relative in self.settle:
+                continue  # its own settle decides
+            if stat_regular(os.path.join(self.root, relative)) is None:
                 self._gone(relative)
 
     def _handle_settled(self) -> None:

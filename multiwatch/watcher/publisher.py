@@ -73,7 +73,7 @@ class Publisher(threading.Thread):
             try:
                 self._serve(connection)
                 retry_delay = FIRST_RETRY_SECONDS
-            except Exception as exc:  # any broker or socket failure: back off and retry
+            except Exception as exc:  # noqa: BLE001 - any broker or socket failure: back off, retry
                 self.stats.connected = False
                 self.stats.failures += 1
                 self.stats.last_error = f"{type(exc).__name__}: {exc}"

@@ -1,4 +1,4 @@
-"""The embedded default: no RabbitMQ configured, events spooled under state_dir, `tail` prints them."""
+"""The embedded default: no RabbitMQ, events spooled under state_dir, `tail` prints them."""
 
 from __future__ import annotations
 

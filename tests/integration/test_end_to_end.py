@@ -98,7 +98,7 @@ def test_slow_write_is_announced_once_with_final_hashes(
     music, _ = dirs
     chunks = [os.urandom(64_000) for _ in range(8)]
     with open(music / "slow.flac", "wb") as f:
-        for chunk in chunks:  # 8 × 0.15 s = 1.2 s of writing, settle is 0.3 s
+        for chunk in chunks:  # 8 x 0.15 s = 1.2 s of writing, settle is 0.3 s
             f.write(chunk)
             f.flush()
             time.sleep(0.15)
@@ -176,7 +176,9 @@ def test_sigterm_stops_everything_quickly_with_status_zero(fleet: Multiwatch) ->
     elapsed = time.monotonic() - started
     assert status == 0
     assert elapsed < 10, f"took {elapsed:.1f}s"
-    assert not [pid for pid in children if _alive(pid)]
+    # multiprocessing's resource tracker leaves on its own once it reads EOF from the parent.
+    wait_for(lambda: not [pid for pid in children if _alive(pid)], timeout=5,
+             message=f"processes left behind: {_cmdlines(children)}")
 
 
 def test_children_exit_when_the_supervisor_is_killed(fleet: Multiwatch) -> None:
@@ -191,6 +193,16 @@ def test_children_exit_when_the_supervisor_is_killed(fleet: Multiwatch) -> None:
 
 def _watcher_pids(fleet: Multiwatch) -> set[int]:
     return {fleet.wait_watching(iid)["pid"] for iid in ("watcher-music", "watcher-downloads")}
+
+
+def _cmdlines(pids: list[int]) -> list[str]:
+    lines = []
+    for pid in pids:
+        try:
+            lines.append(" ".join(psutil.Process(pid).cmdline()))
+        except psutil.NoSuchProcess:
+            pass
+    return lines
 
 
 def _alive(pid: int) -> bool:

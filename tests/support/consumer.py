@@ -47,7 +47,7 @@ class Received:
         except ValueError as exc:
             raise AssertionError(f"message body is not JSON: {raw[:200]!r}") from exc
         if not isinstance(body, dict):  # a test failure, not a programming error
-            raise AssertionError(f"message body is not a JSON object: {body!r}")  # noqa: TRY004
+            raise AssertionError(f"message body is not a JSON object: {body!r}")
         props = {k: v for k, v in message.properties.items() if k != "application_headers"}
         for key in PROPERTY_KEYS:
             props.setdefault(key, None)
@@ -160,7 +160,7 @@ def _json_array(text: str) -> list[dict[str, Any]]:
         raise AssertionError(f"no JSON array in rabbitmqctl output: {text!r}")
     rows = json.loads(text[start:])
     if not isinstance(rows, list):
-        raise AssertionError(f"rabbitmqctl JSON is not an array: {text!r}")  # noqa: TRY004
+        raise AssertionError(f"rabbitmqctl JSON is not an array: {text!r}")
     return rows
 
 

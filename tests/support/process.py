@@ -87,15 +87,17 @@ class Multiwatch:
                     if predicate(line):
                         return line
                 remaining = deadline - time.monotonic()
-                if remaining <= 0 or (self.process.poll() is not None and not self._reader.is_alive()):
+                exited = self.process.poll() is not None and not self._reader.is_alive()
+                if remaining <= 0 or exited:
                     tail = "\n".join(self.raw[-30:])
-                    raise AssertionError(f"log line not seen within {timeout}s; last lines:\n{tail}")
+                    raise AssertionError(f"log line not seen in {timeout}s; last lines:\n{tail}")
                 self._changed.wait(min(remaining, 0.2))
 
     def wait_watching(self, instance_id: str, timeout: float = 30, after: int = 0) -> LogLine:
         """Wait until the watcher for instance_id logs that it is watching."""
         return self.wait_for_log(
-            lambda line: line.get("message") == "watching" and line.get("instance_id") == instance_id,
+            lambda line: line.get("message") == "watching"
+            and line.get("instance_id") == instance_id,
             timeout=timeout, after=after)
 
     def child_pids(self) -> list[int]:

@@ -11,7 +11,6 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
-import pytest
 import xxhash
 
 from multiwatch.config import InstanceConfig
@@ -393,3 +392,24 @@ def test_rescan_announces_deletions_the_watcher_missed(tmp_path: Path) -> None:
     pipeline.request_scan()
     settle_all(pipeline)
     assert summary(drain(outbox)) == [("file_deleted", "a.mp3")]
+
+
+def test_startup_scan_logs_progress_and_a_summary(tmp_path: Path, monkeypatch, caplog) -> None:
+    """A long startup scan reports files scanned, bytes hashed and rate, then a summary."""
+    import multiwatch.watcher.pipeline as pipeline_module
+
+    monkeypatch.setattr(pipeline_module, "PROGRESS_EVERY_SECONDS", 0.0)
+    pipeline, outbox, root = make_pipeline(tmp_path)
+    for i in range(50):
+        (root / f"f{i}.bin").write_bytes(b"x" * 1000)
+    caplog.set_level("INFO", logger="multiwatch.watcher.pipeline")
+    pipeline.request_scan()
+    settle_all(pipeline)
+
+    progress = [r for r in caplog.records if r.getMessage() == "startup scan progress"]
+    [summary_line] = [r for r in caplog.records if r.getMessage() == "startup scan complete"]
+    assert progress, "no progress line during the scan"
+    assert summary_line.files_scanned == 50
+    assert summary_line.bytes_hashed == 50_000
+    assert hasattr(summary_line, "hash_rate_mb_s")
+    assert len(drain(outbox)) == 50
