@@ -37,7 +37,9 @@ def open_connection(
                 "store_processed": False,
             },
         )
-    options: dict[str, object] = {"confirm_publish": True}
+    # Confirms are requested and awaited by the publisher itself (pipelined, bounded);
+    # the write timeout keeps a frozen broker from blocking a publish forever.
+    options: dict[str, object] = {"write_timeout": broker.confirm_timeout_seconds}
     if connection_name:
         # Shown by `rabbitmqctl list_connections name client_properties` and the UI.
         options["client_properties"] = {"connection_name": connection_name}

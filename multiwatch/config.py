@@ -94,6 +94,11 @@ class InstanceConfig:
     recursive: bool = True
     settle_seconds: float = 1.0
     optional: bool = False  # a missing directory is waited for instead of being an error
+    observer: str = "auto"  # auto | inotify | polling (network mounts)
+    polling_interval_seconds: float = 1.0
+    scan_interval_seconds: float = 0.0  # periodic reconcile scan; 0 = only at start
+    outbox_max_events: int = 100_000  # full outbox: stop taking settled work, keep watching
+    outbox_max_bytes: int = 256 * 1024 * 1024
 
 
 @dataclass(frozen=True)
@@ -189,6 +194,23 @@ def _whole(src: Source, node: Node, key: str) -> int:
     return int(cs.number(src, node, key, positive=False, integer=True))
 
 
+def _positive_whole(src: Source, node: Node, key: str) -> int:
+    return int(cs.number(src, node, key, positive=True, integer=True))
+
+
+OBSERVER_MODES = ("auto", "inotify", "polling")
+
+
+def _observer_mode(src: Source, node: Node, key: str) -> str:
+    mode = cs.text(src, node, key).strip().lower()
+    if mode not in OBSERVER_MODES:
+        raise src.where(node, key).error(
+            f"unknown observer {cs.show(mode)}; use one of {', '.join(OBSERVER_MODES)} "
+            "(polling for NFS/SMB/FUSE mounts where inotify misses remote writes)"
+        )
+    return mode
+
+
 def _include(src: Source, node: Node, key: str) -> tuple[str, ...]:
     return cs.patterns(src, node, key, allow_empty=False)
 
@@ -263,6 +285,11 @@ _INSTANCE_FIELDS: dict[str, _Coerce] = {
     "recursive": cs.boolean,
     "settle_seconds": _non_negative,
     "optional": cs.boolean,
+    "observer": _observer_mode,
+    "polling_interval_seconds": _positive,
+    "scan_interval_seconds": _non_negative,
+    "outbox_max_events": _positive_whole,
+    "outbox_max_bytes": _positive_whole,
 }
 _INSTANCE_KEYS = ("id", "directory", *_INSTANCE_FIELDS)
 

@@ -268,9 +268,11 @@ def number(src: Source, node: Node, key: str, *, positive: bool, integer: bool =
     valid = isinstance(value, (int, float)) and not isinstance(value, bool)
     if not valid or not math.isfinite(value):
         noun = "a whole number" if integer else "a number"
-        raise src.where(node, key).error(f"expected {noun} of seconds, got {kind(value)}")
+        if key.endswith("_seconds"):
+            noun += " of seconds"
+        raise src.where(node, key).error(f"expected {noun}, got {kind(value)}")
     if integer and value != int(value):
-        raise src.where(node, key).error(f"expected a whole number of seconds, got {show(value)}")
+        raise src.where(node, key).error(f"expected a whole number, got {show(value)}")
     if positive and value <= 0:
         raise src.where(node, key).error(f"must be greater than 0, got {show(value)}")
     if value < 0:

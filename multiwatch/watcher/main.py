@@ -16,19 +16,21 @@ import time
 from dataclasses import dataclass
 from multiprocessing.connection import Connection
 
+from watchdog.observers.api import BaseObserver
+
 from multiwatch.config import BrokerConfig, InstanceConfig
 from multiwatch.logs import setup_logging
-from multiwatch.watcher.observe import start_observer
-from multiwatch.watcher.outbox import Outbox
+from multiwatch.watcher.observe import listen_for_lost_events, start_observer
+from multiwatch.watcher.outbox import OutboxGauge
 from multiwatch.watcher.pipeline import Pipeline
 from multiwatch.watcher.publisher import Publisher
+from multiwatch.watcher.state import StateStore, state_db_path
 
 log = logging.getLogger(__name__)
 
 HEARTBEAT_SECONDS = 1.0
 LOOP_WAIT_SECONDS = 0.2
 DIRECTORY_RETRY_SECONDS = 2.0
-POLLING_INTERVAL_SECONDS = 1.0
 EXIT_DIRECTORY_GONE = 3
 _PR_SET_PDEATHSIG = 1
 
@@ -67,27 +69,39 @@ def _run(spec: ChildSpec, to_parent: Connection, stop: threading.Event) -> int:
     if not _wait_for_directory(instance, parent, stop):
         return 0 if stop.is_set() or not parent.alive() else EXIT_DIRECTORY_GONE
 
-    outbox = Outbox()
+    db_path = state_db_path(spec.state_dir, instance.id)
+    store = StateStore(db_path)
+    waiting_events, waiting_bytes = store.outbox_usage()
+    gauge = OutboxGauge(events=waiting_events, size=waiting_bytes,
+                        max_events=instance.outbox_max_events, max_bytes=instance.outbox_max_bytes)
+    if waiting_events:
+        log.info("replaying events recorded but not confirmed before the last stop",
+                 extra={"outbox_depth": waiting_events})
     publisher = Publisher(broker=spec.broker, state_dir=spec.state_dir,
-                          instance_id=instance.id, outbox=outbox)
+                          instance_id=instance.id, db_path=db_path, gauge=gauge)
     publisher.start()
-    pipeline = Pipeline(instance, outbox)
+    pipeline = Pipeline(instance, store, gauge)
     # Observer first, then the scan: nothing created during the scan can slip through.
-    observer = start_observer(instance.directory, recursive=instance.recursive,
-                              events=pipeline.notifications,
-                              polling_interval=POLLING_INTERVAL_SECONDS)
+    listen_for_lost_events(pipeline.notifications)
+    observer = _observe(instance, pipeline)
     pipeline.request_scan()
     parent.send("ready", {"pid": os.getpid()})
     log.info("watching", extra={"path": instance.directory, "pid": os.getpid(),
-                                "settle_seconds": instance.settle_seconds})
+                                "settle_seconds": instance.settle_seconds,
+                                "tracked_files": len(pipeline.known)})
     exit_code = 0
     next_heartbeat = 0.0
+    next_scan = _next_scan(instance)
     while not stop.is_set():
         pipeline.step(LOOP_WAIT_SECONDS)
         now = time.monotonic()
         if now >= next_heartbeat:
             next_heartbeat = now + HEARTBEAT_SECONDS
-            parent.send("heartbeat", _snapshot(pipeline, publisher, outbox))
+            parent.send("heartbeat", _snapshot(pipeline, publisher, gauge))
+        if now >= next_scan:
+            next_scan = _next_scan(instance)
+            log.info("periodic reconcile scan", extra={"path": instance.directory})
+            pipeline.request_scan()
         if not parent.alive():
             log.warning("supervisor is gone; stopping")
             break
@@ -98,9 +112,7 @@ def _run(spec: ChildSpec, to_parent: Connection, stop: threading.Event) -> int:
         if not observer.is_alive():
             log.error("filesystem observer died; restarting it and rescanning",
                       extra={"path": instance.directory})
-            observer = start_observer(instance.directory, recursive=instance.recursive,
-                                      events=pipeline.notifications,
-                                      polling_interval=POLLING_INTERVAL_SECONDS)
+            observer = _observe(instance, pipeline)
             pipeline.request_scan()
 
     observer.stop()
@@ -111,16 +123,29 @@ def _run(spec: ChildSpec, to_parent: Connection, stop: threading.Event) -> int:
     publisher.stop(deadline=time.monotonic() + max(spec.stop_timeout_seconds - 1.5, 0.5))
     publisher.join()
     observer.join(timeout=2)
-    log.info("stopped", extra={"events": dict(pipeline.counts), "outbox_depth": len(outbox)})
+    store.close()
+    log.info("stopped", extra={"events": dict(pipeline.counts), "outbox_depth": gauge.depth})
     return exit_code
 
 
-def _snapshot(pipeline: Pipeline, publisher: Publisher, outbox: Outbox) -> dict[str, object]:
+def _observe(instance: InstanceConfig, pipeline: Pipeline) -> BaseObserver:
+    return start_observer(instance.directory, recursive=instance.recursive,
+                          events=pipeline.notifications, mode=instance.observer,
+                          polling_interval=instance.polling_interval_seconds)
+
+
+def _next_scan(instance: InstanceConfig) -> float:
+    interval = instance.scan_interval_seconds
+    return time.monotonic() + interval if interval > 0 else float("inf")
+
+
+def _snapshot(pipeline: Pipeline, publisher: Publisher, gauge: OutboxGauge) -> dict[str, object]:
     return {
         "events": dict(pipeline.counts),
         "bytes_hashed": pipeline.bytes_hashed,
         "files_waiting": len(pipeline.settle),
-        "outbox_depth": len(outbox),
+        "outbox_depth": gauge.depth,
+        "outbox_bytes": gauge.size,
         "broker_connected": publisher.stats.connected,
         "published": publisher.stats.published,
         "publish_failures": publisher.stats.failures,

@@ -46,7 +46,7 @@ WATCHED_EVENTS: list[type[FileSystemEvent]] = [
 class RawEvent:
     """A notification with paths relative to the watched root; None = outside the tree."""
 
-    kind: str  # created | modified | closed | deleted | moved
+    kind: str  # created | modified | closed | deleted | moved | overflow (events were lost)
     is_directory: bool
     src: str | None
     dest: str | None = None
@@ -75,21 +75,50 @@ class _Enqueuer(FileSystemEventHandler):
             log.exception("dropped a filesystem notification", extra={"path": str(event.src_path)})
 
 
+class _LostEventsListener(logging.Handler):
+    """watchdog only logs when the kernel queue overflows or a watch cannot be re-added;
+    turn those warnings into an "overflow" notification so the pipeline rescans."""
+
+    def __init__(self, events: queue.SimpleQueue[RawEvent]) -> None:
+        super().__init__(logging.WARNING)
+        self._events = events
+
+    def emit(self, record: logging.LogRecord) -> None:
+        text = record.getMessage().lower()
+        if "overflow" in text or "unable to" in text:
+            self._events.put(RawEvent("overflow", True, ""))
+
+
+def listen_for_lost_events(events: queue.SimpleQueue[RawEvent]) -> None:
+    """Install the listener once per process (a child watches a single tree)."""
+    logger = logging.getLogger("watchdog.observers")
+    logger.handlers[:] = [h for h in logger.handlers if not isinstance(h, _LostEventsListener)]
+    logger.addHandler(_LostEventsListener(events))
+
+
 def start_observer(
-    root: str, *, recursive: bool, events: queue.SimpleQueue[RawEvent], polling_interval: float
+    root: str, *, recursive: bool, events: queue.SimpleQueue[RawEvent], mode: str = "auto",
+    polling_interval: float = 1.0,
 ) -> BaseObserver:
-    """Start watching `root`; falls back to polling, with a warning, if inotify is unusable."""
-    try:
-        observer: BaseObserver = Observer()
-        observer.schedule(_Enqueuer(root, events), root, recursive=recursive,
-                          event_filter=WATCHED_EVENTS)
-        observer.start()
-        return observer
-    except OSError as exc:
-        log.warning(
-            "inotify unavailable (%s); falling back to polling every %.1fs",
-            exc, polling_interval, extra={"path": root},
-        )
+    """Start watching `root` with inotify or by polling.
+
+    "auto" falls back to polling, with a warning, when inotify cannot be used (watch or
+    instance limits reached: ENOSPC, EMFILE); "inotify" raises instead.
+    """
+    if mode != "polling":
+        try:
+            observer: BaseObserver = Observer()
+            observer.schedule(_Enqueuer(root, events), root, recursive=recursive,
+                              event_filter=WATCHED_EVENTS)
+            observer.start()
+            return observer
+        except OSError as exc:
+            if mode == "inotify":
+                raise
+            log.warning(
+                "inotify unavailable (%s); falling back to polling every %.1fs",
+                exc, polling_interval, extra={"path": root},
+            )
     observer = PollingObserver(timeout=polling_interval)
     observer.schedule(_Enqueuer(root, events), root, recursive=recursive,
                       event_filter=WATCHED_EVENTS)

@@ -1,55 +1,45 @@
-"""The outbox between the pipeline and the publisher thread.
+"""How full the outbox is, shared by the pipeline (adds) and the publisher (removes).
 
-An event leaves the outbox only when the publisher acknowledges it, i.e. after the
-broker confirmed it.  This in-memory version keeps order and survives broker outages;
-the durable sqlite outbox replaces it behind the same interface.
+The rows live in the state database (state.py); this gauge keeps their count and size in
+memory so the bound can be checked on every loop turn without a query, and wakes the
+publisher when something new was committed.
 """
 
 from __future__ import annotations
 
 import threading
-import time
-from collections import deque
-
-from multiwatch.watcher.message import Event
 
 
-class Outbox:
-    """FIFO of events awaiting broker confirmation; safe across two threads."""
+class OutboxGauge:
+    """Events and bytes waiting for the broker's confirm, against their configured bound."""
 
-    def __init__(self) -> None:
-        self._events: deque[Event] = deque()
-        self._changed = threading.Condition()
+    def __init__(self, *, events: int, size: int, max_events: int, max_bytes: int) -> None:
+        self._lock = threading.Lock()
+        self._events = events
+        self._bytes = size
+        self.max_events = max_events
+        self.max_bytes = max_bytes
+        self.new_events = threading.Event()
 
-    def __len__(self) -> int:
-        with self._changed:
-            return len(self._events)
+    def added(self, events: int, size: int) -> None:
+        with self._lock:
+            self._events += events
+            self._bytes += size
+        self.new_events.set()
 
-    def put(self, event: Event) -> None:
-        with self._changed:
-            self._events.append(event)
-            self._changed.notify_all()
+    def removed(self, events: int, size: int) -> None:
+        with self._lock:
+            self._events = max(0, self._events - events)
+            self._bytes = max(0, self._bytes - size)
 
-    def peek(self, timeout: float) -> Event | None:
-        """The oldest unconfirmed event, waiting up to `timeout` for one to arrive."""
-        with self._changed:
-            if not self._events:
-                self._changed.wait(timeout)
-            return self._events[0] if self._events else None
+    @property
+    def depth(self) -> int:
+        return self._events
 
-    def ack(self, event: Event) -> None:
-        """Remove `event`, which the broker has confirmed."""
-        with self._changed:
-            if self._events and self._events[0] is event:
-                self._events.popleft()
-                self._changed.notify_all()
+    @property
+    def size(self) -> int:
+        return self._bytes
 
-    def wait_empty(self, deadline: float) -> bool:
-        """Block until the outbox is empty or time.monotonic() reaches deadline."""
-        with self._changed:
-            while self._events:
-                remaining = deadline - time.monotonic()
-                if remaining <= 0:
-                    return False
-                self._changed.wait(remaining)
-            return True
+    @property
+    def full(self) -> bool:
+        return self._events >= self.max_events or self._bytes >= self.max_bytes

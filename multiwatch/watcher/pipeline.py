@@ -2,8 +2,10 @@
 
 Everything here runs on the child's main thread, one step at a time, so there is no
 locking and the loop that drives it can heartbeat between steps.  `known` is what has
-been announced (path → hashes of the announced version); it decides whether a settled
-path is discovered, modified, unchanged, moved or deleted.
+been announced (path → hashes of the announced version), loaded from the state database
+at start; it decides whether a settled path is discovered, modified, unchanged, moved or
+deleted.  Each step ends with one transaction recording the new file states together
+with the events they caused.
 """
 
 from __future__ import annotations
@@ -31,12 +33,14 @@ from multiwatch.watcher.message import (
     FILE_DISCOVERED,
     FILE_MODIFIED,
     FILE_MOVED,
+    Event,
     build_event,
 )
 from multiwatch.watcher.observe import RawEvent
-from multiwatch.watcher.outbox import Outbox
+from multiwatch.watcher.outbox import OutboxGauge
 from multiwatch.watcher.scan import walk_files
 from multiwatch.watcher.settle import SettleTable
+from multiwatch.watcher.state import StateStore
 
 log = logging.getLogger(__name__)
 
@@ -49,14 +53,18 @@ PROGRESS_EVERY_SECONDS = 5.0
 class Pipeline:
     """Turns raw notifications and scan results into announced events for one instance."""
 
-    def __init__(self, instance: InstanceConfig, outbox: Outbox) -> None:
+    def __init__(self, instance: InstanceConfig, store: StateStore, gauge: OutboxGauge) -> None:
         self.instance = instance
         self.root = instance.directory
         self.filter = PathFilter(instance.include, instance.exclude)
         self.settle = SettleTable(instance.settle_seconds)
         self.notifications: queue.SimpleQueue[RawEvent] = queue.SimpleQueue()
-        self.outbox = outbox
-        self.known: dict[str, Hashed] = {}
+        self.store = store
+        self.gauge = gauge
+        self.known: dict[str, Hashed] = store.load_files()
+        self._changed_files: dict[str, Hashed | None] = {}
+        self._new_events: list[Event] = []
+        self._paused_by_full_outbox = False
         self.counts: Counter[str] = Counter()
         self.bytes_hashed = 0
         self.files_hashed = 0
@@ -76,14 +84,25 @@ class Pipeline:
     def step(self, max_wait: float) -> None:
         """One turn: wait briefly for notifications, then scan, then handle settled paths."""
         now = time.monotonic()
-        due = self.settle.next_due()
+        # A full outbox holds settled work back: nothing is due until the publisher drains.
+        due = None if self.gauge.full else self.settle.next_due()
         wait = 0.0 if self._scans else max_wait
         if due is not None:
             wait = min(wait, max(0.0, due - now))
         self._take_notifications(wait)
         self._scan_some()
         self._handle_settled()
+        self._commit()
         self._startup.report(self)
+
+    def _commit(self) -> None:
+        """Record this step's file states and events in one transaction."""
+        if not self._changed_files and not self._new_events:
+            return
+        self.store.commit(self._changed_files, self._new_events)
+        self.gauge.added(len(self._new_events), sum(len(e.body) for e in self._new_events))
+        self._changed_files = {}
+        self._new_events = []
 
     def _take_notifications(self, wait: float) -> None:
         try:
@@ -131,6 +150,18 @@ class Pipeline:
                 self._gone(relative)
 
     def _handle_settled(self) -> None:
+        if self.gauge.full:
+            if not self._paused_by_full_outbox:
+                self._paused_by_full_outbox = True
+                log.warning("outbox full; holding settled files until the broker catches up",
+                            extra={"outbox_depth": self.gauge.depth,
+                                   "outbox_bytes": self.gauge.size})
+            return
+        if self._paused_by_full_outbox:
+            self._paused_by_full_outbox = False
+            log.info("outbox has room again; reconciling by scan",
+                     extra={"outbox_depth": self.gauge.depth})
+            self.request_scan()
         now = time.monotonic()
         for relative, seen in self.settle.pop_due(now, HASHES_PER_STEP):
             self._on_settled(relative, seen, now)
@@ -143,7 +174,10 @@ class Pipeline:
     # -- notifications -------------------------------------------------------------------
 
     def _on_notification(self, event: RawEvent, now: float) -> None:
-        if event.is_directory:
+        if event.kind == "overflow":
+            log.warning("filesystem events were lost; rescanning", extra={"path": self.root})
+            self.request_scan()
+        elif event.is_directory:
             self._on_directory(event, now)
         elif event.kind == "moved":
             self._on_file_moved(event.src, event.dest, now)
@@ -174,7 +208,7 @@ class Pipeline:
                       set(self.settle.under(relative_dir)))
 
     def _on_file_moved(self, src: str | None, dest: str | None, now: float) -> None:
-        announced = self.known.pop(src, None) if src else None
+        announced = self._untrack(src) if src else None
         if src:
             self.settle.discard(src)
         if not (dest and self._wants(dest)):
@@ -187,7 +221,7 @@ class Pipeline:
             if st is not None and FileVersion.of(st) == announced.version:
                 self.settle.discard(dest)
                 renamed = dataclasses.replace(announced, ctime_ns=st.st_ctime_ns)
-                self.known[dest] = renamed
+                self._track(dest, renamed)
                 self._emit(FILE_MOVED, dest, renamed, old_relative_path=src)
                 return
         if announced is not None:
@@ -197,7 +231,7 @@ class Pipeline:
 
     def _gone(self, relative: str) -> None:
         self.settle.discard(relative)
-        announced = self.known.pop(relative, None)
+        announced = self._untrack(relative)
         if announced is not None:
             self._emit(FILE_DELETED, relative, announced)
 
@@ -239,11 +273,21 @@ class Pipeline:
         self._unreadable.discard(relative)
         self.files_hashed += 1
         self.bytes_hashed += hashed.version.size
-        self.known[relative] = hashed
+        self._track(relative, hashed)
         if announced is None:
             self._emit(FILE_DISCOVERED, relative, hashed)
         elif announced.sha256 != hashed.sha256:
             self._emit(FILE_MODIFIED, relative, hashed)
+
+    def _track(self, relative: str, hashed: Hashed) -> None:
+        self.known[relative] = hashed
+        self._changed_files[relative] = hashed
+
+    def _untrack(self, relative: str) -> Hashed | None:
+        announced = self.known.pop(relative, None)
+        if announced is not None:
+            self._changed_files[relative] = None
+        return announced
 
     def _emit(self, event_type: str, relative: str, hashed: Hashed,
               old_relative_path: str | None = None) -> None:
@@ -255,7 +299,7 @@ class Pipeline:
             hashed=hashed,
             old_relative_path=old_relative_path,
         )
-        self.outbox.put(event)
+        self._new_events.append(event)
         self.counts[event_type] += 1
         log.info(event_type.replace("_", " "), extra={
             "path": os.path.join(self.root, relative),

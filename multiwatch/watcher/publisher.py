@@ -1,11 +1,12 @@
 """The publisher thread: the only thread that touches the broker connection.
 
-It publishes the outbox in order, each message with a publisher confirm bounded by
-confirm_timeout, and acknowledges an outbox entry only after the broker confirmed it.
-While idle it services AMQP heartbeats itself (a publish-only connection is otherwise
-closed by the broker).  Any failure closes the connection and reconnects with capped
-exponential backoff and full jitter; the unconfirmed event is published again, which
-is why message ids are deterministic.
+It publishes the durable outbox in order, in batches with pipelined publisher confirms:
+a batch is written, then confirms are awaited (bounded by confirm_timeout), then the
+confirmed prefix of the batch is deleted from the outbox.  Anything unconfirmed, nacked
+or returned as unroutable stays and is published again after a reconnect with capped
+exponential backoff and full jitter — at-least-once, with message ids that let
+consumers drop the duplicates.  While idle the thread services AMQP heartbeats itself
+(a publish-only connection is otherwise closed by the broker).
 """
 
 from __future__ import annotations
@@ -14,19 +15,26 @@ import logging
 import random
 import threading
 import time
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 from kombu import Connection, Producer
 
 from multiwatch.broker import exchange_for, open_connection, queue_for
 from multiwatch.config import BrokerConfig, mask_url
-from multiwatch.watcher.outbox import Outbox
+from multiwatch.watcher.message import Event
+from multiwatch.watcher.outbox import OutboxGauge
+from multiwatch.watcher.state import DurableOutbox
 
 log = logging.getLogger(__name__)
 
 FIRST_RETRY_SECONDS = 0.5
 IDLE_POLL_SECONDS = 0.5
 HEARTBEAT_SERVICE_SECONDS = 1.0  # well inside any heartbeat interval a broker negotiates
+BATCH_SIZE = 256
+
+
+class PublishFailed(Exception):
+    """Part of a batch was not confirmed; it stays in the outbox."""
 
 
 @dataclass
@@ -39,60 +47,99 @@ class PublisherStats:
     last_error: str = ""
 
 
+@dataclass
+class _Confirms:
+    """Publisher-confirm bookkeeping for one channel (delivery tags count from 1)."""
+
+    sent: int = 0
+    pending: set[int] = field(default_factory=set)
+    nacked: set[int] = field(default_factory=set)
+    returned: dict[str, str] = field(default_factory=dict)  # message_id → reason
+
+    def publish(self) -> int:
+        self.sent += 1
+        self.pending.add(self.sent)
+        return self.sent
+
+    def on_ack(self, delivery_tag: int, multiple: bool) -> None:
+        self._settle(delivery_tag, multiple)
+
+    def on_nack(self, delivery_tag: int, multiple: bool) -> None:
+        self.nacked |= self._settle(delivery_tag, multiple)
+
+    def on_return(self, exc: Exception, exchange: str, routing_key: str, message: object) -> None:
+        properties = getattr(message, "properties", {}) or {}
+        self.returned[str(properties.get("message_id"))] = (
+            f"unroutable: no queue is bound to exchange {exchange!r} for routing key "
+            f"{routing_key!r} ({exc})")
+
+    def _settle(self, delivery_tag: int, multiple: bool) -> set[int]:
+        done = {t for t in self.pending if t <= delivery_tag} if multiple else {delivery_tag}
+        self.pending -= done
+        return done
+
+
 class Publisher(threading.Thread):
-    """Drains an Outbox to the broker with confirms; stop() flushes within a deadline."""
+    """Drains the outbox to the broker; stop() flushes within a deadline."""
 
     def __init__(self, *, broker: BrokerConfig, state_dir: str, instance_id: str,
-                 outbox: Outbox) -> None:
+                 db_path: str, gauge: OutboxGauge) -> None:
         super().__init__(name=f"publisher-{instance_id}", daemon=True)
         self._broker = broker
         self._state_dir = state_dir
         self._connection_name = f"file_watcher_{instance_id}"
-        self._outbox = outbox
+        self._db_path = db_path
+        self._gauge = gauge
         self._stop_deadline: float | None = None
         self._wake = threading.Event()
         self.stats = PublisherStats()
 
     def stop(self, deadline: float) -> None:
-        """Finish publishing what is in the outbox, or give up at time.monotonic() deadline."""
+        """Finish publishing the outbox, or give up at time.monotonic() deadline."""
         self._stop_deadline = deadline
         self._wake.set()
+        self._gauge.new_events.set()
 
     def _stopping_now(self) -> bool:
         deadline = self._stop_deadline
         if deadline is None:
             return False
-        return time.monotonic() >= deadline or len(self._outbox) == 0
+        return time.monotonic() >= deadline or self._gauge.depth == 0
 
     def run(self) -> None:
+        outbox = DurableOutbox(self._db_path)
+        try:
+            self._run(outbox)
+        finally:
+            outbox.close()
+        if self._gauge.depth:
+            log.warning("stopped with events still unconfirmed; they are kept in the outbox "
+                        "and sent after the next start", extra={"outbox_depth": self._gauge.depth})
+
+    def _run(self, outbox: DurableOutbox) -> None:
         retry_delay = FIRST_RETRY_SECONDS
         while not self._stopping_now():
             connection = open_connection(
                 self._broker, self._state_dir, connection_name=self._connection_name
             )
             try:
-                self._serve(connection)
+                self._serve(connection, outbox)
                 retry_delay = FIRST_RETRY_SECONDS
             except Exception as exc:  # noqa: BLE001 - any broker or socket failure: back off, retry
                 self.stats.connected = False
                 self.stats.failures += 1
                 self.stats.last_error = f"{type(exc).__name__}: {exc}"
                 delay = random.uniform(0, retry_delay)
-                log.warning(
-                    "broker unavailable, retrying",
-                    extra={"error": self.stats.last_error, "retry_in_seconds": round(delay, 2),
-                           "outbox_depth": len(self._outbox)},
-                )
+                log.warning("broker unavailable, retrying", extra={
+                    "error": self.stats.last_error, "retry_in_seconds": round(delay, 2),
+                    "outbox_depth": self._gauge.depth})
                 retry_delay = min(retry_delay * 2, self._broker.reconnect_max_seconds)
                 self._wake.wait(delay)
             finally:
                 self.stats.connected = False
                 _close_quietly(connection)
-        remaining = len(self._outbox)
-        if remaining:
-            log.warning("stopped with events still unconfirmed", extra={"outbox_depth": remaining})
 
-    def _serve(self, connection: Connection) -> None:
+    def _serve(self, connection: Connection, outbox: DurableOutbox) -> None:
         connection.connect()
         channel = connection.channel()
         exchange = exchange_for(self._broker)(channel)
@@ -100,21 +147,38 @@ class Publisher(threading.Thread):
         queue = queue_for(self._broker)
         if queue is not None:
             queue(channel).declare()
+        confirms = _Confirms()
+        confirming = not self._broker.embedded
+        if confirming:
+            channel.confirm_select()
+            channel.events["basic_ack"].add(confirms.on_ack)
+            channel.events["basic_nack"].add(confirms.on_nack)
+            channel.events["basic_return"].add(confirms.on_return)
         producer = Producer(channel, exchange=exchange)
         self.stats.connected = True
         log.info("connected to broker", extra={
             "broker": "embedded" if self._broker.embedded else mask_url(str(self._broker.url)),
-            "connection_name": self._connection_name,
-        })
-        services_heartbeats = not self._broker.embedded
+            "connection_name": self._connection_name, "outbox_depth": self._gauge.depth})
         next_heartbeat = 0.0
         while not self._stopping_now():
-            event = self._outbox.peek(IDLE_POLL_SECONDS)
-            if services_heartbeats and time.monotonic() >= next_heartbeat:
+            if confirming and time.monotonic() >= next_heartbeat:
                 _service_heartbeat(connection)
                 next_heartbeat = time.monotonic() + HEARTBEAT_SERVICE_SECONDS
-            if event is None:
+            batch = outbox.peek(BATCH_SIZE)
+            if not batch:
+                self._gauge.new_events.wait(IDLE_POLL_SECONDS)
+                self._gauge.new_events.clear()
                 continue
+            self._publish_batch(connection, producer, confirms if confirming else None,
+                                batch, outbox)
+
+    def _publish_batch(self, connection: Connection, producer: Producer,
+                       confirms: _Confirms | None, batch: list[tuple[int, Event]],
+                       outbox: DurableOutbox) -> None:
+        tags = []
+        if confirms is not None:
+            confirms.returned.clear()  # returns arrive before the acks of their own batch
+        for _seq, event in batch:
             producer.publish(
                 event.body,
                 routing_key=event.routing_key,
@@ -124,11 +188,41 @@ class Publisher(threading.Thread):
                 message_id=event.message_id,
                 correlation_id=event.correlation_id,
                 headers=event.headers,
+                # Without our own queue nobody may be bound: have the broker return the
+                # message instead of dropping it, and keep it in the outbox.
+                mandatory=self._broker.queue is None,
                 retry=False,  # retries go through our loop, so the outbox stays the truth
-                confirm_timeout=self._broker.confirm_timeout_seconds,
             )
-            self._outbox.ack(event)
-            self.stats.published += 1
+            tags.append(confirms.publish() if confirms else 0)
+        if confirms is not None:
+            self._await_confirms(connection, confirms)
+        confirmed: list[tuple[int, Event]] = []
+        problem = ""
+        for tag, (seq, event) in zip(tags, batch, strict=True):
+            if confirms is not None:
+                problem = (confirms.returned.pop(event.message_id, "")
+                           or ("broker rejected (nack)" if tag in confirms.nacked else "")
+                           or (f"no confirm within {self._broker.confirm_timeout_seconds}s"
+                               if tag in confirms.pending else ""))
+            if problem:
+                break
+            confirmed.append((seq, event))
+        outbox.ack([seq for seq, _ in confirmed])
+        self._gauge.removed(len(confirmed), sum(len(e.body) for _, e in confirmed))
+        self.stats.published += len(confirmed)
+        if problem:
+            raise PublishFailed(problem)
+
+    def _await_confirms(self, connection: Connection, confirms: _Confirms) -> None:
+        deadline = time.monotonic() + self._broker.confirm_timeout_seconds
+        while confirms.pending:
+            remaining = deadline - time.monotonic()
+            if remaining <= 0:
+                return
+            try:
+                connection.drain_events(timeout=remaining)
+            except TimeoutError:
+                return
 
 
 def _service_heartbeat(connection: Connection) -> None:
@@ -143,5 +237,5 @@ def _service_heartbeat(connection: Connection) -> None:
 def _close_quietly(connection: Connection) -> None:
     try:
         connection.release()
-    except Exception:  # already broken; nothing more to do
+    except Exception:
         log.debug("ignored error while closing the broker connection", exc_info=True)

@@ -15,16 +15,20 @@ import xxhash
 
 from multiwatch.config import InstanceConfig
 from multiwatch.watcher.observe import RawEvent
-from multiwatch.watcher.outbox import Outbox
+from multiwatch.watcher.outbox import OutboxGauge
 from multiwatch.watcher.pipeline import Pipeline
+from multiwatch.watcher.state import DurableOutbox, StateStore
 
 
-def make_pipeline(tmp_path: Path, **options: Any) -> tuple[Pipeline, Outbox, Path]:
+def make_pipeline(tmp_path: Path, **options: Any) -> tuple[Pipeline, DurableOutbox, Path]:
     root = tmp_path / "w"
     root.mkdir(exist_ok=True)
     options.setdefault("settle_seconds", 0.05)
-    outbox = Outbox()
-    return Pipeline(InstanceConfig(id="t", directory=str(root), **options), outbox), outbox, root
+    db_path = str(tmp_path / "state" / "state.db")
+    store = StateStore(db_path)
+    gauge = OutboxGauge(events=0, size=0, max_events=10**6, max_bytes=10**9)
+    pipeline = Pipeline(InstanceConfig(id="t", directory=str(root), **options), store, gauge)
+    return pipeline, DurableOutbox(db_path), root
 
 
 def run_until(pipeline: Pipeline, predicate: Callable[[], bool], timeout: float = 5.0) -> None:
@@ -41,18 +45,19 @@ def settle_all(pipeline: Pipeline) -> None:
     run_until(pipeline, lambda: pipeline.notifications.empty() and not pipeline.busy)
 
 
-def drain(outbox: Outbox) -> list[dict[str, Any]]:
+def drain(outbox: DurableOutbox) -> list[dict[str, Any]]:
     """Take every announced event out of the outbox (as the publisher would), bodies decoded."""
     bodies = []
-    while (event := outbox.peek(0)) is not None:
-        outbox.ack(event)
+    rows = outbox.peek(10**6)
+    outbox.ack([seq for seq, _ in rows])
+    for _, event in rows:
         body = json.loads(event.body)
         assert body["event_type"] == event.event_type
         bodies.append(body)
     return bodies
 
 
-def announce(pipeline: Pipeline, outbox: Outbox, *events: RawEvent) -> list[dict[str, Any]]:
+def announce(pipeline: Pipeline, outbox: DurableOutbox, *events: RawEvent) -> list[dict[str, Any]]:
     """Feed notifications, let everything settle, return what was announced."""
     for event in events:
         pipeline.notifications.put(event)
@@ -60,7 +65,7 @@ def announce(pipeline: Pipeline, outbox: Outbox, *events: RawEvent) -> list[dict
     return drain(outbox)
 
 
-def known_files(pipeline: Pipeline, outbox: Outbox, root: Path,
+def known_files(pipeline: Pipeline, outbox: DurableOutbox, root: Path,
                 files: dict[str, bytes]) -> None:
     """Write files and let a scan announce them, so the pipeline knows them."""
     for relative, data in files.items():
@@ -208,7 +213,7 @@ def test_file_still_being_written_is_announced_once_when_quiet(tmp_path: Path) -
         with open(target, "ab") as handle:
             handle.write(b"more data ")
         pipeline.step(0.01)
-        assert len(outbox) == 0, "announced while still being written"
+        assert not outbox.peek(1), "announced while still being written"
     assert pipeline.files_hashed == 0
     final = target.read_bytes()
     settle_all(pipeline)
@@ -377,9 +382,9 @@ def test_file_moved_back_and_forth_gets_distinct_message_ids(tmp_path: Path) -> 
         os.rename(root / src, root / dest)
         pipeline.notifications.put(RawEvent("moved", False, src, dest))
         settle_all(pipeline)
-        event = outbox.peek(0)
-        assert event is not None and event.event_type == "file_moved"
-        outbox.ack(event)
+        [(seq, event)] = outbox.peek(10)
+        assert event.event_type == "file_moved"
+        outbox.ack([seq])
         ids.append(event.message_id)
     assert len(set(ids)) == 3
 
