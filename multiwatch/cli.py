@@ -31,6 +31,7 @@ commands:
   run     run the supervisor and one watcher per roster instance
   check   validate a roster and print the effective configuration
   tail    print events from the queue (or the embedded spool), one JSON per line
+  state   export or back up the tracked-file state of instances
 """
 
 
@@ -75,6 +76,30 @@ def _parser() -> argparse.ArgumentParser:
                       help="exit after printing N events")
     tail.add_argument("--timeout", type=float, metavar="SECONDS",
                       help="exit after SECONDS without a new event")
+    state = commands.add_parser(
+        "state", help="export or back up tracked state",
+        description="Read each instance's state database (tracked files and their hashes). "
+        "Safe while multiwatch runs.",
+    )
+    state_commands = state.add_subparsers(dest="state_command", metavar="ACTION", required=True)
+    export = state_commands.add_parser(
+        "export", help="print tracked files as JSON lines",
+        description="Print every tracked file as one JSON object per line: instance_id, path, "
+        "relative_path, size, mtime_ns, inode, sha256_hash, xxh128_hash.",
+    )
+    backup = state_commands.add_parser(
+        "backup", help="copy state databases (sqlite online backup)",
+        description="Write a consistent copy of each instance's state database to "
+        "DIR/<instance_id>.state.db, safe while multiwatch runs. To restore: stop multiwatch, "
+        "copy the file to <state_dir>/instances/<instance_id>/state.db (delete state.db-wal and "
+        "state.db-shm there), start multiwatch; its startup scan announces whatever changed "
+        "since the backup.",
+    )
+    backup.add_argument("--to", required=True, metavar="DIR", help="directory for the copies")
+    for action in (export, backup):
+        action.add_argument("-c", "--config", metavar="PATH", help=_CONFIG_HELP)
+        action.add_argument("--instance", metavar="ID", action="append",
+                            help="only this instance (repeatable; default: all)")
     return parser
 
 
@@ -87,6 +112,12 @@ def main(argv: Sequence[str] | None = None) -> int:
             return 0
         if args.command == "tail":
             return _tail(roster, args)
+        if args.command == "state":
+            from multiwatch import state_commands
+
+            if args.state_command == "export":
+                return state_commands.export_state(roster, args.instance)
+            return state_commands.backup_state(roster, args.instance, args.to)
         return _run(roster, args)
     except ConfigError as exc:
         print(f"multiwatch: error: {exc}", file=sys.stderr)

@@ -10,7 +10,9 @@ from tests.support.process import run_cli
 
 
 @pytest.mark.parametrize("command, expected", [
-    ([], ["run", "check", "tail"]),
+    ([], ["run", "check", "tail", "state"]),
+    (["state", "export"], ["--config", "--instance", "JSON"]),
+    (["state", "backup"], ["--config", "--instance", "--to", "restore"]),
     (["run"], ["--config", "MULTIWATCH_CONFIG", "--only", "SIGHUP"]),
     (["check"], ["--config", "masked", "2"]),
     (["tail"], ["--config", "--queue", "--tap", "--count", "--timeout"]),

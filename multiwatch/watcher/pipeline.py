@@ -163,7 +163,8 @@ class Pipeline:
                      extra={"outbox_depth": self.gauge.depth})
             self.request_scan()
         now = time.monotonic()
-        for relative, seen in self.settle.pop_due(now, HASHES_PER_STEP):
+        room = self.gauge.max_events - self.gauge.depth - len(self._new_events)
+        for relative, seen in self.settle.pop_due(now, min(HASHES_PER_STEP, room)):
             self._on_settled(relative, seen, now)
 
     @property

@@ -418,3 +418,57 @@ def test_startup_scan_logs_progress_and_a_summary(tmp_path: Path, monkeypatch, c
     assert summary_line.bytes_hashed == 50_000
     assert hasattr(summary_line, "hash_rate_mb_s")
     assert len(drain(outbox)) == 50
+
+
+# -- durable state: restart reconcile and the outbox bound ----------------------------------
+
+
+def test_restart_announces_exactly_what_changed_while_stopped(tmp_path: Path) -> None:
+    """A new pipeline over the same state: 3 discovered, 2 modified, 1 deleted, nothing else."""
+    pipeline, outbox, root = make_pipeline(tmp_path)
+    originals = {f"keep{i}.mp3": b"keep %d" % i for i in range(4)}
+    originals |= {"change1.mp3": b"v1", "change2.mp3": b"v1", "remove.mp3": b"bye"}
+    known_files(pipeline, outbox, root, originals)
+    pipeline.store.close()
+
+    for i in range(3):
+        (root / f"new{i}.mp3").write_bytes(b"new %d" % i)
+    (root / "change1.mp3").write_bytes(b"version 2")
+    (root / "change2.mp3").write_bytes(b"version 2, longer")
+    (root / "remove.mp3").unlink()
+
+    restarted, outbox, _ = make_pipeline(tmp_path)
+    restarted.request_scan()
+    settle_all(restarted)
+    assert summary(drain(outbox)) == sorted([
+        ("file_discovered", "new0.mp3"), ("file_discovered", "new1.mp3"),
+        ("file_discovered", "new2.mp3"), ("file_modified", "change1.mp3"),
+        ("file_modified", "change2.mp3"), ("file_deleted", "remove.mp3"),
+    ])
+    assert restarted.files_hashed == 5  # the four untouched files were not read
+
+
+def test_full_outbox_holds_settled_files_until_there_is_room(tmp_path: Path) -> None:
+    """With the outbox at its bound nothing more is announced; once drained, the rest is."""
+    pipeline, outbox, root = make_pipeline(tmp_path)
+    pipeline.gauge.max_events = 2
+    for i in range(5):
+        (root / f"f{i}.bin").write_bytes(b"%d" % i)
+    pipeline.request_scan()
+    run_until(pipeline, lambda: pipeline.gauge.full and _held_back(pipeline))
+    pipeline.step(0.0)
+    first = drain(outbox)
+    assert len(first) == 2
+    got = {b["file_info"]["relative_path"] for b in first}
+    while len(got) < 5:  # the publisher confirms, the pipeline refills up to the bound
+        pipeline.gauge.removed(pipeline.gauge.depth, 0)
+        run_until(pipeline, lambda: pipeline.gauge.depth > 0)
+        batch = drain(outbox)
+        assert len(batch) <= 2
+        got |= {b["file_info"]["relative_path"] for b in batch}
+    assert got == {f"f{i}.bin" for i in range(5)}
+
+
+def _held_back(pipeline: Pipeline) -> bool:
+    due = pipeline.settle.next_due()
+    return due is not None and due <= time.monotonic()

@@ -1,0 +1,74 @@
+"""`multiwatch state export` and `multiwatch state backup`: tracked state, safely, while running.
+
+Both read each instance's database through a read-only sqlite connection, which WAL mode
+allows next to the running writer; backup uses sqlite's online backup API, so the copy
+is a consistent snapshot even while events are being recorded.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import sqlite3
+import sys
+from collections.abc import Sequence
+from typing import TextIO
+
+from multiwatch.config import ConfigError, InstanceConfig, Roster
+from multiwatch.watcher.state import StateError, connect, iter_files, state_db_path
+
+
+def chosen_instances(roster: Roster, ids: Sequence[str] | None) -> list[InstanceConfig]:
+    if not ids:
+        return list(roster.instances)
+    known = {i.id: i for i in roster.instances}
+    missing = [i for i in ids if i not in known]
+    if missing:
+        raise ConfigError(f"--instance {', '.join(missing)}: no such instance in {roster.source} "
+                          f"(instances: {', '.join(sorted(known))})")
+    return [known[i] for i in ids]
+
+
+def export_state(roster: Roster, ids: Sequence[str] | None, out: TextIO = sys.stdout) -> int:
+    """Write every tracked file of the chosen instances as one JSON object per line."""
+    for instance in chosen_instances(roster, ids):
+        conn = _open(roster, instance)
+        try:
+            for tracked in iter_files(conn):
+                hashed = tracked.hashed
+                out.write(json.dumps({
+                    "instance_id": instance.id,
+                    "path": os.path.join(instance.directory, tracked.relative_path),
+                    "relative_path": tracked.relative_path,
+                    "size": hashed.version.size,
+                    "mtime_ns": hashed.version.mtime_ns,
+                    "inode": hashed.version.inode,
+                    "sha256_hash": hashed.sha256,
+                    "xxh128_hash": hashed.xxh128,
+                }, ensure_ascii=True) + "\n")
+        finally:
+            conn.close()
+    return 0
+
+
+def backup_state(roster: Roster, ids: Sequence[str] | None, destination: str) -> int:
+    """Copy each chosen instance's database to DESTINATION/<id>.state.db (online backup)."""
+    os.makedirs(destination, exist_ok=True)
+    for instance in chosen_instances(roster, ids):
+        source = _open(roster, instance)
+        target_path = os.path.join(destination, f"{instance.id}.state.db")
+        target = sqlite3.connect(target_path)
+        try:
+            source.backup(target)
+        finally:
+            target.close()
+            source.close()
+        print(f"{instance.id}: {target_path}", file=sys.stderr)
+    return 0
+
+
+def _open(roster: Roster, instance: InstanceConfig) -> sqlite3.Connection:
+    try:
+        return connect(state_db_path(roster.state_dir, instance.id), readonly=True)
+    except (StateError, sqlite3.Error) as exc:
+        raise ConfigError(f"instance {instance.id}: {exc}") from exc

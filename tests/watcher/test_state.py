@@ -1,0 +1,92 @@
+"""The state database: schema versions, atomic records, faithful paths, ordered outbox."""
+
+from __future__ import annotations
+
+import sqlite3
+from pathlib import Path
+
+import pytest
+
+from multiwatch.watcher.hashing import FileVersion, Hashed
+from multiwatch.watcher.message import Event
+from multiwatch.watcher.state import (
+    SCHEMA_VERSION,
+    DurableOutbox,
+    StateError,
+    StateStore,
+    connect,
+    state_db_path,
+)
+
+HASHED = Hashed(FileVersion(size=3, mtime_ns=10, inode=7), "a" * 64, "b" * 32, ctime_ns=11)
+
+
+def _event(n: int) -> Event:
+    return Event("i", "file_discovered", "file.discovered", f"m{n}", f"c{n}", b'{"n": %d}' % n)
+
+
+def test_new_database_is_created_at_current_schema_in_wal_mode(tmp_path: Path) -> None:
+    """A fresh state dir gets a WAL database at the current schema version."""
+    path = state_db_path(str(tmp_path), "music")
+    StateStore(path).close()
+    conn = sqlite3.connect(path)
+    assert conn.execute("PRAGMA user_version").fetchone()[0] == SCHEMA_VERSION
+    assert conn.execute("PRAGMA journal_mode").fetchone()[0] == "wal"
+
+
+def test_database_from_a_newer_version_is_refused_clearly(tmp_path: Path) -> None:
+    """State written by a newer multiwatch is not silently misread."""
+    path = str(tmp_path / "state.db")
+    conn = sqlite3.connect(path)
+    conn.execute(f"PRAGMA user_version = {SCHEMA_VERSION + 1}")
+    conn.close()
+    with pytest.raises(StateError, match="schema version"):
+        StateStore(path)
+
+
+def test_older_database_is_migrated_in_place(tmp_path: Path) -> None:
+    """A database at schema 0 (created but never migrated) is upgraded on open."""
+    path = str(tmp_path / "state.db")
+    sqlite3.connect(path).close()
+    store = StateStore(path)
+    store.commit({"a.mp3": HASHED}, [])
+    assert store.load_files() == {"a.mp3": HASHED}
+
+
+def test_files_and_events_are_recorded_together_or_not_at_all(tmp_path: Path) -> None:
+    """If recording the events fails, the file state is not recorded either."""
+    path = str(tmp_path / "state.db")
+    store = StateStore(path)
+    broken = Event("i", "file_discovered", "file.discovered", "m", "c", None)  # type: ignore[arg-type]
+    with pytest.raises(sqlite3.IntegrityError):
+        store.commit({"a.mp3": HASHED}, [broken])
+    assert store.load_files() == {}
+    assert DurableOutbox(path).peek(10) == []
+
+
+def test_non_utf8_paths_round_trip(tmp_path: Path) -> None:
+    """A file name that is not valid UTF-8 comes back exactly as it went in."""
+    name = b"caf\xe9.mp3".decode("utf-8", "surrogateescape")
+    store = StateStore(str(tmp_path / "state.db"))
+    store.commit({name: HASHED}, [])
+    assert list(store.load_files()) == [name]
+
+
+def test_outbox_keeps_order_and_forgets_only_acknowledged_events(tmp_path: Path) -> None:
+    """The publisher sees events oldest first; acked ones are gone, the rest stay."""
+    path = str(tmp_path / "state.db")
+    store = StateStore(path)
+    store.commit({}, [_event(n) for n in range(5)])
+    outbox = DurableOutbox(path)
+    first = outbox.peek(3)
+    assert [e.message_id for _, e in first] == ["m0", "m1", "m2"]
+    outbox.ack([seq for seq, _ in first[:2]])
+    assert [e.message_id for _, e in outbox.peek(10)] == ["m2", "m3", "m4"]
+    assert store.outbox_usage() == (3, sum(len(_event(n).body) for n in (2, 3, 4)))
+
+
+def test_readonly_open_of_a_missing_database_says_so(tmp_path: Path) -> None:
+    """Exporting an instance that never ran is a clear error, not an empty file created."""
+    with pytest.raises(StateError, match="no state database"):
+        connect(str(tmp_path / "nothing.db"), readonly=True)
+    assert not (tmp_path / "nothing.db").exists()
