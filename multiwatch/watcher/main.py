@@ -24,7 +24,7 @@ from multiwatch.watcher.observe import listen_for_lost_events, start_observer
 from multiwatch.watcher.outbox import OutboxGauge
 from multiwatch.watcher.pipeline import Pipeline
 from multiwatch.watcher.publisher import Publisher
-from multiwatch.watcher.state import StateStore, state_db_path
+from multiwatch.watcher.state import StateError, StateStore, state_db_path
 
 log = logging.getLogger(__name__)
 
@@ -56,6 +56,9 @@ def child_main(spec: ChildSpec, to_parent: Connection) -> None:
     _die_with_parent(spec.parent_pid)
     try:
         code = _run(spec, to_parent, stop)
+    except StateError as exc:  # a user-fixable problem: say it, without a traceback
+        log.error("cannot use the state database: %s", exc)
+        code = 1
     except Exception:
         log.exception("watcher crashed")
         code = 1
