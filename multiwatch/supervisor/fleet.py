@@ -2,7 +2,8 @@
 
 Each turn waits at most a second (for a child report or a signal), handles queued
 signals, reaps exited children, checks heartbeats, starts children whose backoff is
-over, and logs resource use on schedule.  Signal handlers only queue the signal.
+over, samples resources, and publishes a fresh fleet view for the HTTP thread.  Signal
+handlers only queue the signal.
 """
 
 from __future__ import annotations
@@ -11,10 +12,12 @@ import logging
 import multiprocessing
 import os
 import signal
+import threading
 import time
 from collections import deque
 from collections.abc import Callable
 from multiprocessing.connection import wait
+from typing import Any
 
 from multiwatch.config import ConfigError, Roster
 from multiwatch.supervisor.lifecycle import Child, State
@@ -24,6 +27,7 @@ from multiwatch.watcher.main import ChildSpec
 log = logging.getLogger(__name__)
 
 LOOP_WAIT_SECONDS = 1.0
+SAMPLE_EVERY_SECONDS = 5.0  # psutil sampling for the fleet view (cpu_percent spans this)
 
 
 class Supervisor:
@@ -38,6 +42,12 @@ class Supervisor:
         self._stopping = False
         self._meter = ResourceMeter()
         self._next_report = 0.0
+        self._next_sample = 0.0
+        self._usage: dict[int, dict[str, Any]] = {}  # pid → last psutil sample
+        self._started_at = time.monotonic()
+        self._last_turn = self._started_at
+        self._view: dict[str, Any] = {}
+        self._view_lock = threading.Lock()
 
     # -- signals: handlers only enqueue; the loop acts ---------------------------------------
 
@@ -101,9 +111,40 @@ class Supervisor:
             child.check_hung(now)
             if child.state is State.BACKOFF and now >= child.next_start_at and not self._stopping:
                 child.start(now)
+        if now >= self._next_sample:
+            self._next_sample = now + SAMPLE_EVERY_SECONDS
+            self._sample_resources()
         if now >= self._next_report:
             self._next_report = now + self.roster.supervisor.report_interval_seconds
             self._report_resources()
+        self._publish_view(now)
+
+    # -- the fleet view (read by the HTTP thread) -----------------------------------------------
+
+    def fleet_view(self) -> dict[str, Any]:
+        """A JSON-ready picture of the fleet; safe to call from any thread."""
+        with self._view_lock:
+            view = dict(self._view)
+        if view:
+            view["supervisor"] = dict(view["supervisor"],
+                                      loop_age_seconds=round(time.monotonic() - self._last_turn, 2))
+        return view
+
+    def _publish_view(self, now: float) -> None:
+        instances = {}
+        for child in self._children.values():
+            entry = child.view(now)
+            entry["resources"] = self._usage.get(child.pid) if child.pid else None
+            instances[child.instance_id] = entry
+        view = {
+            "supervisor": {"pid": os.getpid(), "roster": self.roster.source,
+                           "uptime_seconds": round(now - self._started_at, 1),
+                           "resources": self._usage.get(os.getpid())},
+            "instances": instances,
+        }
+        with self._view_lock:
+            self._view = view
+            self._last_turn = now
 
     def _wait_budget(self) -> float:
         now = time.monotonic()
@@ -123,7 +164,8 @@ class Supervisor:
         for instance in roster.instances:
             spec = self._spec_for(instance.id)
             current = self._children.get(instance.id)
-            if current is not None and old_specs.get(instance.id) == spec:
+            unchanged = current is not None and old_specs.get(instance.id) == spec
+            if unchanged and current is not None and current.state is not State.FATAL:
                 continue
             if current is not None:
                 log.info("instance changed; restarting it", extra={"instance_id": instance.id})
@@ -177,20 +219,25 @@ class Supervisor:
 
     # -- resources -------------------------------------------------------------------------------
 
+    def _sample_resources(self) -> None:
+        pids = {c.pid for c in self._children.values() if c.pid is not None} | {os.getpid()}
+        self._meter.retain(pids)
+        self._usage = {}
+        for pid in pids:
+            usage = self._meter.sample(pid)
+            if usage is not None:
+                self._usage[pid] = usage.as_dict()
+
     def _report_resources(self) -> None:
-        live = {c.pid for c in self._children.values() if c.pid is not None}
-        self._meter.retain(live | {os.getpid()})
-        own = self._meter.sample(os.getpid())
+        own = self._usage.get(os.getpid())
         if own is not None:
-            log.info("supervisor resources", extra=own.as_dict())
+            log.info("supervisor resources", extra=own)
         for child in self._children.values():
-            if child.pid is None:
-                continue
-            usage = self._meter.sample(child.pid)
+            usage = self._usage.get(child.pid) if child.pid else None
             if usage is not None:
                 log.info("child resources", extra={
                     "instance_id": child.instance_id, "pid": child.pid, "state": str(child.state),
-                    **usage.as_dict()})
+                    **usage})
 
 
 def _drain(fd: int) -> None:

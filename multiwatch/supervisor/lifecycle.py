@@ -1,7 +1,14 @@
-"""One child process and its lifecycle: STARTING → RUNNING → BACKOFF → … → STOPPED.
+"""One child process and its lifecycle, on time.monotonic():
 
-All times are time.monotonic().  The child reports over a one-way pipe: "ready" once it
-watches, "heartbeat" from its work loop, "waiting" while an optional directory is absent.
+    STARTING ──ready──> RUNNING ──exit──> BACKOFF ──delay──> STARTING ...
+       │                                     │
+       └──"waiting" (optional dir absent)──> WAITING      FATAL: START_RETRIES exits in a row
+                                                          before ever reaching RUNNING
+    STOPPING ──exit──> STOPPED  (asked to stop: shutdown, reload, memory limit)
+
+The child reports over a one-way pipe: "ready" once it watches, "heartbeat" from its work
+loop, "waiting" while an optional directory is absent.  A watched directory that is gone
+is not a crash: it is retried at the capped backoff forever and never turns FATAL.
 """
 
 from __future__ import annotations
@@ -13,11 +20,14 @@ import random
 import signal
 from multiprocessing.connection import Connection
 from multiprocessing.context import SpawnContext, SpawnProcess
+from typing import Any
 
 from multiwatch.config import SupervisorConfig
 from multiwatch.watcher.main import EXIT_DIRECTORY_GONE, ChildSpec, child_main
 
 log = logging.getLogger(__name__)
+
+START_RETRIES = 5  # exits in a row without ever becoming ready → FATAL (until SIGHUP)
 
 
 class State(enum.StrEnum):
@@ -25,6 +35,7 @@ class State(enum.StrEnum):
     RUNNING = "RUNNING"
     WAITING = "WAITING"  # optional instance whose directory is not there (yet)
     BACKOFF = "BACKOFF"
+    FATAL = "FATAL"
     STOPPING = "STOPPING"
     STOPPED = "STOPPED"
 
@@ -42,11 +53,14 @@ class Child:
         self.restarts = 0
         self.started_at = 0.0
         self.last_heartbeat = 0.0
-        self.snapshot: dict[str, object] = {}
+        self.snapshot: dict[str, Any] = {}
         self.last_exit = ""
+        self.reason = ""  # why it is not RUNNING, for /status
         self.next_start_at = 0.0
         self._backoff = settings.restart_backoff_seconds
+        self._failures_before_ready = 0
         self._term_sent_at: float | None = None
+        self._restart_requested = ""
 
     @property
     def instance_id(self) -> str:
@@ -66,6 +80,7 @@ class Child:
         self.process, self.reader = process, reader
         self.state = State.STARTING
         self.started_at = self.last_heartbeat = now
+        self.snapshot = {}
         self._term_sent_at = None
         log.info("child started", extra={"instance_id": self.instance_id, "pid": process.pid,
                                          "restarts": self.restarts})
@@ -78,10 +93,13 @@ class Child:
             while self.reader.poll():
                 kind, payload = self.reader.recv()
                 self.last_heartbeat = now
-                if kind == "ready" and self.state is State.STARTING:
+                if kind == "ready" and self.state in (State.STARTING, State.WAITING):
                     self.state = State.RUNNING
+                    self.reason = ""
+                    self._failures_before_ready = 0
                 elif kind == "waiting" and self.state is State.STARTING:
                     self.state = State.WAITING
+                    self.reason = str(payload.get("reason", "waiting"))
                 elif kind == "heartbeat":
                     self.snapshot = payload
         except (EOFError, OSError):
@@ -89,7 +107,7 @@ class Child:
             self.reader = None
 
     def reap(self, now: float) -> bool:
-        """If the process has exited, record why and schedule a restart; True if it had."""
+        """If the process has exited, record why and schedule what comes next."""
         process = self.process
         if process is None or process.is_alive():
             return False
@@ -101,45 +119,87 @@ class Child:
             self.reader.close()
             self.reader = None
         self.process = None
-        if self.state is State.STOPPING:
+        if self.state is State.STOPPING and not self._restart_requested:
             self.state = State.STOPPED
             log.info("child stopped", extra={"instance_id": self.instance_id,
                                              "exit": self.last_exit})
+            return True
+        self.restarts += 1
+        if self._restart_requested:  # asked for (memory limit): no penalty, start again now
+            self.reason, self._restart_requested = self._restart_requested, ""
+            self.next_start_at = now
+            self.state = State.BACKOFF
+            return True
+        directory_gone = code == EXIT_DIRECTORY_GONE
+        self.reason = "directory missing" if directory_gone else self.last_exit
+        if self.state is State.STARTING and not directory_gone:
+            self._failures_before_ready += 1
+        if self._failures_before_ready >= START_RETRIES:
+            self.state = State.FATAL
+            log.error("child keeps failing before it is ready; giving up until the roster is "
+                      "reloaded (SIGHUP)", extra={"instance_id": self.instance_id,
+                                                  "exit": self.last_exit,
+                                                  "attempts": self._failures_before_ready})
             return True
         if uptime >= self.settings.backoff_reset_seconds:
             self._backoff = self.settings.restart_backoff_seconds
         delay = self._backoff * random.uniform(0.8, 1.2)
         self._backoff = min(self._backoff * 2, self.settings.restart_backoff_max_seconds)
         self.next_start_at = now + delay
-        self.restarts += 1
         self.state = State.BACKOFF
         log.warning("child exited; restarting after backoff", extra={
-            "instance_id": self.instance_id, "exit": self.last_exit,
+            "instance_id": self.instance_id, "exit": self.last_exit, "reason": self.reason,
             "uptime_seconds": round(uptime, 1), "restart_in_seconds": round(delay, 2)})
         return True
 
     def check_hung(self, now: float) -> None:
         """SIGTERM a child whose work loop stopped heartbeating; SIGKILL if that is ignored."""
-        if self.process is None or self.state is State.STOPPING:
+        if self.process is None:
+            return
+        if self._term_sent_at is not None:
+            if now - self._term_sent_at >= self.settings.stop_timeout_seconds:
+                self._signal(signal.SIGKILL)
             return
         silent = now - self.last_heartbeat
-        if silent < self.settings.hang_timeout_seconds:
-            return
-        if self._term_sent_at is None:
+        if silent >= self.settings.hang_timeout_seconds:
             log.error("child stopped heartbeating; terminating it", extra={
                 "instance_id": self.instance_id, "silent_seconds": round(silent, 1)})
             self._signal(signal.SIGTERM)
             self._term_sent_at = now
-        elif now - self._term_sent_at >= self.settings.stop_timeout_seconds:
-            self._signal(signal.SIGKILL)
+
+    def restart(self, reason: str, now: float) -> None:
+        """Stop gracefully and start again at once (not counted as a failure)."""
+        if self.process is None or self._restart_requested:
+            return
+        log.warning("restarting child: %s", reason, extra={"instance_id": self.instance_id})
+        self._restart_requested = reason
+        self.state = State.STOPPING
+        self._signal(signal.SIGTERM)
+        self._term_sent_at = now
 
     def terminate(self) -> None:
-        """Ask the child to stop (it flushes its outbox first)."""
+        """Ask the child to stop for good (it flushes its outbox first)."""
+        self._restart_requested = ""
         self.state = State.STOPPING if self.process is not None else State.STOPPED
         self._signal(signal.SIGTERM)
 
     def kill(self) -> None:
         self._signal(signal.SIGKILL)
+
+    def view(self, now: float) -> dict[str, Any]:
+        """This child as /status shows it (resources are added by the supervisor)."""
+        alive = self.process is not None
+        return {
+            "state": str(self.state),
+            "pid": self.pid,
+            "restarts": self.restarts,
+            "uptime_seconds": round(now - self.started_at, 1) if alive else None,
+            "last_exit": self.last_exit,
+            "reason": self.reason,
+            "directory": self.spec.instance.directory,
+            "heartbeat_age_seconds": round(now - self.last_heartbeat, 1) if alive else None,
+            "heartbeat": self.snapshot,
+        }
 
     def _signal(self, signum: int) -> None:
         if self.process is not None and self.process.pid is not None and self.process.is_alive():

@@ -25,6 +25,7 @@ from multiwatch.watcher.outbox import OutboxGauge
 from multiwatch.watcher.pipeline import Pipeline
 from multiwatch.watcher.publisher import Publisher
 from multiwatch.watcher.state import StateError, StateStore, state_db_path
+from multiwatch.watcher.stats import ProblemCounter
 
 log = logging.getLogger(__name__)
 
@@ -69,6 +70,8 @@ def child_main(spec: ChildSpec, to_parent: Connection) -> None:
 def _run(spec: ChildSpec, to_parent: Connection, stop: threading.Event) -> int:
     instance = spec.instance
     parent = _ParentLink(to_parent, spec.parent_pid)
+    problems = ProblemCounter()
+    logging.getLogger().addHandler(problems)
     if not _wait_for_directory(instance, parent, stop):
         return 0 if stop.is_set() or not parent.alive() else EXIT_DIRECTORY_GONE
 
@@ -100,7 +103,7 @@ def _run(spec: ChildSpec, to_parent: Connection, stop: threading.Event) -> int:
         now = time.monotonic()
         if now >= next_heartbeat:
             next_heartbeat = now + HEARTBEAT_SECONDS
-            parent.send("heartbeat", _snapshot(pipeline, publisher, gauge))
+            parent.send("heartbeat", _snapshot(pipeline, publisher, gauge, problems))
         if now >= next_scan:
             next_scan = _next_scan(instance)
             log.info("periodic reconcile scan", extra={"path": instance.directory})
@@ -142,13 +145,19 @@ def _next_scan(instance: InstanceConfig) -> float:
     return time.monotonic() + interval if interval > 0 else float("inf")
 
 
-def _snapshot(pipeline: Pipeline, publisher: Publisher, gauge: OutboxGauge) -> dict[str, object]:
+def _snapshot(pipeline: Pipeline, publisher: Publisher, gauge: OutboxGauge,
+              problems: ProblemCounter) -> dict[str, object]:
+    """The status a heartbeat carries to the supervisor (and on to /status and /metrics)."""
     return {
         "events": dict(pipeline.counts),
         "bytes_hashed": pipeline.bytes_hashed,
+        "files_hashed": pipeline.files_hashed,
         "files_waiting": len(pipeline.settle),
         "outbox_depth": gauge.depth,
         "outbox_bytes": gauge.size,
+        "outbox_full": gauge.full,
+        "errors": problems.count,
+        "latency": publisher.latency.snapshot(),
         "broker_connected": publisher.stats.connected,
         "published": publisher.stats.published,
         "publish_failures": publisher.stats.failures,

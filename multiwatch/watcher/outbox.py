@@ -20,6 +20,9 @@ class OutboxGauge:
         self.max_events = max_events
         self.max_bytes = max_bytes
         self.new_events = threading.Event()
+        # message_id → when its change was first noticed (monotonic); the publisher pops it
+        # on confirm to measure latency.  Lost on restart, which only skips a measurement.
+        self.noticed_at: dict[str, float] = {}
 
     def added(self, events: int, size: int) -> None:
         with self._lock:

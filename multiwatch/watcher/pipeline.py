@@ -65,6 +65,7 @@ class Pipeline:
         self._changed_files: dict[str, Hashed | None] = {}
         self._new_events: list[Event] = []
         self._paused_by_full_outbox = False
+        self._noticed_at: dict[str, float] = {}  # path → first notification of this change
         self.counts: Counter[str] = Counter()
         self.bytes_hashed = 0
         self.files_hashed = 0
@@ -137,7 +138,7 @@ class Pipeline:
             self._startup.files_scanned += 1
             announced = self.known.get(relative)
             if announced is None or announced.version != version:
-                self.settle.touch(relative, now, seen=version)
+                self._settle_later(relative, now, seen=version)
 
     def _reconcile_unseen(self, scan: _Scan) -> None:
         """Announced files the scan did not meet are deleted, if they are really gone
@@ -166,6 +167,8 @@ class Pipeline:
         room = self.gauge.max_events - self.gauge.depth - len(self._new_events)
         for relative, seen in self.settle.pop_due(now, min(HASHES_PER_STEP, room)):
             self._on_settled(relative, seen, now)
+            if relative not in self.settle:  # done with it, announced or not
+                self._noticed_at.pop(relative, None)
 
     @property
     def busy(self) -> bool:
@@ -186,7 +189,7 @@ class Pipeline:
             if event.src:
                 self._gone(event.src)
         elif event.src and self._wants(event.src):  # created, modified, closed
-            self.settle.touch(event.src, now)
+            self._settle_later(event.src, now)
 
     def _on_directory(self, event: RawEvent, now: float) -> None:
         if event.kind == "deleted" and event.src == "":
@@ -212,6 +215,7 @@ class Pipeline:
         announced = self._untrack(src) if src else None
         if src:
             self.settle.discard(src)
+            self._noticed_at.pop(src, None)
         if not (dest and self._wants(dest)):
             if announced is not None:
                 self._emit(FILE_DELETED, src or "", announced)
@@ -228,10 +232,15 @@ class Pipeline:
         if announced is not None:
             # What arrived at dest is not what we announced: the old path is gone.
             self._emit(FILE_DELETED, src or "", announced)
-        self.settle.touch(dest, now)
+        self._settle_later(dest, now)
+
+    def _settle_later(self, relative: str, now: float, seen: FileVersion | None = None) -> None:
+        self.settle.touch(relative, now, seen=seen)
+        self._noticed_at.setdefault(relative, now)
 
     def _gone(self, relative: str) -> None:
         self.settle.discard(relative)
+        self._noticed_at.pop(relative, None)
         announced = self._untrack(relative)
         if announced is not None:
             self._emit(FILE_DELETED, relative, announced)
@@ -301,6 +310,7 @@ class Pipeline:
             old_relative_path=old_relative_path,
         )
         self._new_events.append(event)
+        self.gauge.noticed_at[event.message_id] = self._noticed_at.pop(relative, time.monotonic())
         self.counts[event_type] += 1
         log.info(event_type.replace("_", " "), extra={
             "path": os.path.join(self.root, relative),

@@ -24,6 +24,7 @@ from multiwatch.config import BrokerConfig, mask_url
 from multiwatch.watcher.message import Event
 from multiwatch.watcher.outbox import OutboxGauge
 from multiwatch.watcher.state import DurableOutbox
+from multiwatch.watcher.stats import LatencyHistogram
 
 log = logging.getLogger(__name__)
 
@@ -93,6 +94,7 @@ class Publisher(threading.Thread):
         self._stop_deadline: float | None = None
         self._wake = threading.Event()
         self.stats = PublisherStats()
+        self.latency = LatencyHistogram()
 
     def stop(self, deadline: float) -> None:
         """Finish publishing the outbox, or give up at time.monotonic() deadline."""
@@ -210,6 +212,11 @@ class Publisher(threading.Thread):
         outbox.ack([seq for seq, _ in confirmed])
         self._gauge.removed(len(confirmed), sum(len(e.body) for _, e in confirmed))
         self.stats.published += len(confirmed)
+        confirmed_at = time.monotonic()
+        for _, event in confirmed:
+            noticed = self._gauge.noticed_at.pop(event.message_id, None)
+            if noticed is not None:
+                self.latency.observe(confirmed_at - noticed)
         if problem:
             raise PublishFailed(problem)
 
