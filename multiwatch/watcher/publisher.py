@@ -37,6 +37,10 @@ BATCH_SIZE = 256
 class PublishFailed(Exception):
     """Part of a batch was not confirmed; it stays in the outbox."""
 
+    def __init__(self, problem: str, *, unroutable: bool = False) -> None:
+        super().__init__(problem)
+        self.unroutable = unroutable
+
 
 @dataclass
 class PublisherStats:
@@ -132,7 +136,10 @@ class Publisher(threading.Thread):
                 self.stats.failures += 1
                 self.stats.last_error = f"{type(exc).__name__}: {exc}"
                 delay = random.uniform(0, retry_delay)
-                log.warning("broker unavailable, retrying", extra={
+                message = ("events unroutable: no queue is bound to the exchange; keeping them "
+                           "in the outbox and retrying" if getattr(exc, "unroutable", False)
+                           else "broker unavailable, retrying")
+                log.warning(message, extra={
                     "error": self.stats.last_error, "retry_in_seconds": round(delay, 2),
                     "outbox_depth": self._gauge.depth})
                 retry_delay = min(retry_delay * 2, self._broker.reconnect_max_seconds)
@@ -199,9 +206,10 @@ class Publisher(threading.Thread):
         if confirms is not None:
             self._await_confirms(connection, confirms)
         confirmed: list[tuple[int, Event]] = []
-        problem = ""
+        problem, unroutable = "", False
         for tag, (seq, event) in zip(tags, batch, strict=True):
             if confirms is not None:
+                unroutable = event.message_id in confirms.returned
                 problem = (confirms.returned.pop(event.message_id, "")
                            or ("broker rejected (nack)" if tag in confirms.nacked else "")
                            or (f"no confirm within {self._broker.confirm_timeout_seconds}s"
@@ -218,7 +226,7 @@ class Publisher(threading.Thread):
             if noticed is not None:
                 self.latency.observe(confirmed_at - noticed)
         if problem:
-            raise PublishFailed(problem)
+            raise PublishFailed(problem, unroutable=unroutable)
 
     def _await_confirms(self, connection: Connection, confirms: _Confirms) -> None:
         deadline = time.monotonic() + self._broker.confirm_timeout_seconds

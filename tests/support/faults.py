@@ -101,10 +101,16 @@ def emitted(mw: Multiwatch, instance_id: str, after: int = 0) -> list[LogLine]:
 def wait_emitted(mw: Multiwatch, instance_id: str, count: int, timeout: float,
                  after: int = 0) -> list[LogLine]:
     """Wait until the instance has logged at least `count` events (from line `after`)."""
-    return wait_for(lambda: (lambda got: got if len(got) >= count else None)(
-        emitted(mw, instance_id, after)), timeout=timeout, interval=0.1,
-        message=f"{instance_id} did not log {count} events within {timeout}s; "
-                f"last lines: {mw.raw[-10:]}")
+    got: list[LogLine] = []
+
+    def enough() -> bool:
+        got[:] = emitted(mw, instance_id, after)
+        return len(got) >= count
+
+    wait_for(enough, timeout=timeout, interval=0.1,
+             message=f"{instance_id} did not log {count} events within {timeout}s; "
+                     f"last lines: {mw.raw[-10:]}")
+    return got
 
 
 def startup_complete(mw: Multiwatch, instance_id: str, timeout: float,
@@ -136,15 +142,21 @@ def first_occurrences(messages: Iterable[Received]) -> list[str]:
 # ---- broker -------------------------------------------------------------------------------
 
 
+def _amqp(url: str, connect_timeout: float) -> amqp.Connection:
+    """A not-yet-connected py-amqp connection to the URL's vhost (no kombu retry sleeps)."""
+    parts = urllib.parse.urlsplit(url)
+    return amqp.Connection(
+        host=f"{parts.hostname}:{parts.port}",
+        userid=urllib.parse.unquote(parts.username or "guest"),
+        password=urllib.parse.unquote(parts.password or "guest"),
+        virtual_host=urllib.parse.unquote(parts.path[1:]) if len(parts.path) > 1 else "/",
+        connect_timeout=connect_timeout,
+    )
+
+
 def accepts_connections(url: str) -> bool:
     """True if the broker completes an AMQP handshake on the URL's vhost now."""
-    parts = urllib.parse.urlsplit(url)
-    vhost = urllib.parse.unquote(parts.path[1:]) if len(parts.path) > 1 else "/"
-    conn = amqp.Connection(
-        host=f"{parts.hostname}:{parts.port}", userid=urllib.parse.unquote(parts.username or "guest"),
-        password=urllib.parse.unquote(parts.password or "guest"), virtual_host=vhost,
-        connect_timeout=2,
-    )
+    conn = _amqp(url, connect_timeout=2)
     try:
         conn.connect()
     except Exception:  # noqa: BLE001 - any failure means "not yet"
@@ -152,7 +164,7 @@ def accepts_connections(url: str) -> bool:
         return False
     try:
         conn.close()
-    except Exception:  # noqa: BLE001
+    except Exception:  # noqa: BLE001 - it answered; how it hung up does not matter
         conn.collect()
     return True
 
@@ -163,13 +175,8 @@ def wait_accepting(url: str, timeout: float = 60) -> None:
 
 
 def queue_depth(url: str, queue: str) -> int:
-    """Messages in `queue` (passive declare; the queue must exist)."""
-    parts = urllib.parse.urlsplit(url)
-    vhost = urllib.parse.unquote(parts.path[1:]) if len(parts.path) > 1 else "/"
-    with amqp.Connection(host=f"{parts.hostname}:{parts.port}",
-                         userid=urllib.parse.unquote(parts.username or "guest"),
-                         password=urllib.parse.unquote(parts.password or "guest"),
-                         virtual_host=vhost, connect_timeout=5) as conn:
+    """Messages in `queue` now (passive declare: the queue must exist)."""
+    with _amqp(url, connect_timeout=5) as conn:
         return int(conn.channel().queue_declare(queue, passive=True).message_count)
 
 
@@ -268,6 +275,9 @@ class Burst(threading.Thread):
                 if remaining <= 0:
                     raise AssertionError(f"only {self.written} of {count} files written")
                 self._progress.wait(min(remaining, 0.2))
+        if self.error is not None:
+            raise self.error
+        assert self.written >= count, f"writer stopped after {self.written} of {count} files"
 
     def finish(self, timeout: float = 60) -> None:
         self.join(timeout)

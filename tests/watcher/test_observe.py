@@ -1,0 +1,140 @@
+"""Observers: inotify, polling, the fallback between them, and lost kernel events."""
+
+from __future__ import annotations
+
+import errno
+import logging
+import queue
+import time
+from collections.abc import Callable, Iterator
+from pathlib import Path
+
+import pytest
+from watchdog.observers.api import BaseObserver
+from watchdog.observers.inotify_c import (
+    InotifyConstants,
+    InotifyEvent,
+    InotifyFD,
+    WatchDescriptor,
+)
+from watchdog.observers.polling import PollingObserver
+
+from multiwatch.watcher import observe
+from multiwatch.watcher.observe import RawEvent, listen_for_lost_events, start_observer
+from tests.watcher.test_pipeline import drain, known_files, make_pipeline, settle_all
+
+
+def _next_event(events: queue.SimpleQueue[RawEvent], wanted: Callable[[RawEvent], bool],
+                timeout: float = 5.0) -> RawEvent:
+    """The first queued notification matching `wanted`; fail after `timeout` seconds."""
+    deadline = time.monotonic() + timeout
+    while True:
+        remaining = deadline - time.monotonic()
+        assert remaining > 0, "expected notification did not arrive"
+        try:
+            event = events.get(timeout=remaining)
+        except queue.Empty:
+            continue
+        if wanted(event):
+            return event
+
+
+@pytest.fixture
+def observers() -> Iterator[list[BaseObserver]]:
+    """Observers a test started; stopped and joined afterwards."""
+    started: list[BaseObserver] = []
+    yield started
+    for observer in started:
+        observer.stop()
+        observer.join(timeout=5)
+
+
+def _watch_limit_reached(code: int) -> type[BaseObserver]:
+    class NoWatchesLeft(observe.Observer):  # type: ignore[misc, valid-type]
+        def schedule(self, *args: object, **kwargs: object) -> None:  # type: ignore[override]
+            raise OSError(code, "inotify watch limit reached")
+
+    return NoWatchesLeft
+
+
+@pytest.mark.parametrize("code", [errno.ENOSPC, errno.EMFILE])
+def test_auto_falls_back_to_polling_with_a_warning_when_inotify_fails(
+        tmp_path: Path, monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture,
+        observers: list[BaseObserver], code: int) -> None:
+    """No inotify watch could be added: a warning, then polling still reports new files."""
+    monkeypatch.setattr(observe, "Observer", _watch_limit_reached(code))
+    events: queue.SimpleQueue[RawEvent] = queue.SimpleQueue()
+
+    with caplog.at_level(logging.WARNING, logger="multiwatch.watcher.observe"):
+        observers.append(start_observer(str(tmp_path), recursive=True, events=events,
+                                        polling_interval=0.1))
+    (tmp_path / "late.txt").write_text("created after the fallback")
+
+    assert isinstance(observers[0], PollingObserver)
+    assert any(r.levelno == logging.WARNING and "polling" in r.getMessage()
+               for r in caplog.records)
+    _next_event(events, lambda e: e.src == "late.txt" and not e.is_directory)
+
+
+def test_inotify_mode_reports_a_failed_watch_instead_of_polling(
+        tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """observer: inotify never silently degrades to polling: the watch failure is raised."""
+    monkeypatch.setattr(observe, "Observer", _watch_limit_reached(errno.ENOSPC))
+
+    with pytest.raises(OSError) as raised:
+        start_observer(str(tmp_path), recursive=True, events=queue.SimpleQueue(),
+                       mode="inotify", polling_interval=0.1)
+    assert raised.value.errno == errno.ENOSPC
+
+
+def test_polling_mode_finds_new_files_without_inotify(
+        tmp_path: Path, observers: list[BaseObserver]) -> None:
+    """observer: polling uses no inotify at all and still reports files, also in subdirectories."""
+    events: queue.SimpleQueue[RawEvent] = queue.SimpleQueue()
+    observers.append(start_observer(str(tmp_path), recursive=True, events=events,
+                                    mode="polling", polling_interval=0.1))
+    (tmp_path / "sub").mkdir()
+    (tmp_path / "sub" / "remote.bin").write_bytes(b"from another NFS client")
+
+    assert isinstance(observers[0], PollingObserver)
+    _next_event(events, lambda e: e.src == "sub/remote.bin" and not e.is_directory)
+
+
+def test_kernel_queue_overflow_becomes_an_overflow_notification(
+        tmp_path: Path, observers: list[BaseObserver]) -> None:
+    """An inotify IN_Q_OVERFLOW (events lost in the kernel) reaches the pipeline as "overflow"."""
+    events: queue.SimpleQueue[RawEvent] = queue.SimpleQueue()
+    listen_for_lost_events(events)
+    lost_logger = logging.getLogger("watchdog.observers")
+    try:
+        observers.append(start_observer(str(tmp_path), recursive=True, events=events,
+                                        mode="inotify", polling_interval=0.1))
+        # What the kernel sends when its queue overflowed: wd -1, mask IN_Q_OVERFLOW.
+        InotifyFD.get_instance().handle_event(
+            InotifyEvent(WatchDescriptor(-1), InotifyConstants.IN_Q_OVERFLOW, 0, b""))
+
+        _next_event(events, lambda e: e.kind == "overflow")
+    finally:
+        lost_logger.handlers[:] = [h for h in lost_logger.handlers
+                                   if type(h).__name__ != "_LostEventsListener"]
+
+
+def test_overflow_notification_rescans_and_finds_what_was_missed(
+        tmp_path: Path, caplog: pytest.LogCaptureFixture) -> None:
+    """After an overflow the pipeline rescans: a file created and one deleted without any
+    notification are announced, and the rescan is logged."""
+    pipeline, outbox, root = make_pipeline(tmp_path)
+    known_files(pipeline, outbox, root, {"old.txt": b"announced earlier"})
+    (root / "old.txt").unlink()
+    (root / "missed.txt").write_bytes(b"created while events were being dropped")
+    settle_all(pipeline)
+    assert drain(outbox) == [], "nothing is announced without a notification or a scan"
+
+    with caplog.at_level(logging.WARNING, logger="multiwatch"):
+        pipeline.notifications.put(RawEvent("overflow", True, ""))
+        settle_all(pipeline)
+
+    assert sorted((b["event_type"], b["file_info"]["relative_path"]) for b in drain(outbox)) == [
+        ("file_deleted", "old.txt"), ("file_discovered", "missed.txt")]
+    assert any(r.levelno >= logging.WARNING and r.name.startswith("multiwatch")
+               for r in caplog.records), "the lost events were not logged"
