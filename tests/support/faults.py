@@ -197,6 +197,19 @@ def broker_stopped(rabbitmq: RabbitMQ, url: str) -> Iterator[None]:
         wait_accepting(url)
 
 
+@contextmanager
+def memory_alarm(rabbitmq: RabbitMQ, url: str) -> Iterator[None]:
+    """Set the memory watermark so low that RabbitMQ raises its alarm and blocks publishers;
+    on exit restore the default (0.4) and wait until the broker takes connections."""
+    needs_rabbitmqctl(rabbitmq)
+    try:
+        rabbitmq.rabbitmqctl("set_vm_memory_high_watermark", "0.000001")
+        yield
+    finally:
+        rabbitmq.rabbitmqctl("set_vm_memory_high_watermark", "0.4")
+        wait_accepting(url)
+
+
 def beam_pids(rabbitmq: RabbitMQ) -> list[int]:
     """The Erlang VM process(es) of the test node (the ones that serve AMQP)."""
     found = []
