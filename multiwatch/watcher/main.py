@@ -30,7 +30,7 @@ from multiwatch.watcher.stats import ProblemCounter
 log = logging.getLogger(__name__)
 
 HEARTBEAT_SECONDS = 1.0
-LOOP_WAIT_SECONDS = 0.2
+LOOP_WAIT_SECONDS = 0.5  # upper bound on reacting to SIGTERM; events wake it at once
 DIRECTORY_RETRY_SECONDS = 2.0
 EXIT_DIRECTORY_GONE = 3
 _PR_SET_PDEATHSIG = 1

@@ -29,7 +29,7 @@ from multiwatch.watcher.stats import LatencyHistogram
 log = logging.getLogger(__name__)
 
 FIRST_RETRY_SECONDS = 0.5
-IDLE_POLL_SECONDS = 0.5
+IDLE_POLL_SECONDS = 1.0  # new outbox rows wake the publisher at once
 HEARTBEAT_SERVICE_SECONDS = 1.0  # well inside any heartbeat interval a broker negotiates
 BATCH_SIZE = 256
 
