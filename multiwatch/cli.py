@@ -1,4 +1,4 @@
-"""The `multiwatch` command: run | check | tail.
+"""The `multiwatch` command: run | check | tail | state | status | health.
 
 `main(argv)` returns the exit status, so tests call it directly.  User mistakes print one
 paragraph on stderr and exit 2; no traceback.
@@ -32,7 +32,17 @@ commands:
   check   validate a roster and print the effective configuration
   tail    print events from the queue (or the embedded spool), one JSON per line
   state   export or back up the tracked-file state of instances
+  status  print a running supervisor's fleet as a table (from its HTTP endpoint)
+  health  exit 0 if a running supervisor is ready (or alive), 1 if not
 """
+_PROBE_CONFIG_HELP = (
+    "roster file whose http.listen names the endpoint. Default: $MULTIWATCH_CONFIG; if that "
+    "is unset too, $MULTIWATCH_HTTP_LISTEN, else 127.0.0.1:9120."
+)
+_URL_HELP = (
+    "base URL of the supervisor's endpoint, e.g. http://127.0.0.1:9120. Default: from the "
+    "roster's http.listen"
+)
 
 
 def _parser() -> argparse.ArgumentParser:
@@ -100,12 +110,33 @@ def _parser() -> argparse.ArgumentParser:
         action.add_argument("-c", "--config", metavar="PATH", help=_CONFIG_HELP)
         action.add_argument("--instance", metavar="ID", action="append",
                             help="only this instance (repeatable; default: all)")
+
+    status = commands.add_parser(
+        "status", help="show a running fleet",
+        description="Ask a running supervisor (GET /status on its http.listen endpoint) and "
+        "print one row per instance: state, pid, restarts, uptime, outbox depth, broker link, "
+        "CPU, RSS, last exit or reason. Exit status 0, or 1 if the endpoint cannot be reached.",
+    )
+    status.add_argument("--json", action="store_true", help="print the raw /status JSON")
+    health = commands.add_parser(
+        "health", help="probe a running supervisor (exit 0/1)",
+        description="Exit 0 if the running supervisor's /readyz answers 200 (every instance "
+        "RUNNING with its broker connected), 1 otherwise, printing one line. For Docker "
+        "HEALTHCHECK and Kubernetes exec probes; no curl needed.",
+    )
+    health.add_argument("--live", action="store_true",
+                        help="probe /healthz instead: is the supervisor loop turning?")
+    for probe in (status, health):
+        probe.add_argument("-c", "--config", metavar="PATH", help=_PROBE_CONFIG_HELP)
+        probe.add_argument("--url", metavar="URL", help=_URL_HELP)
     return parser
 
 
 def main(argv: Sequence[str] | None = None) -> int:
     args = _parser().parse_args(argv)
     try:
+        if args.command in ("status", "health"):
+            return _ask_endpoint(args)
         roster = load_roster(args.config, os.environ)
         if args.command == "check":
             print(render_effective(roster), end="")
@@ -124,6 +155,20 @@ def main(argv: Sequence[str] | None = None) -> int:
         return EXIT_USAGE
     except KeyboardInterrupt:
         return 130
+
+
+def _ask_endpoint(args: argparse.Namespace) -> int:
+    from multiwatch import status_commands
+
+    try:
+        url = status_commands.resolve_base_url(args.url, args.config, os.environ)
+    except ConfigError as exc:
+        print(f"multiwatch: error: {exc}", file=sys.stderr)
+        # Docker reads a health check's exit status 2 as "reserved": unhealthy is 1.
+        return 1 if args.command == "health" else EXIT_USAGE
+    if args.command == "health":
+        return status_commands.health_command(url, live=args.live)
+    return status_commands.status_command(url, as_json=args.json)
 
 
 def _run(roster: Roster, args: argparse.Namespace) -> int:

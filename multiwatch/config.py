@@ -32,18 +32,22 @@ __all__ = [
     "DEFAULT_BINDING_KEY",
     "DEFAULT_EXCHANGE",
     "DEFAULT_EXCLUDE",
+    "DEFAULT_HTTP_LISTEN",
     "DEFAULT_QUEUE",
     "EMBEDDED_URL",
     "ENV_SOURCE",
     "BrokerConfig",
     "ConfigError",
+    "HttpConfig",
     "InstanceConfig",
     "Roster",
     "SupervisorConfig",
     "generated_instance_id",
+    "load_http_config",
     "load_roster",
     "mask_url",
     "render_effective",
+    "split_listen",
 ]
 
 DEFAULT_EXCHANGE = "file_events"
@@ -51,6 +55,8 @@ DEFAULT_QUEUE = "file_events"
 DEFAULT_BINDING_KEY = "file.#"
 DEFAULT_EXCLUDE: tuple[str, ...] = (".*", "*.part", "*.tmp", "*~")
 EMBEDDED_URL = "embedded"
+DEFAULT_HTTP_LISTEN = "127.0.0.1:9120"
+HTTP_LISTEN_ENV = "MULTIWATCH_HTTP_LISTEN"
 
 
 @dataclass(frozen=True)
@@ -84,6 +90,13 @@ class SupervisorConfig:
 
 
 @dataclass(frozen=True)
+class HttpConfig:
+    """The operator endpoint: /healthz, /readyz, /status, /metrics and the / page."""
+
+    listen: str | None = DEFAULT_HTTP_LISTEN  # "host:port" ("[::1]:9120"); None: no server
+
+
+@dataclass(frozen=True)
 class InstanceConfig:
     """One watched directory tree, served by one child process."""
 
@@ -111,6 +124,7 @@ class Roster:
     instances: tuple[InstanceConfig, ...] = ()
     log_level: str = "INFO"
     source: str = "<environment>"  # the roster file, or "<environment>"
+    http: HttpConfig = field(default_factory=HttpConfig)
 
 
 ENV_SOURCE = "<environment>"
@@ -132,6 +146,44 @@ def load_roster(path: str | None, environ: Mapping[str, str]) -> Roster:
     return _load_file(path, environ)
 
 
+def load_http_config(path: str | None, environ: Mapping[str, str]) -> HttpConfig:
+    """Only the `http` section (what `multiwatch status|health` need to find the endpoint).
+
+    Reads the roster's YAML without checking instances or directories, so the commands still
+    work while a watched mount is gone — exactly when an operator asks for status.
+    """
+    if path is None:
+        path = environ.get("MULTIWATCH_CONFIG") or None
+    if path is None:
+        return _http(env_source(environ), {})
+    file = cs.resolve_path(path, os.getcwd(), environ)
+    root = cs.parse_yaml(_read_roster(path, file), path)
+    top: dict[str, Node] = {}
+    if root is not None and isinstance(root.value, dict):
+        top = root.value
+    return _http(Source(path, os.path.dirname(file), environ, expand=True), top)
+
+
+def split_listen(listen: str) -> tuple[str, int]:
+    """`"host:port"` or `"[v6]:port"` as (host, port); ValueError says what is wrong."""
+    host, sep, port = listen.strip().rpartition(":")
+    if host.startswith("[") and host.endswith("]"):
+        host = host[1:-1]
+        if not host:
+            raise ValueError("empty IPv6 address in brackets")
+    elif ":" in host:
+        raise ValueError("write an IPv6 address in brackets, like [::1]:9120")
+    if not sep or not port:
+        raise ValueError("expected host:port, like 127.0.0.1:9120")
+    if not host:
+        raise ValueError("the host is missing; write 0.0.0.0:PORT to listen on every interface")
+    if not port.isdigit() or not 0 <= int(port) <= 65535:
+        raise ValueError(f"the port must be a number from 1 to 65535, got {cs.show(port)}")
+    if any(c.isspace() or c in "/@?#" for c in host):
+        raise ValueError(f"{cs.show(host)} is not a host name or address")
+    return host, int(port)
+
+
 def render_effective(roster: Roster) -> str:
     """The effective configuration as YAML, passwords masked (what `multiwatch check` prints)."""
     broker: dict[str, Any] = dataclasses.asdict(roster.broker)
@@ -144,6 +196,7 @@ def render_effective(roster: Roster) -> str:
         "log_level": roster.log_level,
         "broker": broker,
         "supervisor": dataclasses.asdict(roster.supervisor),
+        "http": {"listen": roster.http.listen or "off"},
         # SafeDumper cannot represent tuples.
         "instances": [
             {k: list(v) if isinstance(v, tuple) else v for k, v in dataclasses.asdict(i).items()}
@@ -265,7 +318,31 @@ def _instance_id(src: Source, node: Node, key: str) -> str:
     return ident
 
 
-_TOP_KEYS = ("state_dir", "log_level", "broker", "supervisor", "defaults", "instances")
+def _listen(src: Source, node: Node, key: str) -> str | None:
+    value = cs.scalar(src, node, key)
+    # YAML reads a bare `off` or `no` as false.
+    if value is None or value is False:
+        return None
+    if isinstance(value, str) and value.strip().lower() in _LISTEN_OFF:
+        return None
+    listen = cs.text(src, node, key).strip()
+    try:
+        _, port = split_listen(listen)
+    except ValueError as exc:
+        raise src.where(node, key).error(f"{cs.show(listen)}: {exc}") from None
+    if port == 0:
+        raise src.where(node, key).error(
+            f"{cs.show(listen)}: the port must be a number from 1 to 65535 "
+            "(multiwatch status and health must know where to connect)"
+        )
+    return listen
+
+
+_LISTEN_OFF = ("", "off", "none", "null", "false", "no", "disabled")
+_TOP_KEYS = (
+    "state_dir", "log_level", "broker", "supervisor", "http", "defaults", "instances",
+)
+_HTTP_FIELDS: dict[str, _Coerce] = {"listen": _listen}
 _BROKER_FIELDS: dict[str, _Coerce] = {
     "url": _url,
     "exchange": cs.text,
@@ -421,6 +498,7 @@ def _finish(
         instances=tuple(instances),
         log_level=_log_level(src, top),
         source=source,
+        http=_http(src, top),
     )
     check_roster(roster, origins, state_where)
     return roster
@@ -440,6 +518,16 @@ def _log_level(src: Source, top: Mapping[str, Node]) -> str:
     if level is None and (from_env := env_node(src.environ, "LOG_LEVEL")):
         level = _level(env_source(src.environ), from_env, "LOG_LEVEL")
     return level or "INFO"
+
+
+def _http(src: Source, top: Mapping[str, Node]) -> HttpConfig:
+    """The roster's `http` section; `$MULTIWATCH_HTTP_LISTEN` replaces the default listen."""
+    values = _section(src, top.get("http"), "http", _HTTP_FIELDS)
+    if "listen" in values:
+        return HttpConfig(**values)
+    if from_env := env_node(src.environ, HTTP_LISTEN_ENV):  # `off` disables it
+        return HttpConfig(listen=_listen(env_source(src.environ), from_env, HTTP_LISTEN_ENV))
+    return HttpConfig()
 
 
 def _broker(src: Source, top: Mapping[str, Node]) -> BrokerConfig:

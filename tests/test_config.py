@@ -15,9 +15,11 @@ from multiwatch.config import (
     DEFAULT_EXCLUDE,
     BrokerConfig,
     ConfigError,
+    HttpConfig,
     InstanceConfig,
     Roster,
     SupervisorConfig,
+    load_http_config,
     load_roster,
     mask_url,
     render_effective,
@@ -640,3 +642,80 @@ def test_render_effective_shows_embedded_spool(dirs: Path) -> None:
 def test_mask_url(url: str, masked: str) -> None:
     """Passwords in URLs become ****; URLs without one are unchanged."""
     assert mask_url(url) == masked
+
+
+# ---------------------------------------------------------------- http section
+
+_ONE = "state_dir: st\ninstances: [{id: music, directory: music}]\n"
+
+
+@pytest.mark.parametrize(
+    ("section", "listen"),
+    [
+        ("", "127.0.0.1:9120"),
+        ("http:\n  listen: 0.0.0.0:9000\n", "0.0.0.0:9000"),
+        ("http:\n  listen: '[::1]:9121'\n", "[::1]:9121"),
+        ("http:\n  listen: localhost:80\n", "localhost:80"),
+        ("http:\n  listen: off\n", None),
+        ("http:\n  listen: null\n", None),
+        ("http:\n  listen: ''\n", None),
+    ],
+)
+def test_http_listen_values(dirs: Path, section: str, listen: str | None) -> None:
+    """http.listen defaults to 127.0.0.1:9120, takes host:port or [v6]:port; `off` disables it."""
+    roster = load_roster(write_roster(dirs, section + _ONE), {})
+    assert roster.http == HttpConfig(listen=listen)
+
+
+@pytest.mark.parametrize(
+    ("value", "problem"),
+    [
+        ("127.0.0.1:99999", "port must be a number from 1 to 65535"),
+        ("127.0.0.1:0", "port must be a number from 1 to 65535"),
+        ("127.0.0.1", "expected host:port"),
+        (":9120", "0.0.0.0:PORT"),
+        ("::1:9120", "IPv6 address in brackets"),
+        ("localhost:http", "port must be a number"),
+        ("true", "expected host:port"),
+    ],
+)
+def test_bad_http_listen_names_line_and_value(dirs: Path, value: str, problem: str) -> None:
+    """A malformed http.listen is reported at its line with the value and what is expected."""
+    path = write_roster(dirs, f"http:\n  listen: '{value}'\n" + _ONE)
+    message = config_error(path)
+    assert message.startswith(f"{path}:2: http.listen: ") and problem in message
+
+
+def test_unknown_http_key_suggests_listen(dirs: Path) -> None:
+    """A typo in the http section gets a did-you-mean like every other section."""
+    message = config_error(write_roster(dirs, "http:\n  listn: 127.0.0.1:1\n" + _ONE))
+    assert 'did you mean "listen"' in message
+
+
+def test_http_listen_from_environment(dirs: Path) -> None:
+    """MULTIWATCH_HTTP_LISTEN replaces the default, in env mode too; the roster's key wins."""
+    env = {"MULTIWATCH_HTTP_LISTEN": "0.0.0.0:9200"}
+    assert load_roster(write_roster(dirs, _ONE), env).http.listen == "0.0.0.0:9200"
+    explicit = write_roster(dirs, "http: {listen: '127.0.0.1:9300'}\n" + _ONE, name="b.yaml")
+    assert load_roster(explicit, env).http.listen == "127.0.0.1:9300"
+    env_mode = {"DATA_DIR": str(dirs / "music"), "MULTIWATCH_STATE_DIR": str(dirs / "st")}
+    assert load_roster(None, {**env_mode, "MULTIWATCH_HTTP_LISTEN": "off"}).http.listen is None
+    assert "MULTIWATCH_HTTP_LISTEN" in config_error(None, {**env_mode,
+                                                           "MULTIWATCH_HTTP_LISTEN": "9120"})
+
+
+def test_http_config_loads_without_checking_directories(tmp_path: Path) -> None:
+    """`status`/`health` find the endpoint even when a watched directory has vanished."""
+    path = write_roster(tmp_path, "http: {listen: '127.0.0.1:9333'}\n"
+                                  "instances: [{id: m, directory: gone}]\n")
+    assert "gone" in config_error(path)
+    assert load_http_config(path, {}) == HttpConfig(listen="127.0.0.1:9333")
+    assert load_http_config(None, {}) == HttpConfig()
+
+
+def test_render_effective_shows_http_listen(dirs: Path) -> None:
+    """`multiwatch check` prints where the HTTP endpoint listens, or off."""
+    shown = yaml.safe_load(render_effective(load_roster(write_roster(dirs, _ONE), {})))
+    assert shown["http"] == {"listen": "127.0.0.1:9120"}
+    off = write_roster(dirs, "http: {listen: off}\n" + _ONE, name="off.yaml")
+    assert yaml.safe_load(render_effective(load_roster(off, {})))["http"] == {"listen": "off"}

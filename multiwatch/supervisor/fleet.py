@@ -20,6 +20,7 @@ from multiprocessing.connection import wait
 from typing import Any
 
 from multiwatch.config import ConfigError, Roster
+from multiwatch.supervisor.http import HttpServer, start_http_server
 from multiwatch.supervisor.lifecycle import Child, State
 from multiwatch.supervisor.resources import ResourceMeter
 from multiwatch.watcher.main import ChildSpec
@@ -48,6 +49,7 @@ class Supervisor:
         self._last_turn = self._started_at
         self._view: dict[str, Any] = {}
         self._view_lock = threading.Lock()
+        self._http: HttpServer | None = None
 
     # -- signals: handlers only enqueue; the loop acts ---------------------------------------
 
@@ -83,7 +85,10 @@ class Supervisor:
             log.error("roster reload rejected; the running fleet is unchanged",
                       extra={"error": str(exc)})
             return
+        http_changed = new_roster.http != self.roster.http
         self._converge(new_roster)
+        if http_changed:
+            self._serve_http(new_roster.http.listen)
 
     # -- the loop ------------------------------------------------------------------------------
 
@@ -93,11 +98,29 @@ class Supervisor:
         log.info("supervisor started", extra={"pid": os.getpid(), "roster": self.roster.source,
                                              "instances": len(self.roster.instances)})
         self._converge(self.roster)
+        self._publish_view(time.monotonic())
+        self._serve_http(self.roster.http.listen)
         while not self._stopping:
             self._turn(wake_fd)
         self._shutdown()
+        self._serve_http(None)
         log.info("supervisor stopped")
         return 0
+
+    def _serve_http(self, listen: str | None) -> None:
+        """(Re)start the operator endpoint on `listen`; None stops it.  A port that cannot
+        be bound is logged and the fleet keeps watching: files matter more than probes."""
+        if self._http is not None:
+            self._http.close()
+            self._http = None
+        if listen is None:
+            return
+        try:
+            self._http = start_http_server(listen, self.fleet_view)
+        except (OSError, ValueError) as exc:
+            log.error("HTTP endpoint not started: %s", exc)
+            return
+        log.info("HTTP endpoint listening", extra={"url": self._http.url})
 
     def _turn(self, wake_fd: int) -> None:
         readers = [c.reader for c in self._children.values() if c.reader is not None]

@@ -9,6 +9,7 @@ from __future__ import annotations
 import json
 import os
 import signal
+import socket
 import subprocess
 import sys
 import threading
@@ -43,8 +44,16 @@ def _env(extra: Mapping[str, str] | None) -> dict[str, str]:
     env = {k: v for k, v in os.environ.items()
            if not k.startswith("RABBITMQ_") and k not in ("MULTIWATCH_CONFIG", "DATA_DIR",
                                                            "INSTANCE_ID")}
+    # No HTTP endpoint unless a test's roster asks for one: the default port is shared.
+    env["MULTIWATCH_HTTP_LISTEN"] = "off"
     env.update(extra or {})
     return env
+
+
+def free_port() -> int:
+    with socket.socket() as probe:
+        probe.bind(("127.0.0.1", 0))
+        return int(probe.getsockname()[1])
 
 
 class Multiwatch:

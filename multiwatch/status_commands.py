@@ -1,0 +1,191 @@
+"""`multiwatch status` and `multiwatch health`: ask a running supervisor over HTTP.
+
+The endpoint comes from `--url`, else from the roster's `http.listen` (a wildcard listen
+address is reached on loopback). Only the roster's `http` section is read, so both commands
+work while a watched directory is gone. No curl needed: fit for Docker HEALTHCHECK and
+Kubernetes exec probes. `health` exits 0 when healthy and 1 for everything else (Docker
+reserves 2), printing one line.
+"""
+
+from __future__ import annotations
+
+import json
+import sys
+import urllib.error
+import urllib.request
+from collections.abc import Mapping, Sequence
+from typing import Any
+
+from multiwatch.config import ConfigError, load_http_config, split_listen
+from multiwatch.supervisor.dashboard import format_duration, format_mib
+
+TIMEOUT_SECONDS = 5.0
+# Loopback only: a proxy from the environment must not see (or break) our requests.
+_OPENER = urllib.request.build_opener(urllib.request.ProxyHandler({}))
+
+
+class EndpointError(Exception):
+    """The endpoint could not be asked, or did not answer sensibly; the message says why."""
+
+
+def endpoint_url(listen: str) -> str:
+    """The base URL for a `http.listen` value; wildcard addresses become loopback."""
+    host, port = split_listen(listen)
+    host = {"0.0.0.0": "127.0.0.1", "::": "::1"}.get(host, host)
+    return f"http://[{host}]:{port}" if ":" in host else f"http://{host}:{port}"
+
+
+def resolve_base_url(url: str | None, config: str | None, environ: Mapping[str, str]) -> str:
+    """`--url` as given (http:// added if missing), else from the roster's http.listen."""
+    if url:
+        url = url.strip().rstrip("/")
+        return url if "://" in url else f"http://{url}"
+    http = load_http_config(config, environ)
+    if http.listen is None:
+        where = config or environ.get("MULTIWATCH_CONFIG") or "the environment"
+        raise ConfigError(f"http.listen is off in {where}, so there is no endpoint to ask; "
+                          "set http.listen or pass --url")
+    return endpoint_url(http.listen)
+
+
+def fetch(url: str) -> tuple[int, bytes]:
+    """GET `url`: (status, body) for any HTTP answer; EndpointError if there is none."""
+    try:
+        with _OPENER.open(url, timeout=TIMEOUT_SECONDS) as response:
+            return response.status, response.read()
+    except urllib.error.HTTPError as exc:  # 4xx/5xx still carry a body worth reading
+        with exc:
+            return exc.code, exc.read()
+    except urllib.error.URLError as exc:
+        reason = exc.reason
+        why = getattr(reason, "strerror", None) or str(reason)
+        raise EndpointError(f"cannot reach {url}: {why}") from None
+    except TimeoutError:
+        raise EndpointError(f"cannot reach {url}: no answer within {TIMEOUT_SECONDS:g} s") \
+            from None
+    except (OSError, ValueError) as exc:  # connection reset, malformed URL
+        raise EndpointError(f"cannot reach {url}: {exc}") from None
+
+
+def fetch_json(url: str) -> tuple[int, Any]:
+    status, body = fetch(url)
+    try:
+        return status, json.loads(body)
+    except ValueError:
+        raise EndpointError(f"unexpected answer from {url} (HTTP {status}): not JSON; "
+                            "is this a multiwatch endpoint?") from None
+
+
+# ---------------------------------------------------------------- status
+
+
+def status_command(base_url: str, *, as_json: bool) -> int:
+    """Print the fleet as a table (or the raw /status JSON); 0 on success, 1 if unreachable."""
+    url = f"{base_url}/status"
+    try:
+        status, view = fetch_json(url)
+        if status != 200 or not isinstance(view, dict):
+            raise EndpointError(f"unexpected answer from {url}: HTTP {status}")
+    except EndpointError as exc:
+        print(f"multiwatch: {exc}", file=sys.stderr)
+        return 1
+    if as_json:
+        print(json.dumps(view, indent=2))
+    else:
+        print(render_status(view), end="")
+    return 0
+
+
+_COLUMNS = ("ID", "STATE", "PID", "RESTARTS", "UPTIME", "OUTBOX", "BROKER", "CPU%", "RSS MiB",
+            "LAST EXIT / REASON")
+_RIGHT = {2, 3, 4, 5, 7, 8}  # numeric columns are right-aligned
+
+
+def render_status(view: Mapping[str, Any]) -> str:
+    """The fleet view as a summary line and an aligned table, one row per instance."""
+    supervisor = _mapping(view.get("supervisor"))
+    instances = _mapping(view.get("instances"))
+    resources = _mapping(supervisor.get("resources"))
+    count = len(instances)
+    summary = (f"supervisor pid {_cell(supervisor.get('pid'))}, "
+               f"up {format_duration(supervisor.get('uptime_seconds'))}, "
+               f"RSS {format_mib(resources.get('rss_bytes'))} MiB, "
+               f"{count} instance{'' if count == 1 else 's'}, "
+               f"roster {_cell(supervisor.get('roster'))}")
+    rows = [_row(str(ident), _mapping(entry)) for ident, entry in sorted(instances.items())]
+    return summary + "\n" + _table([list(_COLUMNS), *rows])
+
+
+def _row(ident: str, entry: Mapping[str, Any]) -> list[str]:
+    heartbeat = _mapping(entry.get("heartbeat"))
+    resources = _mapping(entry.get("resources"))
+    connected = heartbeat.get("broker_connected")
+    broker = "up" if connected is True else "down" if connected is False else "-"
+    cpu = resources.get("cpu_percent")
+    notes = [entry.get("reason") or entry.get("last_exit")]
+    if connected is False:
+        notes.append(f"broker: {heartbeat.get('last_error') or 'down'}")
+    note = "; ".join(str(n) for n in notes if n)
+    return [
+        ident, _cell(entry.get("state")), _cell(entry.get("pid")), _cell(entry.get("restarts")),
+        format_duration(entry.get("uptime_seconds")), _cell(heartbeat.get("outbox_depth")),
+        broker, f"{cpu:.1f}" if isinstance(cpu, (int, float)) else "-",
+        format_mib(resources.get("rss_bytes")), _cell(note, empty=""),
+    ]
+
+
+def _table(rows: Sequence[list[str]]) -> str:
+    widths = [max(len(row[i]) for row in rows) for i in range(len(rows[0]))]
+    lines = []
+    for row in rows:
+        cells = [cell.rjust(w) if i in _RIGHT else cell.ljust(w)
+                 for i, (cell, w) in enumerate(zip(row, widths, strict=True))]
+        lines.append("  ".join(cells).rstrip())
+    return "\n".join(lines) + "\n"
+
+
+def _cell(value: Any, empty: str = "-") -> str:
+    text = empty if value is None or value == "" else str(value)
+    return " ".join(text.split())  # one line per row, whatever the server sent
+
+
+def _mapping(value: Any) -> Mapping[str, Any]:
+    return value if isinstance(value, Mapping) else {}
+
+
+# ---------------------------------------------------------------- health
+
+
+def health_command(base_url: str, *, live: bool) -> int:
+    """Exit status 0 if /readyz (or /healthz with `live`) answers 200, else 1; one line out."""
+    url = f"{base_url}/healthz" if live else f"{base_url}/readyz"
+    try:
+        status, body = fetch_json(url)
+    except EndpointError as exc:
+        print(f"multiwatch: {exc}", file=sys.stderr)
+        return 1
+    body = _mapping(body)
+    if status not in (200, 503) or "status" not in body:
+        print(f"multiwatch: unexpected answer from {url}: HTTP {status}", file=sys.stderr)
+        return 1
+    print(_liveness_line(status, body) if live else _readiness_line(status, body))
+    return 0 if status == 200 else 1
+
+
+def _liveness_line(status: int, body: Mapping[str, Any]) -> str:
+    age = body.get("loop_age_seconds")
+    if status == 200:
+        turned = f"{age:.1f} s ago" if isinstance(age, (int, float)) else "recently"
+        return f"alive: the supervisor loop turned {turned}"
+    return f"not alive: {_cell(body.get('reason'))}"
+
+
+def _readiness_line(status: int, body: Mapping[str, Any]) -> str:
+    if status == 200:
+        count = body.get("instances")
+        return f"ready: {_cell(count)} instance{'' if count == 1 else 's'} running, " \
+               "broker connected"
+    waiting = body.get("not_ready")
+    parts = [f"{_cell(_mapping(item).get('instance_id'))}: {_cell(_mapping(item).get('reason'))}"
+             for item in (waiting if isinstance(waiting, list) else [])]
+    return "not ready: " + ("; ".join(parts) or _cell(body.get("reason")))

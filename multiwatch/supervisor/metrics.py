@@ -1,0 +1,253 @@
+"""Prometheus metrics over the supervisor's fleet view: what `/metrics` serves.
+
+A custom collector reads one fresh `fleet_view()` per scrape and turns it into metric
+families labelled by `instance_id`; nothing is kept between scrapes, so an instance removed
+from the roster disappears from the next scrape. A value the view lacks (no heartbeat yet,
+no resource sample) produces no sample rather than a made-up zero. Counters come from the
+child and restart from 0 when it restarts; Prometheus' rate() and increase() handle resets.
+The README's metrics table documents every name here (a test keeps them in step).
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Callable, Iterator, Mapping
+from dataclasses import dataclass
+from typing import Any, Literal
+
+from prometheus_client import CollectorRegistry, generate_latest
+from prometheus_client.core import (
+    CounterMetricFamily,
+    GaugeMetricFamily,
+    HistogramMetricFamily,
+    Metric,
+)
+from prometheus_client.registry import Collector
+from prometheus_client.utils import floatToGoString
+
+FleetView = Callable[[], Mapping[str, Any]]
+
+STATES = ("STARTING", "RUNNING", "WAITING", "BACKOFF", "FATAL", "STOPPING", "STOPPED")
+LATENCY_METRIC = "multiwatch_event_latency_seconds"
+
+
+@dataclass(frozen=True)
+class Spec:
+    """One plain metric: its exposed name, type, help text and where its value is in the view."""
+
+    name: str
+    kind: Literal["counter", "gauge"]
+    help: str
+    path: tuple[str, ...]  # keys into an instance entry (or into "supervisor")
+    # The watcher only lists event types it has seen: with the events mapping present, a
+    # missing type is 0, so the series exists before its first event and rate() sees it.
+    zero_if_unlisted: bool = False
+
+
+def _hb(*keys: str) -> tuple[str, ...]:
+    return ("heartbeat", *keys)
+
+
+def _event(kind: str, text: str) -> Spec:
+    return Spec(f"multiwatch_files_{kind}_total", "counter", text,
+                _hb("events", f"file_{kind}"), zero_if_unlisted=True)
+
+
+INSTANCE_METRICS: tuple[Spec, ...] = (
+    _event("discovered", "file_discovered events announced (new files)."),
+    _event("modified", "file_modified events announced (changed content)."),
+    _event("deleted", "file_deleted events announced."),
+    _event("moved", "file_moved events announced (renames within the tree)."),
+    Spec("multiwatch_events_published_total", "counter",
+         "Events the broker confirmed (and that left the outbox).", _hb("published")),
+    Spec("multiwatch_publish_failures_total", "counter",
+         "Publish attempts that failed (broker down, nack, confirm timeout); the events "
+         "stay in the outbox and are retried.", _hb("publish_failures")),
+    Spec("multiwatch_errors_total", "counter",
+         "Problems the watcher logged at WARNING or above.", _hb("errors")),
+    Spec("multiwatch_bytes_hashed_total", "counter",
+         "Bytes read to hash files.", _hb("bytes_hashed")),
+    Spec("multiwatch_files_hashed_total", "counter",
+         "Files read and hashed.", _hb("files_hashed")),
+    Spec("multiwatch_outbox_depth", "gauge",
+         "Events waiting in the outbox for a broker confirm.", _hb("outbox_depth")),
+    Spec("multiwatch_outbox_bytes", "gauge",
+         "Size of the message bodies waiting in the outbox.", _hb("outbox_bytes")),
+    Spec("multiwatch_outbox_full", "gauge",
+         "1 while the outbox is at its bound (settled files wait, nothing is dropped).",
+         _hb("outbox_full")),
+    Spec("multiwatch_files_waiting", "gauge",
+         "Files noticed but not yet settled and hashed.", _hb("files_waiting")),
+    Spec("multiwatch_broker_connected", "gauge",
+         "1 while the watcher's broker connection is up, 0 while it is down.",
+         _hb("broker_connected")),
+    Spec("multiwatch_restarts_total", "counter",
+         "Times the supervisor restarted this instance's watcher.", ("restarts",)),
+    Spec("multiwatch_instance_uptime_seconds", "gauge",
+         "Seconds since the current watcher process started.", ("uptime_seconds",)),
+    Spec("multiwatch_heartbeat_age_seconds", "gauge",
+         "Seconds since the watcher's work loop last reported.", ("heartbeat_age_seconds",)),
+    Spec("multiwatch_child_cpu_percent", "gauge",
+         "CPU use of the watcher process, percent of one core.",
+         ("resources", "cpu_percent")),
+    Spec("multiwatch_child_rss_bytes", "gauge",
+         "Resident memory of the watcher process.", ("resources", "rss_bytes")),
+    Spec("multiwatch_child_open_files", "gauge",
+         "Files the watcher process has open.", ("resources", "open_files")),
+    Spec("multiwatch_child_threads", "gauge",
+         "Threads of the watcher process.", ("resources", "threads")),
+    Spec("multiwatch_child_read_bytes_total", "counter",
+         "Bytes the watcher process read from storage (Linux I/O accounting).",
+         ("resources", "read_bytes")),
+)
+
+SUPERVISOR_METRICS: tuple[Spec, ...] = (
+    Spec("multiwatch_supervisor_cpu_percent", "gauge",
+         "CPU use of the supervisor process, percent of one core.",
+         ("resources", "cpu_percent")),
+    Spec("multiwatch_supervisor_rss_bytes", "gauge",
+         "Resident memory of the supervisor process.", ("resources", "rss_bytes")),
+    Spec("multiwatch_supervisor_open_files", "gauge",
+         "Files the supervisor process has open.", ("resources", "open_files")),
+    Spec("multiwatch_supervisor_threads", "gauge",
+         "Threads of the supervisor process.", ("resources", "threads")),
+    Spec("multiwatch_supervisor_uptime_seconds", "gauge",
+         "Seconds since the supervisor started.", ("uptime_seconds",)),
+    Spec("multiwatch_supervisor_loop_age_seconds", "gauge",
+         "Seconds since the supervisor loop last turned (/healthz fails at 10).",
+         ("loop_age_seconds",)),
+)
+
+SPECIAL_METRICS: dict[str, str] = {
+    "multiwatch_instance_up": "1 while the instance's watcher is RUNNING, else 0.",
+    "multiwatch_instance_state": "1 for the instance's current state (label state), "
+                                 "0 for the others.",
+    LATENCY_METRIC: "Seconds from the first notification of a file change to the broker's "
+                    "confirm of its event.",
+}
+
+
+def metric_names() -> list[str]:
+    """Every metric family name this module exposes (as Prometheus shows it, with _total)."""
+    specs = (*INSTANCE_METRICS, *SUPERVISOR_METRICS)
+    return sorted([s.name for s in specs] + list(SPECIAL_METRICS))
+
+
+class FleetCollector(Collector):
+    """Reads `fleet_view()` at every scrape; register it on a private CollectorRegistry."""
+
+    def __init__(self, fleet_view: FleetView) -> None:
+        self._fleet_view = fleet_view
+
+    def collect(self) -> Iterator[Metric]:
+        yield from fleet_metrics(self._fleet_view())
+
+
+def metrics_registry(fleet_view: FleetView) -> CollectorRegistry:
+    """A private registry holding only the fleet collector (no process/platform defaults)."""
+    registry = CollectorRegistry(auto_describe=False)
+    registry.register(FleetCollector(fleet_view))
+    return registry
+
+
+def render_metrics(registry: CollectorRegistry) -> bytes:
+    """The Prometheus text exposition of `registry`."""
+    return generate_latest(registry)
+
+
+def fleet_metrics(view: Mapping[str, Any]) -> list[Metric]:
+    """The metric families for one fleet view."""
+    instances = _mapping(view.get("instances"))
+    supervisor = _mapping(view.get("supervisor"))
+    families: list[Metric] = []
+    for spec in INSTANCE_METRICS:
+        family = _family(spec, ["instance_id"])
+        for ident, entry in sorted(instances.items()):
+            value = _number(_dig(entry, spec.path))
+            if value is None and spec.zero_if_unlisted:
+                value = 0.0 if isinstance(_dig(entry, spec.path[:-1]), Mapping) else None
+            if value is not None:
+                family.add_metric([str(ident)], value)
+        families.append(family)
+    for spec in SUPERVISOR_METRICS:
+        family = _family(spec, [])
+        value = _number(_dig(supervisor, spec.path))
+        if value is not None:
+            family.add_metric([], value)
+        families.append(family)
+    families.extend(_state_families(instances))
+    families.append(_latency_family(instances))
+    return families
+
+
+def _family(spec: Spec, labels: list[str]) -> CounterMetricFamily | GaugeMetricFamily:
+    if spec.kind == "counter":  # the family drops "_total"; the sample keeps it
+        return CounterMetricFamily(spec.name, spec.help, labels=labels)
+    return GaugeMetricFamily(spec.name, spec.help, labels=labels)
+
+
+def _state_families(instances: Mapping[str, Any]) -> list[Metric]:
+    up = GaugeMetricFamily("multiwatch_instance_up", SPECIAL_METRICS["multiwatch_instance_up"],
+                           labels=["instance_id"])
+    state = GaugeMetricFamily("multiwatch_instance_state",
+                              SPECIAL_METRICS["multiwatch_instance_state"],
+                              labels=["instance_id", "state"])
+    for ident, entry in sorted(instances.items()):
+        current = str(_mapping(entry).get("state", ""))
+        up.add_metric([str(ident)], 1.0 if current == "RUNNING" else 0.0)
+        known = STATES if current in STATES or not current else (*STATES, current)
+        for name in known:
+            state.add_metric([str(ident), name], 1.0 if name == current else 0.0)
+    return [up, state]
+
+
+def _latency_family(instances: Mapping[str, Any]) -> HistogramMetricFamily:
+    family = HistogramMetricFamily(LATENCY_METRIC, SPECIAL_METRICS[LATENCY_METRIC],
+                                   labels=["instance_id"])
+    for ident, entry in sorted(instances.items()):
+        histogram = _histogram(_dig(entry, ("heartbeat", "latency")))
+        if histogram is not None:
+            buckets, total = histogram
+            family.add_metric([str(ident)], buckets, total)
+    return family
+
+
+def _histogram(raw: Any) -> tuple[list[tuple[str, float]], float] | None:
+    """(le, cumulative count) pairs ending in +Inf, and the sum; None if `raw` is malformed."""
+    latency = _mapping(raw)
+    bounds, counts = latency.get("buckets"), latency.get("counts")
+    total, count = _number(latency.get("sum")), _number(latency.get("count"))
+    if not isinstance(bounds, list) or not isinstance(counts, list) or len(bounds) != len(counts):
+        return None
+    numeric = all(isinstance(b, (int, float)) and not math.isnan(b) for b in bounds)
+    if total is None or count is None or not numeric or None in map(_number, counts):
+        return None
+    uppers = [float(b) for b in bounds]
+    cumulative = [float(c) for c in counts]
+    if uppers != sorted(uppers) or cumulative != sorted(cumulative):
+        return None
+    if cumulative and cumulative[-1] > count:
+        return None
+    pairs = [(floatToGoString(b), c) for b, c in zip(uppers, cumulative, strict=True)]
+    if not uppers or not math.isinf(uppers[-1]):
+        pairs.append(("+Inf", count))
+    return pairs, total
+
+
+def _dig(entry: Any, path: tuple[str, ...]) -> Any:
+    for key in path:
+        entry = _mapping(entry).get(key)
+    return entry
+
+
+def _mapping(value: Any) -> Mapping[str, Any]:
+    return value if isinstance(value, Mapping) else {}
+
+
+def _number(value: Any) -> float | None:
+    """A finite number (booleans count as 0/1); None for anything else."""
+    if isinstance(value, bool):
+        return float(value)
+    if isinstance(value, (int, float)) and math.isfinite(value):
+        return float(value)
+    return None

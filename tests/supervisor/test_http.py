@@ -1,0 +1,242 @@
+"""The supervisor's HTTP endpoint as probes, scrapers and people meet it, over real HTTP."""
+
+from __future__ import annotations
+
+import http.client
+import json
+import re
+import socket
+
+import pytest
+from prometheus_client.parser import text_string_to_metric_families
+
+from multiwatch.supervisor.dashboard import EventRates
+from multiwatch.supervisor.http import HttpListenError, start_http_server
+from tests.support.fleet_view import fleet, get, heartbeat, instance, serve
+
+
+def _json(url: str) -> tuple[int, object]:
+    status, _, body = get(url)
+    return status, json.loads(body)
+
+
+# ---------------------------------------------------------------- probes
+
+
+def test_healthz_is_ok_while_the_loop_turns() -> None:
+    """/healthz answers 200 {"status": "ok"} when the supervisor loop turned recently."""
+    with serve(fleet({"a": instance()}, loop_age=0.3)) as (server, _):
+        status, body = _json(f"{server.url}/healthz")
+    assert status == 200
+    assert body == {"status": "ok", "loop_age_seconds": 0.3}
+
+
+def test_healthz_fails_when_the_loop_stalls() -> None:
+    """/healthz answers 503 once the loop has not turned for 10 s, and says so."""
+    with serve(fleet({"a": instance()}, loop_age=42.0)) as (server, _):
+        status, body = _json(f"{server.url}/healthz")
+    assert status == 503
+    assert isinstance(body, dict) and body["status"] == "stalled" and "42 s" in body["reason"]
+
+
+def test_readyz_is_ok_when_every_instance_runs_connected() -> None:
+    """/readyz answers 200 when all instances are RUNNING with their broker connected."""
+    with serve(fleet({"a": instance(), "b": instance()})) as (server, _):
+        status, body = _json(f"{server.url}/readyz")
+    assert status == 200
+    assert body == {"status": "ready", "instances": 2}
+
+
+def test_readyz_lists_each_instance_that_is_not_ready_and_why() -> None:
+    """/readyz answers 503 naming every not-ready instance with its state or broker problem."""
+    view = fleet({
+        "ok": instance(),
+        "crashing": instance("BACKOFF", pid=None, last_exit="exit status 1"),
+        "unmounted": instance("WAITING", reason="directory missing"),
+        "offline": instance(heartbeat=heartbeat(broker_connected=False,
+                                                last_error="connection refused")),
+        "fresh": instance("RUNNING", heartbeat={}),
+    })
+    with serve(view) as (server, _):
+        status, body = _json(f"{server.url}/readyz")
+    assert status == 503
+    assert isinstance(body, dict) and body["status"] == "not ready"
+    assert {item["instance_id"]: item["reason"] for item in body["not_ready"]} == {
+        "crashing": "state BACKOFF: exit status 1",
+        "unmounted": "state WAITING: directory missing",
+        "offline": "broker not connected: connection refused",
+        "fresh": "no heartbeat with the broker link yet",
+    }
+
+
+def test_readyz_is_not_ready_without_instances() -> None:
+    """/readyz answers 503 when there is no instance at all."""
+    with serve(fleet({})) as (server, _):
+        status, body = _json(f"{server.url}/readyz")
+    assert status == 503 and isinstance(body, dict) and body["reason"] == "no instances"
+
+
+def test_readyz_follows_the_fleet() -> None:
+    """/readyz turns 503 when a broker link drops and 200 again when it is back."""
+    with serve(fleet({"a": instance()})) as (server, holder):
+        assert get(f"{server.url}/readyz")[0] == 200
+        holder.view["instances"]["a"]["heartbeat"]["broker_connected"] = False
+        assert get(f"{server.url}/readyz")[0] == 503
+        holder.view["instances"]["a"]["heartbeat"]["broker_connected"] = True
+        assert get(f"{server.url}/readyz")[0] == 200
+
+
+# ---------------------------------------------------------------- status and metrics
+
+
+def test_status_serves_the_fleet_view_as_json() -> None:
+    """/status returns exactly the supervisor's fleet view, as JSON."""
+    view = fleet({"a": instance(), "b": instance("BACKOFF", last_exit="killed by SIGKILL")})
+    with serve(view) as (server, _):
+        status, headers, body = get(f"{server.url}/status")
+    assert status == 200 and headers["Content-Type"] == "application/json"
+    assert json.loads(body) == view
+
+
+def test_metrics_are_prometheus_text_with_the_heartbeat_counts() -> None:
+    """/metrics parses with prometheus-client and counts what each instance reported."""
+    view = fleet({"music": instance(heartbeat=heartbeat(events={"file_discovered": 12}))})
+    with serve(view) as (server, _):
+        status, headers, body = get(f"{server.url}/metrics")
+    assert status == 200 and headers["Content-Type"].startswith("text/plain; version=0.0.4")
+    samples = {(s.name, s.labels.get("instance_id")): s.value
+               for family in text_string_to_metric_families(body.decode())
+               for s in family.samples}
+    assert samples[("multiwatch_files_discovered_total", "music")] == 12
+    assert samples[("multiwatch_instance_up", "music")] == 1
+    assert samples[("multiwatch_supervisor_rss_bytes", None)] == 30 * 1048576
+
+
+# ---------------------------------------------------------------- the page
+
+
+def test_page_shows_one_escaped_row_per_instance_and_refreshes() -> None:
+    """/ is an HTML page refreshing every 5 s with a row per instance; ids are escaped."""
+    view = fleet({"<b>": instance(), "books": instance("BACKOFF", last_exit="exit status 3")})
+    with serve(view) as (server, _):
+        status, headers, body = get(f"{server.url}/")
+    page = body.decode()
+    assert status == 200 and headers["Content-Type"].startswith("text/html")
+    assert '<meta http-equiv="refresh" content="5">' in page
+    assert "&lt;b&gt;" in page and "<b>" not in page
+    assert page.count("<tr><td") == 2
+    books = next(row for row in page.split("<tr>") if "books" in row)
+    assert "BACKOFF" in books and "exit status 3" in books
+    assert ">up<" in page and "40.0" in page  # broker link and RSS in MiB
+    assert "<script" not in page and "<form" not in page
+
+
+def test_page_shows_events_per_minute_from_successive_views() -> None:
+    """The first view shows event totals; later views show events per minute since then."""
+    now = [1000.0]
+    view = fleet({"a": instance(heartbeat=heartbeat(events={"file_discovered": 10}))})
+    with serve(view, clock=lambda: now[0]) as (server, holder):
+        first = get(f"{server.url}/")[2].decode()
+        holder.view["instances"]["a"]["heartbeat"]["events"]["file_discovered"] = 40
+        now[0] += 30.0
+        second = get(f"{server.url}/")[2].decode()
+    assert "10 total" in first
+    assert re.search(r">60\.0<", second), second  # 30 events in 30 s
+
+
+def test_event_rates_start_over_when_a_watcher_restarts() -> None:
+    """A watcher's counters restarting from 0 does not show a negative rate."""
+    rates = EventRates()
+    entry = instance(heartbeat=heartbeat(events={"file_discovered": 100}))
+    assert rates.observe({"a": entry}, 0.0) == {"a": None}
+    entry["heartbeat"]["events"]["file_discovered"] = 130
+    assert rates.observe({"a": entry}, 60.0) == {"a": 30.0}
+    entry["heartbeat"]["events"]["file_discovered"] = 2
+    assert rates.observe({"a": entry}, 70.0) == {"a": None}
+    entry["heartbeat"]["events"]["file_discovered"] = 12
+    assert rates.observe({"a": entry}, 80.0) == {"a": 60.0}
+
+
+# ---------------------------------------------------------------- read-only, robust
+
+
+@pytest.mark.parametrize("method", ["POST", "PUT", "DELETE", "PATCH", "HEAD", "OPTIONS", "BREW"])
+def test_only_get_is_served(method: str) -> None:
+    """Every method but GET gets 405 with Allow: GET, on every path."""
+    with serve(fleet({"a": instance()})) as (server, _):
+        for path in ("/status", "/metrics", "/nowhere"):
+            connection = http.client.HTTPConnection("127.0.0.1", server.port, timeout=5)
+            connection.request(method, path, body=b"{}")
+            response = connection.getresponse()
+            response.read()
+            connection.close()
+            assert (response.status, response.getheader("Allow")) == (405, "GET")
+
+
+def test_unknown_path_is_404_and_query_strings_are_ignored() -> None:
+    """An unknown path answers 404 listing the pages; `?query` does not change the page."""
+    with serve(fleet({"a": instance()})) as (server, _):
+        status, body = _json(f"{server.url}/admin")
+        assert status == 404 and isinstance(body, dict) and "/metrics" in body["pages"]
+        assert get(f"{server.url}/healthz?verbose=1")[0] == 200
+
+
+def test_a_failing_view_answers_500_and_the_server_lives_on() -> None:
+    """If the fleet view raises, that request fails (503 on probes) and the next one works."""
+    calls = [0]
+
+    def flaky() -> dict[str, object]:
+        calls[0] += 1
+        if calls[0] <= 2:
+            raise RuntimeError("boom")
+        return fleet({"a": instance()})
+
+    server = start_http_server("127.0.0.1:0", flaky)
+    try:
+        assert get(f"{server.url}/status")[0] == 500
+        assert get(f"{server.url}/readyz")[0] == 503
+        assert get(f"{server.url}/readyz")[0] == 200
+    finally:
+        server.close()
+
+
+def test_port_in_use_is_a_clear_error() -> None:
+    """Binding a port that is taken raises an OSError naming http.listen and the reason."""
+    with serve(fleet({})) as (server, _):
+        listen = f"127.0.0.1:{server.port}"
+        with pytest.raises(HttpListenError) as info:
+            start_http_server(listen, lambda: fleet({}))
+    assert isinstance(info.value, OSError)
+    assert str(info.value) == f"http.listen {listen}: address already in use"
+
+
+def test_close_frees_the_port() -> None:
+    """After close() nothing listens any more and the port can be bound again."""
+    server = start_http_server("127.0.0.1:0", lambda: fleet({}))
+    port = server.port
+    server.close()
+    server.close()  # twice is harmless
+    with pytest.raises(ConnectionRefusedError):
+        socket.create_connection(("127.0.0.1", port), timeout=5).close()
+    again = start_http_server(f"127.0.0.1:{port}", lambda: fleet({}))
+    again.close()
+
+
+def _ipv6_loopback() -> bool:
+    try:
+        with socket.socket(socket.AF_INET6) as probe:
+            probe.bind(("::1", 0))
+        return True
+    except OSError:
+        return False
+
+
+@pytest.mark.skipif(not _ipv6_loopback(), reason="no IPv6 loopback here")
+def test_ipv6_listen_address() -> None:
+    """`[::1]:port` listens on IPv6 loopback and the URL carries the brackets."""
+    server = start_http_server("[::1]:0", lambda: fleet({"a": instance()}))
+    try:
+        assert server.url == f"http://[::1]:{server.port}"
+        assert get(f"{server.url}/healthz")[0] == 200
+    finally:
+        server.close()

@@ -1,0 +1,152 @@
+"""`multiwatch status` and `multiwatch health` against an endpoint served in this process."""
+
+from __future__ import annotations
+
+import json
+import socket
+from pathlib import Path
+
+import pytest
+
+from multiwatch.cli import main
+from multiwatch.status_commands import endpoint_url
+from tests.support.fleet_view import fleet, heartbeat, instance, serve
+
+
+def run(capsys: pytest.CaptureFixture[str], *argv: str) -> tuple[int, str, str]:
+    """(exit status, stdout, stderr) of `multiwatch ARGV` run in-process."""
+    code = main(list(argv))
+    out, err = capsys.readouterr()
+    return code, out, err
+
+
+def closed_port() -> int:
+    """A loopback port nothing listens on."""
+    with socket.socket() as probe:
+        probe.bind(("127.0.0.1", 0))
+        return int(probe.getsockname()[1])
+
+
+def test_status_prints_one_aligned_row_per_instance(capsys: pytest.CaptureFixture[str]) -> None:
+    """`status` shows a summary and a table: state, pid, restarts, outbox, broker, exit reason."""
+    view = fleet({
+        "watcher-music": instance(restarts=2),
+        "watcher-books": instance("BACKOFF", pid=None, uptime_seconds=None, resources=None,
+                                  last_exit="exit status 1",
+                                  heartbeat=heartbeat(broker_connected=False,
+                                                      last_error="connection refused")),
+    })
+    with serve(view) as (server, _):
+        code, out, err = run(capsys, "status", "--url", server.url)
+    assert code == 0 and err == ""
+    summary, header, *rows = out.splitlines()
+    assert "supervisor pid 100" in summary and "2 instances" in summary and "up 1h01m" in summary
+    assert header.split()[:4] == ["ID", "STATE", "PID", "RESTARTS"]
+    books, music = rows
+    assert books.split()[:3] == ["watcher-books", "BACKOFF", "-"]
+    assert "down" in books and "exit status 1; broker: connection refused" in books
+    assert music.split()[:8] == ["watcher-music", "RUNNING", "4242", "2", "2m05s", "3", "up",
+                                 "1.5"]
+    assert "40.0" in music
+    assert header.index("STATE") == books.index("BACKOFF") == music.index("RUNNING")
+
+
+def test_status_json_prints_the_raw_view(capsys: pytest.CaptureFixture[str]) -> None:
+    """`status --json` prints the /status document unchanged."""
+    view = fleet({"a": instance()})
+    with serve(view) as (server, _):
+        code, out, _ = run(capsys, "status", "--json", "--url", server.url)
+    assert code == 0 and json.loads(out) == view
+
+
+def test_status_finds_the_endpoint_from_the_roster(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """With -c, the URL comes from http.listen, even if a watched directory has vanished."""
+    with serve(fleet({"watcher-music": instance()})) as (server, _):
+        roster = tmp_path / "roster.yaml"
+        roster.write_text(f"http:\n  listen: 127.0.0.1:{server.port}\n"
+                          f"instances: [{{id: watcher-music, directory: {tmp_path / 'gone'}}}]\n")
+        code, out, _ = run(capsys, "status", "-c", str(roster))
+        assert code == 0 and "watcher-music" in out
+        code, out, _ = run(capsys, "health", "-c", str(roster))
+        assert code == 0 and out.startswith("ready:")
+
+
+def test_health_exits_0_when_ready_and_1_when_not(capsys: pytest.CaptureFixture[str]) -> None:
+    """`health` mirrors /readyz: exit 0 with "ready", exit 1 naming each not-ready instance."""
+    with serve(fleet({"a": instance(), "b": instance()})) as (server, holder):
+        code, out, _ = run(capsys, "health", "--url", server.url)
+        assert (code, out) == (0, "ready: 2 instances running, broker connected\n")
+        holder.view["instances"]["b"] = instance("WAITING", reason="directory missing")
+        code, out, _ = run(capsys, "health", "--url", server.url)
+        assert (code, out) == (1, "not ready: b: state WAITING: directory missing\n")
+
+
+def test_health_live_checks_the_supervisor_loop(capsys: pytest.CaptureFixture[str]) -> None:
+    """`health --live` mirrors /healthz: 0 while the loop turns, 1 once it stalls."""
+    with serve(fleet({}, loop_age=0.5)) as (server, holder):
+        code, out, _ = run(capsys, "health", "--live", "--url", server.url)
+        assert code == 0 and out.startswith("alive:")
+        holder.view["supervisor"]["loop_age_seconds"] = 30.0
+        code, out, _ = run(capsys, "health", "--live", "--url", server.url)
+        assert code == 1 and out.startswith("not alive:") and "30 s" in out
+
+
+@pytest.mark.parametrize("command", [["status"], ["health"], ["health", "--live"]])
+def test_unreachable_endpoint_is_one_line_and_exit_1(
+    capsys: pytest.CaptureFixture[str], command: list[str]
+) -> None:
+    """Nothing listening: one clear line on stderr naming the URL, exit 1, no traceback."""
+    url = f"127.0.0.1:{closed_port()}"
+    code, out, err = run(capsys, *command, "--url", url)
+    assert code == 1 and out == ""
+    assert err.count("\n") == 1 and f"cannot reach http://{url}/" in err
+    assert "Traceback" not in err
+
+
+def test_http_off_in_roster_asks_for_url(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """With http.listen off, both commands explain there is no endpoint; health still exits 1."""
+    roster = tmp_path / "roster.yaml"
+    roster.write_text("http: {listen: off}\ninstances: []\n")
+    code, _, err = run(capsys, "health", "-c", str(roster))
+    assert code == 1 and "http.listen is off" in err and "--url" in err
+    code, _, err = run(capsys, "status", "-c", str(roster))
+    assert code == 2 and "http.listen is off" in err
+
+
+def test_a_foreign_server_is_reported_plainly(capsys: pytest.CaptureFixture[str]) -> None:
+    """An endpoint that is not multiwatch (404, not JSON where expected) is a one-line error."""
+    with serve(fleet({})) as (server, _):
+        code, _, err = run(capsys, "status", "--url", f"{server.url}/nowhere")
+    assert code == 1 and "unexpected answer" in err and "HTTP 404" in err
+
+
+@pytest.mark.parametrize(("listen", "url"), [
+    ("127.0.0.1:9120", "http://127.0.0.1:9120"),
+    ("0.0.0.0:9000", "http://127.0.0.1:9000"),
+    ("[::]:9120", "http://[::1]:9120"),
+    ("[fd00::5]:80", "http://[fd00::5]:80"),
+    ("monitor.local:9120", "http://monitor.local:9120"),
+])
+def test_endpoint_url_reaches_wildcards_on_loopback(listen: str, url: str) -> None:
+    """A wildcard listen address is asked on loopback; IPv6 hosts get brackets."""
+    assert endpoint_url(listen) == url
+
+
+@pytest.mark.parametrize(("command", "words"), [
+    ("status", ["--config", "--url", "--json", "http.listen"]),
+    ("health", ["--config", "--url", "--live", "/readyz", "HEALTHCHECK"]),
+])
+def test_help_describes_status_and_health(
+    capsys: pytest.CaptureFixture[str], command: str, words: list[str]
+) -> None:
+    """`--help` of each command exits 0 and names its options and what it asks."""
+    with pytest.raises(SystemExit) as info:
+        main([command, "--help"])
+    out = capsys.readouterr().out
+    assert info.value.code == 0
+    for word in words:
+        assert word in out, word
