@@ -112,6 +112,7 @@ class InstanceConfig:
     scan_interval_seconds: float = 0.0  # periodic reconcile scan; 0 = only at start
     outbox_max_events: int = 100_000  # full outbox: stop taking settled work, keep watching
     outbox_max_bytes: int = 256 * 1024 * 1024
+    memory_limit: int = 0  # bytes of RSS; above it the child is restarted gracefully; 0 = none
 
 
 @dataclass(frozen=True)
@@ -251,6 +252,23 @@ def _positive_whole(src: Source, node: Node, key: str) -> int:
     return int(cs.number(src, node, key, positive=True, integer=True))
 
 
+_SIZE_RE = re.compile(r"(\d+(?:\.\d+)?)\s*([kmgt]?)(i?)b?", re.IGNORECASE)
+
+
+def _byte_size(src: Source, node: Node, key: str) -> int:
+    """Bytes as a whole number, or with a unit: 512MiB, 1.5G, 800M (K/M/G/T; i = binary)."""
+    value = cs.scalar(src, node, key)
+    if isinstance(value, int) and not isinstance(value, bool) and value >= 0:
+        return value
+    match = _SIZE_RE.fullmatch(str(value).strip()) if isinstance(value, str) else None
+    if match is None:
+        raise src.where(node, key).error(
+            f"expected a size such as 536870912, 512MiB or 1G, got {cs.show(value)}")
+    number, unit, binary = match.groups()
+    base = 1024 if binary or not unit else 1000
+    return int(float(number) * base ** " kmgt".index(unit.lower() or " "))
+
+
 OBSERVER_MODES = ("auto", "inotify", "polling")
 
 
@@ -367,6 +385,7 @@ _INSTANCE_FIELDS: dict[str, _Coerce] = {
     "scan_interval_seconds": _non_negative,
     "outbox_max_events": _positive_whole,
     "outbox_max_bytes": _positive_whole,
+    "memory_limit": _byte_size,
 }
 _INSTANCE_KEYS = ("id", "directory", *_INSTANCE_FIELDS)
 

@@ -250,6 +250,13 @@ class Supervisor:
             usage = self._meter.sample(pid)
             if usage is not None:
                 self._usage[pid] = usage.as_dict()
+        now = time.monotonic()
+        for child in self._children.values():
+            limit = child.spec.instance.memory_limit
+            rss = (self._usage.get(child.pid) or {}).get("rss_bytes", 0) if child.pid else 0
+            if limit and rss > limit and child.state is State.RUNNING:
+                child.restart(f"memory limit exceeded: RSS {rss} bytes > memory_limit "
+                              f"{limit} bytes", now)
 
     def _report_resources(self) -> None:
         own = self._usage.get(os.getpid())
