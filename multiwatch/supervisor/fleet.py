@@ -28,6 +28,7 @@ from multiwatch.watcher.main import ChildSpec
 log = logging.getLogger(__name__)
 
 LOOP_WAIT_SECONDS = 1.0
+HOUSEKEEPING_SECONDS = 0.25
 SAMPLE_EVERY_SECONDS = 5.0  # psutil sampling for the fleet view (cpu_percent spans this)
 
 
@@ -44,6 +45,7 @@ class Supervisor:
         self._meter = ResourceMeter()
         self._next_report = 0.0
         self._next_sample = 0.0
+        self._next_housekeeping = 0.0
         self._usage: dict[int, dict[str, Any]] = {}  # pid → last psutil sample
         self._started_at = time.monotonic()
         self._last_turn = self._started_at
@@ -123,13 +125,20 @@ class Supervisor:
         log.info("HTTP endpoint listening", extra={"url": self._http.url})
 
     def _turn(self, wake_fd: int) -> None:
-        readers = [c.reader for c in self._children.values() if c.reader is not None]
-        wait([*readers, wake_fd], timeout=self._wait_budget())
+        by_reader = {c.reader: c for c in self._children.values() if c.reader is not None}
+        ready = wait([*by_reader, wake_fd], timeout=self._wait_budget())
         _drain(wake_fd)
         self._handle_signals()
         now = time.monotonic()
+        for reader in ready:
+            if reader in by_reader:
+                by_reader[reader].receive(now)  # a heartbeat, or EOF of an exited child
+        # Heartbeats wake the loop many times a second with a large fleet; the rest of the
+        # turn (reaping, hang checks, starts, the view) runs at most HOUSEKEEPING_SECONDS apart.
+        if now < self._next_housekeeping and not any(c.reader is None for c in by_reader.values()):
+            return
+        self._next_housekeeping = now + HOUSEKEEPING_SECONDS
         for child in self._children.values():
-            child.receive(now)
             child.reap(now)
             child.check_hung(now)
             if child.state is State.BACKOFF and now >= child.next_start_at and not self._stopping:
@@ -174,7 +183,8 @@ class Supervisor:
         budget = LOOP_WAIT_SECONDS
         for child in self._children.values():
             if child.state is State.BACKOFF:
-                budget = min(budget, max(0.0, child.next_start_at - now))
+                due = max(child.next_start_at, self._next_housekeeping)
+                budget = min(budget, max(0.0, due - now))
         return budget
 
     # -- converge target (roster) and actual (children) ------------------------------------------
