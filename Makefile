@@ -6,7 +6,7 @@ CONFIG      ?= config/example.yaml
 PYTEST_ARGS ?=
 APT_GET      = DEBIAN_FRONTEND=noninteractive apt-get
 
-.PHONY: help install rabbitmq-deps test run tail lint clean
+.PHONY: help install rabbitmq-deps deploy-deps test run tail lint clean
 
 help:
 	@echo "make install | test [PYTEST_ARGS=...] | run | tail | lint | clean"
@@ -30,7 +30,14 @@ rabbitmq-deps:
 	  else echo "rabbitmq-server is missing: run 'sudo make rabbitmq-deps'" \
 	    "(apt-get install rabbitmq-server)" >&2; exit 1; fi; }
 
-test: install rabbitmq-deps
+# tests/deploy runs `systemd-analyze verify` on the units in systemd/ (no running systemd needed).
+deploy-deps:
+	@command -v systemd-analyze >/dev/null || { \
+	  if [ "$$(id -u)" = 0 ]; then apt-get update && $(APT_GET) install -y systemd; \
+	  else echo "systemd-analyze is missing: run 'sudo make deploy-deps'" \
+	    "(apt-get install systemd)" >&2; exit 1; fi; }
+
+test: install rabbitmq-deps deploy-deps
 	$(PY) -m pytest $(PYTEST_ARGS)
 
 run: install

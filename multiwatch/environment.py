@@ -1,10 +1,11 @@
 """Every environment variable multiwatch reads: the one documented list.
 
 The deployment guide's names (INSTANCE_ID, DATA_DIR, RABBITMQ_*, LOG_LEVEL) are a contract
-kept from the one-container-per-directory `file_watcher`. `tests/deploy/test_environment_contract.py`
-checks this list against the code that reads the variables and against every deployment
-artifact (Dockerfile, docker-compose.yaml, systemd/, config/kubernetes/, README.md), so a name
-cannot be documented without being read, or read without being documented.
+kept from the one-container-per-directory `file_watcher`.
+`tests/deploy/test_environment_contract.py` checks this list against the code that reads the
+variables and against every deployment artifact (Dockerfile, docker-compose.yaml, systemd/,
+config/kubernetes/, README.md), so a name cannot be documented without being read, or read
+without being documented.
 """
 
 from __future__ import annotations

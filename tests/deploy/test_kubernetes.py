@@ -1,0 +1,176 @@
+"""config/kubernetes/: the manifests validate against the Kubernetes API schemas (strictly:
+unknown fields are errors), run multiwatch locked down, and configure something `multiwatch
+check` accepts.
+
+The schemas are those of `kubernetes-validate` (the API's OpenAPI definitions, per release).
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+import kubernetes_validate
+import pytest
+import yaml
+
+from multiwatch.config import SupervisorConfig
+from tests.deploy.artifacts import (
+    KUBERNETES,
+    ROSTER_PATH,
+    STATE_DIR,
+    checked_instances,
+    dockerfile_stages,
+    image_env,
+    multiwatch_check,
+)
+
+MANIFESTS = ("multiwatch.yaml", "per-directory.yaml")
+SECRET_VALUES = {"username": "multiwatch", "password": "from-the-secret"}
+
+
+def documents(name: str) -> list[dict[str, Any]]:
+    return [d for d in yaml.safe_load_all((KUBERNETES / name).read_text()) if d]
+
+
+def deployments(name: str) -> list[dict[str, Any]]:
+    return [d for d in documents(name) if d["kind"] == "Deployment"]
+
+
+def pod(deployment: dict[str, Any]) -> dict[str, Any]:
+    return deployment["spec"]["template"]["spec"]  # type: ignore[no-any-return]
+
+
+def container_env(container: dict[str, Any]) -> dict[str, str]:
+    """The container's environment: the image's ENV, then `env` (Secret keys filled in)."""
+    env = image_env()
+    for item in container.get("env", []):
+        if "value" in item:
+            env[item["name"]] = item["value"]
+        else:
+            env[item["name"]] = SECRET_VALUES[item["valueFrom"]["secretKeyRef"]["key"]]
+    return env
+
+
+def mounts(deployment: dict[str, Any]) -> dict[str, tuple[dict[str, Any], dict[str, Any]]]:
+    """mountPath -> (volumeMount, volume) of the deployment's one container."""
+    volumes = {v["name"]: v for v in pod(deployment)["volumes"]}
+    (container,) = pod(deployment)["containers"]
+    return {m["mountPath"]: (m, volumes[m["name"]]) for m in container["volumeMounts"]}
+
+
+def all_deployments() -> list[Any]:
+    return [pytest.param(name, d, id=d["metadata"]["name"])
+            for name in MANIFESTS for d in deployments(name)]
+
+
+def ids(deployment: dict[str, Any]) -> str:
+    return str(deployment["metadata"]["name"])
+
+
+@pytest.mark.parametrize("name", MANIFESTS)
+def test_manifests_validate_against_the_kubernetes_api(name: str) -> None:
+    """Every document is a valid object of the current Kubernetes API, no unknown fields."""
+    version = kubernetes_validate.latest_version()
+    for document in documents(name):
+        kubernetes_validate.validate(document, version, strict=True)
+
+
+def test_the_validation_would_catch_a_typo() -> None:
+    """A misspelt securityContext field is rejected, so the check above means something."""
+    (deployment,) = deployments("multiwatch.yaml")
+    context = pod(deployment)["containers"][0]["securityContext"]
+    context["readOnlyRootFilesytem"] = context.pop("readOnlyRootFilesystem")
+    with pytest.raises(kubernetes_validate.ValidationError, match="readOnlyRootFilesytem"):
+        kubernetes_validate.validate(deployment, kubernetes_validate.latest_version(), strict=True)
+
+
+@pytest.mark.parametrize(("manifest", "deployment"), all_deployments())
+def test_pods_run_as_the_images_non_root_user_read_only(
+    manifest: str, deployment: dict[str, Any]
+) -> None:
+    """Non-root (the image's uid), read-only root, no privilege escalation, no capabilities."""
+    spec = pod(deployment)
+    user = next(c.value[0] for c in dockerfile_stages()[-1] if c.cmd.upper() == "USER")
+    assert spec["securityContext"]["runAsNonRoot"] is True
+    assert f"{spec['securityContext']['runAsUser']}:{spec['securityContext']['runAsGroup']}" \
+        == user
+    (container,) = spec["containers"]
+    assert container["securityContext"] == {
+        "readOnlyRootFilesystem": True, "allowPrivilegeEscalation": False,
+        "capabilities": {"drop": ["ALL"]},
+    }
+    assert set(container["resources"]) == {"requests", "limits"}
+    assert deployment["spec"]["replicas"] == 1
+    assert deployment["spec"]["strategy"]["type"] == "Recreate"
+    assert spec["terminationGracePeriodSeconds"] > SupervisorConfig().stop_timeout_seconds
+
+
+@pytest.mark.parametrize(("manifest", "deployment"), all_deployments())
+def test_watched_trees_are_read_only_and_state_persists(
+    manifest: str, deployment: dict[str, Any]
+) -> None:
+    """/data mounts are read-only; the state survives the pod (a claim); /tmp is scratch."""
+    by_path = mounts(deployment)
+    data = [path for path in by_path if path.startswith("/data/")]
+    assert data and all(by_path[path][0]["readOnly"] is True for path in data)
+    assert "persistentVolumeClaim" in by_path[STATE_DIR][1]
+    assert not by_path[STATE_DIR][0].get("readOnly")
+    assert "emptyDir" in by_path["/tmp"][1]
+    claims = {d["metadata"]["name"] for d in documents(manifest)
+              if d["kind"] == "PersistentVolumeClaim"}
+    assert by_path[STATE_DIR][1]["persistentVolumeClaim"]["claimName"] in claims
+
+
+def test_roster_deployment_probes_http_and_reads_the_configmap(tmp_path: Path) -> None:
+    """The ConfigMap roster passes `multiwatch check`, listens where the probes look, and
+    watches exactly the read-only mounts."""
+    (deployment,) = deployments("multiwatch.yaml")
+    (container,) = pod(deployment)["containers"]
+    env = container_env(container)
+    assert env["MULTIWATCH_CONFIG"] == ROSTER_PATH
+    mount, volume = mounts(deployment)[str(Path(ROSTER_PATH).parent)]
+    assert mount["readOnly"] is True
+    (configmap,) = [d for d in documents("multiwatch.yaml") if d["kind"] == "ConfigMap"
+                    and d["metadata"]["name"] == volume["configMap"]["name"]]
+    roster = configmap["data"][Path(ROSTER_PATH).name]
+    assert yaml.safe_load(roster)["http"]["listen"] == "0.0.0.0:9120"
+    assert container["ports"] == [{"name": "http", "containerPort": 9120}]
+    assert container["livenessProbe"]["httpGet"] == {"path": "/healthz", "port": "http"}
+    assert container["readinessProbe"]["httpGet"] == {"path": "/readyz", "port": "http"}
+    assert all(item.get("valueFrom", {}).get("secretKeyRef") for item in container["env"]
+               if item["name"] in ("RABBITMQ_USER", "RABBITMQ_PASS"))
+
+    result = multiwatch_check(roster, env, tmp_path)
+    assert result.returncode == 0, result.stderr
+    assert "from-the-secret" not in result.stdout
+    assert "amqp://multiwatch:****@rabbitmq:5672/" in result.stdout
+    watched = {d.replace(str(tmp_path), "") for d in checked_instances(result).values()}
+    assert watched == {path for path in mounts(deployment) if path.startswith("/data/")}
+
+
+@pytest.mark.parametrize("deployment", deployments("per-directory.yaml"), ids=ids)
+def test_per_directory_deployments_keep_the_guide_and_pass_check(
+    deployment: dict[str, Any], tmp_path: Path
+) -> None:
+    """The guide's one Deployment per directory: its names, its variables, exec health probes,
+    and an environment `multiwatch check` accepts."""
+    name = deployment["metadata"]["name"]
+    directory = name.removeprefix("file-watcher-")
+    assert deployment["spec"]["selector"]["matchLabels"] == {
+        "app": "file-watcher", "instance": directory}
+    (container,) = pod(deployment)["containers"]
+    assert container["name"] == "file-watcher"
+    assert container["image"].startswith("multiwatch:")
+    assert container["readinessProbe"]["exec"]["command"] == ["multiwatch", "health"]
+    assert container["livenessProbe"]["exec"]["command"] == ["multiwatch", "health", "--live"]
+    env = container_env(container)
+    assert env["INSTANCE_ID"] == f"watcher-{directory}"
+    assert env["DATA_DIR"] == f"/data/{directory}"
+    assert env["RABBITMQ_HOST"] == "rabbitmq-service"
+    assert "MULTIWATCH_CONFIG" not in env
+
+    result = multiwatch_check(None, env, tmp_path)
+    assert result.returncode == 0, result.stderr
+    assert list(checked_instances(result)) == [f"watcher-{directory}"]
+    assert "amqp://multiwatch:****@rabbitmq-service:5672/%2F" in result.stdout
