@@ -2,15 +2,50 @@
 
 One place decides how a kombu Connection is built (AMQP, or the embedded filesystem
 spool under state_dir) and what topology is declared, so producer and consumer agree.
+
+Several URLs (a cluster) are tried in turn by `BrokerLink`, one kombu Connection per URL.
+kombu's own failover (`alternates` + `Connection.switch`) is not used: `switch` re-parses
+the next URL and so drops a callable password, and its cycle restarts with every new
+Connection object. A password file is read by a callable that py-amqp calls at every
+connect, so a rotated secret is picked up at the next reconnect.
 """
 
 from __future__ import annotations
 
+import logging
 import os
+import ssl
+from typing import Any
 
 from kombu import Connection, Exchange, Queue
+from kombu.utils.url import parse_url
 
-from multiwatch.config import DEFAULT_QUEUE, BrokerConfig
+from multiwatch.config import DEFAULT_QUEUE, BrokerConfig, TlsConfig, mask_url
+from multiwatch.config_broker import read_password_file, replace_password
+
+log = logging.getLogger(__name__)
+
+
+class PasswordFileError(OSError):
+    """The password file could not be read at connect time (a vanished or unreadable secret)."""
+
+
+class PasswordFile:
+    """A kombu password callable: the file's content, read afresh at every connect."""
+
+    def __init__(self, path: str) -> None:
+        self.path = path
+
+    def __call__(self) -> str:
+        try:
+            return read_password_file(self.path)
+        except (OSError, UnicodeDecodeError) as exc:
+            why = getattr(exc, "strerror", None) or str(exc)
+            raise PasswordFileError(
+                f"cannot read the broker password file {self.path}: {why}") from None
+
+    def __repr__(self) -> str:  # never the secret
+        return f"PasswordFile({self.path!r})"
 
 
 def spool_dir(state_dir: str) -> str:
@@ -18,10 +53,28 @@ def spool_dir(state_dir: str) -> str:
     return os.path.join(state_dir, "spool")
 
 
+def ssl_options(tls: TlsConfig | None) -> dict[str, Any]:
+    """py-amqp's `ssl=` dict for an amqps:// URL (kombu fills in a None server_hostname)."""
+    tls = tls or TlsConfig()
+    options: dict[str, Any] = {
+        "cert_reqs": ssl.CERT_REQUIRED if tls.verify else ssl.CERT_NONE,
+    }
+    if tls.verify:  # with a server_hostname py-amqp also checks the name (and sends SNI)
+        options["server_hostname"] = tls.server_hostname
+    if tls.ca_file:
+        options["ca_certs"] = tls.ca_file
+    if tls.cert_file:
+        options["certfile"] = tls.cert_file
+    if tls.key_file:
+        options["keyfile"] = tls.key_file
+    return options
+
+
 def open_connection(
-    broker: BrokerConfig, state_dir: str, *, connection_name: str | None = None
+    broker: BrokerConfig, state_dir: str, *, connection_name: str | None = None,
+    url: str | None = None,
 ) -> Connection:
-    """A not-yet-connected kombu Connection for this roster's broker."""
+    """A not-yet-connected kombu Connection to `url` (default: the first broker URL)."""
     if broker.embedded:
         spool = spool_dir(state_dir)
         messages = os.path.join(spool, "messages")
@@ -37,22 +90,97 @@ def open_connection(
                 "store_processed": False,
             },
         )
+    url = url or broker.urls[0]
     # Confirms are requested and awaited by the publisher itself (pipelined, bounded);
     # the write timeout keeps a frozen broker from blocking a publish forever.
     options: dict[str, object] = {"write_timeout": broker.confirm_timeout_seconds}
     if connection_name:
         # Shown by `rabbitmqctl list_connections name client_properties` and the UI.
         options["client_properties"] = {"connection_name": connection_name}
+    extra: dict[str, Any] = {}
+    if broker.password_file:
+        # A URL without a password leaves kombu's `password=` in charge.
+        url = replace_password(url, None)
+        extra["password"] = PasswordFile(broker.password_file)
+    if parse_url(url)["transport"] == "amqps":
+        extra["ssl"] = ssl_options(broker.tls)
     return Connection(
-        broker.url,
+        url,
         heartbeat=broker.heartbeat_seconds,
         connect_timeout=broker.connect_timeout_seconds,
         transport_options=options,
+        **extra,
     )
+
+
+def connect_once(connection: Connection) -> Connection:
+    """Connect with a single attempt (kombu's `connect()` sleeps 2 s and tries again)."""
+    connection.ensure_connection(max_retries=0, reraise_as_library_errors=False)
+    return connection
+
+
+class BrokerLink:
+    """Connects to the broker's URLs in turn: round-robin failover across a cluster.
+
+    Each `connect()` tries every URL once, starting after the one used last time, so a
+    connection lost with its node moves to the next node at once.
+    """
+
+    def __init__(self, broker: BrokerConfig, state_dir: str, *,
+                 connection_name: str | None = None) -> None:
+        self._broker = broker
+        self._state_dir = state_dir
+        self._connection_name = connection_name
+        self._next = 0
+        self.where = "embedded spool" if broker.embedded else ""  # masked URL now in use
+
+    def connect(self) -> Connection:
+        """A connected kombu Connection; the last URL's error if none answers."""
+        urls: tuple[str | None, ...] = self._broker.urls or (None,)
+        for attempt in range(len(urls)):
+            index = (self._next + attempt) % len(urls)
+            url = urls[index]
+            connection = open_connection(self._broker, self._state_dir, url=url,
+                                         connection_name=self._connection_name)
+            try:
+                connect_once(connection)
+            except Exception as exc:
+                _release_quietly(connection)
+                if attempt == len(urls) - 1:
+                    self._next = (index + 1) % len(urls)
+                    raise
+                log.warning("broker unavailable, trying the next URL", extra={
+                    "broker": mask_url(str(url)), "error": f"{type(exc).__name__}: {exc}"})
+                continue
+            self._next = (index + 1) % len(urls)
+            if url is not None:
+                self.where = mask_url(url)
+            return connection
+        raise AssertionError("unreachable: at least one URL is tried")
+
+
+def _release_quietly(connection: Connection) -> None:
+    try:
+        connection.release()
+    except Exception:
+        log.debug("ignored error while closing a failed broker connection", exc_info=True)
 
 
 def exchange_for(broker: BrokerConfig) -> Exchange:
     return Exchange(broker.exchange, type="topic", durable=True)
+
+
+def queue_arguments(broker: BrokerConfig) -> dict[str, Any] | None:
+    """`x-` arguments every declaration of the queue must repeat (RabbitMQ compares them)."""
+    if broker.queue_type == "quorum" and not broker.embedded:
+        return {"x-queue-type": "quorum"}
+    return None  # classic: declared without arguments, as before queue_type existed
+
+
+def named_queue(broker: BrokerConfig, name: str) -> Queue:
+    """The durable queue `name` bound to the exchange, declared like the publisher does."""
+    return Queue(name, exchange_for(broker), routing_key=broker.binding_key, durable=True,
+                 queue_arguments=queue_arguments(broker))
 
 
 def queue_for(broker: BrokerConfig) -> Queue | None:
@@ -66,4 +194,4 @@ def queue_for(broker: BrokerConfig) -> Queue | None:
         name = DEFAULT_QUEUE
     if name is None:
         return None
-    return Queue(name, exchange_for(broker), routing_key=broker.binding_key, durable=True)
+    return named_queue(broker, name)

@@ -1,4 +1,4 @@
-"""The `multiwatch` command: run | check | tail | state | status | health.
+"""The `multiwatch` command: run | check | tail | state | status | health | export.
 
 `main(argv)` returns the exit status, so tests call it directly.  User mistakes print one
 paragraph on stderr and exit 2; no traceback.
@@ -14,7 +14,14 @@ import uuid
 from collections.abc import Sequence
 
 from multiwatch import __version__
-from multiwatch.config import ConfigError, Roster, load_roster, mask_url, render_effective
+from multiwatch.config import (
+    ConfigError,
+    Roster,
+    http_override,
+    load_roster,
+    mask_url,
+    render_effective,
+)
 
 EXIT_USAGE = 2
 EXIT_BROKER = 1
@@ -34,6 +41,7 @@ commands:
   state   export or back up the tracked-file state of instances
   status  print a running supervisor's fleet as a table (from its HTTP endpoint)
   health  exit 0 if a running supervisor is ready (or alive), 1 if not
+  export  write supervisord or systemd configuration, one process per instance
 """
 _PROBE_CONFIG_HELP = (
     "roster file whose http.listen names the endpoint. Default: $MULTIWATCH_CONFIG; if that "
@@ -62,6 +70,9 @@ def _parser() -> argparse.ArgumentParser:
     run.add_argument("-c", "--config", metavar="PATH", help=_CONFIG_HELP)
     run.add_argument("--only", metavar="ID", action="append",
                      help="run only this instance of the roster (repeatable)")
+    run.add_argument("--http-listen", metavar="HOST:PORT|off",
+                     help="serve the HTTP endpoint here instead of the roster's http.listen; "
+                     "off: none (several `run --only` processes on one roster need their own)")
 
     check = commands.add_parser(
         "check", help="validate a roster",
@@ -129,7 +140,49 @@ def _parser() -> argparse.ArgumentParser:
     for probe in (status, health):
         probe.add_argument("-c", "--config", metavar="PATH", help=_PROBE_CONFIG_HELP)
         probe.add_argument("--url", metavar="URL", help=_URL_HELP)
+    _add_export(commands)
     return parser
+
+
+def _add_export(commands: argparse._SubParsersAction) -> None:  # type: ignore[type-arg]
+    export = commands.add_parser(
+        "export", help="write supervisord or systemd configuration",
+        description="Write a process manager's configuration with one process per roster "
+        "instance, each running `multiwatch run -c ROSTER --only ID`. The processes share the "
+        "roster's state_dir (each instance has its own state there) but not its HTTP port: "
+        "each runs with --http-listen off, or on its own port with --http-port-base.",
+    )
+    targets = export.add_subparsers(dest="export_target", metavar="TARGET", required=True)
+    supervisord = targets.add_parser(
+        "supervisord", help="a supervisord configuration file",
+        description="Write a supervisord configuration: one [program:multiwatch-<id>] per "
+        "instance (autorestart, SIGTERM, stop timeout above the roster's), plus the "
+        "[supervisord], [unix_http_server], [supervisorctl] and [rpcinterface:supervisor] "
+        "sections unless --programs-only. Programs inherit supervisord's environment.",
+    )
+    supervisord.add_argument("-o", "--output", metavar="FILE",
+                             help="write here instead of stdout (creates --run-dir)")
+    supervisord.add_argument("--programs-only", action="store_true",
+                             help="only the [program:...] sections, to include in an "
+                             "existing supervisord configuration")
+    supervisord.add_argument("--run-dir", metavar="DIR",
+                             help="supervisord's socket, pid file and logs "
+                             "(default: <state_dir>/supervisord)")
+    systemd = targets.add_parser(
+        "systemd", help="one systemd unit per instance",
+        description="Write multiwatch-<id>.service for every instance: Restart=on-failure, "
+        "ExecReload sends SIGHUP, the roster unit's sandbox (ProtectSystem=strict, the watched "
+        "directory read-only, NoNewPrivileges) and the state directory writable.",
+    )
+    systemd.add_argument("-o", "--output", metavar="DIR",
+                         help="write the unit files into DIR instead of printing them")
+    for target in (supervisord, systemd):
+        target.add_argument("-c", "--config", metavar="PATH", help=_CONFIG_HELP)
+        target.add_argument("--python", metavar="PATH",
+                            help=f"interpreter the processes run (default: {sys.executable})")
+        target.add_argument("--http-port-base", type=int, metavar="PORT",
+                            help="give instance N the HTTP endpoint on PORT+N (roster order) "
+                            "instead of none")
 
 
 def main(argv: Sequence[str] | None = None) -> int:
@@ -143,6 +196,8 @@ def main(argv: Sequence[str] | None = None) -> int:
             return 0
         if args.command == "tail":
             return _tail(roster, args)
+        if args.command == "export":
+            return _export(roster, args)
         if args.command == "state":
             from multiwatch import state_commands
 
@@ -155,6 +210,16 @@ def main(argv: Sequence[str] | None = None) -> int:
         return EXIT_USAGE
     except KeyboardInterrupt:
         return 130
+
+
+def _export(roster: Roster, args: argparse.Namespace) -> int:
+    from multiwatch import export_commands as ex
+
+    options = ex.options_for(roster, args.python, args.http_port_base)
+    if args.export_target == "systemd":
+        return ex.export_systemd(roster, options, output=args.output)
+    return ex.export_supervisord(roster, options, output=args.output, run_dir=args.run_dir,
+                                 programs_only=args.programs_only)
 
 
 def _ask_endpoint(args: argparse.Namespace) -> int:
@@ -175,13 +240,19 @@ def _run(roster: Roster, args: argparse.Namespace) -> int:
     from multiwatch.logs import setup_logging
     from multiwatch.supervisor.fleet import Supervisor
 
-    roster = _only(roster, args.only)
+    http = http_override(args.http_listen) if args.http_listen is not None else None
+
+    def narrow(roster: Roster) -> Roster:
+        roster = _only(roster, args.only)
+        return roster if http is None else dataclasses.replace(roster, http=http)
+
+    roster = narrow(roster)
     config_path = args.config or os.environ.get("MULTIWATCH_CONFIG") or None
     os.makedirs(roster.state_dir, exist_ok=True)
     setup_logging(roster.log_level, "supervisor")
 
     def reload() -> Roster:
-        return _only(load_roster(config_path, os.environ), args.only)
+        return narrow(load_roster(config_path, os.environ))
 
     return Supervisor(roster, reload=reload if config_path else None).run()
 
@@ -203,7 +274,7 @@ def _only(roster: Roster, ids: list[str] | None) -> Roster:
 def _tail(roster: Roster, args: argparse.Namespace) -> int:
     from kombu import Consumer, Queue
 
-    from multiwatch.broker import exchange_for, open_connection, queue_for
+    from multiwatch.broker import BrokerLink, exchange_for, named_queue, queue_for
 
     broker = roster.broker
     if args.tap and broker.embedded:
@@ -212,8 +283,7 @@ def _tail(roster: Roster, args: argparse.Namespace) -> int:
         queue = Queue(f"multiwatch-tail-{uuid.uuid4().hex[:8]}", exchange_for(broker),
                       routing_key=broker.binding_key, exclusive=True, auto_delete=True)
     elif args.queue:
-        queue = Queue(args.queue, exchange_for(broker), routing_key=broker.binding_key,
-                      durable=True)
+        queue = named_queue(broker, args.queue)
     else:
         configured = queue_for(broker)
         if configured is None:
@@ -231,12 +301,14 @@ def _tail(roster: Roster, args: argparse.Namespace) -> int:
         printed += 1
 
     where = "embedded spool" if broker.embedded else mask_url(str(broker.url))
-    connection = open_connection(broker, roster.state_dir, connection_name="multiwatch_tail")
+    link = BrokerLink(broker, roster.state_dir, connection_name="multiwatch_tail")
     try:
-        connection.connect()
-    except (OSError, connection.connection_errors) as exc:  # type: ignore[misc]
-        print(f"multiwatch: cannot connect to {where}: {exc}", file=sys.stderr)
+        connection = link.connect()
+    except Exception as exc:  # noqa: BLE001 - socket, AMQP or password-file errors alike
+        print(f"multiwatch: cannot connect to {where}: {type(exc).__name__}: {exc}",
+              file=sys.stderr)
         return EXIT_BROKER
+    where = link.where
     with connection, Consumer(connection, queues=[queue], callbacks=[on_message], accept=None):
         print(f"multiwatch: tailing {queue.name} on {where} (Ctrl-C to stop)",
               file=sys.stderr, flush=True)

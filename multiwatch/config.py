@@ -17,10 +17,19 @@ from typing import Any
 import yaml
 
 from multiwatch import config_source as cs
+from multiwatch.config_broker import (
+    DEFAULT_BINDING_KEY,
+    DEFAULT_EXCHANGE,
+    DEFAULT_QUEUE,
+    EMBEDDED_URL,
+    BrokerConfig,
+    TlsConfig,
+    load_broker,
+    mask_url,
+)
 from multiwatch.config_checks import Origin, check_roster
 from multiwatch.config_env import (
     ENV_NAME,
-    broker_url_from_env,
     default_state_dir,
     env_node,
     env_source,
@@ -42,7 +51,9 @@ __all__ = [
     "InstanceConfig",
     "Roster",
     "SupervisorConfig",
+    "TlsConfig",
     "generated_instance_id",
+    "http_override",
     "load_http_config",
     "load_roster",
     "mask_url",
@@ -50,31 +61,9 @@ __all__ = [
     "split_listen",
 ]
 
-DEFAULT_EXCHANGE = "file_events"
-DEFAULT_QUEUE = "file_events"
-DEFAULT_BINDING_KEY = "file.#"
 DEFAULT_EXCLUDE: tuple[str, ...] = (".*", "*.part", "*.tmp", "*~")
-EMBEDDED_URL = "embedded"
 DEFAULT_HTTP_LISTEN = "127.0.0.1:9120"
 HTTP_LISTEN_ENV = "MULTIWATCH_HTTP_LISTEN"
-
-
-@dataclass(frozen=True)
-class BrokerConfig:
-    """Where events go. `url is None` means the embedded filesystem spool under state_dir."""
-
-    url: str | None = None
-    exchange: str = DEFAULT_EXCHANGE
-    queue: str | None = DEFAULT_QUEUE  # None: declare no queue (the user binds their own)
-    binding_key: str = DEFAULT_BINDING_KEY
-    heartbeat_seconds: int = 60
-    connect_timeout_seconds: float = 10.0
-    confirm_timeout_seconds: float = 10.0
-    reconnect_max_seconds: float = 30.0
-
-    @property
-    def embedded(self) -> bool:
-        return self.url is None
 
 
 @dataclass(frozen=True)
@@ -130,7 +119,6 @@ class Roster:
 
 ENV_SOURCE = "<environment>"
 _LEVELS = ("DEBUG", "INFO", "WARNING", "ERROR", "CRITICAL")
-_SCHEMES = ("amqp", "amqps", "pyamqp", "filesystem")
 # The id becomes part of the AMQP connection name `file_watcher_{id}` and of file names.
 _ID_RE = re.compile(r"[A-Za-z0-9][A-Za-z0-9._-]{0,99}")
 
@@ -165,6 +153,12 @@ def load_http_config(path: str | None, environ: Mapping[str, str]) -> HttpConfig
     return _http(Source(path, os.path.dirname(file), environ, expand=True), top)
 
 
+def http_override(listen: str, option: str = "--http-listen") -> HttpConfig:
+    """An `http` section from a command-line value (`host:port` or `off`), checked."""
+    src = Source("command line", os.getcwd(), {}, expand=False)
+    return HttpConfig(listen=_listen(src, Node(listen, None, listen), option))
+
+
 def split_listen(listen: str) -> tuple[str, int]:
     """`"host:port"` or `"[v6]:port"` as (host, port); ValueError says what is wrong."""
     host, sep, port = listen.strip().rpartition(":")
@@ -190,7 +184,11 @@ def render_effective(roster: Roster) -> str:
     broker: dict[str, Any] = dataclasses.asdict(roster.broker)
     spool = os.path.join(roster.state_dir, "spool")
     url = roster.broker.url
-    broker["url"] = mask_url(url) if url is not None else f"embedded (spool: {spool})"
+    if url is None:
+        broker["url"] = f"embedded (spool: {spool})"
+    else:  # several URLs as a list, like a failover list is written in the roster
+        masked = [mask_url(part) for part in roster.broker.urls]
+        broker["url"] = masked[0] if len(masked) == 1 else masked
     doc = {
         "source": roster.source,
         "state_dir": roster.state_dir,
@@ -205,30 +203,6 @@ def render_effective(roster: Roster) -> str:
         ],
     }
     return yaml.safe_dump(doc, sort_keys=False, default_flow_style=False, allow_unicode=True)
-
-
-def mask_url(url: str) -> str:
-    """`url` with its password replaced by `****`; URLs without one come back unchanged.
-
-    kombu failover lists (`amqp://a;amqp://b`) are masked part by part.
-    """
-    return ";".join(_mask_one(part) for part in _split_urls(url))
-
-
-def _split_urls(url: str) -> list[str]:
-    # Split only where a new `scheme://` starts, so a `;` inside a password stays put.
-    return re.split(r";(?=[A-Za-z][A-Za-z0-9+.-]*://)", url)
-
-
-def _mask_one(url: str) -> str:
-    scheme, sep, rest = url.partition("://")
-    at = rest.rfind("@")
-    user, colon, password = rest[: max(at, 0)].partition(":")
-    # The last `@` ends the userinfo even when an unquoted password holds `/` or `@`:
-    # over-masking an odd URL beats leaking a password into logs.
-    if not sep or at < 0 or not colon or not password or any(c in user for c in "/?#"):
-        return url
-    return f"{scheme}://{user}:****@{rest[at + 1 :]}"
 
 
 # ---------------------------------------------------------------- field coercers
@@ -290,32 +264,6 @@ def _exclude(src: Source, node: Node, key: str) -> tuple[str, ...]:
     return cs.patterns(src, node, key, allow_empty=True)
 
 
-def _queue(src: Source, node: Node, key: str) -> str | None:
-    value = cs.scalar(src, node, key)
-    if value is None or (isinstance(value, str) and value.strip().lower() in ("", "none")):
-        return None  # declare no queue: the user binds their own
-    return cs.text(src, node, key)
-
-
-def _url(src: Source, node: Node, key: str) -> str | None:
-    url = cs.optional_text(src, node, key)
-    if url is None or url.strip().lower() == EMBEDDED_URL:
-        return None if url is None else EMBEDDED_URL
-    for part in _split_urls(url):
-        scheme, sep, _ = part.partition("://")
-        if not sep:
-            raise src.where(node, key).error(
-                f'expected a URL like amqp://user:password@host:5672/%2F or "embedded", '
-                f"got {cs.show(mask_url(url))}"
-            )
-        if scheme.lower() not in _SCHEMES:
-            raise src.where(node, key).error(
-                f"unsupported URL scheme {cs.show(scheme)}; use one of "
-                f'{", ".join(_SCHEMES)}, or "embedded"'
-            )
-    return url
-
-
 def _level(src: Source, node: Node, key: str) -> str | None:
     level = cs.optional_text(src, node, key)
     if level is not None and level.strip().upper() not in _LEVELS:
@@ -361,16 +309,6 @@ _TOP_KEYS = (
     "state_dir", "log_level", "broker", "supervisor", "http", "defaults", "instances",
 )
 _HTTP_FIELDS: dict[str, _Coerce] = {"listen": _listen}
-_BROKER_FIELDS: dict[str, _Coerce] = {
-    "url": _url,
-    "exchange": cs.text,
-    "queue": _queue,
-    "binding_key": cs.text,
-    "heartbeat_seconds": _whole,
-    "connect_timeout_seconds": _positive,
-    "confirm_timeout_seconds": _positive,
-    "reconnect_max_seconds": _positive,
-}
 _SUPERVISOR_FIELDS: dict[str, _Coerce] = {
     f.name: _positive for f in dataclasses.fields(SupervisorConfig)
 }
@@ -512,7 +450,7 @@ def _finish(
     state_dir, state_where = _state_dir(src, top)
     roster = Roster(
         state_dir=state_dir,
-        broker=_broker(src, top),
+        broker=load_broker(src, top.get("broker")),
         supervisor=_supervisor(src, top.get("supervisor")),
         instances=tuple(instances),
         log_level=_log_level(src, top),
@@ -547,16 +485,6 @@ def _http(src: Source, top: Mapping[str, Node]) -> HttpConfig:
     if from_env := env_node(src.environ, HTTP_LISTEN_ENV):  # `off` disables it
         return HttpConfig(listen=_listen(env_source(src.environ), from_env, HTTP_LISTEN_ENV))
     return HttpConfig()
-
-
-def _broker(src: Source, top: Mapping[str, Node]) -> BrokerConfig:
-    values = _section(src, top.get("broker"), "broker", _BROKER_FIELDS)
-    url = values.pop("url", None)
-    if url is None:
-        url = broker_url_from_env(src.environ)
-    elif url == EMBEDDED_URL:
-        url = None
-    return BrokerConfig(url=url, **values)
 
 
 def _supervisor(src: Source, node: Node | None) -> SupervisorConfig:

@@ -19,6 +19,8 @@ from multiwatch.config import (
     InstanceConfig,
     Roster,
     SupervisorConfig,
+    TlsConfig,
+    http_override,
     load_http_config,
     load_roster,
     mask_url,
@@ -719,3 +721,165 @@ def test_render_effective_shows_http_listen(dirs: Path) -> None:
     assert shown["http"] == {"listen": "127.0.0.1:9120"}
     off = write_roster(dirs, "http: {listen: off}\n" + _ONE, name="off.yaml")
     assert yaml.safe_load(render_effective(load_roster(off, {})))["http"] == {"listen": "off"}
+
+
+# ---------------------------------------------------------------- several brokers, queue type
+
+_MUSIC = "state_dir: st\ninstances: [{id: music, directory: music}]\n"
+
+
+def test_broker_url_list_and_semicolons_give_the_same_failover_order(dirs: Path) -> None:
+    """A YAML list of URLs and a `;`-separated string both give the URLs in order."""
+    listed = write_roster(dirs, _MUSIC + "broker:\n  url:\n    - amqp://u:a@h1:5672/\n"
+                          "    - amqp://u:b@h2:5673/\n", name="listed.yaml")
+    joined = write_roster(dirs, _MUSIC + "broker:\n  url: amqp://u:a@h1:5672/;amqp://u:b@h2:5673/\n",
+                          name="joined.yaml")
+    want = ("amqp://u:a@h1:5672/", "amqp://u:b@h2:5673/")
+    assert load_roster(listed, {}).broker.urls == want
+    assert load_roster(joined, {}).broker == load_roster(listed, {}).broker
+    effective = yaml.safe_load(render_effective(load_roster(listed, {})))
+    assert effective["broker"]["url"] == ["amqp://u:****@h1:5672/", "amqp://u:****@h2:5673/"]
+
+
+@pytest.mark.parametrize(("value", "problem"), [
+    ("[]", "broker.url: the list of broker URLs is empty"),
+    ("[amqp://h1/, redis://h2/]", 'unsupported URL scheme "redis"'),
+    ("[amqp://h1/, {a: b}]", "broker.url[1]: expected a single value"),
+])
+def test_bad_broker_url_lists(dirs: Path, value: str, problem: str) -> None:
+    """A bad failover list is reported with the roster line and which entry is wrong."""
+    path = write_roster(dirs, _MUSIC + f"broker:\n  url: {value}\n")
+    message = config_error(path)
+    assert message.startswith(f"{path}:4: broker.url") and problem in message
+
+
+def test_queue_type_defaults_to_classic_and_accepts_quorum(dirs: Path) -> None:
+    """queue_type is classic unless the roster asks for a quorum queue."""
+    assert load_roster(write_roster(dirs, _MUSIC), {}).broker.queue_type == "classic"
+    path = write_roster(dirs, _MUSIC + "broker: {url: 'amqp://h/', queue_type: Quorum}\n")
+    assert load_roster(path, {}).broker.queue_type == "quorum"
+
+
+def test_unknown_queue_type_is_an_error(dirs: Path) -> None:
+    """A queue type RabbitMQ would not understand names the value and the choices."""
+    path = write_roster(dirs, _MUSIC + "broker:\n  queue_type: stream\n")
+    message = config_error(path)
+    assert message.startswith(f"{path}:4: broker.queue_type:")
+    assert '"stream"' in message and "classic" in message and "quorum" in message
+
+
+# ---------------------------------------------------------------- password file
+
+
+def test_password_file_is_relative_to_the_roster(dirs: Path) -> None:
+    """broker.password_file resolves against the roster's directory like every path."""
+    (dirs / "secret").write_text("s3cret\n")
+    path = write_roster(dirs, _MUSIC + "broker: {url: 'amqp://u@h/', password_file: secret}\n")
+    assert load_roster(path, {}).broker.password_file == str(dirs / "secret")
+
+
+def test_rabbitmq_pass_file_applies_in_both_modes(dirs: Path) -> None:
+    """RABBITMQ_PASS_FILE sets the password file with or without a roster; the roster wins."""
+    (dirs / "env-secret").write_text("from-env")
+    (dirs / "roster-secret").write_text("from-roster")
+    env = {"RABBITMQ_HOST": "rabbit", "RABBITMQ_PASS_FILE": str(dirs / "env-secret")}
+    assert load_roster(write_roster(dirs, _MUSIC), env).broker.password_file == str(
+        dirs / "env-secret")
+    env_mode = {**env, "DATA_DIR": str(dirs / "music"), "MULTIWATCH_STATE_DIR": str(dirs / "s")}
+    assert load_roster(None, env_mode).broker.password_file == str(dirs / "env-secret")
+    own = write_roster(dirs, _MUSIC + "broker: {password_file: roster-secret}\n")
+    assert load_roster(own, env).broker.password_file == str(dirs / "roster-secret")
+
+
+def test_password_file_is_ignored_for_the_embedded_spool(dirs: Path) -> None:
+    """Without a broker URL there is no password to read, so a missing file is no error."""
+    env = {"RABBITMQ_PASS_FILE": str(dirs / "absent")}
+    assert load_roster(write_roster(dirs, _MUSIC), env).broker.password_file is None
+
+
+@pytest.mark.parametrize(("content", "problem"), [
+    (None, "cannot read the broker password file"),
+    ("", "is empty"),
+    ("\n", "is empty"),
+    (b"\xff\xfe", "is not UTF-8 text"),
+])
+def test_unusable_password_file_is_an_error(
+        dirs: Path, content: str | bytes | None, problem: str) -> None:
+    """A missing, empty or binary password file fails the roster naming line and path."""
+    secret = dirs / "secret"
+    if isinstance(content, bytes):
+        secret.write_bytes(content)
+    elif content is not None:
+        secret.write_text(content)
+    path = write_roster(dirs, _MUSIC + "broker:\n  url: amqp://u@h/\n  password_file: secret\n")
+    message = config_error(path)
+    assert message.startswith(f"{path}:5: broker.password_file:")
+    assert problem in message and str(secret) in message
+
+
+def test_unreadable_rabbitmq_pass_file_names_the_variable(dirs: Path) -> None:
+    """The error for a bad RABBITMQ_PASS_FILE blames the variable, not a roster line."""
+    message = config_error(write_roster(dirs, _MUSIC), {
+        "RABBITMQ_HOST": "rabbit", "RABBITMQ_PASS_FILE": str(dirs / "gone")})
+    assert message.startswith("environment: RABBITMQ_PASS_FILE: cannot read")
+    assert "No such file or directory" in message
+
+
+def test_check_output_shows_the_password_file_never_its_content(dirs: Path) -> None:
+    """`check` shows where the password comes from, not the password."""
+    (dirs / "secret").write_text("Very-S3cret-Value\n")
+    path = write_roster(dirs, _MUSIC + "broker: {url: 'amqp://u:old@h/', password_file: secret}\n")
+    text = render_effective(load_roster(path, {}))
+    assert "Very-S3cret-Value" not in text and "old" not in text
+    assert yaml.safe_load(text)["broker"]["password_file"] == str(dirs / "secret")
+
+
+# ---------------------------------------------------------------- TLS
+
+
+def test_tls_section_reads_paths_relative_to_the_roster(dirs: Path) -> None:
+    """broker.tls gives the CA, client certificate and key, resolved like other paths."""
+    for name in ("ca.pem", "client.pem", "client.key"):
+        (dirs / name).write_text("pem")
+    path = write_roster(dirs, _MUSIC + textwrap.dedent("""\
+        broker:
+          url: amqps://u:p@rabbit.example/
+          tls:
+            ca_file: ca.pem
+            cert_file: client.pem
+            key_file: client.key
+            server_hostname: rabbit.internal
+        """))
+    assert load_roster(path, {}).broker.tls == TlsConfig(
+        ca_file=str(dirs / "ca.pem"), cert_file=str(dirs / "client.pem"),
+        key_file=str(dirs / "client.key"), verify=True, server_hostname="rabbit.internal")
+
+
+@pytest.mark.parametrize(("tls", "line", "problem"), [
+    ("{ca_file: missing.pem}", 6, "broker.tls.ca_file: "),
+    ("{key_file: k.pem}", 6, "broker.tls.key_file: a client key needs its certificate"),
+    ("{verify: maybe}", 6, "broker.tls.verify: expected true or false"),
+    ("{ca: x}", 6, 'unknown key "ca"'),
+])
+def test_bad_tls_settings_are_errors(dirs: Path, tls: str, line: int, problem: str) -> None:
+    """Missing certificate files and wrong TLS keys name the exact setting and line."""
+    (dirs / "k.pem").write_text("pem")
+    path = write_roster(dirs, _MUSIC + f"broker:\n  url: amqps://h/\n\n  tls: {tls}\n")
+    message = config_error(path)
+    assert message.startswith(f"{path}:{line}: ") and problem in message
+
+
+def test_tls_needs_amqps_urls(dirs: Path) -> None:
+    """TLS settings with a plain amqp:// URL are refused instead of silently unused."""
+    path = write_roster(dirs, _MUSIC + "broker:\n  url: [amqps://a/, amqp://u:pw@b/]\n  tls: {}\n")
+    message = config_error(path)
+    assert message.startswith(f"{path}:5: broker.tls:")
+    assert "amqp://u:****@b/" in message and "pw" not in message.replace("****", "")
+
+
+def test_http_override_from_the_command_line() -> None:
+    """`run --http-listen` values: off disables, host:port is checked like the roster's."""
+    assert http_override("off") == HttpConfig(listen=None)
+    assert http_override("127.0.0.1:9300") == HttpConfig(listen="127.0.0.1:9300")
+    with pytest.raises(ConfigError, match=r"command line: --http-listen: .*host:port"):
+        http_override("nowhere")

@@ -91,10 +91,10 @@ def _run(spec: ChildSpec, to_parent: Connection, stop: threading.Event) -> int:
     listen_for_lost_events(pipeline.notifications)
     observer = _observe(instance, pipeline)
     pipeline.request_scan()
-    parent.send("ready", {"pid": os.getpid()})
     log.info("watching", extra={"path": instance.directory, "pid": os.getpid(),
                                 "settle_seconds": instance.settle_seconds,
                                 "tracked_files": len(pipeline.known)})
+    parent.send("ready", {"pid": os.getpid()})
     exit_code = 0
     next_heartbeat = 0.0
     next_scan = _next_scan(instance)

@@ -19,8 +19,8 @@ from dataclasses import dataclass, field
 
 from kombu import Connection, Producer
 
-from multiwatch.broker import exchange_for, open_connection, queue_for
-from multiwatch.config import BrokerConfig, mask_url
+from multiwatch.broker import BrokerLink, exchange_for, queue_for
+from multiwatch.config import BrokerConfig
 from multiwatch.watcher.message import Event
 from multiwatch.watcher.outbox import OutboxGauge
 from multiwatch.watcher.state import DurableOutbox
@@ -124,12 +124,12 @@ class Publisher(threading.Thread):
 
     def _run(self, outbox: DurableOutbox) -> None:
         retry_delay = FIRST_RETRY_SECONDS
+        link = BrokerLink(self._broker, self._state_dir, connection_name=self._connection_name)
         while not self._stopping_now():
-            connection = open_connection(
-                self._broker, self._state_dir, connection_name=self._connection_name
-            )
+            connection: Connection | None = None
             try:
-                self._serve(connection, outbox)
+                connection = link.connect()  # each URL once, in turn (cluster failover)
+                self._serve(connection, outbox, link.where)
                 retry_delay = FIRST_RETRY_SECONDS
             except Exception as exc:  # noqa: BLE001 - any broker or socket failure: back off, retry
                 self.stats.connected = False
@@ -146,10 +146,10 @@ class Publisher(threading.Thread):
                 self._wake.wait(delay)
             finally:
                 self.stats.connected = False
-                _close_quietly(connection)
+                if connection is not None:
+                    _close_quietly(connection)
 
-    def _serve(self, connection: Connection, outbox: DurableOutbox) -> None:
-        connection.connect()
+    def _serve(self, connection: Connection, outbox: DurableOutbox, where: str) -> None:
         channel = connection.channel()
         exchange = exchange_for(self._broker)(channel)
         exchange.declare()
@@ -166,7 +166,7 @@ class Publisher(threading.Thread):
         producer = Producer(channel, exchange=exchange)
         self.stats.connected = True
         log.info("connected to broker", extra={
-            "broker": "embedded" if self._broker.embedded else mask_url(str(self._broker.url)),
+            "broker": "embedded" if self._broker.embedded else where,
             "connection_name": self._connection_name, "outbox_depth": self._gauge.depth})
         next_heartbeat = 0.0
         while not self._stopping_now():

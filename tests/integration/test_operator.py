@@ -8,6 +8,7 @@ import urllib.request
 from pathlib import Path
 from typing import Any
 
+import psutil
 from prometheus_client.parser import text_string_to_metric_families
 
 from tests.support.consumer import collect, wait_for
@@ -136,8 +137,10 @@ def test_memory_limit_restarts_a_child_gracefully(tmp_path: Path) -> None:
         line = mw.wait_for_log(lambda x: x.get("instance_id") == "greedy"
                                and "memory limit exceeded" in str(x.get("message")), timeout=30)
         assert "memory_limit 1048576 bytes" in line["message"]
-        second = mw.wait_watching("greedy", after=mw.lines.index(line))
-        assert second["pid"] != first["pid"]
+        second = mw.wait_for_log(lambda x: x.get("message") == "watching"
+                                 and x.get("instance_id") == "greedy"
+                                 and x.get("pid") != first["pid"], timeout=30)
+        assert psutil.pid_exists(second["pid"])
         assert not [x for x in mw.lines if x.get("instance_id") == "modest"
                     and "memory limit" in str(x.get("message"))]
     finally:

@@ -1,0 +1,276 @@
+"""The roster's `broker` section: URLs (one or a failover list), queue type, password file, TLS.
+
+Everything here is checked when the roster is loaded, so `multiwatch check` and the start of
+`multiwatch run` report an unreadable password file or a missing certificate as one
+paragraph. The password file itself is read again at every connect (`multiwatch.broker`), so a
+rotated secret needs no restart.
+"""
+
+from __future__ import annotations
+
+import os
+import re
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass
+from typing import Any
+
+from multiwatch import config_source as cs
+from multiwatch.config_env import ENV_NAME, broker_url_from_env, env_node, env_source
+from multiwatch.config_source import Node, Source, Where
+
+DEFAULT_EXCHANGE = "file_events"
+DEFAULT_QUEUE = "file_events"
+DEFAULT_BINDING_KEY = "file.#"
+EMBEDDED_URL = "embedded"
+PASSWORD_FILE_ENV = "RABBITMQ_PASS_FILE"
+QUEUE_TYPES = ("classic", "quorum")
+_SCHEMES = ("amqp", "amqps", "pyamqp", "filesystem")
+_TLS_SCHEMES = ("amqps",)
+
+
+@dataclass(frozen=True)
+class TlsConfig:
+    """Client-side TLS for `amqps://` URLs (py-amqp's `ssl=` options)."""
+
+    ca_file: str | None = None  # None: the system's trusted CAs
+    cert_file: str | None = None  # client certificate (may also hold the key)
+    key_file: str | None = None
+    verify: bool = True  # check the broker's certificate chain and host name
+    server_hostname: str | None = None  # name to check and send (SNI); None: the URL's host
+
+
+@dataclass(frozen=True)
+class BrokerConfig:
+    """Where events go. `url is None` means the embedded filesystem spool under state_dir.
+
+    `url` holds one URL or several joined by `;` (a cluster, tried in turn).
+    """
+
+    url: str | None = None
+    exchange: str = DEFAULT_EXCHANGE
+    queue: str | None = DEFAULT_QUEUE  # None: declare no queue (the user binds their own)
+    binding_key: str = DEFAULT_BINDING_KEY
+    heartbeat_seconds: int = 60
+    connect_timeout_seconds: float = 10.0
+    confirm_timeout_seconds: float = 10.0
+    reconnect_max_seconds: float = 30.0
+    queue_type: str = "classic"  # quorum: replicated across a cluster's nodes
+    password_file: str | None = None  # replaces any password in the URL(s); re-read per connect
+    tls: TlsConfig | None = None
+
+    @property
+    def embedded(self) -> bool:
+        return self.url is None
+
+    @property
+    def urls(self) -> tuple[str, ...]:
+        """Each broker URL, in failover order (empty for the embedded spool)."""
+        return () if self.url is None else tuple(split_urls(self.url))
+
+
+# ---------------------------------------------------------------- URLs and passwords
+
+
+def split_urls(url: str) -> list[str]:
+    """`amqp://a;amqp://b` as its URLs; a `;` inside a password stays put.
+
+    Splits only where a new `scheme://` starts.
+    """
+    return re.split(r";(?=[A-Za-z][A-Za-z0-9+.-]*://)", url)
+
+
+def mask_url(url: str) -> str:
+    """`url` with its password replaced by `****`; URLs without one come back unchanged.
+
+    kombu failover lists (`amqp://a;amqp://b`) are masked part by part.
+    """
+    return ";".join(replace_password(part, "****") for part in split_urls(url))
+
+
+def replace_password(url: str, replacement: str | None) -> str:
+    """One URL with its password replaced (None: removed, `user@host` remains)."""
+    scheme, sep, rest = url.partition("://")
+    at = rest.rfind("@")
+    user, colon, password = rest[: max(at, 0)].partition(":")
+    # The last `@` ends the userinfo even when an unquoted password holds `/` or `@`:
+    # over-masking an odd URL beats leaking a password into logs.
+    if not sep or at < 0 or not colon or not password or any(c in user for c in "/?#"):
+        return url
+    secret = "" if replacement is None else f":{replacement}"
+    return f"{scheme}://{user}{secret}@{rest[at + 1 :]}"
+
+
+def read_password_file(path: str) -> str:
+    """The password in `path`: its text without the trailing newline. OSError if unreadable."""
+    with open(path, encoding="utf-8") as handle:
+        return handle.read().rstrip("\r\n")
+
+
+# ---------------------------------------------------------------- coercers
+
+_Coerce = Callable[[Source, Node, str], Any]
+
+
+def _url(src: Source, node: Node, key: str) -> str | None:
+    """One URL, several joined by `;`, or a YAML list of URLs; `embedded`; None."""
+    if isinstance(node.value, list):
+        if not node.value:
+            raise src.where(node, key).error("the list of broker URLs is empty")
+        parts = [cs.text(src, item, f"{key}[{i}]").strip() for i, item in enumerate(node.value)]
+        url: str | None = ";".join(parts)
+    else:
+        url = cs.optional_text(src, node, key)
+    if url is None or url.strip().lower() == EMBEDDED_URL:
+        return None if url is None else EMBEDDED_URL
+    for part in split_urls(url):
+        scheme, sep, _ = part.partition("://")
+        if not sep:
+            raise src.where(node, key).error(
+                f'expected a URL like amqp://user:password@host:5672/%2F or "embedded", '
+                f"got {cs.show(mask_url(url))}"
+            )
+        if scheme.lower() not in _SCHEMES:
+            raise src.where(node, key).error(
+                f"unsupported URL scheme {cs.show(scheme)}; use one of "
+                f'{", ".join(_SCHEMES)}, or "embedded"'
+            )
+    return url
+
+
+def _queue(src: Source, node: Node, key: str) -> str | None:
+    value = cs.scalar(src, node, key)
+    if value is None or (isinstance(value, str) and value.strip().lower() in ("", "none")):
+        return None  # declare no queue: the user binds their own
+    return cs.text(src, node, key)
+
+
+def _queue_type(src: Source, node: Node, key: str) -> str:
+    kind = cs.text(src, node, key).strip().lower()
+    if kind not in QUEUE_TYPES:
+        raise src.where(node, key).error(
+            f"unknown queue type {cs.show(kind)}; use classic, or quorum for a queue "
+            "replicated across the nodes of a RabbitMQ cluster"
+        )
+    return kind
+
+
+def _optional_path(src: Source, node: Node, key: str) -> str | None:
+    value = cs.optional_text(src, node, key)
+    return None if value is None else cs.resolve_path(value, src.base_dir, src.environ)
+
+
+def _optional_name(src: Source, node: Node, key: str) -> str | None:
+    value = cs.optional_text(src, node, key)
+    return None if value is None else value.strip()
+
+
+def _number(*, positive: bool, integer: bool = False) -> _Coerce:
+    def coerce(src: Source, node: Node, key: str) -> float | int:
+        return cs.number(src, node, key, positive=positive, integer=integer)
+
+    return coerce
+
+
+_TLS_FIELDS: dict[str, _Coerce] = {
+    "ca_file": _optional_path,
+    "cert_file": _optional_path,
+    "key_file": _optional_path,
+    "verify": cs.boolean,
+    "server_hostname": _optional_name,
+}
+BROKER_FIELDS: dict[str, _Coerce] = {
+    "url": _url,
+    "exchange": cs.text,
+    "queue": _queue,
+    "binding_key": cs.text,
+    "heartbeat_seconds": _number(positive=False, integer=True),
+    "connect_timeout_seconds": _number(positive=True),
+    "confirm_timeout_seconds": _number(positive=True),
+    "reconnect_max_seconds": _number(positive=True),
+    "queue_type": _queue_type,
+    "password_file": _optional_path,
+    "tls": lambda src, node, key: node,  # a mapping, read by _tls()
+}
+
+
+# ---------------------------------------------------------------- the section
+
+
+def load_broker(src: Source, node: Node | None) -> BrokerConfig:
+    """The `broker` section (or the RABBITMQ_* variables), checked."""
+    entries = {} if node is None else cs.mapping(src, node, "broker", BROKER_FIELDS)
+    values = {
+        name: BROKER_FIELDS[name](src, child, f"broker.{name}") for name, child in entries.items()
+    }
+    url = values.pop("url", None)
+    if url is None:
+        url = broker_url_from_env(src.environ)
+    elif url == EMBEDDED_URL:
+        url = None
+    tls_node = values.pop("tls", None)
+    tls = _tls(src, tls_node) if tls_node is not None else None
+    # The roster's password_file, else $RABBITMQ_PASS_FILE (empty counts as unset in both).
+    password_file, password_where = values.pop("password_file", None), None
+    if password_file is not None:
+        password_where = src.where(entries["password_file"], "broker.password_file")
+    elif env := env_node(src.environ, PASSWORD_FILE_ENV):
+        password_where = Where(ENV_NAME, None, PASSWORD_FILE_ENV)
+        password_file = cs.path(env_source(src.environ), env, PASSWORD_FILE_ENV)
+    if url is None:  # the embedded spool has no password and no TLS
+        return BrokerConfig(url=None, **values)
+    broker = BrokerConfig(url=url, password_file=password_file, tls=tls, **values)
+    if password_file is not None and password_where is not None:
+        _check_password_file(password_file, password_where)
+    if tls is not None and tls_node is not None:
+        _check_tls(src, tls_node, tls, broker)
+    return broker
+
+
+def _tls(src: Source, node: Node) -> TlsConfig | None:
+    if node.value is None:  # `tls:` with nothing under it: the defaults
+        return TlsConfig()
+    entries = cs.mapping(src, node, "broker.tls", _TLS_FIELDS)
+    return TlsConfig(**{
+        name: _TLS_FIELDS[name](src, child, f"broker.tls.{name}")
+        for name, child in entries.items()
+    })
+
+
+def _check_password_file(path: str, where: Where) -> None:
+    try:
+        password = read_password_file(path)
+    except IsADirectoryError:
+        raise where.error(f"{cs.show(path)} is a directory, not a password file") from None
+    except OSError as exc:
+        raise where.error(
+            f"cannot read the broker password file {cs.show(path)}: {exc.strerror or exc}"
+        ) from None
+    except UnicodeDecodeError:
+        raise where.error(f"the broker password file {cs.show(path)} is not UTF-8 text") from None
+    if not password:
+        raise where.error(f"the broker password file {cs.show(path)} is empty")
+
+
+def _check_tls(src: Source, node: Node, tls: TlsConfig, broker: BrokerConfig) -> None:
+    entries: Mapping[str, Node] = node.value if isinstance(node.value, dict) else {}
+    plain = [u for u in broker.urls if u.partition("://")[0].lower() not in _TLS_SCHEMES]
+    if plain:
+        raise src.where(node, "broker.tls").error(
+            f"TLS settings need amqps:// URLs, but {cs.show(mask_url(plain[0]))} is plain "
+            "AMQP; write amqps://host:5671/... (or drop broker.tls)"
+        )
+    if tls.key_file and not tls.cert_file:
+        raise src.where(entries["key_file"], "broker.tls.key_file").error(
+            "a client key needs its certificate: set cert_file too"
+        )
+    for name in ("ca_file", "cert_file", "key_file"):
+        path = getattr(tls, name)
+        if path is None:
+            continue
+        where = src.where(entries[name], f"broker.tls.{name}")
+        if not os.path.isfile(path):
+            problem = "is a directory" if os.path.isdir(path) else "does not exist"
+            raise where.error(f"{cs.show(path)} {problem}")
+        if not os.access(path, os.R_OK):
+            raise where.error(f"{cs.show(path)} is not readable by this user")
+
