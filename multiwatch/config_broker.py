@@ -8,8 +8,10 @@ rotated secret needs no restart.
 
 from __future__ import annotations
 
+import errno
 import os
 import re
+import stat
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from typing import Any
@@ -100,10 +102,25 @@ def replace_password(url: str, replacement: str | None) -> str:
     return f"{scheme}://{user}{secret}@{rest[at + 1 :]}"
 
 
+PASSWORD_FILE_MAX_BYTES = 64 * 1024
+
+
 def read_password_file(path: str) -> str:
-    """The password in `path`: its text without the trailing newline. OSError if unreadable."""
-    with open(path, encoding="utf-8") as handle:
-        return handle.read().rstrip("\r\n")
+    """The password in `path`: its text without the trailing newline. OSError if unreadable.
+
+    Only a regular file is read (a FIFO would block, /dev/zero never end), and only its
+    first 64 KiB."""
+    fd = os.open(path, os.O_RDONLY | os.O_NONBLOCK | os.O_CLOEXEC)
+    try:
+        mode = os.fstat(fd).st_mode
+        if stat.S_ISDIR(mode):
+            raise IsADirectoryError(errno.EISDIR, "is a directory", path)
+        if not stat.S_ISREG(mode):
+            raise OSError(errno.EINVAL, "not a regular file", path)
+        data = os.read(fd, PASSWORD_FILE_MAX_BYTES)
+    finally:
+        os.close(fd)
+    return data.decode("utf-8").rstrip("\r\n")
 
 
 # ---------------------------------------------------------------- coercers

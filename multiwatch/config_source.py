@@ -92,6 +92,8 @@ def parse_yaml(text: str, filename: str) -> Node | None:
         raise ConfigError(f"{where}: YAML syntax error: {_problem(exc)}") from None
     except yaml.YAMLError as exc:  # anything else PyYAML raises: still one paragraph
         raise ConfigError(f"{filename}: YAML syntax error: {' '.join(str(exc).split())}") from None
+    except RecursionError:  # PyYAML's composer recurses once per nesting level
+        raise ConfigError(f"{filename}: the roster is nested too deeply to be a roster") from None
     finally:
         loader.dispose()
 
@@ -266,6 +268,8 @@ def number(src: Source, node: Node, key: str, *, positive: bool, integer: bool =
     if isinstance(value, str):
         value = _parse_number(value.strip(), fallback=value)
     valid = isinstance(value, (int, float)) and not isinstance(value, bool)
+    if valid and isinstance(value, int) and abs(value) > 2**63:
+        raise src.where(node, key).error(f"out of range: {show(value)[:40]}")
     if not valid or not math.isfinite(value):
         noun = "a whole number" if integer else "a number"
         if key.endswith("_seconds"):

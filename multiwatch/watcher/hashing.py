@@ -53,10 +53,15 @@ class NotRegularFile(Exception):
 
 
 def stat_regular(path: str) -> os.stat_result | None:
-    """lstat the path; None if it is missing or not a regular file (symlinks are not followed)."""
+    """lstat the path; None if it is missing or not a regular file (symlinks are not followed).
+
+    PermissionError (a directory on the way became unreadable) is raised: that file is
+    not gone, and must not be announced as deleted."""
     try:
         st = os.lstat(path)
-    except (FileNotFoundError, NotADirectoryError):
+    except PermissionError:
+        raise
+    except OSError:  # missing, a path component that is no directory, too long, a loop
         return None
     return st if stat.S_ISREG(st.st_mode) else None
 

@@ -8,6 +8,7 @@ at-least-once delivery allows, while a file renamed back and forth still gets ne
 
 from __future__ import annotations
 
+import base64
 import hashlib
 import json
 import os
@@ -49,6 +50,11 @@ class Event:
         return {"instance_id": self.instance_id, "event_type": self.event_type}
 
 
+def _bytes_b64(path: str) -> str:
+    """The path's exact bytes, for names that are not valid UTF-8 (see README)."""
+    return base64.b64encode(os.fsencode(path)).decode("ascii")
+
+
 def _utc_now() -> str:
     return datetime.now(UTC).isoformat(timespec="microseconds").replace("+00:00", "Z")
 
@@ -73,10 +79,13 @@ def build_event(
         "sha256_hash": hashed.sha256,
         "xxh128_hash": hashed.xxh128,
         "relative_path": relative_path,
+        "path_bytes_b64": _bytes_b64(path),
     }
     if old_relative_path is not None:
-        file_info["old_path"] = os.path.join(watched_directory, old_relative_path)
+        old_path = os.path.join(watched_directory, old_relative_path)
+        file_info["old_path"] = old_path
         file_info["old_relative_path"] = old_relative_path
+        file_info["old_path_bytes_b64"] = _bytes_b64(old_path)
     correlation_id = str(uuid.uuid4())
     body = {
         "correlation_id": correlation_id,

@@ -73,13 +73,15 @@ class Pipeline:
         self._scans: list[_Scan] = []
         self._startup = _StartupProgress()
         self._unreadable: set[str] = set()
+        self._unlistable: set[str] = set()  # directories already reported unreadable
 
     # -- driving -------------------------------------------------------------------------
 
     def request_scan(self, relative_dir: str = "") -> None:
         """Reconcile (part of) the tree with what was announced: new or changed files are
         settled like notified ones; announced files no longer on disk are deleted."""
-        files = walk_files(self.root, relative_dir, self.filter, recursive=self.instance.recursive)
+        files = walk_files(self.root, relative_dir, self.filter,
+                           recursive=self.instance.recursive, unlistable=self._unlistable)
         self._scans.append(_Scan(relative_dir, files))
 
     def step(self, max_wait: float) -> None:
@@ -147,7 +149,11 @@ class Pipeline:
         for relative in [p for p in self.known if p.startswith(prefix) and p not in scan.seen]:
             if relative in self.settle:
                 continue  # its own settle decides
-            if stat_regular(os.path.join(self.root, relative)) is None:
+            try:
+                gone = stat_regular(os.path.join(self.root, relative)) is None
+            except PermissionError:
+                gone = False  # unreadable is not deleted
+            if gone:
                 self._gone(relative)
 
     def _handle_settled(self) -> None:
@@ -221,7 +227,10 @@ class Pipeline:
                 self._emit(FILE_DELETED, src or "", announced)
             return
         if announced is not None:
-            st = stat_regular(os.path.join(self.root, dest))
+            try:
+                st = stat_regular(os.path.join(self.root, dest))
+            except PermissionError:
+                st = None
             # A rename keeps inode, size and mtime; anything else means other content.
             if st is not None and FileVersion.of(st) == announced.version:
                 self.settle.discard(dest)
@@ -254,7 +263,11 @@ class Pipeline:
 
     def _on_settled(self, relative: str, seen: FileVersion | None, now: float) -> None:
         path = os.path.join(self.root, relative)
-        st = stat_regular(path)
+        try:
+            st = stat_regular(path)
+        except PermissionError as exc:
+            self._cannot_read(relative, path, exc)
+            return
         if st is None:
             self._gone(relative)
             return
@@ -276,9 +289,7 @@ class Pipeline:
             self._gone(relative)
             return
         except OSError as exc:
-            if relative not in self._unreadable:  # once per path, not per event
-                self._unreadable.add(relative)
-                log.warning("cannot read file: %s", exc.strerror, extra={"path": path})
+            self._cannot_read(relative, path, exc)
             return
         self._unreadable.discard(relative)
         self.files_hashed += 1
@@ -288,6 +299,11 @@ class Pipeline:
             self._emit(FILE_DISCOVERED, relative, hashed)
         elif announced.sha256 != hashed.sha256:
             self._emit(FILE_MODIFIED, relative, hashed)
+
+    def _cannot_read(self, relative: str, path: str, exc: OSError) -> None:
+        if relative not in self._unreadable:  # once per path, not per event
+            self._unreadable.add(relative)
+            log.warning("cannot read file: %s", exc.strerror or exc, extra={"path": path})
 
     def _track(self, relative: str, hashed: Hashed) -> None:
         self.known[relative] = hashed

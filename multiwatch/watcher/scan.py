@@ -18,14 +18,23 @@ log = logging.getLogger(__name__)
 
 
 def walk_files(
-    root: str, start: str, path_filter: PathFilter, *, recursive: bool
+    root: str, start: str, path_filter: PathFilter, *, recursive: bool,
+    unlistable: set[str] | None = None,
 ) -> Iterator[tuple[str, FileVersion]]:
-    """Yield (relative path, version) for each wanted regular file under root/start."""
+    """Yield (relative path, version) for each wanted regular file under root/start.
+
+    `unlistable` remembers directories already reported as unreadable, so a periodic
+    rescan does not repeat the warning; a directory that lists again is forgotten."""
+    reported = unlistable if unlistable is not None else set()
     pending = [start]
     while pending:
         relative_dir = pending.pop()
         absolute_dir = os.path.join(root, relative_dir) if relative_dir else root
         try:
+            # Below the root, only a real directory is entered: a symlink that took a
+            # directory's place (or arrived inside a moved-in tree) must not lead outside.
+            if relative_dir and not stat.S_ISDIR(os.lstat(absolute_dir).st_mode):
+                continue
             with os.scandir(absolute_dir) as entries:
                 for entry in entries:
                     relative = f"{relative_dir}/{entry.name}" if relative_dir else entry.name
@@ -40,5 +49,10 @@ def walk_files(
                         yield relative, FileVersion.of(st)
         except (FileNotFoundError, NotADirectoryError):
             continue  # the directory went away mid-scan; its deletion events tell the rest
-        except PermissionError as exc:
-            log.warning("cannot list directory, skipping it", extra={"path": exc.filename})
+        except OSError as exc:  # permissions, a path beyond PATH_MAX, an I/O error
+            if relative_dir not in reported:
+                reported.add(relative_dir)
+                log.warning("cannot list directory, skipping it: %s", exc.strerror or exc,
+                            extra={"path": absolute_dir})
+            continue
+        reported.discard(relative_dir)

@@ -128,11 +128,6 @@ def test_symlink_loops_do_not_hang_the_scan(tmp_path: Path) -> None:
     assert elapsed < 10
 
 
-@pytest.mark.xfail(strict=True, reason=(
-    "watchdog reports a symlink to a directory found inside a moved-in directory as "
-    "DirCreatedEvent; Pipeline._on_directory then calls request_scan(that path) and "
-    "scan.walk_files os.scandir()s the start directory by path, following the symlink out of "
-    "the watched root"))
 def test_directory_moved_in_with_a_symlink_to_outside_announces_nothing_outside(
         tmp_path: Path, outside: Path, opened: list[str]) -> None:
     """A directory moved into the tree that holds a symlink to a directory outside the root:

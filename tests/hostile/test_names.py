@@ -86,10 +86,6 @@ def test_path_just_under_path_max_is_announced(tmp_path: Path) -> None:
     assert hashes_of(body) == digests(b"at the bottom")
 
 
-@pytest.mark.xfail(strict=True, reason=(
-    "scan.walk_files catches only FileNotFoundError/NotADirectoryError/PermissionError: "
-    "os.scandir of a directory whose absolute path exceeds PATH_MAX raises ENAMETOOLONG out "
-    "of Pipeline.step, which crashes the watcher (restarted, crashes again, forever)"))
 def test_tree_deeper_than_path_max_does_not_stop_the_watcher(
         tmp_path: Path, caplog: pytest.LogCaptureFixture) -> None:
     """A tree deeper than PATH_MAX (made with openat) is skipped with one warning; the rest of
@@ -129,9 +125,6 @@ def test_non_utf8_name_is_announced_with_surrogateescape_path(tmp_path: Path) ->
     assert hashes_of(body) == digests(b"latin-1 named")
 
 
-@pytest.mark.xfail(strict=True, reason=(
-    "message.build_event has no path_bytes_b64 field: a consumer that rejects lone "
-    "surrogates (strict UTF-8 JSON decoders) cannot recover a non-UTF-8 path"))
 def test_non_utf8_name_carries_path_bytes_b64(tmp_path: Path) -> None:
     """file_info carries path_bytes_b64, the base64 of the exact path bytes, so consumers in any
     language can open the file even when its name is not UTF-8."""

@@ -118,10 +118,6 @@ def test_unreadable_file_is_logged_once_counted_and_not_fatal(
 
 
 @needs_setpriv
-@pytest.mark.xfail(strict=True, reason=(
-    "scan.walk_files logs 'cannot list directory, skipping it' at every scan that meets the "
-    "directory (startup, overflow and each periodic reconcile scan): nothing remembers that it "
-    "was already reported, unlike Pipeline._unreadable for files"))
 def test_unlistable_subdirectory_is_logged_once_and_the_rest_stays_watched(
         tmp_path: Path, locked_tree: Path) -> None:
     """A subdirectory the watcher may not list is logged once (not at every rescan), counted,

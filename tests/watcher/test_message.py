@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import base64
 import json
 import os
 import re
@@ -47,7 +48,7 @@ def test_body_has_exactly_the_guide_fields_plus_additive_ones() -> None:
     """The body carries every field of the guide, plus only schema_version and hostname."""
     body = _body(_event())
     assert set(body) == GUIDE_FIELDS | {"schema_version", "hostname"}
-    assert set(body["file_info"]) == GUIDE_FILE_INFO | {"relative_path"}
+    assert set(body["file_info"]) == GUIDE_FILE_INFO | {"relative_path", "path_bytes_b64"}
     assert body["schema_version"] == 1
     assert isinstance(body["hostname"], str) and body["hostname"]
 
@@ -66,6 +67,7 @@ def test_body_values_describe_the_file() -> None:
         "sha256_hash": "ab" * 32,
         "xxh128_hash": "cd" * 16,
         "relative_path": "albums/song.mp3",
+        "path_bytes_b64": base64.b64encode(b"/data/music/albums/song.mp3").decode(),
     }
 
 
