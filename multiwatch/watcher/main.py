@@ -33,6 +33,8 @@ HEARTBEAT_SECONDS = 1.0
 LOOP_WAIT_SECONDS = 0.5  # upper bound on reacting to SIGTERM; events wake it at once
 DIRECTORY_RETRY_SECONDS = 2.0
 EXIT_DIRECTORY_GONE = 3
+DEEP_TREE_RECURSION_LIMIT = 20_000
+THREAD_STACK_BYTES = 64 * 1024 * 1024
 _PR_SET_PDEATHSIG = 1
 
 
@@ -51,6 +53,10 @@ class ChildSpec:
 def child_main(spec: ChildSpec, to_parent: Connection) -> None:
     """Run one watcher until SIGTERM, the parent's death, or the directory's disappearance."""
     setup_logging(spec.log_level, spec.instance.id)
+    # watchdog walks trees with os.walk, which recurses once per level: give a 1,000-level
+    # tree room (the limit) and the threads that walk it the C stack to match.
+    sys.setrecursionlimit(DEEP_TREE_RECURSION_LIMIT)
+    threading.stack_size(THREAD_STACK_BYTES)
     stop = threading.Event()
     signal.signal(signal.SIGTERM, lambda _signum, _frame: stop.set())
     signal.signal(signal.SIGINT, signal.SIG_IGN)  # Ctrl-C reaches the whole group: the parent leads
@@ -115,9 +121,10 @@ def _run(spec: ChildSpec, to_parent: Connection, stop: threading.Event) -> int:
             log.error("watched directory disappeared", extra={"path": instance.directory})
             exit_code = EXIT_DIRECTORY_GONE
             break
-        if not observer.is_alive():
+        if not _observer_alive(observer):
             log.error("filesystem observer died; restarting it and rescanning",
                       extra={"path": instance.directory})
+            observer.stop()
             observer = _observe(instance, pipeline)
             pipeline.request_scan()
 
@@ -138,6 +145,12 @@ def _observe(instance: InstanceConfig, pipeline: Pipeline) -> BaseObserver:
     return start_observer(instance.directory, recursive=instance.recursive,
                           events=pipeline.notifications, mode=instance.observer,
                           polling_interval=instance.polling_interval_seconds)
+
+
+def _observer_alive(observer: BaseObserver) -> bool:
+    """The observer thread and every emitter thread (an emitter can die alone, e.g. of a
+    RecursionError while adding watches, leaving the observer deaf but alive)."""
+    return observer.is_alive() and all(e.is_alive() for e in observer.emitters)
 
 
 def _next_scan(instance: InstanceConfig) -> float:

@@ -112,7 +112,7 @@ def start_observer(
                               event_filter=WATCHED_EVENTS)
             observer.start()
             return observer
-        except OSError as exc:
+        except (OSError, RecursionError) as exc:
             if mode == "inotify":
                 raise
             log.warning(

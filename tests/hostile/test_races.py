@@ -212,10 +212,6 @@ def _announced_or_broken(mw: Multiwatch, instance_id: str, suffix: str,
     return outcome[0]
 
 
-@pytest.mark.xfail(strict=True, reason=(
-    "watchdog's inotify emitter walks a moved-in directory with os.walk, which recurses in "
-    "Python 3.11: RecursionError kills the emitter thread while the observer thread lives on, "
-    "so watcher.main's observer.is_alive() check never notices and the instance is deaf"))
 def test_tree_1000_levels_deep_moved_in_while_watching(tmp_path: Path) -> None:
     """A 1,000-level tree moved into a watched directory: the file at its bottom is announced
     and the watch keeps working (a file written afterwards is announced too)."""
@@ -238,10 +234,6 @@ def test_tree_1000_levels_deep_moved_in_while_watching(tmp_path: Path) -> None:
         remove_tree(staging)
 
 
-@pytest.mark.xfail(strict=True, reason=(
-    "watchdog's inotify observer walks the tree with os.walk, which recurses in Python 3.11: "
-    "start_observer raises RecursionError (not an OSError, so no fallback), the child crashes "
-    "before it is ready every time and the instance ends FATAL"))
 def test_tree_1000_levels_deep_present_at_start(tmp_path: Path) -> None:
     """A watcher started on a tree that is already 1,000 levels deep comes up, announces the
     file at the bottom, and keeps watching there."""
