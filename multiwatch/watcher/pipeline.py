@@ -14,6 +14,7 @@ import dataclasses
 import logging
 import os
 import queue
+import sqlite3
 import time
 from collections import Counter
 from collections.abc import Iterator
@@ -48,6 +49,7 @@ EVENTS_PER_STEP = 5000
 SCAN_ENTRIES_PER_STEP = 2000
 HASHES_PER_STEP = 200
 PROGRESS_EVERY_SECONDS = 5.0
+STORE_RETRY_MAX_SECONDS = 10.0
 
 
 class Pipeline:
@@ -64,6 +66,9 @@ class Pipeline:
         self.known: dict[str, Hashed] = store.load_files()
         self._changed_files: dict[str, Hashed | None] = {}
         self._new_events: list[Event] = []
+        self._new_event_logs: list[dict[str, object]] = []  # logged once stored
+        self._store_failures = 0
+        self._store_retry_at = 0.0
         self._paused_by_full_outbox = False
         self._noticed_at: dict[str, float] = {}  # path → first notification of this change
         self.counts: Counter[str] = Counter()
@@ -88,7 +93,8 @@ class Pipeline:
         """One turn: wait briefly for notifications, then scan, then handle settled paths."""
         now = time.monotonic()
         # A full outbox holds settled work back: nothing is due until the publisher drains.
-        due = None if self.gauge.full else self.settle.next_due()
+        held_back = self.gauge.full or self._store_failures
+        due = None if held_back else self.settle.next_due()
         wait = 0.0 if self._scans else max_wait
         if due is not None:
             wait = min(wait, max(0.0, due - now))
@@ -99,13 +105,35 @@ class Pipeline:
         self._startup.report(self)
 
     def _commit(self) -> None:
-        """Record this step's file states and events in one transaction."""
+        """Record this step's file states and events in one transaction.
+
+        If the state database cannot be written (disk full, I/O error), everything stays
+        pending in memory, settled work is held back, and the commit is retried with
+        backoff; nothing is announced (or logged as announced) before it is stored."""
         if not self._changed_files and not self._new_events:
             return
-        self.store.commit(self._changed_files, self._new_events)
+        now = time.monotonic()
+        if now < self._store_retry_at:
+            return
+        try:
+            self.store.commit(self._changed_files, self._new_events)
+        except sqlite3.Error as exc:
+            self._store_failures += 1
+            delay = min(STORE_RETRY_MAX_SECONDS, 0.5 * 2 ** min(self._store_failures, 6))
+            self._store_retry_at = now + delay
+            if self._store_failures == 1:
+                log.error("cannot record state, holding %d events until it can: %s",
+                          len(self._new_events), exc, extra={"path": self.store.path})
+            return
+        if self._store_failures:
+            log.info("state database writable again", extra={"path": self.store.path})
+        self._store_failures, self._store_retry_at = 0, 0.0
         self.gauge.added(len(self._new_events), sum(len(e.body) for e in self._new_events))
+        for event, fields in zip(self._new_events, self._new_event_logs, strict=True):
+            log.info(event.event_type.replace("_", " "), extra=fields)
         self._changed_files = {}
         self._new_events = []
+        self._new_event_logs = []
 
     def _take_notifications(self, wait: float) -> None:
         try:
@@ -157,6 +185,8 @@ class Pipeline:
                 self._gone(relative)
 
     def _handle_settled(self) -> None:
+        if self._store_failures:
+            return  # the state database is not taking writes: do not pile up more work
         if self.gauge.full:
             if not self._paused_by_full_outbox:
                 self._paused_by_full_outbox = True
@@ -328,7 +358,7 @@ class Pipeline:
         self._new_events.append(event)
         self.gauge.noticed_at[event.message_id] = self._noticed_at.pop(relative, time.monotonic())
         self.counts[event_type] += 1
-        log.info(event_type.replace("_", " "), extra={
+        self._new_event_logs.append({
             "path": os.path.join(self.root, relative),
             "event_type": event_type,
             "size_bytes": hashed.version.size,

@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import logging
 import random
+import sqlite3
 import threading
 import time
 from dataclasses import dataclass, field
@@ -136,9 +137,7 @@ class Publisher(threading.Thread):
                 self.stats.failures += 1
                 self.stats.last_error = f"{type(exc).__name__}: {exc}"
                 delay = random.uniform(0, retry_delay)
-                message = ("events unroutable: no queue is bound to the exchange; keeping them "
-                           "in the outbox and retrying" if getattr(exc, "unroutable", False)
-                           else "broker unavailable, retrying")
+                message = _failure_message(exc)
                 log.warning(message, extra={
                     "error": self.stats.last_error, "retry_in_seconds": round(delay, 2),
                     "outbox_depth": self._gauge.depth})
@@ -238,6 +237,15 @@ class Publisher(threading.Thread):
                 connection.drain_events(timeout=remaining)
             except TimeoutError:
                 return
+
+
+def _failure_message(exc: Exception) -> str:
+    if getattr(exc, "unroutable", False):
+        return ("events unroutable: no queue is bound to the exchange; keeping them in the "
+                "outbox and retrying")
+    if isinstance(exc, sqlite3.Error):
+        return "cannot update the outbox in the state database, retrying"
+    return "broker unavailable, retrying"
 
 
 def _service_heartbeat(connection: Connection) -> None:

@@ -137,7 +137,10 @@ class StateStore:
                   e.body) for e in events])
             conn.execute("COMMIT")
         except BaseException:
-            conn.execute("ROLLBACK")
+            # On SQLITE_FULL sqlite has already rolled back; a second ROLLBACK would raise
+            # and hide the real error.
+            if conn.in_transaction:
+                conn.execute("ROLLBACK")
             raise
 
 
