@@ -8,7 +8,6 @@ import time
 from pathlib import Path
 
 import psutil
-import pytest
 
 from tests.support.consumer import collect
 from tests.support.faults import FAST_BROKER
