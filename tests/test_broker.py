@@ -76,7 +76,8 @@ def test_quorum_queue_arguments_are_declared_everywhere() -> None:
     quorum = BrokerConfig(url="amqp://h/", queue_type="quorum")
     assert queue_arguments(quorum) == {"x-queue-type": "quorum"}
     queue = queue_for(quorum)
-    assert queue is not None and queue.queue_arguments == {"x-queue-type": "quorum"}
+    assert queue is not None
+    assert queue.queue_arguments == {"x-queue-type": "quorum"}  # type: ignore[attr-defined]
     assert queue.durable and not queue.exclusive and not queue.auto_delete
     assert queue_arguments(BrokerConfig(url="amqp://h/")) is None
     assert queue_arguments(BrokerConfig(url=None, queue_type="quorum")) is None

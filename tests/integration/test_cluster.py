@@ -101,6 +101,7 @@ def test_files_survive_stopping_the_node_multiwatch_is_connected_to(
         burst.start()
         burst.wait_written(60)
         mark = len(mw.lines)
+        assert target is not None
         target.rabbitmqctl("stop_app")
         assert burst.written < 300, "the node went down after the burst; nothing was tested"
         burst.finish()

@@ -116,8 +116,9 @@ def test_supervisord_runs_restarts_and_stops_every_instance(
     supervisord = Supervisord(config)
     try:
         programs = [f"multiwatch-{ident}" for ident in IDS]
-        pids = {p: wait_for(lambda p=p: supervisord.running(p), timeout=60,
-                            message=f"{p} not RUNNING") for p in programs}
+        pids: dict[str, int] = {
+            p: wait_for(lambda p=p: supervisord.running(p), timeout=60,  # type: ignore[misc]
+                        message=f"{p} not RUNNING") for p in programs}
 
         for ident, directory in dirs.items():
             (directory / f"{ident}-1.txt").write_text(ident)
