@@ -85,6 +85,8 @@ class Pipeline:
     def request_scan(self, relative_dir: str = "") -> None:
         """Reconcile (part of) the tree with what was announced: new or changed files are
         settled like notified ones; announced files no longer on disk are deleted."""
+        if any(s.relative_dir == relative_dir and not s.started for s in self._scans):
+            return  # the same walk is queued and has not started: it will see everything
         files = walk_files(self.root, relative_dir, self.filter,
                            recursive=self.instance.recursive, unlistable=self._unlistable)
         self._scans.append(_Scan(relative_dir, files))
@@ -155,6 +157,7 @@ class Pipeline:
             return
         now = time.monotonic()
         scan = self._scans[-1]
+        scan.started = True
         for _ in range(SCAN_ENTRIES_PER_STEP):
             try:
                 relative, version = next(scan.files)
@@ -373,6 +376,7 @@ class _Scan:
     relative_dir: str
     files: Iterator[tuple[str, FileVersion]]
     seen: set[str] = dataclasses.field(default_factory=set)
+    started: bool = False
 
 
 class _StartupProgress:
