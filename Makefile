@@ -40,6 +40,10 @@ deploy-deps:
 test: install rabbitmq-deps deploy-deps
 	$(PY) -m pytest $(PYTEST_ARGS)
 
+# Figure printers, not tests: see bench/README.md.  BENCH_ARGS="--quick" or "--only burst".
+bench: install rabbitmq-deps
+	$(PY) bench/run.py $(BENCH_ARGS)
+
 run: install
 	mkdir -p demo/music demo/downloads
 	$(VENV)/bin/multiwatch run -c $(CONFIG)

@@ -1,0 +1,1 @@
+"""multiwatch benchmark suite: `python bench/run.py` (see bench/README.md)."""

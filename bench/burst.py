@@ -1,0 +1,240 @@
+"""burst: N files of 4 KiB land in one instance's tree (10 subdirectories) as fast as one
+writer can make them; time from the first write until a consumer has received the last
+distinct file.  Repeated `--runs` times at log_level INFO and again at WARNING (the cost
+of one log line per event is a figure of its own), against raw publish ceilings of the
+same messages.  `profile` runs one burst with py-spy attached to the watcher child.
+"""
+
+from __future__ import annotations
+
+import collections
+import json
+import signal
+import subprocess
+import sys
+import time
+import uuid
+from dataclasses import dataclass
+from datetime import datetime
+from pathlib import Path
+
+import psutil
+
+from bench.ceilings import PublishCeiling, messages_like, publish_ceilings
+from bench.harness import (
+    KIB,
+    Consumer,
+    Ctx,
+    Watcher,
+    delete_queue,
+    loadavg,
+    median,
+    probe_ready,
+    remove_tree,
+    say,
+    write_roster,
+    write_small_files,
+)
+
+SETTLE = 0.2
+SUBDIRS = 10
+FILE_SIZE = 4 * KIB
+INSTANCE = "bench-burst"
+
+
+@dataclass
+class BurstRun:
+    level: str
+    files: int
+    seconds: float  # first write → last distinct file received
+    writer_seconds: float
+    delivered: int
+    duplicates: int
+    child_cpu: float
+    threads: dict[int, float]  # native thread id → CPU seconds during the burst
+    main_tid: int
+    recorded: float | None  # first write → last event in the outbox (INFO log), seconds
+
+    def thread_split(self) -> str:
+        ordered = sorted(self.threads.items(), key=lambda kv: -kv[1])
+        return ", ".join(f"{'main ' if tid == self.main_tid else ''}{cpu:.2f}s"
+                         for tid, cpu in ordered if cpu >= 0.01)
+
+    @property
+    def rate(self) -> float:
+        return self.delivered / self.seconds if self.seconds > 0 else 0.0
+
+    @property
+    def missing(self) -> int:
+        return self.files - self.delivered
+
+
+def burst_paths(tree: Path, files: int) -> list[Path]:
+    dirs = [tree / f"d{i:02d}" for i in range(SUBDIRS)]
+    return [dirs[i % SUBDIRS] / f"f{i:06d}.dat" for i in range(files)]
+
+
+def one_burst(ctx: Ctx, url: str, *, files: int, level: str,
+              profile_to: Path | None = None) -> BurstRun:
+    base = ctx.scratch(f"burst-{level.lower()}")
+    tree = base / "tree"
+    for i in range(SUBDIRS):
+        (tree / f"d{i:02d}").mkdir(parents=True)
+    paths = burst_paths(tree, files)
+    queue = f"bench-burst-{uuid.uuid4().hex[:6]}"
+    consumer = Consumer(url, queue, base / "consumed.json", expect=files, linger=1.0,
+                        deadline=60 + files / 50)
+    roster = write_roster(base / "roster.yaml", state_dir=base / "state", url=url, queue=queue,
+                          log_level=level, instances=[
+                              {"id": INSTANCE, "directory": str(tree), "settle_seconds": SETTLE}])
+    watcher = Watcher(roster, base / "multiwatch.log")
+    spy: subprocess.Popen[bytes] | None = None
+    try:
+        probe_ready(consumer, [tree])
+        child = watcher.wait_children(1)[0]
+        if profile_to is not None:
+            spy = _start_py_spy(child.pid, profile_to)
+        cpu_before = sum(child.cpu_times()[:2])
+        threads_before = _thread_cpu(child)
+        started, written = write_small_files(paths, FILE_SIZE)
+        got = consumer.result(timeout=60 + files / 50)
+        cpu = sum(child.cpu_times()[:2]) - cpu_before
+        threads = {tid: t - threads_before.get(tid, 0.0)
+                   for tid, t in _thread_cpu(child).items()}
+    finally:
+        if spy is not None:
+            spy.send_signal(signal.SIGINT)
+            spy.wait(timeout=60)
+        watcher.stop()
+        consumer.stop()
+        delete_queue(url, queue)
+    first = got.first_by_path()
+    wanted = {str(p) for p in paths}
+    delivered = len(wanted & first.keys())
+    last = max((first[p] for p in wanted & first.keys()), default=started)
+    recorded = _last_recorded(base / "multiwatch.log", started)
+    remove_tree(base)
+    return BurstRun(level, files, last - started, written - started, delivered,
+                    got.duplicates, cpu, threads, child.pid, recorded)
+
+
+def _last_recorded(log: Path, started: float) -> float | None:
+    """Seconds from the first write to the pipeline's last 'file discovered' log line (the
+    event is then in the outbox; the rest of the time is the publisher's), or None at
+    WARNING.  Log timestamps are wall-clock milliseconds: mapped onto CLOCK_MONOTONIC."""
+    offset = time.time() - time.monotonic()
+    last = None
+    with open(log, "rb") as f:
+        for raw in f:
+            if b'"file discovered"' in raw:
+                last = json.loads(raw)["timestamp"]
+    if last is None:
+        return None
+    wall = datetime.fromisoformat(last.replace("Z", "+00:00")).timestamp()
+    return wall - offset - started
+
+
+def _thread_cpu(process: psutil.Process) -> dict[int, float]:
+    """CPU seconds (user + system) of each thread, from /proc: what py-spy cannot tell
+    apart (runnable-but-waiting vs running) on a loaded 2-core machine."""
+    return {t.id: t.user_time + t.system_time for t in process.threads()}
+
+
+def run(ctx: Ctx) -> None:
+    files = 2_000 if ctx.quick else 10_000
+    say(f"burst: {files} files x {FILE_SIZE // KIB} KiB into {SUBDIRS} subdirectories, "
+        f"settle_seconds {SETTLE}, {ctx.runs} runs per log level; {loadavg()}")
+    with ctx.vhost("burst") as url:
+        scratch = ctx.scratch("burst-ceiling")
+        tree = scratch / "tree"
+        events = messages_like(burst_paths(tree, files), tree, INSTANCE, FILE_SIZE)
+        ceilings = publish_ceilings(url, events, scratch)
+        ctx.ceilings["publish"] = ceilings
+        results: dict[str, list[BurstRun]] = collections.defaultdict(list)
+        for index in range(ctx.runs):  # interleaved, so drifting load hits both levels alike
+            for level in ("INFO", "WARNING"):
+                result = one_burst(ctx, url, files=files, level=level)
+                results[level].append(result)
+                say(f"  run {index + 1}/{ctx.runs} [{level:7s}] {result.rate:6.0f} files/s "
+                    f"({result.delivered}/{files} in {result.seconds:.2f}s; writer "
+                    f"{result.writer_seconds:.2f}s = {files / result.writer_seconds:.0f} files/s"
+                    + (f"; all in the outbox after {result.recorded:.2f}s"
+                       if result.recorded is not None else "") + "); "
+                    f"duplicates {result.duplicates}, missing {result.missing}; child CPU "
+                    f"{result.child_cpu:.1f}s ({1000 * result.child_cpu / files:.2f} ms/file; "
+                    f"by thread {result.thread_split()}); {loadavg()}")
+    _summarise(ctx, files, results, ceilings)
+
+
+def _summarise(ctx: Ctx, files: int, results: dict[str, list[BurstRun]],
+               ceilings: dict[str, PublishCeiling]) -> None:
+    raw = ceilings["unconfirmed"].rate
+    each = ceilings["confirm-each"].rate
+    piped = ceilings["confirm-pipelined"].rate
+    direct = ceilings["pyamqp-pipelined"].rate
+    rates = {level: median([r.rate for r in runs]) for level, runs in results.items()}
+    cpu = {level: median([r.child_cpu / r.files * 1000 for r in runs])
+           for level, runs in results.items()}
+    for level, runs in results.items():
+        complete = sum(1 for r in runs if r.missing == 0)
+        dups = sum(r.duplicates for r in runs)
+        lag = median([r.seconds - r.writer_seconds for r in runs])
+        writer = median([r.writer_seconds for r in runs])
+        say(f"  {level}: median {rates[level]:.0f} files/s = {rates[level] / raw:.0%} of raw "
+            f"unconfirmed publish, {rates[level] / piped:.0%} of pipelined-confirm publish, "
+            f"{rates[level] / each:.0%} of confirm-each; all delivered in {complete}/{len(runs)} "
+            f"runs, {dups} duplicates; median writer {writer:.2f}s, last message "
+            f"{lag:.2f}s after the last write; child CPU {cpu[level]:.2f} ms/file")
+        ctx.report.add("burst", f"files/s, log {level} (median of {len(runs)})",
+                       f"{rates[level]:.0f}", ceiling=f"{raw:.0f} msg/s raw unconfirmed",
+                       ratio=f"{rates[level] / raw:.0%}", target=">= 40%",
+                       ok=rates[level] / raw >= 0.40)
+        ctx.report.add("burst", f"runs with every file delivered, log {level}",
+                       f"{complete}/{len(runs)} ({dups} dup.)", target="all",
+                       ok=complete == len(runs))
+        ctx.report.add("burst", f"child CPU per file, log {level}", f"{cpu[level]:.2f} ms",
+                       ceiling=f"{1000 / raw:.2f} ms/msg raw publish (wall)")
+    if "INFO" in rates and "WARNING" in rates:
+        diff = rates["WARNING"] / rates["INFO"] - 1
+        cpu_diff = cpu["WARNING"] / cpu["INFO"] - 1
+        say(f"  log WARNING instead of INFO: throughput {diff:+.0%} (WARNING {rates['WARNING']:.0f}"
+            f" vs INFO {rates['INFO']:.0f} files/s), child CPU per file {cpu_diff:+.0%} "
+            f"({cpu['WARNING']:.2f} vs {cpu['INFO']:.2f} ms); throughput follows the writer's "
+            "speed on a busy machine, CPU per file does not")
+        ctx.report.add("burst", "WARNING vs INFO: files/s, CPU/file",
+                       f"{diff:+.0%}, {cpu_diff:+.0%}")
+    ctx.report.add("ceilings", "raw kombu publish, pipelined confirms (256)", f"{piped:.0f} msg/s")
+    ctx.report.add("ceilings", "raw kombu publish, confirm each message", f"{each:.0f} msg/s")
+    ctx.report.add("ceilings", "raw py-amqp publish (no kombu), pipelined", f"{direct:.0f} msg/s")
+
+
+# ---- profile ------------------------------------------------------------------------------
+
+def _start_py_spy(pid: int, out: Path) -> subprocess.Popen[bytes]:
+    spy_bin = Path(sys.executable).with_name("py-spy")
+    if not spy_bin.exists():
+        raise RuntimeError(f"py-spy not found beside {sys.executable}: "
+                           f"{sys.executable} -m pip install py-spy")
+    spy = subprocess.Popen(
+        [str(spy_bin), "record", "--pid", str(pid), "--format", "raw", "--threads",
+         "--nonblocking", "--rate", "100", "-o", str(out)],
+        stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
+        start_new_session=True)
+    time.sleep(1.0)  # let it attach before the burst starts
+    return spy
+
+
+def run_profile(ctx: Ctx) -> None:
+    files = 2_000 if ctx.quick else 10_000
+    out = ctx.out / "burst-profile.txt"
+    say(f"profile: one burst of {files} files at log INFO with py-spy (100 Hz, non-blocking) "
+        f"on the watcher child; {loadavg()}")
+    with ctx.vhost("profile") as url:
+        result = one_burst(ctx, url, files=files, level="INFO", profile_to=out)
+    say(f"  burst under py-spy: {result.rate:.0f} files/s, missing {result.missing}; child CPU "
+        f"{result.child_cpu:.2f}s ({1000 * result.child_cpu / files:.2f} ms/file); collapsed "
+        f"stacks in {out} (flamegraph.pl / speedscope / inferno read them)")
+    from bench.profile import summarise
+    (out.with_suffix(".threads.json")).write_text(json.dumps(result.threads))
+    for line in summarise(out, result.threads):
+        say("  " + line)
