@@ -6,10 +6,10 @@ CONFIG      ?= config/example.yaml
 PYTEST_ARGS ?=
 APT_GET      = DEBIAN_FRONTEND=noninteractive apt-get
 
-.PHONY: help install rabbitmq-deps deploy-deps test run tail lint clean
+.PHONY: help install rabbitmq-deps deploy-deps test bench run tail lint clean
 
 help:
-	@echo "make install | test [PYTEST_ARGS=...] | run | tail | lint | clean"
+	@echo "make install | test [PYTEST_ARGS=...] | bench [BENCH_ARGS=...] | run | tail | lint | clean"
 
 install: $(VENV)/.installed
 
