@@ -10,11 +10,13 @@ import errno
 import hashlib
 import os
 import stat
+from collections.abc import Callable
 from dataclasses import dataclass
 
 import xxhash
 
 CHUNK_BYTES = 1 << 20
+PROGRESS_EVERY_BYTES = 64 << 20
 
 
 @dataclass(frozen=True)
@@ -66,8 +68,11 @@ def stat_regular(path: str) -> os.stat_result | None:
     return st if stat.S_ISREG(st.st_mode) else None
 
 
-def hash_file(path: str) -> Hashed:
-    """Hash `path` in one pass. Raises FileNotFoundError, NotRegularFile, ChangedWhileHashing."""
+def hash_file(path: str, progress: Callable[[], None] | None = None) -> Hashed:
+    """Hash `path` in one pass. Raises FileNotFoundError, NotRegularFile, ChangedWhileHashing.
+
+    `progress` is called every PROGRESS_EVERY_BYTES, so a huge file on a slow mount does
+    not silence the watcher's heartbeat (and get it killed as hung)."""
     try:
         fd = os.open(path, os.O_RDONLY | os.O_NOFOLLOW | os.O_NONBLOCK | os.O_CLOEXEC)
     except OSError as exc:
@@ -82,6 +87,7 @@ def hash_file(path: str) -> Hashed:
         xxh128 = xxhash.xxh128()
         buffer = bytearray(CHUNK_BYTES)
         view = memoryview(buffer)
+        since_progress = 0
         while True:
             count = os.readv(fd, [buffer])
             if not count:
@@ -89,6 +95,10 @@ def hash_file(path: str) -> Hashed:
             chunk = view[:count]
             sha256.update(chunk)
             xxh128.update(chunk)
+            since_progress += count
+            if progress is not None and since_progress >= PROGRESS_EVERY_BYTES:
+                since_progress = 0
+                progress()
         after = os.fstat(fd)
     finally:
         os.close(fd)

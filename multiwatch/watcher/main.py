@@ -13,6 +13,7 @@ import signal
 import sys
 import threading
 import time
+from collections.abc import Callable
 from dataclasses import dataclass
 from multiprocessing.connection import Connection
 
@@ -92,7 +93,8 @@ def _run(spec: ChildSpec, to_parent: Connection, stop: threading.Event) -> int:
     publisher = Publisher(broker=spec.broker, state_dir=spec.state_dir,
                           instance_id=instance.id, db_path=db_path, gauge=gauge)
     publisher.start()
-    pipeline = Pipeline(instance, store, gauge)
+    heartbeat = _Heartbeat(parent, lambda: _snapshot(pipeline, publisher, gauge, problems))
+    pipeline = Pipeline(instance, store, gauge, progress=heartbeat.maybe_send)
     # Observer first, then the scan: nothing created during the scan can slip through.
     listen_for_lost_events(pipeline.notifications)
     observer = _observe(instance, pipeline)
@@ -102,14 +104,11 @@ def _run(spec: ChildSpec, to_parent: Connection, stop: threading.Event) -> int:
                                 "tracked_files": len(pipeline.known)})
     parent.send("ready", {"pid": os.getpid()})
     exit_code = 0
-    next_heartbeat = 0.0
     next_scan = _next_scan(instance)
     while not stop.is_set():
         pipeline.step(LOOP_WAIT_SECONDS)
         now = time.monotonic()
-        if now >= next_heartbeat:
-            next_heartbeat = now + HEARTBEAT_SECONDS
-            parent.send("heartbeat", _snapshot(pipeline, publisher, gauge, problems))
+        heartbeat.maybe_send()
         if now >= next_scan:
             next_scan = _next_scan(instance)
             log.info("periodic reconcile scan", extra={"path": instance.directory})
@@ -196,6 +195,22 @@ def _wait_for_directory(instance: InstanceConfig, parent: _ParentLink,
             log.info("directory appeared", extra={"path": instance.directory})
             return True
     return False
+
+
+class _Heartbeat:
+    """Sends the status snapshot at most every HEARTBEAT_SECONDS; called from the work loop
+    and from inside long work (hashing a huge file), never from a side thread."""
+
+    def __init__(self, parent: _ParentLink, snapshot: Callable[[], dict[str, object]]) -> None:
+        self._parent = parent
+        self._snapshot = snapshot
+        self._next = 0.0
+
+    def maybe_send(self) -> None:
+        now = time.monotonic()
+        if now >= self._next:
+            self._next = now + HEARTBEAT_SECONDS
+            self._parent.send("heartbeat", self._snapshot())
 
 
 class _ParentLink:

@@ -17,7 +17,7 @@ import queue
 import sqlite3
 import time
 from collections import Counter
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 
 from multiwatch.config import InstanceConfig
 from multiwatch.watcher.filters import PathFilter
@@ -55,13 +55,15 @@ STORE_RETRY_MAX_SECONDS = 10.0
 class Pipeline:
     """Turns raw notifications and scan results into announced events for one instance."""
 
-    def __init__(self, instance: InstanceConfig, store: StateStore, gauge: OutboxGauge) -> None:
+    def __init__(self, instance: InstanceConfig, store: StateStore, gauge: OutboxGauge, *,
+                 progress: Callable[[], None] | None = None) -> None:
         self.instance = instance
         self.root = instance.directory
         self.filter = PathFilter(instance.include, instance.exclude)
         self.settle = SettleTable(instance.settle_seconds)
         self.notifications: queue.SimpleQueue[RawEvent] = queue.SimpleQueue()
         self.store = store
+        self._progress = progress  # called during long work, so heartbeats keep flowing
         self.gauge = gauge
         self.known: dict[str, Hashed] = store.load_files()
         self._changed_files: dict[str, Hashed | None] = {}
@@ -208,6 +210,8 @@ class Pipeline:
             self._on_settled(relative, seen, now)
             if relative not in self.settle:  # done with it, announced or not
                 self._noticed_at.pop(relative, None)
+            if self._progress is not None:
+                self._progress()
 
     @property
     def busy(self) -> bool:
@@ -314,7 +318,7 @@ class Pipeline:
         if announced is not None and announced.version == version:
             return
         try:
-            hashed = hash_file(path)
+            hashed = hash_file(path, self._progress)
         except ChangedWhileHashing:
             self.settle.touch(relative, now)
             return

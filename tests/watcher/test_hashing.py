@@ -168,3 +168,17 @@ def test_stat_regular_accepts_only_regular_files(tmp_path: Path) -> None:
     assert st is not None and st.st_size == 1
     for other in ["d", "link", "fifo", "missing", "f.txt/below-a-file"]:
         assert stat_regular(str(tmp_path / other)) is None, other
+
+
+def test_long_hash_reports_progress_so_heartbeats_keep_flowing(tmp_path: Path,
+                                                              monkeypatch) -> None:
+    """Hashing a big file calls the progress hook along the way (the watcher heartbeats from
+    it, so a slow mount is not mistaken for a hang)."""
+    import multiwatch.watcher.hashing as hashing_module
+
+    monkeypatch.setattr(hashing_module, "PROGRESS_EVERY_BYTES", 1 << 20)
+    path = tmp_path / "big.bin"
+    path.write_bytes(b"x" * (5 << 20))
+    calls: list[int] = []
+    hashing_module.hash_file(str(path), lambda: calls.append(1))
+    assert len(calls) >= 4
