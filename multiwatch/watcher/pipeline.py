@@ -96,7 +96,8 @@ class Pipeline:
     def step(self, max_wait: float) -> None:
         """One turn: wait briefly for notifications, then scan, then handle settled paths."""
         now = time.monotonic()
-        # A full outbox holds settled work back: nothing is due until the publisher drains.
+        # A full outbox (or an unwritable state database) holds settled work back: nothing
+        # is due until the publisher drains (or the commit succeeds).
         held_back = self.gauge.full or self._store_failures
         due = None if held_back else self.settle.next_due()
         wait = 0.0 if self._scans else max_wait
