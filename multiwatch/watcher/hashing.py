@@ -68,6 +68,27 @@ def stat_regular(path: str) -> os.stat_result | None:
     return st if stat.S_ISREG(st.st_mode) else None
 
 
+def resolve_regular(path: str, inside: str | None) -> tuple[str, os.stat_result] | None:
+    """The file to read for `path` and its stat, or None if it is not a regular file.
+
+    With `inside` (a real path) a symlink is followed when its final target is a regular
+    file within that directory; anything pointing elsewhere is treated as absent.  Without
+    it symlinks are never followed."""
+    st = stat_regular(path)
+    if st is not None or inside is None:
+        return (path, st) if st is not None else None
+    try:
+        if not stat.S_ISLNK(os.lstat(path).st_mode):
+            return None
+    except OSError:
+        return None
+    target = os.path.realpath(path)
+    if os.path.commonpath([target, inside]) != inside:
+        return None  # never outside the watched root
+    target_st = stat_regular(target)
+    return (target, target_st) if target_st is not None else None
+
+
 def hash_file(path: str, progress: Callable[[], None] | None = None) -> Hashed:
     """Hash `path` in one pass. Raises FileNotFoundError, NotRegularFile, ChangedWhileHashing.
 

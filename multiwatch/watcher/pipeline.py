@@ -27,7 +27,7 @@ from multiwatch.watcher.hashing import (
     Hashed,
     NotRegularFile,
     hash_file,
-    stat_regular,
+    resolve_regular,
 )
 from multiwatch.watcher.message import (
     FILE_DELETED,
@@ -81,6 +81,7 @@ class Pipeline:
         self._startup = _StartupProgress()
         self._unreadable: set[str] = set()
         self._unlistable: set[str] = set()  # directories already reported unreadable
+        self._follow_inside = os.path.realpath(self.root) if instance.follow_symlinks else None
 
     # -- driving -------------------------------------------------------------------------
 
@@ -90,7 +91,8 @@ class Pipeline:
         if any(s.relative_dir == relative_dir and not s.started for s in self._scans):
             return  # the same walk is queued and has not started: it will see everything
         files = walk_files(self.root, relative_dir, self.filter,
-                           recursive=self.instance.recursive, unlistable=self._unlistable)
+                           recursive=self.instance.recursive, unlistable=self._unlistable,
+                           follow_inside=self._follow_inside)
         self._scans.append(_Scan(relative_dir, files))
 
     def step(self, max_wait: float) -> None:
@@ -184,7 +186,7 @@ class Pipeline:
             if relative in self.settle:
                 continue  # its own settle decides
             try:
-                gone = stat_regular(os.path.join(self.root, relative)) is None
+                gone = self._resolve(relative) is None
             except PermissionError:
                 gone = False  # unreadable is not deleted
             if gone:
@@ -266,9 +268,10 @@ class Pipeline:
             return
         if announced is not None:
             try:
-                st = stat_regular(os.path.join(self.root, dest))
+                resolved = self._resolve(dest)
             except PermissionError:
-                st = None
+                resolved = None
+            st = resolved[1] if resolved is not None else None
             # A rename keeps inode, size and mtime; anything else means other content.
             if st is not None and FileVersion.of(st) == announced.version:
                 self.settle.discard(dest)
@@ -302,13 +305,14 @@ class Pipeline:
     def _on_settled(self, relative: str, seen: FileVersion | None, now: float) -> None:
         path = os.path.join(self.root, relative)
         try:
-            st = stat_regular(path)
+            resolved = self._resolve(relative)
         except PermissionError as exc:
             self._cannot_read(relative, path, exc)
             return
-        if st is None:
+        if resolved is None:
             self._gone(relative)
             return
+        readable_path, st = resolved
         version = FileVersion.of(st)
         written_ago_ns = time.time_ns() - st.st_mtime_ns
         if version != seen and written_ago_ns < self.settle.settle_seconds * 1e9:
@@ -319,7 +323,7 @@ class Pipeline:
         if announced is not None and announced.version == version:
             return
         try:
-            hashed = hash_file(path, self._progress)
+            hashed = hash_file(readable_path, self._progress)
         except ChangedWhileHashing:
             self.settle.touch(relative, now)
             return
@@ -337,6 +341,11 @@ class Pipeline:
             self._emit(FILE_DISCOVERED, relative, hashed)
         elif announced.sha256 != hashed.sha256:
             self._emit(FILE_MODIFIED, relative, hashed)
+
+    def _resolve(self, relative: str) -> tuple[str, os.stat_result] | None:
+        """The file to read for a relative path and its stat; None if absent or not a
+        regular file.  Symlinks count only with follow_symlinks, and only inside the root."""
+        return resolve_regular(os.path.join(self.root, relative), self._follow_inside)
 
     def _cannot_read(self, relative: str, path: str, exc: OSError) -> None:
         if relative not in self._unreadable:  # once per path, not per event

@@ -12,14 +12,14 @@ import stat
 from collections.abc import Iterator
 
 from multiwatch.watcher.filters import PathFilter
-from multiwatch.watcher.hashing import FileVersion
+from multiwatch.watcher.hashing import FileVersion, resolve_regular
 
 log = logging.getLogger(__name__)
 
 
 def walk_files(
     root: str, start: str, path_filter: PathFilter, *, recursive: bool,
-    unlistable: set[str] | None = None,
+    unlistable: set[str] | None = None, follow_inside: str | None = None,
 ) -> Iterator[tuple[str, FileVersion]]:
     """Yield (relative path, version) for each wanted regular file under root/start.
 
@@ -47,6 +47,11 @@ def walk_files(
                             pending.append(relative)
                     elif stat.S_ISREG(st.st_mode) and path_filter.wants_file(relative):
                         yield relative, FileVersion.of(st)
+                    elif (follow_inside is not None and stat.S_ISLNK(st.st_mode)
+                          and path_filter.wants_file(relative)):
+                        resolved = resolve_regular(entry.path, follow_inside)
+                        if resolved is not None:  # a symlinked file inside the tree
+                            yield relative, FileVersion.of(resolved[1])
         except (FileNotFoundError, NotADirectoryError):
             continue  # the directory went away mid-scan; its deletion events tell the rest
         except OSError as exc:  # permissions, a path beyond PATH_MAX, an I/O error

@@ -472,3 +472,35 @@ def test_full_outbox_holds_settled_files_until_there_is_room(tmp_path: Path) -> 
 def _held_back(pipeline: Pipeline) -> bool:
     due = pipeline.settle.next_due()
     return due is not None and due <= time.monotonic()
+
+
+def test_follow_symlinks_announces_links_inside_the_tree_only(tmp_path: Path) -> None:
+    """With follow_symlinks a link to a file in the tree is announced with the target's
+    hashes; links leading outside the root (to a file or a directory) announce nothing."""
+    pipeline, outbox, root = make_pipeline(tmp_path, follow_symlinks=True)
+    outside = tmp_path / "outside"
+    outside.mkdir()
+    (outside / "secret.txt").write_bytes(b"not yours")
+    (root / "real.mp3").write_bytes(b"music")
+    (root / "alias.mp3").symlink_to(root / "real.mp3")
+    (root / "escape.txt").symlink_to(outside / "secret.txt")
+    (root / "escape-dir").symlink_to(outside)
+    pipeline.request_scan()
+    settle_all(pipeline)
+    bodies = drain(outbox)
+    assert summary(bodies) == [("file_discovered", "alias.mp3"), ("file_discovered", "real.mp3")]
+    alias = next(b for b in bodies if b["file_info"]["relative_path"] == "alias.mp3")
+    assert hashes_of(alias) == digests(b"music")
+
+    (root / "late-escape.txt").symlink_to(outside / "secret.txt")
+    assert announce(pipeline, outbox, RawEvent("created", False, "late-escape.txt")) == []
+
+
+def test_symlinks_are_not_followed_by_default(tmp_path: Path) -> None:
+    """Without follow_symlinks even a link to a file inside the tree is not announced."""
+    pipeline, outbox, root = make_pipeline(tmp_path)
+    (root / "real.mp3").write_bytes(b"music")
+    (root / "alias.mp3").symlink_to(root / "real.mp3")
+    pipeline.request_scan()
+    settle_all(pipeline)
+    assert summary(drain(outbox)) == [("file_discovered", "real.mp3")]
