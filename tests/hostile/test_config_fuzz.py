@@ -48,10 +48,8 @@ TRICKY_TEXT = ["", " ", "~", "null", "yes", "no", "on", "0x1F", "1e999", "-1", "
                "**/x", "512MiB", "1G", "1Gi", "-5MiB", "10 KB", "é\u0000", "\ud800", "a" * 300,
                "DEBUG", "quorum", "classic", "polling", "inotify", "auto"]
 
-# Integers stay within float range: beyond it is test_integer_beyond_float_range_is_refused_clearly
-# (a known failure); widen this once that passes.
 scalars = st.one_of(
-    st.none(), st.booleans(), st.integers(min_value=-10**300, max_value=10**300),
+    st.none(), st.booleans(), st.integers(min_value=-10**400, max_value=10**400),
     st.floats(allow_nan=True, allow_infinity=True), st.sampled_from(TRICKY_TEXT),
     st.text(max_size=40),
 )
@@ -217,13 +215,6 @@ def test_mutated_valid_rosters_never_crash_check(
     assert_clean_answer(*check(path_on_disk, capsys))
 
 
-def _shallow(raw: bytes | str) -> bool:
-    """Fewer than 100 opening brackets: deep nesting is test_deeply_nested_roster_is_a_clear_error's
-    job (a known failure there)."""
-    text = raw.decode("latin-1") if isinstance(raw, bytes) else raw
-    return text.count("[") + text.count("{") < 100
-
-
 raw_texts: st.SearchStrategy[bytes | str] = st.one_of(
     st.binary(max_size=300),
     st.text(max_size=300),
@@ -233,7 +224,7 @@ raw_texts: st.SearchStrategy[bytes | str] = st.one_of(
                               ">", "'", '"', "#", "\ufeff", "<<: *a", "!!set ", "!!omap ",
                               "${HOME}", "0o17", "-.inf", "~"]),
              max_size=40).map("".join),
-).filter(_shallow)
+)
 
 
 @FUZZ
