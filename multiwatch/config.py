@@ -248,13 +248,9 @@ OBSERVER_MODES = ("auto", "inotify", "polling")
 
 
 def _observer_mode(src: Source, node: Node, key: str) -> str:
-    mode = cs.text(src, node, key).strip().lower()
-    if mode not in OBSERVER_MODES:
-        raise src.where(node, key).error(
-            f"unknown observer {cs.show(mode)}; use one of {', '.join(OBSERVER_MODES)} "
-            "(polling for NFS/SMB/FUSE mounts where inotify misses remote writes)"
-        )
-    return mode
+    return cs.choice(src, node, key, OBSERVER_MODES, what="observer", hint=(
+        f"use one of {', '.join(OBSERVER_MODES)} (polling for NFS/SMB/FUSE mounts where "
+        "inotify misses remote writes)"))
 
 
 def _include(src: Source, node: Node, key: str) -> tuple[str, ...]:

@@ -162,13 +162,8 @@ def _queue(src: Source, node: Node, key: str) -> str | None:
 
 
 def _queue_type(src: Source, node: Node, key: str) -> str:
-    kind = cs.text(src, node, key).strip().lower()
-    if kind not in QUEUE_TYPES:
-        raise src.where(node, key).error(
-            f"unknown queue type {cs.show(kind)}; use classic, or quorum for a queue "
-            "replicated across the nodes of a RabbitMQ cluster"
-        )
-    return kind
+    return cs.choice(src, node, key, QUEUE_TYPES, what="queue type", hint=(
+        "use classic, or quorum for a queue replicated across the nodes of a RabbitMQ cluster"))
 
 
 def _optional_path(src: Source, node: Node, key: str) -> str | None:

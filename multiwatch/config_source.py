@@ -12,7 +12,7 @@ import json
 import math
 import os
 import re
-from collections.abc import Collection, Mapping
+from collections.abc import Collection, Mapping, Sequence
 from dataclasses import dataclass
 from difflib import get_close_matches
 from typing import Any
@@ -261,6 +261,15 @@ def optional_text(src: Source, node: Node, key: str) -> str | None:
     """None for null or empty, so `key: ${VAR:-}` falls back to the next source."""
     value = scalar(src, node, key)
     return None if value is None or value == "" else text(src, node, key)
+
+
+def choice(src: Source, node: Node, key: str, choices: Sequence[str], *, what: str,
+           hint: str) -> str:
+    """One of `choices` (case-insensitive), else an error naming them and why to pick one."""
+    value = text(src, node, key).strip().lower()
+    if value not in choices:
+        raise src.where(node, key).error(f"unknown {what} {show(value)}; {hint}")
+    return value
 
 
 def number(src: Source, node: Node, key: str, *, positive: bool, integer: bool = False) -> float:
