@@ -97,6 +97,7 @@ class InstanceConfig:
     settle_seconds: float = 1.0
     optional: bool = False  # a missing directory is waited for instead of being an error
     follow_symlinks: bool = False  # announce symlinked files whose target is inside the tree
+    close_grace_seconds: float = 0.0  # > 0: a close-after-write ends the quiet period early
     observer: str = "auto"  # auto | inotify | polling (network mounts)
     polling_interval_seconds: float = 1.0
     scan_interval_seconds: float = 0.0  # periodic reconcile scan; 0 = only at start
@@ -316,6 +317,7 @@ _INSTANCE_FIELDS: dict[str, _Coerce] = {
     "settle_seconds": _non_negative,
     "optional": cs.boolean,
     "follow_symlinks": cs.boolean,
+    "close_grace_seconds": _non_negative,
     "observer": _observer_mode,
     "polling_interval_seconds": _positive,
     "scan_interval_seconds": _non_negative,

@@ -73,6 +73,7 @@ class Pipeline:
         self._store_retry_at = 0.0
         self._paused_by_full_outbox = False
         self._noticed_at: dict[str, float] = {}  # path → first notification of this change
+        self._closed_writes: set[str] = set()  # last event a close-after-write (close-aware)
         self.counts: Counter[str] = Counter()
         self.bytes_hashed = 0
         self.files_hashed = 0
@@ -234,8 +235,16 @@ class Pipeline:
         elif event.kind == "deleted":
             if event.src:
                 self._gone(event.src)
-        elif event.src and self._wants(event.src):  # created, modified, closed
-            self._settle_later(event.src, now)
+        elif event.src and self._wants(event.src):
+            grace = self.instance.close_grace_seconds
+            if event.kind == "closed" and grace > 0:
+                # The writer closed the file: wait only a short grace (an immediate reopen
+                # for writing sends "modified" and restores the full quiet period).
+                self._closed_writes.add(event.src)
+                self._settle_later(event.src, now, quiet=grace)
+            else:  # created, modified (or closed without close-aware mode)
+                self._closed_writes.discard(event.src)
+                self._settle_later(event.src, now)
 
     def _on_directory(self, event: RawEvent, now: float) -> None:
         if event.kind == "deleted" and event.src == "":
@@ -284,12 +293,14 @@ class Pipeline:
             self._emit(FILE_DELETED, src or "", announced)
         self._settle_later(dest, now)
 
-    def _settle_later(self, relative: str, now: float, seen: FileVersion | None = None) -> None:
-        self.settle.touch(relative, now, seen=seen)
+    def _settle_later(self, relative: str, now: float, seen: FileVersion | None = None,
+                      quiet: float | None = None) -> None:
+        self.settle.touch(relative, now, seen=seen, quiet=quiet)
         self._noticed_at.setdefault(relative, now)
 
     def _gone(self, relative: str) -> None:
         self.settle.discard(relative)
+        self._closed_writes.discard(relative)
         self._noticed_at.pop(relative, None)
         announced = self._untrack(relative)
         if announced is not None:
@@ -315,7 +326,10 @@ class Pipeline:
         readable_path, st = resolved
         version = FileVersion.of(st)
         written_ago_ns = time.time_ns() - st.st_mtime_ns
-        if version != seen and written_ago_ns < self.settle.settle_seconds * 1e9:
+        closed_after_write = relative in self._closed_writes
+        self._closed_writes.discard(relative)
+        if (not closed_after_write and version != seen
+                and written_ago_ns < self.settle.settle_seconds * 1e9):
             # Still being written by someone who does not trigger events (mmap, NFS).
             self.settle.touch(relative, now, seen=version)
             return

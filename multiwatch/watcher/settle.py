@@ -30,9 +30,10 @@ class SettleTable:
     def __contains__(self, relative_path: object) -> bool:
         return relative_path in self._due
 
-    def touch(self, relative_path: str, now: float, seen: FileVersion | None = None) -> None:
-        """Start or restart the quiet period of a path."""
-        due = now + self.settle_seconds
+    def touch(self, relative_path: str, now: float, seen: FileVersion | None = None,
+              quiet: float | None = None) -> None:
+        """Start or restart the quiet period of a path (settle_seconds unless `quiet`)."""
+        due = now + (self.settle_seconds if quiet is None else quiet)
         self._due[relative_path] = due
         if seen is not None or relative_path not in self._seen:
             self._seen[relative_path] = seen

@@ -504,3 +504,37 @@ def test_symlinks_are_not_followed_by_default(tmp_path: Path) -> None:
     pipeline.request_scan()
     settle_all(pipeline)
     assert summary(drain(outbox)) == [("file_discovered", "real.mp3")]
+
+
+def test_close_aware_mode_announces_soon_after_close(tmp_path: Path) -> None:
+    """With close_grace_seconds a close-after-write ends the quiet period early: a file
+    with settle_seconds 5 is announced within a second of its close."""
+    pipeline, outbox, root = make_pipeline(tmp_path, settle_seconds=5.0, close_grace_seconds=0.02)
+    (root / "song.mp3").write_bytes(b"complete")
+    for kind in ("created", "modified", "closed"):
+        pipeline.notifications.put(RawEvent(kind, False, "song.mp3"))
+    started = time.monotonic()
+    run_until(pipeline, lambda: pipeline.gauge.depth == 1, timeout=2)
+    assert time.monotonic() - started < 1.0
+    assert summary(drain(outbox)) == [("file_discovered", "song.mp3")]
+
+
+def test_close_aware_mode_waits_the_full_settle_after_a_reopen(tmp_path: Path) -> None:
+    """A write after the close (an immediate reopen) restores the full quiet period."""
+    pipeline, _, root = make_pipeline(tmp_path, settle_seconds=5.0, close_grace_seconds=0.02)
+    (root / "song.mp3").write_bytes(b"part")
+    pipeline.notifications.put(RawEvent("closed", False, "song.mp3"))
+    pipeline.notifications.put(RawEvent("modified", False, "song.mp3"))
+    pipeline.step(0.0)
+    due = pipeline.settle.next_due()
+    assert due is not None and due - time.monotonic() > 4.0
+
+
+def test_without_close_aware_mode_a_close_waits_the_full_settle(tmp_path: Path) -> None:
+    """By default a close event is just another event: the full settle_seconds applies."""
+    pipeline, _, root = make_pipeline(tmp_path, settle_seconds=5.0)
+    (root / "song.mp3").write_bytes(b"complete")
+    pipeline.notifications.put(RawEvent("closed", False, "song.mp3"))
+    pipeline.step(0.0)
+    due = pipeline.settle.next_due()
+    assert due is not None and due - time.monotonic() > 4.0
