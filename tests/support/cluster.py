@@ -20,7 +20,7 @@ import time
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from tests.support.rabbitmq import RabbitMQ, RabbitMQError, _amqp_ready, _Proc
+from tests.support.rabbitmq import RabbitMQ, RabbitMQError, _Proc, accepts_amqp
 
 
 def _share_epmd_and_cookie(node: RabbitMQ, first: RabbitMQ) -> None:
@@ -50,7 +50,7 @@ def _spawn_server_only(node: RabbitMQ) -> None:
 def _await_amqp(node: RabbitMQ, timeout: float) -> None:
     """Wait until the node serves AMQP (after discovery: a joining node has joined by then)."""
     assert node.workdir is not None
-    node._wait(lambda: _amqp_ready(node.amqp_url), timeout, f"{node.node} to accept AMQP",
+    node._wait(lambda: accepts_amqp(node.amqp_url), timeout, f"{node.node} to accept AMQP",
                node._popens[-1], node.workdir / "server.out", node.workdir / "log" / "rabbit.log")
     node.startup_seconds = time.monotonic() - node._started_at
     node._record_descendants()

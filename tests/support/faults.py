@@ -12,19 +12,17 @@ import signal
 import sqlite3
 import threading
 import time
-import urllib.parse
 from collections.abc import Iterable, Iterator, Mapping, Sequence
 from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
-import amqp
 import psutil
 import pytest
 
 from tests.support.consumer import Received, wait_for
 from tests.support.process import LogLine, Multiwatch, write_roster
-from tests.support.rabbitmq import RabbitMQ
+from tests.support.rabbitmq import RabbitMQ, accepts_amqp, amqp_connection
 
 # Short broker timings so outages are noticed and recovered from within seconds.
 FAST_BROKER: dict[str, Any] = {
@@ -142,41 +140,14 @@ def first_occurrences(messages: Iterable[Received]) -> list[str]:
 # ---- broker -------------------------------------------------------------------------------
 
 
-def _amqp(url: str, connect_timeout: float) -> amqp.Connection:
-    """A not-yet-connected py-amqp connection to the URL's vhost (no kombu retry sleeps)."""
-    parts = urllib.parse.urlsplit(url)
-    return amqp.Connection(
-        host=f"{parts.hostname}:{parts.port}",
-        userid=urllib.parse.unquote(parts.username or "guest"),
-        password=urllib.parse.unquote(parts.password or "guest"),
-        virtual_host=urllib.parse.unquote(parts.path[1:]) if len(parts.path) > 1 else "/",
-        connect_timeout=connect_timeout,
-    )
-
-
-def accepts_connections(url: str) -> bool:
-    """True if the broker completes an AMQP handshake on the URL's vhost now."""
-    conn = _amqp(url, connect_timeout=2)
-    try:
-        conn.connect()
-    except Exception:  # noqa: BLE001 - any failure means "not yet"
-        conn.collect()
-        return False
-    try:
-        conn.close()
-    except Exception:  # noqa: BLE001 - it answered; how it hung up does not matter
-        conn.collect()
-    return True
-
-
 def wait_accepting(url: str, timeout: float = 60) -> None:
-    wait_for(lambda: accepts_connections(url), timeout=timeout, interval=0.2,
+    wait_for(lambda: accepts_amqp(url), timeout=timeout, interval=0.2,
              message=f"broker did not accept connections within {timeout}s")
 
 
 def queue_depth(url: str, queue: str) -> int:
     """Messages in `queue` now (passive declare: the queue must exist)."""
-    with _amqp(url, connect_timeout=5) as conn:
+    with amqp_connection(url, connect_timeout=5) as conn:
         return int(conn.channel().queue_declare(queue, passive=True).message_count)
 
 

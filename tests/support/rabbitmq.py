@@ -112,16 +112,25 @@ def _port_open(port: int) -> bool:
         return False
 
 
-def _amqp_ready(url: str) -> bool:
-    """True once the broker completes an AMQP handshake as guest (it refuses while booting).
+def amqp_connection(url: str, connect_timeout: float) -> amqp.Connection:
+    """A not-yet-connected py-amqp connection to the URL's vhost.
 
     py-amqp directly: kombu's `Connection.connect()` sleeps 2 s between its own retries.
     """
     parts = urllib.parse.urlsplit(url)
-    conn = amqp.Connection(
-        host=f"{parts.hostname}:{parts.port}", userid=parts.username or "guest",
-        password=parts.password or "guest", connect_timeout=2,
+    return amqp.Connection(
+        host=f"{parts.hostname}:{parts.port}",
+        userid=urllib.parse.unquote(parts.username or "guest"),
+        password=urllib.parse.unquote(parts.password or "guest"),
+        virtual_host=urllib.parse.unquote(parts.path[1:]) if len(parts.path) > 1 else "/",
+        connect_timeout=connect_timeout,
     )
+
+
+def accepts_amqp(url: str) -> bool:
+    """True if the broker completes an AMQP handshake on the URL's vhost now (a booting or
+    stopped broker refuses)."""
+    conn = amqp_connection(url, connect_timeout=2)
     try:
         conn.connect()
     except Exception:  # noqa: BLE001 - any failure just means "not yet"
@@ -375,7 +384,7 @@ class RabbitMQ:
     def _await_ready(self, timeout: float) -> None:
         assert self.workdir is not None
         server = self._popens[-1]
-        self._wait(lambda: _amqp_ready(self.amqp_url), timeout, f"{self.node} to accept AMQP",
+        self._wait(lambda: accepts_amqp(self.amqp_url), timeout, f"{self.node} to accept AMQP",
                    server, self.workdir / "server.out", self.workdir / "log" / "rabbit.log")
         # Also proves the CLI can reach the node (cookie, epmd) before any test relies on it.
         self.rabbitmqctl("await_startup", "--timeout", str(int(timeout)), timeout=timeout)
