@@ -20,6 +20,11 @@ _STANDARD_ATTRS = frozenset(
 _instance_id = "supervisor"
 
 
+# default=str: a path with surrogate escapes or an odd extra never breaks a log line.
+# One encoder for all records (json.dumps with options builds a new one per call).
+_ENCODER = json.JSONEncoder(default=str, ensure_ascii=True)
+
+
 class JsonFormatter(logging.Formatter):
     """Formats a record as one JSON object: timestamp, level, instance_id, message, extras."""
 
@@ -38,8 +43,7 @@ class JsonFormatter(logging.Formatter):
                 entry[key] = value
         if record.exc_info:
             entry["exception"] = self.formatException(record.exc_info)
-        # default=str: a path with surrogate escapes or an odd extra never breaks a log line.
-        return json.dumps(entry, default=str, ensure_ascii=True)
+        return _ENCODER.encode(entry)
 
 
 def setup_logging(level: str, instance_id: str) -> None:

@@ -7,35 +7,57 @@ dot-directory).  A pattern with "/" matches the whole relative path.
 
 from __future__ import annotations
 
-from dataclasses import dataclass
-from fnmatch import fnmatchcase
+import re
+from dataclasses import dataclass, field
+from fnmatch import translate
 
 
-def _matches(pattern: str, relative_path: str, names: list[str], *, any_component: bool) -> bool:
-    if "/" in pattern:
-        return fnmatchcase(relative_path, pattern)
-    if any_component:
-        return any(fnmatchcase(name, pattern) for name in names)
-    return fnmatchcase(names[-1], pattern)
+def _any_of(patterns: list[str]) -> re.Pattern[str] | None:
+    """One compiled regex matching any of the glob patterns (fnmatchcase semantics)."""
+    return re.compile("|".join(f"(?:{translate(p)})" for p in patterns)) if patterns else None
+
+
+@dataclass(frozen=True)
+class _Compiled:
+    """The patterns of one side (include or exclude), split by what they are matched on."""
+
+    names: re.Pattern[str] | None  # patterns without "/": matched on a single name
+    paths: re.Pattern[str] | None  # patterns with "/": matched on the whole relative path
+
+    @classmethod
+    def of(cls, patterns: tuple[str, ...]) -> _Compiled:
+        return cls(_any_of([p for p in patterns if "/" not in p]),
+                   _any_of([p for p in patterns if "/" in p]))
 
 
 @dataclass(frozen=True)
 class PathFilter:
-    """Decides which relative paths an instance announces."""
+    """Decides which relative paths an instance announces.
+
+    Called for every notification, so each side's globs are compiled into one regex."""
 
     include: tuple[str, ...]
     exclude: tuple[str, ...]
+    _include: _Compiled = field(init=False, repr=False, compare=False)
+    _exclude: _Compiled = field(init=False, repr=False, compare=False)
+
+    def __post_init__(self) -> None:
+        object.__setattr__(self, "_include", _Compiled.of(self.include))
+        object.__setattr__(self, "_exclude", _Compiled.of(self.exclude))
 
     def wants_file(self, relative_path: str) -> bool:
         """True if a regular file at this relative path should be announced."""
-        names = relative_path.split("/")
-        if any(_matches(p, relative_path, names, any_component=True) for p in self.exclude):
+        exclude, include = self._exclude, self._include
+        if exclude.paths is not None and exclude.paths.match(relative_path):
             return False
-        return any(_matches(p, relative_path, names, any_component=False) for p in self.include)
+        names = relative_path.split("/")
+        if exclude.names is not None and any(exclude.names.match(n) for n in names):
+            return False
+        if include.paths is not None and include.paths.match(relative_path):
+            return True
+        return include.names is not None and include.names.match(names[-1]) is not None
 
     def wants_directory(self, relative_path: str) -> bool:
         """False if nothing under this directory can be wanted (prunes scans)."""
-        names = relative_path.split("/")
-        return not any(
-            "/" not in p and any(fnmatchcase(name, p) for name in names) for p in self.exclude
-        )
+        names = self._exclude.names
+        return names is None or not any(names.match(n) for n in relative_path.split("/"))

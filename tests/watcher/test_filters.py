@@ -2,7 +2,11 @@
 
 from __future__ import annotations
 
+from fnmatch import fnmatchcase
+
 import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
 
 from multiwatch.watcher.filters import PathFilter
 
@@ -92,3 +96,31 @@ def test_slash_patterns_never_prune_directories() -> None:
     no_incoming = PathFilter(include=("*",), exclude=("incoming/*",))
     assert no_incoming.wants_directory("incoming")
     assert no_incoming.wants_directory("other/incoming")
+
+
+def _reference_wants_file(include: tuple[str, ...], exclude: tuple[str, ...], path: str) -> bool:
+    """The documented rule, spelled out with fnmatchcase one pattern at a time."""
+    names = path.split("/")
+
+    def matches(pattern: str, *, any_component: bool) -> bool:
+        if "/" in pattern:
+            return fnmatchcase(path, pattern)
+        return any(fnmatchcase(n, pattern) for n in (names if any_component else names[-1:]))
+
+    if any(matches(p, any_component=True) for p in exclude):
+        return False
+    return any(matches(p, any_component=False) for p in include)
+
+
+_GLOBS = st.lists(st.text(alphabet="ab*?[]!/.\n", min_size=1, max_size=6), max_size=3)
+
+
+@settings(max_examples=400, deadline=None)
+@given(include=_GLOBS, exclude=_GLOBS,
+       path=st.text(alphabet="ab./\n\udcff", min_size=1, max_size=12))
+def test_compiled_filters_decide_exactly_like_the_glob_rules(
+    include: list[str], exclude: list[str], path: str,
+) -> None:
+    """The compiled filter announces exactly the files the one-glob-at-a-time rule does."""
+    expected = _reference_wants_file(tuple(include), tuple(exclude), path)
+    assert PathFilter(tuple(include), tuple(exclude)).wants_file(path) == expected

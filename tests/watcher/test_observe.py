@@ -50,7 +50,7 @@ def observers() -> Iterator[list[BaseObserver]]:
 
 
 def _watch_limit_reached(code: int) -> type[BaseObserver]:
-    class NoWatchesLeft(observe.Observer):  # type: ignore[misc, valid-type]
+    class NoWatchesLeft(observe.DirectInotifyObserver):
         def schedule(self, *args: object, **kwargs: object) -> None:  # type: ignore[override]
             raise OSError(code, "inotify watch limit reached")
 
@@ -62,7 +62,7 @@ def test_auto_falls_back_to_polling_with_a_warning_when_inotify_fails(
         tmp_path: Path, monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture,
         observers: list[BaseObserver], code: int) -> None:
     """No inotify watch could be added: a warning, then polling still reports new files."""
-    monkeypatch.setattr(observe, "Observer", _watch_limit_reached(code))
+    monkeypatch.setattr(observe, "DirectInotifyObserver", _watch_limit_reached(code))
     events: queue.SimpleQueue[RawEvent] = queue.SimpleQueue()
 
     with caplog.at_level(logging.WARNING, logger="multiwatch.watcher.observe"):
@@ -79,7 +79,7 @@ def test_auto_falls_back_to_polling_with_a_warning_when_inotify_fails(
 def test_inotify_mode_reports_a_failed_watch_instead_of_polling(
         tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     """observer: inotify never silently degrades to polling: the watch failure is raised."""
-    monkeypatch.setattr(observe, "Observer", _watch_limit_reached(errno.ENOSPC))
+    monkeypatch.setattr(observe, "DirectInotifyObserver", _watch_limit_reached(errno.ENOSPC))
 
     with pytest.raises(OSError) as raised:
         start_observer(str(tmp_path), recursive=True, events=queue.SimpleQueue(),
