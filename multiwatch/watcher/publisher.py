@@ -11,11 +11,13 @@ consumers drop the duplicates.  While idle the thread services AMQP heartbeats i
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import random
 import sqlite3
 import threading
 import time
+from collections.abc import Iterator
 from dataclasses import dataclass
 
 import amqp
@@ -214,15 +216,16 @@ class Publisher(threading.Thread):
             # third of the publisher thread per message.
             channel = producer.channel
             exchange = self._broker.exchange
-            for _seq, event in batch:
-                channel.basic_publish(
-                    amqp.Message(event.body, content_type="application/json",
-                                 content_encoding="utf-8", delivery_mode=2,
-                                 message_id=event.message_id,
-                                 correlation_id=event.correlation_id,
-                                 application_headers=event.headers),
-                    exchange=exchange, routing_key=event.routing_key, mandatory=mandatory)
-                tags.append(confirms.publish())
+            with _coalesced_writes(connection):
+                for _seq, event in batch:
+                    channel.basic_publish(
+                        amqp.Message(event.body, content_type="application/json",
+                                     content_encoding="utf-8", delivery_mode=2,
+                                     message_id=event.message_id,
+                                     correlation_id=event.correlation_id,
+                                     application_headers=event.headers),
+                        exchange=exchange, routing_key=event.routing_key, mandatory=mandatory)
+                    tags.append(confirms.publish())
             self._await_confirms(connection, confirms)
         else:  # the embedded spool (kombu's filesystem transport): no confirms
             for _seq, event in batch:
@@ -267,6 +270,33 @@ class Publisher(threading.Thread):
                 connection.drain_events(timeout=remaining)
             except TimeoutError:
                 return
+
+
+@contextlib.contextmanager
+def _coalesced_writes(connection: Connection) -> Iterator[None]:
+    """Send the frames of a whole batch with one socket write instead of one per message.
+
+    py-amqp writes every frame straight to the socket (`transport._write`, the socket's
+    sendall); on loopback each of those calls also runs the receiving side's TCP work, so
+    in a burst they were the publisher's largest cost.  The frames are collected (copied:
+    py-amqp reuses its frame buffer) and written at once when the batch is complete.  If
+    the transport does not look as expected, frames go out one by one as before."""
+    transport = getattr(connection.connection, "transport", None)
+    send = getattr(transport, "_write", None)
+    if transport is None or send is None:
+        yield
+        return
+    frames: list[bytes] = []
+    own = vars(transport).get("_write")  # TCP: the socket's sendall; TLS: none (a method)
+    transport._write = lambda data: frames.append(bytes(data))
+    try:
+        yield
+    finally:
+        if own is None:
+            del transport._write
+        else:
+            transport._write = own
+    send(b"".join(frames))  # not reached if publishing failed: the connection is dropped
 
 
 def _failure_message(exc: Exception) -> str:
