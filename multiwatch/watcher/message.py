@@ -35,6 +35,11 @@ ROUTING_KEYS = {
 }
 
 
+# ensure_ascii keeps undecodable names (surrogate escapes) encodable as \udcXX.  One
+# encoder for every body: json.dumps with options builds a new one per call.
+_BODY_ENCODER = json.JSONEncoder(ensure_ascii=True, separators=(",", ":"))
+
+
 @dataclass(frozen=True)
 class Event:
     """One message ready for the outbox: body bytes plus its AMQP routing and properties."""
@@ -114,8 +119,7 @@ def build_event(
         ]
     )
     message_id = hashlib.sha256(identity.encode("utf-8", "surrogateescape")).hexdigest()[:32]
-    # ensure_ascii keeps undecodable names (surrogate escapes) encodable as \udcXX.
-    encoded = json.dumps(body, ensure_ascii=True, separators=(",", ":")).encode("ascii")
+    encoded = _BODY_ENCODER.encode(body).encode("ascii")
     return Event(
         instance_id=instance_id,
         event_type=event_type,

@@ -235,7 +235,8 @@ class Pipeline:
         elif event.kind == "deleted":
             if event.src:
                 self._gone(event.src)
-        elif event.src and self._wants(event.src):
+        elif event.src and (event.src in self.settle or self._wants(event.src)):
+            # (A path already settling was wanted: most events of a burst skip the filter.)
             grace = self.instance.close_grace_seconds
             if event.kind == "closed" and grace > 0:
                 # The writer closed the file: wait only a short grace (an immediate reopen
