@@ -50,6 +50,11 @@ def setup_logging(level: str, instance_id: str) -> None:
     """Send every logger in this process to stdout as JSON lines tagged with instance_id."""
     global _instance_id
     _instance_id = instance_id
+    # The JSON lines carry none of the caller, process or multiprocessing names: do not
+    # compute them for every record (the logging HOWTO's "Optimization" switches).
+    logging._srcfile = None  # type: ignore[attr-defined]
+    logging.logProcesses = False
+    logging.logMultiprocessing = False
     handler = logging.StreamHandler(sys.stdout)
     handler.setFormatter(JsonFormatter())
     root = logging.getLogger()

@@ -10,6 +10,9 @@ from __future__ import annotations
 import logging
 import os
 import queue
+import threading
+import time
+from collections.abc import Callable
 from typing import NamedTuple
 
 from watchdog.events import (
@@ -25,7 +28,8 @@ from watchdog.events import (
     FileSystemEventHandler,
 )
 from watchdog.observers.api import BaseObserver
-from watchdog.observers.inotify import InotifyEmitter
+from watchdog.observers.inotify import InotifyEmitter, InotifyWatchGroup
+from watchdog.observers.inotify_move_event_grouper import PathedInotifyEvent
 from watchdog.observers.polling import PollingObserver
 
 log = logging.getLogger(__name__)
@@ -66,6 +70,17 @@ class _Enqueuer(FileSystemEventHandler):
             return ""
         return text[len(self._prefix) :] if text.startswith(self._prefix) else None
 
+    def is_root(self, path: bytes) -> bool:
+        return self._relative(path) == ""
+
+    def put(self, kind: str, is_directory: bool, src: bytes, dest: bytes | None) -> None:
+        """Enqueue one notification from the inotify reader (see _DirectGrouper)."""
+        try:
+            self._events.put(RawEvent(kind, is_directory, self._relative(src),
+                                      self._relative(dest) if dest is not None else None))
+        except Exception:  # never let the reader thread die
+            log.exception("dropped a filesystem notification", extra={"path": repr(src)})
+
     def dispatch(self, event: FileSystemEvent) -> None:
         try:
             dest = self._relative(event.dest_path) if event.dest_path else None
@@ -77,27 +92,122 @@ class _Enqueuer(FileSystemEventHandler):
 
 
 class DirectInotifyObserver(BaseObserver):
-    """An inotify observer whose emitter calls `handler` itself (see _direct_emitter)."""
+    """watchdog's inotify observer, with notifications delivered on its reader thread.
+
+    Stock watchdog hands every kernel event from its reader thread to an emitter thread
+    (through a queue that holds moves back to pair them), builds event objects there, and
+    hands those to a dispatcher thread that calls the handler: two thread handoffs and
+    several objects per event, about a third of the watcher's CPU in a burst.  Here the
+    watch group's move grouper is replaced by _DirectGrouper, which turns each event into
+    a RawEvent at once; the emitter thread only expires unpaired moves, and the
+    dispatcher thread idles.  Watches, recursion and overflow recovery stay watchdog's."""
 
     def __init__(self, handler: _Enqueuer) -> None:
         super().__init__(emitter_class=_direct_emitter(handler))
 
 
 def _direct_emitter(handler: _Enqueuer) -> type[InotifyEmitter]:
-    """watchdog's inotify emitter, handing each wanted event straight to our handler.
-
-    The stock path queues every event (and a directory-modified event beside most of them)
-    for the observer's dispatcher thread, which then calls the handler: a second thread
-    handoff per event that cost about a sixth of the watcher's CPU in a burst.  The
-    dispatcher thread still runs, idle."""
-    wanted = frozenset(WATCHED_EVENTS)
+    class DirectWatchGroup(InotifyWatchGroup):
+        def __post_init__(self) -> None:
+            self._move_event_grouper = _DirectGrouper(handler)  # type: ignore[assignment]
+            super().__post_init__()
 
     class DirectInotifyEmitter(InotifyEmitter):
-        def queue_event(self, event: FileSystemEvent) -> None:
-            if type(event) in wanted:
-                handler.dispatch(event)
+        def on_thread_start(self) -> None:
+            self._inotify = DirectWatchGroup(
+                self._inotify_fd, os.fsencode(self.watch.path),
+                is_recursive=self.watch.is_recursive,
+                event_mask=self.get_event_mask_from_filter(),
+                follow_symlink=self.watch.follow_symlink)
 
     return DirectInotifyEmitter
+
+
+class _DirectGrouper:
+    """Stands in for watchdog's InotifyMoveEventGrouper (same methods, called by the watch
+    group under its lock): converts events as they are read, pairing renames by cookie.
+
+    A moved-from waits up to MOVE_PAIRING_SECONDS for its moved-to (the kernel queues the
+    two together); unpaired, it becomes "deleted" (moved out of the tree).  Any later
+    event for the same path releases it first, so per-path order is kept."""
+
+    MOVE_PAIRING_SECONDS = 0.5
+
+    def __init__(self, handler: _Enqueuer) -> None:
+        self._handler = handler
+        self._held: dict[int, tuple[float, PathedInotifyEvent]] = {}  # cookie → moved-from
+        self._changed = threading.Condition()
+        self._closed = False
+
+    # -- called on the reader thread, under the watch group's lock -----------------------
+
+    def put_event(self, event: PathedInotifyEvent) -> None:
+        ev = event.ev
+        if ev.is_moved_from:
+            with self._changed:
+                self._held[ev.cookie] = (time.monotonic() + self.MOVE_PAIRING_SECONDS, event)
+                self._changed.notify()
+            return
+        if self._held:
+            with self._changed:
+                held = self._held.pop(ev.cookie, None) if ev.is_moved_to else None
+                released = [] if held else self._release(lambda e: e.path == event.path)
+            if held is not None:
+                self._deliver("moved", held[1], event)
+                return
+            for moved_from in released:
+                self._deliver("deleted", moved_from)
+        if ev.is_moved_to or ev.is_create:
+            self._deliver("created", event)
+        elif ev.is_delete or (ev.is_delete_self and self._handler.is_root(event.path)):
+            self._deliver("deleted", event)
+        elif not ev.is_directory:
+            if ev.is_modify:
+                self._deliver("modified", event)
+            elif ev.is_close_write:
+                self._deliver("closed", event)
+
+    def get_queued_moved_from_event(self, cookie: int) -> PathedInotifyEvent | None:
+        with self._changed:
+            held = self._held.get(cookie)
+        return held[1] if held is not None else None
+
+    def discard_pending_events(self) -> None:
+        """After an overflow the pairing is untrustworthy; the rescan that follows decides."""
+        with self._changed:
+            self._held.clear()
+
+    # -- called on the emitter thread ----------------------------------------------------
+
+    def read_event(self) -> None:
+        """Wait until a held moved-from expires (or close()), and deliver it as deleted."""
+        expired: list[PathedInotifyEvent] = []
+        with self._changed:
+            while not self._closed and not expired:
+                now = time.monotonic()
+                expired = self._release(lambda e: False, now)
+                if not expired:
+                    deadlines = [deadline for deadline, _ in self._held.values()]
+                    self._changed.wait(min(deadlines) - now if deadlines else None)
+        for moved_from in expired:
+            self._deliver("deleted", moved_from)
+
+    def close(self) -> None:
+        with self._changed:
+            self._closed = True
+            self._changed.notify_all()
+
+    def _release(self, matches: Callable[[PathedInotifyEvent], bool],
+                 now: float | None = None) -> list[PathedInotifyEvent]:
+        """Take out held moved-froms that match, or that expired by `now` (lock held)."""
+        out = [cookie for cookie, (deadline, e) in self._held.items()
+               if matches(e) or (now is not None and deadline <= now)]
+        return [self._held.pop(cookie)[1] for cookie in out]
+
+    def _deliver(self, kind: str, event: PathedInotifyEvent,
+                 moved_to: PathedInotifyEvent | None = None) -> None:
+        self._handler.put(kind, event.ev.is_directory, event.path,
+                          moved_to.path if moved_to is not None else None)
 
 
 class _LostEventsListener(logging.Handler):

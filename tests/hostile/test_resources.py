@@ -64,7 +64,9 @@ def test_full_state_disk_is_reported_and_recovered_from(tmp_path: Path, broker_u
         finally:
             mw.cleanup()
     by_name = {m.body["file_info"]["name"]: m.body for m in messages}
-    assert set(by_name) == set(contents)
+    # before.mp3 may come again: if the disk filled between its confirm and the outbox
+    # delete, it stays in the outbox and is re-sent (at-least-once, same message_id).
+    assert set(by_name) - {"before.mp3"} == set(contents)
     for name, data in contents.items():
         assert by_name[name]["file_info"]["sha256_hash"] == hashlib.sha256(data).hexdigest()
 
