@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import errno
+import os
 import logging
 import queue
 import time
@@ -138,3 +139,50 @@ def test_overflow_notification_rescans_and_finds_what_was_missed(
         ("file_deleted", "old.txt"), ("file_discovered", "missed.txt")]
     assert any(r.levelno >= logging.WARNING and r.name.startswith("multiwatch")
                for r in caplog.records), "the lost events were not logged"
+
+
+def _drain_until(events: queue.SimpleQueue[RawEvent], last: Callable[[RawEvent], bool],
+                 timeout: float = 5.0) -> list[RawEvent]:
+    """Every notification up to and including the first matching `last`, in order."""
+    seen: list[RawEvent] = []
+    deadline = time.monotonic() + timeout
+    while not seen or not last(seen[-1]):
+        seen.append(events.get(timeout=max(0.01, deadline - time.monotonic())))
+    return seen
+
+
+def test_renames_pair_up_and_moves_out_become_deletions_in_order(
+        tmp_path: Path, observers: list[BaseObserver]) -> None:
+    """inotify: a rename inside the tree is one "moved"; a file moved out is "deleted", and
+    before the "created" of a new file of the same name."""
+    root, outside = tmp_path / "root", tmp_path / "outside"
+    (root / "sub").mkdir(parents=True)
+    outside.mkdir()
+    (root / "a.txt").write_text("a")
+    events: queue.SimpleQueue[RawEvent] = queue.SimpleQueue()
+    observers.append(start_observer(str(root), recursive=True, events=events))
+
+    os.rename(root / "a.txt", root / "sub" / "b.txt")
+    moved = _next_event(events, lambda e: e.kind == "moved")
+    assert (moved.src, moved.dest, moved.is_directory) == ("a.txt", "sub/b.txt", False)
+
+    os.rename(root / "sub" / "b.txt", outside / "b.txt")
+    (root / "sub" / "b.txt").write_text("new")
+    order = [(e.kind, e.src) for e in _drain_until(events, lambda e: e.kind == "closed")
+             if e.src == "sub/b.txt"]
+    assert order[:2] == [("deleted", "sub/b.txt"), ("created", "sub/b.txt")]
+
+
+def test_a_move_out_alone_is_announced_deleted_after_the_pairing_window(
+        tmp_path: Path, observers: list[BaseObserver]) -> None:
+    """A file moved out of the tree with nothing after it still becomes "deleted"."""
+    root, outside = tmp_path / "root", tmp_path / "outside"
+    root.mkdir()
+    outside.mkdir()
+    (root / "gone.txt").write_text("x")
+    events: queue.SimpleQueue[RawEvent] = queue.SimpleQueue()
+    observers.append(start_observer(str(root), recursive=True, events=events))
+
+    os.rename(root / "gone.txt", outside / "gone.txt")
+    deleted = _next_event(events, lambda e: e.kind == "deleted")
+    assert (deleted.src, deleted.is_directory) == ("gone.txt", False)
