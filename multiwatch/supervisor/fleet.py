@@ -23,7 +23,7 @@ from multiwatch.config import ConfigError, Roster
 from multiwatch.supervisor.http import HttpServer, start_http_server
 from multiwatch.supervisor.lifecycle import Child, State
 from multiwatch.supervisor.resources import ResourceMeter
-from multiwatch.watcher.main import ChildSpec
+from multiwatch.watcher.spec import ChildSpec
 
 log = logging.getLogger(__name__)
 
