@@ -30,6 +30,7 @@ _HEAD = re.compile(r"^thread \((?P<tid>\d+)\): (?P<name>.*)$")
 TOP_SELF = 8
 TOP_INCLUSIVE = 12
 _BORING = ("_bootstrap", "<module>", "spawn_main", "_main (", "BaseProcess.run", "child_main",
+           "run_child",
            "Thread.run (")
 
 

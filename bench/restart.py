@@ -1,13 +1,27 @@
-"""restart: a tree of N unchanged files that multiwatch already announced; on the second
-start, the time from `multiwatch run` to the "startup scan complete" log line, and how many
-bytes of file content the watcher child read (0 expected: size, mtime and inode match the
-state database).  Ceiling: os.scandir + lstat of the same tree.
+"""restart: a tree of N unchanged files that multiwatch already announced; on the later
+starts (--runs of them, the best reported), the time from `multiwatch run` to the
+"startup scan complete" log line, and how many bytes of file content the watcher child
+read (0 expected: size, mtime and inode match the state database).  Ceiling: os.scandir +
+lstat of the same tree, best of two.
+
+The figure is the whole wall time a user waits: the supervisor's interpreter and imports,
+the spawn of the child (a fresh interpreter importing the watcher, kombu and watchdog),
+loading the files table, adding the inotify watches, then the walk and compare.  The
+ceiling is the walk alone, in an interpreter that is already running, so the ratio charges
+multiwatch for everything else too (the "scan only" ratio leaves process start out).  Both
+starts run from bytecode, as an installed multiwatch does: this tree's modules are compiled
+first, because an environment with PYTHONDONTWRITEBYTECODE would otherwise compile every
+module from source in both processes at every start.
 """
 
 from __future__ import annotations
 
+import compileall
+import os
+import statistics
 import time
 import uuid
+from dataclasses import dataclass
 from datetime import datetime
 from pathlib import Path
 from typing import Any
@@ -18,6 +32,7 @@ from bench.ceilings import scandir_stat
 from bench.harness import (
     KIB,
     MIB,
+    ROOT,
     Ctx,
     Watcher,
     delete_queue,
@@ -57,6 +72,7 @@ def run(ctx: Ctx) -> None:
     say(f"restart: {files} files x {FILE_SIZE // KIB} KiB in {len(dirs)} directories; {loadavg()}")
     started, written = write_small_files(paths, FILE_SIZE)
     say(f"  tree written in {written - started:.1f}s")
+    _compile_bytecode()
     with ctx.vhost("restart") as url:
         queue = f"bench-restart-{uuid.uuid4().hex[:6]}"
         kwargs: dict[str, Any] = {"state_dir": base / "state", "url": url, "queue": queue,
@@ -68,6 +84,14 @@ def run(ctx: Ctx) -> None:
         finally:
             delete_queue(url, queue)
     remove_tree(base)
+
+
+def _compile_bytecode() -> None:
+    """Write multiwatch's bytecode, as `pip install` does for an installed package."""
+    compileall.compile_dir(str(ROOT / "multiwatch"), quiet=1)
+    unset = "PYTHONDONTWRITEBYTECODE" not in os.environ
+    say("  multiwatch compiled to bytecode ahead of both starts (as pip install does"
+        + ("" if unset else "; this environment sets PYTHONDONTWRITEBYTECODE") + ")")
 
 
 def _first_start(base: Path, files: int, url: str, queue: str, kwargs: dict[str, Any]) -> None:
@@ -91,12 +115,67 @@ def _first_start(base: Path, files: int, url: str, queue: str, kwargs: dict[str,
         f"= {depth / took:.0f} files/s (scan + hash + publish, log WARNING); {loadavg()}")
 
 
+@dataclass
+class _Restart:
+    """The figures of one start over the announced tree."""
+
+    total: float  # `multiwatch run` -> "startup scan complete"
+    supervisor: float  # -> "supervisor started"
+    watching: float  # -> the child's "watching"
+    files_hashed: int
+    bytes_hashed: int
+    read_between: int  # child read_chars between "watching" and "startup scan complete"
+    read_total: int
+    new_events: int
+
+    @property
+    def scan(self) -> float:
+        return self.total - self.watching
+
+
 def _second_start(ctx: Ctx, base: Path, tree: Path, files: int, url: str, queue: str,
                   kwargs: dict[str, Any]) -> None:
+    """`ctx.runs` starts over the unchanged tree; the best is reported, as the ceiling is
+    the best of two walks (on a shared machine a single run mostly measures the neighbours)."""
+    runs = [_restart_once(base, files, url, queue, kwargs, n) for n in range(max(1, ctx.runs))]
+    best = min(runs, key=lambda r: r.total)
+    state = base / "state" / "instances" / INSTANCE
+    db_bytes = sum(p.stat().st_size for p in state.glob("state.db*"))
+    tree_bytes = files * FILE_SIZE
+    listed, list_s = scandir_stat(tree)
+    ceiling = listed / list_s
+    say(f"  best of {len(runs)}: {best.total:.2f}s (median "
+        f"{statistics.median(r.total for r in runs):.2f}s); milestones of the best: supervisor "
+        f"started {best.supervisor:.2f}s, child 'watching' (imports, files table loaded, inotify "
+        f"watches added) {best.watching:.2f}s, 'startup scan complete' {best.total:.2f}s")
+    say(f"  child read_chars: {best.read_total / MIB:.1f} MiB in all by then (imports, "
+        f"state.db {db_bytes / MIB:.1f} MiB, ...), {best.read_between / MIB:.2f} MiB between "
+        f"'watching' and 'scan complete'; tree content {tree_bytes / MIB:.1f} MiB")
+    say(f"  ceiling scandir+lstat of the same tree: {listed} files in {list_s:.2f}s "
+        f"= {ceiling:.0f} files/s")
+    hashed = max(r.bytes_hashed for r in runs)
+    new_events = sum(r.new_events for r in runs)
+    ctx.report.add("restart", f"{files} unchanged files: start -> scan complete",
+                   f"{best.total:.2f}s = {files / best.total:.0f} files/s (best of {len(runs)})",
+                   ceiling=f"{ceiling:.0f} files/s scandir+lstat",
+                   ratio=f"{files / best.total / ceiling:.0%} "
+                         f"({files / best.scan / ceiling:.0%} scan only)",
+                   target=">= 50%", ok=files / best.total / ceiling >= 0.5)
+    ctx.report.add("restart", "bytes hashed / read between watching and complete",
+                   f"{hashed} / {max(r.read_between for r in runs) / MIB:.2f} MiB",
+                   ceiling=f"tree {tree_bytes / MIB:.0f} MiB", target="~0",
+                   ok=hashed == 0 and new_events == 0)
+    ctx.report.add("ceilings", "os.scandir + lstat", f"{ceiling:.0f} files/s")
+
+
+def _restart_once(base: Path, files: int, url: str, queue: str, kwargs: dict[str, Any],
+                  number: int) -> _Restart:
     before_depth = queue_depth(url, queue)
     roster = write_roster(base / "roster.yaml", log_level="INFO", **kwargs)
-    watcher = Watcher(roster, base / "second.log")
+    watcher = Watcher(roster, base / f"restart-{number}.log")
     try:
+        supervisor = watcher.wait_log(lambda line: line.get("message") == "supervisor started",
+                                      timeout=120)
         watching = watcher.wait_log(lambda line: line.get("message") == "watching", timeout=120)
         child = watcher.wait_children(1)[0].pid
         read_at_watching = _read_chars(child)
@@ -107,31 +186,15 @@ def _second_start(ctx: Ctx, base: Path, tree: Path, files: int, url: str, queue:
         new_events = queue_depth(url, queue) - before_depth
     finally:
         watcher.stop()
-    total = _wall(complete) - watcher.started_wall
-    scan = _wall(complete) - _wall(watching)
-    state = base / "state" / "instances" / INSTANCE
-    db_bytes = sum(p.stat().st_size for p in state.glob("state.db*"))
-    tree_bytes = files * FILE_SIZE
-    hashed = int(complete.get("bytes_hashed", -1))
-    listed, list_s = scandir_stat(tree)
-    ceiling = listed / list_s
-    say(f"  second start: 'startup scan complete' {total:.2f}s after `multiwatch run` "
-        f"({files / total:.0f} files/s); from 'watching' {scan:.2f}s ({files / scan:.0f} files/s);"
-        f" files_hashed {complete.get('files_hashed')}, bytes_hashed {hashed}; "
-        f"new events {new_events}; {loadavg()}")
-    say(f"  child read_chars: {read_at_complete / MIB:.1f} MiB in all by then (imports, "
-        f"state.db {db_bytes / MIB:.1f} MiB, ...), "
-        f"{(read_at_complete - read_at_watching) / MIB:.2f} MiB between 'watching' and "
-        f"'scan complete'; tree content {tree_bytes / MIB:.1f} MiB")
-    say(f"  ceiling scandir+lstat of the same tree: {listed} files in {list_s:.2f}s "
-        f"= {ceiling:.0f} files/s")
-    ctx.report.add("restart", f"{files} unchanged files: start -> scan complete",
-                   f"{total:.2f}s = {files / total:.0f} files/s",
-                   ceiling=f"{ceiling:.0f} files/s scandir+lstat",
-                   ratio=f"{files / total / ceiling:.0%} ({files / scan / ceiling:.0%} scan only)",
-                   target=">= 50%", ok=files / total / ceiling >= 0.5)
-    ctx.report.add("restart", "bytes hashed / read between watching and complete",
-                   f"{hashed} / {(read_at_complete - read_at_watching) / MIB:.2f} MiB",
-                   ceiling=f"tree {tree_bytes / MIB:.0f} MiB", target="~0",
-                   ok=hashed == 0 and new_events == 0)
-    ctx.report.add("ceilings", "os.scandir + lstat", f"{ceiling:.0f} files/s")
+    started = watcher.started_wall
+    run = _Restart(total=_wall(complete) - started, supervisor=_wall(supervisor) - started,
+                   watching=_wall(watching) - started,
+                   files_hashed=int(complete.get("files_hashed", -1)),
+                   bytes_hashed=int(complete.get("bytes_hashed", -1)),
+                   read_between=read_at_complete - read_at_watching,
+                   read_total=read_at_complete, new_events=new_events)
+    say(f"  start {number + 2}: 'startup scan complete' {run.total:.2f}s after `multiwatch run` "
+        f"({files / run.total:.0f} files/s); from 'watching' {run.scan:.2f}s "
+        f"({files / run.scan:.0f} files/s); files_hashed {run.files_hashed}, bytes_hashed "
+        f"{run.bytes_hashed}; new events {run.new_events}; {loadavg()}")
+    return run

@@ -17,13 +17,15 @@ import time
 from collections import deque
 from collections.abc import Callable
 from multiprocessing.connection import wait
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from multiwatch.config import ConfigError, Roster
-from multiwatch.supervisor.http import HttpServer, start_http_server
 from multiwatch.supervisor.lifecycle import Child, State
-from multiwatch.supervisor.resources import ResourceMeter
-from multiwatch.watcher.main import ChildSpec
+from multiwatch.watcher.spec import ChildSpec
+
+if TYPE_CHECKING:  # imported when first used, after the children are spawned
+    from multiwatch.supervisor.http import HttpServer
+    from multiwatch.supervisor.resources import ResourceMeter
 
 log = logging.getLogger(__name__)
 
@@ -42,7 +44,7 @@ class Supervisor:
         self._children: dict[str, Child] = {}
         self._signals: deque[int] = deque()
         self._stopping = False
-        self._meter = ResourceMeter()
+        self._meter: ResourceMeter | None = None  # psutil, imported after the first spawn
         self._next_report = 0.0
         self._next_sample = 0.0
         self._next_housekeeping = 0.0
@@ -117,6 +119,8 @@ class Supervisor:
             self._http = None
         if listen is None:
             return
+        from multiwatch.supervisor.http import start_http_server  # after the first spawn
+
         try:
             self._http = start_http_server(listen, self.fleet_view)
         except (OSError, ValueError) as exc:
@@ -254,6 +258,10 @@ class Supervisor:
 
     def _sample_resources(self) -> None:
         pids = {c.pid for c in self._children.values() if c.pid is not None} | {os.getpid()}
+        if self._meter is None:
+            from multiwatch.supervisor.resources import ResourceMeter
+
+            self._meter = ResourceMeter()
         self._meter.retain(pids)
         self._usage = {}
         for pid in pids:

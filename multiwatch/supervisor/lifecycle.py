@@ -23,7 +23,7 @@ from multiprocessing.context import SpawnContext, SpawnProcess
 from typing import Any
 
 from multiwatch.config import SupervisorConfig
-from multiwatch.watcher.main import EXIT_DIRECTORY_GONE, ChildSpec, child_main
+from multiwatch.watcher.spec import EXIT_DIRECTORY_GONE, ChildSpec, run_child
 
 log = logging.getLogger(__name__)
 
@@ -73,7 +73,7 @@ class Child:
     def start(self, now: float) -> None:
         reader, writer = self._context.Pipe(duplex=False)
         process = self._context.Process(
-            target=child_main, args=(self.spec, writer), name=f"multiwatch-{self.instance_id}"
+            target=run_child, args=(self.spec, writer), name=f"multiwatch-{self.instance_id}"
         )
         process.start()
         writer.close()  # the child holds the only writer: EOF here means it is gone

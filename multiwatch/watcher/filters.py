@@ -8,6 +8,7 @@ dot-directory).  A pattern with "/" matches the whole relative path.
 from __future__ import annotations
 
 import re
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from fnmatch import translate
 
@@ -61,3 +62,32 @@ class PathFilter:
         """False if nothing under this directory can be wanted (prunes scans)."""
         names = self._exclude.names
         return names is None or not any(names.match(n) for n in relative_path.split("/"))
+
+    def scan_tests(self) -> tuple[Callable[[str], object] | None,
+                                  Callable[[str, str], bool] | None]:
+        """Fast tests for a walk that enters only directories `wants_directory` accepted:
+        (skip_name, wants).
+
+        skip_name(name) is true for an entry name matching an exclude pattern without "/":
+        neither a file nor a directory of that name is wanted, so the walk can skip it
+        without a stat.  wants(relative_path, name) decides the rest for a file; None
+        means every file not skipped is wanted (the default include "*")."""
+        base = PathFilter
+        if (type(self).wants_file is not base.wants_file
+                or type(self).wants_directory is not base.wants_directory):
+            return None, lambda relative_path, _name: self.wants_file(relative_path)
+        exclude, include = self._exclude, self._include
+        skip_name = exclude.names.match if exclude.names is not None else None
+        path_excluded = exclude.paths
+        if "*" in self.include:
+            if path_excluded is None:
+                return skip_name, None
+            return skip_name, lambda relative_path, _name: not path_excluded.match(relative_path)
+
+        def wants(relative_path: str, name: str) -> bool:
+            if path_excluded is not None and path_excluded.match(relative_path):
+                return False
+            return bool((include.names is not None and include.names.match(name))
+                        or (include.paths is not None and include.paths.match(relative_path)))
+
+        return skip_name, wants

@@ -14,17 +14,17 @@ import sys
 import threading
 import time
 from collections.abc import Callable
-from dataclasses import dataclass
 from multiprocessing.connection import Connection
 
 from watchdog.observers.api import BaseObserver
 
-from multiwatch.config import BrokerConfig, InstanceConfig
+from multiwatch.config import InstanceConfig
 from multiwatch.logs import setup_logging
 from multiwatch.watcher.observe import listen_for_lost_events, start_observer
 from multiwatch.watcher.outbox import OutboxGauge
 from multiwatch.watcher.pipeline import Pipeline
 from multiwatch.watcher.publisher import Publisher
+from multiwatch.watcher.spec import EXIT_DIRECTORY_GONE, ChildSpec
 from multiwatch.watcher.state import StateError, StateStore, state_db_path
 from multiwatch.watcher.stats import ProblemCounter
 
@@ -33,22 +33,9 @@ log = logging.getLogger(__name__)
 HEARTBEAT_SECONDS = 1.0
 LOOP_WAIT_SECONDS = 0.5  # upper bound on reacting to SIGTERM; events wake it at once
 DIRECTORY_RETRY_SECONDS = 2.0
-EXIT_DIRECTORY_GONE = 3
 DEEP_TREE_RECURSION_LIMIT = 20_000
 THREAD_STACK_BYTES = 64 * 1024 * 1024
 _PR_SET_PDEATHSIG = 1
-
-
-@dataclass(frozen=True)
-class ChildSpec:
-    """Everything a child needs, handed over by pickling (spawn)."""
-
-    instance: InstanceConfig
-    broker: BrokerConfig
-    state_dir: str
-    log_level: str
-    stop_timeout_seconds: float
-    parent_pid: int
 
 
 def child_main(spec: ChildSpec, to_parent: Connection) -> None:

@@ -39,14 +39,14 @@ from multiwatch.watcher.message import (
 )
 from multiwatch.watcher.observe import RawEvent
 from multiwatch.watcher.outbox import OutboxGauge
-from multiwatch.watcher.scan import walk_files
+from multiwatch.watcher.scan import ScanBatch, scan_batches
 from multiwatch.watcher.settle import SettleTable
 from multiwatch.watcher.state import StateStore
 
 log = logging.getLogger(__name__)
 
 EVENTS_PER_STEP = 5000
-SCAN_ENTRIES_PER_STEP = 2000
+SCAN_ENTRIES_PER_STEP = 5000
 HASHES_PER_STEP = 200
 PROGRESS_EVERY_SECONDS = 5.0
 STORE_RETRY_MAX_SECONDS = 10.0
@@ -65,7 +65,7 @@ class Pipeline:
         self.store = store
         self._progress = progress  # called during long work, so heartbeats keep flowing
         self.gauge = gauge
-        self.known: dict[str, Hashed] = store.load_files()
+        self.known = store.load_files()
         self._changed_files: dict[str, Hashed | None] = {}
         self._new_events: list[Event] = []
         self._new_event_logs: list[dict[str, object]] = []  # logged once stored
@@ -91,10 +91,10 @@ class Pipeline:
         settled like notified ones; announced files no longer on disk are deleted."""
         if any(s.relative_dir == relative_dir and not s.started for s in self._scans):
             return  # the same walk is queued and has not started: it will see everything
-        files = walk_files(self.root, relative_dir, self.filter,
-                           recursive=self.instance.recursive, unlistable=self._unlistable,
-                           follow_inside=self._follow_inside)
-        self._scans.append(_Scan(relative_dir, files))
+        batches = scan_batches(self.root, relative_dir, self.filter,
+                               recursive=self.instance.recursive, unlistable=self._unlistable,
+                               follow_inside=self._follow_inside)
+        self._scans.append(_Scan(relative_dir, batches))
 
     def step(self, max_wait: float) -> None:
         """One turn: wait briefly for notifications, then scan, then handle settled paths."""
@@ -164,26 +164,32 @@ class Pipeline:
         now = time.monotonic()
         scan = self._scans[-1]
         scan.started = True
-        for _ in range(SCAN_ENTRIES_PER_STEP):
-            try:
-                relative, version = next(scan.files)
-            except StopIteration:
+        entries = 0
+        while entries < SCAN_ENTRIES_PER_STEP:
+            batch = next(scan.batches, None)
+            if batch is None:
                 self._scans.pop()
                 self._reconcile_unseen(scan)
                 if not self._scans:
                     self._startup.scan_finished()
                 return
-            scan.seen.add(relative)
-            self._startup.files_scanned += 1
-            announced = self.known.get(relative)
-            if announced is None or announced.version != version:
-                self._settle_later(relative, now, seen=version)
+            entries += len(batch)
+            scan.seen.update(batch)
+            self._startup.files_scanned += len(batch)
+            # Only new or changed files go on (unchanged ones are compared as plain tuples).
+            for relative, (size, mtime_ns, inode) in self.known.changed(batch):
+                self._settle_later(relative, now,
+                                   seen=FileVersion(size=size, mtime_ns=mtime_ns, inode=inode))
 
     def _reconcile_unseen(self, scan: _Scan) -> None:
         """Announced files the scan did not meet are deleted, if they are really gone
         (a file renamed behind the walk's back is still on disk and stays known)."""
-        prefix = scan.relative_dir + "/" if scan.relative_dir else ""
-        for relative in [p for p in self.known if p.startswith(prefix) and p not in scan.seen]:
+        if scan.relative_dir:
+            prefix = scan.relative_dir + "/"
+            unseen = [p for p in self.known.paths() if p.startswith(prefix) and p not in scan.seen]
+        else:
+            unseen = list(self.known.paths() - scan.seen)
+        for relative in sorted(unseen):
             if relative in self.settle:
                 continue  # its own settle decides
             try:
@@ -403,7 +409,7 @@ class _Scan:
     """One walk in progress and the paths it has met so far."""
 
     relative_dir: str
-    files: Iterator[tuple[str, FileVersion]]
+    batches: Iterator[ScanBatch]
     seen: set[str] = dataclasses.field(default_factory=set)
     started: bool = False
 

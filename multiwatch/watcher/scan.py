@@ -1,63 +1,109 @@
 """Walk a watched tree without following symlinks, yielding regular files as they are found.
 
 A generator, so the pipeline can interleave the walk with live events and heartbeats
-instead of blocking for minutes on a large tree.
+instead of blocking for minutes on a large tree.  `scan_batches` is what the pipeline
+uses: it hands over plain tuples a directory (or BATCH_ENTRIES) at a time, because a
+restart over a large unchanged tree is mostly this loop and its per-file overhead.
 """
 
 from __future__ import annotations
 
 import logging
 import os
-import stat
 from collections.abc import Iterator
+from stat import S_ISDIR, S_ISLNK, S_ISREG
 
 from multiwatch.watcher.filters import PathFilter
 from multiwatch.watcher.hashing import FileVersion, resolve_regular
 
 log = logging.getLogger(__name__)
 
+BATCH_ENTRIES = 1000
+
+Version = tuple[int, int, int]
+"""(size, mtime_ns, inode): the fields of a FileVersion, as a plain tuple."""
+ScanBatch = dict[str, Version]
+"""relative path → version, for up to BATCH_ENTRIES files of one directory."""
+
 
 def walk_files(
     root: str, start: str, path_filter: PathFilter, *, recursive: bool,
     unlistable: set[str] | None = None, follow_inside: str | None = None,
 ) -> Iterator[tuple[str, FileVersion]]:
-    """Yield (relative path, version) for each wanted regular file under root/start.
+    """Yield (relative path, version) for each wanted regular file under root/start."""
+    for batch in scan_batches(root, start, path_filter, recursive=recursive,
+                              unlistable=unlistable, follow_inside=follow_inside):
+        for relative, (size, mtime_ns, inode) in batch.items():
+            yield relative, FileVersion(size=size, mtime_ns=mtime_ns, inode=inode)
+
+
+def scan_batches(
+    root: str, start: str, path_filter: PathFilter, *, recursive: bool,
+    unlistable: set[str] | None = None, follow_inside: str | None = None,
+    batch_entries: int | None = None,
+) -> Iterator[ScanBatch]:
+    """Yield {relative path: (size, mtime_ns, inode)} for the wanted regular files under
+    root/start, at most `batch_entries` (BATCH_ENTRIES) at a time, each file once, after one lstat.
 
     `unlistable` remembers directories already reported as unreadable, so a periodic
     rescan does not repeat the warning; a directory that lists again is forgotten."""
     reported = unlistable if unlistable is not None else set()
+    if start and not path_filter.wants_directory(start):
+        return  # every file below would be excluded by one of its directories
+    skip_name, wants = path_filter.scan_tests()
+    limit = batch_entries or BATCH_ENTRIES
     pending = [start]
     while pending:
         relative_dir = pending.pop()
         absolute_dir = os.path.join(root, relative_dir) if relative_dir else root
+        prefix = f"{relative_dir}/" if relative_dir else ""
+        found: ScanBatch = {}
         try:
             # Below the root, only a real directory is entered: a symlink that took a
             # directory's place (or arrived inside a moved-in tree) must not lead outside.
-            if relative_dir and not stat.S_ISDIR(os.lstat(absolute_dir).st_mode):
+            if relative_dir and not S_ISDIR(os.lstat(absolute_dir).st_mode):
                 continue
             with os.scandir(absolute_dir) as entries:
                 for entry in entries:
-                    relative = f"{relative_dir}/{entry.name}" if relative_dir else entry.name
+                    name = entry.name
+                    if skip_name is not None and skip_name(name):
+                        continue  # excluded by name, whatever it is: no stat needed
                     try:
                         st = entry.stat(follow_symlinks=False)
                     except FileNotFoundError:
                         continue  # vanished between readdir and stat
-                    if stat.S_ISDIR(st.st_mode):
+                    mode = st.st_mode
+                    if S_ISREG(mode):
+                        relative = prefix + name
+                        if wants is None or wants(relative, name):
+                            found[relative] = (st.st_size, st.st_mtime_ns, st.st_ino)
+                            if len(found) >= limit:
+                                yield found
+                                found = {}
+                    elif S_ISDIR(mode):
+                        relative = prefix + name
                         if recursive and path_filter.wants_directory(relative):
                             pending.append(relative)
-                    elif stat.S_ISREG(st.st_mode) and path_filter.wants_file(relative):
-                        yield relative, FileVersion.of(st)
-                    elif (follow_inside is not None and stat.S_ISLNK(st.st_mode)
-                          and path_filter.wants_file(relative)):
-                        resolved = resolve_regular(entry.path, follow_inside)
+                    elif follow_inside is not None and S_ISLNK(mode):
+                        relative = prefix + name
+                        resolved = (resolve_regular(entry.path, follow_inside)
+                                    if wants is None or wants(relative, name) else None)
                         if resolved is not None:  # a symlinked file inside the tree
-                            yield relative, FileVersion.of(resolved[1])
+                            target = resolved[1]
+                            found[relative] = (target.st_size, target.st_mtime_ns,
+                                               target.st_ino)
         except (FileNotFoundError, NotADirectoryError):
+            if found:
+                yield found
             continue  # the directory went away mid-scan; its deletion events tell the rest
         except OSError as exc:  # permissions, a path beyond PATH_MAX, an I/O error
+            if found:
+                yield found
             if relative_dir not in reported:
                 reported.add(relative_dir)
                 log.warning("cannot list directory, skipping it: %s", exc.strerror or exc,
                             extra={"path": absolute_dir})
             continue
         reported.discard(relative_dir)
+        if found:
+            yield found

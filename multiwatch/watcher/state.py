@@ -13,8 +13,11 @@ from __future__ import annotations
 
 import os
 import sqlite3
-from collections.abc import Iterator, Mapping, Sequence
+import sys
+from collections.abc import Callable, Iterator, KeysView, Mapping, MutableMapping, Sequence
 from dataclasses import dataclass
+from itertools import filterfalse
+from operator import itemgetter
 
 from multiwatch.watcher.hashing import FileVersion, Hashed
 from multiwatch.watcher.message import Event
@@ -116,8 +119,9 @@ class StateStore:
     def outbox_usage(self) -> tuple[int, int]:
         return outbox_usage(self._conn)
 
-    def load_files(self) -> dict[str, Hashed]:
-        return {row.relative_path: row.hashed for row in iter_files(self._conn)}
+    def load_files(self) -> KnownFiles:
+        """Every tracked file, as one compact mapping (see KnownFiles)."""
+        return KnownFiles.load(self._conn)
 
     def commit(self, files: Mapping[str, Hashed | None], events: Sequence[Event]) -> None:
         """Record new file states (None: forget the path) and their events atomically."""
@@ -142,6 +146,106 @@ class StateStore:
             if conn.in_transaction:
                 conn.execute("ROLLBACK")
             raise
+
+
+Version = tuple[int, int, int]
+"""(size, mtime_ns, inode): a FileVersion as a plain tuple, as the scan reports it."""
+_Hashes = tuple[int, str, str]
+"""(ctime_ns, sha256, xxh128): the rest of a Hashed."""
+
+
+class KnownFiles(MutableMapping[str, Hashed]):
+    """relative path → Hashed of the announced version, stored compactly.
+
+    A restart over a large tree loads every tracked path and compares it with what the
+    scan finds; building two frozen dataclasses (and reading two hash strings) per row
+    cost more than the scan itself.  So the load reads only each path's version, as a
+    plain (size, mtime_ns, inode) tuple, and `changed` compares a whole scan batch at C
+    speed.  The hashes and ctime of a path are read from the database the first time a
+    Hashed is asked for (a deletion, a rename, a modification): a path nobody has written
+    since the load still has the row it was loaded from, because every change to `known`
+    goes through this mapping, which keeps the new hashes in memory.  The database is
+    read only on the thread that owns the mapping (the pipeline's)."""
+
+    def __init__(self, versions: dict[str, Version] | None = None,
+                 hashes_of: Callable[[str], _Hashes | None] | None = None) -> None:
+        self._versions: dict[str, Version] = versions if versions is not None else {}
+        self._hashes: dict[str, _Hashes] = {}  # written since the load
+        self._hashes_of = hashes_of
+
+    @classmethod
+    def load(cls, conn: sqlite3.Connection) -> KnownFiles:
+        rows = conn.execute("SELECT path, size, mtime_ns, inode FROM files ORDER BY path"
+                            ).fetchall()
+        encoding, errors = sys.getfilesystemencoding(), sys.getfilesystemencodeerrors()
+        # Paths are stored as os.fsencode bytes; decoding them all in one call gives
+        # os.fsdecode's result for each at a fraction of the cost (a path holds no NUL).
+        names = b"\0".join(map(itemgetter(0), rows)).decode(encoding, errors).split("\0")
+        versions = dict(zip(names, map(itemgetter(1, 2, 3), rows), strict=True)) if rows else {}
+
+        def hashes_of(relative_path: str) -> _Hashes | None:
+            row = conn.execute("SELECT ctime_ns, sha256, xxh128 FROM files WHERE path = ?",
+                               (os.fsencode(relative_path),)).fetchone()
+            return None if row is None else (row[0], row[1], row[2])
+
+        return cls(versions, hashes_of)
+
+    def __len__(self) -> int:
+        return len(self._versions)
+
+    def __iter__(self) -> Iterator[str]:
+        return iter(self._versions)
+
+    def __contains__(self, relative_path: object) -> bool:
+        return relative_path in self._versions
+
+    def __getitem__(self, relative_path: str) -> Hashed:
+        return self._hashed(relative_path, self._versions[relative_path])
+
+    def __setitem__(self, relative_path: str, hashed: Hashed) -> None:
+        version = hashed.version
+        self._versions[relative_path] = (version.size, version.mtime_ns, version.inode)
+        self._hashes[relative_path] = (hashed.ctime_ns, hashed.sha256, hashed.xxh128)
+
+    def __delitem__(self, relative_path: str) -> None:
+        del self._versions[relative_path]
+        self._hashes.pop(relative_path, None)
+
+    def get(self, relative_path: str, default: Hashed | None = None) -> Hashed | None:  # type: ignore[override]
+        version = self._versions.get(relative_path)
+        return default if version is None else self._hashed(relative_path, version)
+
+    def pop(self, relative_path: str, *default: Hashed | None) -> Hashed | None:  # type: ignore[override]
+        version = self._versions.get(relative_path)
+        if version is None:
+            if default:
+                return default[0]
+            raise KeyError(relative_path)
+        hashed = self._hashed(relative_path, version)
+        del self[relative_path]
+        return hashed
+
+    def paths(self) -> KeysView[str]:
+        """The tracked paths as a dict view (set operations on it run at C speed)."""
+        return self._versions.keys()
+
+    def changed(self, batch: Mapping[str, Version]) -> list[tuple[str, Version]]:
+        """The (path, version) items of a scan batch whose path is not tracked, or
+        tracked with another version; in the batch's order."""
+        return list(filterfalse(self._versions.items().__contains__, batch.items()))
+
+    def _hashed(self, relative_path: str, version: Version) -> Hashed:
+        hashes = self._hashes.get(relative_path)
+        if hashes is None:
+            hashes = self._hashes_of(relative_path) if self._hashes_of is not None else None
+            if hashes is None:
+                raise StateError(f"{relative_path}: tracked, but its row is missing from the "
+                                 "state database")
+            self._hashes[relative_path] = hashes
+        size, mtime_ns, inode = version
+        ctime_ns, sha256, xxh128 = hashes
+        return Hashed(version=FileVersion(size=size, mtime_ns=mtime_ns, inode=inode),
+                      sha256=sha256, xxh128=xxh128, ctime_ns=ctime_ns)
 
 
 class DurableOutbox:

@@ -124,3 +124,30 @@ def test_compiled_filters_decide_exactly_like_the_glob_rules(
     """The compiled filter announces exactly the files the one-glob-at-a-time rule does."""
     expected = _reference_wants_file(tuple(include), tuple(exclude), path)
     assert PathFilter(tuple(include), tuple(exclude)).wants_file(path) == expected
+
+
+@pytest.mark.parametrize("path_filter", [
+    DEFAULTS,
+    PathFilter(include=("*",), exclude=()),
+    PathFilter(include=(), exclude=()),
+    PathFilter(include=("*.mp3", "keep/*"), exclude=("*.part", "incoming/*", ".*")),
+    PathFilter(include=("*",), exclude=("incoming/*", "[ab]*")),
+    PathFilter(include=("*/deep/*",), exclude=("*~",)),
+])
+def test_scan_tests_decide_like_wants_file(path_filter: PathFilter) -> None:
+    """The walk's compiled tests accept exactly the files wants_file accepts, for files in
+    directories wants_directory lets the walk enter."""
+    paths = ["a.mp3", "song.flac", ".hidden", "x.part", "keep/x.flac", "keep/.x", "b.mp3",
+             "incoming/a.mp3", "other/incoming/c.mp3", "d/deep/song.mp3~", "d/deep/ok.wav",
+             "song.tmp", "[ab].mp3", "caf\u00e9.mp3", "new\nline.mp3", "x/y/z/deep/q"]
+    skip_name, wants = path_filter.scan_tests()
+    checked = 0
+    for relative in paths:
+        directory, _, name = relative.rpartition("/")
+        if directory and not path_filter.wants_directory(directory):
+            continue
+        fast = not (skip_name is not None and skip_name(name)) and (
+            wants is None or wants(relative, name))
+        assert fast == path_filter.wants_file(relative), relative
+        checked += 1
+    assert checked >= 10

@@ -538,3 +538,49 @@ def test_without_close_aware_mode_a_close_waits_the_full_settle(tmp_path: Path) 
     pipeline.step(0.0)
     due = pipeline.settle.next_due()
     assert due is not None and due - time.monotonic() > 4.0
+
+
+def test_restart_announces_moves_and_deletions_with_the_recorded_hashes(tmp_path: Path) -> None:
+    """After a restart, a renamed or deleted file is announced with the hashes recorded
+    before the stop (the restart loads only versions; hashes are read when needed)."""
+    pipeline, outbox, root = make_pipeline(tmp_path)
+    known_files(pipeline, outbox, root, {"a.mp3": b"alpha", "b.mp3": b"beta", "c.mp3": b"gamma"})
+    pipeline.store.close()
+
+    restarted, outbox, _ = make_pipeline(tmp_path)
+    restarted.request_scan()
+    settle_all(restarted)
+    assert drain(outbox) == [] and restarted.files_hashed == 0
+    os.rename(root / "a.mp3", root / "moved.mp3")
+    (root / "b.mp3").unlink()
+    bodies = announce(restarted, outbox, RawEvent("moved", False, "a.mp3", "moved.mp3"),
+                      RawEvent("deleted", False, "b.mp3"))
+    by_type = {b["event_type"]: b for b in bodies}
+    assert sorted(by_type) == ["file_deleted", "file_moved"]
+    assert by_type["file_moved"]["file_info"]["relative_path"] == "moved.mp3"
+    assert hashes_of(by_type["file_moved"]) == digests(b"alpha")
+    assert hashes_of(by_type["file_deleted"]) == digests(b"beta")
+    assert restarted.files_hashed == 0
+
+
+def test_restart_scan_over_many_directories_announces_nothing_unchanged(
+        tmp_path: Path, monkeypatch) -> None:
+    """A restart scan handed over in small batches across directories still meets every
+    file once: nothing unchanged is announced or hashed, a deletion in the middle is found."""
+    import multiwatch.watcher.pipeline as pipeline_module
+    import multiwatch.watcher.scan as scan_module
+
+    monkeypatch.setattr(pipeline_module, "SCAN_ENTRIES_PER_STEP", 7)
+    monkeypatch.setattr(scan_module, "BATCH_ENTRIES", 3)
+    pipeline, outbox, root = make_pipeline(tmp_path)
+    files = {f"d{d}/f{i}.bin": b"%d-%d" % (d, i) for d in range(5) for i in range(8)}
+    known_files(pipeline, outbox, root, files)
+    pipeline.store.close()
+    (root / "d2" / "f5.bin").unlink()
+
+    restarted, outbox, _ = make_pipeline(tmp_path)
+    restarted.request_scan()
+    settle_all(restarted)
+    assert summary(drain(outbox)) == [("file_deleted", "d2/f5.bin")]
+    assert restarted.files_hashed == 0
+    assert len(restarted.known) == len(files) - 1

@@ -7,7 +7,7 @@ from pathlib import Path
 
 from multiwatch.watcher.filters import PathFilter
 from multiwatch.watcher.hashing import FileVersion
-from multiwatch.watcher.scan import walk_files
+from multiwatch.watcher.scan import scan_batches, walk_files
 from tests.support.privilege import run_python_unprivileged
 
 DEFAULTS = PathFilter(include=("*",), exclude=(".*", "*.part", "*.tmp", "*~"))
@@ -141,3 +141,24 @@ def test_unreadable_directory_is_skipped(tmp_path: Path) -> None:
         assert "cannot list directory" in result.stderr
     finally:
         (tmp_path / "locked").chmod(0o755)
+
+
+def test_large_directory_is_handed_over_in_bounded_batches(tmp_path: Path) -> None:
+    """A directory with more files than one batch comes in several, each file once, with
+    the size, mtime and inode of its lstat."""
+    for i in range(25):
+        _write(tmp_path, f"d/f{i:02d}.mp3")
+    _write(tmp_path, "top.mp3")
+    _write(tmp_path, "d/skip.part")
+    batches = list(scan_batches(str(tmp_path), "", DEFAULTS, recursive=True, batch_entries=10))
+    assert max(len(batch) for batch in batches) <= 10
+    merged = {path: version for batch in batches for path, version in batch.items()}
+    assert sum(len(batch) for batch in batches) == len(merged) == 26
+    st = os.lstat(tmp_path / "d" / "f03.mp3")
+    assert merged["d/f03.mp3"] == (st.st_size, st.st_mtime_ns, st.st_ino)
+
+
+def test_scan_from_an_excluded_directory_finds_nothing(tmp_path: Path) -> None:
+    """A walk started inside an excluded directory yields nothing, as wants_file would say."""
+    _write(tmp_path, ".cache/a.mp3")
+    assert _scan(tmp_path, ".cache") == {}

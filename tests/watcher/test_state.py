@@ -70,6 +70,7 @@ def test_non_utf8_paths_round_trip(tmp_path: Path) -> None:
     store = StateStore(str(tmp_path / "state.db"))
     store.commit({name: HASHED}, [])
     assert list(store.load_files()) == [name]
+    assert store.load_files()[name] == HASHED  # its hashes are found by that name too
 
 
 def test_outbox_keeps_order_and_forgets_only_acknowledged_events(tmp_path: Path) -> None:
@@ -90,3 +91,40 @@ def test_readonly_open_of_a_missing_database_says_so(tmp_path: Path) -> None:
     with pytest.raises(StateError, match="no state database"):
         connect(str(tmp_path / "nothing.db"), readonly=True)
     assert not (tmp_path / "nothing.db").exists()
+
+
+def test_loaded_files_tell_new_and_changed_scan_versions_apart(tmp_path: Path) -> None:
+    """The loaded files table names the scanned (size, mtime, inode) versions that are new
+    or differ, in scan order, and gives each tracked file's recorded hashes."""
+    path = state_db_path(str(tmp_path), "music")
+    other = Hashed(FileVersion(size=5, mtime_ns=20, inode=8), "c" * 64, "d" * 32, ctime_ns=21)
+    store = StateStore(path)
+    store.commit({"a.mp3": HASHED, "b.mp3": other}, [])
+    store.close()
+    known = StateStore(path).load_files()
+    assert len(known) == 2 and "a.mp3" in known and "zzz" not in known
+    batch = {"c.mp3": (1, 1, 1), "a.mp3": (3, 10, 7), "b.mp3": (5, 20, 9)}
+    assert known.changed(batch) == [("c.mp3", (1, 1, 1)), ("b.mp3", (5, 20, 9))]
+    assert known["a.mp3"] == HASHED and known.get("b.mp3") == other
+    assert known.get("zzz") is None
+    assert sorted(known.paths() - {"a.mp3"}) == ["b.mp3"]
+
+
+def test_loaded_files_keep_later_changes_in_memory(tmp_path: Path) -> None:
+    """What is recorded in the loaded mapping is what it returns, committed or not; a
+    forgotten path is gone."""
+    path = state_db_path(str(tmp_path), "music")
+    store = StateStore(path)
+    store.commit({"a.mp3": HASHED}, [])
+    known = store.load_files()
+    newer = Hashed(FileVersion(size=4, mtime_ns=12, inode=7), "e" * 64, "f" * 32, ctime_ns=13)
+    known["a.mp3"] = newer
+    assert known["a.mp3"] == newer
+    assert known.changed({"a.mp3": (4, 12, 7)}) == []
+    assert known.pop("a.mp3") == newer
+    assert "a.mp3" not in known and known.pop("a.mp3", None) is None
+    with pytest.raises(KeyError):
+        known.pop("a.mp3")
+    known["b.mp3"] = HASHED
+    del known["b.mp3"]
+    assert dict(known) == {}
