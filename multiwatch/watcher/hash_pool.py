@@ -112,7 +112,7 @@ class HashPool:
                 slot.release()
             return False
         started = time.monotonic()
-        try:
+        try:  # both log lines are written while the slot is held: they bracket its use
             log.info("hashing big file", extra={
                 "path": job.path, "size_bytes": job.version.size,
                 "slot": slot.index if slot is not None else None,
@@ -125,13 +125,13 @@ class HashPool:
             except (OSError, NotRegularFile, ChangedWhileHashing) as exc:  # the pipeline decides
                 job.error = exc
                 return True
+            seconds = max(time.monotonic() - started, 1e-9)
+            log.info("hashed big file", extra={
+                "path": job.path, "size_bytes": job.version.size, "seconds": round(seconds, 3),
+                "gb_per_second": round(job.version.size / seconds / 1e9, 2)})
         finally:
             if slot is not None:
                 slot.release()
-        seconds = max(time.monotonic() - started, 1e-9)
-        log.info("hashed big file", extra={
-            "path": job.path, "size_bytes": job.version.size, "seconds": round(seconds, 3),
-            "gb_per_second": round(job.version.size / seconds / 1e9, 2)})
         if job.result.version != job.version:
             job.error, job.result = ChangedWhileHashing(job.path), None
         return True
