@@ -18,7 +18,6 @@ import queue
 import threading
 import time
 from collections.abc import Callable
-from concurrent.futures import ThreadPoolExecutor
 
 from multiwatch.watcher.hash_slots import HashSlot, HashSlots
 from multiwatch.watcher.hashing import (
@@ -33,6 +32,7 @@ from multiwatch.watcher.hashing import (
 log = logging.getLogger(__name__)
 
 BIG_FILE_BYTES = 4 << 20  # from this size on: hashed by the pool, under the slot cap
+JOIN_SECONDS = 5.0
 
 
 class HashJob:
@@ -55,7 +55,10 @@ class HashJob:
 
 
 class HashPool:
-    """`workers` threads hashing big files, each under one of `slots` (None: no cap)."""
+    """`workers` threads hashing big files, each under one of `slots` (None: no cap).
+
+    The workers are daemon threads, started on the first submit: a watcher that exits
+    (or crashes) is never held up by a hash in progress or one waiting for a slot."""
 
     def __init__(self, slots: HashSlots | None, workers: int, *,
                  min_bytes: int = BIG_FILE_BYTES) -> None:
@@ -63,8 +66,9 @@ class HashPool:
         self.min_bytes = min_bytes
         self.completed: queue.SimpleQueue[HashJob] = queue.SimpleQueue()
         self._wake: Callable[[], None] = lambda: None
-        self._executor = ThreadPoolExecutor(max_workers=max(1, workers),
-                                            thread_name_prefix="hash")
+        self._workers = max(1, workers)
+        self._queue: queue.SimpleQueue[HashJob | None] = queue.SimpleQueue()
+        self._threads: list[threading.Thread] = []
         self._live: set[HashJob] = set()
         self._lock = threading.Lock()
         self._slot_trouble_logged = False
@@ -77,7 +81,12 @@ class HashPool:
         job = HashJob(relative, path, version)
         with self._lock:
             self._live.add(job)
-        self._executor.submit(self._run, job)
+        if not self._threads:
+            for number in range(self._workers):
+                thread = threading.Thread(target=self._work, name=f"hash-{number}", daemon=True)
+                thread.start()
+                self._threads.append(thread)
+        self._queue.put(job)
         return job
 
     def shutdown(self) -> None:
@@ -85,7 +94,16 @@ class HashPool:
         with self._lock:
             for job in self._live:
                 job.cancel()
-        self._executor.shutdown(wait=True, cancel_futures=True)
+        for _ in self._threads:
+            self._queue.put(None)
+        deadline = time.monotonic() + JOIN_SECONDS
+        for thread in self._threads:
+            thread.join(max(0.0, deadline - time.monotonic()))
+        self._threads = []
+
+    def _work(self) -> None:
+        while (job := self._queue.get()) is not None:
+            self._run(job)
 
     def _run(self, job: HashJob) -> None:
         try:
