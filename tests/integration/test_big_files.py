@@ -20,6 +20,9 @@ from tests.support.consumer import Received, collect
 from tests.support.process import LogLine, Multiwatch, write_roster
 
 MIB = 1 << 20
+# Long enough that a writer slowed down by a busy machine never pauses for a whole settle
+# period in the middle of a file (which would rightly announce the part written so far).
+SLOW_WRITER_SETTLE = 2.0
 
 
 def _roster(tmp_path: Path, broker_url: str, instances: dict[str, Path], *,
@@ -128,7 +131,7 @@ def test_two_big_files_are_hashed_at_the_same_time(
         tmp_path: Path, broker_url: str, started: list[Multiwatch]) -> None:
     """Two big files closed together are read in parallel (default cap of 2)."""
     dirs = _dirs(tmp_path, "media")
-    mw = _run(started, _roster(tmp_path, broker_url, dirs), "media")
+    mw = _run(started, _roster(tmp_path, broker_url, dirs, settle=SLOW_WRITER_SETTLE), "media")
     one, two = dirs["media"] / "one.bin", dirs["media"] / "two.bin"
     size = 128 * MIB
     with open(one, "wb") as f1, open(two, "wb") as f2:  # both close at the same moment
@@ -174,7 +177,8 @@ def test_max_parallel_hashes_is_shared_by_all_instances(
         tmp_path: Path, broker_url: str, started: list[Multiwatch]) -> None:
     """With `max_parallel_hashes: 1`, two instances' big files are read one after the other."""
     dirs = _dirs(tmp_path, "left", "right")
-    mw = _run(started, _roster(tmp_path, broker_url, dirs, slots=1), "left", "right")
+    roster = _roster(tmp_path, broker_url, dirs, slots=1, settle=SLOW_WRITER_SETTLE)
+    mw = _run(started, roster, "left", "right")
     a, b = dirs["left"] / "a.bin", dirs["right"] / "b.bin"
     size = 64 * MIB
     with open(a, "wb") as fa, open(b, "wb") as fb:  # both close at the same moment
@@ -238,7 +242,8 @@ def test_slot_of_a_watcher_killed_while_hashing_is_freed(
     the other instance's big file is hashed and announced, and so is the killed one's file
     once its watcher is restarted."""
     dirs = _dirs(tmp_path, "left", "right")
-    mw = _run(started, _roster(tmp_path, broker_url, dirs, slots=1), "left", "right")
+    roster = _roster(tmp_path, broker_url, dirs, slots=1, settle=SLOW_WRITER_SETTLE)
+    mw = _run(started, roster, "left", "right")
     left_pid = next(line["pid"] for line in mw.lines
                     if line.get("message") == "watching" and line.get("instance_id") == "left")
     a, b = dirs["left"] / "a.bin", dirs["right"] / "b.bin"
