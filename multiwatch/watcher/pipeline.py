@@ -325,6 +325,7 @@ class Pipeline:
             # What arrived at dest is not what we announced: the old path is gone.
             self._emit(FILE_DELETED, src or "", announced)
         self._settle_later(dest, now)
+        self._hash_early(dest)  # renamed into place (x.part -> x): usually complete already
 
     def _settle_later(self, relative: str, now: float, seen: FileVersion | None = None,
                       quiet: float | None = None) -> None:
@@ -414,7 +415,8 @@ class Pipeline:
     # -- big files, hashed by the pool ---------------------------------------------------
 
     def _hash_early(self, relative: str) -> None:
-        """A writer closed the file: start hashing a big one now, while it settles.
+        """A writer closed the file (or renamed it into place): start hashing a big one
+        now, while it settles.
 
         The result is used only if the settle period then passes with no new event and the
         file still has the version that was hashed; any event in between drops the job."""

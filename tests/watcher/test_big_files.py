@@ -209,3 +209,24 @@ def test_stopping_abandons_waiting_hashes_without_announcing(
     held.release()
     assert h.take() == [] and h.hashed == []
     assert "big.bin" not in h.pipeline.known
+
+
+def test_big_file_renamed_into_place_is_hashed_while_it_settles(
+        tmp_path: Path, monkeypatch: pytest.MonkeyPatch, cleanup: list[Harness]) -> None:
+    """A big file written under an excluded name and renamed into place is hashed from the
+    rename on, before its settle period ends, and announced once under its final name."""
+    h = Harness(tmp_path, monkeypatch, settle=2.0)
+    cleanup.append(h)
+    data = os.urandom(2 * BIG)
+    (h.root / "movie.mkv.part").write_bytes(data)
+    for kind in ("created", "modified", "closed"):
+        h.notify(kind, "movie.mkv.part")
+    os.rename(h.root / "movie.mkv.part", h.root / "movie.mkv")
+    h.pipeline.notifications.put(RawEvent("moved", False, "movie.mkv.part", "movie.mkv"))
+    run_until(h.pipeline, lambda: len(h.hashed) == 1)
+    assert h.take() == []  # hashed, still settling
+    settle_all(h.pipeline)
+    [body] = h.take()
+    assert body["file_info"]["name"] == "movie.mkv"
+    assert hashes_of(body) == digests(data)
+    assert [name for name, _ in h.hashed] == ["movie.mkv"]
