@@ -110,9 +110,12 @@ def run(ctx: Ctx) -> None:
 def _two_at_once(ctx: Ctx, tree: Path, size: int, consumer: Consumer, single: float) -> None:
     paths = [tree / "big-2.bin", tree / "big-3.bin"]
     closes: dict[Path, float] = {}
+    # Both writers close together ("landing together"): otherwise one file would still be
+    # written while the other is hashed, and the span would time the writer, not the watcher.
+    together = threading.Barrier(len(paths))
 
     def write(path: Path) -> None:
-        closes[path] = write_big_file(path, size)
+        closes[path] = write_big_file(path, size, before_close=together.wait)
 
     threads = [threading.Thread(target=write, args=(p,)) for p in paths]
     started = time.monotonic()
@@ -121,7 +124,8 @@ def _two_at_once(ctx: Ctx, tree: Path, size: int, consumer: Consumer, single: fl
     for t in threads:
         t.join()
     last_close = max(closes.values())
-    say(f"  wrote 2 files at once in {last_close - started:.2f}s; {loadavg()}")
+    say(f"  wrote 2 files at once in {last_close - started:.2f}s, closed "
+        f"{ms(last_close - min(closes.values()))} apart; {loadavg()}")
     small = tree / "small-behind.dat"
     time.sleep(max(0.0, last_close + SETTLE + 0.1 - time.monotonic()))
     _, small_closed = write_small_files([small], 4 * KIB)

@@ -403,14 +403,20 @@ def write_small_files(paths: Sequence[Path], size: int = 4 * KIB) -> tuple[float
     return started, time.monotonic()
 
 
-def write_big_file(path: Path, size: int, chunk: int = 16 * MIB) -> float:
-    """Write `size` bytes of a random 16 MiB block (fast, unique per file); close() time."""
+def write_big_file(path: Path, size: int, chunk: int = 16 * MIB,
+                   before_close: Callable[[], object] | None = None) -> float:
+    """Write `size` bytes of a random 16 MiB block (fast, unique per file); close() time.
+
+    `before_close` runs after the last write, before close() (e.g. a barrier, so that
+    files written by several threads land together)."""
     block = bytearray(os.urandom(chunk))
     with open(path, "wb", buffering=0) as f:
         written = 0
         while written < size:
             block[:8] = written.to_bytes(8, "little")
             written += f.write(block[: min(chunk, size - written)])
+        if before_close is not None:
+            before_close()
     return time.monotonic()
 
 

@@ -76,6 +76,7 @@ class SupervisorConfig:
     restart_backoff_max_seconds: float = 60.0
     backoff_reset_seconds: float = 60.0  # up this long → next crash starts from the first delay
     hang_timeout_seconds: float = 60.0  # no heartbeat this long → SIGTERM, then SIGKILL
+    max_parallel_hashes: int = 2  # big files read at once, all watchers of the state_dir together
 
 
 @dataclass(frozen=True)
@@ -307,8 +308,21 @@ _TOP_KEYS = (
     "state_dir", "log_level", "broker", "supervisor", "http", "defaults", "instances",
 )
 _HTTP_FIELDS: dict[str, _Coerce] = {"listen": _listen}
+MAX_PARALLEL_HASHES_LIMIT = 1024
+
+
+def _hash_slots(src: Source, node: Node, key: str) -> int:
+    count = _positive_whole(src, node, key)
+    if count > MAX_PARALLEL_HASHES_LIMIT:
+        raise src.where(node, key).error(
+            f"must be at most {MAX_PARALLEL_HASHES_LIMIT}, got {count} (it counts big files "
+            "read at the same time by all watchers; a few per disk is plenty)")
+    return count
+
+
 _SUPERVISOR_FIELDS: dict[str, _Coerce] = {
-    f.name: _positive for f in dataclasses.fields(SupervisorConfig)
+    **{f.name: _positive for f in dataclasses.fields(SupervisorConfig)},
+    "max_parallel_hashes": _hash_slots,
 }
 _INSTANCE_FIELDS: dict[str, _Coerce] = {
     "include": _include,

@@ -94,6 +94,9 @@ def test_bad_rosters_exit_2_with_a_message_naming_the_problem(tmp_path: Path) ->
                      f"  - id: y\n    directory: {a}\n", ["x", "y"]),
         "state inside watched": (f"state_dir: {a}/state\ninstances:\n  - id: x\n"
                                  f"    directory: {a}\n", ["state_dir"]),
+        "hash cap": (state + "supervisor:\n  max_parallel_hashes: 0\n"
+                     f"instances:\n  - id: x\n    directory: {a}\n",
+                     ["roster.yaml:3", "supervisor.max_parallel_hashes", "greater than 0"]),
     }
     (tmp_path / "other").mkdir()
     for name, (text, words) in cases.items():

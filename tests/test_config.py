@@ -574,6 +574,10 @@ def test_bad_instance_value_types(dirs: Path, entry: str, problem: str) -> None:
         ("broker: {heartbeat_seconds: 1.5}", "expected a whole number"),
         ("broker: {confirm_timeout_seconds: 0}", "must be greater than 0"),
         ("supervisor: {hang_timeout_seconds: '${HANG:-never}'}", 'got "never"'),
+        ("supervisor: {max_parallel_hashes: 0}", "must be greater than 0"),
+        ("supervisor: {max_parallel_hashes: 1.5}", "expected a whole number"),
+        ("supervisor: {max_parallel_hashes: two}", 'expected a whole number, got "two"'),
+        ("supervisor: {max_parallel_hashes: 5000}", "must be at most 1024"),
     ],
 )
 def test_bad_number_in_sections(dirs: Path, entry: str, problem: str) -> None:
@@ -883,3 +887,11 @@ def test_http_override_from_the_command_line() -> None:
     assert http_override("127.0.0.1:9300") == HttpConfig(listen="127.0.0.1:9300")
     with pytest.raises(ConfigError, match=r"command line: --http-listen: .*host:port"):
         http_override("nowhere")
+
+
+def test_max_parallel_hashes_defaults_to_two_and_is_read_from_supervisor(dirs: Path) -> None:
+    """The hashing cap is a supervisor setting: 2 unless the roster says otherwise."""
+    text = "state_dir: st\ninstances: [{id: m, directory: music}]\n"
+    assert load_roster(write_roster(dirs, text), {}).supervisor.max_parallel_hashes == 2
+    path = write_roster(dirs, "supervisor: {max_parallel_hashes: 6}\n" + text)
+    assert load_roster(path, {}).supervisor.max_parallel_hashes == 6

@@ -225,6 +225,7 @@ class Supervisor:
             log_level=self.roster.log_level,
             stop_timeout_seconds=self.roster.supervisor.stop_timeout_seconds,
             parent_pid=os.getpid(),
+            max_parallel_hashes=self.roster.supervisor.max_parallel_hashes,
         )
 
     def _wanted_ids(self) -> set[str]:

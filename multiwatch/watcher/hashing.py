@@ -10,6 +10,7 @@ import errno
 import hashlib
 import os
 import stat
+import threading
 from collections.abc import Callable
 from dataclasses import dataclass
 
@@ -48,6 +49,10 @@ class Hashed:
 
 class ChangedWhileHashing(Exception):
     """The file changed between the first and the last byte read: settle it again."""
+
+
+class HashCancelled(Exception):
+    """The caller gave up on this hash (a newer event for the path made it useless)."""
 
 
 class NotRegularFile(Exception):
@@ -89,11 +94,13 @@ def resolve_regular(path: str, inside: str | None) -> tuple[str, os.stat_result]
     return (target, target_st) if target_st is not None else None
 
 
-def hash_file(path: str, progress: Callable[[], None] | None = None) -> Hashed:
+def hash_file(path: str, progress: Callable[[], None] | None = None, *,
+              cancelled: threading.Event | None = None) -> Hashed:
     """Hash `path` in one pass. Raises FileNotFoundError, NotRegularFile, ChangedWhileHashing.
 
     `progress` is called every PROGRESS_EVERY_BYTES, so a huge file on a slow mount does
-    not silence the watcher's heartbeat (and get it killed as hung)."""
+    not silence the watcher's heartbeat (and get it killed as hung).  Once `cancelled` is
+    set the read stops at the next chunk with HashCancelled."""
     try:
         fd = os.open(path, os.O_RDONLY | os.O_NOFOLLOW | os.O_NONBLOCK | os.O_CLOEXEC)
     except OSError as exc:
@@ -115,6 +122,8 @@ def hash_file(path: str, progress: Callable[[], None] | None = None) -> Hashed:
             count = os.readv(fd, [buffer])
             if not count:
                 break
+            if cancelled is not None and cancelled.is_set():
+                raise HashCancelled(path)
             chunk = view[:count]
             sha256.update(chunk)
             xxh128.update(chunk)

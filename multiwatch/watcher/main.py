@@ -20,6 +20,8 @@ from watchdog.observers.api import BaseObserver
 
 from multiwatch.config import InstanceConfig
 from multiwatch.logs import setup_logging
+from multiwatch.watcher.hash_pool import HashPool
+from multiwatch.watcher.hash_slots import HashSlots
 from multiwatch.watcher.observe import listen_for_lost_events, start_observer
 from multiwatch.watcher.outbox import OutboxGauge
 from multiwatch.watcher.pipeline import Pipeline
@@ -81,7 +83,8 @@ def _run(spec: ChildSpec, to_parent: Connection, stop: threading.Event) -> int:
                           instance_id=instance.id, db_path=db_path, gauge=gauge)
     publisher.start()
     heartbeat = _Heartbeat(parent, lambda: _snapshot(pipeline, publisher, gauge, problems))
-    pipeline = Pipeline(instance, store, gauge, progress=heartbeat.maybe_send)
+    pipeline = Pipeline(instance, store, gauge, progress=heartbeat.maybe_send,
+                        hash_pool=_hash_pool(spec))
     # Observer first, then the scan: nothing created during the scan can slip through.
     listen_for_lost_events(pipeline.notifications)
     observer = _observe(instance, pipeline)
@@ -115,9 +118,10 @@ def _run(spec: ChildSpec, to_parent: Connection, stop: threading.Event) -> int:
             pipeline.request_scan()
 
     observer.stop()
-    if len(pipeline.settle):
+    if pipeline.files_waiting:
         log.info("stopping with files still settling; the next start's scan announces them",
-                 extra={"files_waiting": len(pipeline.settle)})
+                 extra={"files_waiting": pipeline.files_waiting})
+    pipeline.close()
     # Leave a margin before the supervisor's SIGKILL to flush what the broker has not confirmed.
     publisher.stop(deadline=time.monotonic() + max(spec.stop_timeout_seconds - 1.5, 0.5))
     publisher.join()
@@ -125,6 +129,12 @@ def _run(spec: ChildSpec, to_parent: Connection, stop: threading.Event) -> int:
     store.close()
     log.info("stopped", extra={"events": dict(pipeline.counts), "outbox_depth": gauge.depth})
     return exit_code
+
+
+def _hash_pool(spec: ChildSpec) -> HashPool:
+    """Workers for big files: as many as the cap allows and the cores can use."""
+    workers = min(spec.max_parallel_hashes, os.cpu_count() or 1)
+    return HashPool(HashSlots.under(spec.state_dir, spec.max_parallel_hashes), workers)
 
 
 def _observe(instance: InstanceConfig, pipeline: Pipeline) -> BaseObserver:
@@ -151,7 +161,7 @@ def _snapshot(pipeline: Pipeline, publisher: Publisher, gauge: OutboxGauge,
         "events": dict(pipeline.counts),
         "bytes_hashed": pipeline.bytes_hashed,
         "files_hashed": pipeline.files_hashed,
-        "files_waiting": len(pipeline.settle),
+        "files_waiting": pipeline.files_waiting,
         "outbox_depth": gauge.depth,
         "outbox_bytes": gauge.size,
         "outbox_full": gauge.full,

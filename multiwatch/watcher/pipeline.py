@@ -1,7 +1,9 @@
 """The pipeline of one watcher: notifications and scans → settle → hash → outbox.
 
 Everything here runs on the child's main thread, one step at a time, so there is no
-locking and the loop that drives it can heartbeat between steps.  `known` is what has
+locking and the loop that drives it can heartbeat between steps.  Only the reading of big
+files is handed to a `HashPool`: a close-after-write starts it at once, while the settle
+period runs, and the result comes back here to be checked and recorded.  `known` is what has
 been announced (path → hashes of the announced version), loaded from the state database
 at start; it decides whether a settled path is discovered, modified, unchanged, moved or
 deleted.  Each step ends with one transaction recording the new file states together
@@ -21,6 +23,7 @@ from collections.abc import Callable, Iterator
 
 from multiwatch.config import InstanceConfig
 from multiwatch.watcher.filters import PathFilter
+from multiwatch.watcher.hash_pool import HashJob, HashPool
 from multiwatch.watcher.hashing import (
     ChangedWhileHashing,
     FileVersion,
@@ -56,7 +59,8 @@ class Pipeline:
     """Turns raw notifications and scan results into announced events for one instance."""
 
     def __init__(self, instance: InstanceConfig, store: StateStore, gauge: OutboxGauge, *,
-                 progress: Callable[[], None] | None = None) -> None:
+                 progress: Callable[[], None] | None = None,
+                 hash_pool: HashPool | None = None) -> None:
         self.instance = instance
         self.root = instance.directory
         self.filter = PathFilter(instance.include, instance.exclude)
@@ -83,6 +87,12 @@ class Pipeline:
         self._unreadable: set[str] = set()
         self._unlistable: set[str] = set()  # directories already reported unreadable
         self._follow_inside = os.path.realpath(self.root) if instance.follow_symlinks else None
+        # Big files being hashed by the pool (or hashed, waiting for their settle period):
+        # at most one job per path, the one whose result can still be announced.
+        self.hash_pool = hash_pool
+        self._jobs: dict[str, HashJob] = {}
+        if hash_pool is not None:
+            hash_pool.set_wake(lambda: self.notifications.put(_WAKE))
 
     # -- driving -------------------------------------------------------------------------
 
@@ -107,6 +117,7 @@ class Pipeline:
         if due is not None:
             wait = min(wait, max(0.0, due - now))
         self._take_notifications(wait)
+        self._collect_hashes()
         self._scan_some()
         self._handle_settled()
         self._commit()
@@ -218,19 +229,33 @@ class Pipeline:
         room = self.gauge.max_events - self.gauge.depth - len(self._new_events)
         for relative, seen in self.settle.pop_due(now, min(HASHES_PER_STEP, room)):
             self._on_settled(relative, seen, now)
-            if relative not in self.settle:  # done with it, announced or not
+            if relative not in self.settle and relative not in self._jobs:  # done with it
                 self._noticed_at.pop(relative, None)
             if self._progress is not None:
                 self._progress()
 
     @property
     def busy(self) -> bool:
-        """True while a scan or settling paths remain (used for startup progress)."""
-        return bool(self._scans) or len(self.settle) > 0
+        """True while a scan, settling paths or hashes remain (used for startup progress)."""
+        return bool(self._scans) or len(self.settle) > 0 or bool(self._jobs)
+
+    @property
+    def files_waiting(self) -> int:
+        """Files noticed but not yet announced (settling, or settled and being hashed)."""
+        return len(self.settle) + sum(1 for job in self._jobs.values() if job.settled)
+
+    def close(self) -> None:
+        """Abandon hashes in progress: their files are not recorded, so the next start's
+        scan settles and announces them."""
+        if self.hash_pool is not None:
+            self.hash_pool.shutdown()
+        self._jobs.clear()
 
     # -- notifications -------------------------------------------------------------------
 
     def _on_notification(self, event: RawEvent, now: float) -> None:
+        if event.kind == "hashed":
+            return  # only woke the wait; _collect_hashes picks the results up
         if event.kind == "overflow":
             log.warning("filesystem events were lost; rescanning", extra={"path": self.root})
             self.request_scan()
@@ -243,6 +268,10 @@ class Pipeline:
                 self._gone(event.src)
         elif event.src and (event.src in self.settle or self._wants(event.src)):
             # (A path already settling was wanted: most events of a burst skip the filter.)
+            if event.kind == "closed":
+                self._hash_early(event.src)
+            else:  # the content may change again: a hash begun now would be stale
+                self._drop_job(event.src)
             grace = self.instance.close_grace_seconds
             if event.kind == "closed" and grace > 0:
                 # The writer closed the file: wait only a short grace (an immediate reopen
@@ -271,13 +300,17 @@ class Pipeline:
     def _tracked_under(self, relative_dir: str) -> list[str]:
         prefix = relative_dir + "/"
         return sorted({p for p in self.known if p.startswith(prefix)} |
-                      set(self.settle.under(relative_dir)))
+                      set(self.settle.under(relative_dir)) |
+                      {p for p in self._jobs if p.startswith(prefix)})
 
     def _on_file_moved(self, src: str | None, dest: str | None, now: float) -> None:
         announced = self._untrack(src) if src else None
         if src:
             self.settle.discard(src)
+            self._drop_job(src)
             self._noticed_at.pop(src, None)
+        if dest:
+            self._drop_job(dest)
         if not (dest and self._wants(dest)):
             if announced is not None:
                 self._emit(FILE_DELETED, src or "", announced)
@@ -299,6 +332,7 @@ class Pipeline:
             # What arrived at dest is not what we announced: the old path is gone.
             self._emit(FILE_DELETED, src or "", announced)
         self._settle_later(dest, now)
+        self._hash_early(dest)  # renamed into place (x.part -> x): usually complete already
 
     def _settle_later(self, relative: str, now: float, seen: FileVersion | None = None,
                       quiet: float | None = None) -> None:
@@ -307,6 +341,7 @@ class Pipeline:
 
     def _gone(self, relative: str) -> None:
         self.settle.discard(relative)
+        self._drop_job(relative)
         self._closed_writes.discard(relative)
         self._noticed_at.pop(relative, None)
         announced = self._untrack(relative)
@@ -321,6 +356,12 @@ class Pipeline:
     # -- settled paths -------------------------------------------------------------------
 
     def _on_settled(self, relative: str, seen: FileVersion | None, now: float) -> None:
+        self._settled(relative, seen, now)
+        job = self._jobs.get(relative)
+        if job is not None and not job.settled and relative not in self.settle:
+            self._drop_job(relative)  # an early hash nobody will use (unchanged, gone...)
+
+    def _settled(self, relative: str, seen: FileVersion | None, now: float) -> None:
         path = os.path.join(self.root, relative)
         try:
             resolved = self._resolve(relative)
@@ -343,6 +384,16 @@ class Pipeline:
         announced = self.known.get(relative)
         if announced is not None and announced.version == version:
             return
+        if self.hash_pool is not None and version.size >= self.hash_pool.min_bytes:
+            job = self._jobs.get(relative)
+            if job is None or job.version != version or job.path != readable_path:
+                self._drop_job(relative)
+                job = self._jobs[relative] = self.hash_pool.submit(relative, readable_path,
+                                                                   version)
+            job.settled = True
+            if job.done:  # hashed while it settled: announce it now
+                self._finish_job(job, now)
+            return
         try:
             hashed = hash_file(readable_path, self._progress)
         except ChangedWhileHashing:
@@ -354,14 +405,89 @@ class Pipeline:
         except OSError as exc:
             self._cannot_read(relative, path, exc)
             return
-        self._unreadable.discard(relative)
         self.files_hashed += 1
         self.bytes_hashed += hashed.version.size
+        self._record(relative, hashed)
+
+    def _record(self, relative: str, hashed: Hashed) -> None:
+        """Track a freshly hashed version and announce it if its content is new."""
+        self._unreadable.discard(relative)
+        announced = self.known.get(relative)
         self._track(relative, hashed)
         if announced is None:
             self._emit(FILE_DISCOVERED, relative, hashed)
         elif announced.sha256 != hashed.sha256:
             self._emit(FILE_MODIFIED, relative, hashed)
+
+    # -- big files, hashed by the pool ---------------------------------------------------
+
+    def _hash_early(self, relative: str) -> None:
+        """A writer closed the file (or renamed it into place): start hashing a big one
+        now, while it settles.
+
+        The result is used only if the settle period then passes with no new event and the
+        file still has the version that was hashed; any event in between drops the job."""
+        if self.hash_pool is None:
+            return
+        try:
+            resolved = self._resolve(relative)
+        except PermissionError:
+            resolved = None
+        if resolved is None:
+            self._drop_job(relative)
+            return
+        readable_path, st = resolved
+        version = FileVersion.of(st)
+        job = self._jobs.get(relative)
+        if job is not None and job.version == version and job.path == readable_path:
+            return  # already hashing this very version
+        self._drop_job(relative)
+        announced = self.known.get(relative)
+        if st.st_size < self.hash_pool.min_bytes or (
+                announced is not None and announced.version == version):
+            return
+        self._jobs[relative] = self.hash_pool.submit(relative, readable_path, version)
+
+    def _drop_job(self, relative: str) -> None:
+        job = self._jobs.pop(relative, None)
+        if job is not None:
+            job.cancel()
+
+    def _collect_hashes(self) -> None:
+        """Take finished hashes back; announce those whose settle period is over."""
+        if self.hash_pool is None:
+            return
+        now = time.monotonic()
+        while True:
+            try:
+                job = self.hash_pool.completed.get_nowait()
+            except queue.Empty:
+                return
+            if self._jobs.get(job.relative) is not job:
+                continue  # dropped meanwhile: a newer event made it stale
+            job.done = True
+            if job.settled:
+                self._finish_job(job, now)
+            if self._progress is not None:
+                self._progress()
+
+    def _finish_job(self, job: HashJob, now: float) -> None:
+        """Record what a settled file's pool hash found (called on the pipeline thread)."""
+        relative = job.relative
+        del self._jobs[relative]
+        error = job.error
+        if isinstance(error, ChangedWhileHashing):
+            self.settle.touch(relative, now)
+        elif isinstance(error, (FileNotFoundError, NotADirectoryError, NotRegularFile)):
+            self._gone(relative)
+        elif isinstance(error, OSError):
+            self._cannot_read(relative, os.path.join(self.root, relative), error)
+        elif job.result is not None:
+            self.files_hashed += 1
+            self.bytes_hashed += job.result.version.size
+            self._record(relative, job.result)
+        if relative not in self.settle:
+            self._noticed_at.pop(relative, None)
 
     def _resolve(self, relative: str) -> tuple[str, os.stat_result] | None:
         """The file to read for a relative path and its stat; None if absent or not a
@@ -404,6 +530,9 @@ class Pipeline:
         })
 
 
+_WAKE = RawEvent("hashed", False, None)  # put on the notification queue by the pool
+
+
 @dataclasses.dataclass
 class _Scan:
     """One walk in progress and the paths it has met so far."""
@@ -442,7 +571,7 @@ class _StartupProgress:
         elapsed = max(now - self.started, 1e-6)
         log.info(message, extra={
             "files_scanned": self.files_scanned,
-            "files_waiting": len(pipeline.settle),
+            "files_waiting": pipeline.files_waiting,
             "files_hashed": pipeline.files_hashed,
             "bytes_hashed": pipeline.bytes_hashed,
             "hash_rate_mb_s": round(pipeline.bytes_hashed / elapsed / 1e6, 1),

@@ -26,6 +26,7 @@ class ChildSpec:
     log_level: str
     stop_timeout_seconds: float
     parent_pid: int
+    max_parallel_hashes: int = 2  # machine-wide cap, one lock file per slot under state_dir
 
 
 def run_child(spec: ChildSpec, to_parent: Connection) -> None:

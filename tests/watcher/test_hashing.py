@@ -182,3 +182,13 @@ def test_long_hash_reports_progress_so_heartbeats_keep_flowing(tmp_path: Path,
     calls: list[int] = []
     hashing_module.hash_file(str(path), lambda: calls.append(1))
     assert len(calls) >= 4
+
+
+def test_cancelled_hash_stops_reading(tmp_path: Path) -> None:
+    """A hash whose result is no longer wanted stops with HashCancelled instead of reading on."""
+    path = tmp_path / "f.bin"
+    path.write_bytes(os.urandom(3 * CHUNK_BYTES))
+    cancelled = threading.Event()
+    cancelled.set()
+    with pytest.raises(hashing.HashCancelled):
+        hash_file(str(path), cancelled=cancelled)
