@@ -226,6 +226,7 @@ class Supervisor:
             stop_timeout_seconds=self.roster.supervisor.stop_timeout_seconds,
             parent_pid=os.getpid(),
             max_parallel_hashes=self.roster.supervisor.max_parallel_hashes,
+            hang_timeout_seconds=self.roster.supervisor.hang_timeout_seconds,
         )
 
     def _wanted_ids(self) -> set[str]:

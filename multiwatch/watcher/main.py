@@ -6,14 +6,16 @@ thread and the broker connection are all built here, never inherited.
 
 from __future__ import annotations
 
+import contextlib
 import ctypes
 import logging
 import os
+import queue
 import signal
 import sys
 import threading
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from multiprocessing.connection import Connection
 
 from watchdog.observers.api import BaseObserver
@@ -22,7 +24,7 @@ from multiwatch.config import InstanceConfig
 from multiwatch.logs import setup_logging
 from multiwatch.watcher.hash_pool import HashPool
 from multiwatch.watcher.hash_slots import HashSlots
-from multiwatch.watcher.observe import listen_for_lost_events, start_observer
+from multiwatch.watcher.observe import RawEvent, listen_for_lost_events, start_observer
 from multiwatch.watcher.outbox import OutboxGauge
 from multiwatch.watcher.pipeline import Pipeline
 from multiwatch.watcher.publisher import Publisher
@@ -32,8 +34,17 @@ from multiwatch.watcher.stats import ProblemCounter
 
 log = logging.getLogger(__name__)
 
+# Heartbeats carry the status snapshot: every HEARTBEAT_SECONDS while something changes,
+# every IDLE_HEARTBEAT_SECONDS while nothing does (both at most a quarter of the
+# supervisor's hang_timeout_seconds, so a quiet child is never taken for a hung one).
 HEARTBEAT_SECONDS = 1.0
-LOOP_WAIT_SECONDS = 0.5  # upper bound on reacting to SIGTERM; events wake it at once
+IDLE_HEARTBEAT_SECONDS = 5.0
+# While settling, scanning or held back by a full outbox the loop turns at least this
+# often; idle, it sleeps until its next deadline (events and SIGTERM wake it at once).
+BUSY_WAIT_SECONDS = 0.5
+# Put on the notification queue by the SIGTERM handler to end the loop's wait.  Its path
+# is None ("outside the tree"), which the pipeline ignores like any such notification.
+WAKE_UP = RawEvent("wake", False, None)
 DIRECTORY_RETRY_SECONDS = 2.0
 DEEP_TREE_RECURSION_LIMIT = 20_000
 THREAD_STACK_BYTES = 64 * 1024 * 1024
@@ -47,7 +58,7 @@ def child_main(spec: ChildSpec, to_parent: Connection) -> None:
     # tree room (the limit) and the threads that walk it the C stack to match.
     sys.setrecursionlimit(DEEP_TREE_RECURSION_LIMIT)
     threading.stack_size(THREAD_STACK_BYTES)
-    stop = threading.Event()
+    stop = _Stop()
     signal.signal(signal.SIGTERM, lambda _signum, _frame: stop.set())
     signal.signal(signal.SIGINT, signal.SIG_IGN)  # Ctrl-C reaches the whole group: the parent leads
     _die_with_parent(spec.parent_pid)
@@ -63,7 +74,7 @@ def child_main(spec: ChildSpec, to_parent: Connection) -> None:
     sys.exit(code)
 
 
-def _run(spec: ChildSpec, to_parent: Connection, stop: threading.Event) -> int:
+def _run(spec: ChildSpec, to_parent: Connection, stop: _Stop) -> int:
     instance = spec.instance
     parent = _ParentLink(to_parent, spec.parent_pid)
     problems = ProblemCounter()
@@ -81,10 +92,14 @@ def _run(spec: ChildSpec, to_parent: Connection, stop: threading.Event) -> int:
                  extra={"outbox_depth": waiting_events})
     publisher = Publisher(broker=spec.broker, state_dir=spec.state_dir,
                           instance_id=instance.id, db_path=db_path, gauge=gauge)
-    publisher.start()
-    heartbeat = _Heartbeat(parent, lambda: _snapshot(pipeline, publisher, gauge, problems))
+    with _sigterm_for_main_thread_only():
+        publisher.start()
+    heartbeat = _Heartbeat(parent, lambda: _snapshot(pipeline, publisher, gauge, problems),
+                           lambda: _activity(pipeline, publisher, gauge, problems),
+                           hang_timeout=spec.hang_timeout_seconds)
     pipeline = Pipeline(instance, store, gauge, progress=heartbeat.maybe_send,
                         hash_pool=_hash_pool(spec))
+    stop.wake_up = pipeline.notifications
     # Observer first, then the scan: nothing created during the scan can slip through.
     listen_for_lost_events(pipeline.notifications)
     observer = _observe(instance, pipeline)
@@ -96,7 +111,7 @@ def _run(spec: ChildSpec, to_parent: Connection, stop: threading.Event) -> int:
     exit_code = 0
     next_scan = _next_scan(instance)
     while not stop.is_set():
-        pipeline.step(LOOP_WAIT_SECONDS)
+        pipeline.step(_wait_budget(pipeline, gauge, heartbeat, next_scan))
         now = time.monotonic()
         heartbeat.maybe_send()
         if now >= next_scan:
@@ -137,10 +152,34 @@ def _hash_pool(spec: ChildSpec) -> HashPool:
     return HashPool(HashSlots.under(spec.state_dir, spec.max_parallel_hashes), workers)
 
 
+def _wait_budget(pipeline: Pipeline, gauge: OutboxGauge, heartbeat: _Heartbeat,
+                 next_scan: float) -> float:
+    """How long the next turn may wait for notifications: until the next heartbeat or
+    periodic scan when idle (the directory and parent checks ride on those wakeups),
+    BUSY_WAIT_SECONDS at most while work is in progress or held back."""
+    budget = min(heartbeat.due(), next_scan) - time.monotonic()
+    if pipeline.busy or gauge.full:
+        budget = min(budget, BUSY_WAIT_SECONDS)
+    return max(budget, 0.0)
+
+
 def _observe(instance: InstanceConfig, pipeline: Pipeline) -> BaseObserver:
-    return start_observer(instance.directory, recursive=instance.recursive,
-                          events=pipeline.notifications, mode=instance.observer,
-                          polling_interval=instance.polling_interval_seconds)
+    with _sigterm_for_main_thread_only():
+        return start_observer(instance.directory, recursive=instance.recursive,
+                              events=pipeline.notifications, mode=instance.observer,
+                              polling_interval=instance.polling_interval_seconds)
+
+
+@contextlib.contextmanager
+def _sigterm_for_main_thread_only() -> Iterator[None]:
+    """Threads started inside inherit a blocked SIGTERM, so the kernel can only deliver it
+    to the main thread (which it prefers anyway), whose wait it interrupts: a signal taken
+    by another thread would only be noticed when the main thread's wait ends on its own."""
+    signal.pthread_sigmask(signal.SIG_BLOCK, {signal.SIGTERM})
+    try:
+        yield
+    finally:
+        signal.pthread_sigmask(signal.SIG_UNBLOCK, {signal.SIGTERM})
 
 
 def _observer_alive(observer: BaseObserver) -> bool:
@@ -152,6 +191,16 @@ def _observer_alive(observer: BaseObserver) -> bool:
 def _next_scan(instance: InstanceConfig) -> float:
     interval = instance.scan_interval_seconds
     return time.monotonic() + interval if interval > 0 else float("inf")
+
+
+def _activity(pipeline: Pipeline, publisher: Publisher, gauge: OutboxGauge,
+              problems: ProblemCounter) -> object:
+    """A cheap summary of what a snapshot reports: when it changes, the next heartbeat is
+    due after HEARTBEAT_SECONDS instead of IDLE_HEARTBEAT_SECONDS."""
+    stats = publisher.stats
+    return (sum(pipeline.counts.values()), pipeline.files_hashed, pipeline.files_waiting,
+            gauge.depth, gauge.full, problems.count, stats.connected, stats.published,
+            stats.failures)
 
 
 def _snapshot(pipeline: Pipeline, publisher: Publisher, gauge: OutboxGauge,
@@ -174,8 +223,7 @@ def _snapshot(pipeline: Pipeline, publisher: Publisher, gauge: OutboxGauge,
     }
 
 
-def _wait_for_directory(instance: InstanceConfig, parent: _ParentLink,
-                        stop: threading.Event) -> bool:
+def _wait_for_directory(instance: InstanceConfig, parent: _ParentLink, stop: _Stop) -> bool:
     """True once the directory exists; an optional instance waits for it (a late mount)."""
     if os.path.isdir(instance.directory):
         return True
@@ -194,20 +242,48 @@ def _wait_for_directory(instance: InstanceConfig, parent: _ParentLink,
     return False
 
 
-class _Heartbeat:
-    """Sends the status snapshot at most every HEARTBEAT_SECONDS; called from the work loop
-    and from inside long work (hashing a huge file), never from a side thread."""
+class _Stop(threading.Event):
+    """Set by the SIGTERM handler, which also wakes the work loop out of its wait."""
 
-    def __init__(self, parent: _ParentLink, snapshot: Callable[[], dict[str, object]]) -> None:
+    wake_up: queue.SimpleQueue[RawEvent] | None = None
+
+    def set(self) -> None:
+        super().set()
+        if self.wake_up is not None:
+            self.wake_up.put(WAKE_UP)  # SimpleQueue.put is safe inside a signal handler
+
+
+class _Heartbeat:
+    """Sends the status snapshot: at most every HEARTBEAT_SECONDS while its activity summary
+    changes, else every IDLE_HEARTBEAT_SECONDS.  Called from the work loop and from inside
+    long work (hashing a huge file), never from a side thread: a hung loop goes silent."""
+
+    def __init__(self, parent: _ParentLink, snapshot: Callable[[], dict[str, object]],
+                 activity: Callable[[], object], *, hang_timeout: float,
+                 clock: Callable[[], float] = time.monotonic) -> None:
         self._parent = parent
         self._snapshot = snapshot
-        self._next = 0.0
+        self._activity = activity
+        self._clock = clock
+        self.idle_seconds = min(IDLE_HEARTBEAT_SECONDS, hang_timeout / 4)
+        self.busy_seconds = min(HEARTBEAT_SECONDS, self.idle_seconds)
+        self._sent_at = -float("inf")
+        self._sent_activity: object = None
+
+    def due(self) -> float:
+        """When the next heartbeat is due, as far as can be told now (time.monotonic)."""
+        if self._activity() != self._sent_activity:
+            return self._sent_at + self.busy_seconds
+        return self._sent_at + self.idle_seconds
 
     def maybe_send(self) -> None:
-        now = time.monotonic()
-        if now >= self._next:
-            self._next = now + HEARTBEAT_SECONDS
-            self._parent.send("heartbeat", self._snapshot())
+        now = self._clock()
+        if now < self._sent_at + self.busy_seconds:
+            return  # the cheap path taken inside long work
+        if now < self._sent_at + self.idle_seconds and self._activity() == self._sent_activity:
+            return
+        self._sent_at, self._sent_activity = now, self._activity()
+        self._parent.send("heartbeat", self._snapshot())
 
 
 class _ParentLink:

@@ -8,7 +8,7 @@ the spawn target; the child imports main itself.
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from multiprocessing.connection import Connection
 
 from multiwatch.config import BrokerConfig, InstanceConfig
@@ -27,6 +27,9 @@ class ChildSpec:
     stop_timeout_seconds: float
     parent_pid: int
     max_parallel_hashes: int = 2  # machine-wide cap, one lock file per slot under state_dir
+    # Sets the heartbeat cadence.  Not part of equality, like the supervisor settings the
+    # running Child keeps: a reload that only changes it restarts nobody.
+    hang_timeout_seconds: float = field(default=60.0, compare=False)
 
 
 def run_child(spec: ChildSpec, to_parent: Connection) -> None:

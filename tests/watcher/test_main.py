@@ -1,0 +1,199 @@
+"""The watcher child's loop: heartbeat cadence (busy and idle) and waking up on SIGTERM."""
+
+from __future__ import annotations
+
+import itertools
+import multiprocessing
+import os
+import queue
+import signal
+import time
+from pathlib import Path
+from typing import Any
+
+from multiwatch.config import BrokerConfig, InstanceConfig
+from multiwatch.watcher.main import (
+    HEARTBEAT_SECONDS,
+    IDLE_HEARTBEAT_SECONDS,
+    WAKE_UP,
+    _Heartbeat,
+    _Stop,
+    child_main,
+)
+from multiwatch.watcher.observe import RawEvent
+from multiwatch.watcher.spec import ChildSpec
+from tests.watcher.test_pipeline import announce, make_pipeline
+
+
+class _Parent:
+    """Collects what the child would send up the pipe."""
+
+    def __init__(self) -> None:
+        self.sent: list[tuple[str, dict[str, object]]] = []
+
+    def send(self, kind: str, payload: dict[str, object]) -> None:
+        self.sent.append((kind, payload))
+
+
+class _Clock:
+    def __init__(self) -> None:
+        self.now = 100.0
+
+    def __call__(self) -> float:
+        return self.now
+
+
+def _heartbeat(activity: list[int], *, hang_timeout: float = 60.0) -> tuple[_Heartbeat, _Parent,
+                                                                             _Clock]:
+    parent, clock = _Parent(), _Clock()
+    beat = _Heartbeat(parent, lambda: {"events": activity[0]}, lambda: activity[0],  # type: ignore[arg-type]
+                      hang_timeout=hang_timeout, clock=clock)
+    return beat, parent, clock
+
+
+def _sent_at(beat: _Heartbeat, parent: _Parent, clock: _Clock, times: list[float]) -> list[float]:
+    sent = []
+    for t in times:
+        clock.now = 100.0 + t
+        before = len(parent.sent)
+        beat.maybe_send()
+        if len(parent.sent) > before:
+            sent.append(t)
+    return sent
+
+
+def test_an_idle_watcher_heartbeats_every_few_seconds_not_every_second() -> None:
+    """Nothing changing: one heartbeat at once, then one every IDLE_HEARTBEAT_SECONDS."""
+    beat, parent, clock = _heartbeat([0])
+    times = [i * 0.25 for i in range(int(4 * IDLE_HEARTBEAT_SECONDS / 0.25) + 1)]
+    sent = _sent_at(beat, parent, clock, times)
+    assert sent == [i * IDLE_HEARTBEAT_SECONDS for i in range(5)]
+
+
+def test_a_busy_watcher_heartbeats_every_second() -> None:
+    """While its counts change, the status reaches the supervisor every HEARTBEAT_SECONDS."""
+    activity = [0]
+    beat, parent, clock = _heartbeat(activity)
+    sent = []
+    for step in range(41):  # 10 s in quarter seconds, something new every turn
+        activity[0] += 1
+        sent += _sent_at(beat, parent, clock, [step * 0.25])
+    assert sent == [i * HEARTBEAT_SECONDS for i in range(11)]
+    assert parent.sent[-1] == ("heartbeat", {"events": activity[0]})
+
+
+def test_the_loop_wakes_when_the_next_heartbeat_is_due() -> None:
+    """due(): the idle deadline while nothing changed, the busy one as soon as something did."""
+    activity = [0]
+    beat, _parent, clock = _heartbeat(activity)
+    beat.maybe_send()
+    assert beat.due() == clock.now + IDLE_HEARTBEAT_SECONDS
+    activity[0] = 1
+    assert beat.due() == clock.now + HEARTBEAT_SECONDS
+
+
+def test_heartbeats_stay_well_inside_a_short_hang_timeout() -> None:
+    """A quiet child is never taken for a hung one: both cadences are at most a quarter of
+    hang_timeout_seconds."""
+    beat, _parent, _clock = _heartbeat([0], hang_timeout=2.0)
+    assert (beat.idle_seconds, beat.busy_seconds) == (0.5, 0.5)
+    beat, _parent, _clock = _heartbeat([0], hang_timeout=8.0)
+    assert (beat.idle_seconds, beat.busy_seconds) == (2.0, HEARTBEAT_SECONDS)
+
+
+def test_stopping_puts_a_wake_up_on_the_notification_queue() -> None:
+    """What the SIGTERM handler calls: the flag is set and the loop's wait ends at once."""
+    stop = _Stop()
+    stop.set()  # before the pipeline exists: only the flag
+    events: queue.SimpleQueue[RawEvent] = queue.SimpleQueue()
+    stop.wake_up = events
+    stop.set()
+    assert stop.is_set()
+    assert events.get_nowait() is WAKE_UP
+
+
+def test_the_pipeline_ignores_the_wake_up(tmp_path: Path) -> None:
+    """The wake-up is a notification from outside the tree: no event, no scan, no state."""
+    pipeline, outbox, _root = make_pipeline(tmp_path)
+    counts: dict[str, Any] = dict(pipeline.counts)
+    assert announce(pipeline, outbox, WAKE_UP) == []
+    assert dict(pipeline.counts) == counts and not pipeline.busy and not pipeline.root_missing
+
+
+# -- a real child process (spawn, embedded broker), driven through its pipe and signals ------
+
+
+class _Child:
+    """child_main in a spawned process; its reports are timestamped as they arrive."""
+
+    def __init__(self, tmp_path: Path, **options: Any) -> None:
+        context = multiprocessing.get_context("spawn")
+        self.directory = tmp_path / "watched"
+        self.directory.mkdir()
+        spec = ChildSpec(instance=InstanceConfig(id="child", directory=str(self.directory),
+                                                 **options),
+                         broker=BrokerConfig(), state_dir=str(tmp_path / "state"),
+                         log_level="WARNING", stop_timeout_seconds=8, parent_pid=os.getpid())
+        self.reader, writer = context.Pipe(duplex=False)
+        self.process = context.Process(target=child_main, args=(spec, writer), daemon=True)
+        self.process.start()
+        writer.close()
+
+    def next_report(self, kind: str, timeout: float) -> tuple[float, dict[str, Any]]:
+        """The next report of `kind` and when it arrived (time.monotonic)."""
+        deadline = time.monotonic() + timeout
+        while self.reader.poll(max(0.0, deadline - time.monotonic())):
+            got, payload = self.reader.recv()
+            if got == kind:
+                return time.monotonic(), payload
+        raise AssertionError(f"no {kind!r} from the child within {timeout}s")
+
+    def stop(self) -> None:
+        if self.process.is_alive():
+            os.kill(self.process.pid or 0, signal.SIGKILL)
+        self.process.join()
+
+
+def test_an_idle_child_stops_at_once_on_sigterm_though_its_loop_sleeps_seconds(
+        tmp_path: Path) -> None:
+    """Idle, the child heartbeats only every IDLE_HEARTBEAT_SECONDS (its loop sleeps that
+    long), yet SIGTERM in the middle of such a sleep ends it within a fraction of it."""
+    child = _Child(tmp_path)
+    try:
+        child.next_report("ready", timeout=30)
+        first, _ = child.next_report("heartbeat", timeout=10)
+        second, _ = child.next_report("heartbeat", timeout=IDLE_HEARTBEAT_SECONDS + 10)
+        assert second - first >= 0.8 * IDLE_HEARTBEAT_SECONDS
+        time.sleep(0.5)  # now well inside the next idle sleep
+        sent = time.monotonic()
+        os.kill(child.process.pid or 0, signal.SIGTERM)
+        child.process.join(timeout=IDLE_HEARTBEAT_SECONDS + 10)
+        took = time.monotonic() - sent
+        assert child.process.exitcode == 0
+        assert took < IDLE_HEARTBEAT_SECONDS / 2, f"stopped {took:.2f}s after SIGTERM"
+    finally:
+        child.stop()
+
+
+def test_a_busy_child_heartbeats_every_second_with_fresh_counts(tmp_path: Path) -> None:
+    """While files keep landing, heartbeats come about every HEARTBEAT_SECONDS and carry the
+    growing count of announced files."""
+    child = _Child(tmp_path, settle_seconds=0.1)
+    try:
+        child.next_report("ready", timeout=30)
+        child.next_report("heartbeat", timeout=10)
+        arrivals: list[tuple[float, int]] = []
+        for i in range(40):  # one file every 0.1 s for 4 s
+            (child.directory / f"f{i:03d}.txt").write_text(str(i))
+            time.sleep(0.1)
+            while child.reader.poll():
+                kind, payload = child.reader.recv()
+                if kind == "heartbeat":
+                    arrivals.append((time.monotonic(),
+                                     payload["events"].get("file_discovered", 0)))
+        gaps = [b[0] - a[0] for a, b in itertools.pairwise(arrivals)]
+        counts = [count for _, count in arrivals]
+        assert len(arrivals) >= 3 and max(gaps) < 2 * HEARTBEAT_SECONDS, gaps
+        assert counts == sorted(counts) and counts[-1] > counts[0] > 0, counts
+    finally:
+        child.stop()
