@@ -1,9 +1,10 @@
 """The supervisor: a reconcile loop over one Child per roster instance.
 
-Each turn waits at most a second (for a child report or a signal), handles queued
-signals, reaps exited children, checks heartbeats, starts children whose backoff is
-over, samples resources, and publishes a fresh fleet view for the HTTP thread.  Signal
-handlers only queue the signal.
+Each turn waits at most a second (for a child report or a signal) and handles queued
+signals and child reports; at most once a second (at once when a child exits or a backoff
+is over) it also reaps exited children, checks heartbeats, starts children whose backoff
+is over, samples resources, and publishes a fresh fleet view for the HTTP thread.
+Signal handlers only queue the signal.
 """
 
 from __future__ import annotations
@@ -30,8 +31,10 @@ if TYPE_CHECKING:  # imported when first used, after the children are spawned
 log = logging.getLogger(__name__)
 
 LOOP_WAIT_SECONDS = 1.0
-HOUSEKEEPING_SECONDS = 0.25
+EXITING_WAIT_SECONDS = 0.05  # a child's pipe closed: it is exiting; reap it promptly
+HOUSEKEEPING_SECONDS = 1.0
 SAMPLE_EVERY_SECONDS = 5.0  # psutil sampling for the fleet view (cpu_percent spans this)
+OPEN_FILES_EVERY_SECONDS = 30.0  # the costly part of a sample; also at every resource report
 
 
 class Supervisor:
@@ -47,6 +50,7 @@ class Supervisor:
         self._meter: ResourceMeter | None = None  # psutil, imported after the first spawn
         self._next_report = 0.0
         self._next_sample = 0.0
+        self._next_files_count = 0.0
         self._next_housekeeping = 0.0
         self._usage: dict[int, dict[str, Any]] = {}  # pid → last psutil sample
         self._started_at = time.monotonic()
@@ -138,8 +142,9 @@ class Supervisor:
             if reader in by_reader:
                 by_reader[reader].receive(now)  # a heartbeat, or EOF of an exited child
         # Heartbeats wake the loop many times a second with a large fleet; the rest of the
-        # turn (reaping, hang checks, starts, the view) runs at most HOUSEKEEPING_SECONDS apart.
-        if now < self._next_housekeeping and not any(c.reader is None for c in by_reader.values()):
+        # turn (reaping, hang checks, starts, the view) runs at most HOUSEKEEPING_SECONDS
+        # apart, or at once when a child has exited (its pipe closed) or is due to start.
+        if now < self._next_housekeeping and not self._housekeeping_due(now):
             return
         self._next_housekeeping = now + HOUSEKEEPING_SECONDS
         for child in self._children.values():
@@ -147,13 +152,22 @@ class Supervisor:
             child.check_hung(now)
             if child.state is State.BACKOFF and now >= child.next_start_at and not self._stopping:
                 child.start(now)
-        if now >= self._next_sample:
+        report_due = now >= self._next_report
+        if now >= self._next_sample or report_due:
             self._next_sample = now + SAMPLE_EVERY_SECONDS
-            self._sample_resources()
-        if now >= self._next_report:
+            count_files = report_due or now >= self._next_files_count
+            if count_files:
+                self._next_files_count = now + OPEN_FILES_EVERY_SECONDS
+            self._sample_resources(count_files=count_files)
+        if report_due:
             self._next_report = now + self.roster.supervisor.report_interval_seconds
             self._report_resources()
         self._publish_view(now)
+
+    def _housekeeping_due(self, now: float) -> bool:
+        """A child to reap (its pipe is closed) or to start (its backoff is over)."""
+        return any(_exiting(c) or (c.state is State.BACKOFF and now >= c.next_start_at)
+                   for c in self._children.values())
 
     # -- the fleet view (read by the HTTP thread) -----------------------------------------------
 
@@ -184,11 +198,12 @@ class Supervisor:
 
     def _wait_budget(self) -> float:
         now = time.monotonic()
-        budget = LOOP_WAIT_SECONDS
+        budget = min(LOOP_WAIT_SECONDS, max(0.0, self._next_housekeeping - now))
         for child in self._children.values():
             if child.state is State.BACKOFF:
-                due = max(child.next_start_at, self._next_housekeeping)
-                budget = min(budget, max(0.0, due - now))
+                budget = min(budget, max(0.0, child.next_start_at - now))
+            elif _exiting(child):
+                budget = min(budget, EXITING_WAIT_SECONDS)
         return budget
 
     # -- converge target (roster) and actual (children) ------------------------------------------
@@ -258,7 +273,7 @@ class Supervisor:
 
     # -- resources -------------------------------------------------------------------------------
 
-    def _sample_resources(self) -> None:
+    def _sample_resources(self, *, count_files: bool) -> None:
         pids = {c.pid for c in self._children.values() if c.pid is not None} | {os.getpid()}
         if self._meter is None:
             from multiwatch.supervisor.resources import ResourceMeter
@@ -267,7 +282,7 @@ class Supervisor:
         self._meter.retain(pids)
         self._usage = {}
         for pid in pids:
-            usage = self._meter.sample(pid)
+            usage = self._meter.sample(pid, count_files=count_files)
             if usage is not None:
                 self._usage[pid] = usage.as_dict()
         now = time.monotonic()
@@ -288,6 +303,11 @@ class Supervisor:
                 log.info("child resources", extra={
                     "instance_id": child.instance_id, "pid": child.pid, "state": str(child.state),
                     **usage})
+
+
+def _exiting(child: Child) -> bool:
+    """Its pipe is closed (it closes only when the process exits) but it is not reaped yet."""
+    return child.reader is None and child.process is not None
 
 
 def _drain(fd: int) -> None:

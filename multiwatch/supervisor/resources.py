@@ -1,8 +1,13 @@
-"""Resource use of the supervisor and its children, measured with psutil."""
+"""Resource use of the supervisor and its children, measured with psutil.
+
+Counting open files (one readlink, stat and fdinfo read per descriptor) costs more than
+everything else in a sample together, so the count is refreshed only when asked for and
+reused in between.
+"""
 
 from __future__ import annotations
 
-from dataclasses import asdict, dataclass
+from dataclasses import dataclass
 
 import psutil
 
@@ -18,7 +23,7 @@ class Usage:
     read_bytes: int | None
 
     def as_dict(self) -> dict[str, object]:
-        return asdict(self)
+        return dict(self.__dict__)
 
 
 class ResourceMeter:
@@ -26,13 +31,17 @@ class ResourceMeter:
 
     def __init__(self) -> None:
         self._processes: dict[int, psutil.Process] = {}
+        self._open_files: dict[int, int] = {}  # pid → last count
 
-    def sample(self, pid: int) -> Usage | None:
-        """Resource use of `pid`, or None if it has exited."""
+    def sample(self, pid: int, *, count_files: bool = True) -> Usage | None:
+        """Resource use of `pid`, or None if it has exited.  Without `count_files` the
+        open-files figure is the one counted last (a new pid is always counted)."""
         process = self._processes.get(pid)
         try:
             if process is None:
                 process = self._processes[pid] = psutil.Process(pid)
+            if count_files or pid not in self._open_files:
+                self._open_files[pid] = len(process.open_files())
             with process.oneshot():
                 try:
                     read_bytes: int | None = process.io_counters().read_bytes
@@ -41,15 +50,17 @@ class ResourceMeter:
                 return Usage(
                     cpu_percent=process.cpu_percent(interval=None),
                     rss_bytes=process.memory_info().rss,
-                    open_files=len(process.open_files()),
+                    open_files=self._open_files[pid],
                     threads=process.num_threads(),
                     read_bytes=read_bytes,
                 )
         except (psutil.NoSuchProcess, psutil.ZombieProcess):
             self._processes.pop(pid, None)
+            self._open_files.pop(pid, None)
             return None
 
     def retain(self, pids: set[int]) -> None:
         """Drop cached processes that are no longer supervised (pids get reused)."""
         for pid in set(self._processes) - pids:
             del self._processes[pid]
+            self._open_files.pop(pid, None)
