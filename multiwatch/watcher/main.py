@@ -111,7 +111,7 @@ def _run(spec: ChildSpec, to_parent: Connection, stop: _Stop) -> int:
     exit_code = 0
     next_scan = _next_scan(instance)
     while not stop.is_set():
-        pipeline.step(_wait_budget(pipeline, gauge, heartbeat, next_scan))
+        pipeline.step(_wait_budget(pipeline, gauge, publisher, heartbeat, next_scan))
         now = time.monotonic()
         heartbeat.maybe_send()
         if now >= next_scan:
@@ -152,14 +152,18 @@ def _hash_pool(spec: ChildSpec) -> HashPool:
     return HashPool(HashSlots.under(spec.state_dir, spec.max_parallel_hashes), workers)
 
 
-def _wait_budget(pipeline: Pipeline, gauge: OutboxGauge, heartbeat: _Heartbeat,
-                 next_scan: float) -> float:
+def _wait_budget(pipeline: Pipeline, gauge: OutboxGauge, publisher: Publisher,
+                 heartbeat: _Heartbeat, next_scan: float) -> float:
     """How long the next turn may wait for notifications: until the next heartbeat or
     periodic scan when idle (the directory and parent checks ride on those wakeups),
-    BUSY_WAIT_SECONDS at most while work is in progress or held back."""
+    BUSY_WAIT_SECONDS at most while work is in progress or held back, and a busy
+    heartbeat interval at most while the broker is not connected (so the connection, and
+    with it readiness, reaches the supervisor within a second of happening)."""
     budget = min(heartbeat.due(), next_scan) - time.monotonic()
     if pipeline.busy or gauge.full:
         budget = min(budget, BUSY_WAIT_SECONDS)
+    elif not publisher.stats.connected:
+        budget = min(budget, heartbeat.busy_seconds)
     return max(budget, 0.0)
 
 

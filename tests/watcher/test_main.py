@@ -9,15 +9,18 @@ import queue
 import signal
 import time
 from pathlib import Path
+from types import SimpleNamespace
 from typing import Any
 
 from multiwatch.config import BrokerConfig, InstanceConfig
 from multiwatch.watcher.main import (
+    BUSY_WAIT_SECONDS,
     HEARTBEAT_SECONDS,
     IDLE_HEARTBEAT_SECONDS,
     WAKE_UP,
     _Heartbeat,
     _Stop,
+    _wait_budget,
     child_main,
 )
 from multiwatch.watcher.observe import RawEvent
@@ -99,6 +102,33 @@ def test_heartbeats_stay_well_inside_a_short_hang_timeout() -> None:
     assert (beat.idle_seconds, beat.busy_seconds) == (0.5, 0.5)
     beat, _parent, _clock = _heartbeat([0], hang_timeout=8.0)
     assert (beat.idle_seconds, beat.busy_seconds) == (2.0, HEARTBEAT_SECONDS)
+
+
+def test_the_loop_sleeps_until_the_next_heartbeat_only_when_idle_and_connected(
+        tmp_path: Path) -> None:
+    """Idle with the broker connected: the wait lasts until the next heartbeat; with files
+    settling, half a second at most; with the broker not (yet) connected, one busy heartbeat
+    interval at most, so readiness is reported within a second of the connection."""
+    pipeline, _outbox, root = make_pipeline(tmp_path)
+    gauge = pipeline.gauge
+    beat = _Heartbeat(_Parent(), dict, lambda: 0, hang_timeout=60.0)  # type: ignore[arg-type]
+    publisher = SimpleNamespace(stats=SimpleNamespace(connected=True))
+    no_scan = float("inf")
+
+    def budget() -> float:
+        return _wait_budget(pipeline, gauge, publisher, beat, no_scan)  # type: ignore[arg-type]
+
+    beat.maybe_send()
+    assert IDLE_HEARTBEAT_SECONDS - 1 < budget() <= IDLE_HEARTBEAT_SECONDS
+    assert _wait_budget(pipeline, gauge, publisher, beat,  # type: ignore[arg-type]
+                        time.monotonic() + 2) <= 2
+    publisher.stats.connected = False
+    assert budget() <= HEARTBEAT_SECONDS
+    publisher.stats.connected = True
+    (root / "new.txt").write_text("x")
+    pipeline.request_scan()
+    pipeline.step(0.0)
+    assert pipeline.busy and budget() <= BUSY_WAIT_SECONDS
 
 
 def test_stopping_puts_a_wake_up_on_the_notification_queue() -> None:
