@@ -191,9 +191,15 @@ def test_an_idle_child_stops_at_once_on_sigterm_though_its_loop_sleeps_seconds(
     child = _Child(tmp_path)
     try:
         child.next_report("ready", timeout=30)
-        first, _ = child.next_report("heartbeat", timeout=10)
-        second, _ = child.next_report("heartbeat", timeout=IDLE_HEARTBEAT_SECONDS + 10)
-        assert second - first >= 0.8 * IDLE_HEARTBEAT_SECONDS
+        # Start-up changes (the broker link coming up) are reported within a second; then
+        # the heartbeats space out.
+        gaps: list[float] = []
+        previous, _ = child.next_report("heartbeat", timeout=10)
+        while not gaps or gaps[-1] < 0.8 * IDLE_HEARTBEAT_SECONDS:
+            assert len(gaps) < 5, f"no idle cadence; heartbeat gaps {gaps}"
+            arrived, _ = child.next_report("heartbeat", timeout=IDLE_HEARTBEAT_SECONDS + 10)
+            gaps.append(arrived - previous)
+            previous = arrived
         time.sleep(0.5)  # now well inside the next idle sleep
         sent = time.monotonic()
         os.kill(child.process.pid or 0, signal.SIGTERM)
