@@ -135,7 +135,8 @@ class Supervisor:
     def _turn(self, wake_fd: int) -> None:
         by_reader = {c.reader: c for c in self._children.values() if c.reader is not None}
         ready = wait([*by_reader, wake_fd], timeout=self._wait_budget())
-        _drain(wake_fd)
+        if wake_fd in ready:
+            _drain(wake_fd)
         self._handle_signals()
         now = time.monotonic()
         for reader in ready:
