@@ -10,7 +10,9 @@
 
 A `ThreadingHTTPServer` serves from daemon threads; handlers only call `fleet_view()`,
 which the supervisor keeps fresh and thread-safe, so a slow or broken client can never hold
-up the supervisor loop. Only GET is served: anything else gets 405.
+up the supervisor loop. Only GET is served: anything else gets 405.  The accepting thread
+sleeps until a connection or `close()` arrives (socketserver's serve_forever would wake
+every poll_interval to look for a shutdown request).
 """
 
 from __future__ import annotations
@@ -18,6 +20,8 @@ from __future__ import annotations
 import errno
 import json
 import logging
+import os
+import selectors
 import socket
 import threading
 import time
@@ -67,9 +71,9 @@ class HttpServer:
         if self._closed:
             return
         self._closed = True
-        self._server.shutdown()
-        self._server.server_close()
+        self._server.stop()
         self._thread.join(timeout=5)
+        self._server.server_close()
 
 
 def start_http_server(listen: str, fleet_view: FleetView, *,
@@ -90,8 +94,7 @@ def start_http_server(listen: str, fleet_view: FleetView, *,
         server = _Server(address, family, _App(fleet_view, clock))
     except OSError as exc:
         raise HttpListenError(f"http.listen {listen}: {_why(exc)}") from None
-    thread = threading.Thread(target=server.serve_forever, kwargs={"poll_interval": 0.2},
-                              name="multiwatch-http", daemon=True)
+    thread = threading.Thread(target=server.serve, name="multiwatch-http", daemon=True)
     thread.start()
     return HttpServer(server, thread)
 
@@ -194,7 +197,32 @@ class _Server(ThreadingHTTPServer):
     def __init__(self, address: Any, family: socket.AddressFamily, app: _App) -> None:
         self.address_family = family
         self.app = app
+        self._stopping = False
+        self._wake_read, self._wake_write = os.pipe()  # closed by server_close, also on failure
         super().__init__(address, _Handler)
+
+    def serve(self) -> None:
+        """Accept connections until stop(), without waking up in between."""
+        with selectors.DefaultSelector() as selector:
+            selector.register(self, selectors.EVENT_READ)
+            selector.register(self._wake_read, selectors.EVENT_READ)
+            while not self._stopping:
+                for key, _ in selector.select():
+                    if key.fileobj is self and not self._stopping:
+                        self.handle_request()  # readable: accepts without waiting
+
+    def stop(self) -> None:
+        """Make serve() return (from any thread)."""
+        self._stopping = True
+        os.write(self._wake_write, b"x")
+
+    def server_close(self) -> None:
+        super().server_close()
+        for fd in (self._wake_read, self._wake_write):
+            try:
+                os.close(fd)
+            except OSError:
+                pass
 
     def server_bind(self) -> None:
         # HTTPServer.server_bind looks up the host's FQDN, which can hang on a broken DNS.

@@ -6,6 +6,9 @@ import http.client
 import json
 import re
 import socket
+import threading
+import time
+from pathlib import Path
 
 import pytest
 from prometheus_client.parser import text_string_to_metric_families
@@ -220,6 +223,29 @@ def test_close_frees_the_port() -> None:
         socket.create_connection(("127.0.0.1", port), timeout=5).close()
     again = start_http_server(f"127.0.0.1:{port}", lambda: fleet({}))
     again.close()
+
+
+def _wakeups(thread: threading.Thread) -> int:
+    """Voluntary context switches of one thread (each sleep it wakes from counts one)."""
+    status = Path(f"/proc/self/task/{thread.native_id}/status").read_text()
+    return int(re.search(r"^voluntary_ctxt_switches:\s+(\d+)", status, re.MULTILINE)[1])  # type: ignore[index]
+
+
+@pytest.mark.skipif(not Path("/proc/self/task").is_dir(), reason="needs Linux /proc")
+def test_an_idle_endpoint_sleeps_and_still_closes_at_once() -> None:
+    """Between requests the accepting thread does not wake (no shutdown polling), it still
+    answers, and close() returns at once."""
+    with serve(fleet({"a": instance()})) as (server, _):
+        assert get(f"{server.url}/healthz")[0] == 200
+        thread = next(t for t in threading.enumerate() if t.name == "multiwatch-http")
+        before = _wakeups(thread)
+        time.sleep(1.0)  # the window in which a 0.2 s shutdown poll would wake 5 times
+        assert _wakeups(thread) - before <= 1
+        assert get(f"{server.url}/healthz")[0] == 200
+        started = time.monotonic()
+        server.close()
+        assert time.monotonic() - started < 0.5
+        assert not thread.is_alive()
 
 
 def _ipv6_loopback() -> bool:
