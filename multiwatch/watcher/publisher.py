@@ -33,8 +33,11 @@ from multiwatch.watcher.stats import LatencyHistogram
 log = logging.getLogger(__name__)
 
 FIRST_RETRY_SECONDS = 0.5
-IDLE_POLL_SECONDS = 1.0  # new outbox rows wake the publisher at once
-HEARTBEAT_SERVICE_SECONDS = 1.0  # well inside any heartbeat interval a broker negotiates
+# New outbox rows and stop() wake the publisher at once; otherwise it wakes only to
+# service AMQP heartbeats: a quarter of the negotiated interval (py-amqp sends one after
+# half of it), at most every IDLE_SERVICE_MAX_SECONDS so a connection the broker dropped
+# while idle is noticed (and reported) within seconds.
+IDLE_SERVICE_MAX_SECONDS = 5.0
 BATCH_SIZE = 256
 
 
@@ -189,14 +192,18 @@ class Publisher(threading.Thread):
         log.info("connected to broker", extra={
             "broker": "embedded" if self._broker.embedded else where,
             "connection_name": self._connection_name, "outbox_depth": self._gauge.depth})
-        next_heartbeat = 0.0
+        service_every = _heartbeat_service_interval(connection)
+        next_service = 0.0
         while not self._stopping_now():
-            if confirming and time.monotonic() >= next_heartbeat:
+            now = time.monotonic()
+            if confirming and now >= next_service:
                 _service_heartbeat(connection)
-                next_heartbeat = time.monotonic() + HEARTBEAT_SERVICE_SECONDS
-            batch = outbox.peek(BATCH_SIZE)
+                next_service = now + service_every
+            # The gauge counts committed rows: an empty outbox needs no query.
+            batch = outbox.peek(BATCH_SIZE) if self._gauge.depth else []
             if not batch:
-                self._gauge.new_events.wait(IDLE_POLL_SECONDS)
+                self._gauge.new_events.wait(max(0.0, next_service - time.monotonic())
+                                            if confirming else service_every)
                 self._gauge.new_events.clear()
                 continue
             self._publish_batch(connection, producer, confirms if confirming else None,
@@ -306,6 +313,14 @@ def _failure_message(exc: Exception) -> str:
     if isinstance(exc, sqlite3.Error):
         return "cannot update the outbox in the state database, retrying"
     return "broker unavailable, retrying"
+
+
+def _heartbeat_service_interval(connection: Connection) -> float:
+    """How often an idle publisher services the connection (seconds)."""
+    negotiated = getattr(connection.connection, "heartbeat", 0) or 0
+    if negotiated > 0:
+        return max(0.5, min(IDLE_SERVICE_MAX_SECONDS, negotiated / 4))
+    return IDLE_SERVICE_MAX_SECONDS
 
 
 def _service_heartbeat(connection: Connection) -> None:
