@@ -27,7 +27,15 @@ import amqp
 import xxhash
 from kombu import Connection, Exchange, Producer, Queue
 
-from bench.harness import GIB, Consumer, amqp_connection, delete_queue, say, wait_writeback
+from bench.harness import (
+    GIB,
+    Consumer,
+    amqp_connection,
+    delete_queue,
+    say,
+    wait_writeback,
+    write_big_file,
+)
 from multiwatch.watcher.hashing import FileVersion, Hashed
 from multiwatch.watcher.message import FILE_DISCOVERED, Event, build_event
 
@@ -79,6 +87,18 @@ def single_hash_ceiling(path: Path) -> HashCeiling:
         f"(read only {ceiling.read_gbps:.2f}, sha256 only {ceiling.sha_gbps:.2f}, "
         f"xxh128 only {ceiling.xxh_gbps:.2f} GB/s)")
     return ceiling
+
+
+def fresh_write_hash_rate(path: Path, size: int) -> float:
+    """GB/s of the same one-thread read, started right after writing a new `size`-byte file
+    (as the watcher must: the kernel is still writing the dirty pages back), without
+    waiting for writeback.  Not the issue's ceiling, which is measured on settled pages;
+    it shows what the same read loop gets in the watcher's conditions."""
+    wait_writeback()
+    write_big_file(path, size)
+    seconds, _ = hash_once(path)
+    path.unlink()
+    return size / seconds / 1e9
 
 
 def parallel_hash_ceiling(paths: Sequence[Path]) -> tuple[float, dict[str, str]]:
