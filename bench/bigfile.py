@@ -28,6 +28,7 @@ from bench.harness import (
     Ctx,
     Watcher,
     delete_queue,
+    in_threads,
     loadavg,
     ms,
     probe_ready,
@@ -122,12 +123,8 @@ def _two_at_once(ctx: Ctx, tree: Path, size: int, consumer: Consumer, single: fl
     def write(path: Path) -> None:
         closes[path] = write_big_file(path, size, before_close=together.wait)
 
-    threads = [threading.Thread(target=write, args=(p,)) for p in paths]
     started = time.monotonic()
-    for t in threads:
-        t.start()
-    for t in threads:
-        t.join()
+    in_threads(write, paths)
     last_close = max(closes.values())
     say(f"  wrote 2 files at once in {last_close - started:.2f}s, closed "
         f"{ms(last_close - min(closes.values()))} apart; {loadavg()}")

@@ -16,7 +16,6 @@ from __future__ import annotations
 import hashlib
 import os
 import stat
-import threading
 import time
 import uuid
 from collections.abc import Callable, Sequence
@@ -32,6 +31,7 @@ from bench.harness import (
     Consumer,
     amqp_connection,
     delete_queue,
+    in_threads,
     say,
     wait_writeback,
     write_big_file,
@@ -111,12 +111,8 @@ def parallel_hash_ceiling(paths: Sequence[Path]) -> tuple[float, dict[str, str]]
     wait_writeback()
     best = float("inf")
     for _ in range(3):
-        threads = [threading.Thread(target=work, args=(p,)) for p in paths]
         started = time.perf_counter()
-        for t in threads:
-            t.start()
-        for t in threads:
-            t.join()
+        in_threads(work, paths)
         best = min(best, time.perf_counter() - started)
     total = sum(p.stat().st_size for p in paths)
     return total / best / 1e9, digests

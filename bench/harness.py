@@ -420,6 +420,15 @@ def write_big_file(path: Path, size: int, chunk: int = 16 * MIB,
     return time.monotonic()
 
 
+def in_threads(work: Callable[[Path], object], paths: Sequence[Path]) -> None:
+    """Run work(path) for every path, each in its own thread, and wait for them all."""
+    threads = [threading.Thread(target=work, args=(p,)) for p in paths]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+
+
 def wait_writeback(limit: int = 64 * MIB, timeout: float = 20.0) -> float:
     """Wait until the kernel has written back dirty pages (Dirty + Writeback < limit), so
     a ceiling is not measured against background writeback; seconds waited."""

@@ -128,7 +128,7 @@ def hash_file(path: str, progress: Callable[[], None] | None = None, *,
             sha256.update(chunk)
             xxh128.update(chunk)
             since_progress += count
-            if count < len(buffer) and since_progress == before.st_size < CHUNK_BYTES:
+            if count == before.st_size < len(buffer):
                 break  # a small file read whole in one go: no extra read just to meet EOF
             if progress is not None and since_progress >= PROGRESS_EVERY_BYTES:
                 since_progress = 0

@@ -75,6 +75,15 @@ def _write(path: Path, size: int) -> str:
     return digest.hexdigest()
 
 
+def _write_together(first: Path, second: Path, size: int) -> None:
+    """Write two files of different content in step, so that both close at the same moment."""
+    with open(first, "wb") as f1, open(second, "wb") as f2:
+        for _ in range(size // (4 * MIB)):
+            block = os.urandom(4 * MIB)
+            f1.write(block)
+            f2.write(block[::-1])
+
+
 def _hash_lines(mw: Multiwatch, message: str, path: Path) -> list[LogLine]:
     return [line for line in list(mw.lines)
             if line.get("message") == message and line.get("path") == str(path)]
@@ -133,12 +142,7 @@ def test_two_big_files_are_hashed_at_the_same_time(
     dirs = _dirs(tmp_path, "media")
     mw = _run(started, _roster(tmp_path, broker_url, dirs, settle=SLOW_WRITER_SETTLE), "media")
     one, two = dirs["media"] / "one.bin", dirs["media"] / "two.bin"
-    size = 128 * MIB
-    with open(one, "wb") as f1, open(two, "wb") as f2:  # both close at the same moment
-        for _ in range(size // (4 * MIB)):
-            block = os.urandom(4 * MIB)
-            f1.write(block)
-            f2.write(block[::-1])
+    _write_together(one, two, 128 * MIB)
 
     got = collect(broker_url, "file_events", timeout=60,
                   until=lambda ms: {"one.bin", "two.bin"} <= _names(ms))
@@ -180,12 +184,7 @@ def test_max_parallel_hashes_is_shared_by_all_instances(
     roster = _roster(tmp_path, broker_url, dirs, slots=1, settle=SLOW_WRITER_SETTLE)
     mw = _run(started, roster, "left", "right")
     a, b = dirs["left"] / "a.bin", dirs["right"] / "b.bin"
-    size = 64 * MIB
-    with open(a, "wb") as fa, open(b, "wb") as fb:  # both close at the same moment
-        for _ in range(size // (4 * MIB)):
-            block = os.urandom(4 * MIB)
-            fa.write(block)
-            fb.write(block[::-1])
+    _write_together(a, b, 64 * MIB)
 
     got = collect(broker_url, "file_events", timeout=60,
                   until=lambda ms: {"a.bin", "b.bin"} <= _names(ms))
