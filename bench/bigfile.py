@@ -62,6 +62,15 @@ def _check(got: Consumed, path: Path, closed: float, size: int, sha256: str) -> 
     return min(good) - closed, "; ".join(problems)
 
 
+def _pool_lines(watcher: Watcher, names: list[str]) -> str:
+    """The pool's own 'hashed big file' figures for these files (its read, without settle)."""
+    watcher.wait_log(lambda line: True, timeout=5)  # reads every line written so far
+    found = {Path(line["path"]).name: line for line in watcher.lines
+             if line.get("message") == "hashed big file" and Path(line["path"]).name in names}
+    return ", ".join(f"{name} {found[name]['seconds']:.2f}s = {found[name]['gb_per_second']:.2f} "
+                     "GB/s" for name in names if name in found) or "no 'hashed big file' line"
+
+
 def run(ctx: Ctx) -> None:
     size = 256 * MIB if ctx.quick else GIB
     base = ctx.scratch("bigfile")
@@ -97,6 +106,7 @@ def run(ctx: Ctx) -> None:
             say(f"  the same read loop started right after writing a new file (writeback still "
                 f"running, not waited for): {fresh:.2f} GB/s = {fresh / ceiling.gbps:.0%} of the "
                 f"ceiling; the watcher reached {rate / fresh:.0%} of that")
+            say(f"  the pool's log: {_pool_lines(watcher, [one.name])}")
             ctx.report.add("bigfile", f"1 x {size / GIB:.2f} GiB close->message",
                            f"{rate:.2f} GB/s",
                            ceiling=f"{ceiling.gbps:.2f} GB/s 1-thread hash",
@@ -106,6 +116,7 @@ def run(ctx: Ctx) -> None:
             ctx.report.add("bigfile", "partial-file announcements", problems or "none",
                            target="none", ok=not problems)
             _two_at_once(ctx, tree, size, consumer, ceiling.gbps)
+            say(f"  the pool's log: {_pool_lines(watcher, ['big-2.bin', 'big-3.bin'])}")
         finally:
             watcher.stop()
             consumer.stop()

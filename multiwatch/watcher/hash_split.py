@@ -1,13 +1,19 @@
-"""One big file's read split over two threads: SHA-256 on a helper, the rest on the caller.
+"""A big file's read, with SHA-256 on a helper thread while a core is to spare.
 
-SHA-256 is sequential and costs about three quarters of a single-thread hash (read and
-XXH128 the rest).  The caller reads each chunk and feeds XXH128 while the helper digests the
-chunk before it, so the file takes max(read + XXH128, SHA-256) instead of their sum: on two
-cores, the speed of SHA-256 alone.  os.readv, xxhash and hashlib all release the GIL on
-chunks this size, so the two threads do run at once.
+SHA-256 is sequential and costs about three quarters of a one-thread hash (the read and
+XXH128 the rest).  While a core is spare, the caller reads each chunk and feeds XXH128 while
+the helper digests the chunk before it, so the file takes max(read + XXH128, SHA-256)
+instead of their sum.  os.readv, xxhash and hashlib all release the GIL on chunks this
+size, so the two threads do run at once.
 
-Buffers go round a ring: the caller refills one only after the helper handed it back, so at
-most RING_BUFFERS chunks are allocated and SHA-256 sees the chunks in file order.
+A core is spare while this process hashes at most one big file per two usable cores.  When
+a second big file starts on two cores, the first one's caller takes SHA-256 back (after the
+helper has finished its queue: SHA-256 sees the chunks in file order), so two files use two
+threads, not four, and the watcher's own loop is not crowded out; when the other finishes,
+the helper takes over again.
+
+Buffers go round a ring: one is refilled only after SHA-256 is done with it, so at most
+RING_BUFFERS chunks are allocated.
 """
 
 from __future__ import annotations
@@ -16,7 +22,8 @@ import mmap
 import os
 import queue
 import threading
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
 
 RING_BUFFERS = 3  # one being read, one being digested, one spare to absorb jitter
 
@@ -34,6 +41,33 @@ def page_aligned(size: int) -> memoryview:
     return memoryview(mmap.mmap(-1, size))
 
 
+class _Cores:
+    """Big-file hashes in progress in this process, against the cores it may run on."""
+
+    def __init__(self) -> None:
+        self._lock = threading.Lock()
+        self.active = 0
+        self.cpus = 1
+
+    @contextmanager
+    def hashing(self) -> Iterator[None]:
+        with self._lock:
+            self.active += 1
+            self.cpus = len(os.sched_getaffinity(0))
+        try:
+            yield
+        finally:
+            with self._lock:
+                self.active -= 1
+
+    def spare(self) -> bool:
+        """Whether each hash in progress can have two cores (read under the GIL: no lock)."""
+        return self.active * 2 <= self.cpus
+
+
+CORES = _Cores()
+
+
 class _Sha256Helper(threading.Thread):
     """Feeds `update` the chunks it receives, in order, and returns each buffer to `free`."""
 
@@ -43,8 +77,6 @@ class _Sha256Helper(threading.Thread):
         self.views = views
         self.full: queue.SimpleQueue[tuple[int, int] | None] = queue.SimpleQueue()
         self.free: queue.SimpleQueue[int] = queue.SimpleQueue()
-        for index in range(len(views)):
-            self.free.put(index)
         self.error: BaseException | None = None
 
     def run(self) -> None:
@@ -58,29 +90,46 @@ class _Sha256Helper(threading.Thread):
             self.free.put(index)  # always: a reader waiting for a buffer must never hang
 
 
-def read_split(fd: int, chunk_bytes: int, sha256: Update, xxh128: Update,
-               after_read: Callable[[int], None], after_feed: Callable[[int], None]) -> None:
-    """Read `fd` to EOF in `chunk_bytes` chunks into both hashes (SHA-256 on a helper thread).
+def read_big(fd: int, chunk_bytes: int, sha256: Update, xxh128: Update,
+             after_read: Callable[[int], None], after_feed: Callable[[int], None]) -> None:
+    """Read `fd` to EOF in `chunk_bytes` chunks into both hashes, SHA-256 on a helper thread
+    while a core is spare.
 
     `after_read(count)` runs on the caller's thread before a chunk is hashed and may raise
-    (cancellation) to stop; `after_feed(count)` after it was handed on (progress).  The
-    helper has finished with every chunk, and exited, when this returns or raises."""
-    ring = page_aligned(chunk_bytes * RING_BUFFERS)
-    views = [ring[i * chunk_bytes:(i + 1) * chunk_bytes] for i in range(RING_BUFFERS)]
-    helper = _Sha256Helper(sha256, views)
-    helper.start()
-    try:
-        while True:
-            index = helper.free.get()
-            count = os.readv(fd, [views[index]])
-            if not count:
-                break
-            after_read(count)
-            xxh128(views[index][:count])
-            helper.full.put((index, count))
-            after_feed(count)
-    finally:
-        helper.full.put(None)
-        helper.join()
-    if helper.error is not None:
-        raise helper.error
+    (cancellation) to stop; `after_feed(count)` after it was hashed or handed on (progress).
+    The helper has finished with every chunk, and exited, when this returns or raises."""
+    with CORES.hashing():
+        ring = page_aligned(chunk_bytes * RING_BUFFERS)
+        views = [ring[i * chunk_bytes:(i + 1) * chunk_bytes] for i in range(RING_BUFFERS)]
+        mine = list(range(RING_BUFFERS))  # buffers not queued for (or held by) the helper
+        helper: _Sha256Helper | None = None
+        try:
+            while True:
+                if not mine:
+                    assert helper is not None  # buffers only leave `mine` for the helper
+                    mine.append(helper.free.get())
+                index = mine.pop()
+                count = os.readv(fd, [views[index]])
+                if not count:
+                    break
+                after_read(count)
+                chunk = views[index][:count]
+                xxh128(chunk)
+                if CORES.spare():
+                    if helper is None:
+                        helper = _Sha256Helper(sha256, views)
+                        helper.start()
+                    helper.full.put((index, count))
+                else:
+                    if helper is not None:  # SHA-256 takes chunks in order: drain the helper
+                        while len(mine) < RING_BUFFERS - 1:
+                            mine.append(helper.free.get())
+                    sha256(chunk)
+                    mine.append(index)
+                after_feed(count)
+        finally:
+            if helper is not None:
+                helper.full.put(None)
+                helper.join()
+        if helper is not None and helper.error is not None:
+            raise helper.error

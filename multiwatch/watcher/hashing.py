@@ -16,12 +16,12 @@ from dataclasses import dataclass
 
 import xxhash
 
-from multiwatch.watcher.hash_split import Update, page_aligned, read_split
+from multiwatch.watcher.hash_split import Update, page_aligned, read_big
 
 CHUNK_BYTES = 1 << 20
 PROGRESS_EVERY_BYTES = 64 << 20
-# From this size on SHA-256 runs on a helper thread beside the read (hash_split); below it
-# the thread's start costs more than the overlap gains.
+# From this size on SHA-256 may run on a helper thread beside the read (hash_split); below
+# it the thread's start costs more than the overlap gains.
 SPLIT_MIN_BYTES = 4 << 20
 
 
@@ -120,11 +120,6 @@ class _ReadWatch:
             self.progress()
 
 
-def _two_cpus() -> bool:
-    """Whether this process may run on a second core (for the SHA-256 helper thread)."""
-    return len(os.sched_getaffinity(0)) > 1
-
-
 def _read_inline(fd: int, size: int, sha256: Update, xxh128: Update, watch: _ReadWatch) -> None:
     """Read `fd` to EOF into both hashes on this thread."""
     # A small file gets a buffer its size (+1 to meet EOF in the same read), not a
@@ -151,7 +146,7 @@ def hash_file(path: str, progress: Callable[[], None] | None = None, *,
     `progress` is called every PROGRESS_EVERY_BYTES, so a huge file on a slow mount does
     not silence the watcher's heartbeat (and get it killed as hung).  Once `cancelled` is
     set the read stops at the next chunk with HashCancelled.  A file of SPLIT_MIN_BYTES or
-    more, on a machine with two cores, is digested by two threads (hash_split)."""
+    more has its SHA-256 on a second thread while a core is spare (hash_split)."""
     try:
         fd = os.open(path, os.O_RDONLY | os.O_NOFOLLOW | os.O_NONBLOCK | os.O_CLOEXEC)
     except OSError as exc:
@@ -165,9 +160,9 @@ def hash_file(path: str, progress: Callable[[], None] | None = None, *,
         sha256 = hashlib.sha256()
         xxh128 = xxhash.xxh128()
         watch = _ReadWatch(path, progress, cancelled)
-        if before.st_size >= SPLIT_MIN_BYTES and _two_cpus():
-            read_split(fd, CHUNK_BYTES, sha256.update, xxh128.update, watch.after_read,
-                       watch.after_feed)
+        if before.st_size >= SPLIT_MIN_BYTES:
+            read_big(fd, CHUNK_BYTES, sha256.update, xxh128.update, watch.after_read,
+                     watch.after_feed)
         else:
             _read_inline(fd, before.st_size, sha256.update, xxh128.update, watch)
         after = os.fstat(fd)
