@@ -13,6 +13,7 @@ loop started right after writing a new file, as the watcher has to.
 
 from __future__ import annotations
 
+import os
 import threading
 import time
 import uuid
@@ -71,6 +72,28 @@ def _pool_lines(watcher: Watcher, names: list[str]) -> str:
                      "GB/s" for name in names if name in found) or "no 'hashed big file' line"
 
 
+def _cpu_now(watcher: Watcher) -> tuple[float, float, float]:
+    """(monotonic, CPU-seconds used by the whole machine, by the watcher child) right now."""
+    ticks = os.sysconf("SC_CLK_TCK")
+    fields = [int(v) for v in Path("/proc/stat").read_text().split("\n", 1)[0].split()[1:]]
+    busy = (sum(fields[:8]) - fields[3] - fields[4]) / ticks  # all but idle and iowait
+    child = sum(sum(c.cpu_times()[:2]) for c in watcher.children())
+    return time.monotonic(), busy, child
+
+
+def _cpu_during_hash(watcher: Watcher, since: tuple[float, float, float], name: str) -> str:
+    """Who used the cores from `since` until the pool logged the hash of `name`: tells a
+    watcher short of CPU (other processes busy) from a slow watcher."""
+    watcher.wait_log(lambda line: line.get("message") == "hashed big file"
+                     and Path(line.get("path", "")).name == name, timeout=600)
+    now, busy, child = _cpu_now(watcher)
+    wall = now - since[0]
+    child_cpu = child - since[2]
+    others = max(0.0, busy - since[1] - child_cpu)
+    return (f"over the {wall:.2f}s to the pool's log line: watcher child {child_cpu:.2f} "
+            f"CPU-s, everything else {others:.2f} CPU-s, of {wall * (os.cpu_count() or 1):.2f}")
+
+
 def run(ctx: Ctx) -> None:
     size = 256 * MIB if ctx.quick else GIB
     base = ctx.scratch("bigfile")
@@ -90,6 +113,8 @@ def run(ctx: Ctx) -> None:
             one = tree / "big-1.bin"
             started = time.monotonic()
             closed = write_big_file(one, size)
+            at_close = _cpu_now(watcher)
+            cpu_note = _cpu_during_hash(watcher, at_close, one.name)
             say(f"  wrote 1 file in {closed - started:.2f}s ({size / (closed - started) / 1e9:.2f} "
                 f"GB/s); {loadavg()}")
             got_one = consumer.result(timeout=600)
@@ -106,7 +131,7 @@ def run(ctx: Ctx) -> None:
             say(f"  the same read loop started right after writing a new file (writeback still "
                 f"running, not waited for): {fresh:.2f} GB/s = {fresh / ceiling.gbps:.0%} of the "
                 f"ceiling; the watcher reached {rate / fresh:.0%} of that")
-            say(f"  the pool's log: {_pool_lines(watcher, [one.name])}")
+            say(f"  the pool's log: {_pool_lines(watcher, [one.name])}; {cpu_note}")
             ctx.report.add("bigfile", f"1 x {size / GIB:.2f} GiB close->message",
                            f"{rate:.2f} GB/s",
                            ceiling=f"{ceiling.gbps:.2f} GB/s 1-thread hash",
