@@ -16,7 +16,7 @@ from dataclasses import dataclass
 
 import xxhash
 
-from multiwatch.watcher.hash_split import Update, page_aligned, read_big
+from multiwatch.watcher.hash_split import Update, read_big, read_buffer
 
 CHUNK_BYTES = 1 << 20
 PROGRESS_EVERY_BYTES = 64 << 20
@@ -124,8 +124,8 @@ def _read_inline(fd: int, size: int, sha256: Update, xxh128: Update, watch: _Rea
     """Read `fd` to EOF into both hashes on this thread."""
     # A small file gets a buffer its size (+1 to meet EOF in the same read), not a
     # zeroed megabyte: in a burst of small files that allocation was most of the cost.
-    # A file of a chunk or more gets a page-aligned one: see hash_split.page_aligned.
-    view = page_aligned(CHUNK_BYTES) if size >= CHUNK_BYTES else memoryview(bytearray(size + 1))
+    # A file of a chunk or more gets the thread's page-aligned one (hash_split.read_buffer).
+    view = read_buffer(CHUNK_BYTES) if size >= CHUNK_BYTES else memoryview(bytearray(size + 1))
     while True:
         count = os.readv(fd, [view])
         if not count:

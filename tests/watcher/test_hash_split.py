@@ -16,7 +16,7 @@ import pytest
 import xxhash
 
 from multiwatch.watcher import hash_split, hashing
-from multiwatch.watcher.hash_split import CORES, RING_BUFFERS, page_aligned, read_big
+from multiwatch.watcher.hash_split import CORES, RING_BUFFERS, page_aligned, read_big, read_buffer
 from multiwatch.watcher.hashing import (
     CHUNK_BYTES,
     SPLIT_MIN_BYTES,
@@ -201,3 +201,19 @@ def test_read_buffers_start_on_a_page_boundary() -> None:
         assert ctypes.addressof(ctypes.c_char.from_buffer(view)) % mmap.PAGESIZE == 0
         assert len(view) == size
     del before
+
+
+def test_each_thread_keeps_its_own_read_buffer() -> None:
+    """A thread's next hash reuses its page-aligned buffer (no fresh page faults per file),
+    and two threads hashing at once never share one."""
+    def address(view: memoryview) -> int:
+        return ctypes.addressof(ctypes.c_char.from_buffer(view))
+
+    first = address(read_buffer(CHUNK_BYTES))
+    assert address(read_buffer(CHUNK_BYTES)) == first
+    assert first % mmap.PAGESIZE == 0
+    other: list[int] = []
+    worker = threading.Thread(target=lambda: other.append(address(read_buffer(CHUNK_BYTES))))
+    worker.start()
+    worker.join()
+    assert other and other[0] != first
