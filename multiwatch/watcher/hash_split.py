@@ -1,10 +1,10 @@
 """A big file's read, with SHA-256 on a helper thread while a core is to spare.
 
-SHA-256 is sequential and costs about three quarters of a one-thread hash (the read and
-XXH128 the rest).  While a core is spare, the caller reads each chunk and feeds XXH128 while
-the helper digests the chunk before it, so the file takes max(read + XXH128, SHA-256)
-instead of their sum.  os.readv, xxhash and hashlib all release the GIL on chunks this
-size, so the two threads do run at once.
+SHA-256 is sequential and costs most of a one-thread hash (about 85% on this machine; the
+read and XXH128 the rest).  While a core is spare, the caller reads each chunk and feeds
+XXH128 while the helper digests the chunk before it, so the file takes max(read + XXH128,
+SHA-256) instead of their sum: 10-15% faster than one thread.  os.readv, xxhash and hashlib
+all release the GIL on chunks this size, so the two threads do run at once.
 
 A core is spare while this process hashes at most one big file per two usable cores.  When
 a second big file starts on two cores, the first one's caller takes SHA-256 back (after the
