@@ -29,6 +29,7 @@ from watchdog.events import (
 )
 from watchdog.observers.api import BaseObserver
 from watchdog.observers.inotify import InotifyEmitter, InotifyWatchGroup
+from watchdog.observers.inotify_c import InotifyFD
 from watchdog.observers.inotify_move_event_grouper import PathedInotifyEvent
 from watchdog.observers.polling import PollingObserver
 
@@ -103,7 +104,32 @@ class DirectInotifyObserver(BaseObserver):
     dispatcher thread idles.  Watches, recursion and overflow recovery stay watchdog's."""
 
     def __init__(self, handler: _Enqueuer) -> None:
-        super().__init__(emitter_class=_direct_emitter(handler))
+        self.reader = BatchingInotifyFD()  # this observer's own, stopped with it
+        self.reader.start()
+        super().__init__(emitter_class=_direct_emitter(handler), inotify_fd=self.reader)
+
+    def on_thread_stop(self) -> None:
+        super().on_thread_stop()
+        self.reader.stop()
+        self.reader.join()
+
+
+class BatchingInotifyFD(InotifyFD):
+    """watchdog's inotify reader, pausing BATCH_PAUSE_SECONDS after each read that found
+    events.  Stock, it wakes for every event a writer makes (a poll and a read each, about
+    a fifth of the watcher's CPU in a burst); after the pause one read takes all that
+    arrived meanwhile.  A lone event is still handled the moment it arrives: the pause
+    only delays events that follow within it."""
+
+    BATCH_PAUSE_SECONDS = 0.002
+
+    def run(self) -> None:
+        while self.should_keep_running():
+            events = self.read_events()
+            for event in events:
+                self.handle_event(event)
+            if events:
+                time.sleep(self.BATCH_PAUSE_SECONDS)
 
 
 def _direct_emitter(handler: _Enqueuer) -> type[InotifyEmitter]:

@@ -15,7 +15,6 @@ from watchdog.observers.api import BaseObserver
 from watchdog.observers.inotify_c import (
     InotifyConstants,
     InotifyEvent,
-    InotifyFD,
     WatchDescriptor,
 )
 from watchdog.observers.polling import PollingObserver
@@ -108,10 +107,12 @@ def test_kernel_queue_overflow_becomes_an_overflow_notification(
     listen_for_lost_events(events)
     lost_logger = logging.getLogger("watchdog.observers")
     try:
-        observers.append(start_observer(str(tmp_path), recursive=True, events=events,
-                                        mode="inotify", polling_interval=0.1))
+        observer = start_observer(str(tmp_path), recursive=True, events=events,
+                                  mode="inotify", polling_interval=0.1)
+        observers.append(observer)
+        assert isinstance(observer, observe.DirectInotifyObserver)
         # What the kernel sends when its queue overflowed: wd -1, mask IN_Q_OVERFLOW.
-        InotifyFD.get_instance().handle_event(
+        observer.reader.handle_event(
             InotifyEvent(WatchDescriptor(-1), InotifyConstants.IN_Q_OVERFLOW, 0, b""))
 
         _next_event(events, lambda e: e.kind == "overflow")
@@ -186,3 +187,35 @@ def test_a_move_out_alone_is_announced_deleted_after_the_pairing_window(
     os.rename(root / "gone.txt", outside / "gone.txt")
     deleted = _next_event(events, lambda e: e.kind == "deleted")
     assert (deleted.src, deleted.is_directory) == ("gone.txt", False)
+
+
+def test_events_arriving_together_are_read_together_and_a_lone_one_at_once(
+        tmp_path: Path, observers: list[BaseObserver], monkeypatch: pytest.MonkeyPatch) -> None:
+    """The inotify reader pauses after each read that found events, so a burst is taken
+    in a few reads instead of one wakeup per event; a lone event still arrives at once."""
+    pause = 1.0
+    monkeypatch.setattr(observe.BatchingInotifyFD, "BATCH_PAUSE_SECONDS", pause)
+    reads: list[int] = []
+    original = observe.BatchingInotifyFD.read_events
+
+    def counted(self: observe.BatchingInotifyFD, **kwargs: int) -> list[InotifyEvent]:
+        found = original(self, **kwargs)
+        reads.append(len(found))
+        return found
+
+    monkeypatch.setattr(observe.BatchingInotifyFD, "read_events", counted)
+    events: queue.SimpleQueue[RawEvent] = queue.SimpleQueue()
+    observers.append(start_observer(str(tmp_path), recursive=True, events=events,
+                                    mode="inotify"))
+
+    started = time.monotonic()
+    os.mkdir(tmp_path / "first")
+    _next_event(events, lambda e: e.src == "first")
+    assert time.monotonic() - started < pause, "a lone event waited for the pause"
+    for index in range(100):  # all made while the reader pauses after "first"
+        (tmp_path / f"f{index:03d}").write_bytes(b"x")
+    closed = {e.src for e in _drain_until(events, lambda e: e.src == "f099" and e.kind == "closed")
+              if e.kind == "closed"}
+
+    assert closed == {f"f{index:03d}" for index in range(100)}
+    assert len([count for count in reads if count]) <= 3, reads
