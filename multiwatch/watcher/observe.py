@@ -29,7 +29,7 @@ from watchdog.events import (
 )
 from watchdog.observers.api import BaseObserver
 from watchdog.observers.inotify import InotifyEmitter, InotifyWatchGroup
-from watchdog.observers.inotify_c import InotifyFD
+from watchdog.observers.inotify_c import InotifyConstants, InotifyEvent, InotifyFD
 from watchdog.observers.inotify_move_event_grouper import PathedInotifyEvent
 from watchdog.observers.polling import PollingObserver
 
@@ -116,20 +116,52 @@ class DirectInotifyObserver(BaseObserver):
 
 class BatchingInotifyFD(InotifyFD):
     """watchdog's inotify reader, pausing BATCH_PAUSE_SECONDS after each read that found
-    events.  Stock, it wakes for every event a writer makes (a poll and a read each, about
-    a fifth of the watcher's CPU in a burst); after the pause one read takes all that
-    arrived meanwhile.  A lone event is still handled the moment it arrives: the pause
-    only delays events that follow within it."""
+    events, and passing on only the last content event of a file within one read.
+
+    Stock, it wakes for every event a writer makes (a poll and a read each, about a fifth
+    of the watcher's CPU in a burst); after the pause one read takes all that arrived
+    meanwhile.  A lone event is still handled the moment it arrives: the pause only
+    delays events that follow within it."""
 
     BATCH_PAUSE_SECONDS = 0.002
 
     def run(self) -> None:
         while self.should_keep_running():
             events = self.read_events()
-            for event in events:
+            for event in latest_content_events(events):
                 self.handle_event(event)
             if events:
                 time.sleep(self.BATCH_PAUSE_SECONDS)
+
+
+# Events about a file's content: the pipeline's state after any run of them for one path
+# is the state after the last (each restarts the quiet period; a close may shorten it).
+_CONTENT_MASKS = frozenset({InotifyConstants.IN_CREATE, InotifyConstants.IN_MODIFY,
+                            InotifyConstants.IN_CLOSE_WRITE})
+
+
+def latest_content_events(events: list[InotifyEvent]) -> list[InotifyEvent]:
+    """`events` without the file content events (create, modify, close-after-write) that a
+    later one for the same name in the same watched directory supersedes.
+
+    A writer's open-write-close makes three events; the pipeline needs only the last.
+    Anything else for that name in between (a deletion, a move) keeps the earlier ones,
+    so per-path order is never changed; directories' events are all kept."""
+    if len(events) < 2:
+        return events
+    superseded: set[tuple[int, bytes]] = set()  # names with a later content event
+    kept: list[InotifyEvent] = []
+    for event in reversed(events):
+        key = (event.wd, event.name)
+        if event.mask in _CONTENT_MASKS and event.name:  # (a directory's carry IN_ISDIR)
+            if key in superseded:
+                continue
+            superseded.add(key)
+        else:
+            superseded.discard(key)
+        kept.append(event)
+    kept.reverse()
+    return kept
 
 
 def _direct_emitter(handler: _Enqueuer) -> type[InotifyEmitter]:
