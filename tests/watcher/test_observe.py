@@ -15,6 +15,7 @@ from watchdog.observers.api import BaseObserver
 from watchdog.observers.inotify_c import (
     InotifyConstants,
     InotifyEvent,
+    Mask,
     WatchDescriptor,
 )
 from watchdog.observers.polling import PollingObserver
@@ -224,7 +225,7 @@ def test_events_arriving_together_are_read_together_and_a_lone_one_at_once(
 
 
 def _inotify(wd: int, mask: int, name: bytes, cookie: int = 0) -> InotifyEvent:
-    return InotifyEvent(WatchDescriptor(wd), mask, cookie, name)
+    return InotifyEvent(WatchDescriptor(wd), Mask(mask), cookie, name)
 
 
 def test_only_the_last_content_event_of_a_file_in_a_read_is_passed_on() -> None:
