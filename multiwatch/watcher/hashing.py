@@ -133,13 +133,13 @@ def hash_file(path: str, progress: Callable[[], None] | None = None, *,
             if progress is not None and since_progress >= PROGRESS_EVERY_BYTES:
                 since_progress = 0
                 progress()
-        after = os.fstat(fd)
     finally:
         os.close(fd)
     version = FileVersion.of(before)
-    # Re-stat by path too: a rename-over replaces the inode without touching our fd.
+    # Re-stat by path: the same inode's current size and mtime (what an fstat of our fd
+    # would say), and a rename-over, which replaces the inode without touching our fd.
     current = stat_regular(path)
-    if FileVersion.of(after) != version or current is None or FileVersion.of(current) != version:
+    if current is None or FileVersion.of(current) != version:
         raise ChangedWhileHashing(path)
     return Hashed(version=version, sha256=sha256.hexdigest(), xxh128=xxh128.hexdigest(),
                   ctime_ns=current.st_ctime_ns)

@@ -22,6 +22,7 @@ from collections import Counter
 from collections.abc import Callable, Iterator
 
 from multiwatch.config import InstanceConfig
+from multiwatch.logs import lines_written_together
 from multiwatch.watcher.filters import PathFilter
 from multiwatch.watcher.hash_pool import HashJob, HashPool
 from multiwatch.watcher.hashing import (
@@ -148,8 +149,9 @@ class Pipeline:
             log.info("state database writable again", extra={"path": self.store.path})
         self._store_failures, self._store_retry_at = 0, 0.0
         self.gauge.added(len(self._new_events), sum(len(e.body) for e in self._new_events))
-        for event, fields in zip(self._new_events, self._new_event_logs, strict=True):
-            log.info(event.event_type.replace("_", " "), extra=fields)
+        with lines_written_together():
+            for event, fields in zip(self._new_events, self._new_event_logs, strict=True):
+                log.info(event.event_type.replace("_", " "), extra=fields)
         self._changed_files = {}
         self._new_events = []
         self._new_event_logs = []
