@@ -95,12 +95,14 @@ def resolve_regular(path: str, inside: str | None) -> tuple[str, os.stat_result]
 
 
 def hash_file(path: str, progress: Callable[[], None] | None = None, *,
-              cancelled: threading.Event | None = None) -> Hashed:
+              cancelled: threading.Event | None = None,
+              expected: FileVersion | None = None) -> Hashed:
     """Hash `path` in one pass. Raises FileNotFoundError, NotRegularFile, ChangedWhileHashing.
 
     `progress` is called every PROGRESS_EVERY_BYTES, so a huge file on a slow mount does
     not silence the watcher's heartbeat (and get it killed as hung).  Once `cancelled` is
-    set the read stops at the next chunk with HashCancelled."""
+    set the read stops at the next chunk with HashCancelled.  With `expected`, a file
+    found with another version when opened raises ChangedWhileHashing before any read."""
     try:
         fd = os.open(path, os.O_RDONLY | os.O_NOFOLLOW | os.O_NONBLOCK | os.O_CLOEXEC)
     except OSError as exc:
@@ -111,6 +113,8 @@ def hash_file(path: str, progress: Callable[[], None] | None = None, *,
         before = os.fstat(fd)
         if not stat.S_ISREG(before.st_mode):
             raise NotRegularFile(path)
+        if expected is not None and FileVersion.of(before) != expected:
+            raise ChangedWhileHashing(path)
         sha256 = hashlib.sha256()
         xxh128 = xxhash.xxh128()
         # A small file gets a buffer its size (+1 to meet EOF in the same read), not a
