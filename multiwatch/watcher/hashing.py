@@ -13,6 +13,7 @@ import stat
 import threading
 from collections.abc import Callable
 from dataclasses import dataclass
+from typing import NamedTuple
 
 import xxhash
 
@@ -20,9 +21,11 @@ CHUNK_BYTES = 1 << 20
 PROGRESS_EVERY_BYTES = 64 << 20
 
 
-@dataclass(frozen=True)
-class FileVersion:
-    """What identifies one version of a file's content on disk."""
+class FileVersion(NamedTuple):
+    """What identifies one version of a file's content on disk.
+
+    A tuple (several are made per file; a frozen dataclass costs several times more), equal
+    to a scan's plain (size, mtime_ns, inode)."""
 
     size: int
     mtime_ns: int
@@ -30,7 +33,7 @@ class FileVersion:
 
     @classmethod
     def of(cls, st: os.stat_result) -> FileVersion:
-        return cls(size=st.st_size, mtime_ns=st.st_mtime_ns, inode=st.st_ino)
+        return cls(st.st_size, st.st_mtime_ns, st.st_ino)
 
 
 @dataclass(frozen=True)
