@@ -187,9 +187,11 @@ def _sigterm_for_main_thread_only() -> Iterator[None]:
 
 
 def _observer_alive(observer: BaseObserver) -> bool:
-    """The observer thread and every emitter thread (an emitter can die alone, e.g. of a
-    RecursionError while adding watches, leaving the observer deaf but alive)."""
-    return observer.is_alive() and all(e.is_alive() for e in observer.emitters)
+    """The observer thread, every emitter thread and the inotify reader (each can die alone,
+    e.g. of a RecursionError while adding watches, leaving the observer deaf but alive)."""
+    reader = getattr(observer, "reader", None)  # DirectInotifyObserver's; polling has none
+    return (observer.is_alive() and all(e.is_alive() for e in observer.emitters)
+            and (reader is None or reader.is_alive()))
 
 
 def _next_scan(instance: InstanceConfig) -> float:
