@@ -204,8 +204,8 @@ class Pipeline:
         if scan.relative_dir:
             prefix = scan.relative_dir + "/"
             unseen = [p for p in self.known.paths() if p.startswith(prefix) and p not in scan.seen]
-        else:
-            unseen = list(self.known.paths() - scan.seen)
+        else:  # usually every tracked file was met: checking that builds no set
+            unseen = [] if self.known.paths() <= scan.seen else list(self.known.paths() - scan.seen)
         for relative in sorted(unseen):
             if relative in self.settle:
                 continue  # its own settle decides
