@@ -101,17 +101,34 @@ class DirectInotifyObserver(BaseObserver):
     several objects per event, about a third of the watcher's CPU in a burst.  Here the
     watch group's move grouper is replaced by _DirectGrouper, which turns each event into
     a RawEvent at once; the emitter thread only expires unpaired moves, and the
-    dispatcher thread idles.  Watches, recursion and overflow recovery stay watchdog's."""
+    dispatcher thread idles.  Watches, recursion and overflow recovery stay watchdog's.
 
-    def __init__(self, handler: _Enqueuer) -> None:
+    With `subdirectories_later`, starting watches the root alone, and the caller's walk
+    calls `watch_directory` on every directory below it before listing that directory
+    (the startup scan does, see scan.scan_batches): one listing of the tree instead of
+    two, and still nothing created behind the walk goes unnoticed, since each directory
+    is watched before it is read.  Watches added later (new directories, an overflow's
+    rebuild) are watchdog's own recursive ones."""
+
+    def __init__(self, handler: _Enqueuer, *, subdirectories_later: bool = False) -> None:
         self.reader = BatchingInotifyFD()  # this observer's own, stopped with it
         self.reader.start()
-        super().__init__(emitter_class=_direct_emitter(handler), inotify_fd=self.reader)
+        super().__init__(emitter_class=_direct_emitter(handler, subdirectories_later),
+                         inotify_fd=self.reader)
+        self.subdirectories_later = subdirectories_later
 
     def on_thread_stop(self) -> None:
         super().on_thread_stop()
         self.reader.stop()
         self.reader.join()
+
+    def watch_directory(self, path: str) -> None:
+        """Watch one directory below the root, unless it already is (see the class)."""
+        encoded = os.fsencode(path)
+        for emitter in self.emitters:
+            group = getattr(emitter, "_inotify", None)
+            if isinstance(group, _DeferringWatchGroup):
+                group.watch_directory(encoded)
 
 
 class BatchingInotifyFD(InotifyFD):
@@ -164,10 +181,31 @@ def latest_content_events(events: list[InotifyEvent]) -> list[InotifyEvent]:
     return kept
 
 
-def _direct_emitter(handler: _Enqueuer) -> type[InotifyEmitter]:
-    class DirectWatchGroup(InotifyWatchGroup):
+class _DeferringWatchGroup(InotifyWatchGroup):
+    """A watch group whose first activation may leave the subdirectories to the caller."""
+
+    _subdirectories_later = False
+
+    def _add_all_callbacks(self, path: bytes) -> None:
+        if self._subdirectories_later:
+            self._subdirectories_later = False  # only the activation: later calls walk
+            self._add_callback(path)
+            return
+        super()._add_all_callbacks(path)
+
+    def watch_directory(self, path: bytes) -> None:
+        # A path already here is watched, or was replaced by a directory whose creation
+        # event watchdog is about to handle (it re-adds the path then): either way, done.
+        with self._lock:
+            if self.is_active and path not in self._active_callbacks_by_path:
+                self._add_callback(path)  # a directory gone meanwhile is skipped, as in a walk
+
+
+def _direct_emitter(handler: _Enqueuer, subdirectories_later: bool) -> type[InotifyEmitter]:
+    class DirectWatchGroup(_DeferringWatchGroup):
         def __post_init__(self) -> None:
             self._move_event_grouper = _DirectGrouper(handler)  # type: ignore[assignment]
+            self._subdirectories_later = subdirectories_later and self.is_recursive
             super().__post_init__()
 
     class DirectInotifyEmitter(InotifyEmitter):
@@ -291,17 +329,22 @@ def listen_for_lost_events(events: queue.SimpleQueue[RawEvent]) -> None:
 
 def start_observer(
     root: str, *, recursive: bool, events: queue.SimpleQueue[RawEvent], mode: str = "auto",
-    polling_interval: float = 1.0,
+    polling_interval: float = 1.0, subdirectories_later: bool = False,
 ) -> BaseObserver:
     """Start watching `root` with inotify or by polling.
 
     "auto" falls back to polling, with a warning, when inotify cannot be used (watch or
     instance limits reached: ENOSPC, EMFILE); "inotify" raises instead.
+
+    `subdirectories_later`: an inotify observer watches the root alone, and the caller
+    must pass `directory_watcher(observer)` to a walk of the whole tree (see
+    DirectInotifyObserver); a polling observer needs no such walk.
     """
     if mode != "polling":
         try:
             handler = _Enqueuer(root, events)
-            observer: BaseObserver = DirectInotifyObserver(handler)
+            observer: BaseObserver = DirectInotifyObserver(
+                handler, subdirectories_later=subdirectories_later)
             observer.schedule(handler, root, recursive=recursive, event_filter=WATCHED_EVENTS)
             observer.start()
             return observer
@@ -317,3 +360,11 @@ def start_observer(
                       event_filter=WATCHED_EVENTS)
     observer.start()
     return observer
+
+
+def directory_watcher(observer: BaseObserver) -> Callable[[str], None] | None:
+    """What a walk must call on each directory (absolute path) before listing it, for an
+    observer started with `subdirectories_later`; None when nothing is needed."""
+    if isinstance(observer, DirectInotifyObserver) and observer.subdirectories_later:
+        return observer.watch_directory
+    return None

@@ -101,14 +101,19 @@ class Pipeline:
 
     # -- driving -------------------------------------------------------------------------
 
-    def request_scan(self, relative_dir: str = "") -> None:
+    def request_scan(self, relative_dir: str = "", *,
+                     watch: Callable[[str], object] | None = None) -> None:
         """Reconcile (part of) the tree with what was announced: new or changed files are
-        settled like notified ones; announced files no longer on disk are deleted."""
-        if any(s.relative_dir == relative_dir and not s.started for s in self._scans):
+        settled like notified ones; announced files no longer on disk are deleted.
+
+        `watch`: the walk also adds the observer's watches, each directory's before it is
+        listed (see observe.directory_watcher)."""
+        if watch is None and any(s.relative_dir == relative_dir and not s.started
+                                 for s in self._scans):
             return  # the same walk is queued and has not started: it will see everything
         batches = scan_batches(self.root, relative_dir, self.filter,
                                recursive=self.instance.recursive, unlistable=self._unlistable,
-                               follow_inside=self._follow_inside)
+                               follow_inside=self._follow_inside, watch=watch)
         self._scans.append(_Scan(relative_dir, batches))
 
     def step(self, max_wait: float) -> None:

@@ -21,7 +21,14 @@ from watchdog.observers.inotify_c import (
 from watchdog.observers.polling import PollingObserver
 
 from multiwatch.watcher import observe
-from multiwatch.watcher.observe import RawEvent, listen_for_lost_events, start_observer
+from multiwatch.watcher.filters import PathFilter
+from multiwatch.watcher.observe import (
+    RawEvent,
+    directory_watcher,
+    listen_for_lost_events,
+    start_observer,
+)
+from multiwatch.watcher.scan import scan_batches
 from tests.watcher.test_pipeline import drain, known_files, make_pipeline, settle_all
 
 
@@ -256,3 +263,40 @@ def test_content_events_around_a_deletion_or_move_of_the_name_are_all_kept() -> 
         (c.IN_CLOSE_WRITE, b"f"), (c.IN_MOVED_FROM, b"f"), (c.IN_CREATE, b"f"),
         (c.IN_DELETE, b"f"), (c.IN_CREATE, b"f"),
         (c.IN_CREATE | c.IN_ISDIR, b"d"), (c.IN_CREATE | c.IN_ISDIR, b"d")]
+
+
+def test_subdirectories_later_leaves_their_watches_to_the_walk(
+        tmp_path: Path, observers: list[BaseObserver]) -> None:
+    """observer started with subdirectories_later: the root is watched at once, an existing
+    subdirectory once a walk handed it to directory_watcher, a new one as soon as it appears."""
+    (tmp_path / "a" / "b").mkdir(parents=True)
+    events: queue.SimpleQueue[RawEvent] = queue.SimpleQueue()
+    observers.append(start_observer(str(tmp_path), recursive=True, events=events,
+                                    mode="inotify", subdirectories_later=True))
+    (tmp_path / "a" / "b" / "early.txt").write_text("before the walk")
+    (tmp_path / "top.txt").write_text("in the root")
+    # One inotify queue keeps the order: had a/b been watched, early.txt came first.
+    before = _drain_until(events, lambda e: e.src == "top.txt")
+    assert not any(e.src == "a/b/early.txt" for e in before)
+
+    watch = directory_watcher(observers[0])
+    assert watch is not None
+    everything = PathFilter(include=("*",), exclude=())
+    found = {p for batch in scan_batches(str(tmp_path), "", everything, recursive=True,
+                                         watch=watch) for p in batch}
+    assert "a/b/early.txt" in found  # the walk itself reports what came before its watch
+    (tmp_path / "a" / "b" / "late.txt").write_text("after the walk")
+    _next_event(events, lambda e: e.src == "a/b/late.txt")
+    (tmp_path / "new" / "inner").mkdir(parents=True)
+    (tmp_path / "new" / "inner" / "file.txt").write_text("in a directory made later")
+    _next_event(events, lambda e: e.src == "new/inner/file.txt")
+
+
+def test_only_an_inotify_observer_started_so_needs_a_directory_watcher(
+        tmp_path: Path, observers: list[BaseObserver]) -> None:
+    """directory_watcher is None for a polling observer and for a fully watching one."""
+    events: queue.SimpleQueue[RawEvent] = queue.SimpleQueue()
+    observers.append(start_observer(str(tmp_path), recursive=True, events=events,
+                                    mode="polling", subdirectories_later=True))
+    observers.append(start_observer(str(tmp_path), recursive=True, events=events))
+    assert [directory_watcher(o) for o in observers] == [None, None]
