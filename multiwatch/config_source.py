@@ -14,7 +14,6 @@ import os
 import re
 from collections.abc import Collection, Mapping, Sequence
 from dataclasses import dataclass
-from difflib import get_close_matches
 from typing import Any
 
 
@@ -143,6 +142,8 @@ def mapping(src: Source, node: Node, key: str, allowed: Collection[str]) -> dict
         raise src.where(node, key).error(f"expected a mapping, got {kind(node.value)}")
     for name, child in node.value.items():
         if name not in allowed:
+            from difflib import get_close_matches  # only for a mistake: every start imports this
+
             close = get_close_matches(name, list(allowed), n=1)
             hint = f'; did you mean "{close[0]}"?' if close else ""
             raise src.where(child, join(key, name)).error(
