@@ -258,7 +258,7 @@ def _load_versions(conn: sqlite3.Connection) -> dict[str, Version]:
     Paths are stored as os.fsencode bytes.  With a UTF-8 filesystem encoding, sqlite
     itself can hand them over as str (a CAST to TEXT, decoded in C as the rows are read):
     for valid UTF-8 that is exactly os.fsdecode's result, and it spares a bytes object per
-    row, a third of the load.  A path that is not valid UTF-8 makes that read fail; then
+    row, about a quarter of the load.  A path that is not valid UTF-8 makes that read fail; then
     every path is read as bytes and decoded in one call, like os.fsdecode (no path holds
     a NUL, so NUL can join them)."""
     encoding, errors = sys.getfilesystemencoding(), sys.getfilesystemencodeerrors()
