@@ -4,14 +4,15 @@ starts (--runs of them, the best reported), the time from `multiwatch run` to th
 read (0 expected: size, mtime and inode match the state database).  Ceiling: os.scandir +
 lstat of the same tree, best of two.
 
-The figure is the whole wall time a user waits: the supervisor's interpreter and imports,
-the spawn of the child (a fresh interpreter importing the watcher, kombu and watchdog),
-loading the files table, adding the inotify watches, then the walk and compare.  The
-ceiling is the walk alone, in an interpreter that is already running, so the ratio charges
-multiwatch for everything else too (the "scan only" ratio leaves process start out).  Both
-starts run from bytecode, as an installed multiwatch does: this tree's modules are compiled
-first, because an environment with PYTHONDONTWRITEBYTECODE would otherwise compile every
-module from source in both processes at every start.
+The figure is the whole wall time a user waits: the supervisor's interpreter and
+imports, the spawn of the child (a fresh interpreter importing the watcher, kombu and
+watchdog), loading the files table, then the walk and compare (which also adds the
+inotify watches).  The ceiling is the walk alone, in an interpreter that is already
+running, so the ratio charges multiwatch for everything else too (the "scan only" ratio
+leaves process start out).  Both starts run from bytecode, as an installed multiwatch
+does: this tree's modules are compiled first, because an environment with
+PYTHONDONTWRITEBYTECODE would otherwise compile every module from source in both
+processes at every start.
 """
 
 from __future__ import annotations
@@ -146,8 +147,9 @@ def _second_start(ctx: Ctx, base: Path, tree: Path, files: int, url: str, queue:
     ceiling = listed / list_s
     say(f"  best of {len(runs)}: {best.total:.2f}s (median "
         f"{statistics.median(r.total for r in runs):.2f}s); milestones of the best: supervisor "
-        f"started {best.supervisor:.2f}s, child 'watching' (imports, files table loaded, inotify "
-        f"watches added) {best.watching:.2f}s, 'startup scan complete' {best.total:.2f}s")
+        f"started {best.supervisor:.2f}s, child 'watching' (imports, files table loaded, root "
+        f"watched) {best.watching:.2f}s, 'startup scan complete' (the walk adds the watches "
+        f"below the root) {best.total:.2f}s")
     say(f"  child read_chars: {best.read_total / MIB:.1f} MiB in all by then (imports, "
         f"state.db {db_bytes / MIB:.1f} MiB, ...), {best.read_between / MIB:.2f} MiB between "
         f"'watching' and 'scan complete'; tree content {tree_bytes / MIB:.1f} MiB")

@@ -2,7 +2,9 @@
 
 import sys
 
-from multiwatch.cli import main
+# Spawned children re-import this module (as __mp_main__): they must neither re-run main
+# nor pay for importing the command line, so it is imported only when run as a program.
+if __name__ == "__main__":
+    from multiwatch.cli import main
 
-if __name__ == "__main__":  # spawned children re-import this module; they must not re-run main
     sys.exit(main())

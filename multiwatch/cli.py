@@ -10,7 +10,6 @@ import argparse
 import dataclasses
 import os
 import sys
-import uuid
 from collections.abc import Sequence
 
 from multiwatch import __version__
@@ -280,6 +279,8 @@ def _tail(roster: Roster, args: argparse.Namespace) -> int:
     if args.tap and broker.embedded:
         raise ConfigError("--tap needs a RabbitMQ broker; the embedded spool has one queue")
     if args.tap:
+        import uuid
+
         queue = Queue(f"multiwatch-tail-{uuid.uuid4().hex[:8]}", exchange_for(broker),
                       routing_key=broker.binding_key, exclusive=True, auto_delete=True)
     elif args.queue:

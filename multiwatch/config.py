@@ -14,8 +14,6 @@ from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from typing import Any
 
-import yaml
-
 from multiwatch import config_source as cs
 from multiwatch.config_broker import (
     DEFAULT_BINDING_KEY,
@@ -205,6 +203,8 @@ def render_effective(roster: Roster) -> str:
             for i in roster.instances
         ],
     }
+    import yaml  # only `multiwatch check` writes YAML
+
     return yaml.safe_dump(doc, sort_keys=False, default_flow_style=False, allow_unicode=True)
 
 

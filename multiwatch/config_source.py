@@ -1,9 +1,9 @@
 """Where config values come from, and turning them into typed values with precise errors.
 
-PyYAML's `safe_load` forgets where values came from; composing the node tree ourselves
-keeps a line for every key and list item, so errors can say `file:line: key: why`.
-Environment variables go through the same coercers as `Node`s without a line.
-The roster schema itself lives in `multiwatch.config`.
+Every value is a `Node` with the line it came from (`multiwatch.config_yaml` composes
+them from the roster's YAML), so errors can say `file:line: key: why`.  Environment
+variables go through the same coercers as `Node`s without a line.  The roster schema
+itself lives in `multiwatch.config`.
 """
 
 from __future__ import annotations
@@ -14,12 +14,7 @@ import os
 import re
 from collections.abc import Collection, Mapping, Sequence
 from dataclasses import dataclass
-from difflib import get_close_matches
 from typing import Any
-
-import yaml
-
-_MERGE_TAG = "tag:yaml.org,2002:merge"
 
 
 class ConfigError(Exception):
@@ -76,89 +71,11 @@ class Source:
 
 def parse_yaml(text: str, filename: str) -> Node | None:
     """Parse one YAML document with SafeLoader semantics; None when it is empty."""
-    try:
-        loader = yaml.SafeLoader(text)  # already checks for unprintable characters
-    except yaml.reader.ReaderError as exc:
-        line = text.count("\n", 0, exc.position) + 1
-        column = exc.position - (text.rfind("\n", 0, exc.position) + 1) + 1
-        problem = f"unacceptable character #x{exc.character:04x}: {exc.reason}"
-        raise ConfigError(f"{filename}:{line}:{column}: YAML syntax error: {problem}") from None
-    try:
-        root = loader.get_single_node()
-        return None if root is None else _convert(loader, root, root.start_mark.line + 1, set())
-    except yaml.MarkedYAMLError as exc:
-        mark = exc.problem_mark or exc.context_mark
-        where = f"{filename}:{mark.line + 1}:{mark.column + 1}" if mark else filename
-        raise ConfigError(f"{where}: YAML syntax error: {_problem(exc)}") from None
-    except yaml.YAMLError as exc:  # anything else PyYAML raises: still one paragraph
-        raise ConfigError(f"{filename}: YAML syntax error: {' '.join(str(exc).split())}") from None
-    except RecursionError:  # PyYAML's composer recurses once per nesting level
-        raise ConfigError(f"{filename}: the roster is nested too deeply to be a roster") from None
-    finally:
-        loader.dispose()
+    # PyYAML is imported only where a roster is read: a watcher child unpickles the
+    # config dataclasses but never parses YAML, and its start is what a restart waits for.
+    from multiwatch.config_yaml import parse_yaml as parse
 
-
-def _problem(exc: yaml.MarkedYAMLError) -> str:
-    """PyYAML's problem, with its context when that is what makes it readable."""
-    problem, context = exc.problem or "", exc.context or ""
-    if problem.startswith("but ") and context:  # "expected a single document..., but found..."
-        text = f"{context}, {problem}"
-    elif context and exc.context_mark and exc.problem_mark:
-        text = f"{problem} ({context} started at line {exc.context_mark.line + 1})"
-    else:
-        text = problem or context or "invalid YAML"
-    return " ".join(text.split())
-
-
-def _convert(loader: yaml.SafeLoader, node: yaml.Node, line: int, active: set[int]) -> Node:
-    # `active` holds the collections being converted: an alias pointing back into one of
-    # them is a cycle that would otherwise recurse forever.
-    if id(node) in active:
-        raise _marked(node, "recursive YAML alias (a collection that contains itself)")
-    if isinstance(node, yaml.ScalarNode):
-        return Node(loader.construct_object(node, deep=True), line, node.value)
-    active.add(id(node))
-    try:
-        if isinstance(node, yaml.SequenceNode):
-            items = [
-                _convert(loader, item, item.start_mark.line + 1, active) for item in node.value
-            ]
-            return Node(items, line)
-        assert isinstance(node, yaml.MappingNode)
-        return Node(_convert_mapping(loader, node, active), line)
-    finally:
-        active.discard(id(node))
-
-
-def _convert_mapping(
-    loader: yaml.SafeLoader, node: yaml.MappingNode, active: set[int]
-) -> dict[str, Node]:
-    _reject_duplicates(node)
-    loader.flatten_mapping(node)  # resolves `<<: *anchor` merges; explicit keys win
-    result: dict[str, Node] = {}
-    for key_node, value_node in node.value:
-        if not isinstance(key_node, yaml.ScalarNode):
-            raise _marked(key_node, "mapping keys must be plain strings")
-        result[str(key_node.value)] = _convert(
-            loader, value_node, key_node.start_mark.line + 1, active
-        )
-    return result
-
-
-def _reject_duplicates(node: yaml.MappingNode) -> None:
-    # PyYAML silently keeps the last duplicate; in a roster that hides a mistake.
-    seen: dict[str, int] = {}
-    for key_node, _ in node.value:
-        if not isinstance(key_node, yaml.ScalarNode) or key_node.tag == _MERGE_TAG:
-            continue
-        name = key_node.value
-        if name in seen:
-            raise _marked(key_node, f'duplicate key "{name}" (first defined at line {seen[name]})')
-        seen[name] = key_node.start_mark.line + 1
-
-
-def _marked(node: yaml.Node, problem: str) -> yaml.MarkedYAMLError:
-    return yaml.MarkedYAMLError(problem=problem, problem_mark=node.start_mark)
+    return parse(text, filename)
 
 
 # ---------------------------------------------------------------- ${VAR} expansion
@@ -225,6 +142,8 @@ def mapping(src: Source, node: Node, key: str, allowed: Collection[str]) -> dict
         raise src.where(node, key).error(f"expected a mapping, got {kind(node.value)}")
     for name, child in node.value.items():
         if name not in allowed:
+            from difflib import get_close_matches  # only for a mistake: every start imports this
+
             close = get_close_matches(name, list(allowed), n=1)
             hint = f'; did you mean "{close[0]}"?' if close else ""
             raise src.where(child, join(key, name)).error(

@@ -6,9 +6,11 @@ out in the same format.  Extra fields go in `extra={...}` and become JSON keys.
 
 from __future__ import annotations
 
+import contextlib
 import json
 import logging
 import sys
+from collections.abc import Iterator
 from datetime import UTC, datetime
 
 # Attributes every LogRecord has; anything else on a record came from `extra=`.
@@ -46,6 +48,54 @@ class JsonFormatter(logging.Formatter):
         return _ENCODER.encode(entry)
 
 
+class _JsonLinesHandler(logging.StreamHandler):
+    """A stream handler that can hold lines back and write them with one call (see
+    lines_written_together)."""
+
+    def __init__(self) -> None:
+        super().__init__(sys.stdout)
+        self.held: list[str] | None = None
+
+    def emit(self, record: logging.LogRecord) -> None:
+        if self.held is None:
+            super().emit(record)
+            return
+        try:
+            self.held.append(self.format(record) + self.terminator)
+        except Exception:  # noqa: BLE001 - as StreamHandler.emit: never raise from logging
+            self.handleError(record)
+
+
+_handler: _JsonLinesHandler | None = None
+
+
+@contextlib.contextmanager
+def lines_written_together() -> Iterator[None]:
+    """Write the lines logged inside (by any thread) with one write at the end.
+
+    For a loop that logs a line per file: one write system call per line was about a
+    tenth of the watcher's CPU in a burst.  Lines keep their order; nothing is held once
+    the block ends, even if it raises."""
+    handler = _handler
+    lock = handler.lock if handler is not None else None
+    if handler is None or lock is None or handler.held is not None:  # or already holding
+        yield
+        return
+    with lock:
+        handler.held = []
+    try:
+        yield
+    finally:
+        with lock:
+            held, handler.held = handler.held, None
+            if held:
+                try:
+                    handler.stream.write("".join(held))
+                    handler.flush()
+                except Exception:  # noqa: BLE001 - a closed or full stdout must not kill us
+                    pass
+
+
 def setup_logging(level: str, instance_id: str) -> None:
     """Send every logger in this process to stdout as JSON lines tagged with instance_id."""
     global _instance_id
@@ -55,7 +105,8 @@ def setup_logging(level: str, instance_id: str) -> None:
     logging._srcfile = None  # type: ignore[attr-defined]
     logging.logProcesses = False
     logging.logMultiprocessing = False
-    handler = logging.StreamHandler(sys.stdout)
+    global _handler
+    handler = _handler = _JsonLinesHandler()
     handler.setFormatter(JsonFormatter())
     root = logging.getLogger()
     root.handlers[:] = [handler]

@@ -2,12 +2,15 @@
 
 from __future__ import annotations
 
+import io
 import json
 import logging
+import sys
+import threading
 
 import pytest
 
-from multiwatch.logs import setup_logging
+from multiwatch.logs import lines_written_together, setup_logging
 
 
 @pytest.fixture
@@ -49,3 +52,52 @@ def test_undecodable_path_does_not_break_a_log_line(capsys, restore_logging) -> 
         "utf-8", "surrogateescape")})
     [line] = capsys.readouterr().out.splitlines()
     assert json.loads(line)["path"] == "caf\udce9"
+
+
+class _CountingStream(io.StringIO):
+    def __init__(self) -> None:
+        super().__init__()
+        self.writes = 0
+
+    def write(self, text: str) -> int:
+        self.writes += 1
+        return super().write(text)
+
+
+def test_lines_written_together_come_out_in_one_write_in_order(
+        monkeypatch: pytest.MonkeyPatch, restore_logging) -> None:
+    """A burst's per-file lines (and a line from another thread meanwhile) reach stdout in
+    one write, in order; after the block, lines are written one by one again."""
+    stream = _CountingStream()
+    monkeypatch.setattr(sys, "stdout", stream)
+    setup_logging("INFO", "watcher-music")
+    log = logging.getLogger("multiwatch.test")
+
+    with lines_written_together():
+        for index in range(50):
+            log.info("file discovered", extra={"index": index})
+        other = threading.Thread(target=lambda: log.warning("from the publisher"))
+        other.start()
+        other.join()
+        assert stream.writes == 0, "lines were written before the block ended"
+    assert stream.writes == 1
+    log.info("after")
+
+    lines = [json.loads(line) for line in stream.getvalue().splitlines()]
+    assert [line.get("index") for line in lines[:50]] == list(range(50))
+    assert [line["message"] for line in lines[50:]] == ["from the publisher", "after"]
+    assert stream.writes == 2
+
+
+def test_lines_held_are_written_when_the_block_raises(
+        monkeypatch: pytest.MonkeyPatch, restore_logging) -> None:
+    stream = _CountingStream()
+    monkeypatch.setattr(sys, "stdout", stream)
+    setup_logging("INFO", "watcher-music")
+
+    with pytest.raises(RuntimeError), lines_written_together():
+        logging.getLogger("multiwatch.test").info("recorded before the failure")
+        raise RuntimeError("commit failed")
+
+    assert [json.loads(line)["message"] for line in stream.getvalue().splitlines()] == [
+        "recorded before the failure"]

@@ -13,6 +13,7 @@ import stat
 import threading
 from collections.abc import Callable
 from dataclasses import dataclass
+from typing import NamedTuple
 
 import xxhash
 
@@ -25,9 +26,11 @@ PROGRESS_EVERY_BYTES = 64 << 20
 SPLIT_MIN_BYTES = 4 << 20
 
 
-@dataclass(frozen=True)
-class FileVersion:
-    """What identifies one version of a file's content on disk."""
+class FileVersion(NamedTuple):
+    """What identifies one version of a file's content on disk.
+
+    A tuple (several are made per file; a frozen dataclass costs several times more), equal
+    to a scan's plain (size, mtime_ns, inode)."""
 
     size: int
     mtime_ns: int
@@ -35,7 +38,7 @@ class FileVersion:
 
     @classmethod
     def of(cls, st: os.stat_result) -> FileVersion:
-        return cls(size=st.st_size, mtime_ns=st.st_mtime_ns, inode=st.st_ino)
+        return cls(st.st_size, st.st_mtime_ns, st.st_ino)
 
 
 @dataclass(frozen=True)
@@ -140,13 +143,16 @@ def _read_inline(fd: int, size: int, sha256: Update, xxh128: Update, watch: _Rea
 
 
 def hash_file(path: str, progress: Callable[[], None] | None = None, *,
-              cancelled: threading.Event | None = None) -> Hashed:
+              cancelled: threading.Event | None = None,
+              expected: FileVersion | None = None) -> Hashed:
     """Hash `path` in one pass. Raises FileNotFoundError, NotRegularFile, ChangedWhileHashing.
 
     `progress` is called every PROGRESS_EVERY_BYTES, so a huge file on a slow mount does
     not silence the watcher's heartbeat (and get it killed as hung).  Once `cancelled` is
-    set the read stops at the next chunk with HashCancelled.  A file of SPLIT_MIN_BYTES or
-    more has its SHA-256 on a second thread while a core is spare (hash_split)."""
+    set the read stops at the next chunk with HashCancelled.  With `expected`, a file
+    found with another version when opened raises ChangedWhileHashing before any read.
+    A file of SPLIT_MIN_BYTES or more has its SHA-256 on a second thread while a core is
+    spare (hash_split)."""
     try:
         fd = os.open(path, os.O_RDONLY | os.O_NOFOLLOW | os.O_NONBLOCK | os.O_CLOEXEC)
     except OSError as exc:
@@ -157,6 +163,8 @@ def hash_file(path: str, progress: Callable[[], None] | None = None, *,
         before = os.fstat(fd)
         if not stat.S_ISREG(before.st_mode):
             raise NotRegularFile(path)
+        if expected is not None and FileVersion.of(before) != expected:
+            raise ChangedWhileHashing(path)
         sha256 = hashlib.sha256()
         xxh128 = xxhash.xxh128()
         watch = _ReadWatch(path, progress, cancelled)
@@ -165,13 +173,13 @@ def hash_file(path: str, progress: Callable[[], None] | None = None, *,
                      watch.after_feed)
         else:
             _read_inline(fd, before.st_size, sha256.update, xxh128.update, watch)
-        after = os.fstat(fd)
     finally:
         os.close(fd)
     version = FileVersion.of(before)
-    # Re-stat by path too: a rename-over replaces the inode without touching our fd.
+    # Re-stat by path: the same inode's current size and mtime (what an fstat of our fd
+    # would say), and a rename-over, which replaces the inode without touching our fd.
     current = stat_regular(path)
-    if FileVersion.of(after) != version or current is None or FileVersion.of(current) != version:
+    if current is None or FileVersion.of(current) != version:
         raise ChangedWhileHashing(path)
     return Hashed(version=version, sha256=sha256.hexdigest(), xxh128=xxh128.hexdigest(),
                   ctime_ns=current.st_ctime_ns)

@@ -24,7 +24,12 @@ from multiwatch.config import InstanceConfig
 from multiwatch.logs import setup_logging
 from multiwatch.watcher.hash_pool import HashPool
 from multiwatch.watcher.hash_slots import HashSlots
-from multiwatch.watcher.observe import RawEvent, listen_for_lost_events, start_observer
+from multiwatch.watcher.observe import (
+    RawEvent,
+    directory_watcher,
+    listen_for_lost_events,
+    start_observer,
+)
 from multiwatch.watcher.outbox import OutboxGauge
 from multiwatch.watcher.pipeline import Pipeline
 from multiwatch.watcher.publisher import Publisher
@@ -101,9 +106,10 @@ def _run(spec: ChildSpec, to_parent: Connection, stop: _Stop) -> int:
                         hash_pool=_hash_pool(spec))
     stop.wake_up = pipeline.notifications
     # Observer first, then the scan: nothing created during the scan can slip through.
+    # The scan also adds the watches below the root, each before it lists the directory.
     listen_for_lost_events(pipeline.notifications)
     observer = _observe(instance, pipeline)
-    pipeline.request_scan()
+    pipeline.request_scan(watch=directory_watcher(observer))
     log.info("watching", extra={"path": instance.directory, "pid": os.getpid(),
                                 "settle_seconds": instance.settle_seconds,
                                 "tracked_files": len(pipeline.known)})
@@ -130,7 +136,7 @@ def _run(spec: ChildSpec, to_parent: Connection, stop: _Stop) -> int:
                       extra={"path": instance.directory})
             observer.stop()
             observer = _observe(instance, pipeline)
-            pipeline.request_scan()
+            pipeline.request_scan(watch=directory_watcher(observer))
 
     observer.stop()
     if pipeline.files_waiting:
@@ -171,7 +177,8 @@ def _observe(instance: InstanceConfig, pipeline: Pipeline) -> BaseObserver:
     with _sigterm_for_main_thread_only():
         return start_observer(instance.directory, recursive=instance.recursive,
                               events=pipeline.notifications, mode=instance.observer,
-                              polling_interval=instance.polling_interval_seconds)
+                              polling_interval=instance.polling_interval_seconds,
+                              subdirectories_later=True)
 
 
 @contextlib.contextmanager
@@ -187,9 +194,11 @@ def _sigterm_for_main_thread_only() -> Iterator[None]:
 
 
 def _observer_alive(observer: BaseObserver) -> bool:
-    """The observer thread and every emitter thread (an emitter can die alone, e.g. of a
-    RecursionError while adding watches, leaving the observer deaf but alive)."""
-    return observer.is_alive() and all(e.is_alive() for e in observer.emitters)
+    """The observer thread, every emitter thread and the inotify reader (each can die alone,
+    e.g. of a RecursionError while adding watches, leaving the observer deaf but alive)."""
+    reader = getattr(observer, "reader", None)  # DirectInotifyObserver's; polling has none
+    return (observer.is_alive() and all(e.is_alive() for e in observer.emitters)
+            and (reader is None or reader.is_alive()))
 
 
 def _next_scan(instance: InstanceConfig) -> float:

@@ -29,6 +29,7 @@ from watchdog.events import (
 )
 from watchdog.observers.api import BaseObserver
 from watchdog.observers.inotify import InotifyEmitter, InotifyWatchGroup
+from watchdog.observers.inotify_c import InotifyConstants, InotifyEvent, InotifyFD
 from watchdog.observers.inotify_move_event_grouper import PathedInotifyEvent
 from watchdog.observers.polling import PollingObserver
 
@@ -100,16 +101,111 @@ class DirectInotifyObserver(BaseObserver):
     several objects per event, about a third of the watcher's CPU in a burst.  Here the
     watch group's move grouper is replaced by _DirectGrouper, which turns each event into
     a RawEvent at once; the emitter thread only expires unpaired moves, and the
-    dispatcher thread idles.  Watches, recursion and overflow recovery stay watchdog's."""
+    dispatcher thread idles.  Watches, recursion and overflow recovery stay watchdog's.
 
-    def __init__(self, handler: _Enqueuer) -> None:
-        super().__init__(emitter_class=_direct_emitter(handler))
+    With `subdirectories_later`, starting watches the root alone, and the caller's walk
+    calls `watch_directory` on every directory below it before listing that directory
+    (the startup scan does, see scan.scan_batches): one listing of the tree instead of
+    two, and still nothing created behind the walk goes unnoticed, since each directory
+    is watched before it is read.  Watches added later (new directories, an overflow's
+    rebuild) are watchdog's own recursive ones."""
+
+    def __init__(self, handler: _Enqueuer, *, subdirectories_later: bool = False) -> None:
+        self.reader = BatchingInotifyFD()  # this observer's own, stopped with it
+        self.reader.start()
+        super().__init__(emitter_class=_direct_emitter(handler, subdirectories_later),
+                         inotify_fd=self.reader)
+        self.subdirectories_later = subdirectories_later
+
+    def on_thread_stop(self) -> None:
+        super().on_thread_stop()
+        self.reader.stop()
+        self.reader.join()
+
+    def watch_directory(self, path: str) -> None:
+        """Watch one directory below the root, unless it already is (see the class)."""
+        encoded = os.fsencode(path)
+        for emitter in self.emitters:
+            group = getattr(emitter, "_inotify", None)
+            if isinstance(group, _DeferringWatchGroup):
+                group.watch_directory(encoded)
 
 
-def _direct_emitter(handler: _Enqueuer) -> type[InotifyEmitter]:
-    class DirectWatchGroup(InotifyWatchGroup):
+class BatchingInotifyFD(InotifyFD):
+    """watchdog's inotify reader, pausing BATCH_PAUSE_SECONDS after each read that found
+    events, and passing on only the last content event of a file within one read.
+
+    Stock, it wakes for every event a writer makes (a poll and a read each, about a fifth
+    of the watcher's CPU in a burst); after the pause one read takes all that arrived
+    meanwhile.  A lone event is still handled the moment it arrives: the pause only
+    delays events that follow within it."""
+
+    BATCH_PAUSE_SECONDS = 0.002
+
+    def run(self) -> None:
+        while self.should_keep_running():
+            events = self.read_events()
+            for event in latest_content_events(events):
+                self.handle_event(event)
+            if events:
+                time.sleep(self.BATCH_PAUSE_SECONDS)
+
+
+# Events about a file's content: the pipeline's state after any run of them for one path
+# is the state after the last (each restarts the quiet period; a close may shorten it).
+_CONTENT_MASKS = frozenset({InotifyConstants.IN_CREATE, InotifyConstants.IN_MODIFY,
+                            InotifyConstants.IN_CLOSE_WRITE})
+
+
+def latest_content_events(events: list[InotifyEvent]) -> list[InotifyEvent]:
+    """`events` without the file content events (create, modify, close-after-write) that a
+    later one for the same name in the same watched directory supersedes.
+
+    A writer's open-write-close makes three events; the pipeline needs only the last.
+    Anything else for that name in between (a deletion, a move) keeps the earlier ones,
+    so per-path order is never changed; directories' events are all kept."""
+    if len(events) < 2:
+        return events
+    superseded: set[tuple[int, bytes]] = set()  # names with a later content event
+    kept: list[InotifyEvent] = []
+    for event in reversed(events):
+        key = (event.wd, event.name)
+        if event.mask in _CONTENT_MASKS and event.name:  # (a directory's carry IN_ISDIR)
+            if key in superseded:
+                continue
+            superseded.add(key)
+        else:
+            superseded.discard(key)
+        kept.append(event)
+    kept.reverse()
+    return kept
+
+
+class _DeferringWatchGroup(InotifyWatchGroup):
+    """A watch group whose first activation may leave the subdirectories to the caller."""
+
+    _subdirectories_later = False
+
+    def _add_all_callbacks(self, path: bytes) -> None:
+        if self._subdirectories_later:
+            self._subdirectories_later = False  # only the activation: later calls walk
+            self._add_callback(path)
+            return
+        super()._add_all_callbacks(path)
+
+    def watch_directory(self, path: bytes) -> None:
+        # A path already here is watched, or was replaced by a directory whose creation
+        # event watchdog is about to handle (it re-adds the path then): either way, done.
+        with self._lock:
+            if self.is_active and path not in self._active_callbacks_by_path:
+                self._add_callback(path)  # a directory gone meanwhile is skipped, as in a walk
+
+
+def _direct_emitter(handler: _Enqueuer, subdirectories_later: bool) -> type[InotifyEmitter]:
+    class DirectWatchGroup(_DeferringWatchGroup):
         def __post_init__(self) -> None:
             self._move_event_grouper = _DirectGrouper(handler)  # type: ignore[assignment]
+            self._subdirectories_later = subdirectories_later and self.is_recursive
             super().__post_init__()
 
     class DirectInotifyEmitter(InotifyEmitter):
@@ -233,17 +329,22 @@ def listen_for_lost_events(events: queue.SimpleQueue[RawEvent]) -> None:
 
 def start_observer(
     root: str, *, recursive: bool, events: queue.SimpleQueue[RawEvent], mode: str = "auto",
-    polling_interval: float = 1.0,
+    polling_interval: float = 1.0, subdirectories_later: bool = False,
 ) -> BaseObserver:
     """Start watching `root` with inotify or by polling.
 
     "auto" falls back to polling, with a warning, when inotify cannot be used (watch or
     instance limits reached: ENOSPC, EMFILE); "inotify" raises instead.
+
+    `subdirectories_later`: an inotify observer watches the root alone, and the caller
+    must pass `directory_watcher(observer)` to a walk of the whole tree (see
+    DirectInotifyObserver); a polling observer needs no such walk.
     """
     if mode != "polling":
         try:
             handler = _Enqueuer(root, events)
-            observer: BaseObserver = DirectInotifyObserver(handler)
+            observer: BaseObserver = DirectInotifyObserver(
+                handler, subdirectories_later=subdirectories_later)
             observer.schedule(handler, root, recursive=recursive, event_filter=WATCHED_EVENTS)
             observer.start()
             return observer
@@ -259,3 +360,11 @@ def start_observer(
                       event_filter=WATCHED_EVENTS)
     observer.start()
     return observer
+
+
+def directory_watcher(observer: BaseObserver) -> Callable[[str], None] | None:
+    """What a walk must call on each directory (absolute path) before listing it, for an
+    observer started with `subdirectories_later`; None when nothing is needed."""
+    if isinstance(observer, DirectInotifyObserver) and observer.subdirectories_later:
+        return observer.watch_directory
+    return None

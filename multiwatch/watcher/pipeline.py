@@ -22,6 +22,7 @@ from collections import Counter
 from collections.abc import Callable, Iterator
 
 from multiwatch.config import InstanceConfig
+from multiwatch.logs import lines_written_together
 from multiwatch.watcher.filters import PathFilter
 from multiwatch.watcher.hash_pool import HashJob, HashPool
 from multiwatch.watcher.hashing import (
@@ -45,6 +46,9 @@ from multiwatch.watcher.outbox import OutboxGauge
 from multiwatch.watcher.scan import ScanBatch, scan_batches
 from multiwatch.watcher.settle import SettleTable
 from multiwatch.watcher.state import StateStore
+
+_Resolved = tuple[str, os.stat_result]
+"""The file to read for a path (itself, or a symlink's target inside the root) and its stat."""
 
 log = logging.getLogger(__name__)
 
@@ -77,6 +81,7 @@ class Pipeline:
         self._store_retry_at = 0.0
         self._paused_by_full_outbox = False
         self._noticed_at: dict[str, float] = {}  # path → first notification of this change
+        self._stat_at_close: dict[str, _Resolved] = {}  # path → its stat when last closed
         self._closed_writes: set[str] = set()  # last event a close-after-write (close-aware)
         self.counts: Counter[str] = Counter()
         self.bytes_hashed = 0
@@ -96,14 +101,19 @@ class Pipeline:
 
     # -- driving -------------------------------------------------------------------------
 
-    def request_scan(self, relative_dir: str = "") -> None:
+    def request_scan(self, relative_dir: str = "", *,
+                     watch: Callable[[str], object] | None = None) -> None:
         """Reconcile (part of) the tree with what was announced: new or changed files are
-        settled like notified ones; announced files no longer on disk are deleted."""
-        if any(s.relative_dir == relative_dir and not s.started for s in self._scans):
+        settled like notified ones; announced files no longer on disk are deleted.
+
+        `watch`: the walk also adds the observer's watches, each directory's before it is
+        listed (see observe.directory_watcher)."""
+        if watch is None and any(s.relative_dir == relative_dir and not s.started
+                                 for s in self._scans):
             return  # the same walk is queued and has not started: it will see everything
         batches = scan_batches(self.root, relative_dir, self.filter,
                                recursive=self.instance.recursive, unlistable=self._unlistable,
-                               follow_inside=self._follow_inside)
+                               follow_inside=self._follow_inside, watch=watch)
         self._scans.append(_Scan(relative_dir, batches))
 
     def step(self, max_wait: float) -> None:
@@ -148,8 +158,9 @@ class Pipeline:
             log.info("state database writable again", extra={"path": self.store.path})
         self._store_failures, self._store_retry_at = 0, 0.0
         self.gauge.added(len(self._new_events), sum(len(e.body) for e in self._new_events))
-        for event, fields in zip(self._new_events, self._new_event_logs, strict=True):
-            log.info(event.event_type.replace("_", " "), extra=fields)
+        with lines_written_together():
+            for event, fields in zip(self._new_events, self._new_event_logs, strict=True):
+                log.info(event.event_type.replace("_", " "), extra=fields)
         self._changed_files = {}
         self._new_events = []
         self._new_event_logs = []
@@ -198,8 +209,8 @@ class Pipeline:
         if scan.relative_dir:
             prefix = scan.relative_dir + "/"
             unseen = [p for p in self.known.paths() if p.startswith(prefix) and p not in scan.seen]
-        else:
-            unseen = list(self.known.paths() - scan.seen)
+        else:  # usually every tracked file was met: checking that builds no set
+            unseen = [] if self.known.paths() <= scan.seen else list(self.known.paths() - scan.seen)
         for relative in sorted(unseen):
             if relative in self.settle:
                 continue  # its own settle decides
@@ -268,8 +279,9 @@ class Pipeline:
                 self._gone(event.src)
         elif event.src and (event.src in self.settle or self._wants(event.src)):
             # (A path already settling was wanted: most events of a burst skip the filter.)
+            at_close = None
             if event.kind == "closed":
-                self._hash_early(event.src)
+                at_close = self._hash_early(event.src)
             else:  # the content may change again: a hash begun now would be stale
                 self._drop_job(event.src)
             grace = self.instance.close_grace_seconds
@@ -277,10 +289,10 @@ class Pipeline:
                 # The writer closed the file: wait only a short grace (an immediate reopen
                 # for writing sends "modified" and restores the full quiet period).
                 self._closed_writes.add(event.src)
-                self._settle_later(event.src, now, quiet=grace)
+                self._settle_later(event.src, now, quiet=grace, at_close=at_close)
             else:  # created, modified (or closed without close-aware mode)
                 self._closed_writes.discard(event.src)
-                self._settle_later(event.src, now)
+                self._settle_later(event.src, now, at_close=at_close)
 
     def _on_directory(self, event: RawEvent, now: float) -> None:
         if event.kind == "deleted" and event.src == "":
@@ -307,6 +319,7 @@ class Pipeline:
         announced = self._untrack(src) if src else None
         if src:
             self.settle.discard(src)
+            self._stat_at_close.pop(src, None)
             self._drop_job(src)
             self._noticed_at.pop(src, None)
         if dest:
@@ -324,6 +337,7 @@ class Pipeline:
             # A rename keeps inode, size and mtime; anything else means other content.
             if st is not None and FileVersion.of(st) == announced.version:
                 self.settle.discard(dest)
+                self._stat_at_close.pop(dest, None)
                 renamed = dataclasses.replace(announced, ctime_ns=st.st_ctime_ns)
                 self._track(dest, renamed)
                 self._emit(FILE_MOVED, dest, renamed, old_relative_path=src)
@@ -331,16 +345,24 @@ class Pipeline:
         if announced is not None:
             # What arrived at dest is not what we announced: the old path is gone.
             self._emit(FILE_DELETED, src or "", announced)
-        self._settle_later(dest, now)
-        self._hash_early(dest)  # renamed into place (x.part -> x): usually complete already
+        # Renamed into place (x.part -> x): usually complete already.
+        self._settle_later(dest, now, at_close=self._hash_early(dest))
 
     def _settle_later(self, relative: str, now: float, seen: FileVersion | None = None,
-                      quiet: float | None = None) -> None:
+                      quiet: float | None = None, at_close: _Resolved | None = None) -> None:
+        """Start or restart a path's quiet period.  `at_close` is its stat taken when a
+        writer closed it (or renamed it into place); any other notification or scan
+        finding forgets that stat."""
         self.settle.touch(relative, now, seen=seen, quiet=quiet)
         self._noticed_at.setdefault(relative, now)
+        if at_close is None:
+            self._stat_at_close.pop(relative, None)
+        else:
+            self._stat_at_close[relative] = at_close
 
     def _gone(self, relative: str) -> None:
         self.settle.discard(relative)
+        self._stat_at_close.pop(relative, None)
         self._drop_job(relative)
         self._closed_writes.discard(relative)
         self._noticed_at.pop(relative, None)
@@ -363,14 +385,17 @@ class Pipeline:
 
     def _settled(self, relative: str, seen: FileVersion | None, now: float) -> None:
         path = os.path.join(self.root, relative)
-        try:
-            resolved = self._resolve(relative)
-        except PermissionError as exc:
-            self._cannot_read(relative, path, exc)
-            return
+        resolved = self._trusted_stat_at_close(relative)
+        expected = FileVersion.of(resolved[1]) if resolved is not None else None
         if resolved is None:
-            self._gone(relative)
-            return
+            try:
+                resolved = self._resolve(relative)
+            except PermissionError as exc:
+                self._cannot_read(relative, path, exc)
+                return
+            if resolved is None:
+                self._gone(relative)
+                return
         readable_path, st = resolved
         version = FileVersion.of(st)
         written_ago_ns = time.time_ns() - st.st_mtime_ns
@@ -395,7 +420,7 @@ class Pipeline:
                 self._finish_job(job, now)
             return
         try:
-            hashed = hash_file(readable_path, self._progress)
+            hashed = hash_file(readable_path, self._progress, expected=expected)
         except ChangedWhileHashing:
             self.settle.touch(relative, now)
             return
@@ -421,32 +446,50 @@ class Pipeline:
 
     # -- big files, hashed by the pool ---------------------------------------------------
 
-    def _hash_early(self, relative: str) -> None:
+    def _hash_early(self, relative: str) -> _Resolved | None:
         """A writer closed the file (or renamed it into place): start hashing a big one
-        now, while it settles.
+        now, while it settles.  Returns the file's stat (see _trusted_stat_at_close).
 
         The result is used only if the settle period then passes with no new event and the
         file still has the version that was hashed; any event in between drops the job."""
         if self.hash_pool is None:
-            return
+            return None
         try:
             resolved = self._resolve(relative)
         except PermissionError:
             resolved = None
         if resolved is None:
             self._drop_job(relative)
-            return
+            return None
         readable_path, st = resolved
         version = FileVersion.of(st)
         job = self._jobs.get(relative)
         if job is not None and job.version == version and job.path == readable_path:
-            return  # already hashing this very version
+            return resolved  # already hashing this very version
         self._drop_job(relative)
         announced = self.known.get(relative)
         if st.st_size < self.hash_pool.min_bytes or (
                 announced is not None and announced.version == version):
-            return
+            return resolved
         self._jobs[relative] = self.hash_pool.submit(relative, readable_path, version)
+        return resolved
+
+    def _trusted_stat_at_close(self, relative: str) -> _Resolved | None:
+        """The stat taken at the close that ended this quiet period, when it can stand in
+        for a fresh one: a small file whose content is new, hashed right away, where
+        hash_file checks that the file it opens still has that version (a change without
+        events since, by an mmap writer say, means another quiet period).  Big files (the
+        pool's) and closes that changed nothing are stat'ed afresh."""
+        resolved = self._stat_at_close.pop(relative, None)
+        if resolved is None or self.hash_pool is None:
+            return None
+        st = resolved[1]
+        if st.st_size >= self.hash_pool.min_bytes:
+            return None
+        announced = self.known.get(relative)
+        if announced is not None and announced.version == FileVersion.of(st):
+            return None
+        return resolved
 
     def _drop_job(self, relative: str) -> None:
         job = self._jobs.pop(relative, None)

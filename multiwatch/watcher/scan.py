@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import logging
 import os
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from stat import S_ISDIR, S_ISLNK, S_ISREG
 
 from multiwatch.watcher.filters import PathFilter
@@ -40,20 +40,30 @@ def walk_files(
 def scan_batches(
     root: str, start: str, path_filter: PathFilter, *, recursive: bool,
     unlistable: set[str] | None = None, follow_inside: str | None = None,
-    batch_entries: int | None = None,
+    batch_entries: int | None = None, watch: Callable[[str], object] | None = None,
 ) -> Iterator[ScanBatch]:
     """Yield {relative path: (size, mtime_ns, inode)} for the wanted regular files under
     root/start, at most `batch_entries` (BATCH_ENTRIES) at a time, each file once, after one lstat.
 
     `unlistable` remembers directories already reported as unreadable, so a periodic
-    rescan does not repeat the warning; a directory that lists again is forgotten."""
+    rescan does not repeat the warning; a directory that lists again is forgotten.
+
+    `watch(absolute path)` is called on every real directory below root/start before it
+    is listed, filtered out or not (observe.start_observer's `subdirectories_later`):
+    filtered-out directories are then walked too, for their watches only."""
     reported = unlistable if unlistable is not None else set()
     if start and not path_filter.wants_directory(start):
         return  # every file below would be excluded by one of its directories
     skip_name, wants = path_filter.scan_tests()
     limit = batch_entries or BATCH_ENTRIES
     pending = [start]
-    while pending:
+    hidden: list[str] = []  # filtered-out directories, walked only to `watch` them
+    while pending or hidden:
+        if not pending:
+            directory = hidden.pop()
+            if watch is not None:  # (only then is anything hidden)
+                _watch_below(root, directory, watch, hidden)
+            continue
         relative_dir = pending.pop()
         absolute_dir = os.path.join(root, relative_dir) if relative_dir else root
         prefix = f"{relative_dir}/" if relative_dir else ""
@@ -63,11 +73,17 @@ def scan_batches(
             # directory's place (or arrived inside a moved-in tree) must not lead outside.
             if relative_dir and not S_ISDIR(os.lstat(absolute_dir).st_mode):
                 continue
+            if watch is not None and relative_dir:
+                watch(absolute_dir)  # before the listing: nothing created after it is missed
             with os.scandir(absolute_dir) as entries:
                 for entry in entries:
                     name = entry.name
                     if skip_name is not None and skip_name(name):
-                        continue  # excluded by name, whatever it is: no stat needed
+                        # Excluded by name, whatever it is: no stat needed.
+                        if (watch is not None and recursive
+                                and entry.is_dir(follow_symlinks=False)):
+                            hidden.append(prefix + name)
+                        continue
                     try:
                         st = entry.stat(follow_symlinks=False)
                     except FileNotFoundError:
@@ -80,10 +96,12 @@ def scan_batches(
                             if len(found) >= limit:
                                 yield found
                                 found = {}
-                    elif S_ISDIR(mode):
+                    elif S_ISDIR(mode) and recursive:
                         relative = prefix + name
-                        if recursive and path_filter.wants_directory(relative):
+                        if path_filter.wants_directory(relative):
                             pending.append(relative)
+                        elif watch is not None:
+                            hidden.append(relative)
                     elif follow_inside is not None and S_ISLNK(mode):
                         relative = prefix + name
                         resolved = (resolve_regular(entry.path, follow_inside)
@@ -107,3 +125,19 @@ def scan_batches(
         reported.discard(relative_dir)
         if found:
             yield found
+
+
+def _watch_below(root: str, relative_dir: str, watch: Callable[[str], object],
+                 hidden: list[str]) -> None:
+    """Watch one filtered-out directory and queue its subdirectories for the same; one
+    that vanished or cannot be listed is skipped, as watchdog's own walk skips it."""
+    absolute_dir = os.path.join(root, relative_dir)
+    try:
+        if not S_ISDIR(os.lstat(absolute_dir).st_mode):
+            return
+        watch(absolute_dir)
+        with os.scandir(absolute_dir) as entries:
+            hidden.extend(f"{relative_dir}/{entry.name}" for entry in entries
+                          if entry.is_dir(follow_symlinks=False))
+    except OSError:
+        pass

@@ -230,3 +230,30 @@ def test_big_file_renamed_into_place_is_hashed_while_it_settles(
     assert body["file_info"]["name"] == "movie.mkv"
     assert hashes_of(body) == digests(data)
     assert [name for name, _ in h.hashed] == ["movie.mkv"]
+
+
+def test_small_file_changed_without_events_after_its_close_settles_again(
+        tmp_path: Path, monkeypatch: pytest.MonkeyPatch, cleanup: list[Harness]) -> None:
+    """The stat taken at a small file's close stands in for a fresh one only while the file
+    keeps that version: changed since without a notification (an mmap writer), it gets
+    another quiet period and is announced once, with the final content."""
+    h = Harness(tmp_path, monkeypatch, settle=0.2)
+    cleanup.append(h)
+    h.write("small.txt", b"as closed")
+    h.pipeline.step(0.0)  # the close is taken in: its stat is kept for the settle
+    (h.root / "small.txt").write_bytes(b"changed after the close, with no event")
+    settled_once = False
+    real = hash_file
+
+    def first_hash(path: str, *args: Any, **kwargs: Any) -> Hashed:
+        nonlocal settled_once
+        settled_once = True
+        return real(path, *args, **kwargs)
+
+    monkeypatch.setattr("multiwatch.watcher.pipeline.hash_file", first_hash)
+    run_until(h.pipeline, lambda: settled_once)
+    assert h.take() == [], "announced at the end of the first quiet period despite the change"
+
+    settle_all(h.pipeline)
+    [body] = h.take()
+    assert hashes_of(body) == digests(b"changed after the close, with no event")

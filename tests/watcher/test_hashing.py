@@ -192,3 +192,16 @@ def test_cancelled_hash_stops_reading(tmp_path: Path) -> None:
     cancelled.set()
     with pytest.raises(hashing.HashCancelled):
         hash_file(str(path), cancelled=cancelled)
+
+
+def test_file_changed_since_the_expected_version_is_not_read(tmp_path: Path) -> None:
+    """With `expected` (the stat taken at close), a file found with another version when
+    opened raises ChangedWhileHashing: it settles again instead of being announced."""
+    path = tmp_path / "a.bin"
+    path.write_bytes(b"as closed")
+    at_close = FileVersion.of(os.lstat(path))
+    assert hash_file(str(path), expected=at_close).version == at_close
+
+    path.write_bytes(b"changed since, with no event")
+    with pytest.raises(ChangedWhileHashing):
+        hash_file(str(path), expected=at_close)

@@ -19,11 +19,12 @@ from multiwatch.watcher.main import (
     IDLE_HEARTBEAT_SECONDS,
     WAKE_UP,
     _Heartbeat,
+    _observer_alive,
     _Stop,
     _wait_budget,
     child_main,
 )
-from multiwatch.watcher.observe import RawEvent
+from multiwatch.watcher.observe import DirectInotifyObserver, RawEvent, start_observer
 from multiwatch.watcher.spec import ChildSpec
 from tests.watcher.test_pipeline import announce, make_pipeline
 
@@ -233,3 +234,19 @@ def test_a_busy_child_heartbeats_every_second_with_fresh_counts(tmp_path: Path) 
         assert counts == sorted(counts) and counts[-1] > counts[0] > 0, counts
     finally:
         child.stop()
+
+
+def test_an_observer_whose_inotify_reader_died_counts_as_dead(tmp_path: Path) -> None:
+    """The loop restarts the observer (and rescans) when its inotify reader thread is gone,
+    as when the observer or an emitter dies: otherwise the watcher would be deaf."""
+    events: queue.SimpleQueue[RawEvent] = queue.SimpleQueue()
+    observer = start_observer(str(tmp_path), recursive=True, events=events, mode="inotify")
+    try:
+        assert isinstance(observer, DirectInotifyObserver)
+        assert _observer_alive(observer)
+        observer.reader.stop()
+        observer.reader.join(timeout=5)
+        assert not _observer_alive(observer)
+    finally:
+        observer.stop()
+        observer.join(timeout=5)

@@ -162,3 +162,31 @@ def test_scan_from_an_excluded_directory_finds_nothing(tmp_path: Path) -> None:
     """A walk started inside an excluded directory yields nothing, as wants_file would say."""
     _write(tmp_path, ".cache/a.mp3")
     assert _scan(tmp_path, ".cache") == {}
+
+
+def test_a_watching_walk_watches_every_real_directory_before_listing_it(
+        tmp_path: Path) -> None:
+    """With `watch`, every real directory below the root is watched, excluded ones too
+    (their files stay unreported), none through a symlink, and each before it is listed:
+    a file created the moment its directory is watched is found by the same walk."""
+    for relative in ["a/b/old.mp3", ".cache/c/skip.mp3", "d.part/e/skip.mp3"]:
+        _write(tmp_path, relative)
+    (tmp_path / "link").symlink_to(tmp_path / "a", target_is_directory=True)
+    watched: list[str] = []
+
+    def watch(directory: str) -> None:
+        watched.append(os.path.relpath(directory, tmp_path))
+        (Path(directory) / "born.mp3").write_bytes(b"created after the watch")
+
+    found = {path for batch in scan_batches(str(tmp_path), "", DEFAULTS, recursive=True,
+                                            watch=watch) for path in batch}
+    assert sorted(watched) == [".cache", ".cache/c", "a", "a/b", "d.part", "d.part/e"]
+    assert found == {"a/born.mp3", "a/b/born.mp3", "a/b/old.mp3"}
+
+
+def test_a_non_recursive_watching_walk_watches_nothing_below_the_root(tmp_path: Path) -> None:
+    """A non-recursive instance watches its root alone, so its walk adds no watch."""
+    _write(tmp_path, "a/b/old.mp3")
+    watched: list[str] = []
+    batches = scan_batches(str(tmp_path), "", DEFAULTS, recursive=False, watch=watched.append)
+    assert [dict(batch) for batch in batches] == [] and watched == []

@@ -73,6 +73,17 @@ def test_non_utf8_paths_round_trip(tmp_path: Path) -> None:
     assert store.load_files()[name] == HASHED  # its hashes are found by that name too
 
 
+def test_utf8_and_non_utf8_paths_load_side_by_side(tmp_path: Path) -> None:
+    """Tracked names in UTF-8 and names that are not valid UTF-8 all load back exactly,
+    whichever comes first in the table."""
+    names = ["a/caf\u00e9.mp3", b"b/caf\xe9.mp3".decode("utf-8", "surrogateescape"), "c.mp3"]
+    store = StateStore(str(tmp_path / "state.db"))
+    store.commit(dict.fromkeys(names, HASHED), [])
+    known = store.load_files()
+    assert sorted(known) == sorted(names)
+    assert all(known[name] == HASHED for name in names)
+
+
 def test_outbox_keeps_order_and_forgets_only_acknowledged_events(tmp_path: Path) -> None:
     """The publisher sees events oldest first; acked ones are gone, the rest stay."""
     path = str(tmp_path / "state.db")
@@ -105,6 +116,10 @@ def test_loaded_files_tell_new_and_changed_scan_versions_apart(tmp_path: Path) -
     assert len(known) == 2 and "a.mp3" in known and "zzz" not in known
     batch = {"c.mp3": (1, 1, 1), "a.mp3": (3, 10, 7), "b.mp3": (5, 20, 9)}
     assert known.changed(batch) == [("c.mp3", (1, 1, 1)), ("b.mp3", (5, 20, 9))]
+    assert known.changed({"b.mp3": (5, 20, 8), "a.mp3": (3, 10, 7)}) == []
+    assert known.changed({"b.mp3": (5, 20, 8), "a.mp3": (3, 11, 7)}) == [("a.mp3", (3, 11, 7))]
+    assert known.changed({"a.mp3": (3, 10, 7)}) == []
+    assert known.changed({}) == []
     assert known["a.mp3"] == HASHED and known.get("b.mp3") == other
     assert known.get("zzz") is None
     assert sorted(known.paths() - {"a.mp3"}) == ["b.mp3"]
