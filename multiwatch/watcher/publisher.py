@@ -222,8 +222,8 @@ class Publisher(threading.Thread):
             # Producer.publish adds nothing these ready-made bytes need, and cost about a
             # third of the publisher thread per message.  py-amqp's basic_publish also
             # polls the socket before every message (a recv that times out, and two
-            # settimeout calls), to notice a Connection.Blocked from the broker: about
-            # 40% of this thread in a burst.  That poll is done once per batch here, and
+            # settimeout calls), to notice a Connection.Blocked from the broker: a quarter
+            # to a third of this thread's CPU in a burst.  It is done once per batch here, and
             # the messages are sent as basic_publish sends them (Basic.Publish + content).
             channel = producer.channel
             exchange = self._broker.exchange
