@@ -341,25 +341,27 @@ def start_observer(
     DirectInotifyObserver); a polling observer needs no such walk.
     """
     if mode != "polling":
+        inotify: DirectInotifyObserver | None = None
         try:
             handler = _Enqueuer(root, events)
-            observer: BaseObserver = DirectInotifyObserver(
-                handler, subdirectories_later=subdirectories_later)
-            observer.schedule(handler, root, recursive=recursive, event_filter=WATCHED_EVENTS)
-            observer.start()
-            return observer
+            inotify = DirectInotifyObserver(handler, subdirectories_later=subdirectories_later)
+            inotify.schedule(handler, root, recursive=recursive, event_filter=WATCHED_EVENTS)
+            inotify.start()
+            return inotify
         except (OSError, RecursionError) as exc:
+            if inotify is not None:
+                inotify.stop()  # and its inotify reader thread, started with it
             if mode == "inotify":
                 raise
             log.warning(
                 "inotify unavailable (%s); falling back to polling every %.1fs",
                 exc, polling_interval, extra={"path": root},
             )
-    observer = PollingObserver(timeout=polling_interval)
-    observer.schedule(_Enqueuer(root, events), root, recursive=recursive,
-                      event_filter=WATCHED_EVENTS)
-    observer.start()
-    return observer
+    polling = PollingObserver(timeout=polling_interval)
+    polling.schedule(_Enqueuer(root, events), root, recursive=recursive,
+                     event_filter=WATCHED_EVENTS)
+    polling.start()
+    return polling
 
 
 def directory_watcher(observer: BaseObserver) -> Callable[[str], None] | None:

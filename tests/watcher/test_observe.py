@@ -57,9 +57,13 @@ def observers() -> Iterator[list[BaseObserver]]:
         observer.join(timeout=5)
 
 
+_failed_observers: list[observe.DirectInotifyObserver] = []
+
+
 def _watch_limit_reached(code: int) -> type[BaseObserver]:
     class NoWatchesLeft(observe.DirectInotifyObserver):
         def schedule(self, *args: object, **kwargs: object) -> None:  # type: ignore[override]
+            _failed_observers.append(self)
             raise OSError(code, "inotify watch limit reached")
 
     return NoWatchesLeft
@@ -82,6 +86,7 @@ def test_auto_falls_back_to_polling_with_a_warning_when_inotify_fails(
     assert any(r.levelno == logging.WARNING and "polling" in r.getMessage()
                for r in caplog.records)
     _next_event(events, lambda e: e.src == "late.txt" and not e.is_directory)
+    assert not _failed_observers[-1].reader.is_alive(), "the failed observer's reader was left"
 
 
 def test_inotify_mode_reports_a_failed_watch_instead_of_polling(
