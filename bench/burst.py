@@ -75,7 +75,9 @@ def burst_paths(tree: Path, files: int) -> list[Path]:
 
 
 def one_burst(ctx: Ctx, url: str, *, files: int, level: str,
-              profile_to: Path | None = None) -> BurstRun:
+              profile_to: Path | None = None, leave: list[Path] | None = None) -> BurstRun:
+    """One burst; its scratch tree is removed at the end, or added to `leave` for the caller
+    to remove after its last run (see run)."""
     base = ctx.scratch(f"burst-{level.lower()}")
     tree = base / "tree"
     for i in range(SUBDIRS):
@@ -113,7 +115,10 @@ def one_burst(ctx: Ctx, url: str, *, files: int, level: str,
     delivered = len(wanted & first.keys())
     last = max((first[p] for p in wanted & first.keys()), default=started)
     recorded = _last_recorded(base / "multiwatch.log", started)
-    remove_tree(base)
+    if leave is None:
+        remove_tree(base)
+    else:
+        leave.append(base)
     return BurstRun(level, files, last - started, written - started, delivered,
                     got.duplicates, cpu, threads, child.pid, recorded)
 
@@ -151,18 +156,28 @@ def run(ctx: Ctx) -> None:
         ceilings = publish_ceilings(url, events, scratch)
         ctx.ceilings["publish"] = ceilings
         results: dict[str, list[BurstRun]] = collections.defaultdict(list)
-        for index in range(ctx.runs):  # interleaved, so drifting load hits both levels alike
-            for level in ("INFO", "WARNING"):
-                result = one_burst(ctx, url, files=files, level=level)
-                results[level].append(result)
-                say(f"  run {index + 1}/{ctx.runs} [{level:7s}] {result.rate:6.0f} files/s "
-                    f"({result.delivered}/{files} in {result.seconds:.2f}s; writer "
-                    f"{result.writer_seconds:.2f}s = {files / result.writer_seconds:.0f} files/s"
-                    + (f"; all in the outbox after {result.recorded:.2f}s"
-                       if result.recorded is not None else "") + "); "
-                    f"duplicates {result.duplicates}, missing {result.missing}; child CPU "
-                    f"{result.child_cpu:.1f}s ({1000 * result.child_cpu / files:.2f} ms/file; "
-                    f"by thread {result.thread_split()}); {loadavg()}")
+        # Each run's tree is removed after the last run (the workdir goes at exit anyway):
+        # right after 10,000 files were deleted, creating the next 10,000 took 8-11x the
+        # kernel time on this machine's ext4, so each run would have measured the cleanup
+        # of the one before.
+        done: list[Path] = []
+        try:
+            for index in range(ctx.runs):  # interleaved: drifting load hits both levels alike
+                for level in ("INFO", "WARNING"):
+                    result = one_burst(ctx, url, files=files, level=level, leave=done)
+                    results[level].append(result)
+                    say(f"  run {index + 1}/{ctx.runs} [{level:7s}] {result.rate:6.0f} files/s "
+                        f"({result.delivered}/{files} in {result.seconds:.2f}s; writer "
+                        f"{result.writer_seconds:.2f}s = "
+                        f"{files / result.writer_seconds:.0f} files/s"
+                        + (f"; all in the outbox after {result.recorded:.2f}s"
+                           if result.recorded is not None else "") + "); "
+                        f"duplicates {result.duplicates}, missing {result.missing}; child CPU "
+                        f"{result.child_cpu:.1f}s ({1000 * result.child_cpu / files:.2f} "
+                        f"ms/file; by thread {result.thread_split()}); {loadavg()}")
+        finally:
+            for path in done:
+                remove_tree(path)
     _summarise(ctx, files, results, ceilings)
 
 
