@@ -136,19 +136,24 @@ def test_big_file_appended_to_after_close_is_announced_once_with_final_hashes(
     assert len(_hash_lines(mw, "hashed big file", big)) == 2  # the early one, then the final
 
 
+def _hash_two_together(mw: Multiwatch, broker_url: str, first: Path, second: Path,
+                       size: int) -> tuple[tuple[datetime, datetime], tuple[datetime, datetime]]:
+    """Write two big files that close together; once both are announced (each exactly
+    once), the (start, end) of each one's hash from the watcher's log."""
+    _write_together(first, second, size)
+    got = collect(broker_url, "file_events", timeout=60,
+                  until=lambda ms: {first.name, second.name} <= _names(ms))
+    assert len(_by_name(got, first.name)) == len(_by_name(got, second.name)) == 1
+    return _interval(mw, first), _interval(mw, second)
+
+
 def test_two_big_files_are_hashed_at_the_same_time(
         tmp_path: Path, broker_url: str, started: list[Multiwatch]) -> None:
     """Two big files closed together are read in parallel (default cap of 2)."""
     dirs = _dirs(tmp_path, "media")
     mw = _run(started, _roster(tmp_path, broker_url, dirs, settle=SLOW_WRITER_SETTLE), "media")
-    one, two = dirs["media"] / "one.bin", dirs["media"] / "two.bin"
-    _write_together(one, two, 128 * MIB)
-
-    got = collect(broker_url, "file_events", timeout=60,
-                  until=lambda ms: {"one.bin", "two.bin"} <= _names(ms))
-
-    assert len(_by_name(got, "one.bin")) == len(_by_name(got, "two.bin")) == 1
-    (start_one, end_one), (start_two, end_two) = _interval(mw, one), _interval(mw, two)
+    (start_one, end_one), (start_two, end_two) = _hash_two_together(
+        mw, broker_url, dirs["media"] / "one.bin", dirs["media"] / "two.bin", 128 * MIB)
     assert start_two < end_one and start_one < end_two, "the two hashes did not overlap"
 
 
@@ -183,14 +188,8 @@ def test_max_parallel_hashes_is_shared_by_all_instances(
     dirs = _dirs(tmp_path, "left", "right")
     roster = _roster(tmp_path, broker_url, dirs, slots=1, settle=SLOW_WRITER_SETTLE)
     mw = _run(started, roster, "left", "right")
-    a, b = dirs["left"] / "a.bin", dirs["right"] / "b.bin"
-    _write_together(a, b, 64 * MIB)
-
-    got = collect(broker_url, "file_events", timeout=60,
-                  until=lambda ms: {"a.bin", "b.bin"} <= _names(ms))
-
-    assert len(_by_name(got, "a.bin")) == len(_by_name(got, "b.bin")) == 1
-    (start_a, end_a), (start_b, end_b) = _interval(mw, a), _interval(mw, b)
+    (start_a, end_a), (start_b, end_b) = _hash_two_together(
+        mw, broker_url, dirs["left"] / "a.bin", dirs["right"] / "b.bin", 64 * MIB)
     assert end_a <= start_b or end_b <= start_a, "two hashes ran at once with one slot"
 
 
