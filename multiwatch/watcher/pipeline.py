@@ -45,7 +45,7 @@ from multiwatch.watcher.observe import RawEvent
 from multiwatch.watcher.outbox import OutboxGauge
 from multiwatch.watcher.scan import ScanBatch, scan_batches
 from multiwatch.watcher.settle import SettleTable
-from multiwatch.watcher.state import StateStore
+from multiwatch.watcher.state import StateStore, Version, directory_of
 
 _Resolved = tuple[str, os.stat_result]
 """The file to read for a path (itself, or a symlink's target inside the root) and its stat."""
@@ -54,6 +54,9 @@ log = logging.getLogger(__name__)
 
 EVENTS_PER_STEP = 5000
 SCAN_ENTRIES_PER_STEP = 5000
+# A directory listing is held until it is whole, to compare its fingerprint, up to this
+# many files; a bigger directory is compared with its tracked files one by one.
+FINGERPRINT_MAX_FILES = 20_000
 HASHES_PER_STEP = 200
 PROGRESS_EVERY_SECONDS = 5.0
 STORE_RETRY_MAX_SECONDS = 10.0
@@ -185,32 +188,77 @@ class Pipeline:
             return
         now = time.monotonic()
         scan = self._scans[-1]
-        scan.started = True
+        if not scan.started:
+            scan.started, scan.changes_at_start = True, self.known.changes
         entries = 0
         while entries < SCAN_ENTRIES_PER_STEP:
             batch = next(scan.batches, None)
             if batch is None:
+                self._compare_held(scan, now, whole=False)
                 self._scans.pop()
                 self._reconcile_unseen(scan)
+                self._save_fingerprints()
                 if not self._scans:
                     self._startup.scan_finished()
                 return
             entries += len(batch)
-            scan.seen.update(batch)
             self._startup.files_scanned += len(batch)
-            # Only new or changed files go on (unchanged ones are compared as plain tuples).
-            for relative, (size, mtime_ns, inode) in self.known.changed(batch):
-                self._settle_later(relative, now,
-                                   seen=FileVersion(size=size, mtime_ns=mtime_ns, inode=inode))
+            held = scan.held
+            if held and held[0].directory != batch.directory:
+                self._compare_held(scan, now, whole=False)  # that listing broke off
+            if batch.directory == scan.oversized:
+                self._compare(scan, batch, now)
+                continue
+            held.append(batch)
+            scan.held_entries += len(batch)
+            if batch.complete:
+                self._compare_held(scan, now, whole=True)
+            elif scan.held_entries > FINGERPRINT_MAX_FILES:
+                scan.oversized = batch.directory
+                self._compare_held(scan, now, whole=False)
+
+    def _compare_held(self, scan: _Scan, now: float, *, whole: bool) -> None:
+        """Compare the held batches of one directory with what was announced; `whole`:
+        they list all of it, so its fingerprint can vouch for them instead."""
+        batches, scan.held, scan.held_entries = scan.held, [], 0
+        if not batches:
+            return
+        directory = batches[0].directory
+        listing: dict[str, Version] = batches[0]
+        if whole and len(batches) > 1:  # (the last one is often empty)
+            listing = {}
+            for batch in batches:
+                listing.update(batch)
+        if whole and self.known.unchanged_directory(directory, listing):
+            scan.vouched += len(listing)
+            scan.vouched_directories.add(directory)
+            return
+        unchanged = True
+        for batch in batches:
+            unchanged = not self._compare(scan, batch, now) and unchanged
+        if whole and unchanged:
+            self.known.vouch(directory, listing)
+
+    def _compare(self, scan: _Scan, batch: ScanBatch, now: float) -> bool:
+        """Settle a batch's new or changed files (unchanged ones are compared as plain
+        tuples); True if there were any."""
+        scan.seen.update(batch)
+        changed = self.known.changed(batch, batch.directory)
+        scan.tracked_seen += self.known.tracked_among(batch) if changed else len(batch)
+        for relative, (size, mtime_ns, inode) in changed:
+            self._settle_later(relative, now,
+                               seen=FileVersion(size=size, mtime_ns=mtime_ns, inode=inode))
+        return bool(changed)
 
     def _reconcile_unseen(self, scan: _Scan) -> None:
         """Announced files the scan did not meet are deleted, if they are really gone
         (a file renamed behind the walk's back is still on disk and stays known)."""
-        if scan.relative_dir:
-            prefix = scan.relative_dir + "/"
-            unseen = [p for p in self.known.paths() if p.startswith(prefix) and p not in scan.seen]
-        else:  # usually every tracked file was met: checking that builds no set
-            unseen = [] if self.known.paths() <= scan.seen else list(self.known.paths() - scan.seen)
+        known, vouched = self.known, scan.vouched_directories
+        if not scan.relative_dir and known.changes == scan.changes_at_start and (
+                scan.vouched + scan.tracked_seen == len(known)):
+            return  # every tracked file was met, and none was tracked meanwhile
+        tracked = known.paths_under(scan.relative_dir)
+        unseen = [p for p in tracked if p not in scan.seen and directory_of(p) not in vouched]
         for relative in sorted(unseen):
             if relative in self.settle:
                 continue  # its own settle decides
@@ -261,6 +309,14 @@ class Pipeline:
         if self.hash_pool is not None:
             self.hash_pool.shutdown()
         self._jobs.clear()
+        if not (self._changed_files or self._new_events or self._store_failures):
+            self._save_fingerprints(changed_too=True)  # the table is what memory says
+
+    def _save_fingerprints(self, *, changed_too: bool = False) -> None:
+        try:
+            self.known.save_fingerprints(changed_too=changed_too)
+        except sqlite3.Error as exc:  # they only spare the next scan some reading
+            log.debug("cannot save directory fingerprints: %s", exc)
 
     # -- notifications -------------------------------------------------------------------
 
@@ -311,7 +367,7 @@ class Pipeline:
 
     def _tracked_under(self, relative_dir: str) -> list[str]:
         prefix = relative_dir + "/"
-        return sorted({p for p in self.known if p.startswith(prefix)} |
+        return sorted(set(self.known.paths_under(relative_dir)) |
                       set(self.settle.under(relative_dir)) |
                       {p for p in self._jobs if p.startswith(prefix)})
 
@@ -582,8 +638,18 @@ class _Scan:
 
     relative_dir: str
     batches: Iterator[ScanBatch]
-    seen: set[str] = dataclasses.field(default_factory=set)
     started: bool = False
+    changes_at_start: int = 0  # known.changes when the walk began
+    # The batches of the directory being listed, compared once its listing is whole.
+    held: list[ScanBatch] = dataclasses.field(default_factory=list)
+    held_entries: int = 0
+    oversized: str | None = None  # a directory too big to hold: compared batch by batch
+    # What was met: paths compared one by one (and how many of them were tracked), and
+    # directories whose fingerprint vouched for all their tracked files.
+    seen: set[str] = dataclasses.field(default_factory=set)
+    tracked_seen: int = 0
+    vouched: int = 0
+    vouched_directories: set[str] = dataclasses.field(default_factory=set)
 
 
 class _StartupProgress:

@@ -8,6 +8,7 @@ restart over a large unchanged tree is mostly this loop and its per-file overhea
 
 from __future__ import annotations
 
+import errno
 import logging
 import os
 from collections.abc import Callable, Iterator
@@ -19,11 +20,26 @@ from multiwatch.watcher.hashing import FileVersion, resolve_regular
 log = logging.getLogger(__name__)
 
 BATCH_ENTRIES = 1000
+_DIRECTORY = os.O_RDONLY | os.O_DIRECTORY | os.O_CLOEXEC
+_SUBDIRECTORY = _DIRECTORY | os.O_NOFOLLOW  # the root may be a symlink; nothing below it
 
 Version = tuple[int, int, int]
 """(size, mtime_ns, inode): the fields of a FileVersion, as a plain tuple."""
-ScanBatch = dict[str, Version]
-"""relative path → version, for up to BATCH_ENTRIES files of one directory."""
+
+
+class ScanBatch(dict[str, Version]):
+    """relative path → version, for up to BATCH_ENTRIES files of one directory.
+
+    `directory` is that directory's relative path; `complete` is True on the batch that
+    ends a listing of the whole directory (a directory that could not be listed to its
+    end has none)."""
+
+    __slots__ = ("complete", "directory")
+
+    def __init__(self, directory: str) -> None:
+        super().__init__()
+        self.directory = directory
+        self.complete = False
 
 
 def walk_files(
@@ -67,15 +83,24 @@ def scan_batches(
         relative_dir = pending.pop()
         absolute_dir = os.path.join(root, relative_dir) if relative_dir else root
         prefix = f"{relative_dir}/" if relative_dir else ""
-        found: ScanBatch = {}
+        found = ScanBatch(relative_dir)
+        listed = 0  # files in the batches already yielded
         try:
             # Below the root, only a real directory is entered: a symlink that took a
             # directory's place (or arrived inside a moved-in tree) must not lead outside.
-            if relative_dir and not S_ISDIR(os.lstat(absolute_dir).st_mode):
-                continue
+            directory_fd = os.open(absolute_dir, _SUBDIRECTORY if relative_dir else _DIRECTORY)
+        except (FileNotFoundError, NotADirectoryError):
+            continue  # gone, or a file took its place; its own events tell the rest
+        except OSError as exc:
+            if exc.errno != errno.ELOOP:
+                _cannot_list(relative_dir, absolute_dir, exc, reported)
+            continue  # ELOOP: a symlink took the directory's place
+        try:
             if watch is not None and relative_dir:
                 watch(absolute_dir)  # before the listing: nothing created after it is missed
-            with os.scandir(absolute_dir) as entries:
+            # Listed through the directory's descriptor, each entry's lstat is an fstatat
+            # of one name instead of a walk of the whole path: 10-15% of a restart's walk.
+            with os.scandir(directory_fd) as entries:
                 for entry in entries:
                     name = entry.name
                     if skip_name is not None and skip_name(name):
@@ -94,8 +119,9 @@ def scan_batches(
                         if wants is None or wants(relative, name):
                             found[relative] = (st.st_size, st.st_mtime_ns, st.st_ino)
                             if len(found) >= limit:
+                                listed += len(found)
                                 yield found
-                                found = {}
+                                found = ScanBatch(relative_dir)
                     elif S_ISDIR(mode) and recursive:
                         relative = prefix + name
                         if path_filter.wants_directory(relative):
@@ -104,7 +130,8 @@ def scan_batches(
                             hidden.append(relative)
                     elif follow_inside is not None and S_ISLNK(mode):
                         relative = prefix + name
-                        resolved = (resolve_regular(entry.path, follow_inside)
+                        resolved = (resolve_regular(os.path.join(absolute_dir, name),
+                                                    follow_inside)
                                     if wants is None or wants(relative, name) else None)
                         if resolved is not None:  # a symlinked file inside the tree
                             target = resolved[1]
@@ -114,17 +141,26 @@ def scan_batches(
             if found:
                 yield found
             continue  # the directory went away mid-scan; its deletion events tell the rest
-        except OSError as exc:  # permissions, a path beyond PATH_MAX, an I/O error
+        except OSError as exc:  # permissions, an I/O error
             if found:
                 yield found
-            if relative_dir not in reported:
-                reported.add(relative_dir)
-                log.warning("cannot list directory, skipping it: %s", exc.strerror or exc,
-                            extra={"path": absolute_dir})
+            _cannot_list(relative_dir, absolute_dir, exc, reported)
             continue
+        finally:
+            os.close(directory_fd)
         reported.discard(relative_dir)
-        if found:
+        if found or listed:
+            found.complete = True
             yield found
+
+
+def _cannot_list(relative_dir: str, absolute_dir: str, exc: OSError, reported: set[str]) -> None:
+    """Warn once per directory that stays unreadable (permissions, an I/O error, a path
+    beyond PATH_MAX)."""
+    if relative_dir not in reported:
+        reported.add(relative_dir)
+        log.warning("cannot list directory, skipping it: %s", exc.strerror or exc,
+                    extra={"path": absolute_dir})
 
 
 def _watch_below(root: str, relative_dir: str, watch: Callable[[str], object],

@@ -12,13 +12,17 @@ Paths are stored as bytes (os.fsencode), so names that are not valid UTF-8 survi
 from __future__ import annotations
 
 import codecs
+import marshal
 import os
 import sqlite3
 import sys
-from collections.abc import Callable, Iterator, KeysView, Mapping, MutableMapping, Sequence
+from collections import Counter
+from collections.abc import Iterator, KeysView, Mapping, MutableMapping, Sequence
 from dataclasses import dataclass
 from itertools import filterfalse
 from operator import itemgetter
+
+import xxhash
 
 from multiwatch.watcher.hashing import FileVersion, Hashed
 from multiwatch.watcher.message import Event
@@ -44,6 +48,14 @@ MIGRATIONS: tuple[str, ...] = (
         correlation_id TEXT NOT NULL,
         body BLOB NOT NULL
     );
+    """,
+    # 1 → 2: fingerprints of unchanged directories (KnownFiles), so a restart need not
+    # read the rows of a directory whose listing has not changed.
+    """
+    CREATE TABLE directories (
+        path BLOB PRIMARY KEY,
+        digest BLOB NOT NULL
+    ) WITHOUT ROWID;
     """,
 )
 SCHEMA_VERSION = len(MIGRATIONS)
@@ -121,8 +133,8 @@ class StateStore:
         return outbox_usage(self._conn)
 
     def load_files(self) -> KnownFiles:
-        """Every tracked file, as one compact mapping (see KnownFiles)."""
-        return KnownFiles.load(self._conn)
+        """Every tracked file, read lazily (see KnownFiles)."""
+        return KnownFiles(self._conn)
 
     def commit(self, files: Mapping[str, Hashed | None], events: Sequence[Event]) -> None:
         """Record new file states (None: forget the path) and their events atomically."""
@@ -135,6 +147,9 @@ class StateStore:
                   h.ctime_ns, h.sha256, h.xxh128) for p, h in files.items() if h is not None])
             conn.executemany("DELETE FROM files WHERE path = ?",
                              [(os.fsencode(p),) for p, h in files.items() if h is None])
+            # A directory's fingerprint vouches for its rows: any change to them voids it.
+            conn.executemany("DELETE FROM directories WHERE path = ?",
+                             [(os.fsencode(d),) for d in {directory_of(p) for p in files}])
             conn.executemany(
                 "INSERT INTO outbox (instance_id, event_type, routing_key, message_id,"
                 " correlation_id, body) VALUES (?, ?, ?, ?, ?, ?)",
@@ -153,64 +168,99 @@ Version = tuple[int, int, int]
 """(size, mtime_ns, inode): a FileVersion as a plain tuple, as the scan reports it."""
 _Hashes = tuple[int, str, str]
 """(ctime_ns, sha256, xxh128): the rest of a Hashed."""
+_NO_SLASH = "instr(substr(path, ?), X'2F') = 0"  # no "/" after the first ? - 1 bytes
+
+
+def directory_of(relative_path: str) -> str:
+    """The relative directory a tracked path is in ("" for the watched root)."""
+    return relative_path.rpartition("/")[0]
+
+
+def listing_digest(listing: Mapping[str, Version]) -> bytes:
+    """The fingerprint of one directory's files (relative path → version), in any order.
+
+    Sorting the paths alone (str comparisons) costs half of sorting the items.  marshal
+    format 2 writes values only: no references or interning flags, which depend on how
+    the objects were made (a scan's tuples or the table's)."""
+    paths = sorted(listing)
+    return xxhash.xxh3_128_digest(
+        marshal.dumps((paths, tuple(map(listing.__getitem__, paths))), 2))
 
 
 class KnownFiles(MutableMapping[str, Hashed]):
-    """relative path → Hashed of the announced version, stored compactly.
+    """relative path → Hashed of the announced version, read from the database lazily.
 
-    A restart over a large tree loads every tracked path and compares it with what the
-    scan finds; building two frozen dataclasses (and reading two hash strings) per row
-    cost more than the scan itself.  So the load reads only each path's version, as a
-    plain (size, mtime_ns, inode) tuple, and `changed` compares a whole scan batch at C
-    speed.  The hashes and ctime of a path are read from the database the first time a
-    Hashed is asked for (a deletion, a rename, a modification): a path nobody has written
-    since the load still has the row it was loaded from, because every change to `known`
-    goes through this mapping, which keeps the new hashes in memory.  The database is
-    read only on the thread that owns the mapping (the pipeline's)."""
+    A restart over a large tree used to load every tracked path, and compare it with what
+    the scan found: building Python objects for 100,000 rows cost a third of the walk.
+    Now the rows of a directory are read the first time one of its paths is asked for,
+    as plain (size, mtime_ns, inode) tuples, and the hashes and ctime of a path the first
+    time a Hashed is (a deletion, a rename, a modification).
 
-    def __init__(self, versions: dict[str, Version] | None = None,
-                 hashes_of: Callable[[str], _Hashes | None] | None = None) -> None:
-        self._versions: dict[str, Version] = versions if versions is not None else {}
-        self._hashes: dict[str, _Hashes] = {}  # written since the load
-        self._hashes_of = hashes_of
+    A directory whose rows matched its whole listing is fingerprinted (`vouch`, saved to
+    the `directories` table); a later scan whose listing has the same fingerprint
+    (`unchanged_directory`) needs no rows at all.  Every change to a directory's rows
+    voids its fingerprint, here and in StateStore.commit.  Fingerprints of directories
+    changed while running are written at a clean stop (`save_fingerprints`).
 
-    @classmethod
-    def load(cls, conn: sqlite3.Connection) -> KnownFiles:
-        versions = _load_versions(conn)
+    Every change to `known` goes through this mapping, which keeps the new versions and
+    hashes in memory, so a path read from the database still has the row it was read
+    from.  The database is read only on the thread that owns the mapping (the
+    pipeline's)."""
 
-        def hashes_of(relative_path: str) -> _Hashes | None:
-            row = conn.execute("SELECT ctime_ns, sha256, xxh128 FROM files WHERE path = ?",
-                               (os.fsencode(relative_path),)).fetchone()
-            return None if row is None else (row[0], row[1], row[2])
-
-        return cls(versions, hashes_of)
+    def __init__(self, conn: sqlite3.Connection) -> None:
+        self._conn = conn
+        self._versions: dict[str, Version] = {}  # the tracked paths of loaded directories
+        self._hashes: dict[str, _Hashes] = {}  # read, or written since the load
+        # Directories whose rows are in _versions (with how many they had), or None once
+        # every row is.
+        self._loaded: dict[str, int] | None = {}
+        self._count: int = conn.execute("SELECT count(*) FROM files").fetchone()[0]
+        self._fingerprints: dict[str, bytes] = {
+            os.fsdecode(bytes(path)): bytes(digest)
+            for path, digest in conn.execute("SELECT path, digest FROM directories")}
+        self._unsaved: set[str] = set()  # fingerprints not in the table yet
+        self._changed: set[str] = set()  # directories whose rows changed since their load
+        self.changes = 0  # counts every change, so a scan can tell whether any happened
 
     def __len__(self) -> int:
-        return len(self._versions)
+        return self._count
 
     def __iter__(self) -> Iterator[str]:
-        return iter(self._versions)
+        return iter(self.paths())
 
     def __contains__(self, relative_path: object) -> bool:
+        if not isinstance(relative_path, str):
+            return False
+        self._need(relative_path)
         return relative_path in self._versions
 
     def __getitem__(self, relative_path: str) -> Hashed:
+        self._need(relative_path)
         return self._hashed(relative_path, self._versions[relative_path])
 
     def __setitem__(self, relative_path: str, hashed: Hashed) -> None:
+        self._need(relative_path)
+        if relative_path not in self._versions:
+            self._count += 1
         version = hashed.version
         self._versions[relative_path] = (version.size, version.mtime_ns, version.inode)
         self._hashes[relative_path] = (hashed.ctime_ns, hashed.sha256, hashed.xxh128)
+        self._changed_in(directory_of(relative_path))
 
     def __delitem__(self, relative_path: str) -> None:
+        self._need(relative_path)
         del self._versions[relative_path]
         self._hashes.pop(relative_path, None)
+        self._count -= 1
+        self._changed_in(directory_of(relative_path))
 
     def get(self, relative_path: str, default: Hashed | None = None) -> Hashed | None:  # type: ignore[override]
+        self._need(relative_path)
         version = self._versions.get(relative_path)
         return default if version is None else self._hashed(relative_path, version)
 
     def pop(self, relative_path: str, *default: Hashed | None) -> Hashed | None:  # type: ignore[override]
+        self._need(relative_path)
         version = self._versions.get(relative_path)
         if version is None:
             if default:
@@ -221,12 +271,29 @@ class KnownFiles(MutableMapping[str, Hashed]):
         return hashed
 
     def paths(self) -> KeysView[str]:
-        """The tracked paths as a dict view (set operations on it run at C speed)."""
+        """Every tracked path, as a dict view (set operations on it run at C speed)."""
+        self._load_all()
         return self._versions.keys()
 
-    def changed(self, batch: Mapping[str, Version]) -> list[tuple[str, Version]]:
+    def paths_under(self, relative_dir: str) -> list[str]:
+        """The tracked paths below relative_dir, at any depth (its subtree's rows only)."""
+        if not relative_dir:
+            return list(self.paths())
+        prefix = relative_dir + "/"
+        if self._loaded is not None:
+            low = os.fsencode(prefix)
+            below = _load_versions(self._conn, "WHERE path >= ? AND path < ?",
+                                   (low, low[:-1] + b"0"))  # "0" sorts right after "/"
+            self._merge(below, {directory_of(p) for p in below})
+        return [p for p in self._versions if p.startswith(prefix)]
+
+    def changed(self, batch: Mapping[str, Version],
+                directory: str | None = None) -> list[tuple[str, Version]]:
         """The (path, version) items of a scan batch whose path is not tracked, or
-        tracked with another version; in the batch's order."""
+        tracked with another version; in the batch's order.  `directory`: every path of
+        the batch is in it (a scan batch), which spares looking each one up."""
+        for each in (directory,) if directory is not None else {directory_of(p) for p in batch}:
+            self._need_directory(each)
         if len(batch) > 1:
             # The common case on a restart, every file unchanged, in two C calls: the
             # tracked versions of the whole batch (KeyError: an untracked path), compared
@@ -238,22 +305,120 @@ class KnownFiles(MutableMapping[str, Hashed]):
                 pass
         return list(filterfalse(self._versions.items().__contains__, batch.items()))
 
+    def directories_read(self) -> set[str] | None:
+        """The directories whose rows have been read so far (None: every row was)."""
+        return None if self._loaded is None else set(self._loaded)
+
+    def tracked_among(self, batch: Mapping[str, Version]) -> int:
+        """How many of a compared batch's paths are tracked."""
+        return sum(map(self._versions.__contains__, batch))
+
+    def unchanged_directory(self, directory: str, listing: Mapping[str, Version]) -> bool:
+        """True if the whole listing of a directory has its fingerprint: then its tracked
+        files are exactly these, with these versions, and nothing needs comparing."""
+        fingerprint = self._fingerprints.get(directory)
+        return fingerprint is not None and fingerprint == listing_digest(listing)
+
+    def vouch(self, directory: str, listing: Mapping[str, Version]) -> None:
+        """Fingerprint a directory whose whole listing was just compared and matched every
+        tracked file in it, if its rows are still those in the database."""
+        if (self._loaded is not None and directory not in self._changed
+                and self._loaded.get(directory) == len(listing)):
+            self._fingerprints[directory] = listing_digest(listing)
+            self._unsaved.add(directory)
+
+    def save_fingerprints(self, *, changed_too: bool = False) -> None:
+        """Write the new fingerprints; `changed_too` (at a clean stop, everything
+        committed): also those of the directories changed since their load."""
+        if changed_too and self._changed:
+            listings: dict[str, dict[str, Version]] = {d: {} for d in self._changed}
+            for path, version in self._versions.items():
+                listing = listings.get(directory_of(path))
+                if listing is not None:
+                    listing[path] = version
+            for directory, listing in listings.items():
+                if listing:
+                    self._fingerprints[directory] = listing_digest(listing)
+                    self._unsaved.add(directory)
+            self._changed.clear()
+        if not self._unsaved:
+            return
+        rows = [(os.fsencode(d), self._fingerprints[d]) for d in self._unsaved]
+        conn = self._conn
+        conn.execute("BEGIN IMMEDIATE")
+        try:
+            conn.executemany("INSERT OR REPLACE INTO directories VALUES (?, ?)", rows)
+            conn.execute("COMMIT")
+        except BaseException:
+            if conn.in_transaction:
+                conn.execute("ROLLBACK")
+            raise
+        self._unsaved.clear()
+
+    def _changed_in(self, directory: str) -> None:
+        self._fingerprints.pop(directory, None)
+        self._unsaved.discard(directory)
+        self._changed.add(directory)
+        self.changes += 1
+
+    def _need(self, relative_path: str) -> None:
+        if self._loaded is not None:
+            self._need_directory(relative_path.rpartition("/")[0])
+
+    def _need_directory(self, directory: str) -> None:
+        if self._loaded is None or directory in self._loaded:
+            return
+        if directory:
+            low = os.fsencode(directory + "/")
+            rows = _load_versions(self._conn, f"WHERE path >= ? AND path < ? AND {_NO_SLASH}",
+                                  (low, low[:-1] + b"0", len(low) + 1))
+        else:
+            rows = _load_versions(self._conn, f"WHERE {_NO_SLASH}", (1,))
+        self._versions.update(rows)
+        self._loaded[directory] = len(rows)
+
+    def _load_all(self) -> None:
+        if self._loaded is None:
+            return
+        self._merge(_load_versions(self._conn))
+        self._loaded = None
+
+    def _merge(self, rows: dict[str, Version], directories: set[str] | None = None) -> None:
+        """Add the rows of the directories not loaded yet (a loaded one's rows are in
+        memory, newer than the table's until committed); `directories`: those the rows
+        are all the rows of, to count as loaded."""
+        loaded = self._loaded
+        if loaded is None:
+            return
+        if not loaded:
+            self._versions.update(rows)
+        else:
+            self._versions.update((p, v) for p, v in rows.items()
+                                  if directory_of(p) not in loaded)
+        if directories is None:
+            return
+        counts = Counter(map(directory_of, rows))
+        for directory in directories - loaded.keys():
+            loaded[directory] = counts[directory]
+
     def _hashed(self, relative_path: str, version: Version) -> Hashed:
         hashes = self._hashes.get(relative_path)
         if hashes is None:
-            hashes = self._hashes_of(relative_path) if self._hashes_of is not None else None
-            if hashes is None:
+            row = self._conn.execute("SELECT ctime_ns, sha256, xxh128 FROM files WHERE path = ?",
+                                     (os.fsencode(relative_path),)).fetchone()
+            if row is None:
                 raise StateError(f"{relative_path}: tracked, but its row is missing from the "
                                  "state database")
-            self._hashes[relative_path] = hashes
+            hashes = self._hashes[relative_path] = (row[0], row[1], row[2])
         size, mtime_ns, inode = version
         ctime_ns, sha256, xxh128 = hashes
         return Hashed(version=FileVersion(size=size, mtime_ns=mtime_ns, inode=inode),
                       sha256=sha256, xxh128=xxh128, ctime_ns=ctime_ns)
 
 
-def _load_versions(conn: sqlite3.Connection) -> dict[str, Version]:
-    """relative path → (size, mtime_ns, inode) of every tracked file.
+def _load_versions(conn: sqlite3.Connection, where: str = "",
+                   parameters: tuple[object, ...] = ()) -> dict[str, Version]:
+    """relative path → (size, mtime_ns, inode) of the tracked files `where` selects.
 
     Paths are stored as os.fsencode bytes.  With a UTF-8 filesystem encoding, sqlite
     itself can hand them over as str (a CAST to TEXT, decoded in C as the rows are read):
@@ -264,15 +429,16 @@ def _load_versions(conn: sqlite3.Connection) -> dict[str, Version]:
     encoding, errors = sys.getfilesystemencoding(), sys.getfilesystemencodeerrors()
     if codecs.lookup(encoding).name == "utf-8":
         try:
-            rows = conn.execute("SELECT CAST(path AS TEXT), size, mtime_ns, inode FROM files"
-                                " ORDER BY path").fetchall()
+            rows = conn.execute("SELECT CAST(path AS TEXT), size, mtime_ns, inode FROM files "
+                                f"{where} ORDER BY path", parameters).fetchall()
         except sqlite3.OperationalError as exc:
             if "decode" not in str(exc):
                 raise
         else:
             return dict(zip(map(itemgetter(0), rows), map(itemgetter(1, 2, 3), rows),
                             strict=True))
-    rows = conn.execute("SELECT path, size, mtime_ns, inode FROM files ORDER BY path").fetchall()
+    rows = conn.execute(f"SELECT path, size, mtime_ns, inode FROM files {where} ORDER BY path",
+                        parameters).fetchall()
     if not rows:
         return {}
     names = b"\0".join(map(itemgetter(0), rows)).decode(encoding, errors).split("\0")

@@ -11,6 +11,7 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
+import pytest
 import xxhash
 
 from multiwatch.config import InstanceConfig
@@ -584,3 +585,107 @@ def test_restart_scan_over_many_directories_announces_nothing_unchanged(
     assert summary(drain(outbox)) == [("file_deleted", "d2/f5.bin")]
     assert restarted.files_hashed == 0
     assert len(restarted.known) == len(files) - 1
+
+
+# -- restarts over fingerprinted directories ----------------------------------------------
+
+
+def _stopped_cleanly_then_restarted(tmp_path: Path, pipeline: Pipeline
+                                    ) -> tuple[Pipeline, DurableOutbox]:
+    """Stop as the watcher does (the stop fingerprints the directories changed while
+    running), then start over the same state."""
+    pipeline.close()
+    pipeline.store.close()
+    restarted, outbox, _ = make_pipeline(tmp_path)
+    return restarted, outbox
+
+
+def _swap(first: Path, second: Path) -> None:
+    parked = first.with_name("parked")
+    first.rename(parked)
+    second.rename(first)
+    parked.rename(second)
+
+
+@pytest.mark.parametrize(("change", "expected"), [
+    ("nothing", []),
+    ("delete a file", [("file_deleted", "d1/b.bin")]),
+    ("delete a directory", [("file_deleted", "d2/a.bin"), ("file_deleted", "d2/b.bin")]),
+    ("add a file", [("file_discovered", "d1/new.bin")]),
+    ("rewrite a file, same size", [("file_modified", "d1/a.bin")]),
+    ("swap two files' names", [("file_modified", "d1/a.bin"), ("file_modified", "d1/b.bin")]),
+    ("delete a file at the root", [("file_deleted", "top.bin")]),
+])
+def test_restart_after_a_clean_stop_announces_exactly_what_changed_meanwhile(
+        tmp_path: Path, change: str, expected: list[tuple[str, str]]) -> None:
+    """A clean stop fingerprints each directory; a restart skips the rows of directories
+    whose listing still has its fingerprint, and still finds every change made while
+    multiwatch was stopped, in those directories or in ones gone entirely."""
+    pipeline, outbox, root = make_pipeline(tmp_path)
+    files = {"top.bin": b"top", **{f"d{d}/{n}.bin": b"%d-%s" % (d, n.encode())
+                                   for d in range(3) for n in ("a", "b")}}
+    known_files(pipeline, outbox, root, files)
+    restarted, outbox = _stopped_cleanly_then_restarted(tmp_path, pipeline)
+    d1 = root / "d1"
+    if change == "delete a file":
+        (d1 / "b.bin").unlink()
+    elif change == "delete a directory":
+        shutil.rmtree(root / "d2")
+    elif change == "add a file":
+        (d1 / "new.bin").write_bytes(b"new")
+    elif change == "rewrite a file, same size":
+        (d1 / "a.bin").write_bytes(b"1-x")
+        os.utime(d1 / "a.bin", ns=(1, time.time_ns() + 10**9))
+    elif change == "swap two files' names":
+        _swap(d1 / "a.bin", d1 / "b.bin")
+    elif change == "delete a file at the root":
+        (root / "top.bin").unlink()
+    restarted.request_scan()
+    settle_all(restarted)
+    assert summary(drain(outbox)) == expected
+    assert restarted.files_hashed == sum(kind != "file_deleted" for kind, _ in expected)
+
+
+def test_restart_reads_no_rows_of_directories_whose_fingerprint_holds(tmp_path: Path) -> None:
+    """After a clean stop, a restart over an unchanged tree reads none of the tracked
+    files' rows; a directory changed meanwhile is the only one read, and the next start
+    reads none again (its scan fingerprinted it)."""
+    pipeline, outbox, root = make_pipeline(tmp_path)
+    known_files(pipeline, outbox, root, {f"d{d}/f{n}.bin": b"%d%d" % (d, n)
+                                         for d in range(4) for n in range(3)})
+    restarted, outbox = _stopped_cleanly_then_restarted(tmp_path, pipeline)
+    restarted.request_scan()
+    settle_all(restarted)
+    assert drain(outbox) == [] and restarted.known.directories_read() == set()
+
+    (root / "d3" / "f9.bin").write_bytes(b"new")
+    restarted, outbox = _stopped_cleanly_then_restarted(tmp_path, restarted)
+    restarted.request_scan()
+    settle_all(restarted)
+    assert summary(drain(outbox)) == [("file_discovered", "d3/f9.bin")]
+    assert restarted.known.directories_read() == {"d3"}
+
+    restarted, outbox = _stopped_cleanly_then_restarted(tmp_path, restarted)
+    restarted.request_scan()
+    settle_all(restarted)
+    assert drain(outbox) == [] and restarted.known.directories_read() == set()
+
+
+def test_restart_with_directories_too_big_to_fingerprint_finds_each_change(
+        tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """A directory listed in more batches than are held for its fingerprint is compared
+    file by file: a deleted and a changed file in it are still announced, nothing else."""
+    import multiwatch.watcher.pipeline as pipeline_module
+    import multiwatch.watcher.scan as scan_module
+
+    monkeypatch.setattr(scan_module, "BATCH_ENTRIES", 3)
+    monkeypatch.setattr(pipeline_module, "FINGERPRINT_MAX_FILES", 5)
+    pipeline, outbox, root = make_pipeline(tmp_path)
+    known_files(pipeline, outbox, root, {f"big/f{n:02d}.bin": b"%02d" % n for n in range(20)})
+    restarted, outbox = _stopped_cleanly_then_restarted(tmp_path, pipeline)
+    (root / "big" / "f07.bin").unlink()
+    (root / "big" / "f13.bin").write_bytes(b"changed")
+    restarted.request_scan()
+    settle_all(restarted)
+    assert summary(drain(outbox)) == [("file_deleted", "big/f07.bin"),
+                                      ("file_modified", "big/f13.bin")]

@@ -143,3 +143,74 @@ def test_loaded_files_keep_later_changes_in_memory(tmp_path: Path) -> None:
     known["b.mp3"] = HASHED
     del known["b.mp3"]
     assert dict(known) == {}
+
+
+def test_database_at_schema_1_is_migrated_and_keeps_its_files(tmp_path: Path) -> None:
+    """A database written before directory fingerprints existed opens at the current
+    schema with every tracked file, and a restart over it simply reads their rows."""
+    from multiwatch.watcher.state import MIGRATIONS
+
+    path = str(tmp_path / "state.db")
+    conn = sqlite3.connect(path)
+    conn.executescript(MIGRATIONS[0] + "; PRAGMA user_version = 1;")
+    conn.execute("INSERT INTO files VALUES (?, 7, 3, 10, 11, ?, ?)",
+                 (b"d/a.mp3", "a" * 64, "b" * 32))
+    conn.commit()
+    conn.close()
+    known = StateStore(path).load_files()
+    assert len(known) == 1 and known["d/a.mp3"] == HASHED
+    assert known.changed({"d/a.mp3": (3, 10, 7)}, "d") == []
+
+
+def test_rows_are_read_a_directory_at_a_time_and_memory_wins(tmp_path: Path) -> None:
+    """Lookups read only their own directory's rows (a subdirectory's are not its); once
+    every path is asked for, what was changed in memory wins over the stale rows."""
+    weird = b"d1/caf\xe9.mp3".decode("utf-8", "surrogateescape")
+    store = StateStore(str(tmp_path / "state.db"))
+    store.commit(dict.fromkeys(["top.mp3", "d1/a.mp3", weird, "d1/sub/b.mp3", "d2/c.mp3"],
+                               HASHED), [])
+    known = store.load_files()
+    assert len(known) == 5 and known.directories_read() == set()
+    assert "d1/a.mp3" in known and known.get(weird) == HASHED
+    assert known.directories_read() == {"d1"} and "d1/sub/b.mp3" in known
+    assert known.directories_read() == {"d1", "d1/sub"}
+    assert sorted(known.paths_under("d1")) == sorted(["d1/a.mp3", weird, "d1/sub/b.mp3"])
+    newer = Hashed(FileVersion(size=4, mtime_ns=12, inode=8), "e" * 64, "f" * 32, ctime_ns=13)
+    known["d1/new.mp3"] = newer
+    del known["d1/a.mp3"]
+    assert len(known) == 5
+    assert sorted(known.paths()) == sorted(["top.mp3", weird, "d1/new.mp3", "d1/sub/b.mp3",
+                                            "d2/c.mp3"])
+    assert known.directories_read() is None and known["d1/new.mp3"] == newer
+
+
+def _listing(*names: str) -> dict[str, tuple[int, int, int]]:
+    return dict.fromkeys(names, (3, 10, 7))
+
+
+def test_a_fingerprint_vouches_until_its_directory_changes(tmp_path: Path) -> None:
+    """A directory whose whole listing matched is fingerprinted; after a reopen the same
+    listing, in any order, is recognised, and a different one is not.  Recording any
+    change in that directory voids it; a change elsewhere does not."""
+    path = str(tmp_path / "state.db")
+    store = StateStore(path)
+    store.commit(dict.fromkeys(["d/a.mp3", "d/b.mp3", "e/c.mp3"], HASHED), [])
+    store.close()
+    store = StateStore(path)
+    known = store.load_files()
+    for directory, listing in (("d", _listing("d/b.mp3", "d/a.mp3")), ("e", _listing("e/c.mp3"))):
+        assert known.changed(listing, directory) == []
+        known.vouch(directory, listing)
+    known.save_fingerprints()
+    store.close()
+
+    store = StateStore(path)
+    known = store.load_files()
+    assert known.unchanged_directory("d", _listing("d/a.mp3", "d/b.mp3"))
+    assert not known.unchanged_directory("d", _listing("d/a.mp3"))
+    assert not known.unchanged_directory("d", {**_listing("d/a.mp3"), "d/b.mp3": (3, 11, 7)})
+    store.commit({"d/b.mp3": None}, [])
+    store.close()
+    known = StateStore(path).load_files()
+    assert not known.unchanged_directory("d", _listing("d/a.mp3", "d/b.mp3"))
+    assert known.unchanged_directory("e", _listing("e/c.mp3"))
