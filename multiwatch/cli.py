@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import argparse
 import dataclasses
+import importlib.util
 import os
 import sys
 from collections.abc import Sequence
@@ -253,7 +254,25 @@ def _run(roster: Roster, args: argparse.Namespace) -> int:
     def reload() -> Roster:
         return narrow(load_roster(config_path, os.environ))
 
+    _spawn_as_if_run_with_dash_m()
     return Supervisor(roster, reload=reload if config_path else None).run()
+
+
+def _spawn_as_if_run_with_dash_m() -> None:
+    """Spare each watcher child a second run of the `multiwatch` console script.
+
+    A spawned child first recreates the parent's `__main__` (multiprocessing.spawn
+    `prepare`).  The console script is a file with no module spec, so the child runs it again
+    as `__mp_main__`, which imports this module, argparse and the roster code for nothing:
+    the child only needs `run_child`.  Under `python -m multiwatch`, `__main__.__spec__`
+    names `multiwatch.__main__`, and spawn skips any `<package>.__main__` in the child.  The
+    console script is that same program, so its `__main__` gets that spec too (the spec is
+    how Python records what `__main__` was loaded from: -m sets it, a script leaves it None).
+    Only a script whose `main` is ours is changed: never a test runner's `__main__`.
+    """
+    program = sys.modules["__main__"]
+    if getattr(program, "__spec__", None) is None and getattr(program, "main", None) is main:
+        program.__spec__ = importlib.util.find_spec("multiwatch.__main__")
 
 
 def _only(roster: Roster, ids: list[str] | None) -> Roster:

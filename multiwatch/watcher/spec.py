@@ -8,6 +8,9 @@ the spawn target; the child imports main itself.
 
 from __future__ import annotations
 
+import contextlib
+import sys
+from collections.abc import Iterator
 from dataclasses import dataclass, field
 from multiprocessing.connection import Connection
 
@@ -34,6 +37,29 @@ class ChildSpec:
 
 def run_child(spec: ChildSpec, to_parent: Connection) -> None:
     """The spawned process's entry point: import the watcher and run it."""
-    from multiwatch.watcher.main import child_main
+    with _without_module("yaml"):
+        from multiwatch.watcher.main import child_main
 
     child_main(spec, to_parent)
+
+
+@contextlib.contextmanager
+def _without_module(name: str) -> Iterator[None]:
+    """Make `import name` fail (ImportError) inside the block, if it is not imported yet.
+
+    For PyYAML: kombu.serialization imports it at import time, only to register a YAML
+    codec, and falls back to an "install PyYAML" stub without it.  The child publishes
+    JSON bytes and never parses YAML (the supervisor read the roster), so the import is
+    pure start-up cost (~15 ms of CPU here).  A None entry in sys.modules is the import system's
+    documented way to make an import fail; it is removed afterwards, so a later
+    `import yaml` in the child still works.
+    """
+    if name in sys.modules:
+        yield
+        return
+    sys.modules[name] = None  # type: ignore[assignment]
+    try:
+        yield
+    finally:
+        if sys.modules.get(name, "") is None:
+            del sys.modules[name]

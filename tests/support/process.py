@@ -59,9 +59,12 @@ def free_port() -> int:
 class Multiwatch:
     """A running `multiwatch run` with its log lines collected as they appear."""
 
-    def __init__(self, args: Sequence[str], env: Mapping[str, str] | None = None) -> None:
+    def __init__(self, args: Sequence[str], env: Mapping[str, str] | None = None,
+                 program: Sequence[str] | None = None) -> None:
+        """program: how `multiwatch` is started (default `python -m multiwatch`)."""
+        command = [*program, "run", *args] if program else multiwatch_command("run", *args)
         self.process = subprocess.Popen(
-            multiwatch_command("run", *args), stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
+            command, stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
             env=_env(env), start_new_session=True,
         )
         self.lines: list[LogLine] = []
