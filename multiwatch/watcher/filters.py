@@ -18,6 +18,42 @@ def _any_of(patterns: list[str]) -> re.Pattern[str] | None:
     return re.compile("|".join(f"(?:{translate(p)})" for p in patterns)) if patterns else None
 
 
+_GLOB_CHARACTERS = frozenset("*?[")
+
+
+@dataclass(frozen=True)
+class NameSkip:
+    """The exclude patterns without "/", as a test of one entry name.
+
+    The common shapes, "text*" and "*text", are tested with str.startswith and
+    str.endswith on a tuple: the walk tests every directory entry, and one regex match per
+    entry was a tenth of a restart's walk over 100,000 files (the defaults are all of
+    those shapes).  The other patterns stay one regex."""
+
+    prefixes: tuple[str, ...]
+    suffixes: tuple[str, ...]
+    others: Callable[[str], object] | None
+
+    @classmethod
+    def of(cls, patterns: tuple[str, ...]) -> NameSkip | None:
+        prefixes, suffixes, others = [], [], []
+        for pattern in (p for p in patterns if "/" not in p):
+            if pattern.endswith("*") and not _GLOB_CHARACTERS & set(pattern[:-1]):
+                prefixes.append(pattern[:-1])
+            elif pattern.startswith("*") and not _GLOB_CHARACTERS & set(pattern[1:]):
+                suffixes.append(pattern[1:])
+            else:
+                others.append(pattern)
+        if not (prefixes or suffixes or others):
+            return None
+        regex = _any_of(others)
+        return cls(tuple(prefixes), tuple(suffixes), regex.match if regex is not None else None)
+
+    def __call__(self, name: str) -> bool:
+        return bool(name.startswith(self.prefixes) or name.endswith(self.suffixes)
+                    or (self.others is not None and self.others(name)))
+
+
 @dataclass(frozen=True)
 class _Compiled:
     """The patterns of one side (include or exclude), split by what they are matched on."""
@@ -63,8 +99,7 @@ class PathFilter:
         names = self._exclude.names
         return names is None or not any(names.match(n) for n in relative_path.split("/"))
 
-    def scan_tests(self) -> tuple[Callable[[str], object] | None,
-                                  Callable[[str, str], bool] | None]:
+    def scan_tests(self) -> tuple[NameSkip | None, Callable[[str, str], bool] | None]:
         """Fast tests for a walk that enters only directories `wants_directory` accepted:
         (skip_name, wants).
 
@@ -77,7 +112,7 @@ class PathFilter:
                 or type(self).wants_directory is not base.wants_directory):
             return None, lambda relative_path, _name: self.wants_file(relative_path)
         exclude, include = self._exclude, self._include
-        skip_name = exclude.names.match if exclude.names is not None else None
+        skip_name = NameSkip.of(self.exclude)
         path_excluded = exclude.paths
         if "*" in self.include:
             if path_excluded is None:

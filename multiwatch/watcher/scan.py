@@ -71,6 +71,9 @@ def scan_batches(
     if start and not path_filter.wants_directory(start):
         return  # every file below would be excluded by one of its directories
     skip_name, wants = path_filter.scan_tests()
+    skip_prefixes, skip_suffixes, skip_others = (
+        (skip_name.prefixes, skip_name.suffixes, skip_name.others) if skip_name is not None
+        else ((), (), None))
     limit = batch_entries or BATCH_ENTRIES
     pending = [start]
     hidden: list[str] = []  # filtered-out directories, walked only to `watch` them
@@ -103,7 +106,9 @@ def scan_batches(
             with os.scandir(directory_fd) as entries:
                 for entry in entries:
                     name = entry.name
-                    if skip_name is not None and skip_name(name):
+                    if ((skip_prefixes and name.startswith(skip_prefixes))
+                            or (skip_suffixes and name.endswith(skip_suffixes))
+                            or (skip_others is not None and skip_others(name))):
                         # Excluded by name, whatever it is: no stat needed.
                         if (watch is not None and recursive
                                 and entry.is_dir(follow_symlinks=False)):

@@ -50,12 +50,22 @@ MIGRATIONS: tuple[str, ...] = (
     );
     """,
     # 1 → 2: fingerprints of unchanged directories (KnownFiles), so a restart need not
-    # read the rows of a directory whose listing has not changed.
+    # read the rows of a directory whose listing has not changed; and the number of
+    # tracked files, kept by triggers, so it is known without reading every row.
     """
     CREATE TABLE directories (
         path BLOB PRIMARY KEY,
         digest BLOB NOT NULL
     ) WITHOUT ROWID;
+    CREATE TABLE counts (
+        name TEXT PRIMARY KEY,
+        n INTEGER NOT NULL
+    ) WITHOUT ROWID;
+    INSERT INTO counts SELECT 'files', count(*) FROM files;
+    CREATE TRIGGER files_added AFTER INSERT ON files
+    BEGIN UPDATE counts SET n = n + 1 WHERE name = 'files'; END;
+    CREATE TRIGGER files_removed AFTER DELETE ON files
+    BEGIN UPDATE counts SET n = n - 1 WHERE name = 'files'; END;
     """,
 )
 SCHEMA_VERSION = len(MIGRATIONS)
@@ -102,13 +112,24 @@ def _migrate(conn: sqlite3.Connection, path: str) -> None:
     for number in range(version, SCHEMA_VERSION):
         conn.execute("BEGIN IMMEDIATE")
         try:
-            for statement in filter(str.strip, MIGRATIONS[number].split(";")):
+            for statement in _statements(MIGRATIONS[number]):
                 conn.execute(statement)
             conn.execute(f"PRAGMA user_version = {number + 1}")
             conn.execute("COMMIT")
         except BaseException:
             conn.execute("ROLLBACK")
             raise
+
+
+def _statements(script: str) -> Iterator[str]:
+    """The SQL statements of a script, each whole (a trigger's body has ";" inside)."""
+    statement = ""
+    for piece in script.split(";"):
+        statement += piece + ";"
+        if sqlite3.complete_statement(statement):
+            if statement.strip(" \n;"):
+                yield statement
+            statement = ""
 
 
 @dataclass(frozen=True)
@@ -141,8 +162,12 @@ class StateStore:
         conn = self._conn
         conn.execute("BEGIN IMMEDIATE")
         try:
+            # An upsert, not INSERT OR REPLACE: only a new path fires files_added.
             conn.executemany(
-                "INSERT OR REPLACE INTO files VALUES (?, ?, ?, ?, ?, ?, ?)",
+                "INSERT INTO files VALUES (?, ?, ?, ?, ?, ?, ?) ON CONFLICT (path) DO UPDATE"
+                " SET inode = excluded.inode, size = excluded.size, mtime_ns = excluded.mtime_ns,"
+                " ctime_ns = excluded.ctime_ns, sha256 = excluded.sha256,"
+                " xxh128 = excluded.xxh128",
                 [(os.fsencode(p), h.version.inode, h.version.size, h.version.mtime_ns,
                   h.ctime_ns, h.sha256, h.xxh128) for p, h in files.items() if h is not None])
             conn.executemany("DELETE FROM files WHERE path = ?",
@@ -214,7 +239,8 @@ class KnownFiles(MutableMapping[str, Hashed]):
         # Directories whose rows are in _versions (with how many they had), or None once
         # every row is.
         self._loaded: dict[str, int] | None = {}
-        self._count: int = conn.execute("SELECT count(*) FROM files").fetchone()[0]
+        self._count: int = conn.execute("SELECT n FROM counts WHERE name = 'files'"
+                                        ).fetchone()[0]
         self._fingerprints: dict[str, bytes] = {
             os.fsdecode(bytes(path)): bytes(digest)
             for path, digest in conn.execute("SELECT path, digest FROM directories")}

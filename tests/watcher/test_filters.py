@@ -126,6 +126,18 @@ def test_compiled_filters_decide_exactly_like_the_glob_rules(
     assert PathFilter(tuple(include), tuple(exclude)).wants_file(path) == expected
 
 
+@settings(max_examples=400, deadline=None)
+@given(exclude=_GLOBS, name=st.text(alphabet="ab.*?[]!~\udcff", min_size=1, max_size=6))
+def test_the_walk_skips_exactly_the_names_an_exclude_pattern_matches(
+    exclude: list[str], name: str,
+) -> None:
+    """Excluded names (prefix and suffix globs tested with str methods, the rest by regex)
+    are exactly those a pattern without "/" matches, one glob at a time."""
+    skip_name, _ = PathFilter(("*",), tuple(exclude)).scan_tests()
+    expected = any(fnmatchcase(name, p) for p in exclude if "/" not in p)
+    assert (skip_name is not None and skip_name(name)) == expected
+
+
 @pytest.mark.parametrize("path_filter", [
     DEFAULTS,
     PathFilter(include=("*",), exclude=()),

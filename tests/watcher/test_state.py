@@ -214,3 +214,20 @@ def test_a_fingerprint_vouches_until_its_directory_changes(tmp_path: Path) -> No
     known = StateStore(path).load_files()
     assert not known.unchanged_directory("d", _listing("d/a.mp3", "d/b.mp3"))
     assert known.unchanged_directory("e", _listing("e/c.mp3"))
+
+
+def test_the_tracked_count_stays_exact_without_reading_the_rows(tmp_path: Path) -> None:
+    """The number of tracked files a start reports follows new paths, re-recorded paths,
+    forgotten paths and a failed commit exactly, and survives a reopen."""
+    path = str(tmp_path / "state.db")
+    store = StateStore(path)
+    store.commit(dict.fromkeys(["a.mp3", "d/b.mp3", "d/c.mp3"], HASHED), [])
+    newer = Hashed(FileVersion(size=4, mtime_ns=12, inode=8), "e" * 64, "f" * 32, ctime_ns=13)
+    store.commit({"a.mp3": newer, "d/b.mp3": None}, [])
+    broken = Event("i", "file_discovered", "file.discovered", "m", "c", None)  # type: ignore[arg-type]
+    with pytest.raises(sqlite3.IntegrityError):
+        store.commit({"e.mp3": HASHED}, [broken])
+    store.close()
+    known = StateStore(path).load_files()
+    assert len(known) == 2 and known["a.mp3"] == newer
+    assert sorted(known.paths()) == ["a.mp3", "d/c.mp3"]
