@@ -224,8 +224,9 @@ class Pipeline:
         if not batches:
             return
         directory = batches[0].directory
+        batches = [batch for batch in batches if batch] or batches  # the last is often empty
         listing: dict[str, Version] = batches[0]
-        if whole and len(batches) > 1:  # (the last one is often empty)
+        if whole and len(batches) > 1:
             listing = {}
             for batch in batches:
                 listing.update(batch)
