@@ -7,21 +7,17 @@ paragraph on stderr and exit 2; no traceback.
 from __future__ import annotations
 
 import argparse
-import dataclasses
 import importlib.util
 import os
 import sys
 from collections.abc import Sequence
+from typing import TYPE_CHECKING
 
 from multiwatch import __version__
-from multiwatch.config import (
-    ConfigError,
-    Roster,
-    http_override,
-    load_roster,
-    mask_url,
-    render_effective,
-)
+
+if TYPE_CHECKING:
+    from multiwatch.config import Roster
+    from multiwatch.supervisor.prestart import PrestartedWatcher
 
 EXIT_USAGE = 2
 EXIT_BROKER = 1
@@ -187,6 +183,11 @@ def _add_export(commands: argparse._SubParsersAction) -> None:  # type: ignore[t
 
 def main(argv: Sequence[str] | None = None) -> int:
     args = _parser().parse_args(argv)
+    # Before the configuration code is even imported: the first watcher imports its own
+    # while the roster is read (supervisor/prestart.py).
+    prestarted = _prestart_watcher() if args.command == "run" else None
+    from multiwatch.config import ConfigError, load_roster, render_effective
+
     try:
         if args.command in ("status", "health"):
             return _ask_endpoint(args)
@@ -204,12 +205,24 @@ def main(argv: Sequence[str] | None = None) -> int:
             if args.state_command == "export":
                 return state_commands.export_state(roster, args.instance)
             return state_commands.backup_state(roster, args.instance, args.to)
-        return _run(roster, args)
+        return _run(roster, args, prestarted)
     except ConfigError as exc:
         print(f"multiwatch: error: {exc}", file=sys.stderr)
         return EXIT_USAGE
     except KeyboardInterrupt:
         return 130
+    finally:
+        if prestarted is not None:
+            prestarted.discard()  # (a no-op once an instance took it)
+
+
+def _prestart_watcher() -> PrestartedWatcher:
+    import multiprocessing
+
+    from multiwatch.supervisor.prestart import PrestartedWatcher
+
+    _spawn_as_if_run_with_dash_m()
+    return PrestartedWatcher(multiprocessing.get_context("spawn"))
 
 
 def _export(roster: Roster, args: argparse.Namespace) -> int:
@@ -224,6 +237,7 @@ def _export(roster: Roster, args: argparse.Namespace) -> int:
 
 def _ask_endpoint(args: argparse.Namespace) -> int:
     from multiwatch import status_commands
+    from multiwatch.config import ConfigError
 
     try:
         url = status_commands.resolve_base_url(args.url, args.config, os.environ)
@@ -236,11 +250,15 @@ def _ask_endpoint(args: argparse.Namespace) -> int:
     return status_commands.status_command(url, as_json=args.json)
 
 
-def _run(roster: Roster, args: argparse.Namespace) -> int:
+def _run(roster: Roster, args: argparse.Namespace,
+         prestarted: PrestartedWatcher | None = None) -> int:
+    from multiwatch.config import http_override, load_roster
     from multiwatch.logs import setup_logging
     from multiwatch.supervisor.fleet import Supervisor
 
     http = http_override(args.http_listen) if args.http_listen is not None else None
+
+    import dataclasses
 
     def narrow(roster: Roster) -> Roster:
         roster = _only(roster, args.only)
@@ -255,7 +273,8 @@ def _run(roster: Roster, args: argparse.Namespace) -> int:
         return narrow(load_roster(config_path, os.environ))
 
     _spawn_as_if_run_with_dash_m()
-    return Supervisor(roster, reload=reload if config_path else None).run()
+    return Supervisor(roster, reload=reload if config_path else None,
+                      prestarted=prestarted).run()
 
 
 def _spawn_as_if_run_with_dash_m() -> None:
@@ -276,6 +295,10 @@ def _spawn_as_if_run_with_dash_m() -> None:
 
 
 def _only(roster: Roster, ids: list[str] | None) -> Roster:
+    import dataclasses
+
+    from multiwatch.config import ConfigError
+
     if not ids:
         return roster
     known = {instance.id for instance in roster.instances}
@@ -293,6 +316,7 @@ def _tail(roster: Roster, args: argparse.Namespace) -> int:
     from kombu import Consumer, Queue
 
     from multiwatch.broker import BrokerLink, exchange_for, named_queue, queue_for
+    from multiwatch.config import ConfigError, mask_url
 
     broker = roster.broker
     if args.tap and broker.embedded:

@@ -26,6 +26,7 @@ from multiwatch.watcher.spec import ChildSpec
 
 if TYPE_CHECKING:  # imported when first used, after the children are spawned
     from multiwatch.supervisor.http import HttpServer
+    from multiwatch.supervisor.prestart import PrestartedWatcher
     from multiwatch.supervisor.resources import ResourceMeter
 
 log = logging.getLogger(__name__)
@@ -40,9 +41,11 @@ OPEN_FILES_EVERY_SECONDS = 30.0  # the costly part of a sample; also at every re
 class Supervisor:
     """Runs the fleet described by a roster until SIGTERM or SIGINT."""
 
-    def __init__(self, roster: Roster, *, reload: Callable[[], Roster] | None = None) -> None:
+    def __init__(self, roster: Roster, *, reload: Callable[[], Roster] | None = None,
+                 prestarted: PrestartedWatcher | None = None) -> None:
         self.roster = roster
         self._reload = reload
+        self._prestarted = prestarted  # for the first instance started
         self._context = multiprocessing.get_context("spawn")
         self._children: dict[str, Child] = {}
         self._signals: deque[int] = deque()
@@ -106,6 +109,9 @@ class Supervisor:
         log.info("supervisor started", extra={"pid": os.getpid(), "roster": self.roster.source,
                                              "instances": len(self.roster.instances)})
         self._converge(self.roster)
+        if self._prestarted is not None:  # the roster started nothing
+            self._prestarted.discard()
+            self._prestarted = None
         self._publish_view(time.monotonic())
         self._serve_http(self.roster.http.listen)
         while not self._stopping:
@@ -225,7 +231,8 @@ class Supervisor:
                 self._stop_children([current])
             child = Child(spec, roster.supervisor, self._context)
             self._children[instance.id] = child
-            child.start(now)
+            child.start(now, self._prestarted)
+            self._prestarted = None
         for child in list(self._children.values()):
             if child.instance_id not in self._wanted_ids():
                 log.info("instance removed; stopping it", extra={"instance_id": child.instance_id})

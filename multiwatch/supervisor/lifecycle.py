@@ -20,10 +20,13 @@ import random
 import signal
 from multiprocessing.connection import Connection
 from multiprocessing.context import SpawnContext, SpawnProcess
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from multiwatch.config import SupervisorConfig
 from multiwatch.watcher.spec import EXIT_DIRECTORY_GONE, ChildSpec, run_child
+
+if TYPE_CHECKING:
+    from multiwatch.supervisor.prestart import PrestartedWatcher
 
 log = logging.getLogger(__name__)
 
@@ -70,20 +73,27 @@ class Child:
     def pid(self) -> int | None:
         return self.process.pid if self.process is not None else None
 
-    def start(self, now: float) -> None:
-        reader, writer = self._context.Pipe(duplex=False)
-        process = self._context.Process(
-            target=run_child, args=(self.spec, writer), name=f"multiwatch-{self.instance_id}"
-        )
-        process.start()
-        writer.close()  # the child holds the only writer: EOF here means it is gone
+    def start(self, now: float, prestarted: PrestartedWatcher | None = None) -> None:
+        """Spawn the watcher, or hand the instance to a process spawned ahead of time."""
+        taken = prestarted.hand_over(self.spec) if prestarted is not None else None
+        if taken is not None:
+            process, reader = taken
+            process.name = f"multiwatch-{self.instance_id}"
+        else:
+            reader, writer = self._context.Pipe(duplex=False)
+            process = self._context.Process(
+                target=run_child, args=(self.spec, writer), name=f"multiwatch-{self.instance_id}"
+            )
+            process.start()
+            writer.close()  # the child holds the only writer: EOF here means it is gone
         self.process, self.reader = process, reader
         self.state = State.STARTING
         self.started_at = self.last_heartbeat = now
         self.snapshot = {}
         self._term_sent_at = None
         log.info("child started", extra={"instance_id": self.instance_id, "pid": process.pid,
-                                         "restarts": self.restarts})
+                                         "restarts": self.restarts,
+                                         "prestarted": taken is not None})
 
     def receive(self, now: float) -> None:
         """Read every pending report from the child."""

@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import contextlib
 import sys
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from multiprocessing.connection import Connection
 
@@ -37,10 +37,15 @@ class ChildSpec:
 
 def run_child(spec: ChildSpec, to_parent: Connection) -> None:
     """The spawned process's entry point: import the watcher and run it."""
+    import_watcher()(spec, to_parent)
+
+
+def import_watcher() -> Callable[[ChildSpec, Connection], None]:
+    """The watcher's entry point, imported without PyYAML (see _without_module)."""
     with _without_module("yaml"):
         from multiwatch.watcher.main import child_main
 
-    child_main(spec, to_parent)
+    return child_main
 
 
 @contextlib.contextmanager
