@@ -1,5 +1,8 @@
 """Durable per-instance state: tracked files and the outbox, in one sqlite database (WAL).
 
+Beside them: the number of tracked files and fingerprints of unchanged directories, which
+spare a restart from reading the files table (see KnownFiles).
+
 The pipeline thread records a file's new state and the events it causes in one
 transaction, so after a crash either both exist or neither does: the outbox replays what
 was recorded, and the reconcile scan re-detects what was not.  The publisher thread reads
@@ -98,7 +101,9 @@ def connect(path: str, *, readonly: bool = False) -> sqlite3.Connection:
         conn.execute("PRAGMA synchronous=NORMAL")
         _migrate(conn, path)
     version = conn.execute("PRAGMA user_version").fetchone()[0]
-    if version != SCHEMA_VERSION:
+    # Reading alone (state export, backup) needs only what every schema has: an instance
+    # not started since multiwatch was upgraded can still be exported.
+    if version > SCHEMA_VERSION or (version != SCHEMA_VERSION and not readonly):
         conn.close()
         raise StateError(f"{path}: schema version {version}, this multiwatch reads "
                          f"{SCHEMA_VERSION}; upgrade multiwatch or restore a matching backup")

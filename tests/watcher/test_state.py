@@ -15,6 +15,7 @@ from multiwatch.watcher.state import (
     StateError,
     StateStore,
     connect,
+    iter_files,
     state_db_path,
 )
 
@@ -146,8 +147,9 @@ def test_loaded_files_keep_later_changes_in_memory(tmp_path: Path) -> None:
 
 
 def test_database_at_schema_1_is_migrated_and_keeps_its_files(tmp_path: Path) -> None:
-    """A database written before directory fingerprints existed opens at the current
-    schema with every tracked file, and a restart over it simply reads their rows."""
+    """A database written before directory fingerprints existed can be exported as it is,
+    opens at the current schema with every tracked file, and a restart over it simply
+    reads their rows."""
     from multiwatch.watcher.state import MIGRATIONS
 
     path = str(tmp_path / "state.db")
@@ -157,6 +159,9 @@ def test_database_at_schema_1_is_migrated_and_keeps_its_files(tmp_path: Path) ->
                  (b"d/a.mp3", "a" * 64, "b" * 32))
     conn.commit()
     conn.close()
+    readonly = connect(path, readonly=True)  # (state export before the first start)
+    assert [t.relative_path for t in iter_files(readonly)] == ["d/a.mp3"]
+    readonly.close()
     known = StateStore(path).load_files()
     assert len(known) == 1 and known["d/a.mp3"] == HASHED
     assert known.changed({"d/a.mp3": (3, 10, 7)}, "d") == []
