@@ -216,13 +216,16 @@ def main(argv: Sequence[str] | None = None) -> int:
             prestarted.discard()  # (a no-op once an instance took it)
 
 
-def _prestart_watcher() -> PrestartedWatcher:
+def _prestart_watcher() -> PrestartedWatcher | None:
     import multiprocessing
 
     from multiwatch.supervisor.prestart import PrestartedWatcher
 
     _spawn_as_if_run_with_dash_m()
-    return PrestartedWatcher(multiprocessing.get_context("spawn"))
+    try:
+        return PrestartedWatcher(multiprocessing.get_context("spawn"))
+    except OSError:  # (no process to spare now): the supervisor spawns every watcher itself
+        return None
 
 
 def _export(roster: Roster, args: argparse.Namespace) -> int:
@@ -252,13 +255,13 @@ def _ask_endpoint(args: argparse.Namespace) -> int:
 
 def _run(roster: Roster, args: argparse.Namespace,
          prestarted: PrestartedWatcher | None = None) -> int:
+    import dataclasses
+
     from multiwatch.config import http_override, load_roster
     from multiwatch.logs import setup_logging
     from multiwatch.supervisor.fleet import Supervisor
 
     http = http_override(args.http_listen) if args.http_listen is not None else None
-
-    import dataclasses
 
     def narrow(roster: Roster) -> Roster:
         roster = _only(roster, args.only)

@@ -198,7 +198,8 @@ Version = tuple[int, int, int]
 """(size, mtime_ns, inode): a FileVersion as a plain tuple, as the scan reports it."""
 _Hashes = tuple[int, str, str]
 """(ctime_ns, sha256, xxh128): the rest of a Hashed."""
-_NO_SLASH = "instr(substr(path, ?), X'2F') = 0"  # no "/" after the first ? - 1 bytes
+# No "/" from byte ? of the path on (1-based): a file directly in the directory.
+_NO_SLASH = "instr(substr(path, ?), X'2F') = 0"
 
 
 def directory_of(relative_path: str) -> str:
