@@ -275,7 +275,6 @@ def _run(roster: Roster, args: argparse.Namespace,
     def reload() -> Roster:
         return narrow(load_roster(config_path, os.environ))
 
-    _spawn_as_if_run_with_dash_m()
     return Supervisor(roster, reload=reload if config_path else None,
                       prestarted=prestarted).run()
 

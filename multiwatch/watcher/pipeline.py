@@ -210,17 +210,16 @@ class Pipeline:
                 self._compare(scan, batch, now)
                 continue
             held.append(batch)
-            scan.held_entries += len(batch)
             if batch.complete:
                 self._compare_held(scan, now, whole=True)
-            elif scan.held_entries > FINGERPRINT_MAX_FILES:
+            elif sum(map(len, held)) > FINGERPRINT_MAX_FILES:
                 scan.oversized = batch.directory
                 self._compare_held(scan, now, whole=False)
 
     def _compare_held(self, scan: _Scan, now: float, *, whole: bool) -> None:
         """Compare the held batches of one directory with what was announced; `whole`:
         they list all of it, so its fingerprint can vouch for them instead."""
-        batches, scan.held, scan.held_entries = scan.held, [], 0
+        batches, scan.held = scan.held, []
         if not batches:
             return
         directory = batches[0].directory
@@ -643,7 +642,6 @@ class _Scan:
     changes_at_start: int = 0  # known.changes when the walk began
     # The batches of the directory being listed, compared once its listing is whole.
     held: list[ScanBatch] = dataclasses.field(default_factory=list)
-    held_entries: int = 0
     oversized: str | None = None  # a directory too big to hold: compared batch by batch
     # What was met: paths compared one by one (and how many of them were tracked), and
     # directories whose fingerprint vouched for all their tracked files.

@@ -71,6 +71,7 @@ def scan_batches(
     if start and not path_filter.wants_directory(start):
         return  # every file below would be excluded by one of its directories
     skip_name, wants = path_filter.scan_tests()
+    # NameSkip's test, inlined below: a call per directory entry would cost what it saves.
     skip_prefixes, skip_suffixes, skip_others = (
         (skip_name.prefixes, skip_name.suffixes, skip_name.others) if skip_name is not None
         else ((), (), None))

@@ -15,6 +15,7 @@ Paths are stored as bytes (os.fsencode), so names that are not valid UTF-8 survi
 from __future__ import annotations
 
 import codecs
+import contextlib
 import marshal
 import os
 import sqlite3
@@ -115,15 +116,25 @@ def _migrate(conn: sqlite3.Connection, path: str) -> None:
     if version > SCHEMA_VERSION:
         return  # connect() reports it
     for number in range(version, SCHEMA_VERSION):
-        conn.execute("BEGIN IMMEDIATE")
-        try:
+        with _transaction(conn):
             for statement in _statements(MIGRATIONS[number]):
                 conn.execute(statement)
             conn.execute(f"PRAGMA user_version = {number + 1}")
-            conn.execute("COMMIT")
-        except BaseException:
+
+
+@contextlib.contextmanager
+def _transaction(conn: sqlite3.Connection) -> Iterator[None]:
+    """BEGIN IMMEDIATE … COMMIT, rolled back if the block raises."""
+    conn.execute("BEGIN IMMEDIATE")
+    try:
+        yield
+        conn.execute("COMMIT")
+    except BaseException:
+        # On SQLITE_FULL sqlite has already rolled back; a second ROLLBACK would raise
+        # and hide the real error.
+        if conn.in_transaction:
             conn.execute("ROLLBACK")
-            raise
+        raise
 
 
 def _statements(script: str) -> Iterator[str]:
@@ -165,8 +176,7 @@ class StateStore:
     def commit(self, files: Mapping[str, Hashed | None], events: Sequence[Event]) -> None:
         """Record new file states (None: forget the path) and their events atomically."""
         conn = self._conn
-        conn.execute("BEGIN IMMEDIATE")
-        try:
+        with _transaction(conn):
             # An upsert, not INSERT OR REPLACE: only a new path fires files_added.
             conn.executemany(
                 "INSERT INTO files VALUES (?, ?, ?, ?, ?, ?, ?) ON CONFLICT (path) DO UPDATE"
@@ -185,13 +195,6 @@ class StateStore:
                 " correlation_id, body) VALUES (?, ?, ?, ?, ?, ?)",
                 [(e.instance_id, e.event_type, e.routing_key, e.message_id, e.correlation_id,
                   e.body) for e in events])
-            conn.execute("COMMIT")
-        except BaseException:
-            # On SQLITE_FULL sqlite has already rolled back; a second ROLLBACK would raise
-            # and hide the real error.
-            if conn.in_transaction:
-                conn.execute("ROLLBACK")
-            raise
 
 
 Version = tuple[int, int, int]
@@ -200,6 +203,12 @@ _Hashes = tuple[int, str, str]
 """(ctime_ns, sha256, xxh128): the rest of a Hashed."""
 # No "/" from byte ? of the path on (1-based): a file directly in the directory.
 _NO_SLASH = "instr(substr(path, ?), X'2F') = 0"
+
+
+def _subtree(relative_dir: str) -> tuple[bytes, bytes]:
+    """(low, high): the stored paths below relative_dir are those low <= path < high."""
+    low = os.fsencode(relative_dir + "/")
+    return low, low[:-1] + b"0"  # "0" sorts right after "/"
 
 
 def directory_of(relative_path: str) -> str:
@@ -313,10 +322,9 @@ class KnownFiles(MutableMapping[str, Hashed]):
             return list(self.paths())
         prefix = relative_dir + "/"
         if self._loaded is not None:
-            low = os.fsencode(prefix)
             below = _load_versions(self._conn, "WHERE path >= ? AND path < ?",
-                                   (low, low[:-1] + b"0"))  # "0" sorts right after "/"
-            self._merge(below, {directory_of(p) for p in below})
+                                   _subtree(relative_dir))
+            self._merge(below, mark_loaded=True)
         return [p for p in self._versions if p.startswith(prefix)]
 
     def changed(self, batch: Mapping[str, Version],
@@ -376,15 +384,8 @@ class KnownFiles(MutableMapping[str, Hashed]):
         if not self._unsaved:
             return
         rows = [(os.fsencode(d), self._fingerprints[d]) for d in self._unsaved]
-        conn = self._conn
-        conn.execute("BEGIN IMMEDIATE")
-        try:
-            conn.executemany("INSERT OR REPLACE INTO directories VALUES (?, ?)", rows)
-            conn.execute("COMMIT")
-        except BaseException:
-            if conn.in_transaction:
-                conn.execute("ROLLBACK")
-            raise
+        with _transaction(self._conn):
+            self._conn.executemany("INSERT OR REPLACE INTO directories VALUES (?, ?)", rows)
         self._unsaved.clear()
 
     def _changed_in(self, directory: str) -> None:
@@ -395,15 +396,15 @@ class KnownFiles(MutableMapping[str, Hashed]):
 
     def _need(self, relative_path: str) -> None:
         if self._loaded is not None:
-            self._need_directory(relative_path.rpartition("/")[0])
+            self._need_directory(directory_of(relative_path))
 
     def _need_directory(self, directory: str) -> None:
         if self._loaded is None or directory in self._loaded:
             return
         if directory:
-            low = os.fsencode(directory + "/")
+            low, high = _subtree(directory)
             rows = _load_versions(self._conn, f"WHERE path >= ? AND path < ? AND {_NO_SLASH}",
-                                  (low, low[:-1] + b"0", len(low) + 1))
+                                  (low, high, len(low) + 1))
         else:
             rows = _load_versions(self._conn, f"WHERE {_NO_SLASH}", (1,))
         self._versions.update(rows)
@@ -415,10 +416,10 @@ class KnownFiles(MutableMapping[str, Hashed]):
         self._merge(_load_versions(self._conn))
         self._loaded = None
 
-    def _merge(self, rows: dict[str, Version], directories: set[str] | None = None) -> None:
+    def _merge(self, rows: dict[str, Version], *, mark_loaded: bool = False) -> None:
         """Add the rows of the directories not loaded yet (a loaded one's rows are in
-        memory, newer than the table's until committed); `directories`: those the rows
-        are all the rows of, to count as loaded."""
+        memory, newer than the table's until committed); `mark_loaded`: the rows are all
+        the rows of their directories, which count as loaded from now on."""
         loaded = self._loaded
         if loaded is None:
             return
@@ -427,11 +428,10 @@ class KnownFiles(MutableMapping[str, Hashed]):
         else:
             self._versions.update((p, v) for p, v in rows.items()
                                   if directory_of(p) not in loaded)
-        if directories is None:
-            return
-        counts = Counter(map(directory_of, rows))
-        for directory in directories - loaded.keys():
-            loaded[directory] = counts[directory]
+        if mark_loaded:
+            counts = Counter(map(directory_of, rows))
+            for directory in counts.keys() - loaded.keys():
+                loaded[directory] = counts[directory]
 
     def _hashed(self, relative_path: str, version: Version) -> Hashed:
         hashes = self._hashes.get(relative_path)
