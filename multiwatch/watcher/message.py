@@ -1,5 +1,8 @@
 """The event message: the deployment guide's schema plus a few additive fields.
 
+Every field that can appear is listed in README §What is announced; the exact-bytes
+fields (`path_bytes_b64`, `old_path_bytes_b64`) appear only for names that are not UTF-8.
+
 The body keeps every field of the guide (size_bytes stays a string, as there).  The
 message_id is deterministic — same instance, event, path and file version (size, mtime,
 inode, ctime, sha256) give the same id — so consumers can drop the duplicates that
@@ -56,9 +59,16 @@ class Event:
         return {"instance_id": self.instance_id, "event_type": self.event_type}
 
 
-def _bytes_b64(path: str) -> str:
-    """The path's exact bytes, for names that are not valid UTF-8 (see README)."""
-    return base64.b64encode(os.fsencode(path)).decode("ascii")
+def _bytes_b64_if_undecodable(path: str) -> str | None:
+    """The path's exact bytes in base64 when they are not valid UTF-8, else None.
+
+    A name that is not UTF-8 reaches JSON as lone surrogates (\\udcXX), which most
+    consumers cannot turn back into the file's name; only then is the exact form added."""
+    try:
+        path.encode("utf-8")
+    except UnicodeEncodeError:
+        return base64.b64encode(os.fsencode(path)).decode("ascii")
+    return None
 
 
 def _utc_now() -> str:
@@ -85,13 +95,15 @@ def build_event(
         "sha256_hash": hashed.sha256,
         "xxh128_hash": hashed.xxh128,
         "relative_path": relative_path,
-        "path_bytes_b64": _bytes_b64(path),
     }
+    if (exact := _bytes_b64_if_undecodable(path)) is not None:
+        file_info["path_bytes_b64"] = exact
     if old_relative_path is not None:
         old_path = os.path.join(watched_directory, old_relative_path)
         file_info["old_path"] = old_path
         file_info["old_relative_path"] = old_relative_path
-        file_info["old_path_bytes_b64"] = _bytes_b64(old_path)
+        if (old_exact := _bytes_b64_if_undecodable(old_path)) is not None:
+            file_info["old_path_bytes_b64"] = old_exact
     # A version-4 UUID from the process's PRNG (seeded from os.urandom): unique enough for
     # correlation, without a getrandom() system call per event as uuid4() makes.
     correlation_id = str(uuid.UUID(int=random.getrandbits(128), version=4))

@@ -45,10 +45,11 @@ def _body(event: Event) -> dict[str, Any]:
 
 
 def test_body_has_exactly_the_guide_fields_plus_additive_ones() -> None:
-    """The body carries every field of the guide, plus only schema_version and hostname."""
+    """The body carries every field of the guide, plus only schema_version, hostname and
+    file_info.relative_path for a UTF-8 name (no exact-bytes field)."""
     body = _body(_event())
     assert set(body) == GUIDE_FIELDS | {"schema_version", "hostname"}
-    assert set(body["file_info"]) == GUIDE_FILE_INFO | {"relative_path", "path_bytes_b64"}
+    assert set(body["file_info"]) == GUIDE_FILE_INFO | {"relative_path"}
     assert body["schema_version"] == 1
     assert isinstance(body["hostname"], str) and body["hostname"]
 
@@ -67,8 +68,20 @@ def test_body_values_describe_the_file() -> None:
         "sha256_hash": "ab" * 32,
         "xxh128_hash": "cd" * 16,
         "relative_path": "albums/song.mp3",
-        "path_bytes_b64": base64.b64encode(b"/data/music/albums/song.mp3").decode(),
     }
+
+
+def test_exact_bytes_fields_appear_only_for_names_that_are_not_utf8() -> None:
+    """path_bytes_b64 / old_path_bytes_b64 carry the exact bytes only of a non-UTF-8 name:
+    a move from a Latin-1 name to a UTF-8 one has the old field and not the new one."""
+    latin1 = os.fsdecode(b"caf\xe9.mp3")
+    moved = _body(_event(FILE_MOVED, relative_path="café.mp3", old_relative_path=latin1))
+    info = moved["file_info"]
+    assert "path_bytes_b64" not in info
+    assert base64.b64decode(info["old_path_bytes_b64"]) == b"/data/music/caf\xe9.mp3"
+    back = _body(_event(FILE_MOVED, relative_path=latin1, old_relative_path="café.mp3"))
+    assert base64.b64decode(back["file_info"]["path_bytes_b64"]) == b"/data/music/caf\xe9.mp3"
+    assert "old_path_bytes_b64" not in back["file_info"]
 
 
 def test_size_bytes_is_a_string() -> None:
@@ -117,9 +130,11 @@ def test_routing_key_and_headers_follow_event_type(event_type: str, routing_key:
 
 
 def test_moved_event_carries_old_path() -> None:
-    """A move names both the new and the old location, absolute and relative."""
+    """A move names both the new and the old location, absolute and relative, and nothing else
+    beyond the other events' fields."""
     body = _body(_event(FILE_MOVED, relative_path="b/new.mp3", old_relative_path="a/old.mp3"))
     info = body["file_info"]
+    assert set(info) == GUIDE_FILE_INFO | {"relative_path", "old_path", "old_relative_path"}
     assert info["path"] == "/data/music/b/new.mp3"
     assert info["relative_path"] == "b/new.mp3"
     assert info["old_path"] == "/data/music/a/old.mp3"
