@@ -64,7 +64,17 @@ def _read_chars(pid: int) -> int:
         return -1
 
 
+@dataclass(frozen=True)
+class Shape:
+    """Which tree a restart scenario measures: its report name and its instance id."""
+
+    scenario: str
+    instance: str
+    label: str  # "100000 unchanged files", as the report rows say
+
+
 def run(ctx: Ctx) -> None:
+    """The flat tree: 100,000 files in 100 directories of 1,000."""
     files = 10_000 if ctx.quick else 100_000
     base = ctx.scratch("restart")
     tree = base / "tree"
@@ -75,18 +85,23 @@ def run(ctx: Ctx) -> None:
     say(f"restart: {files} files x {FILE_SIZE // KIB} KiB in {len(dirs)} directories; {loadavg()}")
     started, written = write_small_files(paths, FILE_SIZE)
     say(f"  tree written in {written - started:.1f}s")
+    measure(ctx, base, tree, files, Shape("restart", INSTANCE, f"{files} unchanged files"))
+    remove_tree(base)
+
+
+def measure(ctx: Ctx, base: Path, tree: Path, files: int, shape: Shape) -> None:
+    """A first start that announces the tree, then the restarts over it, unchanged."""
     _compile_bytecode()
-    with ctx.vhost("restart") as url:
-        queue = f"bench-restart-{uuid.uuid4().hex[:6]}"
+    with ctx.vhost(shape.scenario) as url:
+        queue = f"bench-{shape.scenario}-{uuid.uuid4().hex[:6]}"
         kwargs: dict[str, Any] = {"state_dir": base / "state", "url": url, "queue": queue,
-                                  "instances": [{"id": INSTANCE, "directory": str(tree),
+                                  "instances": [{"id": shape.instance, "directory": str(tree),
                                                  "settle_seconds": SETTLE}]}
         try:
-            _first_start(base, files, url, queue, kwargs)
-            _second_start(ctx, base, tree, files, url, queue, kwargs)
+            _first_start(ctx, base, files, url, queue, kwargs, shape)
+            _second_start(ctx, base, tree, files, url, queue, kwargs, shape)
         finally:
             delete_queue(url, queue)
-    remove_tree(base)
 
 
 def _compile_bytecode() -> None:
@@ -97,7 +112,8 @@ def _compile_bytecode() -> None:
         + ("" if unset else "; this environment sets PYTHONDONTWRITEBYTECODE") + ")")
 
 
-def _first_start(base: Path, files: int, url: str, queue: str, kwargs: dict[str, Any]) -> None:
+def _first_start(ctx: Ctx, base: Path, files: int, url: str, queue: str,
+                 kwargs: dict[str, Any], shape: Shape) -> None:
     roster = write_roster(base / "roster.yaml", log_level="WARNING", **kwargs)
     watcher = Watcher(roster, base / "first.log")
     try:
@@ -116,6 +132,10 @@ def _first_start(base: Path, files: int, url: str, queue: str, kwargs: dict[str,
         watcher.stop()
     say(f"  first start (empty state): {depth}/{files} files announced in {took:.1f}s "
         f"= {depth / took:.0f} files/s (scan + hash + publish, log WARNING); {loadavg()}")
+    if shape.scenario != "restart":  # the flat tree's first start is the burst's business
+        ctx.report.add(shape.scenario, f"first start over {files} files: all announced",
+                       f"{depth}/{files} in {took:.1f}s = {depth / took:.0f} files/s",
+                       ok=depth >= files)
 
 
 @dataclass
@@ -137,7 +157,7 @@ class _Restart:
 
 
 def _second_start(ctx: Ctx, base: Path, tree: Path, files: int, url: str, queue: str,
-                  kwargs: dict[str, Any]) -> None:
+                  kwargs: dict[str, Any], shape: Shape) -> None:
     """`ctx.runs` starts over the unchanged tree, each right after a ceiling walk (best of
     two) of the same tree: the best start is reported against the best walk, and the
     median of each start's ratio to the walk just before it (on a shared machine a single
@@ -150,7 +170,7 @@ def _second_start(ctx: Ctx, base: Path, tree: Path, files: int, url: str, queue:
         runs.append(_restart_once(base, files, url, queue, kwargs, number))
     best = min(runs, key=lambda r: r.total)
     paired = statistics.median(walk / run.total for walk, run in zip(walks, runs, strict=True))
-    state = base / "state" / "instances" / INSTANCE
+    state = base / "state" / "instances" / shape.instance
     # As after a crash: no directory fingerprints, so every directory's rows are read and
     # compared file by file (the scan fingerprints them again).
     with sqlite3.connect(state / "state.db") as conn:
@@ -176,18 +196,18 @@ def _second_start(ctx: Ctx, base: Path, tree: Path, files: int, url: str, queue:
         f"it: median {paired:.0%}")
     hashed = max(r.bytes_hashed for r in (*runs, unvouched))
     new_events = sum(r.new_events for r in (*runs, unvouched))
-    ctx.report.add("restart", f"{files} unchanged files: start -> scan complete",
+    ctx.report.add(shape.scenario, f"{shape.label}: start -> scan complete",
                    f"{best.total:.2f}s = {files / best.total:.0f} files/s (best of {len(runs)})",
                    ceiling=f"{ceiling:.0f} files/s scandir+lstat",
                    ratio=f"{files / best.total / ceiling:.0%} "
                          f"({files / best.scan / ceiling:.0%} scan only; paired median "
                          f"{paired:.0%})",
                    target=">= 50%", ok=files / best.total / ceiling >= 0.5)
-    ctx.report.add("restart", f"{files} unchanged files, no fingerprints (as after a crash)",
+    ctx.report.add(shape.scenario, f"{shape.label}, no fingerprints (as after a crash)",
                    f"{unvouched.total:.2f}s = {files / unvouched.total:.0f} files/s (one start)",
                    ceiling=f"{ceiling:.0f} files/s scandir+lstat",
                    ratio=f"{files / unvouched.total / ceiling:.0%}")
-    ctx.report.add("restart", "bytes hashed / read between watching and complete",
+    ctx.report.add(shape.scenario, "bytes hashed / read between watching and complete",
                    f"{hashed} / {max(r.read_between for r in runs) / MIB:.2f} MiB",
                    ceiling=f"tree {tree_bytes / MIB:.0f} MiB", target="~0",
                    ok=hashed == 0 and new_events == 0)

@@ -7,7 +7,7 @@
 
 Starts a private RabbitMQ node as the tests do (or reuses MULTIWATCH_TEST_AMQP_URL), gives
 each scenario its own vhost, runs the real `multiwatch run` (own session, HTTP off), and
-stops everything it started.  Scenarios: burst, latency, bigfile, restart, fleet (the
+stops everything it started.  Scenarios: burst, latency, bigfile, restart, deep, fleet (the
 default set), plus profile (needs py-spy) and ceilings (all ceilings alone, on their own
 data; the default set measures each ceiling beside the figure it bounds).  Benchmarks
 print figures; they are not tests and never fail on a missed target.
@@ -26,7 +26,7 @@ from types import FrameType
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
-from bench import bigfile, burst, fleet, latency, restart
+from bench import bigfile, burst, deep, fleet, latency, restart
 from bench.ceilings import (
     messages_like,
     parallel_hash_ceiling,
@@ -48,7 +48,7 @@ from bench.harness import (
 )
 from tests.support.rabbitmq import RabbitMQ
 
-DEFAULT = ["burst", "latency", "bigfile", "restart", "fleet"]
+DEFAULT = ["burst", "latency", "bigfile", "restart", "deep", "fleet"]
 EXTRA = ["profile", "ceilings"]
 
 
@@ -125,7 +125,7 @@ def main() -> int:
     ctx = Ctx(rabbitmq=broker, workdir=workdir, out=out, quick=args.quick, runs=args.runs,
               report=Report())
     scenarios = {"burst": burst.run, "latency": lambda c: latency.run(c, modes),
-                 "bigfile": bigfile.run, "restart": restart.run, "fleet": fleet.run,
+                 "bigfile": bigfile.run, "restart": restart.run, "deep": deep.run, "fleet": fleet.run,
                  "profile": burst.run_profile, "ceilings": run_ceilings}
     try:
         for name in chosen:
