@@ -108,10 +108,13 @@ def setup_logging(level: str, instance_id: str) -> None:
     global _handler
     handler = _handler = _JsonLinesHandler()
     handler.setFormatter(JsonFormatter())
+    handler.setLevel(level)  # what is printed
     root = logging.getLogger()
     root.handlers[:] = [handler]
-    root.setLevel(level)
+    # What is recorded: warnings always, whatever is printed, so that what counts them (the
+    # errors metric) never depends on the log level.  They are rare: the cost is nil.
+    root.setLevel(min(logging.getLevelName(level), logging.WARNING))
     # kombu/amqp/watchdog are chatty at DEBUG; keep them at INFO unless asked for DEBUG.
     noisy_level = logging.DEBUG if level == "DEBUG" else logging.INFO
     for name in ("kombu", "amqp", "watchdog"):
-        logging.getLogger(name).setLevel(max(noisy_level, logging.getLogger().level))
+        logging.getLogger(name).setLevel(max(noisy_level, root.level))

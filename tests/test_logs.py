@@ -101,3 +101,22 @@ def test_lines_held_are_written_when_the_block_raises(
 
     assert [json.loads(line)["message"] for line in stream.getvalue().splitlines()] == [
         "recorded before the failure"]
+
+
+def test_warnings_are_counted_at_log_level_error_though_not_printed(
+        capsys, restore_logging) -> None:
+    """At log_level ERROR a warning is not printed, yet the errors count still sees it: what
+    the instance reports as problems does not depend on the log level."""
+    from multiwatch.watcher.stats import ProblemCounter
+
+    setup_logging("ERROR", "watcher-music")
+    problems = ProblemCounter()
+    logging.getLogger().addHandler(problems)
+    try:
+        logging.getLogger("multiwatch.watcher.pipeline").warning("cannot read file")
+        logging.getLogger("watchdog.observers.inotify").warning("Unable to watch")
+        logging.getLogger("multiwatch.watcher.pipeline").info("file discovered")
+    finally:
+        logging.getLogger().removeHandler(problems)
+    assert problems.count == 2
+    assert capsys.readouterr().out == ""

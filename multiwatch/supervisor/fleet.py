@@ -35,6 +35,7 @@ LOOP_WAIT_SECONDS = 1.0
 EXITING_WAIT_SECONDS = 0.05  # a child's pipe closed: it is exiting; reap it promptly
 HOUSEKEEPING_SECONDS = 1.0
 SAMPLE_EVERY_SECONDS = 5.0  # psutil sampling for the fleet view (cpu_percent spans this)
+KILLED_REAP_SECONDS = 5.0  # how long a SIGKILLed child may take to be reaped at shutdown
 OPEN_FILES_EVERY_SECONDS = 30.0  # the costly part of a sample; also at every resource report
 
 
@@ -276,8 +277,12 @@ class Supervisor:
                 log.warning("child did not stop in time; killing it",
                             extra={"instance_id": child.instance_id, "pid": child.pid})
                 child.kill()
-                child.process.join()
-                child.reap(time.monotonic())
+                # Bounded: a process stuck in the kernel (a hung NFS read, state D) outlives
+                # SIGKILL until the kernel lets go; the supervisor must still exit.
+                child.process.join(KILLED_REAP_SECONDS)
+                if not child.reap(time.monotonic()):
+                    log.error("child survived SIGKILL (stuck in the kernel?); leaving it",
+                              extra={"instance_id": child.instance_id, "pid": child.pid})
 
     # -- resources -------------------------------------------------------------------------------
 

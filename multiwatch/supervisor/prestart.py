@@ -58,4 +58,4 @@ class PrestartedWatcher:
         process.join(DISCARD_TIMEOUT_SECONDS)
         if process.is_alive():
             process.kill()
-            process.join()
+            process.join(DISCARD_TIMEOUT_SECONDS)  # bounded even for a process stuck in the kernel
