@@ -1,24 +1,35 @@
 """The watchdog side: turn filesystem notifications into plain tuples on a queue.
 
-The handler runs on watchdog's thread and must never raise (an exception there kills the
-observer while the process lives on), so it only converts paths and enqueues; all
-decisions happen on the pipeline loop.
+Nothing here may raise on watchdog's threads (an exception there kills the thread while
+the process lives on), so they only convert paths and enqueue; all decisions happen on
+the pipeline loop.  Lost events (a kernel queue overflow, a watch the kernel refused) are
+detected from watchdog's events and its inotify reader, never from its log records, so
+they work at every log level.
+
+Pinned to watchdog 7.1.x (pyproject.toml): the inotify watch group, its `_add_callback` and
+`_lock`, and the emitter's `_inotify`, `_inotify_fd` and `build_and_queue_event` are not
+public API; tests/watcher/test_observe_internals.py fails loudly if they change shape.
 """
 
 from __future__ import annotations
 
+import errno
 import logging
 import os
 import queue
 import threading
 import time
 from collections.abc import Callable
-from typing import NamedTuple
+from dataclasses import dataclass
+from typing import Any, NamedTuple
 
 from watchdog.events import (
+    DirAttribEvent,
     DirCreatedEvent,
     DirDeletedEvent,
     DirMovedEvent,
+    EventsLostEvent,
+    FileAttribEvent,
     FileClosedEvent,
     FileCreatedEvent,
     FileDeletedEvent,
@@ -29,8 +40,15 @@ from watchdog.events import (
 )
 from watchdog.observers.api import BaseObserver
 from watchdog.observers.inotify import InotifyEmitter, InotifyWatchGroup
-from watchdog.observers.inotify_c import InotifyConstants, InotifyEvent, InotifyFD
-from watchdog.observers.inotify_move_event_grouper import PathedInotifyEvent
+from watchdog.observers.inotify_c import (
+    CallbackId,
+    InotifyConstants,
+    InotifyEvent,
+    InotifyFD,
+    Mask,
+    WatchCallback,
+    WatchDescriptor,
+)
 from watchdog.observers.polling import PollingObserver
 
 log = logging.getLogger(__name__)
@@ -41,10 +59,26 @@ WATCHED_EVENTS: list[type[FileSystemEvent]] = [
     FileClosedEvent,
     FileDeletedEvent,
     FileMovedEvent,
+    FileAttribEvent,
     DirCreatedEvent,
     DirDeletedEvent,
     DirMovedEvent,
+    DirAttribEvent,
 ]
+
+# watchdog event class → RawEvent kind.  Anything else (a directory's "modified", opens,
+# closes without a write) is of no use to the pipeline and is dropped.
+_KINDS: dict[type[FileSystemEvent], str] = {
+    FileCreatedEvent: "created", DirCreatedEvent: "created",
+    FileModifiedEvent: "modified",
+    FileClosedEvent: "closed",
+    FileDeletedEvent: "deleted", DirDeletedEvent: "deleted",
+    FileMovedEvent: "moved", DirMovedEvent: "moved",
+    FileAttribEvent: "attrib", DirAttribEvent: "attrib",
+}
+
+# The kernel refused a watch: out of watches (fs.inotify.max_user_watches) or instances.
+_WATCH_LIMIT_ERRNOS = frozenset({errno.ENOSPC, errno.EMFILE})
 
 
 class RawEvent(NamedTuple):
@@ -52,10 +86,15 @@ class RawEvent(NamedTuple):
 
     A tuple rather than a dataclass: one is built per kernel event, on watchdog's thread."""
 
-    kind: str  # created | modified | closed | deleted | moved | overflow (events were lost)
+    # created | modified | closed | deleted | moved | attrib (mode or owner changed) |
+    # overflow (events were lost: rescan)
+    kind: str
     is_directory: bool
     src: str | None
     dest: str | None = None
+
+
+OVERFLOW = RawEvent("overflow", True, "")
 
 
 class _Enqueuer(FileSystemEventHandler):
@@ -71,54 +110,64 @@ class _Enqueuer(FileSystemEventHandler):
             return ""
         return text[len(self._prefix) :] if text.startswith(self._prefix) else None
 
-    def is_root(self, path: bytes) -> bool:
-        return self._relative(path) == ""
-
-    def put(self, kind: str, is_directory: bool, src: bytes, dest: bytes | None) -> None:
-        """Enqueue one notification from the inotify reader (see _DirectGrouper)."""
-        try:
-            self._events.put(RawEvent(kind, is_directory, self._relative(src),
-                                      self._relative(dest) if dest is not None else None))
-        except Exception:  # never let the reader thread die
-            log.exception("dropped a filesystem notification", extra={"path": repr(src)})
+    def put(self, event: RawEvent) -> None:
+        self._events.put(event)
 
     def dispatch(self, event: FileSystemEvent) -> None:
+        """One watchdog event → at most one RawEvent; never raises (see the module)."""
         try:
+            if isinstance(event, EventsLostEvent):
+                self._events.put(OVERFLOW)
+                return
+            kind = _KINDS.get(type(event))
+            # Synthetic events are watchdog's walk of a directory moved or created in the
+            # tree, or moved out: the directory's own event covers them (the pipeline scans
+            # a created directory, and moves or forgets what it tracked below a moved one).
+            if kind is None or event.is_synthetic:
+                return
             dest = self._relative(event.dest_path) if event.dest_path else None
-            self._events.put(
-                RawEvent(event.event_type, event.is_directory, self._relative(event.src_path), dest)
-            )
-        except Exception:  # never let the observer thread die
-            log.exception("dropped a filesystem notification", extra={"path": str(event.src_path)})
+            self._events.put(RawEvent(kind, event.is_directory,
+                                      self._relative(event.src_path), dest))
+        except Exception:
+            log.exception("dropped a filesystem notification",
+                          extra={"path": repr(event.src_path)})
 
 
 class DirectInotifyObserver(BaseObserver):
-    """watchdog's inotify observer, with notifications delivered on its reader thread.
+    """watchdog's inotify observer, with events delivered on its emitter thread.
 
-    Stock watchdog hands every kernel event from its reader thread to an emitter thread
-    (through a queue that holds moves back to pair them), builds event objects there, and
-    hands those to a dispatcher thread that calls the handler: two thread handoffs and
-    several objects per event, about a third of the watcher's CPU in a burst.  Here the
-    watch group's move grouper is replaced by _DirectGrouper, which turns each event into
-    a RawEvent at once; the emitter thread only expires unpaired moves, and the
-    dispatcher thread idles.  Watches, recursion and overflow recovery stay watchdog's.
+    Stock watchdog hands every kernel event from a reader thread to a dispatch thread, on
+    to the emitter thread (whose move grouper pairs renames), and each resulting event to
+    the observer's dispatcher thread, which calls the handler.  Here the reader thread
+    handles what it reads itself (BatchingInotifyFD) and the emitter hands each event
+    straight to the handler (DirectInotifyEmitter.queue_event, EventEmitter's public
+    hook): two thread hand-offs fewer, and the dispatcher thread idles.  The grouping of
+    moves, the bookkeeping of watches (directories moved out lose theirs) and overflow
+    recovery are watchdog's own, unchanged.
 
     With `subdirectories_later`, starting watches the root alone, and the caller's walk
     calls `watch_directory` on every directory below it before listing that directory
     (the startup scan does, see scan.scan_batches): one listing of the tree instead of
     two, and still nothing created behind the walk goes unnoticed, since each directory
     is watched before it is read.  Watches added later (new directories, an overflow's
-    rebuild) are watchdog's own recursive ones."""
+    rebuild) are watchdog's own recursive ones.
 
-    def __init__(self, handler: _Enqueuer, *, subdirectories_later: bool = False) -> None:
+    A directory the kernel refuses to watch (out of watches) is reported once, and the
+    tree is rescanned every `rescan_seconds` while any directory is unwatched (see
+    _UnwatchedDirectories)."""
+
+    def __init__(self, handler: _Enqueuer, *, subdirectories_later: bool = False,
+                 rescan_seconds: float = 10.0) -> None:
         self.reader = BatchingInotifyFD()  # this observer's own, stopped with it
         self.reader.start()
-        super().__init__(emitter_class=_direct_emitter(handler, subdirectories_later),
-                         inotify_fd=self.reader)
+        self.unwatched = _UnwatchedDirectories(handler, rescan_seconds)
+        super().__init__(DirectInotifyEmitter, inotify_fd=self.reader, handler=handler,
+                         subdirectories_later=subdirectories_later, unwatched=self.unwatched)
         self.subdirectories_later = subdirectories_later
 
     def on_thread_stop(self) -> None:
         super().on_thread_stop()
+        self.unwatched.stop()
         self.reader.stop()
         self.reader.join()
 
@@ -127,18 +176,21 @@ class DirectInotifyObserver(BaseObserver):
         encoded = os.fsencode(path)
         for emitter in self.emitters:
             group = getattr(emitter, "_inotify", None)
-            if isinstance(group, _DeferringWatchGroup):
+            if isinstance(group, DeferringWatchGroup):
                 group.watch_directory(encoded)
 
 
 class BatchingInotifyFD(InotifyFD):
-    """watchdog's inotify reader, pausing BATCH_PAUSE_SECONDS after each read that found
-    events, and passing on only the last content event of a file within one read.
+    """watchdog's inotify reader, handling what it reads on its own thread, pausing
+    BATCH_PAUSE_SECONDS after each read that found events, and passing on only the last
+    content event of a file within one read.
 
-    Stock, it wakes for every event a writer makes (a poll and a read each, about a fifth
-    of the watcher's CPU in a burst); after the pause one read takes all that arrived
-    meanwhile.  A lone event is still handled the moment it arrives: the pause only
-    delays events that follow within it."""
+    Stock, it wakes for every event a writer makes and hands each read to a second thread;
+    after the pause one read takes all that arrived meanwhile.  A lone event is still
+    handled the moment it arrives: the pause only delays events that follow within it.
+
+    It also tells a watch group when the kernel refuses one of its watches (ENOSPC,
+    EMFILE), which watchdog itself only logs."""
 
     BATCH_PAUSE_SECONDS = 0.002
 
@@ -149,6 +201,15 @@ class BatchingInotifyFD(InotifyFD):
                 self.handle_event(event)
             if events:
                 time.sleep(self.BATCH_PAUSE_SECONDS)
+
+    def add_callback(self, path: bytes, mask: Mask, callback: WatchCallback,
+                     id_: CallbackId) -> WatchDescriptor:
+        try:
+            return super().add_callback(path, mask, callback, id_)
+        except OSError as exc:
+            if exc.errno in _WATCH_LIMIT_ERRNOS and isinstance(callback, DeferringWatchGroup):
+                callback.watch_refused(path, exc)
+            raise
 
 
 # Events about a file's content: the pipeline's state after any run of them for one path
@@ -181,150 +242,156 @@ def latest_content_events(events: list[InotifyEvent]) -> list[InotifyEvent]:
     return kept
 
 
-class _DeferringWatchGroup(InotifyWatchGroup):
-    """A watch group whose first activation may leave the subdirectories to the caller."""
+@dataclass
+class DeferringWatchGroup(InotifyWatchGroup):
+    """watchdog's watch group, whose first activation may leave the subdirectories to the
+    caller (`watch_directory`), and which reports watches the kernel refused.
 
-    _subdirectories_later = False
+    It subclasses a private class because watchdog has no public way to add one
+    directory's watch to a recursive watch: `_add_callback` (which returns at once for a
+    directory already watched, O(depth)) and `_lock` are used as they are."""
+
+    subdirectories_later: bool = False
+    unwatched: _UnwatchedDirectories | None = None
+
+    def __post_init__(self) -> None:
+        self._defer_subdirectories = self.subdirectories_later and self.is_recursive
+        super().__post_init__()
 
     def _add_all_callbacks(self, path: bytes) -> None:
-        if self._subdirectories_later:
-            self._subdirectories_later = False  # only the activation: later calls walk
+        if self._defer_subdirectories:
+            self._defer_subdirectories = False  # only the activation: later calls walk
             self._add_callback(path)
             return
         super()._add_all_callbacks(path)
 
     def watch_directory(self, path: bytes) -> None:
-        # A path already here is watched, or was replaced by a directory whose creation
-        # event watchdog is about to handle (it re-adds the path then): either way, done.
+        """Watch `path` unless it is watched already; a directory gone meanwhile is
+        skipped, as in a walk.  A path already here is watched, or was replaced by a
+        directory whose creation event watchdog is about to handle (it re-adds it then)."""
         with self._lock:
-            if self.is_active and path not in self._active_callbacks_by_path:
-                self._add_callback(path)  # a directory gone meanwhile is skipped, as in a walk
+            if self.is_active:
+                self._add_callback(path)
+
+    def watch_tree(self, path: bytes) -> None:
+        """Watch `path` and every directory below it not yet watched."""
+        with self._lock:
+            if self.is_active:
+                try:
+                    self._add_all_callbacks(path)
+                except OSError:
+                    pass  # the root refused again (watch_refused has recorded it)
+
+    def watch_refused(self, path: bytes, exc: OSError) -> None:
+        """The kernel refused the watch of `path` (called by BatchingInotifyFD, under
+        `_lock`).  On activation the failure is raised to the caller instead."""
+        if self.is_active and self.unwatched is not None:
+            self.unwatched.add(self, path, exc)
 
 
-def _direct_emitter(handler: _Enqueuer, subdirectories_later: bool) -> type[InotifyEmitter]:
-    class DirectWatchGroup(_DeferringWatchGroup):
-        def __post_init__(self) -> None:
-            self._move_event_grouper = _DirectGrouper(handler)  # type: ignore[assignment]
-            self._subdirectories_later = subdirectories_later and self.is_recursive
-            super().__post_init__()
+class _UnwatchedDirectories:
+    """Directories the kernel refused to watch: no event comes from inside them.
 
-    class DirectInotifyEmitter(InotifyEmitter):
-        def on_thread_start(self) -> None:
-            self._inotify = DirectWatchGroup(
-                self._inotify_fd, os.fsencode(self.watch.path),
-                is_recursive=self.watch.is_recursive,
-                event_mask=self.get_event_mask_from_filter(),
-                follow_symlink=self.watch.follow_symlink)
+    The first refusal is logged (one line) and an "overflow" makes the pipeline rescan;
+    then every `rescan_seconds`, the watches are retried (the first one alone while the
+    kernel still refuses it) and the tree rescanned, until every directory is watched."""
 
-    return DirectInotifyEmitter
-
-
-class _DirectGrouper:
-    """Stands in for watchdog's InotifyMoveEventGrouper (same methods, called by the watch
-    group under its lock): converts events as they are read, pairing renames by cookie.
-
-    A moved-from waits up to MOVE_PAIRING_SECONDS for its moved-to (the kernel queues the
-    two together); unpaired, it becomes "deleted" (moved out of the tree).  Any later
-    event for the same path releases it first, so per-path order is kept."""
-
-    MOVE_PAIRING_SECONDS = 0.5
-
-    def __init__(self, handler: _Enqueuer) -> None:
+    def __init__(self, handler: _Enqueuer, rescan_seconds: float) -> None:
         self._handler = handler
-        self._held: dict[int, tuple[float, PathedInotifyEvent]] = {}  # cookie → moved-from
-        self._changed = threading.Condition()
-        self._closed = False
+        self._rescan_seconds = rescan_seconds
+        self._lock = threading.Lock()
+        self._paths: dict[bytes, DeferringWatchGroup] = {}  # insertion order: parents first
+        self._retrying: threading.Thread | None = None
+        self._stopped = threading.Event()
 
-    # -- called on the reader thread, under the watch group's lock -----------------------
+    def __len__(self) -> int:
+        with self._lock:
+            return len(self._paths)
 
-    def put_event(self, event: PathedInotifyEvent) -> None:
-        ev = event.ev
-        if ev.is_moved_from:
-            with self._changed:
-                self._held[ev.cookie] = (time.monotonic() + self.MOVE_PAIRING_SECONDS, event)
-                self._changed.notify()
-            return
-        if self._held:
-            with self._changed:
-                held = self._held.pop(ev.cookie, None) if ev.is_moved_to else None
-                released = [] if held else self._release(lambda e: e.path == event.path)
-            if held is not None:
-                self._deliver("moved", held[1], event)
+    def add(self, group: DeferringWatchGroup, path: bytes, exc: OSError) -> None:
+        """Called on any thread, under the group's lock: record, never block on it."""
+        with self._lock:
+            self._paths[path] = group
+            if self._retrying is not None or self._stopped.is_set():
                 return
-            for moved_from in released:
-                self._deliver("deleted", moved_from)
-        if ev.is_moved_to or ev.is_create:
-            self._deliver("created", event)
-        elif ev.is_delete or (ev.is_delete_self and self._handler.is_root(event.path)):
-            self._deliver("deleted", event)
-        elif not ev.is_directory:
-            if ev.is_modify:
-                self._deliver("modified", event)
-            elif ev.is_close_write:
-                self._deliver("closed", event)
+            self._retrying = threading.Thread(target=self._retry, daemon=True,
+                                              name="multiwatch-unwatched-retry")
+            self._retrying.start()
+        log.error("the kernel refused an inotify watch (%s): directories below %s are not "
+                  "watched; rescanning the tree every %.0fs until they are (raise "
+                  "fs.inotify.max_user_watches, or set observer: polling)",
+                  exc.strerror or exc, os.fsdecode(path), self._rescan_seconds,
+                  extra={"path": os.fsdecode(path)})
+        self._handler.put(OVERFLOW)
 
-    def get_queued_moved_from_event(self, cookie: int) -> PathedInotifyEvent | None:
-        with self._changed:
-            held = self._held.get(cookie)
-        return held[1] if held is not None else None
+    def stop(self) -> None:
+        self._stopped.set()
 
-    def discard_pending_events(self) -> None:
-        """After an overflow the pairing is untrustworthy; the rescan that follows decides."""
-        with self._changed:
-            self._held.clear()
+    def _retry(self) -> None:
+        while not self._stopped.wait(self._rescan_seconds):
+            if self._rewatch():
+                log.info("every directory is watched again; rescanning once more")
+                self._handler.put(OVERFLOW)
+                return
+            self._handler.put(OVERFLOW)
 
-    # -- called on the emitter thread ----------------------------------------------------
-
-    def read_event(self) -> None:
-        """Wait until a held moved-from expires (or close()), and deliver it as deleted."""
-        expired: list[PathedInotifyEvent] = []
-        with self._changed:
-            while not self._closed and not expired:
-                now = time.monotonic()
-                expired = self._release(lambda e: False, now)
-                if not expired:
-                    deadlines = [deadline for deadline, _ in self._held.values()]
-                    self._changed.wait(min(deadlines) - now if deadlines else None)
-        for moved_from in expired:
-            self._deliver("deleted", moved_from)
-
-    def close(self) -> None:
-        with self._changed:
-            self._closed = True
-            self._changed.notify_all()
-
-    def _release(self, matches: Callable[[PathedInotifyEvent], bool],
-                 now: float | None = None) -> list[PathedInotifyEvent]:
-        """Take out held moved-froms that match, or that expired by `now` (lock held)."""
-        out = [cookie for cookie, (deadline, e) in self._held.items()
-               if matches(e) or (now is not None and deadline <= now)]
-        return [self._held.pop(cookie)[1] for cookie in out]
-
-    def _deliver(self, kind: str, event: PathedInotifyEvent,
-                 moved_to: PathedInotifyEvent | None = None) -> None:
-        self._handler.put(kind, event.ev.is_directory, event.path,
-                          moved_to.path if moved_to is not None else None)
+    def _rewatch(self) -> bool:
+        """Retry the refused watches; True when none is left (and the retries end)."""
+        with self._lock:
+            pending = list(self._paths.items())
+            self._paths.clear()
+        for index, (path, group) in enumerate(pending):
+            group.watch_tree(path)  # a refusal re-adds it (add)
+            with self._lock:
+                if path in self._paths:  # still refused: keep the rest for the next turn
+                    self._paths.update(pending[index + 1:])
+                    return False
+        with self._lock:
+            if self._paths:
+                return False
+            self._retrying = None
+            return True
 
 
-class _LostEventsListener(logging.Handler):
-    """watchdog only logs when the kernel queue overflows or a watch cannot be re-added;
-    turn those warnings into an "overflow" notification so the pipeline rescans."""
+class DirectInotifyEmitter(InotifyEmitter):
+    """watchdog's InotifyEmitter (its move grouping and `build_and_queue_event` unchanged),
+    delivering each event to the handler on this thread instead of the observer's queue,
+    through EventEmitter's public `queue_event` hook."""
 
-    def __init__(self, events: queue.SimpleQueue[RawEvent]) -> None:
-        super().__init__(logging.WARNING)
-        self._events = events
+    def __init__(self, *args: Any, handler: _Enqueuer, subdirectories_later: bool,
+                 unwatched: _UnwatchedDirectories, **kwargs: Any) -> None:
+        super().__init__(*args, **kwargs)
+        self._handler = handler
+        self._subdirectories_later = subdirectories_later
+        self._unwatched = unwatched
 
-    def emit(self, record: logging.LogRecord) -> None:
-        text = record.getMessage().lower()
-        if "overflow" in text or "unable to" in text:
-            self._events.put(RawEvent("overflow", True, ""))
+    def on_thread_start(self) -> None:
+        # InotifyEmitter.on_thread_start with our watch group (no public way to pick one).
+        self._inotify = DeferringWatchGroup(
+            self._inotify_fd, os.fsencode(self.watch.path),
+            is_recursive=self.watch.is_recursive,
+            event_mask=self.get_event_mask_from_filter(),
+            follow_symlink=self.watch.follow_symlink,
+            subdirectories_later=self._subdirectories_later, unwatched=self._unwatched)
+
+    def get_event_mask_from_filter(self) -> Mask:
+        # watchdog maps no filter class to IN_ATTRIB but the modified ones: ask explicitly.
+        return Mask(super().get_event_mask_from_filter() | InotifyConstants.IN_ATTRIB)
+
+    def queue_event(self, event: FileSystemEvent) -> None:
+        self._handler.dispatch(event)
+
+    def queue_events(self, timeout: float, *, full_events: bool = False) -> None:
+        try:
+            super().queue_events(timeout, full_events=full_events)
+        except Exception:  # the thread must live on; what it was handling may be lost
+            log.exception("inotify event handling failed; rescanning")
+            self._handler.put(OVERFLOW)
 
 
 def listen_for_lost_events(events: queue.SimpleQueue[RawEvent]) -> None:
-    """Install the listener once per process (a child watches a single tree)."""
-    logger = logging.getLogger("watchdog.observers")
-    logger.handlers[:] = [h for h in logger.handlers if not isinstance(h, _LostEventsListener)]
-    logger.addHandler(_LostEventsListener(events))
+    """Kept for callers: lost events no longer depend on watchdog's log records (see the
+    module), so there is nothing to install."""
 
 
 def start_observer(
@@ -334,7 +401,8 @@ def start_observer(
     """Start watching `root` with inotify or by polling.
 
     "auto" falls back to polling, with a warning, when inotify cannot be used (watch or
-    instance limits reached: ENOSPC, EMFILE); "inotify" raises instead.
+    instance limits reached: ENOSPC, EMFILE); "inotify" raises instead.  A directory below
+    the root refused later is handled by the observer (see DirectInotifyObserver).
 
     `subdirectories_later`: an inotify observer watches the root alone, and the caller
     must pass `directory_watcher(observer)` to a walk of the whole tree (see
@@ -344,7 +412,8 @@ def start_observer(
         inotify: DirectInotifyObserver | None = None
         try:
             handler = _Enqueuer(root, events)
-            inotify = DirectInotifyObserver(handler, subdirectories_later=subdirectories_later)
+            inotify = DirectInotifyObserver(handler, subdirectories_later=subdirectories_later,
+                                            rescan_seconds=max(polling_interval, 10.0))
             inotify.schedule(handler, root, recursive=recursive, event_filter=WATCHED_EVENTS)
             inotify.start()
             return inotify
