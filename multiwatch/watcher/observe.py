@@ -80,6 +80,10 @@ _KINDS: dict[type[FileSystemEvent], str] = {
 # The kernel refused a watch: out of watches (fs.inotify.max_user_watches) or instances.
 _WATCH_LIMIT_ERRNOS = frozenset({errno.ENOSPC, errno.EMFILE})
 
+# While a directory is unwatched, the tree is rescanned this often at least (a full walk:
+# the polling interval's 1 s would be a walk and a log line every second).
+UNWATCHED_RESCAN_SECONDS = 10.0
+
 
 class RawEvent(NamedTuple):
     """A notification with paths relative to the watched root; None = outside the tree.
@@ -413,7 +417,8 @@ def start_observer(
         try:
             handler = _Enqueuer(root, events)
             inotify = DirectInotifyObserver(handler, subdirectories_later=subdirectories_later,
-                                            rescan_seconds=max(polling_interval, 10.0))
+                                            rescan_seconds=max(polling_interval,
+                                                               UNWATCHED_RESCAN_SECONDS))
             inotify.schedule(handler, root, recursive=recursive, event_filter=WATCHED_EVENTS)
             inotify.start()
             return inotify
