@@ -43,6 +43,7 @@ from multiwatch.watcher.message import (
 )
 from multiwatch.watcher.observe import RawEvent
 from multiwatch.watcher.outbox import OutboxGauge
+from multiwatch.watcher.retry import RetrySchedule
 from multiwatch.watcher.scan import ScanBatch, scan_batches
 from multiwatch.watcher.settle import SettleTable
 from multiwatch.watcher.state import StateStore, Version, directory_of
@@ -54,6 +55,9 @@ log = logging.getLogger(__name__)
 
 EVENTS_PER_STEP = 5000
 SCAN_ENTRIES_PER_STEP = 5000
+# What a directory costs the walk in files' worth: an open, a listing, an inotify watch.
+DIRECTORY_COST = 10
+SCAN_SECONDS_PER_STEP = 0.5
 # A directory listing is held until it is whole, to compare its fingerprint, up to this
 # many files; a bigger directory is compared with its tracked files one by one.
 FINGERPRINT_MAX_FILES = 20_000
@@ -90,10 +94,16 @@ class Pipeline:
         self.bytes_hashed = 0
         self.files_hashed = 0
         self.root_missing = False
-        self._scans: list[_Scan] = []
+        self._scans: list[_Scan] = []  # a stack: the newest walk goes first
+        # The directories of walks not started yet: a set, as thousands of directories
+        # created at once each ask for one.
+        self._queued_scans: set[str] = set()
         self._startup = _StartupProgress()
-        self._unreadable: set[str] = set()
+        self._unreadable: set[str] = set()  # files already reported unreadable
         self._unlistable: set[str] = set()  # directories already reported unreadable
+        # Both are tried again with backoff: a network mount recovering sends no event.
+        self._read_retries = RetrySchedule()
+        self._list_retries = RetrySchedule()
         self._follow_inside = os.path.realpath(self.root) if instance.follow_symlinks else None
         # Big files being hashed by the pool (or hashed, waiting for their settle period):
         # at most one job per path, the one whose result can still be announced.
@@ -111,13 +121,13 @@ class Pipeline:
 
         `watch`: the walk also adds the observer's watches, each directory's before it is
         listed (see observe.directory_watcher)."""
-        if watch is None and any(s.relative_dir == relative_dir and not s.started
-                                 for s in self._scans):
+        if watch is None and relative_dir in self._queued_scans:
             return  # the same walk is queued and has not started: it will see everything
         batches = scan_batches(self.root, relative_dir, self.filter,
                                recursive=self.instance.recursive, unlistable=self._unlistable,
                                follow_inside=self._follow_inside, watch=watch)
         self._scans.append(_Scan(relative_dir, batches))
+        self._queued_scans.add(relative_dir)
 
     def step(self, max_wait: float) -> None:
         """One turn: wait briefly for notifications, then scan, then handle settled paths."""
@@ -125,12 +135,14 @@ class Pipeline:
         # A full outbox (or an unwritable state database) holds settled work back: nothing
         # is due until the publisher drains (or the commit succeeds).
         held_back = self.gauge.full or self._store_failures
-        due = None if held_back else self.settle.next_due()
         wait = 0.0 if self._scans else max_wait
-        if due is not None:
-            wait = min(wait, max(0.0, due - now))
+        for due in (() if held_back else (self.settle.next_due(), self._next_retry())):
+            if due is not None:
+                wait = min(wait, max(0.0, due - now))
         self._take_notifications(wait)
         self._collect_hashes()
+        if not held_back:
+            self._retry_due(time.monotonic())
         self._scan_some()
         self._handle_settled()
         self._commit()
@@ -184,28 +196,31 @@ class Pipeline:
         self._on_notification(event, now)
 
     def _scan_some(self) -> None:
+        """Walk on for one step's budget: files met plus DIRECTORY_COST per directory
+        opened (a tree of empty directories costs as much as one of files), and at most
+        SCAN_SECONDS_PER_STEP, so the loop heartbeats between steps whatever the shape of
+        the tree or the speed of its disk."""
         if not self._scans:
             return
         now = time.monotonic()
+        deadline = now + SCAN_SECONDS_PER_STEP
         scan = self._scans[-1]
         if not scan.started:
             scan.started, scan.changes_at_start = True, self.known.changes
-        entries = 0
-        while entries < SCAN_ENTRIES_PER_STEP:
+            self._queued_scans.discard(scan.relative_dir)
+        cost = 0
+        while cost < SCAN_ENTRIES_PER_STEP and (cost == 0 or time.monotonic() < deadline):
             batch = next(scan.batches, None)
             if batch is None:
-                self._compare_held(scan, now, whole=False)
-                self._scans.pop()
-                self._reconcile_unseen(scan)
-                self._save_fingerprints()
-                if not self._scans:
-                    self._startup.scan_finished()
+                self._finish_scan(scan, now)
                 return
-            entries += len(batch)
+            cost += len(batch) + DIRECTORY_COST * batch.directories
             self._startup.files_scanned += len(batch)
-            held = scan.held
-            if held and held[0].directory != batch.directory:
+            if scan.held and scan.held[0].directory != batch.directory:
                 self._compare_held(scan, now, whole=False)  # that listing broke off
+            held = scan.held  # (a new list once compared)
+            if not batch and not held:
+                continue  # a directory without wanted files: nothing to compare
             if batch.directory == scan.oversized:
                 self._compare(scan, batch, now)
                 continue
@@ -215,6 +230,15 @@ class Pipeline:
             elif sum(map(len, held)) > FINGERPRINT_MAX_FILES:
                 scan.oversized = batch.directory
                 self._compare_held(scan, now, whole=False)
+
+    def _finish_scan(self, scan: _Scan, now: float) -> None:
+        self._compare_held(scan, now, whole=False)
+        self._scans.pop()  # (the one _scan_some walked: nothing was pushed since)
+        self._reconcile_unseen(scan)
+        self._save_fingerprints()
+        self._retry_unlistable(scan)
+        if not self._scans:
+            self._startup.scan_finished()
 
     def _compare_held(self, scan: _Scan, now: float, *, whole: bool) -> None:
         """Compare the held batches of one directory with what was announced; `whole`:
@@ -326,6 +350,9 @@ class Pipeline:
         if event.kind == "overflow":
             log.warning("filesystem events were lost; rescanning", extra={"path": self.root})
             self.request_scan()
+        elif event.kind == "attrib":
+            if event.src is not None:
+                self._on_attrib(event.src, event.is_directory, now)
         elif event.is_directory:
             self._on_directory(event, now)
         elif event.kind == "moved":
@@ -353,10 +380,10 @@ class Pipeline:
     def _on_directory(self, event: RawEvent, now: float) -> None:
         if event.kind == "deleted" and event.src == "":
             self.root_missing = True
-        elif event.kind == "created" and event.src and self.instance.recursive and (
-                self.filter.wants_directory(event.src)):
-            # Files written before the new directory's watch existed produce no events.
-            self.request_scan(event.src)
+        elif event.kind == "created" or (event.kind == "moved" and event.src is None):
+            # Created, or moved in from outside the tree: files written before the new
+            # directory's watch existed (or moved in with it) produce no events.
+            self._scan_new_directory(event.src if event.kind == "created" else event.dest)
         elif event.kind == "deleted" and event.src:
             for relative in self._tracked_under(event.src):
                 self._gone(relative)
@@ -364,6 +391,15 @@ class Pipeline:
             for relative in self._tracked_under(event.src):
                 moved_to = f"{event.dest}/{relative[len(event.src) + 1:]}" if event.dest else None
                 self._on_file_moved(relative, moved_to, now)
+            # What was not tracked under the old name (an excluded one: ".staging",
+            # "x.tmp") arrives now, and its files send no event of their own: scan it.
+            # Files already moved above compare unchanged; per-file "moved" events that
+            # follow (or came first) settle to the same version and announce nothing.
+            self._scan_new_directory(event.dest)
+
+    def _scan_new_directory(self, relative: str | None) -> None:
+        if relative and self.instance.recursive and self.filter.wants_directory(relative):
+            self.request_scan(relative)
 
     def _tracked_under(self, relative_dir: str) -> list[str]:
         prefix = relative_dir + "/"
@@ -374,6 +410,7 @@ class Pipeline:
     def _on_file_moved(self, src: str | None, dest: str | None, now: float) -> None:
         announced = self._untrack(src) if src else None
         if src:
+            self._readable(src)
             self.settle.discard(src)
             self._stat_at_close.pop(src, None)
             self._drop_job(src)
@@ -417,6 +454,7 @@ class Pipeline:
             self._stat_at_close[relative] = at_close
 
     def _gone(self, relative: str) -> None:
+        self._readable(relative)
         self.settle.discard(relative)
         self._stat_at_close.pop(relative, None)
         self._drop_job(relative)
@@ -464,6 +502,7 @@ class Pipeline:
             return
         announced = self.known.get(relative)
         if announced is not None and announced.version == version:
+            self._readable(relative)
             return
         if self.hash_pool is not None and version.size >= self.hash_pool.min_bytes:
             job = self._jobs.get(relative)
@@ -492,7 +531,7 @@ class Pipeline:
 
     def _record(self, relative: str, hashed: Hashed) -> None:
         """Track a freshly hashed version and announce it if its content is new."""
-        self._unreadable.discard(relative)
+        self._readable(relative)
         announced = self.known.get(relative)
         self._track(relative, hashed)
         if announced is None:
@@ -593,10 +632,60 @@ class Pipeline:
         regular file.  Symlinks count only with follow_symlinks, and only inside the root."""
         return resolve_regular(os.path.join(self.root, relative), self._follow_inside)
 
+    # -- what could not be read, tried again --------------------------------------------
+
     def _cannot_read(self, relative: str, path: str, exc: OSError) -> None:
-        if relative not in self._unreadable:  # once per path, not per event
+        self._read_retries.failed(relative, time.monotonic())
+        if relative not in self._unreadable:  # once per path, not per event or retry
             self._unreadable.add(relative)
             log.warning("cannot read file: %s", exc.strerror or exc, extra={"path": path})
+
+    def _readable(self, relative: str) -> None:
+        """The file was read (or is gone): no more retries, and a warning can come again."""
+        self._read_retries.forget(relative)
+        if relative in self._unreadable:
+            self._unreadable.discard(relative)
+            if os.path.lexists(os.path.join(self.root, relative)):
+                log.info("file readable again",
+                         extra={"path": os.path.join(self.root, relative)})
+
+    def _next_retry(self) -> float | None:
+        dues = [d for d in (self._read_retries.next_due(), self._list_retries.next_due())
+                if d is not None]
+        return min(dues, default=None)
+
+    def _retry_due(self, now: float) -> None:
+        for relative in self._read_retries.pop_due(now):
+            if relative not in self.settle and relative not in self._jobs:
+                self._settle_later(relative, now, quiet=0.0)
+        for directory in self._list_retries.pop_due(now):
+            self.request_scan(directory)
+
+    def _retry_unlistable(self, scan: _Scan) -> None:
+        """After a walk: each directory under it that still cannot be listed is tried
+        again later (backing off); one that lists again is done with."""
+        for directory in self._list_retries.failing():
+            if directory not in self._unlistable:
+                self._list_retries.forget(directory)
+        start = scan.relative_dir
+        now = time.monotonic()
+        for directory in self._unlistable:
+            if (not start or directory == start or directory.startswith(start + "/")) and (
+                    not self._list_retries.pending(directory)):
+                self._list_retries.failed(directory, now)
+
+    def _on_attrib(self, relative: str, is_directory: bool, now: float) -> None:
+        """Permissions (or owner) changed: what could not be read may be readable now."""
+        if not is_directory:
+            if relative in self._unreadable:
+                self._settle_later(relative, now)
+            return
+        prefix = relative + "/" if relative else ""
+        for directory in [d for d in self._unlistable
+                          if d == relative or d.startswith(prefix)]:
+            self.request_scan(directory)
+        for path in [p for p in self._unreadable if p.startswith(prefix)]:
+            self._settle_later(path, now)  # a directory made searchable again
 
     def _track(self, relative: str, hashed: Hashed) -> None:
         self.known[relative] = hashed
@@ -632,7 +721,7 @@ class Pipeline:
 _WAKE = RawEvent("hashed", False, None)  # put on the notification queue by the pool
 
 
-@dataclasses.dataclass
+@dataclasses.dataclass(eq=False)
 class _Scan:
     """One walk in progress and the paths it has met so far."""
 

@@ -32,14 +32,18 @@ class ScanBatch(dict[str, Version]):
 
     `directory` is that directory's relative path; `complete` is True on the batch that
     ends a listing of the whole directory (a directory that could not be listed to its
-    end has none)."""
+    end has none).  `directories` is how many directories were opened to produce it (1
+    on the first batch of each): every directory listed yields at least one batch, empty
+    if it has no wanted file, and so does each filtered-out one walked for its watch, so a
+    consumer can bound its work per directory as well as per file."""
 
-    __slots__ = ("complete", "directory")
+    __slots__ = ("complete", "directories", "directory")
 
-    def __init__(self, directory: str) -> None:
+    def __init__(self, directory: str, directories: int = 0) -> None:
         super().__init__()
         self.directory = directory
         self.complete = False
+        self.directories = directories
 
 
 def walk_files(
@@ -59,7 +63,8 @@ def scan_batches(
     batch_entries: int | None = None, watch: Callable[[str], object] | None = None,
 ) -> Iterator[ScanBatch]:
     """Yield {relative path: (size, mtime_ns, inode)} for the wanted regular files under
-    root/start, at most `batch_entries` (BATCH_ENTRIES) at a time, each file once, after one lstat.
+    root/start, at most `batch_entries` (BATCH_ENTRIES) at a time, each file once, after one
+    lstat; at least one batch (maybe empty) per directory opened, see ScanBatch.
 
     `unlistable` remembers directories already reported as unreadable, so a periodic
     rescan does not repeat the warning; a directory that lists again is forgotten.
@@ -83,22 +88,25 @@ def scan_batches(
             directory = hidden.pop()
             if watch is not None:  # (only then is anything hidden)
                 _watch_below(root, directory, watch, hidden)
+            yield ScanBatch(directory, directories=1)  # nothing to report, but work done
             continue
         relative_dir = pending.pop()
         absolute_dir = os.path.join(root, relative_dir) if relative_dir else root
         prefix = f"{relative_dir}/" if relative_dir else ""
-        found = ScanBatch(relative_dir)
-        listed = 0  # files in the batches already yielded
+        found = ScanBatch(relative_dir, directories=1)
         try:
             # Below the root, only a real directory is entered: a symlink that took a
             # directory's place (or arrived inside a moved-in tree) must not lead outside.
             directory_fd = os.open(absolute_dir, _SUBDIRECTORY if relative_dir else _DIRECTORY)
         except (FileNotFoundError, NotADirectoryError):
-            continue  # gone, or a file took its place; its own events tell the rest
+            reported.discard(relative_dir)  # gone: not unreadable any more
+            yield found  # (empty) gone, or a file took its place; its own events tell the rest
+            continue
         except OSError as exc:
             if exc.errno != errno.ELOOP:
                 _cannot_list(relative_dir, absolute_dir, exc, reported)
-            continue  # ELOOP: a symlink took the directory's place
+            yield found  # (empty) ELOOP: a symlink took the directory's place
+            continue
         try:
             if watch is not None and relative_dir:
                 watch(absolute_dir)  # before the listing: nothing created after it is missed
@@ -125,7 +133,6 @@ def scan_batches(
                         if wants is None or wants(relative, name):
                             found[relative] = (st.st_size, st.st_mtime_ns, st.st_ino)
                             if len(found) >= limit:
-                                listed += len(found)
                                 yield found
                                 found = ScanBatch(relative_dir)
                     elif S_ISDIR(mode) and recursive:
@@ -144,20 +151,17 @@ def scan_batches(
                             found[relative] = (target.st_size, target.st_mtime_ns,
                                                target.st_ino)
         except (FileNotFoundError, NotADirectoryError):
-            if found:
-                yield found
-            continue  # the directory went away mid-scan; its deletion events tell the rest
+            yield found  # the directory went away mid-scan; its deletion events tell the rest
+            continue
         except OSError as exc:  # permissions, an I/O error
-            if found:
-                yield found
+            yield found
             _cannot_list(relative_dir, absolute_dir, exc, reported)
             continue
         finally:
             os.close(directory_fd)
         reported.discard(relative_dir)
-        if found or listed:
-            found.complete = True
-            yield found
+        found.complete = True
+        yield found  # empty for a directory with no wanted file: it still cost a listing
 
 
 def _cannot_list(relative_dir: str, absolute_dir: str, exc: OSError, reported: set[str]) -> None:

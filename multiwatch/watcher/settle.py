@@ -11,6 +11,7 @@ from __future__ import annotations
 import heapq
 
 from multiwatch.watcher.hashing import FileVersion
+from multiwatch.watcher.path_index import PathIndex
 
 
 class SettleTable:
@@ -23,6 +24,10 @@ class SettleTable:
         # (due, sequence, path): the sequence keeps equal deadlines in arrival order.
         self._heap: list[tuple[float, int, str]] = []
         self._sequence = 0
+        # The waiting paths by directory, built at the first `under` (a directory moved
+        # or deleted) and kept from then on: a scan over every waiting path per directory
+        # event was quadratic when thousands of directories arrive at once.
+        self._index: PathIndex | None = None
 
     def __len__(self) -> int:
         return len(self._due)
@@ -34,6 +39,8 @@ class SettleTable:
               quiet: float | None = None) -> None:
         """Start or restart the quiet period of a path (settle_seconds unless `quiet`)."""
         due = now + (self.settle_seconds if quiet is None else quiet)
+        if self._index is not None and relative_path not in self._due:
+            self._index.add(relative_path)
         self._due[relative_path] = due
         if seen is not None or relative_path not in self._seen:
             self._seen[relative_path] = seen
@@ -43,12 +50,17 @@ class SettleTable:
     def discard(self, relative_path: str) -> bool:
         """Forget a path; True if it was waiting."""
         self._seen.pop(relative_path, None)
-        return self._due.pop(relative_path, None) is not None
+        if self._due.pop(relative_path, None) is None:
+            return False
+        if self._index is not None:
+            self._index.discard(relative_path)
+        return True
 
     def under(self, directory: str) -> list[str]:
-        """Waiting paths inside a directory (relative path prefix)."""
-        prefix = directory + "/"
-        return [path for path in self._due if path.startswith(prefix)]
+        """Waiting paths inside a directory, at any depth."""
+        if self._index is None:
+            self._index = PathIndex(self._due)
+        return self._index.under(directory)
 
     def next_due(self) -> float | None:
         """The earliest live deadline, or None when nothing waits."""
@@ -71,5 +83,7 @@ class SettleTable:
                 break
             heapq.heappop(self._heap)
             del self._due[path]
+            if self._index is not None:
+                self._index.discard(path)
             ready.append((path, self._seen.pop(path, None)))
         return ready

@@ -30,6 +30,7 @@ import xxhash
 
 from multiwatch.watcher.hashing import FileVersion, Hashed
 from multiwatch.watcher.message import Event
+from multiwatch.watcher.path_index import PathIndex, directory_of
 
 MIGRATIONS: tuple[str, ...] = (
     # 0 → 1: the first schema.
@@ -211,11 +212,6 @@ def _subtree(relative_dir: str) -> tuple[bytes, bytes]:
     return low, low[:-1] + b"0"  # "0" sorts right after "/"
 
 
-def directory_of(relative_path: str) -> str:
-    """The relative directory a tracked path is in ("" for the watched root)."""
-    return relative_path.rpartition("/")[0]
-
-
 def listing_digest(listing: Mapping[str, Version]) -> bytes:
     """The fingerprint of one directory's files (relative path → version), in any order.
 
@@ -261,6 +257,9 @@ class KnownFiles(MutableMapping[str, Hashed]):
             for path, digest in conn.execute("SELECT path, digest FROM directories")}
         self._unsaved: set[str] = set()  # fingerprints not in the table yet
         self._changed: set[str] = set()  # directories whose rows changed since their load
+        # _versions' paths by directory, built the first time a subtree is asked for
+        # (paths_under) and kept up to date from then on.
+        self._index: PathIndex | None = None
         self.changes = 0  # counts every change, so a scan can tell whether any happened
 
     def __len__(self) -> int:
@@ -283,6 +282,8 @@ class KnownFiles(MutableMapping[str, Hashed]):
         self._need(relative_path)
         if relative_path not in self._versions:
             self._count += 1
+            if self._index is not None:
+                self._index.add(relative_path)
         version = hashed.version
         self._versions[relative_path] = (version.size, version.mtime_ns, version.inode)
         self._hashes[relative_path] = (hashed.ctime_ns, hashed.sha256, hashed.xxh128)
@@ -291,6 +292,8 @@ class KnownFiles(MutableMapping[str, Hashed]):
     def __delitem__(self, relative_path: str) -> None:
         self._need(relative_path)
         del self._versions[relative_path]
+        if self._index is not None:
+            self._index.discard(relative_path)
         self._hashes.pop(relative_path, None)
         self._count -= 1
         self._changed_in(directory_of(relative_path))
@@ -320,12 +323,13 @@ class KnownFiles(MutableMapping[str, Hashed]):
         """The tracked paths below relative_dir, at any depth (its subtree's rows only)."""
         if not relative_dir:
             return list(self.paths())
-        prefix = relative_dir + "/"
         if self._loaded is not None:
             below = _load_versions(self._conn, "WHERE path >= ? AND path < ?",
                                    _subtree(relative_dir))
             self._merge(below, mark_loaded=True)
-        return [p for p in self._versions if p.startswith(prefix)]
+        if self._index is None:
+            self._index = PathIndex(self._versions)
+        return self._index.under(relative_dir)
 
     def changed(self, batch: Mapping[str, Version],
                 directory: str | None = None) -> list[tuple[str, Version]]:
@@ -407,7 +411,7 @@ class KnownFiles(MutableMapping[str, Hashed]):
                                   (low, high, len(low) + 1))
         else:
             rows = _load_versions(self._conn, f"WHERE {_NO_SLASH}", (1,))
-        self._versions.update(rows)
+        self._add_rows(rows)
         self._loaded[directory] = len(rows)
 
     def _load_all(self) -> None:
@@ -424,14 +428,19 @@ class KnownFiles(MutableMapping[str, Hashed]):
         if loaded is None:
             return
         if not loaded:
-            self._versions.update(rows)
+            self._add_rows(rows)
         else:
-            self._versions.update((p, v) for p, v in rows.items()
-                                  if directory_of(p) not in loaded)
+            self._add_rows({p: v for p, v in rows.items() if directory_of(p) not in loaded})
         if mark_loaded:
             counts = Counter(map(directory_of, rows))
             for directory in counts.keys() - loaded.keys():
                 loaded[directory] = counts[directory]
+
+    def _add_rows(self, rows: dict[str, Version]) -> None:
+        """Rows read from the table, of directories not loaded before."""
+        self._versions.update(rows)
+        if self._index is not None:
+            self._index.update(rows)
 
     def _hashed(self, relative_path: str, version: Version) -> Hashed:
         hashes = self._hashes.get(relative_path)

@@ -189,4 +189,4 @@ def test_a_non_recursive_watching_walk_watches_nothing_below_the_root(tmp_path: 
     _write(tmp_path, "a/b/old.mp3")
     watched: list[str] = []
     batches = scan_batches(str(tmp_path), "", DEFAULTS, recursive=False, watch=watched.append)
-    assert [dict(batch) for batch in batches] == [] and watched == []
+    assert [dict(batch) for batch in batches if batch] == [] and watched == []
