@@ -393,9 +393,21 @@ class DirectInotifyEmitter(InotifyEmitter):
             self._handler.put(OVERFLOW)
 
 
+class _RefusedWatchFilter(logging.Filter):
+    """Drops watchdog's warning per directory it could not watch (thousands, when the
+    kernel is out of watches): _UnwatchedDirectories says it once, at ERROR."""
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        return not (isinstance(record.msg, str) and record.msg.startswith("Unable to watch"))
+
+
 def listen_for_lost_events(events: queue.SimpleQueue[RawEvent]) -> None:
-    """Kept for callers: lost events no longer depend on watchdog's log records (see the
-    module), so there is nothing to install."""
+    """Once per process.  Lost events no longer depend on watchdog's log records (see the
+    module): this only quiets watchdog's per-directory warnings that repeat ours."""
+    del events  # kept for callers; the observer reports lost events itself
+    logger = logging.getLogger("watchdog.observers.inotify")
+    logger.filters[:] = [f for f in logger.filters if not isinstance(f, _RefusedWatchFilter)]
+    logger.addFilter(_RefusedWatchFilter())
 
 
 def start_observer(

@@ -41,16 +41,25 @@ def lowered(limit: str, value: int) -> Iterator[None]:
         path.write_text(old)
 
 
-@pytest.fixture
-def errors_only() -> Iterator[None]:
-    """watchdog's and the root logger at ERROR, as with `log_level: ERROR`."""
+@contextlib.contextmanager
+def log_level(level: int) -> Iterator[None]:
+    """watchdog's and the root logger at `level`, as with the watcher's `log_level`."""
     loggers = [logging.getLogger(), logging.getLogger("watchdog")]
     levels = [lg.level for lg in loggers]
     for lg in loggers:
-        lg.setLevel(logging.ERROR)
-    yield
-    for lg, level in zip(loggers, levels, strict=True):
         lg.setLevel(level)
+    try:
+        yield
+    finally:
+        for lg, old in zip(loggers, levels, strict=True):
+            lg.setLevel(old)
+
+
+@pytest.fixture
+def errors_only() -> Iterator[None]:
+    """Logging as with `log_level: ERROR`."""
+    with log_level(logging.ERROR):
+        yield
 
 
 def test_a_real_queue_overflow_at_log_level_error_asks_for_a_rescan(
@@ -78,29 +87,31 @@ def test_a_real_queue_overflow_at_log_level_error_asks_for_a_rescan(
         observer.join(timeout=5)
 
 
-def test_refused_watches_at_log_level_error_are_said_once_rescanned_and_retried(
+@pytest.mark.parametrize("level", [logging.ERROR, logging.INFO])
+def test_refused_watches_are_said_once_rescanned_and_retried_at_any_log_level(
         tmp_path: Path, monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture,
-        errors_only: None) -> None:
-    """The kernel refuses the watches of three directories (out of watches): one ERROR line
-    says so, an "overflow" makes the pipeline rescan, and once watches are available again
-    the directories are watched and their new files reported."""
+        level: int) -> None:
+    """The kernel refuses the watches of three directories (out of watches): one line says
+    so, an "overflow" makes the pipeline rescan, and once watches are available again the
+    directories are watched and their new files reported."""
     monkeypatch.setattr(observe, "UNWATCHED_RESCAN_SECONDS", 0.2, raising=False)
     names = ["a", "b", "c"]
     for name in names:
         (tmp_path / name).mkdir()
     events: queue.SimpleQueue[RawEvent] = queue.SimpleQueue()
+    listen_for_lost_events(events)  # as the watcher does
     observer = start_observer(str(tmp_path), recursive=True, events=events, mode="inotify",
                               polling_interval=0.1, subdirectories_later=True)
     try:
         watch = directory_watcher(observer)
         assert watch is not None
-        with caplog.at_level(logging.ERROR, logger="multiwatch"):
+        with log_level(level), caplog.at_level(level):
             with lowered("max_user_watches", 1):
                 for name in names:
                     watch(str(tmp_path / name))
             next_event(events, lambda e: e.kind == "overflow")
 
-            said = [r for r in caplog.records if r.name.startswith("multiwatch")]
+            said = [r for r in caplog.records if r.levelno >= logging.WARNING]
             assert len(said) == 1 and "not watched" in said[0].getMessage(), said
             await_condition(lambda: len(kernel_watches(observer)) == 1 + len(names),
                             "refused watches were not retried")
