@@ -18,10 +18,9 @@ RETRY_MAX_SECONDS = 300.0
 class RetrySchedule:
     """Keys (relative paths) that failed, each with its next attempt and backoff."""
 
-    def __init__(self, first: float = RETRY_FIRST_SECONDS,
-                 cap: float = RETRY_MAX_SECONDS) -> None:
-        self._first = first
-        self._cap = cap
+    def __init__(self, first: float | None = None, cap: float | None = None) -> None:
+        self._first = RETRY_FIRST_SECONDS if first is None else first
+        self._cap = RETRY_MAX_SECONDS if cap is None else cap
         self._due: dict[str, float] = {}
         self._delay: dict[str, float] = {}
         self._heap: list[tuple[float, str]] = []

@@ -1,0 +1,118 @@
+"""Files that cannot be read when they settle, announced once they can be (driven step by step).
+
+Root reads whatever the permission bits say, so a read failure is injected at the hashing
+boundary here; tests/hostile/test_unreadable_later.py does the same with real permissions.
+"""
+
+from __future__ import annotations
+
+import errno
+import logging
+import time
+from pathlib import Path
+from typing import Any
+
+import multiwatch.watcher.pipeline as pipeline_module
+import multiwatch.watcher.retry as retry_module
+from multiwatch.watcher.hashing import Hashed
+from multiwatch.watcher.observe import RawEvent
+from multiwatch.watcher.retry import RetrySchedule
+from tests.watcher.test_pipeline import drain, make_pipeline, run_until, summary
+
+
+class _FailingRead:
+    """hash_file that raises `error` while `failures` > 0 (counting down), then reads."""
+
+    def __init__(self, error: OSError, failures: int) -> None:
+        self.error, self.failures, self.calls = error, failures, 0
+        self._real = pipeline_module.hash_file
+
+    def __call__(self, path: str, *args: Any, **kwargs: Any) -> Hashed:
+        self.calls += 1
+        if self.failures > 0:
+            self.failures -= 1
+            raise self.error
+        return self._real(path, *args, **kwargs)
+
+
+def _warnings(caplog: Any) -> list[str]:
+    return [r.getMessage() for r in caplog.records if r.levelno >= logging.WARNING]
+
+
+def test_transient_io_error_is_retried_until_the_file_is_announced(
+        tmp_path: Path, monkeypatch, caplog) -> None:
+    """A file whose read fails twice with EIO (a network mount) is announced once it reads,
+    with no event from the filesystem, and the failure is logged once, not per retry."""
+    monkeypatch.setattr(retry_module, "RETRY_FIRST_SECONDS", 0.05)
+    failing = _FailingRead(OSError(errno.EIO, "Input/output error"), failures=2)
+    monkeypatch.setattr(pipeline_module, "hash_file", failing)
+    pipeline, outbox, root = make_pipeline(tmp_path)
+    (root / "song.mp3").write_bytes(b"on a flaky share")
+    pipeline.notifications.put(RawEvent("created", False, "song.mp3"))
+    bodies: list[dict[str, Any]] = []
+    run_until(pipeline, lambda: bool(bodies.extend(drain(outbox)) or bodies))
+    assert summary(bodies) == [("file_discovered", "song.mp3")]
+    assert failing.calls == 3
+    assert [w for w in _warnings(caplog) if "cannot read" in w] == [
+        "cannot read file: Input/output error"]
+
+
+def test_permanent_read_failure_is_logged_once_and_backs_off(
+        tmp_path: Path, monkeypatch, caplog) -> None:
+    """A file that never reads is tried again less and less often, and logged only once."""
+    monkeypatch.setattr(retry_module, "RETRY_FIRST_SECONDS", 0.02)
+    failing = _FailingRead(OSError(errno.ESTALE, "Stale file handle"), failures=10**6)
+    monkeypatch.setattr(pipeline_module, "hash_file", failing)
+    pipeline, outbox, root = make_pipeline(tmp_path)
+    (root / "stale.mp3").write_bytes(b"x")
+    pipeline.notifications.put(RawEvent("created", False, "stale.mp3"))
+    deadline = time.monotonic() + 1.5
+    while time.monotonic() < deadline:
+        pipeline.step(0.01)
+    # 0.02 doubling: about 6 attempts in 1.5 s; a fixed 20 ms interval would be ~70.
+    assert 3 <= failing.calls <= 8
+    assert len([w for w in _warnings(caplog) if "cannot read" in w]) == 1
+    assert drain(outbox) == []
+
+
+def test_permission_change_makes_an_unreadable_file_announced_at_once(
+        tmp_path: Path, monkeypatch) -> None:
+    """An "attrib" notification (chmod) on a file that could not be read has it read again
+    right away, long before its next retry."""
+    monkeypatch.setattr(retry_module, "RETRY_FIRST_SECONDS", 3600.0)
+    failing = _FailingRead(PermissionError(errno.EACCES, "Permission denied"), failures=1)
+    monkeypatch.setattr(pipeline_module, "hash_file", failing)
+    pipeline, outbox, root = make_pipeline(tmp_path)
+    (root / "locked.mp3").write_bytes(b"0200 at first")
+    pipeline.notifications.put(RawEvent("created", False, "locked.mp3"))
+    run_until(pipeline, lambda: failing.calls == 1)
+    pipeline.notifications.put(RawEvent("attrib", False, "locked.mp3"))
+    bodies: list[dict[str, Any]] = []
+    run_until(pipeline, lambda: bool(bodies.extend(drain(outbox)) or bodies), timeout=3)
+    assert summary(bodies) == [("file_discovered", "locked.mp3")]
+
+
+def test_attrib_on_a_readable_known_file_announces_nothing(tmp_path: Path) -> None:
+    """chmod on a file already announced is not a change of content."""
+    pipeline, outbox, root = make_pipeline(tmp_path)
+    (root / "a.mp3").write_bytes(b"a")
+    pipeline.notifications.put(RawEvent("created", False, "a.mp3"))
+    run_until(pipeline, lambda: bool(drain(outbox)))
+    pipeline.notifications.put(RawEvent("attrib", False, "a.mp3"))
+    for _ in range(20):
+        pipeline.step(0.01)
+    assert drain(outbox) == []
+
+
+def test_retry_schedule_doubles_to_its_cap_and_forgets() -> None:
+    """Backoff: first, doubled each failure, capped; a forgotten key is never due."""
+    schedule = RetrySchedule(first=1.0, cap=4.0)
+    assert schedule.failed("a", 0.0) is True
+    assert schedule.pop_due(0.5) == [] and schedule.pop_due(1.0) == ["a"]
+    assert schedule.failed("a", 1.0) is False  # due at 3
+    assert schedule.next_due() == 3.0
+    schedule.failed("a", 3.0)  # 4: doubled to the cap
+    schedule.failed("a", 7.0)  # 4 again
+    assert schedule.next_due() == 11.0
+    schedule.forget("a")
+    assert schedule.next_due() is None and "a" not in schedule
