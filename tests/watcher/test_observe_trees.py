@@ -14,6 +14,7 @@ from watchdog.observers.api import BaseObserver
 from watchdog.observers.inotify import InotifyWatchGroup
 from watchdog.observers.inotify_c import InotifyConstants
 
+from multiwatch.watcher import observe
 from multiwatch.watcher.observe import RawEvent, directory_watcher, start_observer
 
 
@@ -221,3 +222,27 @@ def test_mode_changes_arrive_as_attrib_for_files_and_directories(
         "attrib", False, "locked.mp3")
     os.chmod(tmp_path / "dir", 0o755)
     assert next_event(events, lambda e: e.kind == "attrib") == RawEvent("attrib", True, "dir")
+
+
+def test_a_failure_while_handling_an_event_asks_for_a_rescan_and_the_thread_lives_on(
+        tmp_path: Path, observers: list[BaseObserver], monkeypatch: pytest.MonkeyPatch) -> None:
+    """An unexpected error on the emitter thread (what it was handling may be lost) becomes
+    an "overflow" (the pipeline rescans), and later files are still reported."""
+    original = observe.DirectInotifyEmitter.build_and_queue_event
+    failures = [RuntimeError("watchdog broke")]
+
+    def fails_once(self: observe.DirectInotifyEmitter, *args: object, **kwargs: object) -> None:
+        if failures:
+            raise failures.pop()
+        original(self, *args, **kwargs)  # type: ignore[arg-type]
+
+    monkeypatch.setattr(observe.DirectInotifyEmitter, "build_and_queue_event", fails_once)
+    events: queue.SimpleQueue[RawEvent] = queue.SimpleQueue()
+    observer = start_observer(str(tmp_path), recursive=True, events=events, mode="inotify")
+    observers.append(observer)
+
+    (tmp_path / "lost.txt").write_bytes(b"x")
+    next_event(events, lambda e: e.kind == "overflow")
+    (tmp_path / "after.txt").write_bytes(b"x")
+    next_event(events, lambda e: e.src == "after.txt")
+    assert reader_alive(observer)
