@@ -196,10 +196,10 @@ class Pipeline:
         self._on_notification(event, now)
 
     def _scan_some(self) -> None:
-        """Walk on for one step's budget: files met plus DIRECTORY_COST per directory
-        opened (a tree of empty directories costs as much as one of files), and at most
-        SCAN_SECONDS_PER_STEP, so the loop heartbeats between steps whatever the shape of
-        the tree or the speed of its disk."""
+        """Walk on for one step's budget: entries met, wanted or not, plus DIRECTORY_COST
+        per directory opened (a tree of empty directories costs as much as one of files),
+        and at most SCAN_SECONDS_PER_STEP, so the loop heartbeats between steps whatever
+        the shape of the tree or the speed of its disk."""
         if not self._scans:
             return
         now = time.monotonic()
@@ -214,7 +214,7 @@ class Pipeline:
             if batch is None:
                 self._finish_scan(scan, now)
                 return
-            cost += len(batch) + DIRECTORY_COST * batch.directories
+            cost += max(len(batch), batch.examined) + DIRECTORY_COST * batch.directories
             self._startup.files_scanned += len(batch)
             if scan.held and scan.held[0].directory != batch.directory:
                 self._compare_held(scan, now, whole=False)  # that listing broke off

@@ -34,16 +34,19 @@ class ScanBatch(dict[str, Version]):
     ends a listing of the whole directory (a directory that could not be listed to its
     end has none).  `directories` is how many directories were opened to produce it (1
     on the first batch of each): every directory listed yields at least one batch, empty
-    if it has no wanted file, and so does each filtered-out one walked for its watch, so a
-    consumer can bound its work per directory as well as per file."""
+    if it has no wanted file, and so does each filtered-out one walked for its watch.
+    `examined` is how many entries were looked at for it, wanted or not: a batch ends
+    after BATCH_ENTRIES of them too, so a consumer can bound its work per directory and
+    per entry, whatever the filters leave."""
 
-    __slots__ = ("complete", "directories", "directory")
+    __slots__ = ("complete", "directories", "directory", "examined")
 
     def __init__(self, directory: str, directories: int = 0) -> None:
         super().__init__()
         self.directory = directory
         self.complete = False
         self.directories = directories
+        self.examined = 0
 
 
 def walk_files(
@@ -94,6 +97,7 @@ def scan_batches(
         absolute_dir = os.path.join(root, relative_dir) if relative_dir else root
         prefix = f"{relative_dir}/" if relative_dir else ""
         found = ScanBatch(relative_dir, directories=1)
+        examined = 0  # entries looked at for `found`
         try:
             # Below the root, only a real directory is entered: a symlink that took a
             # directory's place (or arrived inside a moved-in tree) must not lead outside.
@@ -114,6 +118,11 @@ def scan_batches(
             # of one name instead of a walk of the whole path: 10-15% of a restart's walk.
             with os.scandir(directory_fd) as entries:
                 for entry in entries:
+                    examined += 1
+                    if examined >= limit:  # (wanted or not: a batch bounds the work)
+                        found.examined, examined = examined, 0
+                        yield found
+                        found = ScanBatch(relative_dir)
                     name = entry.name
                     if ((skip_prefixes and name.startswith(skip_prefixes))
                             or (skip_suffixes and name.endswith(skip_suffixes))
@@ -132,9 +141,6 @@ def scan_batches(
                         relative = prefix + name
                         if wants is None or wants(relative, name):
                             found[relative] = (st.st_size, st.st_mtime_ns, st.st_ino)
-                            if len(found) >= limit:
-                                yield found
-                                found = ScanBatch(relative_dir)
                     elif S_ISDIR(mode) and recursive:
                         relative = prefix + name
                         if path_filter.wants_directory(relative):
@@ -160,7 +166,7 @@ def scan_batches(
         finally:
             os.close(directory_fd)
         reported.discard(relative_dir)
-        found.complete = True
+        found.examined, found.complete = examined, True
         yield found  # empty for a directory with no wanted file: it still cost a listing
 
 

@@ -158,3 +158,24 @@ def test_file_unreadable_when_it_settles_is_announced_once_made_readable(
     [body] = [m.body for m in got if m.body["file_info"]["relative_path"] == "locked.mp3"]
     assert body["event_type"] == "file_discovered"
     assert body["file_info"]["sha256_hash"] == hashlib.sha256(b"readable later").hexdigest()
+
+
+def test_tree_of_30000_empty_directories_never_silences_the_heartbeat(
+        tmp_path: Path, broker_url: str, music: Path) -> None:
+    """30,000 directories without files (albums still to be filled) and hang_timeout_seconds
+    3: the walk heartbeats throughout, nobody is killed as hung, and the one file at the
+    end of the tree is announced."""
+    for i in range(30_000):
+        (music / f"artist{i // 100:03d}" / f"album{i % 100:02d}").mkdir(parents=True)
+    _write(music / "artist299" / "album99" / "last.mp3", b"the only file")
+    mw = Multiwatch(["-c", str(_roster(tmp_path, broker_url, music, hang_timeout_seconds=3))])
+    try:
+        first = mw.wait_watching("music")
+        got = _arrived(broker_url, {"artist299/album99/last.mp3"}, timeout=50)
+        mw.wait_for_log(lambda x: is_log(x, "startup scan complete", "music"), timeout=10)
+        lines = list(mw.lines)
+    finally:
+        mw.cleanup()
+    assert not [line for line in lines if _stopped_heartbeating(line)]
+    assert [line["pid"] for line in lines if is_log(line, "watching", "music")] == [first["pid"]]
+    assert set(_paths(got)) == {"artist299/album99/last.mp3"}

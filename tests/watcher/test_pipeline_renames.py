@@ -213,3 +213,15 @@ def test_looking_up_many_directories_stays_linear(tmp_path: Path) -> None:
     elapsed = time.monotonic() - started
     assert all(len(paths) == 6 for paths in found)
     assert elapsed < 0.8, f"{elapsed:.2f} s"
+
+
+def test_walk_over_a_directory_of_unwanted_files_is_spread_over_steps(tmp_path: Path) -> None:
+    """20,000 files excluded by a path pattern (each still needs an lstat to be judged) are
+    walked over several steps, not one, and none is announced."""
+    pipeline, outbox, root = make_pipeline(tmp_path, exclude=("cache/*",))
+    (root / "cache").mkdir()
+    for i in range(20_000):
+        (root / "cache" / f"{i}.bin").write_bytes(b"")
+    assert _steps_to_walk(pipeline) >= 20_000 // pipeline_module.SCAN_ENTRIES_PER_STEP
+    settle_all(pipeline)
+    assert drain(outbox) == []
