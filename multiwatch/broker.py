@@ -15,8 +15,11 @@ from __future__ import annotations
 import logging
 import os
 import ssl
+import time
+from collections.abc import Callable
 from typing import Any
 
+import amqp
 from kombu import Connection, Exchange, Queue
 from kombu.utils.url import parse_url
 
@@ -70,11 +73,29 @@ def ssl_options(tls: TlsConfig | None) -> dict[str, Any]:
     return options
 
 
+# A connection attempt is the TCP connect and up to three handshake reads (Start, Tune,
+# Open-Ok), each bounded by connect_timeout_seconds.
+READS_PER_CONNECT = 4
+
+
+def connect_budget(broker: BrokerConfig) -> float:
+    """The longest `BrokerLink.connect()` may take: every URL at its worst (seconds)."""
+    return max(len(broker.urls), 1) * READS_PER_CONNECT * broker.connect_timeout_seconds
+
+
 def open_connection(
     broker: BrokerConfig, state_dir: str, *, connection_name: str | None = None,
-    url: str | None = None,
+    url: str | None = None, on_blocked: Callable[[str], None] | None = None,
+    on_unblocked: Callable[[], None] | None = None,
 ) -> Connection:
-    """A not-yet-connected kombu Connection to `url` (default: the first broker URL)."""
+    """A not-yet-connected kombu Connection to `url` (default: the first broker URL).
+
+    Every socket read and write has a deadline: a frozen broker (accepts, never answers)
+    raises instead of hanging.  py-amqp blocks in a plain recv() whenever it waits for a
+    reply (channel open, declares, confirm_select, Close-Ok); `read_timeout` (py-amqp's
+    public option, SO_RCVTIMEO) ends each of those after connect_timeout_seconds.  Reads
+    the caller bounds itself (drain_events(timeout=...)) are unaffected.
+    on_blocked/on_unblocked: called by py-amqp on Connection.Blocked/Unblocked (an alarm)."""
     if broker.embedded:
         spool = spool_dir(state_dir)
         messages = os.path.join(spool, "messages")
@@ -93,7 +114,12 @@ def open_connection(
     url = url or broker.urls[0]
     # Confirms are requested and awaited by the publisher itself (pipelined, bounded);
     # the write timeout keeps a frozen broker from blocking a publish forever.
-    options: dict[str, object] = {"write_timeout": broker.confirm_timeout_seconds}
+    options: dict[str, object] = {"write_timeout": broker.confirm_timeout_seconds,
+                                  "read_timeout": broker.connect_timeout_seconds}
+    if on_blocked is not None:
+        options["on_blocked"] = on_blocked
+    if on_unblocked is not None:
+        options["on_unblocked"] = on_unblocked
     if connection_name:
         # Shown by `rabbitmqctl list_connections name client_properties` and the UI.
         options["client_properties"] = {"connection_name": connection_name}
@@ -127,10 +153,14 @@ class BrokerLink:
     """
 
     def __init__(self, broker: BrokerConfig, state_dir: str, *,
-                 connection_name: str | None = None) -> None:
+                 connection_name: str | None = None,
+                 on_blocked: Callable[[str], None] | None = None,
+                 on_unblocked: Callable[[], None] | None = None) -> None:
         self._broker = broker
         self._state_dir = state_dir
         self._connection_name = connection_name
+        self._on_blocked = on_blocked
+        self._on_unblocked = on_unblocked
         self._next = 0
         self.where = "embedded spool" if broker.embedded else ""  # masked URL now in use
 
@@ -141,11 +171,13 @@ class BrokerLink:
             index = (self._next + attempt) % len(urls)
             url = urls[index]
             connection = open_connection(self._broker, self._state_dir, url=url,
-                                         connection_name=self._connection_name)
+                                         connection_name=self._connection_name,
+                                         on_blocked=self._on_blocked,
+                                         on_unblocked=self._on_unblocked)
             try:
                 connect_once(connection)
             except Exception as exc:
-                _release_quietly(connection)
+                drop_connection(connection)
                 if attempt == len(urls) - 1:
                     self._next = (index + 1) % len(urls)
                     raise
@@ -159,11 +191,41 @@ class BrokerLink:
         raise AssertionError("unreachable: at least one URL is tried")
 
 
-def _release_quietly(connection: Connection) -> None:
+def drop_connection(connection: Connection) -> None:
+    """Abandon the connection at once: close its socket without the AMQP close handshake.
+
+    What a failed connection gets: a frozen or blocked broker never answers the Close, and
+    py-amqp's `close()` would wait for its Close-Ok.  kombu's `collect()` (public) closes
+    the transport and forgets the channels without sending anything."""
     try:
-        connection.release()
+        connection.collect()
     except Exception:
-        log.debug("ignored error while closing a failed broker connection", exc_info=True)
+        log.debug("ignored error while dropping a broker connection", exc_info=True)
+
+
+def close_connection(connection: Connection, *, within: float) -> None:
+    """Close politely (Close, then Close-Ok) if the broker answers within `within` seconds;
+    drop the socket either way.  A healthy broker answers at once and logs a clean close
+    instead of "client unexpectedly closed TCP connection"."""
+    try:
+        if connection.connected and within > 0:
+            _close_handshake(connection.connection, within)
+    except Exception:
+        log.debug("the broker did not complete the close; dropping the socket", exc_info=True)
+    drop_connection(connection)
+
+
+def _close_handshake(link: amqp.Connection, within: float) -> None:
+    """py-amqp's close() without its unbounded wait: send Connection.Close and read
+    (bounded) until Close-Ok, whose handler closes the transport (`connected` turns false).
+    Uses only public py-amqp methods (send_method, drain_events, connected)."""
+    deadline = time.monotonic() + within
+    link.send_method(amqp.spec.Connection.Close, "BsBB", (200, "closing", 0, 0))
+    while link.connected:
+        remaining = deadline - time.monotonic()
+        if remaining <= 0:
+            return
+        link.drain_events(timeout=remaining)
 
 
 def exchange_for(broker: BrokerConfig) -> Exchange:

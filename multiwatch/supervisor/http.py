@@ -3,7 +3,7 @@
 | path       | answers                                                                   |
 | ---------- | ------------------------------------------------------------------------- |
 | `/healthz` | 200 while the supervisor loop turns (last turn < 10 s ago), else 503       |
-| `/readyz`  | 200 when every instance is RUNNING with its broker connected, else 503     |
+| `/readyz`  | 200 when every instance is RUNNING, connected and publishing, else 503     |
 | `/status`  | the fleet view as JSON                                                     |
 | `/metrics` | Prometheus text exposition (see `multiwatch.supervisor.metrics`)           |
 | `/`        | a self-refreshing HTML page, one row per instance                          |
@@ -155,15 +155,17 @@ class _App:
 
 
 def not_ready_reason(entry: Mapping[str, Any]) -> str:
-    """Why an instance is not ready ("" when it is): not RUNNING, or its broker link is down."""
+    """Why an instance is not ready ("" when it is): not RUNNING, its broker link is down,
+    or its events cannot leave (an unroutable event held, a connection the broker blocked)."""
     state = entry.get("state")
     if state != "RUNNING":
         detail = entry.get("reason") or entry.get("last_exit")
         return f"state {state}" + (f": {detail}" if detail else "")
     heartbeat = _mapping(entry.get("heartbeat"))
     connected = heartbeat.get("broker_connected")
-    if connected is True:
-        return ""
+    if connected is True:  # connected, yet an event may be held (unroutable) or blocked
+        problem = heartbeat.get("problem")
+        return str(problem) if problem else ""
     if connected is None:
         return "no heartbeat with the broker link yet"
     last_error = heartbeat.get("last_error")

@@ -7,7 +7,8 @@
     STOPPING ──exit──> STOPPED  (asked to stop: shutdown, reload, memory limit)
 
 The child reports over a one-way pipe: "ready" once it watches, "heartbeat" from its work
-loop, "waiting" while an optional directory is absent.  A watched directory that is gone
+loop, "waiting" while an optional directory is absent, "exiting" with the reason just before
+it exits on its own (its publisher stopped working): /status shows that reason.  A watched directory that is gone
 is not a crash: it is retried at the capped backoff forever and never turns FATAL.
 """
 
@@ -59,6 +60,7 @@ class Child:
         self.snapshot: dict[str, Any] = {}
         self.last_exit = ""
         self.reason = ""  # why it is not RUNNING, for /status
+        self._exiting_because = ""  # the reason the child gave before exiting on its own
         self.next_start_at = 0.0
         self._backoff = settings.restart_backoff_seconds
         self._failures_before_ready = 0
@@ -91,6 +93,7 @@ class Child:
         self.started_at = self.last_heartbeat = now
         self.snapshot = {}
         self._term_sent_at = None
+        self._exiting_because = ""
         log.info("child started", extra={"instance_id": self.instance_id, "pid": process.pid,
                                          "restarts": self.restarts,
                                          "prestarted": taken is not None})
@@ -112,6 +115,8 @@ class Child:
                     self.reason = str(payload.get("reason", "waiting"))
                 elif kind == "heartbeat":
                     self.snapshot = payload
+                elif kind == "exiting":
+                    self._exiting_because = str(payload.get("reason", ""))
         except (EOFError, OSError):
             self.reader.close()
             self.reader = None
@@ -142,6 +147,8 @@ class Child:
             return True
         directory_gone = code == EXIT_DIRECTORY_GONE
         self.reason = "directory missing" if directory_gone else self.last_exit
+        if self._exiting_because:
+            self.reason = f"{self._exiting_because} ({self.last_exit})"
         if self.state is State.STARTING and not directory_gone:
             self._failures_before_ready += 1
         if self._failures_before_ready >= START_RETRIES:
@@ -205,7 +212,8 @@ class Child:
             "restarts": self.restarts,
             "uptime_seconds": round(now - self.started_at, 1) if alive else None,
             "last_exit": self.last_exit,
-            "reason": self.reason,
+            # Not RUNNING: why; RUNNING: what keeps its events from leaving, if anything.
+            "reason": self.reason or str(self.snapshot.get("problem") or ""),
             "directory": self.spec.instance.directory,
             "heartbeat_age_seconds": round(now - self.last_heartbeat, 1) if alive else None,
             "heartbeat": self.snapshot,

@@ -63,6 +63,15 @@ INSTANCE_METRICS: tuple[Spec, ...] = (
     Spec("multiwatch_publish_failures_total", "counter",
          "Publish attempts that failed (broker down, nack, confirm timeout); the events "
          "stay in the outbox and are retried.", _hb("publish_failures")),
+    Spec("multiwatch_events_unroutable_total", "counter",
+         "Publishes the broker returned as unroutable (no queue bound for the routing key); "
+         "the event is held at the head of the outbox and retried.", _hb("events_unroutable")),
+    Spec("multiwatch_events_nacked_total", "counter",
+         "Publishes the broker rejected (nack); the event is held and retried.",
+         _hb("events_nacked")),
+    Spec("multiwatch_publish_held", "gauge",
+         "1 while an unroutable or rejected event holds up the outbox, else 0.",
+         _hb("publish_held")),
     Spec("multiwatch_errors_total", "counter",
          "Problems the watcher logged at WARNING or above.", _hb("errors")),
     Spec("multiwatch_bytes_hashed_total", "counter",

@@ -54,6 +54,8 @@ DIRECTORY_RETRY_SECONDS = 2.0
 DEEP_TREE_RECURSION_LIMIT = 20_000
 THREAD_STACK_BYTES = 64 * 1024 * 1024
 _PR_SET_PDEATHSIG = 1
+# The publisher thread died or missed its own deadline (the reason went up the pipe first).
+EXIT_PUBLISHER_FAILED = 4
 
 
 def child_main(spec: ChildSpec, to_parent: Connection) -> None:
@@ -64,7 +66,7 @@ def child_main(spec: ChildSpec, to_parent: Connection) -> None:
     sys.setrecursionlimit(DEEP_TREE_RECURSION_LIMIT)
     threading.stack_size(THREAD_STACK_BYTES)
     stop = _Stop()
-    signal.signal(signal.SIGTERM, lambda _signum, _frame: stop.set())
+    signal.signal(signal.SIGTERM, stop.handle_sigterm)
     signal.signal(signal.SIGINT, signal.SIG_IGN)  # Ctrl-C reaches the whole group: the parent leads
     _die_with_parent(spec.parent_pid)
     try:
@@ -85,7 +87,7 @@ def _run(spec: ChildSpec, to_parent: Connection, stop: _Stop) -> int:
     problems = ProblemCounter()
     logging.getLogger().addHandler(problems)
     if not _wait_for_directory(instance, parent, stop):
-        return 0 if stop.is_set() or not parent.alive() else EXIT_DIRECTORY_GONE
+        return 0 if stop.requested or not parent.alive() else EXIT_DIRECTORY_GONE
 
     db_path = state_db_path(spec.state_dir, instance.id)
     store = StateStore(db_path)
@@ -116,7 +118,7 @@ def _run(spec: ChildSpec, to_parent: Connection, stop: _Stop) -> int:
     parent.send("ready", {"pid": os.getpid()})
     exit_code = 0
     next_scan = _next_scan(instance)
-    while not stop.is_set():
+    while not stop.requested:
         pipeline.step(_wait_budget(pipeline, gauge, publisher, heartbeat, next_scan))
         now = time.monotonic()
         heartbeat.maybe_send()
@@ -131,6 +133,15 @@ def _run(spec: ChildSpec, to_parent: Connection, stop: _Stop) -> int:
             log.error("watched directory disappeared", extra={"path": instance.directory})
             exit_code = EXIT_DIRECTORY_GONE
             break
+        publisher_problem = publisher.failure(now)
+        if publisher_problem:
+            # The supervisor's hang detector sees only this loop: say why, and exit so it
+            # restarts the watcher (the outbox keeps every event).
+            log.error("the publisher stopped working; exiting so the watcher is restarted",
+                      extra={"reason": publisher_problem, "outbox_depth": gauge.depth})
+            parent.send("exiting", {"reason": publisher_problem})
+            exit_code = EXIT_PUBLISHER_FAILED
+            break
         if not _observer_alive(observer):
             log.error("filesystem observer died; restarting it and rescanning",
                       extra={"path": instance.directory})
@@ -138,15 +149,22 @@ def _run(spec: ChildSpec, to_parent: Connection, stop: _Stop) -> int:
             observer = _observe(instance, pipeline)
             pipeline.request_scan(watch=directory_watcher(observer))
 
+    # Everything below ends before the supervisor's SIGKILL (stop_timeout_seconds away).
+    stopping_at = time.monotonic()
     observer.stop()
     if pipeline.files_waiting:
         log.info("stopping with files still settling; the next start's scan announces them",
                  extra={"files_waiting": pipeline.files_waiting})
     pipeline.close()
     # Leave a margin before the supervisor's SIGKILL to flush what the broker has not confirmed.
-    publisher.stop(deadline=time.monotonic() + max(spec.stop_timeout_seconds - 1.5, 0.5))
-    publisher.join()
-    observer.join(timeout=2)
+    flush_until = stopping_at + max(spec.stop_timeout_seconds - 1.5, 0.5)
+    publisher.stop(deadline=flush_until)
+    publisher.join(timeout=max(flush_until + 0.25 - time.monotonic(), 0.0))
+    if publisher.is_alive():  # stuck in a bounded wait longer than the time left: leave it
+        log.error("the publisher did not stop in time; exiting without it (the outbox keeps "
+                  "its events)", extra={"doing": publisher.progress.doing})
+    observer.join(timeout=max(stopping_at + spec.stop_timeout_seconds - 0.5 - time.monotonic(),
+                              0.1))
     store.close()
     log.info("stopped", extra={"events": dict(pipeline.counts), "outbox_depth": gauge.depth})
     return exit_code
@@ -213,7 +231,7 @@ def _activity(pipeline: Pipeline, publisher: Publisher, gauge: OutboxGauge,
     stats = publisher.stats
     return (sum(pipeline.counts.values()), pipeline.files_hashed, pipeline.files_waiting,
             gauge.depth, gauge.full, problems.count, stats.connected, stats.published,
-            stats.failures)
+            stats.failures, stats.unroutable, stats.nacked, stats.problem)
 
 
 def _snapshot(pipeline: Pipeline, publisher: Publisher, gauge: OutboxGauge,
@@ -233,6 +251,10 @@ def _snapshot(pipeline: Pipeline, publisher: Publisher, gauge: OutboxGauge,
         "published": publisher.stats.published,
         "publish_failures": publisher.stats.failures,
         "last_error": publisher.stats.last_error,
+        "events_unroutable": publisher.stats.unroutable,
+        "events_nacked": publisher.stats.nacked,
+        "publish_held": bool(publisher.stats.held),
+        "problem": publisher.stats.problem,
     }
 
 
@@ -255,15 +277,37 @@ def _wait_for_directory(instance: InstanceConfig, parent: _ParentLink, stop: _St
     return False
 
 
-class _Stop(threading.Event):
-    """Set by the SIGTERM handler, which also wakes the work loop out of its wait."""
+class _Stop:
+    """Set by the SIGTERM handler, which also wakes the work loop out of its wait.
 
-    wake_up: queue.SimpleQueue[RawEvent] | None = None
+    The handler only sets a flag and puts on SimpleQueues (whose put is safe inside a
+    signal handler): a threading.Event's set() takes the lock a wait() in progress on the
+    same thread may hold, and can deadlock."""
+
+    def __init__(self) -> None:
+        self.requested = False
+        self.wake_up: queue.SimpleQueue[RawEvent] | None = None
+        self._own: queue.SimpleQueue[RawEvent] = queue.SimpleQueue()
+
+    def handle_sigterm(self, _signum: int, _frame: object) -> None:
+        self.set()
 
     def set(self) -> None:
-        super().set()
-        if self.wake_up is not None:
-            self.wake_up.put(WAKE_UP)  # SimpleQueue.put is safe inside a signal handler
+        self.requested = True
+        self._own.put(WAKE_UP)
+        wake_up = self.wake_up
+        if wake_up is not None:
+            wake_up.put(WAKE_UP)
+
+    def is_set(self) -> bool:
+        return self.requested
+
+    def wait(self, timeout: float) -> bool:
+        """Sleep until stop is requested or `timeout` passes; True if it was requested."""
+        if not self.requested:
+            with contextlib.suppress(queue.Empty):
+                self._own.get(timeout=timeout)
+        return self.requested
 
 
 class _Heartbeat:

@@ -1,12 +1,21 @@
 """The publisher thread: the only thread that touches the broker connection.
 
 It publishes the durable outbox in order, in batches with pipelined publisher confirms:
-a batch is written, then confirms are awaited (bounded by confirm_timeout), then the
-confirmed prefix of the batch is deleted from the outbox.  Anything unconfirmed, nacked
-or returned as unroutable stays and is published again after a reconnect with capped
-exponential backoff and full jitter — at-least-once, with message ids that let
-consumers drop the duplicates.  While idle the thread services AMQP heartbeats itself
-(a publish-only connection is otherwise closed by the broker).
+a batch is written (always `mandatory`), then confirms are awaited (bounded by
+confirm_timeout), then what the broker confirmed and routed is deleted from the outbox.
+
+- No confirm (a dead, frozen or blocked broker): the connection is dropped without a
+  polite close and the next URL is tried after capped exponential backoff with full
+  jitter; the unconfirmed events are published again (at-least-once, with message ids
+  that let consumers drop the duplicates).
+- Returned (unroutable) or nacked: the connection is fine, so it is kept.  The event is
+  held at the head of the outbox and published alone, with backoff, until the broker
+  routes it; the events behind it wait (no duplicates, no reordering).  A log line at
+  most once a minute, a counter and the heartbeat's `problem` make it visible.
+
+Every wait has a deadline, and before each the thread records when it expects to be back
+(`progress`): the watcher's main loop restarts the watcher if the thread dies or misses
+that deadline.  While idle the thread services AMQP heartbeats itself.
 """
 
 from __future__ import annotations
@@ -17,97 +26,65 @@ import random
 import sqlite3
 import threading
 import time
-from collections.abc import Iterator
 from dataclasses import dataclass
 
-import amqp
 from kombu import Connection, Producer
 
-from multiwatch.broker import BrokerLink, exchange_for, queue_for
+from multiwatch.broker import (
+    BrokerLink,
+    close_connection,
+    connect_budget,
+    drop_connection,
+    exchange_for,
+    queue_for,
+)
 from multiwatch.config import BrokerConfig
+from multiwatch.watcher.amqp_io import (
+    heartbeat_service_interval,
+    publish_frames,
+    read_pending_frames,
+    service_heartbeat,
+)
+from multiwatch.watcher.confirms import UNROUTABLE, Confirms, judge, runs
 from multiwatch.watcher.message import Event
 from multiwatch.watcher.outbox import OutboxGauge
-from multiwatch.watcher.state import DurableOutbox
+from multiwatch.watcher.publisher_health import Progress, PublisherStats
+from multiwatch.watcher.state import BUSY_TIMEOUT_SECONDS, DurableOutbox
 from multiwatch.watcher.stats import LatencyHistogram
 
 log = logging.getLogger(__name__)
 
 FIRST_RETRY_SECONDS = 0.5
-# New outbox rows and stop() wake the publisher at once; otherwise it wakes only to
-# service AMQP heartbeats: a quarter of the negotiated interval (py-amqp sends one after
-# half of it), at most every IDLE_SERVICE_MAX_SECONDS so a connection the broker dropped
-# while idle is noticed (and reported) within seconds.
-IDLE_SERVICE_MAX_SECONDS = 5.0
 BATCH_SIZE = 256
+HELD_LOG_EVERY_SECONDS = 60.0
+# Channel open, exchange and queue declare, confirm_select: one reply each.
+SETUP_READS = 4
+# A polite close waits this long for Close-Ok (a healthy broker answers at once).
+CLOSE_WAIT_SECONDS = 2.0
+# While waiting for confirms, look at a stop request at least this often.
+STOP_POLL_SECONDS = 0.25
+HOW_TO_FIX = ("bind a queue to the exchange for this routing key, or give the exchange an "
+              "alternate exchange (a policy) that takes unroutable messages")
+
+# Kept for callers and tests that knew the bookkeeping under its old name.
+_Confirms = Confirms
 
 
 class PublishFailed(Exception):
     """Part of a batch was not confirmed; it stays in the outbox."""
 
-    def __init__(self, problem: str, *, unroutable: bool = False) -> None:
-        super().__init__(problem)
-        self.unroutable = unroutable
-
 
 @dataclass
-class PublisherStats:
-    """Read by the pipeline for heartbeats; written only by the publisher thread."""
+class _Held:
+    """The head event the broker returned or nacked: published alone, with backoff."""
 
-    connected: bool = False
-    published: int = 0
-    failures: int = 0
-    last_error: str = ""
-
-
-class _Confirms:
-    """Publisher-confirm bookkeeping for one channel (delivery tags count from 1).
-
-    Tags settle mostly in order and often many at once (multiple=True), so everything up
-    to a watermark is settled and only out-of-order settlements are kept in a set: an ack
-    costs O(tags it settles), not O(tags in flight)."""
-
-    def __init__(self) -> None:
-        self.sent = 0
-        self._settled_through = 0
-        self._settled_above: set[int] = set()  # settled singly, above the watermark
-        self.nacked: set[int] = set()
-        self.returned: dict[str, str] = {}  # message_id → reason
-
-    def publish(self) -> int:
-        self.sent += 1
-        return self.sent
-
-    @property
-    def waiting(self) -> bool:
-        return self._settled_through < self.sent
-
-    def is_pending(self, tag: int) -> bool:
-        return tag > self._settled_through and tag not in self._settled_above
-
-    def on_ack(self, delivery_tag: int, multiple: bool) -> None:
-        self._settle(delivery_tag, multiple)
-
-    def on_nack(self, delivery_tag: int, multiple: bool) -> None:
-        low = self._settled_through if multiple else delivery_tag - 1
-        self.nacked.update(t for t in range(low + 1, delivery_tag + 1) if self.is_pending(t))
-        self._settle(delivery_tag, multiple)
-
-    def on_return(self, exc: Exception, exchange: str, routing_key: str, message: object) -> None:
-        properties = getattr(message, "properties", {}) or {}
-        self.returned[str(properties.get("message_id"))] = (
-            f"unroutable: no queue is bound to exchange {exchange!r} for routing key "
-            f"{routing_key!r} ({exc})")
-
-    def _settle(self, delivery_tag: int, multiple: bool) -> None:
-        if multiple:
-            self._settled_through = max(self._settled_through, delivery_tag)
-        elif delivery_tag > self._settled_through:
-            self._settled_above.add(delivery_tag)
-        while self._settled_through + 1 in self._settled_above:
-            self._settled_through += 1
-            self._settled_above.discard(self._settled_through)
-        if self._settled_above and min(self._settled_above) <= self._settled_through:
-            self._settled_above = {t for t in self._settled_above if t > self._settled_through}
+    event: Event
+    reason: str
+    since: float
+    retry_at: float
+    delay: float = FIRST_RETRY_SECONDS
+    attempts: int = 1
+    logged_at: float = -float("inf")
 
 
 class Publisher(threading.Thread):
@@ -123,8 +100,10 @@ class Publisher(threading.Thread):
         self._gauge = gauge
         self._stop_deadline: float | None = None
         self._wake = threading.Event()
+        self._held: _Held | None = None
         self.stats = PublisherStats()
         self.latency = LatencyHistogram()
+        self.progress = Progress()
 
     def stop(self, deadline: float) -> None:
         """Finish publishing the outbox, or give up at time.monotonic() deadline."""
@@ -132,57 +111,111 @@ class Publisher(threading.Thread):
         self._wake.set()
         self._gauge.new_events.set()
 
+    def failure(self, now: float) -> str:
+        """Why this publisher no longer works ("" while it does): its thread ended, or it
+        missed the deadline it set itself for its current wait."""
+        if self._stop_deadline is not None or self.ident is None:
+            return ""
+        if not self.is_alive():
+            return f"publisher thread ended: {self.stats.fatal or 'no reason recorded'}"
+        return self.progress.stuck(now)
+
     def _stopping_now(self) -> bool:
         deadline = self._stop_deadline
         if deadline is None:
             return False
-        return time.monotonic() >= deadline or self._gauge.depth == 0
+        # A held event will not go through in the seconds left: stop at once.
+        return time.monotonic() >= deadline or self._gauge.depth == 0 or self._held is not None
+
+    # ---------------------------------------------------------------- the thread
 
     def run(self) -> None:
-        outbox = DurableOutbox(self._db_path)
+        try:
+            outbox = DurableOutbox(self._db_path)
+        except Exception as exc:  # noqa: BLE001 - reported through failure(): the watcher restarts
+            self._died("cannot open the outbox in the state database", exc)
+            return
         try:
             self._run(outbox)
+        except Exception as exc:  # noqa: BLE001 - as above
+            self._died("publisher crashed", exc)
         finally:
-            outbox.close()
-        if self._gauge.depth:
+            with contextlib.suppress(sqlite3.Error):
+                outbox.close()
+        if self._gauge.depth and not self.stats.fatal:
             log.warning("stopped with events still unconfirmed; they are kept in the outbox "
                         "and sent after the next start", extra={"outbox_depth": self._gauge.depth})
 
+    def _died(self, what: str, exc: Exception) -> None:
+        self.stats.connected = False
+        self.stats.fatal = f"{what}: {type(exc).__name__}: {exc}"
+        log.error("%s; the watcher restarts", what, exc_info=True,
+                  extra={"error": self.stats.fatal, "outbox_depth": self._gauge.depth})
+
     def _run(self, outbox: DurableOutbox) -> None:
         retry_delay = FIRST_RETRY_SECONDS
-        link = BrokerLink(self._broker, self._state_dir, connection_name=self._connection_name)
+        link = BrokerLink(self._broker, self._state_dir, connection_name=self._connection_name,
+                          on_blocked=self._on_blocked, on_unblocked=self._on_unblocked)
         while not self._stopping_now():
             connection: Connection | None = None
+            failure: Exception | None = None
+            self.progress.expect(connect_budget(self._broker), "connecting to the broker")
             try:
                 connection = link.connect()  # each URL once, in turn (cluster failover)
                 self._serve(connection, outbox, link.where)
-                retry_delay = FIRST_RETRY_SECONDS
             except Exception as exc:  # noqa: BLE001 - any broker or socket failure: back off, retry
-                self.stats.connected = False
-                self.stats.failures += 1
-                self.stats.last_error = f"{type(exc).__name__}: {exc}"
-                delay = random.uniform(0, retry_delay)
-                message = _failure_message(exc)
-                log.warning(message, extra={
-                    "error": self.stats.last_error, "retry_in_seconds": round(delay, 2),
-                    "outbox_depth": self._gauge.depth})
-                retry_delay = min(retry_delay * 2, self._broker.reconnect_max_seconds)
-                self._wake.wait(delay)
-            finally:
-                self.stats.connected = False
-                if connection is not None:
-                    _close_quietly(connection)
+                failure = exc
+            self.stats.connected = False
+            self.stats.blocked = ""
+            if connection is not None:
+                self._close(connection, polite=failure is None)
+            if failure is None:
+                retry_delay = FIRST_RETRY_SECONDS
+                continue
+            self.stats.failures += 1
+            self.stats.last_error = f"{type(failure).__name__}: {failure}"
+            delay = random.uniform(0, retry_delay)
+            log.warning(_failure_message(failure), extra={
+                "error": self.stats.last_error, "retry_in_seconds": round(delay, 2),
+                "outbox_depth": self._gauge.depth})
+            retry_delay = min(retry_delay * 2, self._broker.reconnect_max_seconds)
+            self.progress.expect(delay, "waiting to reconnect")
+            self._wake.wait(delay)
+
+    def _close(self, connection: Connection, *, polite: bool) -> None:
+        """A healthy connection is closed politely (bounded); a failed one is dropped."""
+        self.progress.expect(CLOSE_WAIT_SECONDS, "closing the broker connection")
+        if self._broker.embedded:
+            with contextlib.suppress(Exception):
+                connection.release()  # the filesystem spool: nothing to wait for
+        elif polite:
+            close_connection(connection, within=CLOSE_WAIT_SECONDS)
+        else:
+            drop_connection(connection)
+
+    def _on_blocked(self, reason: str) -> None:
+        self.stats.blocked = reason or "resource alarm"
+        log.warning("the broker blocked the connection (a memory or disk alarm); publishing "
+                    "waits until it lifts", extra={"reason": self.stats.blocked})
+
+    def _on_unblocked(self) -> None:
+        self.stats.blocked = ""
+        log.info("the broker unblocked the connection")
+
+    # ---------------------------------------------------------------- one connection
 
     def _serve(self, connection: Connection, outbox: DurableOutbox, where: str) -> None:
+        self.progress.expect(SETUP_READS * self._broker.connect_timeout_seconds,
+                             "opening a channel and declaring the exchange")
         channel = connection.channel()
         exchange = exchange_for(self._broker)(channel)
         exchange.declare()
         queue = queue_for(self._broker)
         if queue is not None:
             queue(channel).declare()
-        confirms = _Confirms()
-        confirming = not self._broker.embedded
-        if confirming:
+        confirms: Confirms | None = None
+        if not self._broker.embedded:
+            confirms = Confirms()
             channel.confirm_select()
             channel.events["basic_ack"].add(confirms.on_ack)
             channel.events["basic_nack"].add(confirms.on_nack)
@@ -192,159 +225,142 @@ class Publisher(threading.Thread):
         log.info("connected to broker", extra={
             "broker": "embedded" if self._broker.embedded else where,
             "connection_name": self._connection_name, "outbox_depth": self._gauge.depth})
-        service_every = _heartbeat_service_interval(connection)
+        service_every = heartbeat_service_interval(connection)
         next_service = 0.0
         while not self._stopping_now():
             now = time.monotonic()
-            if confirming and now >= next_service:
-                _service_heartbeat(connection)
+            if confirms is not None and now >= next_service:
+                self.progress.expect(self._broker.confirm_timeout_seconds, "servicing heartbeats")
+                service_heartbeat(connection)
                 next_service = now + service_every
+            wake_at = next_service if confirms is not None else now + service_every
+            held = self._held
+            if held is not None and now < held.retry_at:
+                self._log_held(held, now)
+                self._wait(self._wake, min(held.retry_at, wake_at) - now, "holding an event")
+                continue
             # The gauge counts committed rows: an empty outbox needs no query.
-            batch = outbox.peek(BATCH_SIZE) if self._gauge.depth else []
+            batch = outbox.peek(1 if held else BATCH_SIZE) if self._gauge.depth else []
             if not batch:
-                self._gauge.new_events.wait(max(0.0, next_service - time.monotonic())
-                                            if confirming else service_every)
+                self._wait(self._gauge.new_events, wake_at - now, "waiting for events")
                 self._gauge.new_events.clear()
                 continue
-            self._publish_batch(connection, producer, confirms if confirming else None,
-                                batch, outbox)
+            # Writing and confirms are bounded by confirm_timeout each; the outbox delete
+            # by sqlite's busy timeout.
+            self.progress.expect(2 * self._broker.confirm_timeout_seconds + BUSY_TIMEOUT_SECONDS,
+                                 "publishing")
+            if confirms is None:
+                self._publish_spooled(producer, batch, outbox)
+            else:
+                self._publish_batch(connection, producer, confirms, batch, outbox)
 
-    def _publish_batch(self, connection: Connection, producer: Producer,
-                       confirms: _Confirms | None, batch: list[tuple[int, Event]],
-                       outbox: DurableOutbox) -> None:
-        tags = []
-        # Without our own queue nobody may be bound: have the broker return the message
-        # instead of dropping it, and keep it in the outbox.
-        mandatory = self._broker.queue is None
-        if confirms is not None:
-            confirms.returned.clear()  # returns arrive before the acks of their own batch
-            # A real AMQP channel (py-amqp under kombu): publish on it directly.  kombu's
-            # Producer.publish adds nothing these ready-made bytes need, and cost about a
-            # third of the publisher thread per message.  py-amqp's basic_publish also
-            # polls the socket before every message (a recv that times out, and two
-            # settimeout calls), to notice a Connection.Blocked from the broker: a quarter
-            # to a third of this thread's CPU in a burst.  It is done once per batch here, and
-            # the messages are sent as basic_publish sends them (Basic.Publish + content).
-            channel = producer.channel
-            exchange = self._broker.exchange
-            _read_pending_frames(connection)
-            with _coalesced_writes(connection):
-                for _seq, event in batch:
-                    channel.send_method(
-                        amqp.spec.Basic.Publish, "Bssbb",
-                        (0, exchange, event.routing_key, mandatory, False),
-                        amqp.Message(event.body, content_type="application/json",
-                                     content_encoding="utf-8", delivery_mode=2,
-                                     message_id=event.message_id,
-                                     correlation_id=event.correlation_id,
-                                     application_headers=event.headers))
-                    tags.append(confirms.publish())
-            self._await_confirms(connection, confirms)
-        else:  # the embedded spool (kombu's filesystem transport): no confirms
-            for _seq, event in batch:
-                producer.publish(
-                    event.body, routing_key=event.routing_key, content_type="application/json",
-                    content_encoding="utf-8", delivery_mode=2, message_id=event.message_id,
-                    correlation_id=event.correlation_id, headers=event.headers,
-                    mandatory=mandatory,
-                    retry=False,  # retries go through our loop, so the outbox stays the truth
-                )
-                tags.append(0)
-        confirmed: list[tuple[int, Event]] = []
-        problem, unroutable = "", False
-        for tag, (seq, event) in zip(tags, batch, strict=True):
-            if confirms is not None:
-                unroutable = event.message_id in confirms.returned
-                problem = (confirms.returned.pop(event.message_id, "")
-                           or ("broker rejected (nack)" if tag in confirms.nacked else "")
-                           or (f"no confirm within {self._broker.confirm_timeout_seconds}s"
-                               if confirms.is_pending(tag) else ""))
-            if problem:
-                break
-            confirmed.append((seq, event))
-        outbox.ack([seq for seq, _ in confirmed])
-        self._gauge.removed(len(confirmed), sum(len(e.body) for _, e in confirmed))
-        self.stats.published += len(confirmed)
-        confirmed_at = time.monotonic()
-        for _, event in confirmed:
-            noticed = self._gauge.noticed_at.pop(event.message_id, None)
-            if noticed is not None:
-                self.latency.observe(confirmed_at - noticed)
-        if problem:
-            raise PublishFailed(problem, unroutable=unroutable)
+    def _wait(self, event: threading.Event, seconds: float, doing: str) -> None:
+        seconds = max(0.0, seconds)
+        self.progress.expect(seconds, doing)
+        event.wait(seconds)
 
-    def _await_confirms(self, connection: Connection, confirms: _Confirms) -> None:
+    def _publish_spooled(self, producer: Producer, batch: list[tuple[int, Event]],
+                         outbox: DurableOutbox) -> None:
+        """The embedded spool (kombu's filesystem transport): no confirms, always a queue."""
+        for _seq, event in batch:
+            producer.publish(
+                event.body, routing_key=event.routing_key, content_type="application/json",
+                content_encoding="utf-8", delivery_mode=2, message_id=event.message_id,
+                correlation_id=event.correlation_id, headers=event.headers, mandatory=True,
+                retry=False,  # retries go through our loop, so the outbox stays the truth
+            )
+        self._remove_delivered(outbox, batch, list(range(len(batch))))
+
+    def _publish_batch(self, connection: Connection, producer: Producer, confirms: Confirms,
+                       batch: list[tuple[int, Event]], outbox: DurableOutbox) -> None:
+        events = [event for _seq, event in batch]
+        read_pending_frames(connection)  # acks, a Connection.Blocked, a close
+        confirms.returned.clear()  # returns arrive before the acks of their own batch
+        publish_frames(connection, producer.channel, self._broker.exchange, events)
+        tags = [confirms.publish() for _ in events]
+        self._await_confirms(connection, confirms)
+        outcomes = [confirms.outcome(tag, e.message_id) for tag, e in zip(tags, events,
+                                                                           strict=True)]
+        verdict = judge(outcomes)
+        self.stats.unroutable += outcomes.count(UNROUTABLE)
+        self.stats.nacked += outcomes.count("nacked")
+        self._remove_delivered(outbox, batch, verdict.delivered)
+        now = time.monotonic()
+        if verdict.held is not None:
+            event = events[verdict.held]
+            reason = confirms.returned.get(event.message_id) or "rejected by the broker (nack)"
+            self._hold(event, reason, now)
+        elif self._held is not None and 0 in verdict.delivered:
+            log.info("the held event was delivered; publishing resumes", extra={
+                "message_id": self._held.event.message_id,
+                "routing_key": self._held.event.routing_key,
+                "held_seconds": round(now - self._held.since, 1)})
+            self._held = None
+            self.stats.held = ""
+        if verdict.timed_out:
+            blocked = self.stats.blocked
+            raise PublishFailed(
+                f"no confirm within {self._broker.confirm_timeout_seconds}s"
+                + (f" (the broker blocked the connection: {blocked})" if blocked else ""))
+
+    def _await_confirms(self, connection: Connection, confirms: Confirms) -> None:
+        """Read acks until every publish is settled, confirm_timeout passes or stop's
+        deadline does (checked every STOP_POLL_SECONDS)."""
         deadline = time.monotonic() + self._broker.confirm_timeout_seconds
         while confirms.waiting:
-            remaining = deadline - time.monotonic()
+            until = min(deadline, self._stop_deadline or deadline)
+            remaining = until - time.monotonic()
             if remaining <= 0:
                 return
             try:
-                connection.drain_events(timeout=remaining)
+                connection.drain_events(timeout=min(remaining, STOP_POLL_SECONDS))
             except TimeoutError:
-                return
+                pass
 
+    def _remove_delivered(self, outbox: DurableOutbox, batch: list[tuple[int, Event]],
+                positions: list[int]) -> None:
+        """Delete what left for good: one range per run of consecutive rows."""
+        for run in runs(positions):
+            outbox.ack([batch[p][0] for p in run])
+        delivered = [batch[p][1] for p in positions]
+        self._gauge.removed(len(delivered), sum(len(e.body) for e in delivered))
+        self.stats.published += len(delivered)
+        confirmed_at = time.monotonic()
+        for event in delivered:
+            noticed = self._gauge.noticed_at.pop(event.message_id, None)
+            if noticed is not None:
+                self.latency.observe(confirmed_at - noticed)
 
-@contextlib.contextmanager
-def _coalesced_writes(connection: Connection) -> Iterator[None]:
-    """Send the frames of a whole batch with one socket write instead of one per message.
-
-    py-amqp writes every frame straight to the socket (`transport._write`, the socket's
-    sendall); on loopback each of those calls also runs the receiving side's TCP work, so
-    in a burst they were the publisher's largest cost.  The frames are collected (copied:
-    py-amqp reuses its frame buffer) and written at once when the batch is complete.  If
-    the transport does not look as expected, frames go out one by one as before."""
-    transport = getattr(connection.connection, "transport", None)
-    send = getattr(transport, "_write", None)
-    if transport is None or send is None:
-        yield
-        return
-    frames: list[bytes] = []
-    own = vars(transport).get("_write")  # TCP: the socket's sendall; TLS: none (a method)
-    transport._write = lambda data: frames.append(bytes(data))
-    try:
-        yield
-    finally:
-        if own is None:
-            del transport._write
+    def _hold(self, event: Event, reason: str, now: float) -> None:
+        """Keep `event` at the head and publish it alone, with capped backoff."""
+        held = self._held
+        if held is None or held.event.message_id != event.message_id:
+            held = self._held = _Held(event, reason, since=now, retry_at=now)
         else:
-            transport._write = own
-    send(b"".join(frames))  # not reached if publishing failed: the connection is dropped
+            held.attempts += 1
+            held.reason = reason
+            held.delay = min(held.delay * 2, self._broker.reconnect_max_seconds)
+        held.retry_at = now + held.delay
+        self.stats.held = (f"event {event.message_id} (routing key {event.routing_key!r}) "
+                           f"is {reason}")
+        self._log_held(held, now)
+
+    def _log_held(self, held: _Held, now: float) -> None:
+        """At most one line a minute while an event is held."""
+        if now - held.logged_at < HELD_LOG_EVERY_SECONDS:
+            return
+        held.logged_at = now
+        what = ("event unroutable: no queue is bound for its routing key"
+                if held.reason.startswith("unroutable") else "event rejected by the broker")
+        log.warning("%s; it and the events behind it wait in the outbox (to fix: %s)",
+                    what, HOW_TO_FIX, extra={
+                        "error": held.reason, "routing_key": held.event.routing_key,
+                        "message_id": held.event.message_id, "attempts": held.attempts,
+                        "held_seconds": round(now - held.since, 1),
+                        "outbox_depth": self._gauge.depth})
 
 
 def _failure_message(exc: Exception) -> str:
-    if getattr(exc, "unroutable", False):
-        return ("events unroutable: no queue is bound to the exchange; keeping them in the "
-                "outbox and retrying")
     if isinstance(exc, sqlite3.Error):
         return "cannot update the outbox in the state database, retrying"
     return "broker unavailable, retrying"
-
-
-def _heartbeat_service_interval(connection: Connection) -> float:
-    """How often an idle publisher services the connection (seconds)."""
-    negotiated = getattr(connection.connection, "heartbeat", 0) or 0
-    if negotiated > 0:
-        return max(0.5, min(IDLE_SERVICE_MAX_SECONDS, negotiated / 4))
-    return IDLE_SERVICE_MAX_SECONDS
-
-
-def _read_pending_frames(connection: Connection) -> None:
-    """Handle what the broker sent (acks, Connection.Blocked, a close) without blocking."""
-    try:
-        connection.drain_events(timeout=0)
-    except TimeoutError:
-        pass
-
-
-def _service_heartbeat(connection: Connection) -> None:
-    """Read pending frames and send/check heartbeats without blocking."""
-    _read_pending_frames(connection)
-    connection.heartbeat_check()
-
-
-def _close_quietly(connection: Connection) -> None:
-    try:
-        connection.release()
-    except Exception:
-        log.debug("ignored error while closing the broker connection", exc_info=True)

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from multiwatch.watcher.publisher import _Confirms
+from multiwatch.watcher.confirms import Confirms as _Confirms
 
 
 def _sent(count: int) -> _Confirms:

@@ -1,0 +1,207 @@
+"""A frozen broker node (accepts TCP, never reads: a SIGSTOPped or paused node) and a blocked
+one (a memory alarm): no wait without a deadline, failover to the next URL within
+confirm_timeout + connect_timeout, and SIGTERM still stops the watcher within
+stop_timeout_seconds, by itself (not SIGKILLed by the supervisor).
+"""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+from urllib.parse import urlsplit
+
+import pytest
+from kombu import Connection
+
+from multiwatch.broker import close_connection, connect_once, open_connection
+from multiwatch.config import BrokerConfig
+from tests.support.consumer import collect, wait_for
+from tests.support.faults import FAST_BROKER, durable_roster, is_message, memory_alarm
+from tests.support.frozen import FreezableProxy, url_via
+from tests.support.hostile import figure
+from tests.support.process import LogLine, Multiwatch
+from tests.support.rabbitmq import RabbitMQ
+
+QUEUE = "file_events"
+CONNECT = FAST_BROKER["connect_timeout_seconds"]
+CONFIRM = FAST_BROKER["confirm_timeout_seconds"]
+STOP_TIMEOUT = 5  # durable_roster's supervisor.stop_timeout_seconds
+MARGIN = 3.0
+KILLED = "child did not stop in time; killing it"
+
+
+@pytest.fixture
+def inbox(tmp_path: Path) -> Path:
+    directory = tmp_path / "inbox"
+    directory.mkdir()
+    return directory
+
+
+@pytest.fixture
+def proxy(broker_url: str) -> Iterator[FreezableProxy]:
+    parts = urlsplit(broker_url)
+    node = FreezableProxy((parts.hostname or "127.0.0.1", parts.port or 5672))
+    try:
+        yield node
+    finally:
+        node.close()
+
+
+@pytest.fixture
+def frozen_node() -> Iterator[FreezableProxy]:
+    node = FreezableProxy.listening_only()
+    try:
+        yield node
+    finally:
+        node.close()
+
+
+def _start(tmp_path: Path, inbox: Path, urls: list[str], **broker: Any) -> Multiwatch:
+    roster = durable_roster(tmp_path, urls[0], [{"id": "inbox", "directory": str(inbox)}],
+                            broker={"url": urls, **broker})
+    mw = Multiwatch(["-c", str(roster)])
+    try:
+        mw.wait_watching("inbox")
+    except BaseException:
+        mw.cleanup()
+        raise
+    return mw
+
+
+def _connected(mw: Multiwatch, after: int = 0, timeout: float = 30) -> LogLine:
+    return mw.wait_for_log(lambda line: is_message(line, "connected to broker", "inbox"),
+                           after=after, timeout=timeout)
+
+
+def _arrives(url: str, name: str, timeout: float) -> float:
+    """Seconds until a message about `name` is consumed from the real node."""
+    began = time.monotonic()
+    got = collect(url, QUEUE, timeout=timeout,
+                  until=lambda ms: any(m.body["file_info"]["name"] == name for m in ms))
+    assert name in {m.body["file_info"]["name"] for m in got}, f"{name} never arrived"
+    return time.monotonic() - began
+
+
+def _stops_by_itself(mw: Multiwatch) -> float:
+    """SIGTERM the supervisor; seconds until it exited, having killed no watcher."""
+    mark = len(mw.lines)
+    began = time.monotonic()
+    assert mw.terminate(timeout=STOP_TIMEOUT + 10) == 0
+    took = time.monotonic() - began
+    killed = [line for line in mw.lines[mark:] if line.get("message") == KILLED]
+    assert not killed, f"the supervisor had to SIGKILL the watcher: {killed}"
+    assert any(is_message(line, "stopped", "inbox") for line in mw.lines[mark:]), mw.raw[-10:]
+    return took
+
+
+def test_a_frozen_node_first_in_the_list_is_skipped_for_the_next(
+        tmp_path: Path, inbox: Path, broker_url: str, frozen_node: FreezableProxy) -> None:
+    """A node that accepts and never reads, listed before the real one (default 10 s connect
+    timeout): SIGTERM during the hopeless handshake stops the watcher in time, and after a
+    restart the event arrives via the real node within connect + confirm timeouts."""
+    connect = 10.0
+    urls = [url_via(broker_url, frozen_node.port), broker_url]
+    mw = _start(tmp_path, inbox, urls, connect_timeout_seconds=connect)
+    try:
+        (inbox / "first.txt").write_bytes(b"via the healthy node")
+        mw.wait_for_log(lambda line: line.get("instance_id") == "inbox" and "message_id" in line,
+                        timeout=20)
+        stopped = _stops_by_itself(mw)  # the publisher is still in the frozen handshake
+        assert stopped <= STOP_TIMEOUT, f"stopped {stopped:.1f}s after SIGTERM"
+    finally:
+        mw.cleanup()
+    began = time.monotonic()
+    mw = _start(tmp_path, inbox, urls, connect_timeout_seconds=connect)
+    try:
+        took = _arrives(broker_url, "first.txt", timeout=connect + CONFIRM + 30)
+        took = time.monotonic() - began
+        assert took <= connect + CONFIRM + MARGIN, f"arrived {took:.1f}s after start"
+        figure(f"frozen node first in the URL list: SIGTERM mid-handshake to exit {stopped:.1f}s "
+               f"(stop_timeout {STOP_TIMEOUT}s); after a restart the event came via the next "
+               f"node {took:.1f}s after start (connect_timeout {connect:.0f}s)")
+    finally:
+        mw.cleanup()
+
+
+def test_a_node_that_freezes_while_connected_is_abandoned_for_the_next(
+        tmp_path: Path, inbox: Path, broker_url: str, proxy: FreezableProxy) -> None:
+    """Connected through a node that then freezes: the publisher drops it without waiting
+    for a Close-Ok and delivers through the next URL within confirm + connect timeouts."""
+    mw = _start(tmp_path, inbox, [url_via(broker_url, proxy.port), broker_url])
+    try:
+        _connected(mw)
+        proxy.freeze()
+        frozen_at = time.monotonic()
+        (inbox / "after-freeze.txt").write_bytes(b"must fail over")
+        _arrives(broker_url, "after-freeze.txt", timeout=CONFIRM + CONNECT + 30)
+        took = time.monotonic() - frozen_at
+        assert took <= CONFIRM + CONNECT + MARGIN, f"failover took {took:.1f}s"
+        stopped = _stops_by_itself(mw)
+        figure(f"node froze under the watcher: delivered via the next URL {took:.1f}s after "
+               f"the freeze (confirm {CONFIRM}s + connect {CONNECT}s); stopped in {stopped:.1f}s")
+    finally:
+        mw.cleanup()
+
+
+def test_sigterm_stops_a_watcher_whose_only_node_froze(
+        tmp_path: Path, inbox: Path, broker_url: str, proxy: FreezableProxy) -> None:
+    """The only node froze mid-publish (and takes connections it never serves): SIGTERM still
+    ends the watcher by itself within stop_timeout_seconds; the event stays in the outbox."""
+    mw = _start(tmp_path, inbox, [url_via(broker_url, proxy.port)],
+                confirm_timeout_seconds=30)  # longer than the stop: stop's deadline must win
+    try:
+        _connected(mw)
+        proxy.freeze()
+        mark = len(mw.lines)
+        (inbox / "stuck.txt").write_bytes(b"never confirmed")
+        mw.wait_for_log(lambda line: line.get("instance_id") == "inbox"
+                        and "message_id" in line, after=mark, timeout=20)
+        stopped = _stops_by_itself(mw)
+        assert stopped <= STOP_TIMEOUT, f"stopped {stopped:.1f}s after SIGTERM"
+        figure(f"only node frozen mid-publish: SIGTERM to exit {stopped:.1f}s "
+               f"(stop_timeout {STOP_TIMEOUT}s)")
+    finally:
+        mw.cleanup()
+
+
+def test_sigterm_stops_a_watcher_the_broker_blocked(
+        tmp_path: Path, inbox: Path, broker_url: str, rabbitmq: RabbitMQ) -> None:
+    """A memory alarm blocks the connection (the broker stops reading it): SIGTERM still ends
+    the watcher by itself within stop_timeout_seconds."""
+    mw = _start(tmp_path, inbox, [broker_url], confirm_timeout_seconds=30)
+    try:
+        _connected(mw)
+        with memory_alarm(rabbitmq, broker_url):
+            mark = len(mw.lines)
+            for i in range(50):
+                (inbox / f"blocked-{i:02d}.bin").write_bytes(b"%d" % i)
+            mw.wait_for_log(lambda line: "blocked" in str(line.get("message")), after=mark,
+                            timeout=20)
+            stopped = _stops_by_itself(mw)
+        assert stopped <= STOP_TIMEOUT, f"stopped {stopped:.1f}s after SIGTERM"
+        figure(f"memory alarm: SIGTERM to exit {stopped:.1f}s (stop_timeout {STOP_TIMEOUT}s)")
+    finally:
+        mw.cleanup()
+
+
+def test_every_blocking_read_and_the_close_have_a_deadline(
+        tmp_path: Path, broker_url: str, proxy: FreezableProxy) -> None:
+    """On a connection whose node froze, opening a channel fails within connect_timeout
+    (py-amqp would wait for Channel.Open-Ok forever) and closing returns within its bound
+    (py-amqp's close() would wait for Close-Ok forever)."""
+    broker = BrokerConfig(url=url_via(broker_url, proxy.port), connect_timeout_seconds=1.0)
+    connection: Connection = open_connection(broker, str(tmp_path))
+    connect_once(connection)
+    proxy.freeze()
+    began = time.monotonic()
+    with pytest.raises(OSError):
+        connection.channel()
+    opened = time.monotonic() - began
+    began = time.monotonic()
+    close_connection(connection, within=1.0)
+    closed = time.monotonic() - began
+    wait_for(lambda: not connection.connected, timeout=1)
+    assert opened < 1.0 + 1.0, f"channel open waited {opened:.1f}s"
+    assert closed < 1.0 + 0.5, f"close waited {closed:.1f}s"
