@@ -70,15 +70,22 @@ class NotRegularFile(Exception):
 def stat_regular(path: str) -> os.stat_result | None:
     """lstat the path; None if it is missing or not a regular file (symlinks are not followed).
 
-    PermissionError (a directory on the way became unreadable) is raised: that file is
-    not gone, and must not be announced as deleted."""
+    Any other error is raised: PermissionError (a directory on the way became
+    unreadable), EIO or ESTALE (a network mount failing for a while): that file is not
+    gone, and must not be announced as deleted."""
     try:
         st = os.lstat(path)
-    except PermissionError:
-        raise
-    except OSError:  # missing, a path component that is no directory, too long, a loop
+    except (FileNotFoundError, NotADirectoryError):  # missing, or a file took a directory's place
         return None
+    except OSError as exc:
+        if exc.errno in _ABSENT:
+            return None
+        raise
     return st if stat.S_ISREG(st.st_mode) else None
+
+
+# lstat errors that say the path cannot name a file, now or later.
+_ABSENT = frozenset({errno.ENAMETOOLONG, errno.ELOOP})
 
 
 def resolve_regular(path: str, inside: str | None) -> tuple[str, os.stat_result] | None:

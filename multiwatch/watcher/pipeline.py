@@ -288,8 +288,8 @@ class Pipeline:
                 continue  # its own settle decides
             try:
                 gone = self._resolve(relative) is None
-            except PermissionError:
-                gone = False  # unreadable is not deleted
+            except OSError:
+                gone = False  # unreadable (or a mount failing for a while) is not deleted
             if gone:
                 self._gone(relative)
 
@@ -424,7 +424,7 @@ class Pipeline:
         if announced is not None:
             try:
                 resolved = self._resolve(dest)
-            except PermissionError:
+            except OSError:
                 resolved = None
             st = resolved[1] if resolved is not None else None
             # A rename keeps inode, size and mtime; anything else means other content.
@@ -484,7 +484,7 @@ class Pipeline:
         if resolved is None:
             try:
                 resolved = self._resolve(relative)
-            except PermissionError as exc:
+            except OSError as exc:  # permissions, EIO/ESTALE: not gone, tried again
                 self._cannot_read(relative, path, exc)
                 return
             if resolved is None:
@@ -551,7 +551,7 @@ class Pipeline:
             return None
         try:
             resolved = self._resolve(relative)
-        except PermissionError:
+        except OSError:
             resolved = None
         if resolved is None:
             self._drop_job(relative)

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import errno
 import logging
+import os
 import time
 from pathlib import Path
 from typing import Any
@@ -17,7 +18,7 @@ import multiwatch.watcher.retry as retry_module
 from multiwatch.watcher.hashing import Hashed
 from multiwatch.watcher.observe import RawEvent
 from multiwatch.watcher.retry import RetrySchedule
-from tests.watcher.test_pipeline import drain, make_pipeline, run_until, summary
+from tests.watcher.test_pipeline import drain, known_files, make_pipeline, run_until, summary
 
 
 class _FailingRead:
@@ -116,3 +117,26 @@ def test_retry_schedule_doubles_to_its_cap_and_forgets() -> None:
     assert schedule.next_due() == 11.0
     schedule.forget("a")
     assert schedule.next_due() is None and "a" not in schedule
+
+
+def test_stat_failing_for_a_while_is_not_a_deletion(tmp_path: Path, monkeypatch) -> None:
+    """A known file whose lstat fails with ESTALE twice (a network mount recovering) is not
+    announced as deleted: it is tried again, and its new content announced as modified."""
+    monkeypatch.setattr(retry_module, "RETRY_FIRST_SECONDS", 0.05)
+    pipeline, outbox, root = make_pipeline(tmp_path)
+    known_files(pipeline, outbox, root, {"a.mp3": b"first"})
+    (root / "a.mp3").write_bytes(b"second version")
+    real_lstat, failures = os.lstat, [2]
+
+    def flaky_lstat(path: Any, *args: Any, **kwargs: Any) -> os.stat_result:
+        if os.fspath(path) == str(root / "a.mp3") and failures[0] > 0:
+            failures[0] -= 1
+            raise OSError(errno.ESTALE, "Stale file handle")
+        return real_lstat(path, *args, **kwargs)
+
+    monkeypatch.setattr(os, "lstat", flaky_lstat)
+    pipeline.notifications.put(RawEvent("modified", False, "a.mp3"))
+    bodies: list[dict[str, Any]] = []
+    run_until(pipeline, lambda: bool(bodies.extend(drain(outbox)) or bodies))
+    assert summary(bodies) == [("file_modified", "a.mp3")]
+    assert failures == [0]
