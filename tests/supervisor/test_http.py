@@ -72,6 +72,21 @@ def test_readyz_lists_each_instance_that_is_not_ready_and_why() -> None:
     }
 
 
+def test_readyz_is_not_ready_while_an_event_is_held_or_the_broker_blocks() -> None:
+    """Connected but with an unroutable event held (or blocked by an alarm): 503 with the
+    watcher's reason, so an operator sees which routing key nobody binds."""
+    held = "publishing held: event m1 (routing key 'file.deleted') is unroutable: NO_ROUTE"
+    blocked = "the broker blocked the connection: low on memory"
+    view = fleet({"ok": instance(), "held": instance(heartbeat=heartbeat(problem=held)),
+                  "blocked": instance(heartbeat=heartbeat(problem=blocked))})
+    with serve(view) as (server, _):
+        status, body = _json(f"{server.url}/readyz")
+    assert status == 503
+    assert isinstance(body, dict)
+    assert {item["instance_id"]: item["reason"] for item in body["not_ready"]} == {
+        "held": held, "blocked": blocked}
+
+
 def test_readyz_is_not_ready_without_instances() -> None:
     """/readyz answers 503 when there is no instance at all."""
     with serve(fleet({})) as (server, _):

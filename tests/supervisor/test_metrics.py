@@ -176,3 +176,13 @@ def test_grafana_dashboard_is_importable() -> None:
     exprs = " ".join(t["expr"] for p in panels for t in p["targets"])
     assert "histogram_quantile(0.5," in exprs and "histogram_quantile(0.99," in exprs
     assert '$instance_id' in exprs
+
+
+def test_a_held_unroutable_event_shows_in_its_metrics() -> None:
+    """An instance whose head event is unroutable exposes publish_held 1 and the counts."""
+    beat = heartbeat(events_unroutable=5, events_nacked=1, publish_held=True,
+                     problem="publishing held: event x is unroutable")
+    samples = scrape(fleet({"a": instance(heartbeat=beat)}))
+    assert value(samples, "multiwatch_publish_held", instance_id="a") == 1.0
+    assert value(samples, "multiwatch_events_unroutable_total", instance_id="a") == 5.0
+    assert value(samples, "multiwatch_events_nacked_total", instance_id="a") == 1.0

@@ -21,7 +21,8 @@ def heartbeat(**overrides: Any) -> dict[str, Any]:
         "bytes_hashed": 4096, "files_hashed": 9, "files_waiting": 1,
         "outbox_depth": 3, "outbox_bytes": 1500, "outbox_full": False,
         "broker_connected": True, "published": 7, "publish_failures": 1, "errors": 2,
-        "last_error": "",
+        "last_error": "", "events_unroutable": 0, "events_nacked": 0, "publish_held": False,
+        "problem": "",
         "latency": {"buckets": [0.1, 1.0, 5.0], "counts": [1, 4, 6], "sum": 9.5, "count": 7},
     }
     beat.update(overrides)

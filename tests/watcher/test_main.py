@@ -7,14 +7,19 @@ import multiprocessing
 import os
 import queue
 import signal
+import sqlite3
+import threading
 import time
+from collections.abc import Callable
 from pathlib import Path
 from types import SimpleNamespace
 from typing import Any
 
 from multiwatch.config import BrokerConfig, InstanceConfig
+from multiwatch.watcher import publisher as publisher_module
 from multiwatch.watcher.main import (
     BUSY_WAIT_SECONDS,
+    EXIT_PUBLISHER_FAILED,
     HEARTBEAT_SECONDS,
     IDLE_HEARTBEAT_SECONDS,
     WAKE_UP,
@@ -25,6 +30,9 @@ from multiwatch.watcher.main import (
     child_main,
 )
 from multiwatch.watcher.observe import DirectInotifyObserver, RawEvent, start_observer
+from multiwatch.watcher.outbox import OutboxGauge
+from multiwatch.watcher.publisher import Publisher
+from multiwatch.watcher.publisher_health import STALL_GRACE_SECONDS, Progress
 from multiwatch.watcher.spec import ChildSpec
 from tests.watcher.test_pipeline import announce, make_pipeline
 
@@ -143,6 +151,61 @@ def test_stopping_puts_a_wake_up_on_the_notification_queue() -> None:
     assert events.get_nowait() is WAKE_UP
 
 
+def test_the_sigterm_handler_takes_no_lock_a_wait_may_hold() -> None:
+    """The handler finishes at once even while another thread holds every lock the stop
+    object owns: a handler that took one (threading.Event.set) could deadlock against the
+    wait() it interrupted on the main thread."""
+    stop = _Stop()
+    stop.wake_up = queue.SimpleQueue()
+    locks = [v for v in vars(stop).values() if hasattr(v, "acquire")]
+    held, release = threading.Event(), threading.Event()
+
+    def hold() -> None:
+        for lock in locks:
+            lock.acquire()
+        held.set()
+        release.wait(3)
+        for lock in locks:
+            lock.release()
+
+    holder = threading.Thread(target=hold, daemon=True)
+    holder.start()
+    assert held.wait(5)
+    began = time.monotonic()
+    stop.handle_sigterm(signal.SIGTERM, None)
+    took = time.monotonic() - began
+    release.set()
+    holder.join(5)
+    assert took < 0.5, f"the handler waited {took:.1f}s for a lock"
+    assert stop.requested and stop.wake_up.get_nowait() is WAKE_UP
+
+
+def test_a_publisher_past_its_own_deadline_counts_as_stuck() -> None:
+    """A wait the publisher promised to end in 2 s and still going on past the grace is
+    reported with what it was doing; within the grace it is not."""
+    clock = _Clock()
+    progress = Progress(clock=clock)
+    progress.expect(2.0, "publishing")
+    clock.now += 2.0 + STALL_GRACE_SECONDS - 0.1
+    assert progress.stuck(clock.now) == ""
+    clock.now += 1.0
+    assert "while publishing" in progress.stuck(clock.now)
+
+
+def test_a_publisher_thread_that_died_is_reported_with_its_reason(tmp_path: Path) -> None:
+    """A publisher that cannot open its outbox ends; failure() says so, with the reason,
+    instead of the watcher reporting RUNNING while the outbox fills."""
+    gauge = OutboxGauge(events=0, size=0, max_events=10, max_bytes=1000)
+    (tmp_path / "not-a-db").mkdir()
+    publisher = Publisher(broker=BrokerConfig(), state_dir=str(tmp_path), instance_id="x",
+                          db_path=str(tmp_path / "not-a-db"), gauge=gauge)
+    assert publisher.failure(time.monotonic()) == ""  # not started yet
+    publisher.start()
+    publisher.join(10)
+    reason = publisher.failure(time.monotonic())
+    assert reason.startswith("publisher thread ended: cannot open the outbox"), reason
+
+
 def test_the_pipeline_ignores_the_wake_up(tmp_path: Path) -> None:
     """The wake-up is a notification from outside the tree: no event, no scan, no state."""
     pipeline, outbox, _root = make_pipeline(tmp_path)
@@ -157,7 +220,8 @@ def test_the_pipeline_ignores_the_wake_up(tmp_path: Path) -> None:
 class _Child:
     """child_main in a spawned process; its reports are timestamped as they arrive."""
 
-    def __init__(self, tmp_path: Path, **options: Any) -> None:
+    def __init__(self, tmp_path: Path, target: Callable[..., None] = child_main,
+                 **options: Any) -> None:
         context = multiprocessing.get_context("spawn")
         self.directory = tmp_path / "watched"
         self.directory.mkdir()
@@ -166,7 +230,7 @@ class _Child:
                          broker=BrokerConfig(), state_dir=str(tmp_path / "state"),
                          log_level="WARNING", stop_timeout_seconds=8, parent_pid=os.getpid())
         self.reader, writer = context.Pipe(duplex=False)
-        self.process = context.Process(target=child_main, args=(spec, writer), daemon=True)
+        self.process = context.Process(target=target, args=(spec, writer), daemon=True)
         self.process.start()
         writer.close()
 
@@ -250,3 +314,25 @@ def test_an_observer_whose_inotify_reader_died_counts_as_dead(tmp_path: Path) ->
     finally:
         observer.stop()
         observer.join(timeout=5)
+
+
+def _child_whose_outbox_cannot_open(spec: ChildSpec, to_parent: Any) -> None:
+    """child_main with a publisher that cannot open the outbox (a broken state database)."""
+    def broken(path: str) -> None:
+        raise sqlite3.OperationalError(f"unable to open database file: {path}")
+
+    publisher_module.DurableOutbox = broken  # type: ignore[assignment,misc]
+    child_main(spec, to_parent)
+
+
+def test_a_child_whose_publisher_dies_exits_with_the_reason(tmp_path: Path) -> None:
+    """The publisher thread dies at start: the child tells the supervisor why and exits
+    non-zero within seconds (so it is restarted), instead of running on deaf to its outbox."""
+    child = _Child(tmp_path, target=_child_whose_outbox_cannot_open)
+    try:
+        _, payload = child.next_report("exiting", timeout=30)
+        child.process.join(timeout=15)
+        assert child.process.exitcode == EXIT_PUBLISHER_FAILED
+        assert "cannot open the outbox" in str(payload["reason"]), payload
+    finally:
+        child.stop()

@@ -1,0 +1,75 @@
+"""One child's lifecycle as /status shows it: the reason a watcher gave before exiting."""
+
+from __future__ import annotations
+
+import multiprocessing
+from typing import Any
+
+from multiwatch.config import BrokerConfig, InstanceConfig, SupervisorConfig
+from multiwatch.supervisor.lifecycle import Child, State
+from multiwatch.watcher.spec import ChildSpec
+
+
+class _Exited:
+    """A watcher process that has already exited with `code`."""
+
+    pid = 4242
+    sentinel = -1
+
+    def __init__(self, code: int) -> None:
+        self.exitcode = code
+
+    def is_alive(self) -> bool:
+        return False
+
+    def join(self, timeout: float | None = None) -> None:
+        return None
+
+
+class _Pipe:
+    """The child's end of the pipe as the supervisor reads it: these reports, then EOF."""
+
+    def __init__(self, reports: list[tuple[str, dict[str, Any]]]) -> None:
+        self.reports = list(reports)
+
+    def poll(self) -> bool:
+        return True
+
+    def recv(self) -> tuple[str, dict[str, Any]]:
+        if not self.reports:
+            raise EOFError
+        return self.reports.pop(0)
+
+    def close(self) -> None:
+        pass
+
+
+def _child() -> Child:
+    spec = ChildSpec(instance=InstanceConfig(id="music", directory="/data/music"),
+                     broker=BrokerConfig(), state_dir="/tmp/state", log_level="INFO",
+                     stop_timeout_seconds=8, parent_pid=1)
+    return Child(spec, SupervisorConfig(), multiprocessing.get_context("spawn"))
+
+
+def test_a_watcher_that_exits_on_its_own_shows_the_reason_it_gave() -> None:
+    """The watcher said its publisher stopped working, then exited 4: /status shows that
+    reason with the exit status, not a bare "exit status 4"."""
+    child = _child()
+    child.state = State.RUNNING
+    child.process = _Exited(4)  # type: ignore[assignment]
+    reason = "publisher thread ended: cannot open the outbox in the state database"
+    child.reader = _Pipe([("heartbeat", {"broker_connected": True}),  # type: ignore[assignment]
+                          ("exiting", {"reason": reason})])
+    child.receive(10.0)
+    assert child.reap(10.0)
+    view = child.view(10.0)
+    assert view["state"] == "BACKOFF"
+    assert view["reason"] == f"{reason} (exit status 4)"
+
+
+def test_a_running_watcher_shows_what_holds_its_events_as_its_reason() -> None:
+    """RUNNING and connected, but an unroutable event is held: that is the instance's reason."""
+    child = _child()
+    child.state = State.RUNNING
+    child.snapshot = {"broker_connected": True, "problem": "publishing held: event m1 ..."}
+    assert child.view(5.0)["reason"] == "publishing held: event m1 ..."
