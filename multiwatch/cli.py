@@ -365,6 +365,17 @@ def _tail(roster: Roster, args: argparse.Namespace) -> int:
                 connection.drain_events(timeout=0.5)
             except TimeoutError:
                 pass
+            except OSError as exc:  # the broker closed, froze or vanished
+                print(f"multiwatch: lost {where}: {type(exc).__name__}: {exc}", file=sys.stderr)
+                return EXIT_BROKER
+            # An idle consumer sends nothing: heartbeats keep the broker from closing it,
+            # and missing ones from the broker (a frozen node) end the wait instead of
+            # leaving it silent forever.
+            try:
+                connection.heartbeat_check()
+            except Exception as exc:  # noqa: BLE001 - ConnectionForced or a socket error
+                print(f"multiwatch: lost {where}: {type(exc).__name__}: {exc}", file=sys.stderr)
+                return EXIT_BROKER
             idle = 0.0 if printed > before else idle + 0.5
             if args.timeout is not None and idle >= args.timeout:
                 break

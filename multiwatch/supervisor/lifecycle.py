@@ -126,7 +126,7 @@ class Child:
         process = self.process
         if process is None or process.is_alive():
             return False
-        process.join()
+        process.join(timeout=1)  # not alive: already reaped, returns at once
         code = process.exitcode
         self.last_exit = _describe_exit(code)
         uptime = now - self.started_at

@@ -6,6 +6,9 @@ stop_timeout_seconds, by itself (not SIGKILLed by the supervisor).
 
 from __future__ import annotations
 
+import os
+import signal
+import subprocess
 import time
 from collections.abc import Iterator
 from pathlib import Path
@@ -21,7 +24,7 @@ from tests.support.consumer import collect, wait_for
 from tests.support.faults import FAST_BROKER, durable_roster, is_message, memory_alarm
 from tests.support.frozen import FreezableProxy, url_via
 from tests.support.hostile import figure
-from tests.support.process import LogLine, Multiwatch
+from tests.support.process import LogLine, Multiwatch, multiwatch_command
 from tests.support.rabbitmq import RabbitMQ
 
 QUEUE = "file_events"
@@ -205,3 +208,31 @@ def test_every_blocking_read_and_the_close_have_a_deadline(
     wait_for(lambda: not connection.connected, timeout=1)
     assert opened < 1.0 + 1.0, f"channel open waited {opened:.1f}s"
     assert closed < 1.0 + 0.5, f"close waited {closed:.1f}s"
+
+
+def test_tail_ends_with_an_error_when_its_node_freezes(
+        tmp_path: Path, inbox: Path, broker_url: str, proxy: FreezableProxy) -> None:
+    """`multiwatch tail` connected through a node that freezes: it notices the missing
+    heartbeats and exits 1 with a clear message instead of waiting silently forever."""
+    heartbeat = 2
+    roster = durable_roster(tmp_path, broker_url, [{"id": "inbox", "directory": str(inbox)}],
+                            broker={"url": url_via(broker_url, proxy.port),
+                                    "heartbeat_seconds": heartbeat})
+    tail = subprocess.Popen(multiwatch_command("tail", "-c", str(roster)), text=True,
+                            stdout=subprocess.PIPE, stderr=subprocess.PIPE,
+                            start_new_session=True)
+    try:
+        assert tail.stderr is not None
+        assert "tailing" in tail.stderr.readline()
+        proxy.freeze()
+        began = time.monotonic()
+        code = tail.wait(timeout=6 * heartbeat + CONNECT + 10)
+        took = time.monotonic() - began
+        assert code == 1
+        assert "lost" in tail.stderr.read()
+        figure(f"tail through a node that froze: exit 1 after {took:.1f}s "
+               f"(heartbeat {heartbeat}s)")
+    finally:
+        if tail.poll() is None:
+            os.killpg(tail.pid, signal.SIGKILL)
+        tail.wait(timeout=10)
