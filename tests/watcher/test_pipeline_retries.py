@@ -17,7 +17,9 @@ import multiwatch.watcher.pipeline as pipeline_module
 import multiwatch.watcher.retry as retry_module
 from multiwatch.watcher.hashing import Hashed
 from multiwatch.watcher.observe import RawEvent
+from multiwatch.watcher.pipeline import Pipeline
 from multiwatch.watcher.retry import RetrySchedule
+from multiwatch.watcher.state import DurableOutbox
 from tests.watcher.test_pipeline import drain, known_files, make_pipeline, run_until, summary
 
 
@@ -36,6 +38,19 @@ class _FailingRead:
         return self._real(path, *args, **kwargs)
 
 
+def _first_announced(pipeline: Pipeline, outbox: DurableOutbox,
+                     timeout: float = 5.0) -> list[dict[str, Any]]:
+    """Step until something is announced (AssertionError after `timeout`); what it was."""
+    bodies: list[dict[str, Any]] = []
+
+    def some() -> bool:
+        bodies.extend(drain(outbox))
+        return bool(bodies)
+
+    run_until(pipeline, some, timeout)
+    return bodies
+
+
 def _warnings(caplog: Any) -> list[str]:
     return [r.getMessage() for r in caplog.records if r.levelno >= logging.WARNING]
 
@@ -50,8 +65,7 @@ def test_transient_io_error_is_retried_until_the_file_is_announced(
     pipeline, outbox, root = make_pipeline(tmp_path)
     (root / "song.mp3").write_bytes(b"on a flaky share")
     pipeline.notifications.put(RawEvent("created", False, "song.mp3"))
-    bodies: list[dict[str, Any]] = []
-    run_until(pipeline, lambda: bool(bodies.extend(drain(outbox)) or bodies))
+    bodies = _first_announced(pipeline, outbox)
     assert summary(bodies) == [("file_discovered", "song.mp3")]
     assert failing.calls == 3
     assert [w for w in _warnings(caplog) if "cannot read" in w] == [
@@ -88,8 +102,7 @@ def test_permission_change_makes_an_unreadable_file_announced_at_once(
     pipeline.notifications.put(RawEvent("created", False, "locked.mp3"))
     run_until(pipeline, lambda: failing.calls == 1)
     pipeline.notifications.put(RawEvent("attrib", False, "locked.mp3"))
-    bodies: list[dict[str, Any]] = []
-    run_until(pipeline, lambda: bool(bodies.extend(drain(outbox)) or bodies), timeout=3)
+    bodies = _first_announced(pipeline, outbox, timeout=3)
     assert summary(bodies) == [("file_discovered", "locked.mp3")]
 
 
@@ -136,7 +149,6 @@ def test_stat_failing_for_a_while_is_not_a_deletion(tmp_path: Path, monkeypatch)
 
     monkeypatch.setattr(os, "lstat", flaky_lstat)
     pipeline.notifications.put(RawEvent("modified", False, "a.mp3"))
-    bodies: list[dict[str, Any]] = []
-    run_until(pipeline, lambda: bool(bodies.extend(drain(outbox)) or bodies))
+    bodies = _first_announced(pipeline, outbox)
     assert summary(bodies) == [("file_modified", "a.mp3")]
     assert failures == [0]
