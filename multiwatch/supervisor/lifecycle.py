@@ -8,8 +8,9 @@
 
 The child reports over a one-way pipe: "ready" once it watches, "heartbeat" from its work
 loop, "waiting" while an optional directory is absent, "exiting" with the reason just before
-it exits on its own (its publisher stopped working): /status shows that reason.  A watched directory that is gone
-is not a crash: it is retried at the capped backoff forever and never turns FATAL.
+it exits on its own (its publisher stopped working): /status shows that reason.  A watched
+directory that is gone is not a crash: it is retried at the capped backoff forever and never
+turns FATAL.
 """
 
 from __future__ import annotations

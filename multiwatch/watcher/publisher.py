@@ -101,6 +101,7 @@ class Publisher(threading.Thread):
         self._stop_deadline: float | None = None
         self._wake = threading.Event()
         self._held: _Held | None = None
+        self._blocked_logged_at = -float("inf")
         self.stats = PublisherStats()
         self.latency = LatencyHistogram()
         self.progress = Progress()
@@ -194,12 +195,18 @@ class Publisher(threading.Thread):
             drop_connection(connection)
 
     def _on_blocked(self, reason: str) -> None:
+        """Connection.Blocked: the broker stopped reading us (an alarm).  Confirms stop
+        coming, so the usual confirm timeout (and reconnect) applies; this names why."""
         self.stats.blocked = reason or "resource alarm"
-        log.warning("the broker blocked the connection (a memory or disk alarm); publishing "
-                    "waits until it lifts", extra={"reason": self.stats.blocked})
+        now = time.monotonic()
+        if now - self._blocked_logged_at >= HELD_LOG_EVERY_SECONDS:  # every reconnect is blocked
+            self._blocked_logged_at = now
+            log.warning("the broker blocked the connection (a memory or disk alarm); events "
+                        "wait in the outbox until it lifts", extra={"reason": self.stats.blocked})
 
     def _on_unblocked(self) -> None:
         self.stats.blocked = ""
+        self._blocked_logged_at = -float("inf")
         log.info("the broker unblocked the connection")
 
     # ---------------------------------------------------------------- one connection
