@@ -398,8 +398,16 @@ class Pipeline:
             self._scan_new_directory(event.dest)
 
     def _scan_new_directory(self, relative: str | None) -> None:
-        if relative and self.instance.recursive and self.filter.wants_directory(relative):
-            self.request_scan(relative)
+        if not (relative and self.instance.recursive and self.filter.wants_directory(relative)):
+            return
+        # A tree copied or moved in sends an event per directory inside it: a walk of an
+        # enclosing directory that has not started yet will see this one too.
+        parent = relative
+        while parent:
+            parent = parent.rpartition("/")[0]
+            if parent in self._queued_scans:
+                return
+        self.request_scan(relative)
 
     def _tracked_under(self, relative_dir: str) -> list[str]:
         prefix = relative_dir + "/"

@@ -225,3 +225,34 @@ def test_walk_over_a_directory_of_unwanted_files_is_spread_over_steps(tmp_path: 
     assert _steps_to_walk(pipeline) >= 20_000 // pipeline_module.SCAN_ENTRIES_PER_STEP
     settle_all(pipeline)
     assert drain(outbox) == []
+
+
+def test_tree_copied_in_is_walked_once_not_once_per_directory(
+        tmp_path: Path, monkeypatch) -> None:
+    """A tree of 200 directories arriving at once (an event for each) is walked by one scan
+    of its top directory, and every file in it is discovered once."""
+    walks: list[str] = []
+    real = pipeline_module.scan_batches
+
+    def counted(root: str, start: str, *args: object, **kwargs: object):  # type: ignore[no-untyped-def]
+        walks.append(start)
+        return real(root, start, *args, **kwargs)  # type: ignore[arg-type]
+
+    monkeypatch.setattr(pipeline_module, "scan_batches", counted)
+    pipeline, outbox, root = make_pipeline(tmp_path)
+    directories = [f"Library/a{i // 20}/b{i % 20}" for i in range(200)]
+    for relative in directories:
+        _write_file(root / relative / "t.mp3", relative.encode())
+    events = [RawEvent("created", True, "Library")]
+    events += [RawEvent("created", True, d) for d in sorted({d.rpartition("/")[0]
+                                                             for d in directories})]
+    events += [RawEvent("created", True, d) for d in directories]
+    bodies = announce(pipeline, outbox, *events)
+    assert walks == ["Library"]
+    assert sorted(summary(bodies)) == sorted(("file_discovered", f"{d}/t.mp3")
+                                             for d in directories)
+
+
+def _write_file(path: Path, data: bytes) -> None:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_bytes(data)
