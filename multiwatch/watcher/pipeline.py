@@ -78,7 +78,9 @@ class Pipeline:
         self.settle = SettleTable(instance.settle_seconds)
         self.notifications: queue.SimpleQueue[RawEvent] = queue.SimpleQueue()
         self.store = store
-        self._progress = progress  # called during long work, so heartbeats keep flowing
+        # Called during long work (a hash, a directory of 100,000 files moved or deleted,
+        # the deletions a rescan finds), so heartbeats keep flowing.
+        self._progress = progress or _nothing
         self.gauge = gauge
         self.known = store.load_files()
         self._changed_files: dict[str, Hashed | None] = {}
@@ -284,6 +286,7 @@ class Pipeline:
         tracked = known.paths_under(scan.relative_dir)
         unseen = [p for p in tracked if p not in scan.seen and directory_of(p) not in vouched]
         for relative in sorted(unseen):
+            self._progress()  # (an lstat each: a mass deletion, a slow mount)
             if relative in self.settle:
                 continue  # its own settle decides
             try:
@@ -314,8 +317,7 @@ class Pipeline:
             self._on_settled(relative, seen, now)
             if relative not in self.settle and relative not in self._jobs:  # done with it
                 self._noticed_at.pop(relative, None)
-            if self._progress is not None:
-                self._progress()
+            self._progress()
 
     @property
     def busy(self) -> bool:
@@ -386,9 +388,11 @@ class Pipeline:
             self._scan_new_directory(event.src if event.kind == "created" else event.dest)
         elif event.kind == "deleted" and event.src:
             for relative in self._tracked_under(event.src):
+                self._progress()
                 self._gone(relative)
         elif event.kind == "moved" and event.src:
             for relative in self._tracked_under(event.src):
+                self._progress()  # (an lstat each)
                 moved_to = f"{event.dest}/{relative[len(event.src) + 1:]}" if event.dest else None
                 self._on_file_moved(relative, moved_to, now)
             # What was not tracked under the old name (an excluded one: ".staging",
@@ -614,8 +618,7 @@ class Pipeline:
             job.done = True
             if job.settled:
                 self._finish_job(job, now)
-            if self._progress is not None:
-                self._progress()
+            self._progress()
 
     def _finish_job(self, job: HashJob, now: float) -> None:
         """Record what a settled file's pool hash found (called on the pipeline thread)."""
@@ -727,6 +730,10 @@ class Pipeline:
 
 
 _WAKE = RawEvent("hashed", False, None)  # put on the notification queue by the pool
+
+
+def _nothing() -> None:
+    """The progress callback of a pipeline that reports to nobody."""
 
 
 @dataclasses.dataclass(eq=False)

@@ -256,3 +256,18 @@ def test_tree_copied_in_is_walked_once_not_once_per_directory(
 def _write_file(path: Path, data: bytes) -> None:
     path.parent.mkdir(parents=True, exist_ok=True)
     path.write_bytes(data)
+
+
+def test_moving_a_big_directory_keeps_reporting_progress(tmp_path: Path) -> None:
+    """Moving a directory of 3,000 announced files (an lstat each, in one step) calls the
+    progress callback throughout, so the watcher's heartbeat is not silenced."""
+    pipeline, outbox, root = make_pipeline(tmp_path)
+    known_files(pipeline, outbox, root, {f"big/{i}.mp3": b"%d" % i for i in range(3000)})
+    calls: list[float] = []
+    pipeline._progress = lambda: calls.append(time.monotonic())
+    os.rename(root / "big", root / "moved")
+    pipeline.notifications.put(RawEvent("moved", True, "big", "moved"))
+    pipeline.step(0.0)
+    assert len(calls) >= 3000
+    settle_all(pipeline)
+    assert len([b for b in drain(outbox) if b["event_type"] == "file_moved"]) == 3000
