@@ -15,6 +15,7 @@ from pathlib import Path
 from typing import Any
 from urllib.parse import urlsplit
 
+import psutil
 import pytest
 from kombu import Connection
 
@@ -85,6 +86,14 @@ def _arrives(url: str, name: str, timeout: float) -> float:
                   until=lambda ms: any(m.body["file_info"]["name"] == name for m in ms))
     assert name in {m.body["file_info"]["name"] for m in got}, f"{name} never arrived"
     return time.monotonic() - began
+
+
+def _exited(process: psutil.Process) -> bool:
+    """Gone, or a zombie: an orphan's exit is reaped by init whenever init gets to it."""
+    try:
+        return process.status() == psutil.STATUS_ZOMBIE
+    except psutil.NoSuchProcess:
+        return True
 
 
 def _stops_by_itself(mw: Multiwatch) -> float:
@@ -165,6 +174,31 @@ def test_sigterm_stops_a_watcher_whose_only_node_froze(
         assert stopped <= STOP_TIMEOUT, f"stopped {stopped:.1f}s after SIGTERM"
         figure(f"only node frozen mid-publish: SIGTERM to exit {stopped:.1f}s "
                f"(stop_timeout {STOP_TIMEOUT}s)")
+    finally:
+        mw.cleanup()
+
+
+def test_a_watcher_orphaned_by_kill_9_exits_though_its_node_froze(
+        tmp_path: Path, inbox: Path, broker_url: str, proxy: FreezableProxy) -> None:
+    """kill -9 of the supervisor while the only node is frozen mid-publish: the watcher (sent
+    SIGTERM by the kernel) exits by itself within stop_timeout_seconds, not orphaned."""
+    mw = _start(tmp_path, inbox, [url_via(broker_url, proxy.port)])
+    try:
+        _connected(mw)
+        children = [psutil.Process(pid) for pid in mw.child_pids()]
+        assert children
+        proxy.freeze()
+        mark = len(mw.lines)
+        (inbox / "orphan.txt").write_bytes(b"never confirmed")
+        mw.wait_for_log(lambda line: line.get("instance_id") == "inbox"
+                        and "message_id" in line, after=mark, timeout=20)
+        os.kill(mw.pid, signal.SIGKILL)
+        began = time.monotonic()
+        wait_for(lambda: all(map(_exited, children)), timeout=STOP_TIMEOUT + MARGIN,
+                 message="the watcher is still running after the supervisor died")
+        took = time.monotonic() - began
+        assert took <= STOP_TIMEOUT, f"the orphaned watcher took {took:.1f}s to exit"
+        figure(f"supervisor kill -9 with the node frozen: watcher exited {took:.1f}s later")
     finally:
         mw.cleanup()
 
