@@ -43,10 +43,10 @@ from multiwatch.watcher.message import (
 )
 from multiwatch.watcher.observe import RawEvent
 from multiwatch.watcher.outbox import OutboxGauge
-from multiwatch.watcher.retry import RetrySchedule
 from multiwatch.watcher.scan import ScanBatch, scan_batches
 from multiwatch.watcher.settle import SettleTable
 from multiwatch.watcher.state import StateStore, Version, directory_of
+from multiwatch.watcher.unreadable import Unreadable
 
 _Resolved = tuple[str, os.stat_result]
 """The file to read for a path (itself, or a symlink's target inside the root) and its stat."""
@@ -101,11 +101,7 @@ class Pipeline:
         # created at once each ask for one.
         self._queued_scans: set[str] = set()
         self._startup = _StartupProgress()
-        self._unreadable: set[str] = set()  # files already reported unreadable
-        self._unlistable: set[str] = set()  # directories already reported unreadable
-        # Both are tried again with backoff: a network mount recovering sends no event.
-        self._read_retries = RetrySchedule()
-        self._list_retries = RetrySchedule()
+        self._unreadable = Unreadable(self.root)  # warned about once, tried again
         self._follow_inside = os.path.realpath(self.root) if instance.follow_symlinks else None
         # Big files being hashed by the pool (or hashed, waiting for their settle period):
         # at most one job per path, the one whose result can still be announced.
@@ -126,7 +122,8 @@ class Pipeline:
         if watch is None and relative_dir in self._queued_scans:
             return  # the same walk is queued and has not started: it will see everything
         batches = scan_batches(self.root, relative_dir, self.filter,
-                               recursive=self.instance.recursive, unlistable=self._unlistable,
+                               recursive=self.instance.recursive,
+                               unlistable=self._unreadable.directories,
                                follow_inside=self._follow_inside, watch=watch)
         self._scans.append(_Scan(relative_dir, batches))
         self._queued_scans.add(relative_dir)
@@ -138,7 +135,7 @@ class Pipeline:
         # is due until the publisher drains (or the commit succeeds).
         held_back = self.gauge.full or self._store_failures
         wait = 0.0 if self._scans else max_wait
-        for due in (() if held_back else (self.settle.next_due(), self._next_retry())):
+        for due in (() if held_back else (self.settle.next_due(), self._unreadable.next_due())):
             if due is not None:
                 wait = min(wait, max(0.0, due - now))
         self._take_notifications(wait)
@@ -238,7 +235,7 @@ class Pipeline:
         self._scans.pop()  # (the one _scan_some walked: nothing was pushed since)
         self._reconcile_unseen(scan)
         self._save_fingerprints()
-        self._retry_unlistable(scan)
+        self._unreadable.walked(scan.relative_dir, time.monotonic())
         if not self._scans:
             self._startup.scan_finished()
 
@@ -490,14 +487,13 @@ class Pipeline:
             self._drop_job(relative)  # an early hash nobody will use (unchanged, gone...)
 
     def _settled(self, relative: str, seen: FileVersion | None, now: float) -> None:
-        path = os.path.join(self.root, relative)
         resolved = self._trusted_stat_at_close(relative)
         expected = FileVersion.of(resolved[1]) if resolved is not None else None
         if resolved is None:
             try:
                 resolved = self._resolve(relative)
             except OSError as exc:  # permissions, EIO/ESTALE: not gone, tried again
-                self._cannot_read(relative, path, exc)
+                self._cannot_read(relative, exc)
                 return
             if resolved is None:
                 self._gone(relative)
@@ -535,7 +531,7 @@ class Pipeline:
             self._gone(relative)
             return
         except OSError as exc:
-            self._cannot_read(relative, path, exc)
+            self._cannot_read(relative, exc)
             return
         self.files_hashed += 1
         self.bytes_hashed += hashed.version.size
@@ -630,7 +626,7 @@ class Pipeline:
         elif isinstance(error, (FileNotFoundError, NotADirectoryError, NotRegularFile)):
             self._gone(relative)
         elif isinstance(error, OSError):
-            self._cannot_read(relative, os.path.join(self.root, relative), error)
+            self._cannot_read(relative, error)
         elif job.result is not None:
             self.files_hashed += 1
             self.bytes_hashed += job.result.version.size
@@ -645,58 +641,28 @@ class Pipeline:
 
     # -- what could not be read, tried again --------------------------------------------
 
-    def _cannot_read(self, relative: str, path: str, exc: OSError) -> None:
-        self._read_retries.failed(relative, time.monotonic())
-        if relative not in self._unreadable:  # once per path, not per event or retry
-            self._unreadable.add(relative)
-            log.warning("cannot read file: %s", exc.strerror or exc, extra={"path": path})
+    def _cannot_read(self, relative: str, exc: OSError) -> None:
+        self._unreadable.cannot_read(relative, exc, time.monotonic())
 
     def _readable(self, relative: str) -> None:
-        """The file was read (or is gone): no more retries, and a warning can come again."""
-        self._read_retries.forget(relative)
-        if relative in self._unreadable:
-            self._unreadable.discard(relative)
-            if os.path.lexists(os.path.join(self.root, relative)):
-                log.info("file readable again",
-                         extra={"path": os.path.join(self.root, relative)})
-
-    def _next_retry(self) -> float | None:
-        dues = [d for d in (self._read_retries.next_due(), self._list_retries.next_due())
-                if d is not None]
-        return min(dues, default=None)
+        self._unreadable.readable(relative)
 
     def _retry_due(self, now: float) -> None:
-        for relative in self._read_retries.pop_due(now):
-            if relative not in self.settle and relative not in self._jobs:
-                self._settle_later(relative, now, quiet=0.0)
-        for directory in self._list_retries.pop_due(now):
-            self.request_scan(directory)
-
-    def _retry_unlistable(self, scan: _Scan) -> None:
-        """After a walk: each directory under it that still cannot be listed is tried
-        again later (backing off); one that lists again is done with."""
-        for directory in self._list_retries.failing():
-            if directory not in self._unlistable:
-                self._list_retries.forget(directory)
-        start = scan.relative_dir
-        now = time.monotonic()
-        for directory in self._unlistable:
-            if (not start or directory == start or directory.startswith(start + "/")) and (
-                    not self._list_retries.pending(directory)):
-                self._list_retries.failed(directory, now)
+        files, directories = self._unreadable.due(now)
+        self._read_again(files, directories, now, quiet=0.0)
 
     def _on_attrib(self, relative: str, is_directory: bool, now: float) -> None:
         """Permissions (or owner) changed: what could not be read may be readable now."""
-        if not is_directory:
-            if relative in self._unreadable:
-                self._settle_later(relative, now)
-            return
-        prefix = relative + "/" if relative else ""
-        for directory in [d for d in self._unlistable
-                          if d == relative or d.startswith(prefix)]:
+        files, directories = self._unreadable.changed_permissions(relative, is_directory)
+        self._read_again(files, directories, now)
+
+    def _read_again(self, files: list[str], directories: list[str], now: float,
+                    quiet: float | None = None) -> None:
+        for relative in files:
+            if relative not in self.settle and relative not in self._jobs:
+                self._settle_later(relative, now, quiet=quiet)
+        for directory in directories:
             self.request_scan(directory)
-        for path in [p for p in self._unreadable if p.startswith(prefix)]:
-            self._settle_later(path, now)  # a directory made searchable again
 
     def _track(self, relative: str, hashed: Hashed) -> None:
         self.known[relative] = hashed
