@@ -652,9 +652,14 @@ class Pipeline:
         self._read_again(files, directories, now, quiet=0.0)
 
     def _on_attrib(self, relative: str, is_directory: bool, now: float) -> None:
-        """Permissions (or owner) changed: what could not be read may be readable now."""
-        files, directories = self._unreadable.changed_permissions(relative, is_directory)
-        self._read_again(files, directories, now)
+        """Permissions, owner or times changed: what could not be read may be readable now
+        (and a touched file may hide a write that sent no event, by mmap say)."""
+        if is_directory:
+            files, directories = self._unreadable.below(relative)
+            self._read_again(files, directories, now)
+        elif relative not in self.settle and (
+                relative in self._unreadable.files or self._wants(relative)):
+            self._settle_later(relative, now)  # (a version unchanged is not read again)
 
     def _read_again(self, files: list[str], directories: list[str], now: float,
                     quiet: float | None = None) -> None:

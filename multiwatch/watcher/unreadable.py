@@ -69,12 +69,8 @@ class Unreadable:
                     not self._directory_retries.pending(directory)):
                 self._directory_retries.failed(directory, now)
 
-    def changed_permissions(self, relative: str, is_directory: bool
-                            ) -> tuple[list[str], list[str]]:
-        """(files to read again, directories to list again) after an "attrib" event: the
-        file itself, or what failed at or below the directory (made listable or
-        searchable again)."""
-        if not is_directory:
-            return ([relative] if relative in self.files else []), []
-        return ([path for path in self.files if _within(path, relative)],
-                [d for d in self.directories if _within(d, relative)])
+    def below(self, relative_dir: str) -> tuple[list[str], list[str]]:
+        """(files, directories) that failed at or below relative_dir: to try again when its
+        permissions change (made listable, or searchable, again)."""
+        return ([path for path in self.files if _within(path, relative_dir)],
+                [d for d in self.directories if _within(d, relative_dir)])

@@ -152,3 +152,13 @@ def test_stat_failing_for_a_while_is_not_a_deletion(tmp_path: Path, monkeypatch)
     bodies = _first_announced(pipeline, outbox)
     assert summary(bodies) == [("file_modified", "a.mp3")]
     assert failures == [0]
+
+
+def test_attrib_on_a_file_changed_without_events_announces_the_change(tmp_path: Path) -> None:
+    """A file rewritten by a writer that sends no event (mmap) and then touched: the touch's
+    "attrib" gets the new content announced as modified."""
+    pipeline, outbox, root = make_pipeline(tmp_path)
+    known_files(pipeline, outbox, root, {"m.bin": b"before"})
+    (root / "m.bin").write_bytes(b"after, with no event")
+    pipeline.notifications.put(RawEvent("attrib", False, "m.bin"))
+    assert summary(_first_announced(pipeline, outbox)) == [("file_modified", "m.bin")]
