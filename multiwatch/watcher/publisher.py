@@ -131,6 +131,7 @@ class Publisher(threading.Thread):
     # ---------------------------------------------------------------- the thread
 
     def run(self) -> None:
+        self.progress.expect(BUSY_TIMEOUT_SECONDS, "opening the outbox")
         try:
             outbox = DurableOutbox(self._db_path)
         except Exception as exc:  # noqa: BLE001 - reported through failure(): the watcher restarts
