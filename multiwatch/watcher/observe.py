@@ -83,6 +83,7 @@ _WATCH_LIMIT_ERRNOS = frozenset({errno.ENOSPC, errno.EMFILE})
 # While a directory is unwatched, the tree is rescanned this often at least (a full walk:
 # the polling interval's 1 s would be a walk and a log line every second).
 UNWATCHED_RESCAN_SECONDS = 10.0
+READER_JOIN_SECONDS = 5.0
 
 
 class RawEvent(NamedTuple):
@@ -173,7 +174,7 @@ class DirectInotifyObserver(BaseObserver):
         super().on_thread_stop()
         self.unwatched.stop()
         self.reader.stop()
-        self.reader.join()
+        self.reader.join(READER_JOIN_SECONDS)  # stop() wakes its poll through a pipe
 
     def watch_directory(self, path: str) -> None:
         """Watch one directory below the root, unless it already is (see the class)."""

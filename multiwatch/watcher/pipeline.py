@@ -64,6 +64,7 @@ FINGERPRINT_MAX_FILES = 20_000
 HASHES_PER_STEP = 200
 PROGRESS_EVERY_SECONDS = 5.0
 STORE_RETRY_MAX_SECONDS = 10.0
+CLOSE_LOCK_WAIT_SECONDS = 1.0
 
 
 class Pipeline:
@@ -333,6 +334,8 @@ class Pipeline:
             self.hash_pool.shutdown()
         self._jobs.clear()
         if not (self._changed_files or self._new_events or self._store_failures):
+            # Only a speed-up for the next start: not worth more than a moment of the stop.
+            self.store.limit_lock_wait(CLOSE_LOCK_WAIT_SECONDS)
             self._save_fingerprints(changed_too=True)  # the table is what memory says
 
     def _save_fingerprints(self, *, changed_too: bool = False) -> None:

@@ -170,6 +170,11 @@ class StateStore:
     def outbox_usage(self) -> tuple[int, int]:
         return outbox_usage(self._conn)
 
+    def limit_lock_wait(self, seconds: float) -> None:
+        """Wait at most `seconds` for another writer's lock from now on (at stop, whose
+        deadline is shorter than BUSY_TIMEOUT_SECONDS)."""
+        self._conn.execute(f"PRAGMA busy_timeout = {int(seconds * 1000)}")
+
     def load_files(self) -> KnownFiles:
         """Every tracked file, read lazily (see KnownFiles)."""
         return KnownFiles(self._conn)

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+import sqlite3
 import os
 import shutil
 import time
@@ -689,3 +690,28 @@ def test_restart_with_directories_too_big_to_fingerprint_finds_each_change(
     settle_all(restarted)
     assert summary(drain(outbox)) == [("file_deleted", "big/f07.bin"),
                                       ("file_modified", "big/f13.bin")]
+
+
+def test_closing_does_not_wait_long_for_a_state_database_locked_by_another_writer(
+        tmp_path: Path) -> None:
+    """A stop while another process holds the state database's write lock is not held up
+    for sqlite's 30 s busy timeout: the fingerprints (a speed-up only) are skipped."""
+    pipeline, _outbox, root = make_pipeline(tmp_path)
+    (root / "a").mkdir()
+    (root / "a" / "f.txt").write_bytes(b"x")
+    pipeline.request_scan()
+    settle_all(pipeline)
+    pipeline._commit()
+    (root / "a" / "g.txt").write_bytes(b"y")  # a change, so close() has fingerprints to save
+    pipeline.request_scan("a")
+    settle_all(pipeline)
+    other = sqlite3.connect(str(tmp_path / "state" / "state.db"), isolation_level=None)
+    other.execute("BEGIN IMMEDIATE")  # another writer holds the lock for the whole close()
+    try:
+        began = time.monotonic()
+        pipeline.close()
+        took = time.monotonic() - began
+    finally:
+        other.execute("ROLLBACK")
+        other.close()
+    assert took < 10, f"close() waited {took:.1f}s for the lock"
