@@ -125,7 +125,8 @@ def main() -> int:
     ctx = Ctx(rabbitmq=broker, workdir=workdir, out=out, quick=args.quick, runs=args.runs,
               report=Report())
     scenarios = {"burst": burst.run, "latency": lambda c: latency.run(c, modes),
-                 "bigfile": bigfile.run, "restart": restart.run, "deep": deep.run, "fleet": fleet.run,
+                 "bigfile": bigfile.run, "restart": restart.run, "deep": deep.run,
+                 "fleet": fleet.run,
                  "profile": burst.run_profile, "ceilings": run_ceilings}
     try:
         for name in chosen:

@@ -4,9 +4,9 @@ from __future__ import annotations
 
 import hashlib
 import json
-import sqlite3
 import os
 import shutil
+import sqlite3
 import time
 from collections.abc import Callable
 from pathlib import Path
