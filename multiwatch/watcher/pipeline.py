@@ -65,6 +65,7 @@ HASHES_PER_STEP = 200
 PROGRESS_EVERY_SECONDS = 5.0
 STORE_RETRY_MAX_SECONDS = 10.0
 CLOSE_LOCK_WAIT_SECONDS = 1.0
+LOST_EVENTS_LOG_SECONDS = 60.0
 
 
 class Pipeline:
@@ -97,6 +98,8 @@ class Pipeline:
         self.bytes_hashed = 0
         self.files_hashed = 0
         self.root_missing = False
+        self._lost_events = 0  # overflows since the last "events were lost" line
+        self._lost_events_logged_at = -LOST_EVENTS_LOG_SECONDS
         self._scans: list[_Scan] = []  # a stack: the newest walk goes first
         # The directories of walks not started yet: a set, as thousands of directories
         # created at once each ask for one.
@@ -350,7 +353,12 @@ class Pipeline:
         if event.kind == "hashed":
             return  # only woke the wait; _collect_hashes picks the results up
         if event.kind == "overflow":
-            log.warning("filesystem events were lost; rescanning", extra={"path": self.root})
+            self._lost_events += 1
+            if now >= self._lost_events_logged_at + LOST_EVENTS_LOG_SECONDS:
+                # At most once a minute: refused watches repeat this every few seconds.
+                log.warning("filesystem events were lost; rescanning",
+                            extra={"path": self.root, "times": self._lost_events})
+                self._lost_events, self._lost_events_logged_at = 0, now
             self.request_scan()
         elif event.kind == "attrib":
             if event.src is not None:

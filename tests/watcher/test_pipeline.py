@@ -715,3 +715,20 @@ def test_closing_does_not_wait_long_for_a_state_database_locked_by_another_write
         other.execute("ROLLBACK")
         other.close()
     assert took < 10, f"close() waited {took:.1f}s for the lock"
+
+
+def test_repeated_lost_events_rescan_each_time_but_log_once_a_minute(
+        tmp_path: Path, caplog: pytest.LogCaptureFixture) -> None:
+    """Overflows that repeat (refused watches report one every few seconds) each rescan and
+    find a file written meanwhile, but say so in one warning, not one per overflow."""
+    pipeline, outbox, root = make_pipeline(tmp_path)
+    caplog.set_level("WARNING", logger="multiwatch.watcher.pipeline")
+    for name in ("a.txt", "b.txt", "c.txt"):
+        (root / name).write_bytes(name.encode())  # written with nobody watching
+        pipeline.notifications.put(RawEvent("overflow", True, ""))
+        settle_all(pipeline)
+    pipeline._commit()
+    assert sorted(b["file_info"]["relative_path"] for b in drain(outbox)) == [
+        "a.txt", "b.txt", "c.txt"]
+    said = [r.getMessage() for r in caplog.records]
+    assert said.count("filesystem events were lost; rescanning") == 1
