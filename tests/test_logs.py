@@ -114,7 +114,7 @@ def test_warnings_are_counted_at_log_level_error_though_not_printed(
     logging.getLogger().addHandler(problems)
     try:
         logging.getLogger("multiwatch.watcher.pipeline").warning("cannot read file")
-        logging.getLogger("watchdog.observers.inotify").warning("Unable to watch")
+        logging.getLogger("kombu.connection").warning("broker hiccup")  # third-party too
         logging.getLogger("multiwatch.watcher.pipeline").info("file discovered")
     finally:
         logging.getLogger().removeHandler(problems)

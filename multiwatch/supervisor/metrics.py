@@ -73,7 +73,7 @@ INSTANCE_METRICS: tuple[Spec, ...] = (
          "1 while an unroutable or rejected event holds up the outbox, else 0.",
          _hb("publish_held")),
     Spec("multiwatch_errors_total", "counter",
-         "Problems the watcher logged at WARNING or above.", _hb("errors")),
+         "Warnings and errors the watcher met (counted at every log_level, printed or not).", _hb("errors")),
     Spec("multiwatch_bytes_hashed_total", "counter",
          "Bytes read to hash files.", _hb("bytes_hashed")),
     Spec("multiwatch_files_hashed_total", "counter",
