@@ -71,6 +71,14 @@ def broker_url(rabbitmq: RabbitMQ) -> Iterator[str]:
         rabbitmq.rabbitmqctl("delete_vhost", vhost)
 
 
+@pytest.fixture
+def inbox(tmp_path: Path) -> Path:
+    """An empty directory to watch, tmp_path/inbox."""
+    directory = tmp_path / "inbox"
+    directory.mkdir()
+    return directory
+
+
 def pytest_terminal_summary(terminalreporter: Any) -> None:
     """One line saying which broker the session used and how long a private one took to boot."""
     for broker in _started:

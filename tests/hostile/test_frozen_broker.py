@@ -37,13 +37,6 @@ KILLED = "child did not stop in time; killing it"
 
 
 @pytest.fixture
-def inbox(tmp_path: Path) -> Path:
-    directory = tmp_path / "inbox"
-    directory.mkdir()
-    return directory
-
-
-@pytest.fixture
 def proxy(broker_url: str) -> Iterator[FreezableProxy]:
     parts = urlsplit(broker_url)
     node = FreezableProxy((parts.hostname or "127.0.0.1", parts.port or 5672))

@@ -42,13 +42,6 @@ from tests.support.rabbitmq import RabbitMQ
 QUEUE = "file_events"
 
 
-@pytest.fixture
-def inbox(tmp_path: Path) -> Path:
-    directory = tmp_path / "inbox"
-    directory.mkdir()
-    return directory
-
-
 def _start(roster: Path, instance_id: str = "inbox", *, connected: bool = True) -> Multiwatch:
     """A running multiwatch that is watching (and, by default, has reached the broker)."""
     mw = Multiwatch(["-c", str(roster)])

@@ -24,13 +24,6 @@ HELD_LOG = "event unroutable"
 
 
 @pytest.fixture
-def inbox(tmp_path: Path) -> Path:
-    directory = tmp_path / "inbox"
-    directory.mkdir()
-    return directory
-
-
-@pytest.fixture
 def port() -> int:
     return free_port()
 

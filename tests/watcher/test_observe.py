@@ -7,7 +7,7 @@ import logging
 import os
 import queue
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import Callable
 from pathlib import Path
 
 import pytest
@@ -29,33 +29,8 @@ from multiwatch.watcher.observe import (
     start_observer,
 )
 from multiwatch.watcher.scan import scan_batches
+from tests.watcher.test_observe_trees import next_event
 from tests.watcher.test_pipeline import drain, known_files, make_pipeline, settle_all
-
-
-def _next_event(events: queue.SimpleQueue[RawEvent], wanted: Callable[[RawEvent], bool],
-                timeout: float = 5.0) -> RawEvent:
-    """The first queued notification matching `wanted`; fail after `timeout` seconds."""
-    deadline = time.monotonic() + timeout
-    while True:
-        remaining = deadline - time.monotonic()
-        assert remaining > 0, "expected notification did not arrive"
-        try:
-            event = events.get(timeout=remaining)
-        except queue.Empty:
-            continue
-        if wanted(event):
-            return event
-
-
-@pytest.fixture
-def observers() -> Iterator[list[BaseObserver]]:
-    """Observers a test started; stopped and joined afterwards."""
-    started: list[BaseObserver] = []
-    yield started
-    for observer in started:
-        observer.stop()
-        observer.join(timeout=5)
-
 
 _failed_observers: list[observe.DirectInotifyObserver] = []
 
@@ -85,7 +60,7 @@ def test_auto_falls_back_to_polling_with_a_warning_when_inotify_fails(
     assert isinstance(observers[0], PollingObserver)
     assert any(r.levelno == logging.WARNING and "polling" in r.getMessage()
                for r in caplog.records)
-    _next_event(events, lambda e: e.src == "late.txt" and not e.is_directory)
+    next_event(events, lambda e: e.src == "late.txt" and not e.is_directory)
     assert not _failed_observers[-1].reader.is_alive(), "the failed observer's reader was left"
 
 
@@ -110,7 +85,7 @@ def test_polling_mode_finds_new_files_without_inotify(
     (tmp_path / "sub" / "remote.bin").write_bytes(b"from another NFS client")
 
     assert isinstance(observers[0], PollingObserver)
-    _next_event(events, lambda e: e.src == "sub/remote.bin" and not e.is_directory)
+    next_event(events, lambda e: e.src == "sub/remote.bin" and not e.is_directory)
 
 
 def test_kernel_queue_overflow_becomes_an_overflow_notification(
@@ -128,7 +103,7 @@ def test_kernel_queue_overflow_becomes_an_overflow_notification(
         observer.reader.handle_event(
             InotifyEvent(WatchDescriptor(-1), InotifyConstants.IN_Q_OVERFLOW, 0, b""))
 
-        _next_event(events, lambda e: e.kind == "overflow")
+        next_event(events, lambda e: e.kind == "overflow")
     finally:
         lost_logger.handlers[:] = [h for h in lost_logger.handlers
                                    if type(h).__name__ != "_LostEventsListener"]
@@ -177,7 +152,7 @@ def test_renames_pair_up_and_moves_out_become_deletions_in_order(
     observers.append(start_observer(str(root), recursive=True, events=events))
 
     os.rename(root / "a.txt", root / "sub" / "b.txt")
-    moved = _next_event(events, lambda e: e.kind == "moved")
+    moved = next_event(events, lambda e: e.kind == "moved")
     assert (moved.src, moved.dest, moved.is_directory) == ("a.txt", "sub/b.txt", False)
 
     os.rename(root / "sub" / "b.txt", outside / "b.txt")
@@ -200,7 +175,7 @@ def test_a_move_out_alone_is_announced_deleted_after_the_pairing_window(
     observers.append(start_observer(str(root), recursive=True, events=events))
 
     os.rename(root / "gone.txt", outside / "gone.txt")
-    deleted = _next_event(events, lambda e: e.kind == "deleted")
+    deleted = next_event(events, lambda e: e.kind == "deleted")
     assert (deleted.src, deleted.is_directory) == ("gone.txt", False)
 
 
@@ -225,7 +200,7 @@ def test_events_arriving_together_are_read_together_and_a_lone_one_at_once(
 
     started = time.monotonic()
     os.mkdir(tmp_path / "first")
-    _next_event(events, lambda e: e.src == "first")
+    next_event(events, lambda e: e.src == "first")
     assert time.monotonic() - started < pause, "a lone event waited for the pause"
     for index in range(100):  # all made while the reader pauses after "first"
         (tmp_path / f"f{index:03d}").write_bytes(b"x")
@@ -291,10 +266,10 @@ def test_subdirectories_later_leaves_their_watches_to_the_walk(
                                          watch=watch) for p in batch}
     assert "a/b/early.txt" in found  # the walk itself reports what came before its watch
     (tmp_path / "a" / "b" / "late.txt").write_text("after the walk")
-    _next_event(events, lambda e: e.src == "a/b/late.txt")
+    next_event(events, lambda e: e.src == "a/b/late.txt")
     (tmp_path / "new" / "inner").mkdir(parents=True)
     (tmp_path / "new" / "inner" / "file.txt").write_text("in a directory made later")
-    _next_event(events, lambda e: e.src == "new/inner/file.txt")
+    next_event(events, lambda e: e.src == "new/inner/file.txt")
 
 
 def test_only_an_inotify_observer_started_so_needs_a_directory_watcher(

@@ -6,7 +6,7 @@ import os
 import queue
 import stat
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import Callable
 from pathlib import Path
 
 import pytest
@@ -16,16 +16,6 @@ from watchdog.observers.inotify_c import InotifyConstants
 
 from multiwatch.watcher import observe
 from multiwatch.watcher.observe import RawEvent, directory_watcher, start_observer
-
-
-@pytest.fixture
-def observers() -> Iterator[list[BaseObserver]]:
-    """Observers a test started; stopped and joined afterwards."""
-    started: list[BaseObserver] = []
-    yield started
-    for observer in started:
-        observer.stop()
-        observer.join(timeout=5)
 
 
 def next_event(events: queue.SimpleQueue[RawEvent], wanted: Callable[[RawEvent], bool],
