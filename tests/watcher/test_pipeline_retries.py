@@ -51,6 +51,20 @@ def _first_announced(pipeline: Pipeline, outbox: DurableOutbox,
     return bodies
 
 
+def _created_and_failing(tmp_path: Path, monkeypatch: Any, *, first_retry: float,
+                         error: OSError, failures: int, name: str, content: bytes,
+                         ) -> tuple[Pipeline, DurableOutbox, _FailingRead]:
+    """A pipeline whose reads fail `failures` times with `error` (retries from
+    `first_retry` s), and a file `name` just created and notified."""
+    monkeypatch.setattr(retry_module, "RETRY_FIRST_SECONDS", first_retry)
+    failing = _FailingRead(error, failures)
+    monkeypatch.setattr(pipeline_module, "hash_file", failing)
+    pipeline, outbox, root = make_pipeline(tmp_path)
+    (root / name).write_bytes(content)
+    pipeline.notifications.put(RawEvent("created", False, name))
+    return pipeline, outbox, failing
+
+
 def _warnings(caplog: Any) -> list[str]:
     return [r.getMessage() for r in caplog.records if r.levelno >= logging.WARNING]
 
@@ -59,12 +73,9 @@ def test_transient_io_error_is_retried_until_the_file_is_announced(
         tmp_path: Path, monkeypatch, caplog) -> None:
     """A file whose read fails twice with EIO (a network mount) is announced once it reads,
     with no event from the filesystem, and the failure is logged once, not per retry."""
-    monkeypatch.setattr(retry_module, "RETRY_FIRST_SECONDS", 0.05)
-    failing = _FailingRead(OSError(errno.EIO, "Input/output error"), failures=2)
-    monkeypatch.setattr(pipeline_module, "hash_file", failing)
-    pipeline, outbox, root = make_pipeline(tmp_path)
-    (root / "song.mp3").write_bytes(b"on a flaky share")
-    pipeline.notifications.put(RawEvent("created", False, "song.mp3"))
+    pipeline, outbox, failing = _created_and_failing(
+        tmp_path, monkeypatch, first_retry=0.05, error=OSError(errno.EIO, "Input/output error"),
+        failures=2, name="song.mp3", content=b"on a flaky share")
     bodies = _first_announced(pipeline, outbox)
     assert summary(bodies) == [("file_discovered", "song.mp3")]
     assert failing.calls == 3
@@ -75,12 +86,9 @@ def test_transient_io_error_is_retried_until_the_file_is_announced(
 def test_permanent_read_failure_is_logged_once_and_backs_off(
         tmp_path: Path, monkeypatch, caplog) -> None:
     """A file that never reads is tried again less and less often, and logged only once."""
-    monkeypatch.setattr(retry_module, "RETRY_FIRST_SECONDS", 0.02)
-    failing = _FailingRead(OSError(errno.ESTALE, "Stale file handle"), failures=10**6)
-    monkeypatch.setattr(pipeline_module, "hash_file", failing)
-    pipeline, outbox, root = make_pipeline(tmp_path)
-    (root / "stale.mp3").write_bytes(b"x")
-    pipeline.notifications.put(RawEvent("created", False, "stale.mp3"))
+    pipeline, outbox, failing = _created_and_failing(
+        tmp_path, monkeypatch, first_retry=0.02, error=OSError(errno.ESTALE, "Stale file handle"),
+        failures=10**6, name="stale.mp3", content=b"x")
     deadline = time.monotonic() + 1.5
     while time.monotonic() < deadline:
         pipeline.step(0.01)
@@ -94,12 +102,10 @@ def test_permission_change_makes_an_unreadable_file_announced_at_once(
         tmp_path: Path, monkeypatch) -> None:
     """An "attrib" notification (chmod) on a file that could not be read has it read again
     right away, long before its next retry."""
-    monkeypatch.setattr(retry_module, "RETRY_FIRST_SECONDS", 3600.0)
-    failing = _FailingRead(PermissionError(errno.EACCES, "Permission denied"), failures=1)
-    monkeypatch.setattr(pipeline_module, "hash_file", failing)
-    pipeline, outbox, root = make_pipeline(tmp_path)
-    (root / "locked.mp3").write_bytes(b"0200 at first")
-    pipeline.notifications.put(RawEvent("created", False, "locked.mp3"))
+    pipeline, outbox, failing = _created_and_failing(
+        tmp_path, monkeypatch, first_retry=3600.0,
+        error=PermissionError(errno.EACCES, "Permission denied"), failures=1,
+        name="locked.mp3", content=b"0200 at first")
     run_until(pipeline, lambda: failing.calls == 1)
     pipeline.notifications.put(RawEvent("attrib", False, "locked.mp3"))
     bodies = _first_announced(pipeline, outbox, timeout=3)
