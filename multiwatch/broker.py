@@ -25,6 +25,7 @@ from kombu.utils.url import parse_url
 
 from multiwatch.config import DEFAULT_QUEUE, BrokerConfig, TlsConfig, mask_url
 from multiwatch.config_broker import read_password_file, replace_password
+from multiwatch.state_dir import private_dirs
 
 log = logging.getLogger(__name__)
 
@@ -100,8 +101,8 @@ def open_connection(
         spool = spool_dir(state_dir)
         messages = os.path.join(spool, "messages")
         control = os.path.join(spool, "control")
-        for folder in (messages, control):
-            os.makedirs(folder, exist_ok=True)
+        for folder in ("messages", "control"):  # 0700, ours: see multiwatch.state_dir
+            private_dirs(state_dir, ["spool", folder])
         return Connection(
             "filesystem://",
             transport_options={

@@ -179,10 +179,21 @@ def _add_export(commands: argparse._SubParsersAction) -> None:  # type: ignore[t
         target.add_argument("--http-port-base", type=int, metavar="PORT",
                             help="give instance N the HTTP endpoint on PORT+N (roster order) "
                             "instead of none")
+    supervisord.add_argument("--user", metavar="NAME",
+                             help="user= of every program (default: multiwatch when exporting "
+                             "as root, else none: supervisord's own user)")
+    systemd.add_argument("--user", metavar="NAME",
+                         help="User= of every unit (default: multiwatch, the user "
+                         "systemd/multiwatch.sysusers creates)")
 
 
 def main(argv: Sequence[str] | None = None) -> int:
     args = _parser().parse_args(argv)
+    if args.command == "run":
+        # What sqlite, kombu's spool and the lock files create is ours alone whatever the
+        # umask we were started with; set before the first watcher is spawned (it inherits
+        # it).  multiwatch.state_dir sets the modes of what it creates explicitly too.
+        os.umask(0o077)
     # Before the configuration code is even imported: the first watcher imports its own
     # while the roster is read (supervisor/prestart.py).
     prestarted = _prestart_watcher() if args.command == "run" else None
@@ -193,6 +204,7 @@ def main(argv: Sequence[str] | None = None) -> int:
             return _ask_endpoint(args)
         roster = load_roster(args.config, os.environ)
         if args.command == "check":
+            _check_state(roster, create=False)
             print(render_effective(roster), end="")
             return 0
         if args.command == "tail":
@@ -231,7 +243,7 @@ def _prestart_watcher() -> PrestartedWatcher | None:
 def _export(roster: Roster, args: argparse.Namespace) -> int:
     from multiwatch import export_commands as ex
 
-    options = ex.options_for(roster, args.python, args.http_port_base)
+    options = ex.options_for(roster, args.python, args.http_port_base, args.user)
     if args.export_target == "systemd":
         return ex.export_systemd(roster, options, output=args.output)
     return ex.export_supervisord(roster, options, output=args.output, run_dir=args.run_dir,
@@ -269,14 +281,30 @@ def _run(roster: Roster, args: argparse.Namespace,
 
     roster = narrow(roster)
     config_path = args.config or os.environ.get("MULTIWATCH_CONFIG") or None
-    os.makedirs(roster.state_dir, exist_ok=True)
     setup_logging(roster.log_level, "supervisor")
+    _check_state(roster, create=True)
 
     def reload() -> Roster:
         return narrow(load_roster(config_path, os.environ))
 
     return Supervisor(roster, reload=reload if config_path else None,
                       prestarted=prestarted).run()
+
+
+def _check_state(roster: Roster, *, create: bool) -> None:
+    """The state directory is ours alone (check: look only; run: create and tighten)."""
+    from multiwatch import state_dir
+    from multiwatch.config import ConfigError
+
+    try:
+        state_dir.prepare(roster.state_dir, [i.id for i in roster.instances],
+                          embedded=roster.broker.embedded,
+                          policy=state_dir.CREATE if create else state_dir.VERIFY)
+    except state_dir.UnsafeStateError as exc:
+        raise ConfigError(str(exc)) from None
+    except OSError as exc:
+        raise ConfigError(f"cannot use the state directory {roster.state_dir}: "
+                          f"{exc.strerror or exc}") from None
 
 
 def _spawn_as_if_run_with_dash_m() -> None:

@@ -53,10 +53,15 @@ def export_state(roster: Roster, ids: Sequence[str] | None, out: TextIO = sys.st
 
 def backup_state(roster: Roster, ids: Sequence[str] | None, destination: str) -> int:
     """Copy each chosen instance's database to DESTINATION/<id>.state.db (online backup)."""
-    os.makedirs(destination, exist_ok=True)
+    os.makedirs(destination, mode=0o700, exist_ok=True)
     for instance in chosen_instances(roster, ids):
         source = _open(roster, instance)
         target_path = os.path.join(destination, f"{instance.id}.state.db")
+        try:
+            _private_file(target_path)
+        except OSError as exc:
+            source.close()
+            raise ConfigError(f"cannot write {target_path}: {exc.strerror or exc}") from None
         target = sqlite3.connect(target_path)
         try:
             source.backup(target)
@@ -65,6 +70,15 @@ def backup_state(roster: Roster, ids: Sequence[str] | None, destination: str) ->
             source.close()
         print(f"{instance.id}: {target_path}", file=sys.stderr)
     return 0
+
+
+def _private_file(path: str) -> None:
+    """A copy holds the paths and hashes of private trees: 0600, never through a link."""
+    fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_NOFOLLOW | os.O_CLOEXEC, 0o600)
+    try:
+        os.fchmod(fd, 0o600)
+    finally:
+        os.close(fd)
 
 
 def _open(roster: Roster, instance: InstanceConfig) -> sqlite3.Connection:

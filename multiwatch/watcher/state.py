@@ -28,6 +28,7 @@ from operator import itemgetter
 
 import xxhash
 
+from multiwatch.state_dir import CREATE, VERIFY, UnsafeStateError, secure_database
 from multiwatch.watcher.hashing import FileVersion, Hashed
 from multiwatch.watcher.message import Event
 from multiwatch.watcher.path_index import PathIndex, directory_of
@@ -87,6 +88,13 @@ def state_db_path(state_dir: str, instance_id: str) -> str:
 
 def connect(path: str, *, readonly: bool = False) -> sqlite3.Connection:
     """Open (and for writers create and migrate) the database at path."""
+    # Before sqlite opens it by name: every directory from state_dir down and the database
+    # files are ours alone, no symbolic link among them (created 0700/0600 for writers).
+    try:
+        secure_database(path, VERIFY if readonly else CREATE)
+    except OSError as exc:
+        raise StateError(str(exc) if isinstance(exc, UnsafeStateError)
+                         else f"{path}: {exc.strerror or exc}") from None
     if readonly:
         if not os.path.exists(path):
             raise StateError(f"{path}: no state database (has this instance run yet?)")
@@ -94,7 +102,6 @@ def connect(path: str, *, readonly: bool = False) -> sqlite3.Connection:
         conn = sqlite3.connect(uri, uri=True, timeout=BUSY_TIMEOUT_SECONDS,
                                check_same_thread=False)
     else:
-        os.makedirs(os.path.dirname(path), exist_ok=True)
         conn = sqlite3.connect(path, timeout=BUSY_TIMEOUT_SECONDS, isolation_level=None,
                                check_same_thread=False)
         conn.execute("PRAGMA journal_mode=WAL")
