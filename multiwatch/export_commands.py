@@ -15,15 +15,19 @@ from __future__ import annotations
 
 import math
 import os
+import pwd
 import re
-import shlex
 import sys
 from dataclasses import dataclass
 
+from multiwatch import export_quoting as q
 from multiwatch.config import ENV_SOURCE, ConfigError, InstanceConfig, Roster, split_listen
 
 _VAR_RE = re.compile(r"\$\{([A-Za-z_][A-Za-z0-9_]*)")
 STOP_MARGIN_SECONDS = 5  # the process manager waits this much longer than multiwatch itself
+_PLAIN_STATE = re.compile(r"[A-Za-z0-9_.-]+(?:/[A-Za-z0-9_.-]+)*")
+DEFAULT_USER = "multiwatch"  # the system user systemd/multiwatch.sysusers creates
+SUPERVISORD_UMASK = "077"  # state, spool and logs readable by the service user alone
 
 
 @dataclass(frozen=True)
@@ -33,10 +37,12 @@ class ExportOptions:
     roster_file: str  # absolute
     python: str = sys.executable
     http_port_base: int | None = None  # None: --http-listen off
+    user: str | None = None  # --user; None: each exporter's default
 
 
-def options_for(roster: Roster, python: str | None, http_port_base: int | None) -> ExportOptions:
-    """Check that there is a roster file to point at; ConfigError if not."""
+def options_for(roster: Roster, python: str | None, http_port_base: int | None,
+                user: str | None = None) -> ExportOptions:
+    """Check the options and that there is a roster file to point at; ConfigError if not."""
     if roster.source == ENV_SOURCE:
         raise ConfigError(
             "export needs a roster file (-c PATH or MULTIWATCH_CONFIG): the exported programs "
@@ -48,7 +54,15 @@ def options_for(roster: Roster, python: str | None, http_port_base: int | None) 
             f"--http-port-base {http_port_base}: need {len(roster.instances)} consecutive "
             "ports from there, below 65536"
         )
-    return ExportOptions(os.path.abspath(roster.source), python or sys.executable, http_port_base)
+    python = python or sys.executable
+    if not os.path.isabs(python):
+        # Also keeps ExecStart= free of systemd's prefixes (`-`, `+`, `!`...) on the program.
+        raise ConfigError(f"--python {q.show(python)}: give an absolute path")
+    if user is not None:
+        q.check_user(user, "--user")
+    for instance in roster.instances:
+        q.check_name(instance.id, "instance id")
+    return ExportOptions(os.path.abspath(roster.source), python, http_port_base, user)
 
 
 def run_arguments(roster: Roster, options: ExportOptions, index: int) -> list[str]:
@@ -85,25 +99,66 @@ def program_name(instance: InstanceConfig) -> str:
 # ---------------------------------------------------------------- supervisord
 
 
-def _ini(value: str) -> str:
-    """A value for supervisord's config: `%` starts an expansion there."""
-    return value.replace("%", "%%")
+def supervisord_user(options: ExportOptions) -> str | None:
+    """--user, else `multiwatch` when exporting as root; None: supervisord's own user.
+
+    supervisord can only switch users when it runs as root, and it then should: a watcher
+    needs no privileges, only read access to its tree."""
+    if options.user is not None:
+        return options.user
+    return DEFAULT_USER if _euid() == 0 else None
+
+
+def _euid() -> int:
+    geteuid = getattr(os, "geteuid", None)  # absent on Windows
+    return geteuid() if geteuid else -1
+
+
+def _home_of(user: str) -> str:
+    try:
+        entry = pwd.getpwuid(int(user)) if user.isdigit() else pwd.getpwnam(user)
+    except KeyError:
+        raise ConfigError(
+            f"--user {user}: no such user here; create it (systemd-sysusers "
+            "systemd/multiwatch.sysusers, or useradd --system multiwatch) or pass --user NAME"
+        ) from None
+    return entry.pw_dir
+
+
+def program_environment(roster: Roster, user: str | None) -> dict[str, str]:
+    """What a program needs beyond supervisord's environment.
+
+    The state_dir is pinned: with no state_dir in the roster, the default depends on the
+    user (/var/lib/multiwatch for root, ~/.local/state for others). supervisord keeps its own
+    HOME when it switches users, so the user's is given."""
+    environment = {"MULTIWATCH_STATE_DIR": roster.state_dir}
+    if user is not None:
+        environment["HOME"] = _home_of(user)
+    return environment
 
 
 def supervisord_config(roster: Roster, options: ExportOptions, *, run_dir: str,
                        programs_only: bool = False) -> str:
     """A supervisord configuration with one [program:multiwatch-<id>] per instance."""
+    user = supervisord_user(options)
+    roster_file = q.check_line_safe(options.roster_file, "the roster path")
+    environment = q.ini_environment(program_environment(roster, user), "state_dir or HOME")
     lines = [
-        f"; multiwatch instances of {options.roster_file}, one supervisord program each,",
+        f"; multiwatch instances of {roster_file}, one supervisord program each,",
         "; written by `multiwatch export supervisord`. Re-export after adding or removing",
         "; instances; other roster changes need only `supervisorctl signal HUP multiwatch-<id>`.",
         ";",
         "; Environment: programs inherit supervisord's environment. Start supervisord with",
-        "; whatever the roster and multiwatch read from it (RABBITMQ_PASS_FILE, ...), or add an",
-        '; environment=NAME="value" line to a program.',
+        "; whatever the roster and multiwatch read from it (RABBITMQ_PASS_FILE, ...), or add",
+        "; to a program's environment= line.",
     ]
     if variables := roster_variables(options.roster_file):
         lines.append(f"; This roster reads: {', '.join(variables)}.")
+    if user is not None:
+        lines.append(f"; Programs run as {user} (umask {SUPERVISORD_UMASK}), which needs read "
+                     "access to the roster, the watched")
+        lines.append(f"; directories and any password file, and must own {roster.state_dir}:")
+        lines.append(f";   install -d -o {user} -m 0700 {roster.state_dir}")
     if options.http_port_base is None:
         lines.append("; HTTP endpoint: off in every program (they would all bind the roster's "
                      "http.listen);")
@@ -113,31 +168,37 @@ def supervisord_config(roster: Roster, options: ExportOptions, *, run_dir: str,
                      f"{options.http_port_base} (multiwatch status --url ...).")
     lines.append("")
     if not programs_only:
-        socket = os.path.join(run_dir, "supervisor.sock")
+        socket = q.ini_value(os.path.join(run_dir, "supervisor.sock"), "--run-dir")
         lines += [
-            f"; Control socket, pid file and logs live in {run_dir} (it must exist).",
+            f"; Control socket, pid file and logs live in {q.check_line_safe(run_dir, '--run-dir')}"
+            " (it must exist).",
             "[unix_http_server]",
-            f"file={_ini(socket)}",
+            f"file={socket}",
             "chmod=0700",
             "",
             "[supervisord]",
-            f"logfile={_ini(os.path.join(run_dir, 'supervisord.log'))}",
-            f"pidfile={_ini(os.path.join(run_dir, 'supervisord.pid'))}",
-            f"childlogdir={_ini(run_dir)}",
+            f"logfile={q.ini_value(os.path.join(run_dir, 'supervisord.log'), '--run-dir')}",
+            f"pidfile={q.ini_value(os.path.join(run_dir, 'supervisord.pid'), '--run-dir')}",
+            f"childlogdir={q.ini_value(run_dir, '--run-dir')}",
+            f"umask={SUPERVISORD_UMASK}",
             "",
             "[supervisorctl]",
-            f"serverurl=unix://{_ini(socket)}",
+            f"serverurl=unix://{socket}",
             "",
             "[rpcinterface:supervisor]",
             "supervisor.rpcinterface_factory = supervisor.rpcinterface:make_main_rpcinterface",
             "",
         ]
     for index, instance in enumerate(roster.instances):
-        command = shlex.join(run_arguments(roster, options, index))
+        command = q.ini_command(run_arguments(roster, options, index), "the roster path")
         lines += [
             f"[program:{program_name(instance)}]",
-            f"command={_ini(command)}",
-            f"directory={_ini(os.path.dirname(options.roster_file))}",
+            # No directory=: the roster path is absolute and multiwatch resolves the roster's
+            # relative paths against the roster, never against the working directory.
+            f"command={command}",
+            f"environment={environment}",
+            *([f"user={user}"] if user is not None else []),
+            f"umask={SUPERVISORD_UMASK}",
             "autostart=true",
             "autorestart=true",
             "startsecs=3",
@@ -160,14 +221,6 @@ def supervisord_config(roster: Roster, options: ExportOptions, *, run_dir: str,
 # ---------------------------------------------------------------- systemd
 
 
-def _unit_word(value: str) -> str:
-    """One word of a unit file command line or path list: `%` and `$` escaped, quoted if needed."""
-    value = value.replace("%", "%%").replace("$", "$$")
-    if value and not re.search(r"[\s\"'\\;]", value):
-        return value
-    return '"' + value.replace("\\", "\\\\").replace('"', '\\"') + '"'
-
-
 def _under(path: str, *roots: str) -> bool:
     return any(path == root or path.startswith(root.rstrip("/") + "/") for root in roots)
 
@@ -175,38 +228,41 @@ def _under(path: str, *roots: str) -> bool:
 def systemd_unit(roster: Roster, options: ExportOptions, index: int) -> str:
     """`multiwatch-<id>.service`: the roster-mode unit's sandbox, for a single instance."""
     instance = roster.instances[index]
-    state = roster.state_dir
-    command = " ".join(_unit_word(arg) for arg in run_arguments(roster, options, index))
+    state, directory = roster.state_dir, instance.directory
+    user = options.user or DEFAULT_USER
+    command = " ".join(q.unit_exec_word(arg, "the roster path or --python")
+                       for arg in run_arguments(roster, options, index))
     lines = [
-        f"# multiwatch instance {instance.id} of {options.roster_file}, written by",
+        f"# multiwatch instance {instance.id} of "
+        f"{q.check_line_safe(options.roster_file, 'the roster path')}, written by",
         "# `multiwatch export systemd`. Install:",
         "#   install -m 0644 multiwatch-*.service /etc/systemd/system/",
         f"#   systemctl daemon-reload && systemctl enable --now {program_name(instance)}",
-        "# Runs as the user multiwatch (systemd/multiwatch.sysusers creates it); it must be able",
+        f"# Runs as the user {user} (systemd/multiwatch.sysusers creates multiwatch); it must "
+        "be able",
         "# to read the roster, the watched directory and any password file.",
         "# Environment: /etc/multiwatch/multiwatch.env (mode 0600), e.g. RABBITMQ_PASS_FILE=...",
     ]
     if variables := roster_variables(options.roster_file):
         lines.append(f"# This roster reads: {', '.join(variables)}.")
-    if state.startswith("/var/lib/") and len(state) > len("/var/lib/"):
-        state_lines = [f"StateDirectory={_unit_word(state[len('/var/lib/'):])}",
-                       "StateDirectoryMode=0750"]
-    else:
-        state_lines = [f"ReadWritePaths={_unit_word(state)}"]
-    paths = [instance.directory, state, options.roster_file]
+    if state.startswith("/var/lib/") and _PLAIN_STATE.fullmatch(state[len("/var/lib/"):]):
+        state_lines = [f"StateDirectory={state[len('/var/lib/'):]}", "StateDirectoryMode=0700"]
+    else:  # (StateDirectory= also splits at `:` and unescapes twice: only plain names go there)
+        state_lines = [f"ReadWritePaths={q.unit_path_word(state, 'state_dir')}"]
+    paths = [directory, state, options.roster_file]
     private_tmp = not any(_under(p, "/tmp", "/var/tmp") for p in paths)
     lines += [
         "",
         "[Unit]",
         f"Description=multiwatch instance {instance.id}: announce files landing in "
-        f"{instance.directory.replace('%', '%%')} on RabbitMQ",
+        f"{q.unit_text(directory, 'the directory of instance ' + instance.id)} on RabbitMQ",
         "After=network-online.target",
         "Wants=network-online.target",
         "",
         "[Service]",
         "Type=simple",
-        "User=multiwatch",
-        "Group=multiwatch",
+        f"User={user}",
+        *(["Group=multiwatch"] if user == DEFAULT_USER else []),
         f"ExecStart={command}",
         "ExecReload=/bin/kill -HUP $MAINPID",
         "Restart=on-failure",
@@ -215,14 +271,16 @@ def systemd_unit(roster: Roster, options: ExportOptions, index: int) -> str:
         "KillSignal=SIGTERM",
         f"TimeoutStopSec={stop_wait_seconds(roster)}s",
         "Environment=PYTHONDONTWRITEBYTECODE=1",
+        # Pinned: without a roster state_dir the default depends on the user running it.
+        f"Environment={q.unit_environment('MULTIWATCH_STATE_DIR', state, 'state_dir')}",
         "EnvironmentFile=-/etc/multiwatch/multiwatch.env",
         *state_lines,
-        "UMask=0027",
+        "UMask=0077",
         "",
         "# Sandbox: read-only system, no privileges; only the state directory is writable.",
         "ProtectSystem=strict",
         "ProtectHome=read-only",
-        f"ReadOnlyPaths=-{_unit_word(instance.directory)}",
+        f"ReadOnlyPaths=-{q.unit_path_word(directory, 'the directory of ' + instance.id)}",
         *(["PrivateTmp=yes"] if private_tmp else ["# PrivateTmp= off: a path is under /tmp"]),
         "PrivateDevices=yes",
         "NoNewPrivileges=yes",
@@ -261,7 +319,7 @@ def systemd_units(roster: Roster, options: ExportOptions) -> dict[str, str]:
 
 def export_supervisord(roster: Roster, options: ExportOptions, *, output: str | None,
                        run_dir: str | None, programs_only: bool) -> int:
-    run_dir = os.path.abspath(run_dir or os.path.join(roster.state_dir, "supervisord"))
+    run_dir = supervisord_run_dir(roster, options, run_dir)
     text = supervisord_config(roster, options, run_dir=run_dir, programs_only=programs_only)
     if output is None:
         sys.stdout.write(text)
@@ -271,6 +329,24 @@ def export_supervisord(roster: Roster, options: ExportOptions, *, output: str | 
     _write(output, text)
     print(f"wrote {output}: {len(roster.instances)} programs", file=sys.stderr)
     return 0
+
+
+def supervisord_run_dir(roster: Roster, options: ExportOptions, run_dir: str | None) -> str:
+    """--run-dir, by default <state_dir>/supervisord, or beside state_dir when programs run
+    as another user: that user owns state_dir and could swap a directory in it for a symlink,
+    turning the logs root's supervisord writes there against any file."""
+    state = roster.state_dir
+    if supervisord_user(options) is None:
+        return os.path.abspath(run_dir or os.path.join(state, "supervisord"))
+    if run_dir is None:
+        return f"{state.rstrip('/')}-supervisord"
+    run_dir = os.path.abspath(run_dir)
+    if _under(run_dir, state):
+        raise ConfigError(
+            f"--run-dir {q.show(run_dir)} is inside state_dir, which the programs' user owns: "
+            "supervisord's logs and socket must live where only root can write"
+        )
+    return run_dir
 
 
 def export_systemd(roster: Roster, options: ExportOptions, *, output: str | None) -> int:
@@ -288,7 +364,7 @@ def export_systemd(roster: Roster, options: ExportOptions, *, output: str | None
 
 def _makedirs(path: str, option: str) -> None:
     try:
-        os.makedirs(path, exist_ok=True)
+        os.makedirs(path, mode=0o700, exist_ok=True)
     except OSError as exc:
         raise ConfigError(f"{option} {path}: cannot create directory: {exc.strerror}") from None
 

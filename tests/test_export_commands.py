@@ -34,6 +34,10 @@ def roster(tmp_path: Path) -> Path:
 
 
 def _export(*args: str) -> subprocess.CompletedProcess[str]:
+    """`multiwatch export ...`; supervisord programs run as `nobody` (as root the default is
+    the `multiwatch` user, which this machine need not have)."""
+    if args[0] == "supervisord" and "--help" not in args and "--user" not in args:
+        args = (*args, "--user", "nobody")
     result = run_cli("export", *args)
     assert "Traceback" not in result.stderr
     return result
