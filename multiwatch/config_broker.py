@@ -17,7 +17,7 @@ from dataclasses import dataclass
 from typing import Any
 
 from multiwatch import config_source as cs
-from multiwatch.config_env import ENV_NAME, broker_url_from_env, env_node, env_source
+from multiwatch.config_env import ENV_NAME, broker_url_from_env, env_source, password_file_node
 from multiwatch.config_source import Node, Source, Where
 
 DEFAULT_EXCHANGE = "file_events"
@@ -225,7 +225,7 @@ def load_broker(src: Source, node: Node | None) -> BrokerConfig:
     password_file, password_where = values.pop("password_file", None), None
     if password_file is not None:
         password_where = src.where(entries["password_file"], "broker.password_file")
-    elif env := env_node(src.environ, PASSWORD_FILE_ENV):
+    elif env := password_file_node(src.environ):
         password_where = Where(ENV_NAME, None, PASSWORD_FILE_ENV)
         password_file = cs.path(env_source(src.environ), env, PASSWORD_FILE_ENV)
     if url is None:  # the embedded spool has no password and no TLS

@@ -29,6 +29,19 @@ def env_node(environ: Mapping[str, str], name: str) -> Node | None:
     return Node(value, None, value) if value else None
 
 
+def password_file_node(environ: Mapping[str, str]) -> Node | None:
+    """$RABBITMQ_PASS_FILE: the password's file (Docker's and Kubernetes' `_FILE` convention
+    for secrets), or None. Set together with $RABBITMQ_PASS it is an error: which one counts
+    would be a guess, and a stale RABBITMQ_PASS left in an environment is a leak to remove."""
+    node = env_node(environ, "RABBITMQ_PASS_FILE")
+    if node is not None and env_node(environ, "RABBITMQ_PASS") is not None:
+        raise Where(ENV_NAME, None, "RABBITMQ_PASS_FILE").error(
+            "RABBITMQ_PASS is set too; set only one of them (RABBITMQ_PASS_FILE keeps the "
+            "password out of the environment)"
+        )
+    return node
+
+
 def broker_url_from_env(environ: Mapping[str, str]) -> str | None:
     """RABBITMQ_* as one amqp:// URL; None (embedded broker) without RABBITMQ_HOST."""
     host = environ.get("RABBITMQ_HOST", "").strip()
