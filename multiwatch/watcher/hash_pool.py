@@ -19,6 +19,7 @@ import threading
 import time
 from collections.abc import Callable
 
+from multiwatch.watcher.confined import ConfinedRoot
 from multiwatch.watcher.hash_slots import HashSlot, HashSlots
 from multiwatch.watcher.hashing import (
     ChangedWhileHashing,
@@ -36,12 +37,14 @@ JOIN_SECONDS = 5.0
 
 
 class HashJob:
-    """One hash of `path` expected at `version`; `relative` is the path the pipeline tracks."""
+    """One hash of root/`relative` expected at `version`; `path` names it in logs."""
 
-    def __init__(self, relative: str, path: str, version: FileVersion) -> None:
+    def __init__(self, relative: str, path: str, version: FileVersion,
+                 root: ConfinedRoot) -> None:
         self.relative = relative
         self.path = path
         self.version = version
+        self.root = root
         self.cancelled = threading.Event()
         self.result: Hashed | None = None  # set by the worker before it hands the job back
         self.error: Exception | None = None
@@ -77,8 +80,9 @@ class HashPool:
         """Called (from a worker) after each job is put on `completed`."""
         self._wake = wake
 
-    def submit(self, relative: str, path: str, version: FileVersion) -> HashJob:
-        job = HashJob(relative, path, version)
+    def submit(self, relative: str, path: str, version: FileVersion,
+               root: ConfinedRoot) -> HashJob:
+        job = HashJob(relative, path, version, root)
         with self._lock:
             self._live.add(job)
         if not self._threads:
@@ -136,7 +140,8 @@ class HashPool:
                 "slot": slot.index if slot is not None else None,
                 "slot_wait_seconds": round(started - queued, 3)})
             try:
-                job.result = hash_file(job.path, cancelled=job.cancelled)
+                job.result = hash_file(job.root, job.relative, cancelled=job.cancelled,
+                                       expected=job.version)
             except HashCancelled:
                 log.debug("hash abandoned: the file changed again", extra={"path": job.path})
                 return False

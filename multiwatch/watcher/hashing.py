@@ -1,7 +1,8 @@
 """One read of a regular file feeding SHA-256 and XXH128 together.
 
-Only regular files are opened, with O_NOFOLLOW|O_NONBLOCK so that neither a symlink
-nor a FIFO swapped in at the last moment can redirect or block the watcher.
+Only regular files are opened, below the watched root's descriptor with no symlink on the
+way (confined.py) and O_NONBLOCK, so that neither a symlink nor a FIFO swapped in at the
+last moment, in any component, can redirect or block the watcher.
 """
 
 from __future__ import annotations
@@ -17,6 +18,7 @@ from typing import NamedTuple
 
 import xxhash
 
+from multiwatch.watcher.confined import ConfinedRoot
 from multiwatch.watcher.hash_split import Update, read_big, read_buffer
 
 CHUNK_BYTES = 1 << 20
@@ -67,14 +69,15 @@ class NotRegularFile(Exception):
     """The path is not (or no longer) a regular file; it is never opened for reading."""
 
 
-def stat_regular(path: str) -> os.stat_result | None:
-    """lstat the path; None if it is missing or not a regular file (symlinks are not followed).
+def stat_regular(root: ConfinedRoot, relative: str) -> os.stat_result | None:
+    """lstat `relative` below the root; None if it is missing or not a regular file.
 
-    Any other error is raised: PermissionError (a directory on the way became
-    unreadable), EIO or ESTALE (a network mount failing for a while): that file is not
-    gone, and must not be announced as deleted."""
+    No symlink is followed in any component (with follow_symlinks, only those that stay
+    beneath the root: see confined.py).  Any other error is raised: PermissionError (a
+    directory on the way became unreadable), EIO or ESTALE (a network mount failing for a
+    while): that file is not gone, and must not be announced as deleted."""
     try:
-        st = os.lstat(path)
+        st = root.stat(relative)
     except (FileNotFoundError, NotADirectoryError):  # missing, or a file took a directory's place
         return None
     except OSError as exc:
@@ -84,29 +87,9 @@ def stat_regular(path: str) -> os.stat_result | None:
     return st if stat.S_ISREG(st.st_mode) else None
 
 
-# lstat errors that say the path cannot name a file, now or later.
-_ABSENT = frozenset({errno.ENAMETOOLONG, errno.ELOOP})
-
-
-def resolve_regular(path: str, inside: str | None) -> tuple[str, os.stat_result] | None:
-    """The file to read for `path` and its stat, or None if it is not a regular file.
-
-    With `inside` (a real path) a symlink is followed when its final target is a regular
-    file within that directory; anything pointing elsewhere is treated as absent.  Without
-    it symlinks are never followed."""
-    st = stat_regular(path)
-    if st is not None or inside is None:
-        return (path, st) if st is not None else None
-    try:
-        if not stat.S_ISLNK(os.lstat(path).st_mode):
-            return None
-    except OSError:
-        return None
-    target = os.path.realpath(path)
-    if os.path.commonpath([target, inside]) != inside:
-        return None  # never outside the watched root
-    target_st = stat_regular(target)
-    return (target, target_st) if target_st is not None else None
+# Errors that say the path cannot name a file in the tree, now or later: too long, a symlink
+# on the way (ELOOP), or one leading outside the root (EXDEV).
+_ABSENT = frozenset({errno.ENAMETOOLONG, errno.ELOOP, errno.EXDEV})
 
 
 class _ReadWatch:
@@ -149,44 +132,82 @@ def _read_inline(fd: int, size: int, sha256: Update, xxh128: Update, watch: _Rea
             break  # a small file read whole in one go: no extra read just to meet EOF
 
 
-def hash_file(path: str, progress: Callable[[], None] | None = None, *,
-              cancelled: threading.Event | None = None,
+def hash_file(root: ConfinedRoot, relative: str, progress: Callable[[], None] | None = None,
+              *, cancelled: threading.Event | None = None,
               expected: FileVersion | None = None) -> Hashed:
-    """Hash `path` in one pass. Raises FileNotFoundError, NotRegularFile, ChangedWhileHashing.
+    """Hash root/relative in one pass. Raises FileNotFoundError, NotRegularFile,
+    ChangedWhileHashing.
+
+    The file is opened below the root's descriptor with no symlink on the way (see
+    confined.py), and checked again afterwards through its directory's descriptor (a
+    rename-over replaces the name's inode without touching ours), never by a new lookup of
+    its path.  With `expected` (the version that settled), a file found with another
+    version when opened raises ChangedWhileHashing before any read.
 
     `progress` is called every PROGRESS_EVERY_BYTES, so a huge file on a slow mount does
     not silence the watcher's heartbeat (and get it killed as hung).  Once `cancelled` is
-    set the read stops at the next chunk with HashCancelled.  With `expected`, a file
-    found with another version when opened raises ChangedWhileHashing before any read.
-    A file of SPLIT_MIN_BYTES or more has its SHA-256 on a second thread while a core is
-    spare (hash_split)."""
+    set the read stops at the next chunk with HashCancelled.  A file of SPLIT_MIN_BYTES or
+    more has its SHA-256 on a second thread while a core is spare (hash_split)."""
     try:
-        fd = os.open(path, os.O_RDONLY | os.O_NOFOLLOW | os.O_NONBLOCK | os.O_CLOEXEC)
+        parent, name = root.open_parent(relative)
+    except IsADirectoryError as exc:
+        raise NotRegularFile(relative) from exc
     except OSError as exc:
-        if exc.errno in (errno.ELOOP, errno.ENXIO):  # a symlink, or a socket
-            raise NotRegularFile(path) from exc
+        if exc.errno in _ABSENT:  # a symlink on the way, or leading out: nothing to read
+            raise FileNotFoundError(errno.ENOENT, "not in the watched tree", relative) from exc
         raise
+    linked = False
     try:
-        before = os.fstat(fd)
-        if not stat.S_ISREG(before.st_mode):
-            raise NotRegularFile(path)
-        if expected is not None and FileVersion.of(before) != expected:
-            raise ChangedWhileHashing(path)
-        sha256 = hashlib.sha256()
-        xxh128 = xxhash.xxh128()
-        watch = _ReadWatch(path, progress, cancelled)
-        if before.st_size >= SPLIT_MIN_BYTES:
-            read_big(fd, CHUNK_BYTES, sha256.update, xxh128.update, watch.after_read,
-                     watch.after_feed)
-        else:
-            _read_inline(fd, before.st_size, sha256.update, xxh128.update, watch)
+        try:
+            fd = os.open(name, _READ | os.O_NOFOLLOW, dir_fd=parent)
+        except OSError as exc:
+            if exc.errno == errno.ELOOP and root.follow_symlinks:
+                linked = True  # a symlink: its target, if it lies beneath the root
+                fd = _open_link(root, relative)
+            elif exc.errno in (errno.ELOOP, errno.ENXIO):  # a symlink, or a socket
+                raise NotRegularFile(relative) from exc
+            else:
+                raise
+        try:
+            before = os.fstat(fd)
+            if not stat.S_ISREG(before.st_mode):
+                raise NotRegularFile(relative)
+            if expected is not None and FileVersion.of(before) != expected:
+                raise ChangedWhileHashing(relative)
+            sha256 = hashlib.sha256()
+            xxh128 = xxhash.xxh128()
+            watch = _ReadWatch(relative, progress, cancelled)
+            if before.st_size >= SPLIT_MIN_BYTES:
+                read_big(fd, CHUNK_BYTES, sha256.update, xxh128.update, watch.after_read,
+                         watch.after_feed)
+            else:
+                _read_inline(fd, before.st_size, sha256.update, xxh128.update, watch)
+        finally:
+            os.close(fd)
+        version = FileVersion.of(before)
+        # The name's inode now, and its size and mtime (a write during the read).
+        try:
+            current = (stat_regular(root, relative) if linked
+                       else os.stat(name, dir_fd=parent, follow_symlinks=False))
+        except FileNotFoundError:
+            current = None
     finally:
-        os.close(fd)
-    version = FileVersion.of(before)
-    # Re-stat by path: the same inode's current size and mtime (what an fstat of our fd
-    # would say), and a rename-over, which replaces the inode without touching our fd.
-    current = stat_regular(path)
-    if current is None or FileVersion.of(current) != version:
-        raise ChangedWhileHashing(path)
+        os.close(parent)
+    if current is None or not stat.S_ISREG(current.st_mode) or (
+            FileVersion.of(current) != version):
+        raise ChangedWhileHashing(relative)
     return Hashed(version=version, sha256=sha256.hexdigest(), xxh128=xxh128.hexdigest(),
                   ctime_ns=current.st_ctime_ns)
+
+
+_READ = os.O_RDONLY | os.O_NONBLOCK | os.O_CLOEXEC
+
+
+def _open_link(root: ConfinedRoot, relative: str) -> int:
+    """Open a symlinked file's target beneath the root (follow_symlinks)."""
+    try:
+        return root.open(relative, _READ)
+    except OSError as exc:
+        if exc.errno in _ABSENT:
+            raise NotRegularFile(relative) from exc
+        raise

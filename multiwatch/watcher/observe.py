@@ -49,7 +49,10 @@ from watchdog.observers.inotify_c import (
     WatchCallback,
     WatchDescriptor,
 )
-from watchdog.observers.polling import PollingObserver
+from watchdog.observers.polling import PollingObserverVFS
+
+from multiwatch.watcher.confined import ConfinedRoot
+from multiwatch.watcher.polled import ConfinedSnapshotIO
 
 log = logging.getLogger(__name__)
 
@@ -444,7 +447,11 @@ def start_observer(
                 "inotify unavailable (%s); falling back to polling every %.1fs",
                 exc, polling_interval, extra={"path": root},
             )
-    polling = PollingObserver(timeout=polling_interval)
+    # watchdog's own polling walk follows directory symlinks out of the tree and round loops:
+    # it lists and stats below the root's descriptor instead, never through a symlink.
+    confined = ConfinedSnapshotIO(ConfinedRoot(root))
+    polling = PollingObserverVFS(confined.stat, confined.listdir,  # type: ignore[arg-type]
+                                 polling_interval=polling_interval)
     polling.schedule(_Enqueuer(root, events), root, recursive=recursive,
                      event_filter=WATCHED_EVENTS)
     polling.start()

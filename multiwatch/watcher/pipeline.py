@@ -23,6 +23,7 @@ from collections.abc import Callable, Iterator
 
 from multiwatch.config import InstanceConfig
 from multiwatch.logs import lines_written_together
+from multiwatch.watcher.confined import ConfinedRoot
 from multiwatch.watcher.filters import PathFilter
 from multiwatch.watcher.hash_pool import HashJob, HashPool
 from multiwatch.watcher.hashing import (
@@ -31,7 +32,7 @@ from multiwatch.watcher.hashing import (
     Hashed,
     NotRegularFile,
     hash_file,
-    resolve_regular,
+    stat_regular,
 )
 from multiwatch.watcher.message import (
     FILE_DELETED,
@@ -106,7 +107,8 @@ class Pipeline:
         self._queued_scans: set[str] = set()
         self._startup = _StartupProgress()
         self._unreadable = Unreadable(self.root)  # warned about once, tried again
-        self._follow_inside = os.path.realpath(self.root) if instance.follow_symlinks else None
+        # Every open, stat and listing below the root goes through its descriptor (confined.py).
+        self._confined = ConfinedRoot(self.root, follow_symlinks=instance.follow_symlinks)
         # Big files being hashed by the pool (or hashed, waiting for their settle period):
         # at most one job per path, the one whose result can still be announced.
         self.hash_pool = hash_pool
@@ -125,10 +127,9 @@ class Pipeline:
         listed (see observe.directory_watcher)."""
         if watch is None and relative_dir in self._queued_scans:
             return  # the same walk is queued and has not started: it will see everything
-        batches = scan_batches(self.root, relative_dir, self.filter,
+        batches = scan_batches(self._confined, relative_dir, self.filter,
                                recursive=self.instance.recursive,
-                               unlistable=self._unreadable.directories,
-                               follow_inside=self._follow_inside, watch=watch)
+                               unlistable=self._unreadable.directories, watch=watch)
         self._scans.append(_Scan(relative_dir, batches))
         self._queued_scans.add(relative_dir)
 
@@ -499,7 +500,6 @@ class Pipeline:
 
     def _settled(self, relative: str, seen: FileVersion | None, now: float) -> None:
         resolved = self._trusted_stat_at_close(relative)
-        expected = FileVersion.of(resolved[1]) if resolved is not None else None
         if resolved is None:
             try:
                 resolved = self._resolve(relative)
@@ -528,13 +528,15 @@ class Pipeline:
             if job is None or job.version != version or job.path != readable_path:
                 self._drop_job(relative)
                 job = self._jobs[relative] = self.hash_pool.submit(relative, readable_path,
-                                                                   version)
+                                                                   version, self._confined)
             job.settled = True
             if job.done:  # hashed while it settled: announce it now
                 self._finish_job(job, now)
             return
         try:
-            hashed = hash_file(readable_path, self._progress, expected=expected)
+            # Only the version that settled is read (whatever took its place since is
+            # settled again).
+            hashed = hash_file(self._confined, relative, self._progress, expected=version)
         except ChangedWhileHashing:
             self.settle.touch(relative, now)
             return
@@ -585,7 +587,8 @@ class Pipeline:
         if st.st_size < self.hash_pool.min_bytes or (
                 announced is not None and announced.version == version):
             return resolved
-        self._jobs[relative] = self.hash_pool.submit(relative, readable_path, version)
+        self._jobs[relative] = self.hash_pool.submit(relative, readable_path, version,
+                                                     self._confined)
         return resolved
 
     def _trusted_stat_at_close(self, relative: str) -> _Resolved | None:
@@ -647,8 +650,10 @@ class Pipeline:
 
     def _resolve(self, relative: str) -> tuple[str, os.stat_result] | None:
         """The file to read for a relative path and its stat; None if absent or not a
-        regular file.  Symlinks count only with follow_symlinks, and only inside the root."""
-        return resolve_regular(os.path.join(self.root, relative), self._follow_inside)
+        regular file.  Symlinks count only with follow_symlinks, and only inside the root;
+        the path is resolved below the root's descriptor (confined.py), never by name."""
+        st = stat_regular(self._confined, relative)
+        return (os.path.join(self.root, relative), st) if st is not None else None
 
     # -- what could not be read, tried again --------------------------------------------
 

@@ -14,14 +14,13 @@ import os
 from collections.abc import Callable, Iterator
 from stat import S_ISDIR, S_ISLNK, S_ISREG
 
+from multiwatch.watcher.confined import ConfinedRoot
 from multiwatch.watcher.filters import PathFilter
-from multiwatch.watcher.hashing import FileVersion, resolve_regular
+from multiwatch.watcher.hashing import FileVersion, stat_regular
 
 log = logging.getLogger(__name__)
 
 BATCH_ENTRIES = 1000
-_DIRECTORY = os.O_RDONLY | os.O_DIRECTORY | os.O_CLOEXEC
-_SUBDIRECTORY = _DIRECTORY | os.O_NOFOLLOW  # the root may be a symlink; nothing below it
 
 Version = tuple[int, int, int]
 """(size, mtime_ns, inode): the fields of a FileVersion, as a plain tuple."""
@@ -50,24 +49,29 @@ class ScanBatch(dict[str, Version]):
 
 
 def walk_files(
-    root: str, start: str, path_filter: PathFilter, *, recursive: bool,
-    unlistable: set[str] | None = None, follow_inside: str | None = None,
+    root: ConfinedRoot, start: str, path_filter: PathFilter, *, recursive: bool,
+    unlistable: set[str] | None = None,
 ) -> Iterator[tuple[str, FileVersion]]:
     """Yield (relative path, version) for each wanted regular file under root/start."""
     for batch in scan_batches(root, start, path_filter, recursive=recursive,
-                              unlistable=unlistable, follow_inside=follow_inside):
+                              unlistable=unlistable):
         for relative, (size, mtime_ns, inode) in batch.items():
             yield relative, FileVersion(size=size, mtime_ns=mtime_ns, inode=inode)
 
 
 def scan_batches(
-    root: str, start: str, path_filter: PathFilter, *, recursive: bool,
-    unlistable: set[str] | None = None, follow_inside: str | None = None,
+    root: ConfinedRoot, start: str, path_filter: PathFilter, *, recursive: bool,
+    unlistable: set[str] | None = None,
     batch_entries: int | None = None, watch: Callable[[str], object] | None = None,
 ) -> Iterator[ScanBatch]:
     """Yield {relative path: (size, mtime_ns, inode)} for the wanted regular files under
     root/start, at most `batch_entries` (BATCH_ENTRIES) at a time, each file once, after one
     lstat; at least one batch (maybe empty) per directory opened, see ScanBatch.
+
+    Each directory is opened below the root's descriptor with no symlink in any component
+    (confined.py), so a directory swapped for a symlink, at any depth and at any moment,
+    is never listed; with follow_symlinks, a symlinked file counts when its target is a
+    regular file beneath the root.
 
     `unlistable` remembers directories already reported as unreadable, so a periodic
     rescan does not repeat the warning; a directory that lists again is forgotten.
@@ -76,6 +80,7 @@ def scan_batches(
     is listed, filtered out or not (observe.start_observer's `subdirectories_later`):
     filtered-out directories are then walked too, for their watches only."""
     reported = unlistable if unlistable is not None else set()
+    follow = root.follow_symlinks
     if start and not path_filter.wants_directory(start):
         return  # every file below would be excluded by one of its directories
     skip_name, wants = path_filter.scan_tests()
@@ -94,14 +99,15 @@ def scan_batches(
             yield ScanBatch(directory, directories=1)  # nothing to report, but work done
             continue
         relative_dir = pending.pop()
-        absolute_dir = os.path.join(root, relative_dir) if relative_dir else root
+        absolute_dir = os.path.join(root.path, relative_dir) if relative_dir else root.path
         prefix = f"{relative_dir}/" if relative_dir else ""
         found = ScanBatch(relative_dir, directories=1)
         examined = 0  # entries looked at for `found`
         try:
-            # Below the root, only a real directory is entered: a symlink that took a
-            # directory's place (or arrived inside a moved-in tree) must not lead outside.
-            directory_fd = os.open(absolute_dir, _SUBDIRECTORY if relative_dir else _DIRECTORY)
+            # Only a real directory is entered, reached through real directories: a symlink
+            # that took a directory's place (or arrived inside a moved-in tree) must not
+            # lead outside.
+            directory_fd = root.open_directory(relative_dir)
         except (FileNotFoundError, NotADirectoryError):
             reported.discard(relative_dir)  # gone: not unreadable any more
             yield found  # (empty) gone, or a file took its place; its own events tell the rest
@@ -147,13 +153,11 @@ def scan_batches(
                             pending.append(relative)
                         elif watch is not None:
                             hidden.append(relative)
-                    elif follow_inside is not None and S_ISLNK(mode):
+                    elif follow and S_ISLNK(mode):
                         relative = prefix + name
-                        resolved = (resolve_regular(os.path.join(absolute_dir, name),
-                                                    follow_inside)
-                                    if wants is None or wants(relative, name) else None)
-                        if resolved is not None:  # a symlinked file inside the tree
-                            target = resolved[1]
+                        target = (stat_regular(root, relative)
+                                  if wants is None or wants(relative, name) else None)
+                        if target is not None:  # a symlinked file inside the tree
                             found[relative] = (target.st_size, target.st_mtime_ns,
                                                target.st_ino)
         except (FileNotFoundError, NotADirectoryError):
@@ -179,17 +183,21 @@ def _cannot_list(relative_dir: str, absolute_dir: str, exc: OSError, reported: s
                     extra={"path": absolute_dir})
 
 
-def _watch_below(root: str, relative_dir: str, watch: Callable[[str], object],
+def _watch_below(root: ConfinedRoot, relative_dir: str, watch: Callable[[str], object],
                  hidden: list[str]) -> None:
     """Watch one filtered-out directory and queue its subdirectories for the same; one
-    that vanished or cannot be listed is skipped, as watchdog's own walk skips it."""
-    absolute_dir = os.path.join(root, relative_dir)
+    that vanished or cannot be listed (or is no real directory) is skipped, as watchdog's
+    own walk skips it."""
     try:
-        if not S_ISDIR(os.lstat(absolute_dir).st_mode):
-            return
-        watch(absolute_dir)
-        with os.scandir(absolute_dir) as entries:
+        directory_fd = root.open_directory(relative_dir)
+    except OSError:
+        return
+    try:
+        watch(os.path.join(root.path, relative_dir))
+        with os.scandir(directory_fd) as entries:
             hidden.extend(f"{relative_dir}/{entry.name}" for entry in entries
                           if entry.is_dir(follow_symlinks=False))
     except OSError:
         pass
+    finally:
+        os.close(directory_fd)

@@ -15,6 +15,7 @@ from multiwatch.config import InstanceConfig
 from multiwatch.watcher import hash_pool as hash_pool_module
 from multiwatch.watcher.hash_pool import HashPool
 from multiwatch.watcher.hash_slots import HashSlot, HashSlots
+from multiwatch.watcher.confined import ConfinedRoot
 from multiwatch.watcher.hashing import Hashed, hash_file
 from multiwatch.watcher.observe import RawEvent
 from multiwatch.watcher.outbox import OutboxGauge
@@ -35,10 +36,12 @@ class Harness:
         self.slots = HashSlots(str(tmp_path / "state" / "hash-slots"), slots)
         self.hashed: list[tuple[str, str]] = []  # (name, sha256) of every completed pool hash
 
-        def recording_hash(path: str, *args: Any, **kwargs: Any) -> Hashed:
+        def recording_hash(root: ConfinedRoot, relative: str, *args: Any,
+                           **kwargs: Any) -> Hashed:
+            path = os.path.join(root.path, relative)
             if before_hash is not None:
                 before_hash(path)
-            result = hash_file(path, *args, **kwargs)
+            result = hash_file(root, relative, *args, **kwargs)
             self.hashed.append((os.path.basename(path), result.sha256))
             return result
 

@@ -22,8 +22,8 @@ from multiwatch.watcher.hashing import (
     SPLIT_MIN_BYTES,
     ChangedWhileHashing,
     HashCancelled,
-    hash_file,
 )
+from tests.watcher.test_hashing import hash_path
 
 MODES = ["helper", "one-thread", "alternating"]
 
@@ -95,7 +95,7 @@ def test_big_file_digests_equal_reference_implementations(
             return self._real.hexdigest()
 
     monkeypatch.setattr(hashing, "hashlib", types.SimpleNamespace(sha256=RecordingSha256))
-    hashed = hash_file(str(path))
+    hashed = hash_path(str(path))
     assert (hashed.sha256, hashed.xxh128) == (hashlib.sha256(data).hexdigest(),
                                               xxhash.xxh128(data).hexdigest())
     assert hashed.version.size == size
@@ -116,7 +116,7 @@ def test_cancelled_big_hash_stops_reading_and_leaves_no_thread(
     cancelled = threading.Event()
     count = chunks_read(monkeypatch, 2, cancelled.set)
     with pytest.raises(HashCancelled):
-        hash_file(str(path), cancelled=cancelled)
+        hash_path(str(path), cancelled=cancelled)
     assert count[0] == 2
     assert helpers_alive() == []
 
@@ -139,7 +139,7 @@ def test_big_file_changed_while_hashed_raises_changed_while_hashing(
 
     chunks_read(monkeypatch, 2, change)
     with pytest.raises(ChangedWhileHashing):
-        hash_file(str(path))
+        hash_path(str(path))
     assert helpers_alive() == []
 
 
@@ -150,7 +150,7 @@ def test_big_hash_reports_progress(tmp_path: Path, mode: str,
     path = tmp_path / "big.bin"
     path.write_bytes(b"x" * (6 * CHUNK_BYTES))
     calls: list[int] = []
-    hash_file(str(path), lambda: calls.append(1))
+    hash_path(str(path), lambda: calls.append(1))
     assert len(calls) == 6
 
 

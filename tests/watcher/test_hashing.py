@@ -8,20 +8,29 @@ import socket
 import threading
 import types
 from collections.abc import Callable
+from typing import Any
 from pathlib import Path
 
 import pytest
 import xxhash
 
 from multiwatch.watcher import hashing
+from multiwatch.watcher.confined import ConfinedRoot
 from multiwatch.watcher.hashing import (
     CHUNK_BYTES,
     ChangedWhileHashing,
     FileVersion,
     NotRegularFile,
     hash_file,
+    Hashed,
     stat_regular,
 )
+
+
+def hash_path(path: str, *args: Any, **kwargs: Any) -> Hashed:
+    """hash_file of a file named by its path, confined to the file's own directory."""
+    directory, name = os.path.split(path)
+    return hash_file(ConfinedRoot(directory), name, *args, **kwargs)
 
 
 @pytest.mark.parametrize("size", [0, 5, CHUNK_BYTES, 2 * CHUNK_BYTES + 17],
@@ -31,7 +40,7 @@ def test_hashes_equal_reference_implementations(tmp_path: Path, size: int) -> No
     data = os.urandom(size)
     path = tmp_path / "f.bin"
     path.write_bytes(data)
-    hashed = hash_file(str(path))
+    hashed = hash_path(str(path))
     assert hashed.sha256 == hashlib.sha256(data).hexdigest()
     assert hashed.xxh128 == xxhash.xxh128(data).hexdigest()
     assert hashed.version == FileVersion.of(os.stat(path))
@@ -46,7 +55,7 @@ def test_fifo_raises_not_regular_file_without_blocking(tmp_path: Path) -> None:
 
     def attempt() -> None:
         try:
-            hash_file(str(fifo))
+            hash_path(str(fifo))
             outcome["error"] = None
         except BaseException as exc:  # noqa: BLE001 - reported to the test thread
             outcome["error"] = exc
@@ -68,7 +77,7 @@ def test_unix_socket_raises_not_regular_file(tmp_path: Path) -> None:
     try:
         server.bind(str(path))
         with pytest.raises(NotRegularFile):
-            hash_file(str(path))
+            hash_path(str(path))
     finally:
         server.close()
 
@@ -77,7 +86,7 @@ def test_directory_raises_not_regular_file(tmp_path: Path) -> None:
     """A directory at the path is refused."""
     (tmp_path / "d").mkdir()
     with pytest.raises(NotRegularFile):
-        hash_file(str(tmp_path / "d"))
+        hash_path(str(tmp_path / "d"))
 
 
 def test_symlink_is_not_followed(tmp_path: Path) -> None:
@@ -87,13 +96,13 @@ def test_symlink_is_not_followed(tmp_path: Path) -> None:
     link = tmp_path / "link.txt"
     link.symlink_to(target)
     with pytest.raises(NotRegularFile):
-        hash_file(str(link))
+        hash_path(str(link))
 
 
 def test_missing_file_raises_file_not_found(tmp_path: Path) -> None:
     """A path that vanished before hashing raises FileNotFoundError."""
     with pytest.raises(FileNotFoundError):
-        hash_file(str(tmp_path / "gone.txt"))
+        hash_path(str(tmp_path / "gone.txt"))
 
 
 def _hook_first_chunk(monkeypatch: pytest.MonkeyPatch, action: Callable[[], None]) -> None:
@@ -130,7 +139,7 @@ def test_append_during_hashing_raises_changed_while_hashing(
 
     _hook_first_chunk(monkeypatch, append)
     with pytest.raises(ChangedWhileHashing):
-        hash_file(str(path))
+        hash_path(str(path))
 
 
 def test_rename_over_during_hashing_raises_changed_while_hashing(
@@ -143,7 +152,7 @@ def test_rename_over_during_hashing_raises_changed_while_hashing(
     replacement.write_bytes(b"b" * 100)
     _hook_first_chunk(monkeypatch, lambda: os.replace(replacement, path))
     with pytest.raises(ChangedWhileHashing):
-        hash_file(str(path))
+        hash_path(str(path))
 
 
 def test_unchanged_file_hashes_normally_with_hook(
@@ -154,7 +163,7 @@ def test_unchanged_file_hashes_normally_with_hook(
     data = b"z" * (CHUNK_BYTES + 10)
     path.write_bytes(data)
     _hook_first_chunk(monkeypatch, lambda: None)
-    assert hash_file(str(path)).xxh128 == xxhash.xxh128(data).hexdigest()
+    assert hash_path(str(path)).xxh128 == xxhash.xxh128(data).hexdigest()
 
 
 def test_stat_regular_accepts_only_regular_files(tmp_path: Path) -> None:
@@ -164,10 +173,11 @@ def test_stat_regular_accepts_only_regular_files(tmp_path: Path) -> None:
     (tmp_path / "d").mkdir()
     (tmp_path / "link").symlink_to(regular)
     os.mkfifo(tmp_path / "fifo")
-    st = stat_regular(str(regular))
+    root = ConfinedRoot(str(tmp_path))
+    st = stat_regular(root, "f.txt")
     assert st is not None and st.st_size == 1
     for other in ["d", "link", "fifo", "missing", "f.txt/below-a-file"]:
-        assert stat_regular(str(tmp_path / other)) is None, other
+        assert stat_regular(root, other) is None, other
 
 
 def test_long_hash_reports_progress_so_heartbeats_keep_flowing(tmp_path: Path,
@@ -180,7 +190,7 @@ def test_long_hash_reports_progress_so_heartbeats_keep_flowing(tmp_path: Path,
     path = tmp_path / "big.bin"
     path.write_bytes(b"x" * (5 << 20))
     calls: list[int] = []
-    hashing_module.hash_file(str(path), lambda: calls.append(1))
+    hash_path(str(path), lambda: calls.append(1))
     assert len(calls) >= 4
 
 
@@ -191,7 +201,7 @@ def test_cancelled_hash_stops_reading(tmp_path: Path) -> None:
     cancelled = threading.Event()
     cancelled.set()
     with pytest.raises(hashing.HashCancelled):
-        hash_file(str(path), cancelled=cancelled)
+        hash_path(str(path), cancelled=cancelled)
 
 
 def test_file_changed_since_the_expected_version_is_not_read(tmp_path: Path) -> None:
@@ -200,8 +210,8 @@ def test_file_changed_since_the_expected_version_is_not_read(tmp_path: Path) -> 
     path = tmp_path / "a.bin"
     path.write_bytes(b"as closed")
     at_close = FileVersion.of(os.lstat(path))
-    assert hash_file(str(path), expected=at_close).version == at_close
+    assert hash_path(str(path), expected=at_close).version == at_close
 
     path.write_bytes(b"changed since, with no event")
     with pytest.raises(ChangedWhileHashing):
-        hash_file(str(path), expected=at_close)
+        hash_path(str(path), expected=at_close)

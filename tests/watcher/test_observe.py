@@ -18,7 +18,7 @@ from watchdog.observers.inotify_c import (
     Mask,
     WatchDescriptor,
 )
-from watchdog.observers.polling import PollingObserver
+from watchdog.observers.polling import PollingObserverVFS
 
 from multiwatch.watcher import observe
 from multiwatch.watcher.filters import PathFilter
@@ -28,6 +28,7 @@ from multiwatch.watcher.observe import (
     listen_for_lost_events,
     start_observer,
 )
+from multiwatch.watcher.confined import ConfinedRoot
 from multiwatch.watcher.scan import scan_batches
 from tests.watcher.test_observe_trees import next_event
 from tests.watcher.test_pipeline import drain, known_files, make_pipeline, settle_all
@@ -57,7 +58,7 @@ def test_auto_falls_back_to_polling_with_a_warning_when_inotify_fails(
                                         polling_interval=0.1))
     (tmp_path / "late.txt").write_text("created after the fallback")
 
-    assert isinstance(observers[0], PollingObserver)
+    assert isinstance(observers[0], PollingObserverVFS)
     assert any(r.levelno == logging.WARNING and "polling" in r.getMessage()
                for r in caplog.records)
     next_event(events, lambda e: e.src == "late.txt" and not e.is_directory)
@@ -84,7 +85,7 @@ def test_polling_mode_finds_new_files_without_inotify(
     (tmp_path / "sub").mkdir()
     (tmp_path / "sub" / "remote.bin").write_bytes(b"from another NFS client")
 
-    assert isinstance(observers[0], PollingObserver)
+    assert isinstance(observers[0], PollingObserverVFS)
     next_event(events, lambda e: e.src == "sub/remote.bin" and not e.is_directory)
 
 
@@ -262,7 +263,7 @@ def test_subdirectories_later_leaves_their_watches_to_the_walk(
     watch = directory_watcher(observers[0])
     assert watch is not None
     everything = PathFilter(include=("*",), exclude=())
-    found = {p for batch in scan_batches(str(tmp_path), "", everything, recursive=True,
+    found = {p for batch in scan_batches(ConfinedRoot(str(tmp_path)), "", everything, recursive=True,
                                          watch=watch) for p in batch}
     assert "a/b/early.txt" in found  # the walk itself reports what came before its watch
     (tmp_path / "a" / "b" / "late.txt").write_text("after the walk")

@@ -17,6 +17,7 @@ import multiwatch.watcher.pipeline as pipeline_module
 import multiwatch.watcher.retry as retry_module
 from multiwatch.watcher.hashing import Hashed
 from multiwatch.watcher.observe import RawEvent
+from multiwatch.watcher.confined import ConfinedRoot
 from multiwatch.watcher.pipeline import Pipeline
 from multiwatch.watcher.retry import RetrySchedule
 from multiwatch.watcher.state import DurableOutbox
@@ -145,15 +146,15 @@ def test_stat_failing_for_a_while_is_not_a_deletion(tmp_path: Path, monkeypatch)
     pipeline, outbox, root = make_pipeline(tmp_path)
     known_files(pipeline, outbox, root, {"a.mp3": b"first"})
     (root / "a.mp3").write_bytes(b"second version")
-    real_lstat, failures = os.lstat, [2]
+    real_stat, failures = ConfinedRoot.stat, [2]
 
-    def flaky_lstat(path: Any, *args: Any, **kwargs: Any) -> os.stat_result:
-        if os.fspath(path) == str(root / "a.mp3") and failures[0] > 0:
+    def flaky_stat(self: ConfinedRoot, relative: str) -> os.stat_result:
+        if relative == "a.mp3" and failures[0] > 0:
             failures[0] -= 1
             raise OSError(errno.ESTALE, "Stale file handle")
-        return real_lstat(path, *args, **kwargs)
+        return real_stat(self, relative)
 
-    monkeypatch.setattr(os, "lstat", flaky_lstat)
+    monkeypatch.setattr(ConfinedRoot, "stat", flaky_stat)  # (the lstat below the root)
     pipeline.notifications.put(RawEvent("modified", False, "a.mp3"))
     bodies = _first_announced(pipeline, outbox)
     assert summary(bodies) == [("file_modified", "a.mp3")]

@@ -5,6 +5,7 @@ from __future__ import annotations
 import os
 from pathlib import Path
 
+from multiwatch.watcher.confined import ConfinedRoot
 from multiwatch.watcher.filters import PathFilter
 from multiwatch.watcher.hashing import FileVersion
 from multiwatch.watcher.scan import scan_batches, walk_files
@@ -22,7 +23,7 @@ def _write(root: Path, relative: str, data: bytes = b"x") -> Path:
 
 def _scan(root: Path, start: str = "", path_filter: PathFilter = DEFAULTS,
           *, recursive: bool = True) -> dict[str, FileVersion]:
-    found = dict(walk_files(str(root), start, path_filter, recursive=recursive))
+    found = dict(walk_files(ConfinedRoot(str(root)), start, path_filter, recursive=recursive))
     return found
 
 
@@ -115,7 +116,7 @@ def test_directory_removed_mid_scan_does_not_break_the_scan(tmp_path: Path) -> N
     """Removing a not-yet-walked directory while the scan is suspended only drops its files."""
     _write(tmp_path, "first.mp3")
     _write(tmp_path, "doomed/x.mp3")
-    walk = walk_files(str(tmp_path), "", DEFAULTS, recursive=True)
+    walk = walk_files(ConfinedRoot(str(tmp_path)), "", DEFAULTS, recursive=True)
     assert next(walk)[0] == "first.mp3"
     (tmp_path / "doomed" / "x.mp3").unlink()
     (tmp_path / "doomed").rmdir()
@@ -131,8 +132,9 @@ def test_unreadable_directory_is_skipped(tmp_path: Path) -> None:
     try:
         result = run_python_unprivileged(
             "import sys; from multiwatch.watcher.scan import walk_files;"
+            "from multiwatch.watcher.confined import ConfinedRoot;"
             "from multiwatch.watcher.filters import PathFilter;"
-            "print(sorted(p for p, _ in walk_files(sys.argv[1], '', PathFilter(('*',), ()),"
+            "print(sorted(p for p, _ in walk_files(ConfinedRoot(sys.argv[1]), '', PathFilter(('*',), ()),"
             " recursive=True)))",
             str(tmp_path),
         )
@@ -150,7 +152,7 @@ def test_large_directory_is_handed_over_in_bounded_batches(tmp_path: Path) -> No
         _write(tmp_path, f"d/f{i:02d}.mp3")
     _write(tmp_path, "top.mp3")
     _write(tmp_path, "d/skip.part")
-    batches = list(scan_batches(str(tmp_path), "", DEFAULTS, recursive=True, batch_entries=10))
+    batches = list(scan_batches(ConfinedRoot(str(tmp_path)), "", DEFAULTS, recursive=True, batch_entries=10))
     assert max(len(batch) for batch in batches) <= 10
     merged = {path: version for batch in batches for path, version in batch.items()}
     assert sum(len(batch) for batch in batches) == len(merged) == 26
@@ -178,7 +180,7 @@ def test_a_watching_walk_watches_every_real_directory_before_listing_it(
         watched.append(os.path.relpath(directory, tmp_path))
         (Path(directory) / "born.mp3").write_bytes(b"created after the watch")
 
-    found = {path for batch in scan_batches(str(tmp_path), "", DEFAULTS, recursive=True,
+    found = {path for batch in scan_batches(ConfinedRoot(str(tmp_path)), "", DEFAULTS, recursive=True,
                                             watch=watch) for path in batch}
     assert sorted(watched) == [".cache", ".cache/c", "a", "a/b", "d.part", "d.part/e"]
     assert found == {"a/born.mp3", "a/b/born.mp3", "a/b/old.mp3"}
@@ -188,5 +190,5 @@ def test_a_non_recursive_watching_walk_watches_nothing_below_the_root(tmp_path: 
     """A non-recursive instance watches its root alone, so its walk adds no watch."""
     _write(tmp_path, "a/b/old.mp3")
     watched: list[str] = []
-    batches = scan_batches(str(tmp_path), "", DEFAULTS, recursive=False, watch=watched.append)
+    batches = scan_batches(ConfinedRoot(str(tmp_path)), "", DEFAULTS, recursive=False, watch=watched.append)
     assert [dict(batch) for batch in batches if batch] == [] and watched == []

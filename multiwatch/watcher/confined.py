@@ -1,0 +1,293 @@
+"""Every lookup below a watched root stays inside it, whatever is renamed or swapped meanwhile.
+
+A path is never resolved again by its absolute name: it is resolved relative to a
+descriptor of the root, with no symlink in any component (or, with follow_symlinks, with
+symlinks followed only while they stay beneath the root).  Linux openat2(2) does this in one
+call (RESOLVE_BENEATH | RESOLVE_NO_SYMLINKS); Python 3.11 has no os.openat2, so it is called
+through ctypes.  Where the kernel lacks it (< 5.6) or a seccomp filter refuses it (ENOSYS,
+EPERM), a walk keeps the same rules: one openat(O_NOFOLLOW) per component, each from the
+descriptor of the directory before it, ".." never above the root.
+
+The root itself is opened by its configured path (which may be a symlink) and its
+descriptor kept.  A root replaced by another directory (deleted and recreated, a share
+mounted over it) is noticed within ROOT_CHECK_SECONDS by comparing (st_dev, st_ino) of the
+path with the descriptor's, and re-opened; a root that is missing is opened again on the
+next lookup.  A kept descriptor pins its mount: `umount` of a watched share waits for the
+watcher to stop (or use `umount --lazy`).
+"""
+
+from __future__ import annotations
+
+import ctypes
+import errno
+import os
+import platform
+import stat
+import threading
+import time
+from collections import deque
+
+ROOT_CHECK_SECONDS = 1.0
+MAX_SYMLINKS = 40  # as the kernel's own path walk (ELOOP beyond)
+RETIRED_ROOTS_KEPT = 8  # replaced root descriptors closed only this many swaps later
+
+_RESOLVE_NO_MAGICLINKS = 0x02
+_RESOLVE_NO_SYMLINKS = 0x04
+_RESOLVE_BENEATH = 0x08
+_NO_FOLLOW = _RESOLVE_BENEATH | _RESOLVE_NO_SYMLINKS | _RESOLVE_NO_MAGICLINKS
+_FOLLOW_BENEATH = _RESOLVE_BENEATH | _RESOLVE_NO_MAGICLINKS
+
+# openat2 has one number on every Linux architecture but alpha (added after the tables were
+# unified in 5.1).
+_OPENAT2_NR = 437 if platform.system() == "Linux" and platform.machine() != "alpha" else None
+
+_STEP = os.O_PATH | os.O_DIRECTORY | os.O_NOFOLLOW | os.O_CLOEXEC
+_PATH_ONLY = os.O_PATH | os.O_CLOEXEC
+DIRECTORY = os.O_RDONLY | os.O_DIRECTORY | os.O_CLOEXEC
+PATH_MAX = 4096
+
+
+class _OpenHow(ctypes.Structure):
+    _fields_ = [("flags", ctypes.c_uint64), ("mode", ctypes.c_uint64),
+                ("resolve", ctypes.c_uint64)]
+
+
+_libc = ctypes.CDLL(None, use_errno=True)  # CDLL releases the GIL around each call
+_syscall = _libc.syscall
+_syscall.restype = ctypes.c_long
+_NR = ctypes.c_long(_OPENAT2_NR or -1)
+_HOW_SIZE = ctypes.c_size_t(ctypes.sizeof(_OpenHow))
+_hows: dict[tuple[int, int], _OpenHow] = {}  # read-only once built: shared by all threads
+
+# None: not probed yet; then whether openat2 works in this process (tests may set it False).
+openat2_works: bool | None = None
+
+
+def escape_error(relative: str) -> OSError:
+    """What a lookup leading outside the root raises (EXDEV, as openat2 does)."""
+    return OSError(errno.EXDEV, "leads outside the watched directory", relative)
+
+
+def _openat2(dir_fd: int, relative: str, flags: int, resolve: int) -> int:
+    how = _hows.get((flags, resolve))
+    if how is None:
+        how = _hows.setdefault((flags, resolve), _OpenHow(flags, 0, resolve))
+    path = os.fsencode(relative) or b"."
+    for _ in range(4):  # EAGAIN: a rename raced a ".." (RESOLVE_BENEATH's own check)
+        fd = _syscall(_NR, ctypes.c_int(dir_fd), path, ctypes.byref(how), _HOW_SIZE)
+        if fd >= 0:
+            return int(fd)
+        err = ctypes.get_errno()
+        if err not in (errno.EAGAIN, errno.EINTR):
+            break
+    raise OSError(err, os.strerror(err), relative)
+
+
+def _probe_openat2(root_fd: int) -> bool:
+    global openat2_works
+    if openat2_works is None:
+        if _OPENAT2_NR is None:
+            openat2_works = False
+        else:
+            try:
+                os.close(_openat2(root_fd, ".", _PATH_ONLY | os.O_DIRECTORY, _NO_FOLLOW))
+                openat2_works = True
+            except OSError:  # ENOSYS (old kernel), EPERM/ENOSYS (seccomp), E2BIG...
+                openat2_works = False
+    return openat2_works
+
+
+class ConfinedRoot:
+    """A watched root's descriptor, and opens and stats of relative paths confined below it.
+
+    `follow_symlinks`: `open` and `stat` follow a symlink (in any component) while its target
+    stays beneath the root; a listing (`open_directory`) never goes through one."""
+
+    def __init__(self, path: str, *, follow_symlinks: bool = False,
+                 use_openat2: bool | None = None) -> None:
+        self.path = path
+        self.follow_symlinks = follow_symlinks
+        self._use_openat2 = use_openat2
+        self._lock = threading.Lock()
+        self._fd = -1
+        self._identity: tuple[int, int] | None = None
+        self._real = ""  # the root's real path, for absolute symlinks into the tree
+        self._checked_at = 0.0
+        self._retired: list[int] = []
+
+    # -- the root's descriptor -----------------------------------------------------------
+
+    def root_fd(self) -> int:
+        """The root's descriptor (O_PATH), opened by path when missing or replaced."""
+        if self._fd >= 0 and time.monotonic() < self._checked_at + ROOT_CHECK_SECONDS:
+            return self._fd
+        with self._lock:
+            now = time.monotonic()
+            if self._fd >= 0 and now < self._checked_at + ROOT_CHECK_SECONDS:
+                return self._fd
+            self._checked_at = now
+            if self._fd >= 0:
+                try:
+                    st = os.stat(self.path)
+                    if (st.st_dev, st.st_ino) == self._identity:
+                        return self._fd
+                except OSError:  # gone or unreachable: the kept descriptor is all there is
+                    return self._fd
+                self._retire()
+            fd = os.open(self.path, _PATH_ONLY | os.O_DIRECTORY)
+            st = os.fstat(fd)
+            self._real = os.path.realpath(self.path)
+            self._identity = (st.st_dev, st.st_ino)
+            if self._use_openat2 is None:
+                self._use_openat2 = _probe_openat2(fd)
+            self._fd = fd
+            return fd
+
+    def _retire(self) -> None:
+        """The root was replaced: forget its descriptor, closed a few swaps later (a lookup
+        on another thread may be using it right now)."""
+        self._retired.append(self._fd)
+        self._fd, self._identity = -1, None
+        while len(self._retired) > RETIRED_ROOTS_KEPT:
+            os.close(self._retired.pop(0))
+
+    def close(self) -> None:
+        with self._lock:
+            for fd in [self._fd, *self._retired]:
+                if fd >= 0:
+                    os.close(fd)
+            self._fd, self._retired, self._identity = -1, [], None
+
+    def __del__(self) -> None:
+        try:
+            self.close()
+        except (OSError, AttributeError, TypeError):  # (at interpreter shutdown)
+            pass
+
+    @property
+    def uses_openat2(self) -> bool:
+        self.root_fd()
+        return bool(self._use_openat2)
+
+    # -- lookups -------------------------------------------------------------------------
+
+    def open(self, relative: str, flags: int, *, follow: bool | None = None) -> int:
+        """Open `relative` below the root (O_CLOEXEC added), through real directories only.
+
+        Without following, a final symlink fails with ELOOP (with O_PATH it is opened
+        itself, as lstat sees it).  Following (follow_symlinks), a final symlink is
+        followed, and the links in its target too, while they stay beneath the root:
+        leaving it fails with EXDEV.  A symlinked directory in `relative` itself is never
+        entered (a scan never enters one either), following or not."""
+        follow = self.follow_symlinks if follow is None else follow
+        flags |= os.O_CLOEXEC
+        if not follow:
+            return self._beneath(relative, flags | os.O_NOFOLLOW, follow=False)
+        directory, _, name = relative.rpartition("/")
+        if not name or name in (".", ".."):
+            return self._beneath(relative, flags | os.O_NOFOLLOW, follow=False)
+        parent = self._beneath(directory, _PATH_ONLY | os.O_DIRECTORY | os.O_NOFOLLOW,
+                               follow=False)
+        try:
+            try:
+                fd = os.open(name, flags | os.O_NOFOLLOW, dir_fd=parent)
+                if not (flags & os.O_PATH and stat.S_ISLNK(os.fstat(fd).st_mode)):
+                    return fd
+                os.close(fd)  # (O_PATH opened the link itself)
+            except OSError as exc:
+                if exc.errno != errno.ELOOP:
+                    raise
+            target = os.readlink(name, dir_fd=parent)
+        finally:
+            os.close(parent)
+        if target.startswith("/"):  # from the root, if it lies beneath it
+            real = self._real
+            if target != real and not target.startswith(real + "/"):
+                raise escape_error(relative)
+            target = target[len(real):].lstrip("/")
+        elif directory:
+            target = f"{directory}/{target}"
+        return self._beneath(target, flags, follow=True)
+
+    def _beneath(self, relative: str, flags: int, *, follow: bool) -> int:
+        root_fd = self.root_fd()
+        if self._use_openat2:
+            try:
+                return _openat2(root_fd, relative, flags, _FOLLOW_BENEATH if follow else _NO_FOLLOW)
+            except OSError as exc:
+                # RESOLVE_BENEATH refuses every absolute symlink: one into the tree is the
+                # walk's to judge.
+                if not (follow and exc.errno == errno.EXDEV):
+                    raise
+        return self._walk(root_fd, relative, flags, follow)
+
+    def open_directory(self, relative: str) -> int:
+        """A directory's descriptor for listing; never through a symlink."""
+        return self.open(relative, DIRECTORY, follow=False)
+
+    def open_parent(self, relative: str) -> tuple[int, str]:
+        """(descriptor of the directory holding `relative` (O_PATH), its last name); the
+        directory is reached without any symlink."""
+        directory, _, name = relative.rpartition("/")
+        if not name or name in (".", ".."):
+            raise IsADirectoryError(errno.EISDIR, "not a file", relative)
+        return self.open(directory, _PATH_ONLY | os.O_DIRECTORY, follow=False), name
+
+    def stat(self, relative: str) -> os.stat_result:
+        """lstat of `relative` below the root (with follow_symlinks: stat, links followed
+        while they stay beneath it)."""
+        fd = self.open(relative, _PATH_ONLY)
+        try:
+            return os.fstat(fd)
+        finally:
+            os.close(fd)
+
+    # -- the walk, where openat2 cannot be used --------------------------------------------
+
+    def _walk(self, root_fd: int, relative: str, flags: int, follow: bool) -> int:
+        if len(os.fsencode(relative)) >= PATH_MAX:
+            raise OSError(errno.ENAMETOOLONG, os.strerror(errno.ENAMETOOLONG), relative)
+        parts = deque(part for part in relative.split("/") if part not in ("", "."))
+        stack = [root_fd]  # the directories walked through; [0] is borrowed, never closed
+        links = 0
+        try:
+            while True:
+                if not parts:  # the root, or a ".." that ended the path
+                    return os.open(".", flags & ~os.O_NOFOLLOW, dir_fd=stack[-1])
+                name = parts.popleft()
+                if name == "..":
+                    if len(stack) == 1:
+                        raise escape_error(relative)
+                    os.close(stack.pop())
+                    continue
+                last = not parts
+                try:
+                    if last and not follow:
+                        return os.open(name, flags, dir_fd=stack[-1])
+                    if last:
+                        st = os.stat(name, dir_fd=stack[-1], follow_symlinks=False)
+                        if not stat.S_ISLNK(st.st_mode):
+                            return os.open(name, flags | os.O_NOFOLLOW, dir_fd=stack[-1])
+                        raise OSError(errno.ELOOP, os.strerror(errno.ELOOP), relative)
+                    stack.append(os.open(name, _STEP, dir_fd=stack[-1]))
+                    continue
+                except OSError as exc:
+                    if not follow or exc.errno not in (errno.ELOOP, errno.ENOTDIR):
+                        raise
+                    try:
+                        target = os.readlink(name, dir_fd=stack[-1])
+                    except OSError:
+                        raise exc from None  # not a symlink: a file on the way
+                links += 1
+                if links > MAX_SYMLINKS:
+                    raise OSError(errno.ELOOP, os.strerror(errno.ELOOP), relative)
+                if target.startswith("/"):
+                    if target != self._real and not target.startswith(self._real + "/"):
+                        raise escape_error(relative)
+                    target = target[len(self._real):]
+                    while len(stack) > 1:
+                        os.close(stack.pop())
+                parts.extendleft(reversed([p for p in target.split("/") if p not in ("", ".")]))
+        finally:
+            for fd in stack[1:]:
+                os.close(fd)
