@@ -13,12 +13,18 @@ import math
 import os
 import re
 from collections.abc import Collection, Mapping, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any
 
 
 class ConfigError(Exception):
-    """A user mistake in the roster or environment; printed as one paragraph, exit 2."""
+    """A user mistake in the roster or environment; printed as one paragraph, exit 2.
+
+    Whatever the message quotes, a URL's password never reaches the screen or a log: it is
+    masked here, where every configuration error is made."""
+
+    def __init__(self, message: str) -> None:
+        super().__init__(mask_url_passwords(message))
 
 
 @dataclass(frozen=True)
@@ -42,8 +48,14 @@ class Where:
     source: str  # the roster file as the user named it, or "environment"
     line: int | None
     key: str  # dotted path such as `instances[1].id`, or an environment variable name
+    # (text, shown instead): the value's text an error must not echo (see Source.where)
+    hidden: tuple[tuple[str, str], ...] = field(default=(), compare=False, repr=False)
+    # every variable's value expanded so far while loading this source (Source.expanded)
+    expanded: Sequence[tuple[str, str]] = field(default=(), compare=False, repr=False)
 
     def error(self, why: str) -> ConfigError:
+        everywhere = [e for e in self.expanded if len(e[0].strip()) >= CONCEALED_EVERYWHERE_CHARS]
+        why = conceal(why, [*self.hidden, *everywhere])
         loc = f"{self.source}:{self.line}" if self.line else self.source
         return ConfigError(f"{loc}: {self.key}: {why}" if self.key else f"{loc}: {why}")
 
@@ -61,9 +73,107 @@ class Source:
     base_dir: str  # relative paths resolve here
     environ: Mapping[str, str]
     expand: bool  # only roster text gets `${VAR}` expansion; the shell already did env
+    # (value, "${NAME}") of every variable expanded so far: no error echoes them
+    expanded: list[tuple[str, str]] = field(default_factory=list, compare=False, repr=False)
 
     def where(self, node: Node, key: str) -> Where:
-        return Where(self.name, node.line, key)
+        return Where(self.name, node.line, key, self._hidden(node, key), self.expanded)
+
+    def _hidden(self, node: Node, key: str) -> tuple[tuple[str, str], ...]:
+        """What errors about `node` must not show: the value of a secret-named key, or one
+        that `${VAR}` expansion produced (shown as the reference the roster holds)."""
+        value = node.value
+        if isinstance(value, (dict, list)) or value is None:
+            return ()
+        if _SECRET_KEY.search(key.rsplit(".", 1)[-1]):
+            return ((str(value), MASK),)
+        if not isinstance(value, str):
+            return ()
+        # A URL's password, however the value is transformed before an error quotes it
+        # (a path normalised, a list split): hidden wherever it appears.
+        hidden = [(password, MASK) for password in url_passwords(value)]
+        if self.expand and "${" in value:
+            used: list[tuple[str, str]] = []
+            try:
+                expanded = expand_vars(value, self.environ, Where(self.name, node.line, key),
+                                       used)
+            except ConfigError:  # that error is about the reference, which it shows
+                return tuple(hidden)
+            if used:  # (a default is roster text: shown)
+                hidden[:0] = [(expanded, value)]
+                hidden += [(password, MASK) for password in url_passwords(expanded)]
+        return tuple(hidden)
+
+
+# ---------------------------------------------------------------- secrets in errors
+
+MASK = "****"
+_SECRET_KEY = re.compile(r"(?:^|[_-])(?:pass|passwd|password|secret|token|api_?key|credentials?)$",
+                         re.IGNORECASE)
+_QUOTED = re.compile(r'"(?:[^"\\]|\\.)*"')
+_URL = re.compile(r"[A-Za-z][A-Za-z0-9+.-]*://\S+")
+
+
+def mask_url_passwords(text: str) -> str:
+    """`text` with the password of every URL in it (userinfo with a ':') masked, quoted
+    (JSON, as `show` writes values) or not."""
+    if "://" not in text:
+        return text
+    from multiwatch.config_broker import mask_url  # (imports this module)
+
+    def quoted(match: re.Match[str]) -> str:
+        try:
+            content = json.loads(match.group(0))
+        except ValueError:
+            return match.group(0)
+        if not isinstance(content, str) or "://" not in content:
+            return match.group(0)
+        return json.dumps(mask_url(content), ensure_ascii=False)
+
+    text = _QUOTED.sub(quoted, text)
+    return _URL.sub(lambda match: mask_url(match.group(0)), text)
+
+
+def url_passwords(text: str) -> list[str]:
+    """The passwords of the URLs in `text` (`scheme://user:password@host`, `;` lists too)."""
+    found = []
+    for match in _URL_IN_TEXT.finditer(text):
+        rest = match.group(1)
+        at = rest.rfind("@")
+        _, colon, password = rest[: max(at, 0)].partition(":")
+        if at >= 0 and colon and password.strip():
+            found.append(password)
+    return found
+
+
+_URL_IN_TEXT = re.compile(r"[A-Za-z][A-Za-z0-9+.-]*://(.*?)(?=;[A-Za-z][A-Za-z0-9+.-]*://|$)",
+                          re.DOTALL)
+
+
+def conceal(text: str, hidden: Sequence[tuple[str, str]]) -> str:
+    """`text` with each secret (also trimmed, any case, as `show` escapes it) replaced by
+    what stands for it, and any quoted piece of a secret (a host or port split out of it)
+    by ****."""
+    for secret, shown in hidden:
+        if not secret.strip():
+            continue
+        variants = {secret, secret.strip(), json.dumps(secret.strip(), ensure_ascii=False)[1:-1]}
+        for variant in sorted(variants, key=len, reverse=True):
+            text = re.sub(re.escape(variant), shown.replace("\\", "\\\\"), text,
+                          flags=re.IGNORECASE)
+
+        def piece(match: re.Match[str], secret: str = secret, shown: str = shown) -> str:
+            try:
+                content = json.loads(match.group(0))
+            except ValueError:
+                return match.group(0)
+            if (isinstance(content, str) and content.strip() and content != shown
+                    and content.strip().lower() in secret.lower()):
+                return f'"{MASK}"'
+            return match.group(0)
+
+        text = _QUOTED.sub(piece, text)
+    return text
 
 
 # ---------------------------------------------------------------- YAML → Node
@@ -85,8 +195,16 @@ def parse_yaml(text: str, filename: str) -> Node | None:
 _VAR = re.compile(r"\$(?:(\$)|\{([A-Za-z_][A-Za-z0-9_]*)(?:(:-)([^}]*))?\}|(\{))")
 
 
-def expand_vars(text: str, environ: Mapping[str, str], where: Where) -> str:
-    """Expand `${VAR}`, `${VAR:-default}` (default also when VAR is empty) and `$$`."""
+# A variable's value this long or longer is hidden in every error of its roster; a shorter
+# one (a number, a flag) only in errors about the value it is part of.
+CONCEALED_EVERYWHERE_CHARS = 4
+
+
+def expand_vars(text: str, environ: Mapping[str, str], where: Where,
+                record: list[tuple[str, str]] | None = None) -> str:
+    """Expand `${VAR}`, `${VAR:-default}` (default also when VAR is empty) and `$$`.
+
+    record: where to note (value, "${VAR}") of each variable's value used, for errors to hide."""
 
     def replace(match: re.Match[str]) -> str:
         dollar, name, has_default, default, broken = match.groups()
@@ -98,6 +216,8 @@ def expand_vars(text: str, environ: Mapping[str, str], where: Where) -> str:
                 "use ${NAME}, ${NAME:-default}, or $$ for a literal $"
             )
         value = environ.get(name)
+        if value and record is not None:
+            record.append((value, f"${{{name}}}"))
         if has_default:
             return value if value else default  # shell `:-` semantics
         if value is None:
@@ -161,7 +281,7 @@ def scalar(src: Source, node: Node, key: str) -> Any:
     if isinstance(node.value, (dict, list)):
         raise src.where(node, key).error(f"expected a single value, got {kind(node.value)}")
     if isinstance(node.value, str) and src.expand:
-        return expand_vars(node.value, src.environ, src.where(node, key))
+        return expand_vars(node.value, src.environ, src.where(node, key), src.expanded)
     return node.value
 
 

@@ -215,6 +215,34 @@ def test_mutated_valid_rosters_never_crash_check(
     assert_clean_answer(*check(path_on_disk, capsys))
 
 
+FUZZ_SECRET = "Fz-s3cret-9731"
+secret_values = st.sampled_from([
+    f"amqp://user:{FUZZ_SECRET}@rabbit/", f"amqps://u:{FUZZ_SECRET}@h:5671/%2F",
+    f"amqp://u:{FUZZ_SECRET}@a;amqp://u:{FUZZ_SECRET}@b", f" amqp://u:{FUZZ_SECRET}@h ",
+    f"AMQP://U:{FUZZ_SECRET.upper()}@H", "${FUZZ_SECRET_VAR}", " ${FUZZ_SECRET_VAR} ",
+    "x-${FUZZ_SECRET_VAR}", "${FUZZ_SECRET_VAR}:5672", "amqp://u:${FUZZ_SECRET_VAR}@h/",
+    ["${FUZZ_SECRET_VAR}"], {"url": "${FUZZ_SECRET_VAR}"}, {"value": f"amqp://u:{FUZZ_SECRET}@h"},
+])
+
+
+@FUZZ
+@given(data=st.data())
+def test_errors_never_echo_a_secret_put_anywhere(
+        data: st.DataObject, workspace: Path, clean_env: None,
+        capsys: pytest.CaptureFixture[str], monkeypatch: pytest.MonkeyPatch) -> None:
+    """A URL with a password, or a `${VAR}` holding a secret, put in place of any value or
+    key of a valid roster: whatever `check` says on stderr never contains the secret."""
+    monkeypatch.setenv("FUZZ_SECRET_VAR", FUZZ_SECRET)
+    roster: Any = valid_roster(workspace)
+    for _ in range(data.draw(st.integers(1, 2), label="secrets")):
+        path = data.draw(st.sampled_from(list(_paths(roster))[1:]), label="path")
+        value = copy.deepcopy(data.draw(secret_values, label="value"))  # (no shared lists)
+        roster = _mutate(roster, path, "replace", value)
+    status, out, err = check(write(workspace / "secret.yaml", roster), capsys)
+    assert_clean_answer(status, out, err)
+    assert FUZZ_SECRET.lower() not in err.lower(), err
+
+
 raw_texts: st.SearchStrategy[bytes | str] = st.one_of(
     st.binary(max_size=300),
     st.text(max_size=300),
