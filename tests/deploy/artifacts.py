@@ -24,6 +24,7 @@ KUBERNETES = REPO / "config" / "kubernetes"
 SYSTEMD = REPO / "systemd"
 STATE_DIR = "/var/lib/multiwatch"  # the image's state volume, the units' StateDirectory
 ROSTER_PATH = "/etc/multiwatch/multiwatch.yaml"  # where every artifact puts the roster
+SECRETS_DIR = "/run/secrets/"  # where compose and the manifests mount the password file
 
 # Compose interpolation: $$, ${NAME}, ${NAME:-default}, ${NAME-default}, ${NAME:?err}, $NAME.
 _COMPOSE_VAR = re.compile(
@@ -62,10 +63,14 @@ def compose_variables(text: str) -> set[str]:
     return {m["braced"] or m["bare"] for m in _COMPOSE_VAR.finditer(text) if not m["escaped"]}
 
 
+# The shell `docker compose up` runs from: RABBITMQ_PASS is required (no default password).
+HOST_ENV = {"RABBITMQ_PASS": "from-the-shell"}
+
+
 def load_compose(environ: Mapping[str, str] | None = None) -> dict[str, Any]:
     """docker-compose.yaml as Compose sees it: anchors merged, variables interpolated."""
     raw = yaml.safe_load(COMPOSE.read_text())
-    return interpolate(raw, environ or {})  # type: ignore[no-any-return]
+    return interpolate(raw, HOST_ENV if environ is None else environ)  # type: ignore[no-any-return]
 
 
 def active_services(compose: Mapping[str, Any], profiles: set[str]) -> set[str]:
@@ -102,23 +107,28 @@ def uses_multiwatch_image(service: Mapping[str, Any]) -> bool:
 
 
 def relocate(text: str, root: Path) -> str:
-    """Container paths (/data/..., /var/lib/multiwatch, /etc/multiwatch) moved under `root`;
-    the /data directories and the state directory are created."""
+    """Container paths (/data/..., /var/lib/multiwatch, /etc/multiwatch, /run/secrets) moved
+    under `root`; the /data directories and the state directory are created."""
     for found in sorted(set(re.findall(r"/data/[A-Za-z0-9._-]+", text))):
         (root / found.lstrip("/")).mkdir(parents=True, exist_ok=True)
     (root / STATE_DIR.lstrip("/")).mkdir(parents=True, exist_ok=True)
-    for prefix in ("/data/", STATE_DIR, "/etc/multiwatch/"):
+    for prefix in ("/data/", STATE_DIR, "/etc/multiwatch/", SECRETS_DIR):
         text = re.sub(rf"(?<![\w/.]){re.escape(prefix)}", f"{root}{prefix}", text)
     return text
 
 
-def multiwatch_check(roster: str | None, environ: Mapping[str, str],
-                     root: Path) -> subprocess.CompletedProcess[str]:
+def multiwatch_check(roster: str | None, environ: Mapping[str, str], root: Path,
+                     secrets: Mapping[str, str] | None = None) -> subprocess.CompletedProcess[str]:
     """`multiwatch check` as the container would run it, paths relocated under `root`.
 
     `roster` is the roster text (written to a file and passed as MULTIWATCH_CONFIG), or None
-    for environment mode.  Only `environ` (relocated) and PATH reach the process.
+    for environment mode.  `secrets` maps mounted secret files (/run/secrets/...) to their
+    content.  Only `environ` (relocated) and PATH reach the process.
     """
+    for path, content in (secrets or {}).items():
+        file = root / path.lstrip("/")
+        file.parent.mkdir(parents=True, exist_ok=True)
+        file.write_text(content)
     env = {name: relocate(value, root) for name, value in environ.items()}
     env.pop("MULTIWATCH_CONFIG", None)
     if roster is not None:

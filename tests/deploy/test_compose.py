@@ -21,8 +21,10 @@ import yaml
 from multiwatch.config import SupervisorConfig
 from tests.deploy.artifacts import (
     COMPOSE,
+    HOST_ENV,
     REPO,
     ROSTER_PATH,
+    SECRETS_DIR,
     STATE_DIR,
     active_services,
     bind_mounts,
@@ -66,6 +68,14 @@ def container_env(name: str, host_env: dict[str, str] | None = None) -> dict[str
     """The environment of service `name`'s container: the image's ENV, then the service's."""
     service = load_compose(host_env)["services"][name]
     return {**image_env(), **{k: str(v) for k, v in service.get("environment", {}).items()}}
+
+
+def container_secrets(name: str, host_env: dict[str, str] | None = None) -> dict[str, str]:
+    """Secret file -> content, as Compose mounts service `name`'s secrets (from host variables)."""
+    compose = load_compose(host_env)
+    host = HOST_ENV if host_env is None else host_env
+    return {f"{SECRETS_DIR}{secret}": host[compose["secrets"][secret]["environment"]]
+            for secret in compose["services"][name].get("secrets", [])}
 
 
 def test_compose_file_validates_against_the_compose_spec() -> None:
@@ -140,10 +150,14 @@ def test_every_multiwatch_container_passes_check(name: str, tmp_path: Path) -> N
     service = load_compose()["services"][name]
     env = container_env(name)
     roster = _roster_file(service).read_text() if "MULTIWATCH_CONFIG" in env else None
-    result = multiwatch_check(roster, env, tmp_path)
+    secrets = container_secrets(name)
+    result = multiwatch_check(roster, env, tmp_path, secrets)
     assert result.returncode == 0, result.stderr
-    assert "changeme-dev-only" not in result.stdout
-    assert "amqp://multiwatch:****@rabbitmq:5672/" in result.stdout
+    assert HOST_ENV["RABBITMQ_PASS"] not in result.stdout
+    url = "amqp://multiwatch@rabbitmq:5672/" if roster else "amqp://multiwatch:****@rabbitmq:5672/"
+    assert f"url: {url}" in result.stdout
+    assert f"password_file: {tmp_path}{env['RABBITMQ_PASS_FILE']}\n" in result.stdout
+    assert env["RABBITMQ_PASS_FILE"] in secrets
     watched = checked_instances(result)
     mounted = {target for _, target, ro in bind_mounts(service) if target.startswith("/data/")}
     # Every watched directory is one of the container's read-only mounts, and vice versa.
@@ -180,12 +194,26 @@ def test_rabbitmq_has_management_ui_and_a_healthcheck() -> None:
     assert "127.0.0.1:15672:15672" in rabbitmq["ports"]
 
 
-def test_passwords_come_from_the_environment() -> None:
-    """No password is hard-coded: only the marked dev default, overridden by RABBITMQ_PASS."""
-    text = COMPOSE.read_text()
-    literal = re.findall(r"(\w*PASS\w*):\s*(.+)", text)
-    assert literal and all(v.startswith("${RABBITMQ_PASS:-changeme-dev-only}") for _, v in literal)
-    env = container_env("multiwatch", {"RABBITMQ_PASS": "from-the-shell"})
-    assert env["RABBITMQ_PASS"] == "from-the-shell"
+def test_there_is_no_known_password() -> None:
+    """Without RABBITMQ_PASS Compose refuses to start (`${RABBITMQ_PASS:?...}`): no default."""
+    with pytest.raises(ValueError, match="required variable RABBITMQ_PASS is missing"):
+        load_compose({})
+    with pytest.raises(ValueError, match="RABBITMQ_PASS"):
+        load_compose({"RABBITMQ_PASS": ""})
+    literal = re.findall(r"(\w*PASS\w*):\s*(.+)", COMPOSE.read_text())
+    assert literal and all(
+        value.startswith(("${RABBITMQ_PASS:?", f"{SECRETS_DIR}rabbitmq_pass"))
+        for _, value in literal), literal
     rabbitmq = load_compose({"RABBITMQ_PASS": "from-the-shell"})["services"]["rabbitmq"]
     assert rabbitmq["environment"]["RABBITMQ_DEFAULT_PASS"] == "from-the-shell"
+
+
+@pytest.mark.parametrize("name", multiwatch_services())
+def test_multiwatch_reads_the_password_from_a_docker_secret(name: str) -> None:
+    """The password reaches multiwatch as the file /run/secrets/rabbitmq_pass, made from the
+    shell's RABBITMQ_PASS, and never as an environment variable of its container."""
+    env = container_env(name, {"RABBITMQ_PASS": "from-the-shell"})
+    assert "RABBITMQ_PASS" not in env
+    assert env["RABBITMQ_PASS_FILE"] == f"{SECRETS_DIR}rabbitmq_pass"
+    assert container_secrets(name, {"RABBITMQ_PASS": "from-the-shell"}) == {
+        f"{SECRETS_DIR}rabbitmq_pass": "from-the-shell"}

@@ -7,6 +7,7 @@ The schemas are those of `kubernetes-validate` (the API's OpenAPI definitions, p
 
 from __future__ import annotations
 
+import re
 from pathlib import Path
 from typing import Any
 
@@ -50,6 +51,15 @@ def container_env(container: dict[str, Any]) -> dict[str, str]:
         else:
             env[item["name"]] = SECRET_VALUES[item["valueFrom"]["secretKeyRef"]["key"]]
     return env
+
+
+def mounted_secrets(deployment: dict[str, Any]) -> dict[str, str]:
+    """Secret file -> content, as the kubelet mounts the deployment's secret volumes."""
+    files = {}
+    for path, (_mount, volume) in mounts(deployment).items():
+        for item in volume.get("secret", {}).get("items", []):
+            files[f"{path}/{item['path']}"] = SECRET_VALUES[item["key"]]
+    return files
 
 
 def mounts(deployment: dict[str, Any]) -> dict[str, tuple[dict[str, Any], dict[str, Any]]]:
@@ -139,12 +149,13 @@ def test_roster_deployment_probes_http_and_reads_the_configmap(tmp_path: Path) -
     assert container["livenessProbe"]["httpGet"] == {"path": "/healthz", "port": "http"}
     assert container["readinessProbe"]["httpGet"] == {"path": "/readyz", "port": "http"}
     assert all(item.get("valueFrom", {}).get("secretKeyRef") for item in container["env"]
-               if item["name"] in ("RABBITMQ_USER", "RABBITMQ_PASS"))
+               if item["name"] == "RABBITMQ_USER")
 
-    result = multiwatch_check(roster, env, tmp_path)
+    result = multiwatch_check(roster, env, tmp_path, mounted_secrets(deployment))
     assert result.returncode == 0, result.stderr
     assert "from-the-secret" not in result.stdout
-    assert "amqp://multiwatch:****@rabbitmq:5672/" in result.stdout
+    assert "url: amqp://multiwatch@rabbitmq:5672/" in result.stdout
+    assert f"password_file: {tmp_path}{env['RABBITMQ_PASS_FILE']}\n" in result.stdout
     watched = {d.replace(str(tmp_path), "") for d in checked_instances(result).values()}
     assert watched == {path for path in mounts(deployment) if path.startswith("/data/")}
 
@@ -170,7 +181,32 @@ def test_per_directory_deployments_keep_the_guide_and_pass_check(
     assert env["RABBITMQ_HOST"] == "rabbitmq-service"
     assert "MULTIWATCH_CONFIG" not in env
 
-    result = multiwatch_check(None, env, tmp_path)
+    result = multiwatch_check(None, env, tmp_path, mounted_secrets(deployment))
     assert result.returncode == 0, result.stderr
     assert list(checked_instances(result)) == [f"watcher-{directory}"]
     assert "amqp://multiwatch:****@rabbitmq-service:5672/%2F" in result.stdout
+    assert f"password_file: {tmp_path}{env['RABBITMQ_PASS_FILE']}\n" in result.stdout
+
+
+@pytest.mark.parametrize(("manifest", "deployment"), all_deployments())
+def test_pods_get_the_password_as_a_file_and_no_api_token(
+    manifest: str, deployment: dict[str, Any]
+) -> None:
+    """No service-account token is mounted; the password is a read-only Secret file named by
+    RABBITMQ_PASS_FILE, readable by the pod's group only, and in no variable or URL."""
+    spec = pod(deployment)
+    assert spec["automountServiceAccountToken"] is False
+    (container,) = spec["containers"]
+    names = {item["name"] for item in container["env"]}
+    assert "RABBITMQ_PASS" not in names
+    env = container_env(container)
+    secret_files = mounted_secrets(deployment)
+    assert list(secret_files) == [env["RABBITMQ_PASS_FILE"]]
+    mount, volume = mounts(deployment)[str(Path(env["RABBITMQ_PASS_FILE"]).parent)]
+    assert mount["readOnly"] is True
+    assert volume["secret"]["secretName"] == "multiwatch-rabbitmq"
+    assert volume["secret"]["defaultMode"] & 0o007 == 0  # nothing for "other"
+    assert spec["securityContext"]["fsGroup"] == spec["securityContext"]["runAsGroup"]
+    for document in documents(manifest):
+        for text in document.get("data", {}).values():
+            assert not re.search(r"amqps?://[^@\s/]*:[^@\s]*@", text), "a password in a URL"

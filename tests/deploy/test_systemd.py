@@ -157,9 +157,27 @@ def test_instance_env_example_passes_check(tmp_path: Path) -> None:
         if line and not line.startswith("#"):
             key, _, value = line.partition("=")
             environment[key] = value
-    assert {"INSTANCE_ID", "DATA_DIR", "RABBITMQ_HOST", "RABBITMQ_PASS"} <= set(environment)
+    assert {"INSTANCE_ID", "DATA_DIR", "RABBITMQ_HOST", "RABBITMQ_PASS_FILE"} <= set(environment)
+    assert "RABBITMQ_PASS" not in environment  # no password in the example, known or not
     environment["DATA_DIR"] = environment["DATA_DIR"].replace("/srv/", "/data/")
-    result = multiwatch_check(None, environment, tmp_path)
+    secret = environment["RABBITMQ_PASS_FILE"]
+    result = multiwatch_check(None, environment, tmp_path, {secret: "s3cret\n"})
     assert result.returncode == 0, result.stderr
     assert "id: watcher-music" in result.stdout
     assert "amqp://multiwatch:****@localhost:5672/%2F" in result.stdout
+    assert f"password_file: {tmp_path}{secret}\n" in result.stdout and "s3cret" not in result.stdout
+
+
+def test_the_credential_recipe_in_the_roster_unit_works(tmp_path: Path) -> None:
+    """The unit's commented LoadCredential= recipe, applied, passes `systemd-analyze verify`."""
+    root = fake_root(tmp_path)
+    unit = root / "etc/systemd/system/multiwatch.service"
+    recipe = [line.strip().removeprefix("#").strip() for line in unit.read_text().splitlines()
+              if line.startswith("#     ")]
+    assert [line.split("=")[0] for line in recipe] == ["LoadCredential", "Environment"]
+    assert recipe[1] == "Environment=RABBITMQ_PASS_FILE=%d/rabbitmq_pass"
+    text = unit.read_text().replace("\n[Service]\n", "\n[Service]\n" + "\n".join(recipe) + "\n")
+    unit.write_text(text)
+    result = analyze(root, "verify", "--man=no", "--generators=no", "multiwatch.service")
+    assert result.returncode == 0, result.stderr
+    assert result.stdout + result.stderr == ""
