@@ -7,6 +7,8 @@
 #   `multiwatch health` finds the endpoint through MULTIWATCH_CONFIG).
 # Environment mode (the deployment guide's one container per directory): leave
 #   MULTIWATCH_CONFIG unset and set INSTANCE_ID, DATA_DIR and RABBITMQ_HOST/PORT/USER/PASS.
+# The password: better RABBITMQ_PASS_FILE, a file mounted read-only (a Docker or Kubernetes
+#   secret), than RABBITMQ_PASS, which `docker inspect` shows.
 #
 # Watched directories: mount them read-only under /data/ (-v /host/music:/data/music:ro).
 # State (tracked files, outbox): the volume /var/lib/multiwatch, owned by uid/gid 10001.
