@@ -238,8 +238,9 @@ def systemd_unit(roster: Roster, options: ExportOptions, index: int) -> str:
         "# `multiwatch export systemd`. Install:",
         "#   install -m 0644 multiwatch-*.service /etc/systemd/system/",
         f"#   systemctl daemon-reload && systemctl enable --now {program_name(instance)}",
-        f"# Runs as the user {user} (systemd/multiwatch.sysusers creates multiwatch); it must "
-        "be able",
+        f"# Runs as the user {user}"
+        + (" (systemd/multiwatch.sysusers creates it)" if user == DEFAULT_USER else "")
+        + "; it must be able",
         "# to read the roster, the watched directory and any password file.",
         "# Environment: /etc/multiwatch/multiwatch.env (mode 0600), e.g. RABBITMQ_PASS_FILE=...",
     ]
