@@ -8,12 +8,12 @@ through ctypes.  Where the kernel lacks it (< 5.6) or a seccomp filter refuses i
 EPERM), a walk keeps the same rules: one openat(O_NOFOLLOW) per component, each from the
 descriptor of the directory before it, ".." never above the root.
 
-The root itself is opened by its configured path (which may be a symlink) and its
-descriptor kept.  A root replaced by another directory (deleted and recreated, a share
-mounted over it) is noticed within ROOT_CHECK_SECONDS by comparing (st_dev, st_ino) of the
-path with the descriptor's, and re-opened; a root that is missing is opened again on the
-next lookup.  A kept descriptor pins its mount: `umount` of a watched share waits for the
-watcher to stop (or use `umount --lazy`).
+The root itself is opened by its configured path (which may be a symlink, and is trusted:
+it is the operator's) at the first lookup, kept for the lookups that follow, and closed by
+`release` between bursts of work (the pipeline calls it after each step).  A descriptor
+kept for the instance's life would pin the watched mount (`umount` fails with EBUSY, even
+while nothing happens) and keep naming a root that was replaced or remounted; reopened per
+step, it costs one open per step instead of one per file.
 """
 
 from __future__ import annotations
@@ -24,12 +24,9 @@ import os
 import platform
 import stat
 import threading
-import time
 from collections import deque
 
-ROOT_CHECK_SECONDS = 1.0
 MAX_SYMLINKS = 40  # as the kernel's own path walk (ELOOP beyond)
-RETIRED_ROOTS_KEPT = 8  # replaced root descriptors closed only this many swaps later
 
 _RESOLVE_NO_MAGICLINKS = 0x02
 _RESOLVE_NO_SYMLINKS = 0x04
@@ -110,63 +107,58 @@ class ConfinedRoot:
         self._use_openat2 = use_openat2
         self._lock = threading.Lock()
         self._fd = -1
-        self._identity: tuple[int, int] | None = None
-        self._real = ""  # the root's real path, for absolute symlinks into the tree
-        self._checked_at = 0.0
-        self._retired: list[int] = []
+        self._users = 0  # lookups using the descriptor right now (any thread)
+        self._release_pending = False
 
     # -- the root's descriptor -----------------------------------------------------------
 
-    def root_fd(self) -> int:
-        """The root's descriptor (O_PATH), opened by path when missing or replaced."""
-        if self._fd >= 0 and time.monotonic() < self._checked_at + ROOT_CHECK_SECONDS:
+    def _acquire(self) -> int:
+        """The root's descriptor (O_PATH), opened by path if it is not open; pair with
+        _unuse."""
+        with self._lock:
+            if self._fd < 0:
+                fd = os.open(self.path, _PATH_ONLY | os.O_DIRECTORY)
+                if self._use_openat2 is None:
+                    self._use_openat2 = _probe_openat2(fd)
+                self._fd = fd
+            self._users += 1
+            self._release_pending = False
             return self._fd
-        with self._lock:
-            now = time.monotonic()
-            if self._fd >= 0 and now < self._checked_at + ROOT_CHECK_SECONDS:
-                return self._fd
-            self._checked_at = now
-            if self._fd >= 0:
-                try:
-                    st = os.stat(self.path)
-                    if (st.st_dev, st.st_ino) == self._identity:
-                        return self._fd
-                except OSError:  # gone or unreachable: the kept descriptor is all there is
-                    return self._fd
-                self._retire()
-            fd = os.open(self.path, _PATH_ONLY | os.O_DIRECTORY)
-            st = os.fstat(fd)
-            self._real = os.path.realpath(self.path)
-            self._identity = (st.st_dev, st.st_ino)
-            if self._use_openat2 is None:
-                self._use_openat2 = _probe_openat2(fd)
-            self._fd = fd
-            return fd
 
-    def _retire(self) -> None:
-        """The root was replaced: forget its descriptor, closed a few swaps later (a lookup
-        on another thread may be using it right now)."""
-        self._retired.append(self._fd)
-        self._fd, self._identity = -1, None
-        while len(self._retired) > RETIRED_ROOTS_KEPT:
-            os.close(self._retired.pop(0))
-
-    def close(self) -> None:
+    def _unuse(self) -> None:
         with self._lock:
-            for fd in [self._fd, *self._retired]:
-                if fd >= 0:
-                    os.close(fd)
-            self._fd, self._retired, self._identity = -1, [], None
+            self._users -= 1
+            if self._release_pending and not self._users:
+                self._close_locked()
+
+    def release(self) -> None:
+        """Close the root's descriptor once no lookup uses it (the next one opens the root
+        by path again): called between bursts of work, so the watched mount is not pinned
+        (umount) and a root replaced meanwhile is the one looked up next."""
+        with self._lock:
+            if self._users:
+                self._release_pending = True
+            else:
+                self._close_locked()
+
+    def _close_locked(self) -> None:
+        if self._fd >= 0:
+            os.close(self._fd)
+        self._fd, self._release_pending = -1, False
+
+    close = release
 
     def __del__(self) -> None:
         try:
-            self.close()
+            if self._fd >= 0:
+                os.close(self._fd)
         except (OSError, AttributeError, TypeError):  # (at interpreter shutdown)
             pass
 
     @property
     def uses_openat2(self) -> bool:
-        self.root_fd()
+        self._acquire()
+        self._unuse()
         return bool(self._use_openat2)
 
     # -- lookups -------------------------------------------------------------------------
@@ -201,7 +193,7 @@ class ConfinedRoot:
         finally:
             os.close(parent)
         if target.startswith("/"):  # from the root, if it lies beneath it
-            real = self._real
+            real = os.path.realpath(self.path)
             if target != real and not target.startswith(real + "/"):
                 raise escape_error(relative)
             target = target[len(real):].lstrip("/")
@@ -210,16 +202,20 @@ class ConfinedRoot:
         return self._beneath(target, flags, follow=True)
 
     def _beneath(self, relative: str, flags: int, *, follow: bool) -> int:
-        root_fd = self.root_fd()
-        if self._use_openat2:
-            try:
-                return _openat2(root_fd, relative, flags, _FOLLOW_BENEATH if follow else _NO_FOLLOW)
-            except OSError as exc:
-                # RESOLVE_BENEATH refuses every absolute symlink: one into the tree is the
-                # walk's to judge.
-                if not (follow and exc.errno == errno.EXDEV):
-                    raise
-        return self._walk(root_fd, relative, flags, follow)
+        root_fd = self._acquire()
+        try:
+            if self._use_openat2:
+                try:
+                    return _openat2(root_fd, relative, flags,
+                                    _FOLLOW_BENEATH if follow else _NO_FOLLOW)
+                except OSError as exc:
+                    # RESOLVE_BENEATH refuses every absolute symlink: one into the tree is
+                    # the walk's to judge.
+                    if not (follow and exc.errno == errno.EXDEV):
+                        raise
+            return self._walk(root_fd, relative, flags, follow)
+        finally:
+            self._unuse()
 
     def open_directory(self, relative: str) -> int:
         """A directory's descriptor for listing; never through a symlink."""
@@ -282,9 +278,10 @@ class ConfinedRoot:
                 if links > MAX_SYMLINKS:
                     raise OSError(errno.ELOOP, os.strerror(errno.ELOOP), relative)
                 if target.startswith("/"):
-                    if target != self._real and not target.startswith(self._real + "/"):
+                    real = os.path.realpath(self.path)
+                    if target != real and not target.startswith(real + "/"):
                         raise escape_error(relative)
-                    target = target[len(self._real):]
+                    target = target[len(real):]
                     while len(stack) > 1:
                         os.close(stack.pop())
                 parts.extendleft(reversed([p for p in target.split("/") if p not in ("", ".")]))

@@ -151,6 +151,7 @@ class Pipeline:
         self._handle_settled()
         self._commit()
         self._startup.report(self)
+        self._confined.release()  # between steps the watched mount is not pinned
 
     def _commit(self) -> None:
         """Record this step's file states and events in one transaction.

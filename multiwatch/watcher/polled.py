@@ -95,15 +95,16 @@ def _statx_at(dir_fd: int, name: str, flags: int) -> PolledStat:
 class ConfinedSnapshotIO:
     """`stat` and `listdir` for watchdog's PollingObserverVFS, confined below `root`.
 
-    DirectorySnapshot lists a directory, then stats each of its entries, then walks into
-    the subdirectories: the descriptor of the directory listed last is kept for those stats
-    (one per poller thread).  The root's own stat is by its configured path, so a deleted
+    DirectorySnapshot lists a directory, then stats each of its entries: `listdir` stats
+    them all while it holds the directory's descriptor, and `stat` hands those results
+    over.  No descriptor is kept between calls (nor the root's: a watched mount is never
+    pinned between polls).  The root's own stat is by its configured path, so a deleted
     root ends the poller as watchdog expects."""
 
     def __init__(self, root: ConfinedRoot) -> None:
         self.root = root
         self._prefix = root.path.rstrip("/") + "/"
-        self._listed = threading.local()  # (absolute directory, its descriptor)
+        self._listed = threading.local()  # absolute path -> stat, of the last listing
 
     def _relative(self, path: str) -> str:
         if not path.startswith(self._prefix):
@@ -113,15 +114,16 @@ class ConfinedSnapshotIO:
     def stat(self, path: str) -> PolledStat:
         if path == self.root.path:
             return _statx_at(_AT_FDCWD, path, 0)
-        directory, _, name = path.rpartition("/")
-        listed = getattr(self._listed, "current", None)
-        if listed is not None and listed[0] == directory:
-            return _statx_at(listed[1], name, _AT_SYMLINK_NOFOLLOW)
+        listed: dict[str, PolledStat] = getattr(self._listed, "stats", {})
+        found = listed.pop(path, None)
+        if found is not None:
+            return found
         parent, name = self.root.open_parent(self._relative(path))
         try:
             return _statx_at(parent, name, _AT_SYMLINK_NOFOLLOW)
         finally:
             os.close(parent)
+            self.root.release()
 
     def listdir(self, path: str | None) -> Iterator[os.DirEntry[str]]:
         if path is None:
@@ -133,9 +135,19 @@ class ConfinedSnapshotIO:
             if exc.errno in (errno.ELOOP, errno.EXDEV):  # a symlink took its place: nothing
                 return iter(())
             raise
-        previous = getattr(self._listed, "current", None)
-        self._listed.current = (path, fd)
-        if previous is not None:
-            os.close(previous[1])
-        with os.scandir(fd) as entries:
-            return iter(list(entries))
+        finally:
+            self.root.release()
+        stats: dict[str, PolledStat] = {}
+        try:
+            with os.scandir(fd) as scanned:
+                entries = list(scanned)
+            prefix = path.rstrip("/") + "/"
+            for entry in entries:
+                try:
+                    stats[prefix + entry.name] = _statx_at(fd, entry.name, _AT_SYMLINK_NOFOLLOW)
+                except OSError:
+                    pass  # vanished: watchdog's own stat skips it the same way
+        finally:
+            os.close(fd)
+        self._listed.stats = stats
+        return iter(entries)
