@@ -52,6 +52,7 @@ __all__ = [
     "TlsConfig",
     "generated_instance_id",
     "http_override",
+    "load_endpoint_config",
     "load_http_config",
     "load_roster",
     "mask_url",
@@ -82,6 +83,9 @@ class HttpConfig:
     """The operator endpoint: /healthz, /readyz, /status, /metrics and the / page."""
 
     listen: str | None = DEFAULT_HTTP_LISTEN  # "host:port" ("[::1]:9120"); None: no server
+    # Host names answered besides the listen address, localhost and (on a wildcard listen)
+    # IP literals; any other Host header is refused (DNS rebinding).
+    allowed_hosts: tuple[str, ...] = ()
 
 
 @dataclass(frozen=True)
@@ -142,16 +146,24 @@ def load_http_config(path: str | None, environ: Mapping[str, str]) -> HttpConfig
     Reads the roster's YAML without checking instances or directories, so the commands still
     work while a watched mount is gone — exactly when an operator asks for status.
     """
+    return load_endpoint_config(path, environ)[0]
+
+
+def load_endpoint_config(path: str | None, environ: Mapping[str, str]) -> tuple[HttpConfig, str]:
+    """The `http` section and the state_dir (where the supervisor leaves its endpoint's
+    identity), read like `load_http_config`."""
     if path is None:
         path = environ.get("MULTIWATCH_CONFIG") or None
     if path is None:
-        return _http(env_source(environ), {})
+        env = env_source(environ)
+        return _http(env, {}), _state_dir(env, {})[0]
     file = cs.resolve_path(path, os.getcwd(), environ)
     root = cs.parse_yaml(_read_roster(path, file), path)
     top: dict[str, Node] = {}
     if root is not None and isinstance(root.value, dict):
         top = root.value
-    return _http(Source(path, os.path.dirname(file), environ, expand=True), top)
+    src = Source(path, os.path.dirname(file), environ, expand=True)
+    return _http(src, top), _state_dir(src, top)[0]
 
 
 def http_override(listen: str, option: str = "--http-listen") -> HttpConfig:
@@ -196,7 +208,9 @@ def render_effective(roster: Roster) -> str:
         "log_level": roster.log_level,
         "broker": broker,
         "supervisor": dataclasses.asdict(roster.supervisor),
-        "http": {"listen": roster.http.listen or "off"},
+        "http": {"listen": roster.http.listen or "off",
+                 **({"allowed_hosts": list(roster.http.allowed_hosts)}
+                    if roster.http.allowed_hosts else {})},
         # SafeDumper cannot represent tuples.
         "instances": [
             {k: list(v) if isinstance(v, tuple) else v for k, v in dataclasses.asdict(i).items()}
@@ -307,7 +321,23 @@ _LISTEN_OFF = ("", "off", "none", "null", "false", "no", "disabled")
 _TOP_KEYS = (
     "state_dir", "log_level", "broker", "supervisor", "http", "defaults", "instances",
 )
-_HTTP_FIELDS: dict[str, _Coerce] = {"listen": _listen}
+_HOST_NAME_RE = re.compile(r"[a-z0-9_](?:[a-z0-9_.-]{0,252}[a-z0-9_])?")
+
+
+def _allowed_hosts(src: Source, node: Node, key: str) -> tuple[str, ...]:
+    """Host names (a list, or one name), compared case-insensitively, without a port."""
+    names = []
+    for name in cs.patterns(src, node, key, allow_empty=True):
+        clean = name.strip().lower().rstrip(".")
+        if not _HOST_NAME_RE.fullmatch(clean):
+            raise src.where(node, key).error(
+                f"{cs.show(name)} is not a host name; write names like monitor.example.com, "
+                "without scheme or port")
+        names.append(clean)
+    return tuple(names)
+
+
+_HTTP_FIELDS: dict[str, _Coerce] = {"listen": _listen, "allowed_hosts": _allowed_hosts}
 MAX_PARALLEL_HASHES_LIMIT = 1024
 
 
@@ -494,11 +524,9 @@ def _log_level(src: Source, top: Mapping[str, Node]) -> str:
 def _http(src: Source, top: Mapping[str, Node]) -> HttpConfig:
     """The roster's `http` section; `$MULTIWATCH_HTTP_LISTEN` replaces the default listen."""
     values = _section(src, top.get("http"), "http", _HTTP_FIELDS)
-    if "listen" in values:
-        return HttpConfig(**values)
-    if from_env := env_node(src.environ, HTTP_LISTEN_ENV):  # `off` disables it
-        return HttpConfig(listen=_listen(env_source(src.environ), from_env, HTTP_LISTEN_ENV))
-    return HttpConfig()
+    if "listen" not in values and (from_env := env_node(src.environ, HTTP_LISTEN_ENV)):
+        values["listen"] = _listen(env_source(src.environ), from_env, HTTP_LISTEN_ENV)  # or off
+    return HttpConfig(**values)
 
 
 def _supervisor(src: Source, node: Node | None) -> SupervisorConfig:

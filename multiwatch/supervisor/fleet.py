@@ -4,7 +4,8 @@ Each turn waits at most a second (for a child report or a signal) and handles qu
 signals and child reports; at most once a second (at once when a child exits or a backoff
 is over) it also reaps exited children, checks heartbeats, starts children whose backoff
 is over, samples resources, and publishes a fresh fleet view for the HTTP thread.
-Signal handlers only queue the signal.
+Signal handlers only queue the signal.  An error inside a turn (say, EMFILE while file
+descriptors run short) is logged and the loop turns on: SIGTERM must always work.
 """
 
 from __future__ import annotations
@@ -20,12 +21,13 @@ from collections.abc import Callable
 from multiprocessing.connection import wait
 from typing import TYPE_CHECKING, Any
 
-from multiwatch.config import ConfigError, Roster
+from multiwatch.config import ConfigError, HttpConfig, Roster
 from multiwatch.supervisor.lifecycle import Child, State
 from multiwatch.watcher.spec import ChildSpec
 
 if TYPE_CHECKING:  # imported when first used, after the children are spawned
     from multiwatch.supervisor.http import HttpServer
+    from multiwatch.supervisor.identity import EndpointIdentity
     from multiwatch.supervisor.prestart import PrestartedWatcher
     from multiwatch.supervisor.resources import ResourceMeter
 
@@ -37,6 +39,8 @@ HOUSEKEEPING_SECONDS = 1.0
 SAMPLE_EVERY_SECONDS = 5.0  # psutil sampling for the fleet view (cpu_percent spans this)
 KILLED_REAP_SECONDS = 5.0  # how long a SIGKILLed child may take to be reaped at shutdown
 OPEN_FILES_EVERY_SECONDS = 30.0  # the costly part of a sample; also at every resource report
+TURN_ERROR_PAUSE_SECONDS = 0.2  # after an unexpected error in a turn: do not spin on it
+LOG_ERROR_EVERY_SECONDS = 60.0  # the same failure is logged at most this often
 
 
 class Supervisor:
@@ -62,6 +66,8 @@ class Supervisor:
         self._view: dict[str, Any] = {}
         self._view_lock = threading.Lock()
         self._http: HttpServer | None = None
+        self._identity: EndpointIdentity | None = None
+        self._error_logged_at: dict[str, float] = {}
 
     # -- signals: handlers only enqueue; the loop acts ---------------------------------------
 
@@ -100,7 +106,7 @@ class Supervisor:
         http_changed = new_roster.http != self.roster.http
         self._converge(new_roster)
         if http_changed:
-            self._serve_http(new_roster.http.listen)
+            self._serve_http(new_roster.http)
 
     # -- the loop ------------------------------------------------------------------------------
 
@@ -114,30 +120,57 @@ class Supervisor:
             self._prestarted.discard()
             self._prestarted = None
         self._publish_view(time.monotonic())
-        self._serve_http(self.roster.http.listen)
+        self._serve_http(self.roster.http)
         while not self._stopping:
-            self._turn(wake_fd)
+            try:
+                self._turn(wake_fd)
+            except Exception:  # noqa: BLE001 - logged: a failing turn must not end supervision
+                self._log_error("turn", "supervisor loop error; carrying on", exc_info=True)
+                time.sleep(TURN_ERROR_PAUSE_SECONDS)
         self._shutdown()
         self._serve_http(None)
         log.info("supervisor stopped")
         return 0
 
-    def _serve_http(self, listen: str | None) -> None:
-        """(Re)start the operator endpoint on `listen`; None stops it.  A port that cannot
-        be bound is logged and the fleet keeps watching: files matter more than probes."""
+    def _log_error(self, kind: str, message: str, **kwargs: Any) -> None:
+        """Log a failure at most once a minute per kind: a repeating one must not flood."""
+        now = time.monotonic()
+        if now - self._error_logged_at.get(kind, -LOG_ERROR_EVERY_SECONDS) \
+                >= LOG_ERROR_EVERY_SECONDS:
+            self._error_logged_at[kind] = now
+            log.error(message, **kwargs)
+
+    def _serve_http(self, http: HttpConfig | None) -> None:
+        """(Re)start the operator endpoint as `http` says; None stops it.  A port that cannot
+        be bound is logged and the fleet keeps watching: files matter more than probes.
+        Once listening, the endpoint's identity is published under state_dir (`multiwatch
+        status` checks it)."""
+        from multiwatch.supervisor import identity  # after the first spawn
+
         if self._http is not None:
             self._http.close()
             self._http = None
-        if listen is None:
+        if self._identity is not None:
+            identity.withdraw_identity(self._identity)
+            self._identity = None
+        if http is None or http.listen is None:
             return
-        from multiwatch.supervisor.http import start_http_server  # after the first spawn
+        from multiwatch.supervisor.http import start_http_server
 
+        secret = identity.new_secret()
         try:
-            self._http = start_http_server(listen, self.fleet_view)
+            self._http = start_http_server(http.listen, self.fleet_view,
+                                           allowed_hosts=http.allowed_hosts, secret=secret)
         except (OSError, ValueError) as exc:
             log.error("HTTP endpoint not started: %s", exc)
             return
         log.info("HTTP endpoint listening", extra={"url": self._http.url})
+        try:
+            self._identity = identity.publish_identity(self.roster.state_dir, http.listen,
+                                                       os.getpid(), secret)
+        except OSError as exc:
+            log.error("cannot publish the HTTP endpoint's identity; `multiwatch status` will "
+                      "refuse it", extra={"error": f"{exc.filename}: {exc.strerror}"})
 
     def _turn(self, wake_fd: int) -> None:
         by_reader = {c.reader: c for c in self._children.values() if c.reader is not None}
@@ -288,16 +321,20 @@ class Supervisor:
 
     def _sample_resources(self, *, count_files: bool) -> None:
         pids = {c.pid for c in self._children.values() if c.pid is not None} | {os.getpid()}
-        if self._meter is None:
-            from multiwatch.supervisor.resources import ResourceMeter
+        try:
+            if self._meter is None:
+                from multiwatch.supervisor.resources import ResourceMeter
 
-            self._meter = ResourceMeter()
-        self._meter.retain(pids)
-        self._usage = {}
-        for pid in pids:
-            usage = self._meter.sample(pid, count_files=count_files)
-            if usage is not None:
-                self._usage[pid] = usage.as_dict()
+                self._meter = ResourceMeter()
+            self._meter.retain(pids)
+            usage_by_pid = {pid: self._meter.sample(pid, count_files=count_files)
+                            for pid in pids}
+        except Exception:  # noqa: BLE001 - logged: psutil failing: supervise unmeasured
+            self._log_error("resources", "resource sampling failed; figures are stale",
+                            exc_info=True)
+            return
+        self._usage = {pid: usage.as_dict() for pid, usage in usage_by_pid.items()
+                       if usage is not None}
         now = time.monotonic()
         for child in self._children.values():
             limit = child.spec.instance.memory_limit

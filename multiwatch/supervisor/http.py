@@ -8,32 +8,39 @@
 | `/metrics` | Prometheus text exposition (see `multiwatch.supervisor.metrics`)           |
 | `/`        | a self-refreshing HTML page, one row per instance                          |
 
-A `ThreadingHTTPServer` serves from daemon threads; handlers only call `fleet_view()`,
+Connections are handled by `http_server.BoundedServer` (one IO thread, two workers, a
+deadline per request, a bounded number of connections); handlers only call `fleet_view()`,
 which the supervisor keeps fresh and thread-safe, so a slow or broken client can never hold
-up the supervisor loop. Only GET is served: anything else gets 405.  The accepting thread
-sleeps until a connection or `close()` arrives (socketserver's serve_forever would wake
-every poll_interval to look for a shutdown request).
+up the supervisor loop. Only GET is served: anything else gets 405.
+
+DNS rebinding: a request whose `Host` is not the listen address (an IP literal, any on a
+wildcard listen), `localhost`, the listen host name or a name in `http.allowed_hosts` gets
+421: a web page on a rebound domain cannot read the endpoint.  A request carrying an
+`X-Multiwatch-Challenge` gets an `X-Multiwatch-Proof` (see `identity`) when the server was
+given the secret the supervisor published in its state_dir.
 """
 
 from __future__ import annotations
 
 import errno
+import io
+import ipaddress
 import json
 import logging
-import os
-import selectors
 import socket
 import threading
 import time
-from collections.abc import Callable, Mapping
-from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
-from socketserver import TCPServer
+from collections.abc import Callable, Collection, Mapping
+from dataclasses import dataclass
+from http.server import BaseHTTPRequestHandler
 from typing import Any
 from urllib.parse import urlsplit
 
 from multiwatch import __version__
 from multiwatch.config import split_listen
+from multiwatch.supervisor import identity
 from multiwatch.supervisor.dashboard import EventRates, render_page
+from multiwatch.supervisor.http_server import BoundedServer
 from multiwatch.supervisor.metrics import metrics_registry, render_metrics
 
 log = logging.getLogger(__name__)
@@ -53,12 +60,13 @@ class HttpListenError(OSError):
 class HttpServer:
     """A running endpoint; `close()` stops it and frees the port."""
 
-    def __init__(self, server: _Server, thread: threading.Thread) -> None:
+    def __init__(self, server: BoundedServer, thread: threading.Thread,
+                 address: tuple[Any, ...]) -> None:
         self._server = server
         self._thread = thread
         self._closed = False
-        self.host: str = server.server_address[0]  # type: ignore[assignment]
-        self.port: int = server.server_address[1]
+        self.host: str = address[0]
+        self.port: int = address[1]
 
     @property
     def url(self) -> str:
@@ -73,13 +81,17 @@ class HttpServer:
         self._closed = True
         self._server.stop()
         self._thread.join(timeout=5)
-        self._server.server_close()
+        self._server.close()
 
 
 def start_http_server(listen: str, fleet_view: FleetView, *,
-                      clock: Callable[[], float] = time.monotonic) -> HttpServer:
+                      clock: Callable[[], float] = time.monotonic,
+                      allowed_hosts: Collection[str] = (),
+                      secret: bytes | None = None) -> HttpServer:
     """Listen on `listen` ("host:port", "[::1]:port"; port 0 picks a free one) and serve.
 
+    `allowed_hosts`: Host names answered besides the listen address and localhost.
+    `secret`: proves the endpoint's identity to a challenge (see `identity`).
     Raises HttpListenError (an OSError) when the address cannot be bound, e.g.
     "http.listen 127.0.0.1:9120: address already in use"; ValueError for a malformed `listen`.
     """
@@ -90,13 +102,20 @@ def start_http_server(listen: str, fleet_view: FleetView, *,
         raise HttpListenError(f"http.listen {listen}: cannot resolve {host}: {exc.strerror}") \
             from None
     family, _, _, _, address = infos[0]
+    listener = socket.socket(family, socket.SOCK_STREAM)
     try:
-        server = _Server(address, family, _App(fleet_view, clock))
+        listener.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+        listener.bind(address)
+        bound = listener.getsockname()
+        hosts = HostPolicy.for_listen(host, str(bound[0]), allowed_hosts)
+        app = _App(fleet_view, clock, hosts, secret)
+        server = BoundedServer(listener, app.respond)
     except OSError as exc:
+        listener.close()
         raise HttpListenError(f"http.listen {listen}: {_why(exc)}") from None
     thread = threading.Thread(target=server.serve, name="multiwatch-http", daemon=True)
     thread.start()
-    return HttpServer(server, thread)
+    return HttpServer(server, thread, bound)
 
 
 def _why(exc: OSError) -> str:
@@ -113,14 +132,83 @@ def _why(exc: OSError) -> str:
 Response = tuple[int, str, bytes]
 
 
-class _App:
-    """What the handlers share: the view, the metrics registry and the page's event rates."""
+@dataclass(frozen=True)
+class HostPolicy:
+    """Which `Host` headers the endpoint answers (any port: port forwarding changes it)."""
 
-    def __init__(self, fleet_view: FleetView, clock: Callable[[], float]) -> None:
+    bound_ip: ipaddress.IPv4Address | ipaddress.IPv6Address | None
+    names: frozenset[str]  # lower case: localhost, the listen host name, http.allowed_hosts
+
+    @classmethod
+    def for_listen(cls, listen_host: str, bound_ip: str,
+                   allowed_hosts: Collection[str]) -> HostPolicy:
+        names = {"localhost", *(name.lower().rstrip(".") for name in allowed_hosts)}
+        if _ip(listen_host) is None:
+            names.add(listen_host.lower().rstrip("."))
+        return cls(_ip(bound_ip), frozenset(names))
+
+    def allows(self, host_headers: list[str]) -> bool:
+        """No Host (HTTP/1.0 tools; every browser sends one) passes; two never do."""
+        if not host_headers:
+            return True
+        if len(host_headers) > 1:
+            return False
+        name = _host_name(host_headers[0])
+        if name is None:
+            return False
+        address = _ip(name)
+        if address is None:
+            return name in self.names
+        if self.bound_ip is None or self.bound_ip.is_unspecified:
+            return True  # a wildcard listen answers on every address of the host
+        return address == self.bound_ip
+
+
+def _host_name(header: str) -> str | None:
+    """The host of a Host header, without port or brackets, lower case; None if malformed."""
+    value = header.strip().lower()
+    if value.startswith("["):
+        inside, bracket, rest = value[1:].partition("]")
+        if not bracket or (rest and not (rest[0] == ":" and rest[1:].isdigit())):
+            return None
+        return inside or None
+    name, colon, port = value.partition(":")
+    if colon and not port.isdigit():
+        return None
+    name = name.rstrip(".")
+    return name or None
+
+
+def _ip(text: str) -> ipaddress.IPv4Address | ipaddress.IPv6Address | None:
+    try:
+        return ipaddress.ip_address(text)
+    except ValueError:
+        return None
+
+
+_MISDIRECTED = (421, "application/json",
+                b'{"error": "this endpoint does not answer for that Host; '
+                b'list the name in http.allowed_hosts"}\n')
+
+
+class _App:
+    """What the handlers share: the view, the metrics registry, the page's event rates, the
+    Host policy and the identity secret."""
+
+    def __init__(self, fleet_view: FleetView, clock: Callable[[], float],
+                 hosts: HostPolicy, secret: bytes | None) -> None:
         self.fleet_view = fleet_view
         self.clock = clock
         self.registry = metrics_registry(fleet_view)
         self.rates = EventRates()
+        self.hosts = hosts
+        self.secret = secret
+        self._lock = threading.Lock()  # the workers share the page's event rates
+
+    def respond(self, head: bytes, client_address: Any) -> bytes:
+        """The whole response to one request head (called by a worker thread)."""
+        handler = _Handler(head, client_address, self)
+        return handler.output()
 
     def healthz(self) -> Response:
         supervisor = _mapping(self.fleet_view().get("supervisor"))
@@ -150,7 +238,8 @@ class _App:
 
     def index(self) -> Response:
         view = self.fleet_view()
-        rates = self.rates.observe(_mapping(view.get("instances")), self.clock())
+        with self._lock:
+            rates = self.rates.observe(_mapping(view.get("instances")), self.clock())
         return 200, _HTML, render_page(view, rates).encode()
 
 
@@ -190,60 +279,40 @@ def _mapping(value: Any) -> Mapping[str, Any]:
     return value if isinstance(value, Mapping) else {}
 
 
-# ---------------------------------------------------------------- the server
-
-
-class _Server(ThreadingHTTPServer):
-    daemon_threads = True
-
-    def __init__(self, address: Any, family: socket.AddressFamily, app: _App) -> None:
-        self.address_family = family
-        self.app = app
-        self._stopping = False
-        self._wake_read, self._wake_write = os.pipe()  # closed by server_close, also on failure
-        super().__init__(address, _Handler)
-
-    def serve(self) -> None:
-        """Accept connections until stop(), without waking up in between."""
-        with selectors.DefaultSelector() as selector:
-            selector.register(self, selectors.EVENT_READ)
-            selector.register(self._wake_read, selectors.EVENT_READ)
-            while not self._stopping:
-                for key, _ in selector.select():
-                    if key.fileobj is self and not self._stopping:
-                        self.handle_request()  # readable: accepts without waiting
-
-    def stop(self) -> None:
-        """Make serve() return (from any thread)."""
-        self._stopping = True
-        os.write(self._wake_write, b"x")
-
-    def server_close(self) -> None:
-        super().server_close()
-        for fd in (self._wake_read, self._wake_write):
-            try:
-                os.close(fd)
-            except OSError:
-                pass
-
-    def server_bind(self) -> None:
-        # HTTPServer.server_bind looks up the host's FQDN, which can hang on a broken DNS.
-        TCPServer.server_bind(self)
-        self.server_name = str(self.server_address[0])
-        self.server_port = self.server_address[1]
+# ---------------------------------------------------------------- one request
 
 
 class _Handler(BaseHTTPRequestHandler):
-    server: _Server
+    """The standard request parsing and answers, run on a buffered request head: the bytes
+    come from and go to `BoundedServer`, never from a socket in a worker thread."""
+
     server_version = f"multiwatch/{__version__}"
     sys_version = ""
-    timeout = 10  # a client that stops mid-request does not hold a thread for long
+
+    def __init__(self, head: bytes, client_address: Any, app: _App) -> None:
+        self.app = app
+        self._head = head
+        super().__init__(None, client_address, None)  # type: ignore[arg-type]
+
+    def setup(self) -> None:
+        self.rfile = io.BytesIO(self._head)
+        self.wfile = io.BytesIO()
+
+    def finish(self) -> None:
+        pass  # output() reads what was written
+
+    def output(self) -> bytes:
+        data: bytes = self.wfile.getvalue()  # type: ignore[attr-defined]
+        return data
 
     def parse_request(self) -> bool:
         if not super().parse_request():
             return False
+        self.close_connection = True  # one request per connection: its deadline covers it
+        if not self.app.hosts.allows(self.headers.get_all("Host") or []):
+            self._send(*_MISDIRECTED)
+            return False
         if self.command != "GET":
-            self.close_connection = True
             body = b"" if self.command == "HEAD" else _json(405, {"error": "only GET"})[2]
             self._send(405, _JSON, body, allow="GET")
             return False  # no do_<METHOD> dispatch
@@ -253,23 +322,31 @@ class _Handler(BaseHTTPRequestHandler):
         path = urlsplit(self.path).path
         route = _ROUTES.get(path)
         if route is None:
-            self._send(*_json(404, {"error": f"no such page: {path}", "pages": list(_ROUTES)}))
+            self._send(*_json(404, {"error": f"no such page: {path}", "pages": list(_ROUTES)}),
+                       proof_for=path)
             return
         try:
-            response = route(self.server.app)
+            response = route(self.app)
         except Exception:  # a broken view must not kill the endpoint, only this answer
             log.exception("HTTP request failed", extra={"path": path})
             code = 503 if path in _PROBES else 500
             response = _json(code, {"error": "internal error; see the supervisor log"})
-        self._send(*response)
+        self._send(*response, proof_for=path)
 
-    def _send(self, status: int, content_type: str, body: bytes, allow: str = "") -> None:
+    def _send(self, status: int, content_type: str, body: bytes, allow: str = "",
+              proof_for: str | None = None) -> None:
         self.send_response(status)
         self.send_header("Content-Type", content_type)
         self.send_header("Content-Length", str(len(body)))
         self.send_header("Cache-Control", "no-store")
+        self.send_header("Connection", "close")
         if allow:
             self.send_header("Allow", allow)
+        challenge = self.headers.get(identity.CHALLENGE_HEADER)
+        if proof_for is not None and self.app.secret and identity.valid_challenge(challenge):
+            assert challenge is not None
+            self.send_header(identity.PROOF_HEADER,
+                             identity.proof(self.app.secret, challenge, proof_for, body))
         self.end_headers()
         if body:
             self.wfile.write(body)

@@ -2,14 +2,18 @@
 
 Counting open files (one readlink, stat and fdinfo read per descriptor) costs more than
 everything else in a sample together, so the count is refreshed only when asked for and
-reused in between.
+reused in between.  psutil reads /proc, so it fails like any open() when file descriptors
+run out (EMFILE): such a sample is skipped (None), never raised into the supervisor loop.
 """
 
 from __future__ import annotations
 
+import logging
 from dataclasses import dataclass
 
 import psutil
+
+log = logging.getLogger(__name__)
 
 
 @dataclass(frozen=True)
@@ -34,8 +38,9 @@ class ResourceMeter:
         self._open_files: dict[int, int] = {}  # pid → last count
 
     def sample(self, pid: int, *, count_files: bool = True) -> Usage | None:
-        """Resource use of `pid`, or None if it has exited.  Without `count_files` the
-        open-files figure is the one counted last (a new pid is always counted)."""
+        """Resource use of `pid`, or None if it has exited or cannot be measured now.
+        Without `count_files` the open-files figure is the one counted last (a new pid is
+        always counted)."""
         process = self._processes.get(pid)
         try:
             if process is None:
@@ -57,6 +62,9 @@ class ResourceMeter:
         except (psutil.NoSuchProcess, psutil.ZombieProcess):
             self._processes.pop(pid, None)
             self._open_files.pop(pid, None)
+            return None
+        except (psutil.Error, OSError) as exc:  # EMFILE/ENFILE, access denied: try next time
+            log.debug("resource sample failed", extra={"pid": pid, "error": str(exc)})
             return None
 
     def retain(self, pids: set[int]) -> None:
