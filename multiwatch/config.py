@@ -413,15 +413,21 @@ def _load_file(given: str, environ: Mapping[str, str]) -> Roster:
 
 def _read_roster(given: str, file: str) -> str:
     name = cs.show(given) if given == file else f"{cs.show(given)} ({file})"
+    from multiwatch.config_yaml import MAX_ROSTER_BYTES
+
     try:
         with open(file, encoding="utf-8-sig") as handle:
-            return handle.read()
+            text = handle.read(MAX_ROSTER_BYTES + 1)  # never all of a huge file
     except IsADirectoryError:
         raise ConfigError(f"cannot read roster {name}: it is a directory, not a file") from None
     except OSError as exc:
         raise ConfigError(f"cannot read roster {name}: {exc.strerror or exc}") from None
     except UnicodeDecodeError as exc:
         raise ConfigError(f"cannot read roster {name}: not UTF-8 text (byte {exc.start})") from None
+    if len(text) > MAX_ROSTER_BYTES:
+        raise ConfigError(f"roster {name} is larger than {MAX_ROSTER_BYTES // 2**20} MiB, "
+                          "the limit; refused")
+    return text
 
 
 def _yaml_instances(

@@ -12,6 +12,14 @@ import yaml
 from multiwatch.config_source import ConfigError, Node
 
 _MERGE_TAG = "tag:yaml.org,2002:merge"
+# Bounds for a hostile roster (issue 18: a 7-level alias bomb would need ~18 GB).  A roster
+# of 5,000 instances with 20 settings each is 100,000 values and about 1 MiB of YAML.
+MAX_ROSTER_BYTES = 1024 * 1024
+MAX_ROSTER_VALUES = 200_000
+
+
+class _TooManyValues(Exception):
+    """The document, with every alias expanded, holds more than MAX_ROSTER_VALUES values."""
 
 
 def parse_yaml(text: str, filename: str) -> Node | None:
@@ -25,7 +33,15 @@ def parse_yaml(text: str, filename: str) -> Node | None:
         raise ConfigError(f"{filename}:{line}:{column}: YAML syntax error: {problem}") from None
     try:
         root = loader.get_single_node()
-        return None if root is None else _convert(loader, root, root.start_mark.line + 1, set())
+        if root is None:
+            return None
+        _expanded_size(root, {}, set())  # before anything is expanded
+        return _convert(loader, root, root.start_mark.line + 1, set())
+    except _TooManyValues:
+        raise ConfigError(
+            f"{filename}: refused: with its aliases (*name) expanded the roster holds more "
+            f"than {MAX_ROSTER_VALUES:,} values, the limit; an alias that repeats an alias "
+            "multiplies (a YAML alias bomb)") from None
     except yaml.MarkedYAMLError as exc:
         mark = exc.problem_mark or exc.context_mark
         where = f"{filename}:{mark.line + 1}:{mark.column + 1}" if mark else filename
@@ -36,6 +52,29 @@ def parse_yaml(text: str, filename: str) -> Node | None:
         raise ConfigError(f"{filename}: the roster is nested too deeply to be a roster") from None
     finally:
         loader.dispose()
+
+
+def _expanded_size(node: yaml.Node, sizes: dict[int, int], active: set[int]) -> int:
+    """How many values `node` becomes once every alias is copied out: each node is counted
+    once (memoised), so a bomb is measured in the time its text takes to read."""
+    known = sizes.get(id(node))
+    if known is not None:
+        return known
+    if isinstance(node, yaml.ScalarNode):
+        return 1
+    if id(node) in active:
+        raise _marked(node, "recursive YAML alias (a collection that contains itself)")
+    active.add(id(node))
+    children = (node.value if isinstance(node, yaml.SequenceNode)
+                else [part for pair in node.value for part in pair])
+    total = 1
+    for child in children:
+        total += _expanded_size(child, sizes, active)
+        if total > MAX_ROSTER_VALUES:
+            raise _TooManyValues
+    active.discard(id(node))
+    sizes[id(node)] = total
+    return total
 
 
 def _problem(exc: yaml.MarkedYAMLError) -> str:

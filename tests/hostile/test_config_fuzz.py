@@ -8,19 +8,23 @@ import copy
 import io
 import math
 import os
+import signal
 import subprocess
 import tempfile
+import time
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
+import psutil
 import pytest
 import yaml
 from hypothesis import HealthCheck, example, given, settings
 from hypothesis import strategies as st
 
 from multiwatch import cli
-from tests.support.process import run_cli
+from tests.support.hostile import roster as hostile_roster
+from tests.support.process import Multiwatch, multiwatch_command, run_cli
 
 # Deterministic by default (same examples every run, so CI cannot flake on a new find); set
 # MULTIWATCH_FUZZ_EXAMPLES=5000 MULTIWATCH_FUZZ_RANDOM=1 to explore further.
@@ -320,3 +324,91 @@ def test_integer_beyond_float_range_is_refused_clearly(
     status, _, err = check(write(workspace / "numbers.yaml", roster), capsys)
     assert status == 2, err
     assert "settle_seconds" in err
+
+
+def _alias_bomb(levels: int, *, merge: bool = False) -> str:
+    """A billion-laughs roster: each level repeats the one below nine times by alias."""
+    if merge:
+        lines = ["x0: &x0 {a: 1, b: 2, c: 3, d: 4, e: 5, f: 6, g: 7, h: 8, i: 9}"]
+        lines += [f"x{i}: &x{i} {{<<: [{', '.join([f'*x{i - 1}'] * 9)}]}}"
+                  for i in range(1, levels + 1)]
+    else:
+        lines = ["x0: &x0 [lol, lol, lol, lol, lol, lol, lol, lol, lol]"]
+        lines += [f"x{i}: &x{i} [{', '.join([f'*x{i - 1}'] * 9)}]" for i in range(1, levels + 1)]
+    return "defaults:\n" + "".join(f"  {line}\n" for line in lines) + "instances: []\n"
+
+
+def _limit_memory() -> None:
+    """The old loader would need ~18 GB for 7 levels: keep a regression from taking them."""
+    import resource
+
+    resource.setrlimit(resource.RLIMIT_AS, (1 << 30, 1 << 30))
+
+
+@pytest.mark.parametrize("levels, merge", [(5, False), (7, False), (9, False), (7, True)])
+def test_an_alias_bomb_is_refused_fast(tmp_path: Path, levels: int, merge: bool) -> None:
+    """A 5-, 7- or 9-level alias bomb (or merge-key bomb): `check` exits 2 within seconds in
+    1 GB of address space, with one line naming the limit (issue 18 item 9)."""
+    roster = tmp_path / "bomb.yaml"
+    roster.write_text(_alias_bomb(levels, merge=merge))
+    started = time.monotonic()
+    result = subprocess.run(multiwatch_command("check", "-c", str(roster)), capture_output=True,
+                            text=True, timeout=60, preexec_fn=_limit_memory)
+    assert time.monotonic() - started < 10
+    assert result.returncode == 2, result.stderr[-500:]
+    assert result.stderr.count("\n") == 1 and "Traceback" not in result.stderr
+    assert "more than 200,000 values, the limit" in result.stderr
+
+
+def test_anchors_and_merges_of_a_large_real_roster_are_accepted(workspace: Path, clean_env: None,
+                                                              capsys: pytest.CaptureFixture[str],
+                                                              tmp_path: Path) -> None:
+    """300 instances that each merge a shared block of settings stay far below the limit."""
+    lines = [f"state_dir: {workspace / 'state'}",
+             "defaults: {settle_seconds: 1}", "instances:"]
+    for i in range(300):
+        (tmp_path / f"d{i}").mkdir()
+        shared = "&shared {include: ['*.mp3', '*.flac'], recursive: true}" if i == 0 else "*shared"
+        lines.append(f"  - {{<<: {shared}, id: i{i}, directory: {tmp_path / f'd{i}'}}}")
+    status, out, err = check(write_text(tmp_path / "big.yaml", "\n".join(lines)), capsys)
+    assert (status, err) == (0, ""), err
+    assert out.count("- id: i") == 300
+
+
+def write_text(path: Path, text: str) -> Path:
+    path.write_text(text)
+    return path
+
+
+def test_a_roster_over_one_mib_is_refused_without_reading_it_all(
+        tmp_path: Path, workspace: Path, clean_env: None,
+        capsys: pytest.CaptureFixture[str]) -> None:
+    """A roster file larger than 1 MiB (here 64 MiB of comments) is refused at once."""
+    roster = tmp_path / "huge.yaml"
+    with roster.open("w") as handle:
+        handle.write("# padding\n" * (64 * 1024 * 1024 // 10))
+    started = time.monotonic()
+    status, _, err = check(roster, capsys)
+    assert time.monotonic() - started < 5
+    assert status == 2 and "is larger than 1 MiB, the limit; refused" in err
+
+
+def test_a_sighup_reload_of_an_alias_bomb_is_refused_and_the_fleet_runs_on(
+        tmp_path: Path, inbox: Path) -> None:
+    """The roster replaced by an alias bomb, then SIGHUP: the reload is rejected with the
+    limit in the log, the watcher keeps its pid and the supervisor stays small."""
+    path = hostile_roster(tmp_path, [{"id": "box", "directory": str(inbox)}])
+    mw = Multiwatch(["-c", str(path)])
+    try:
+        mw.wait_watching("box")
+        watcher = mw.child_pids()
+        path.write_text(_alias_bomb(9))
+        os.kill(mw.pid, signal.SIGHUP)
+        rejected = mw.wait_for_log(lambda line: line.get("message") == (
+            "roster reload rejected; the running fleet is unchanged"))
+        assert "more than 200,000 values, the limit" in rejected["error"]
+        assert mw.child_pids() == watcher
+        assert psutil.Process(mw.pid).memory_info().rss < 200 * 1024 * 1024
+    finally:
+        assert mw.terminate() == 0
+        mw.cleanup()
