@@ -255,14 +255,14 @@ def _ask_endpoint(args: argparse.Namespace) -> int:
     from multiwatch.config import ConfigError
 
     try:
-        url = status_commands.resolve_base_url(args.url, args.config, os.environ)
+        endpoint = status_commands.resolve_endpoint(args.url, args.config, os.environ)
     except ConfigError as exc:
         print(f"multiwatch: error: {exc}", file=sys.stderr)
         # Docker reads a health check's exit status 2 as "reserved": unhealthy is 1.
         return 1 if args.command == "health" else EXIT_USAGE
     if args.command == "health":
-        return status_commands.health_command(url, live=args.live)
-    return status_commands.status_command(url, as_json=args.json)
+        return status_commands.health_command(endpoint.url, live=args.live)
+    return status_commands.status_command(endpoint, as_json=args.json)
 
 
 def _run(roster: Roster, args: argparse.Namespace,
@@ -277,7 +277,10 @@ def _run(roster: Roster, args: argparse.Namespace,
 
     def narrow(roster: Roster) -> Roster:
         roster = _only(roster, args.only)
-        return roster if http is None else dataclasses.replace(roster, http=http)
+        if http is None:
+            return roster  # --http-listen replaces the listen address, not allowed_hosts
+        return dataclasses.replace(roster, http=dataclasses.replace(roster.http,
+                                                                   listen=http.listen))
 
     roster = narrow(roster)
     config_path = args.config or os.environ.get("MULTIWATCH_CONFIG") or None

@@ -1,10 +1,15 @@
 """`multiwatch status` and `multiwatch health`: ask a running supervisor over HTTP.
 
 The endpoint comes from `--url`, else from the roster's `http.listen` (a wildcard listen
-address is reached on loopback). Only the roster's `http` section is read, so both commands
-work while a watched directory is gone. No curl needed: fit for Docker HEALTHCHECK and
-Kubernetes exec probes. `health` exits 0 when healthy and 1 for everything else (Docker
-reserves 2), printing one line.
+address is reached on loopback). Only the roster's `http` section and state_dir are read, so
+both commands work while a watched directory is gone. No curl needed: fit for Docker
+HEALTHCHECK and Kubernetes exec probes. `health` exits 0 when healthy and 1 for everything
+else (Docker reserves 2), printing one line.
+
+Whoever listens first on a port answers there.  So when `status` found the endpoint through
+the roster, it believes the answer only if the endpoint proves it holds the secret its
+supervisor published under state_dir (`multiwatch.supervisor.identity`); with `--url` the
+operator named the endpoint and it is asked as is.
 """
 
 from __future__ import annotations
@@ -14,9 +19,12 @@ import sys
 import urllib.error
 import urllib.request
 from collections.abc import Mapping, Sequence
+from dataclasses import dataclass
+from email.message import Message
 from typing import Any
 
-from multiwatch.config import ConfigError, load_http_config, split_listen
+from multiwatch.config import ConfigError, load_endpoint_config, split_listen
+from multiwatch.supervisor import identity
 from multiwatch.supervisor.dashboard import format_duration, format_mib
 
 TIMEOUT_SECONDS = 5.0
@@ -35,27 +43,43 @@ def endpoint_url(listen: str) -> str:
     return f"http://[{host}]:{port}" if ":" in host else f"http://{host}:{port}"
 
 
-def resolve_base_url(url: str | None, config: str | None, environ: Mapping[str, str]) -> str:
+@dataclass(frozen=True)
+class Endpoint:
+    """Where to ask, and (found through a roster) where its identity is published."""
+
+    url: str
+    state_dir: str | None = None
+    listen: str | None = None
+
+
+def resolve_endpoint(url: str | None, config: str | None,
+                     environ: Mapping[str, str]) -> Endpoint:
     """`--url` as given (http:// added if missing), else from the roster's http.listen."""
     if url:
         url = url.strip().rstrip("/")
-        return url if "://" in url else f"http://{url}"
-    http = load_http_config(config, environ)
+        return Endpoint(url if "://" in url else f"http://{url}")
+    http, state_dir = load_endpoint_config(config, environ)
     if http.listen is None:
         where = config or environ.get("MULTIWATCH_CONFIG") or "the environment"
         raise ConfigError(f"http.listen is off in {where}, so there is no endpoint to ask; "
                           "set http.listen or pass --url")
-    return endpoint_url(http.listen)
+    return Endpoint(endpoint_url(http.listen), state_dir, http.listen)
 
 
-def fetch(url: str) -> tuple[int, bytes]:
+def fetch(url: str, headers: Mapping[str, str] | None = None) -> tuple[int, bytes]:
     """GET `url`: (status, body) for any HTTP answer; EndpointError if there is none."""
+    status, _, body = _fetch(url, headers)
+    return status, body
+
+
+def _fetch(url: str, headers: Mapping[str, str] | None = None) -> tuple[int, Message, bytes]:
+    request = urllib.request.Request(url, headers=dict(headers or {}))
     try:
-        with _OPENER.open(url, timeout=TIMEOUT_SECONDS) as response:
-            return response.status, response.read()
+        with _OPENER.open(request, timeout=TIMEOUT_SECONDS) as response:
+            return response.status, response.headers, response.read()
     except urllib.error.HTTPError as exc:  # 4xx/5xx still carry a body worth reading
         with exc:
-            return exc.code, exc.read()
+            return exc.code, exc.headers, exc.read()
     except urllib.error.URLError as exc:
         reason = exc.reason
         why = getattr(reason, "strerror", None) or str(reason)
@@ -69,8 +93,12 @@ def fetch(url: str) -> tuple[int, bytes]:
 
 def fetch_json(url: str) -> tuple[int, Any]:
     status, body = fetch(url)
+    return status, _parse_json(url, status, body)
+
+
+def _parse_json(url: str, status: int, body: bytes) -> Any:
     try:
-        return status, json.loads(body)
+        return json.loads(body)
     except ValueError:
         raise EndpointError(f"unexpected answer from {url} (HTTP {status}): not JSON; "
                             "is this a multiwatch endpoint?") from None
@@ -79,14 +107,13 @@ def fetch_json(url: str) -> tuple[int, Any]:
 # ---------------------------------------------------------------- status
 
 
-def status_command(base_url: str, *, as_json: bool) -> int:
-    """Print the fleet as a table (or the raw /status JSON); 0 on success, 1 if unreachable."""
-    url = f"{base_url}/status"
+def status_command(endpoint: Endpoint, *, as_json: bool) -> int:
+    """Print the fleet as a table (or the raw /status JSON); 0 on success, 1 if the endpoint
+    is unreachable or (found through a roster) cannot prove it is this roster's supervisor."""
+    url = f"{endpoint.url}/status"
     try:
-        status, view = fetch_json(url)
-        if status != 200 or not isinstance(view, dict):
-            raise EndpointError(f"unexpected answer from {url}: HTTP {status}")
-    except EndpointError as exc:
+        view = _fetch_status(endpoint, url)
+    except (EndpointError, identity.IdentityError) as exc:
         print(f"multiwatch: {exc}", file=sys.stderr)
         return 1
     if as_json:
@@ -94,6 +121,31 @@ def status_command(base_url: str, *, as_json: bool) -> int:
     else:
         print(render_status(view), end="")
     return 0
+
+
+def _fetch_status(endpoint: Endpoint, url: str) -> dict[str, Any]:
+    """The /status view; checked against the published identity when there is a roster."""
+    if endpoint.state_dir is None or endpoint.listen is None:
+        status, _, body = _fetch(url)
+    else:
+        published = identity.read_identity(endpoint.state_dir, endpoint.listen)
+        challenge = identity.new_challenge()
+        status, headers, body = _fetch(url, {identity.CHALLENGE_HEADER: challenge})
+        given = headers.get(identity.PROOF_HEADER)
+        if not identity.proof_matches(published.secret, challenge, "/status", body, given):
+            raise EndpointError(_impostor(url, published))
+    view = _parse_json(url, status, body)
+    if status != 200 or not isinstance(view, dict):
+        raise EndpointError(f"unexpected answer from {url}: HTTP {status}")
+    return view
+
+
+def _impostor(url: str, published: identity.EndpointIdentity) -> str:
+    state = ("is running" if identity.pid_is_running(published.pid)
+             else "is not running")
+    return (f"refusing the answer from {url}: it did not prove to be the supervisor that "
+            f"published {published.path} (pid {published.pid}, which {state}); another "
+            "program may hold the port")
 
 
 _COLUMNS = ("ID", "STATE", "PID", "RESTARTS", "UPTIME", "OUTBOX", "BROKER", "CPU%", "RSS MiB",

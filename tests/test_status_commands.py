@@ -3,14 +3,22 @@
 from __future__ import annotations
 
 import json
+import os
 import socket
+import subprocess
+import sys
+import textwrap
+from collections.abc import Iterator
+from contextlib import contextmanager
 from pathlib import Path
 
 import pytest
 
 from multiwatch.cli import main
 from multiwatch.status_commands import endpoint_url
-from tests.support.fleet_view import fleet, heartbeat, instance, serve
+from multiwatch.supervisor.identity import identity_path, new_secret, publish_identity
+from tests.support.consumer import wait_for
+from tests.support.fleet_view import fleet, get, heartbeat, instance, serve
 
 
 def run(capsys: pytest.CaptureFixture[str], *argv: str) -> tuple[int, str, str]:
@@ -59,14 +67,24 @@ def test_status_json_prints_the_raw_view(capsys: pytest.CaptureFixture[str]) -> 
     assert code == 0 and json.loads(out) == view
 
 
+def _roster(tmp_path: Path, port: int) -> Path:
+    roster = tmp_path / "roster.yaml"
+    roster.write_text(f"state_dir: {tmp_path / 'state'}\nhttp:\n  listen: 127.0.0.1:{port}\n"
+                      f"instances: [{{id: watcher-music, directory: {tmp_path / 'gone'}}}]\n")
+    (tmp_path / "state").mkdir(exist_ok=True)
+    return roster
+
+
 def test_status_finds_the_endpoint_from_the_roster(
     tmp_path: Path, capsys: pytest.CaptureFixture[str]
 ) -> None:
-    """With -c, the URL comes from http.listen, even if a watched directory has vanished."""
-    with serve(fleet({"watcher-music": instance()})) as (server, _):
-        roster = tmp_path / "roster.yaml"
-        roster.write_text(f"http:\n  listen: 127.0.0.1:{server.port}\n"
-                          f"instances: [{{id: watcher-music, directory: {tmp_path / 'gone'}}}]\n")
+    """With -c, the URL comes from http.listen, even if a watched directory has vanished,
+    and the endpoint proves it holds the secret published under state_dir."""
+    secret = new_secret()
+    with serve(fleet({"watcher-music": instance()}), secret=secret) as (server, _):
+        roster = _roster(tmp_path, server.port)
+        publish_identity(str(tmp_path / "state"), f"127.0.0.1:{server.port}", os.getpid(),
+                         secret)
         code, out, _ = run(capsys, "status", "-c", str(roster))
         assert code == 0 and "watcher-music" in out
         code, out, _ = run(capsys, "health", "-c", str(roster))
@@ -150,3 +168,110 @@ def test_help_describes_status_and_health(
     assert info.value.code == 0
     for word in words:
         assert word in out, word
+
+
+# ---------------------------------------------------------------- who answers on the port
+
+_IMPOSTOR = textwrap.dedent("""
+    import http.server, json, sys
+    class Fake(http.server.BaseHTTPRequestHandler):
+        def do_GET(self):
+            body = json.dumps({"supervisor": {"pid": 1}, "instances": {
+                "evil-1": {"state": "RUNNING"}}}).encode()
+            self.send_response(200)
+            self.send_header("Content-Type", "application/json")
+            self.send_header("Content-Length", str(len(body)))
+            self.end_headers()
+            self.wfile.write(body)
+        def log_message(self, *args):
+            pass
+    http.server.HTTPServer(("127.0.0.1", int(sys.argv[1])), Fake).serve_forever()
+""")
+
+
+@contextmanager
+def impostor(port: int) -> Iterator[None]:
+    """Another program serving fake fleet ids on the roster's port."""
+    process = subprocess.Popen([sys.executable, "-c", _IMPOSTOR, str(port)])
+    try:
+        wait_for(lambda: _listening(port), timeout=10, message="the impostor did not listen")
+        yield
+    finally:
+        process.kill()
+        process.wait(timeout=10)
+
+
+def _listening(port: int) -> bool:
+    try:
+        socket.create_connection(("127.0.0.1", port), timeout=1).close()
+        return True
+    except OSError:
+        return False
+
+
+def _dead_pid() -> int:
+    child = subprocess.Popen([sys.executable, "-c", "pass"])
+    child.wait(timeout=30)
+    return child.pid
+
+
+def test_status_refuses_an_impostor_holding_the_port(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """The supervisor is gone (its identity file left behind) and another program took the
+    port: `status` refuses its made-up fleet with one line saying why, exit 1."""
+    port = closed_port()
+    roster = _roster(tmp_path, port)
+    publish_identity(str(tmp_path / "state"), f"127.0.0.1:{port}", _dead_pid(), new_secret())
+    with impostor(port):
+        fake = json.loads(get(f"http://127.0.0.1:{port}/status")[2])
+        assert fake["instances"] == {"evil-1": {"state": "RUNNING"}}  # it does answer
+        code, out, err = run(capsys, "status", "-c", str(roster))
+    assert code == 1 and out == "" and "evil" not in err
+    assert err.startswith(f"multiwatch: refusing the answer from http://127.0.0.1:{port}/status")
+    assert "which is not running" in err and "another program may hold the port" in err
+    assert err.count("\n") == 1
+
+
+def test_status_refuses_when_no_supervisor_published_an_identity(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """No identity file under state_dir: `status` does not ask whoever holds the port."""
+    port = closed_port()
+    roster = _roster(tmp_path, port)
+    with impostor(port):
+        code, out, err = run(capsys, "status", "-c", str(roster))
+    assert code == 1 and out == ""
+    assert "does not exist" in err and "is `multiwatch run` running?" in err
+
+
+@pytest.mark.parametrize("tamper", ["readable by others", "owned by another user"])
+def test_status_distrusts_an_identity_file_others_could_have_written(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str], tamper: str
+) -> None:
+    """An identity file other users can read (so could have copied the secret) or that
+    belongs to another user is refused, even with the real supervisor answering."""
+    if tamper == "owned by another user" and os.geteuid() != 0:
+        pytest.skip("giving a file to another user needs root (CI runs as root)")
+    secret = new_secret()
+    with serve(fleet({"watcher-music": instance()}), secret=secret) as (server, _):
+        roster = _roster(tmp_path, server.port)
+        listen = f"127.0.0.1:{server.port}"
+        publish_identity(str(tmp_path / "state"), listen, os.getpid(), secret)
+        path = identity_path(str(tmp_path / "state"), listen)
+        if tamper == "readable by others":
+            os.chmod(path, 0o644)
+        else:
+            os.chown(path, 65534, 65534)
+        code, out, err = run(capsys, "status", "-c", str(roster))
+    assert code == 1 and out == "" and "not trusting it" in err and path in err
+
+
+def test_status_with_url_asks_the_named_endpoint_as_is(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """`--url` names the endpoint explicitly: no identity is looked for (remote endpoints)."""
+    port = closed_port()
+    with impostor(port):
+        code, out, _ = run(capsys, "status", "--url", f"127.0.0.1:{port}")
+    assert code == 0 and "evil-1" in out
