@@ -208,7 +208,11 @@ def main(argv: Sequence[str] | None = None) -> int:
             print(render_effective(roster), end="")
             return 0
         if args.command == "tail":
-            return _tail(roster, args)
+            from multiwatch.tail_command import tail
+
+            if roster.broker.embedded:  # its spool lives under state_dir
+                _check_state(roster, create=True, instances=False)
+            return tail(roster, args)
         if args.command == "export":
             return _export(roster, args)
         if args.command == "state":
@@ -294,13 +298,14 @@ def _run(roster: Roster, args: argparse.Namespace,
                       prestarted=prestarted).run()
 
 
-def _check_state(roster: Roster, *, create: bool) -> None:
+def _check_state(roster: Roster, *, create: bool, instances: bool = True) -> None:
     """The state directory is ours alone (check: look only; run: create and tighten)."""
     from multiwatch import state_dir
     from multiwatch.config import ConfigError
 
+    ids = [i.id for i in roster.instances] if instances else []
     try:
-        state_dir.prepare(roster.state_dir, [i.id for i in roster.instances],
+        state_dir.prepare(roster.state_dir, ids,
                           embedded=roster.broker.embedded,
                           policy=state_dir.CREATE if create else state_dir.VERIFY)
     except state_dir.UnsafeStateError as exc:
@@ -343,71 +348,3 @@ def _only(roster: Roster, ids: list[str] | None) -> Roster:
         )
     chosen = tuple(i for i in roster.instances if i.id in ids)
     return dataclasses.replace(roster, instances=chosen)
-
-
-def _tail(roster: Roster, args: argparse.Namespace) -> int:
-    from kombu import Consumer, Queue
-
-    from multiwatch.broker import BrokerLink, exchange_for, named_queue, queue_for
-    from multiwatch.config import ConfigError, mask_url
-
-    broker = roster.broker
-    if args.tap and broker.embedded:
-        raise ConfigError("--tap needs a RabbitMQ broker; the embedded spool has one queue")
-    if args.tap:
-        import uuid
-
-        queue = Queue(f"multiwatch-tail-{uuid.uuid4().hex[:8]}", exchange_for(broker),
-                      routing_key=broker.binding_key, exclusive=True, auto_delete=True)
-    elif args.queue:
-        queue = named_queue(broker, args.queue)
-    else:
-        configured = queue_for(broker)
-        if configured is None:
-            raise ConfigError("broker.queue is null, so there is no queue to tail; "
-                              "pass --queue NAME or --tap")
-        queue = configured
-    printed = 0
-
-    def on_message(body: object, message: object) -> None:
-        nonlocal printed
-        raw = getattr(message, "body", b"")
-        text = raw.decode("utf-8", "replace") if isinstance(raw, bytes) else str(raw)
-        print(text.strip(), flush=True)
-        message.ack()  # type: ignore[attr-defined]
-        printed += 1
-
-    where = "embedded spool" if broker.embedded else mask_url(str(broker.url))
-    link = BrokerLink(broker, roster.state_dir, connection_name="multiwatch_tail")
-    try:
-        connection = link.connect()
-    except Exception as exc:  # noqa: BLE001 - socket, AMQP or password-file errors alike
-        print(f"multiwatch: cannot connect to {where}: {type(exc).__name__}: {exc}",
-              file=sys.stderr)
-        return EXIT_BROKER
-    where = link.where
-    with connection, Consumer(connection, queues=[queue], callbacks=[on_message], accept=None):
-        print(f"multiwatch: tailing {queue.name} on {where} (Ctrl-C to stop)",
-              file=sys.stderr, flush=True)
-        idle = 0.0
-        while args.count is None or printed < args.count:
-            before = printed
-            try:
-                connection.drain_events(timeout=0.5)
-            except TimeoutError:
-                pass
-            except OSError as exc:  # the broker closed, froze or vanished
-                print(f"multiwatch: lost {where}: {type(exc).__name__}: {exc}", file=sys.stderr)
-                return EXIT_BROKER
-            # An idle consumer sends nothing: heartbeats keep the broker from closing it,
-            # and missing ones from the broker (a frozen node) end the wait instead of
-            # leaving it silent forever.
-            try:
-                connection.heartbeat_check()
-            except Exception as exc:  # noqa: BLE001 - ConnectionForced or a socket error
-                print(f"multiwatch: lost {where}: {type(exc).__name__}: {exc}", file=sys.stderr)
-                return EXIT_BROKER
-            idle = 0.0 if printed > before else idle + 0.5
-            if args.timeout is not None and idle >= args.timeout:
-                break
-    return 0
