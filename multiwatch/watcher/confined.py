@@ -97,8 +97,9 @@ def _probe_openat2(root_fd: int) -> bool:
 class ConfinedRoot:
     """A watched root's descriptor, and opens and stats of relative paths confined below it.
 
-    `follow_symlinks`: `open` and `stat` follow a symlink (in any component) while its target
-    stays beneath the root; a listing (`open_directory`) never goes through one."""
+    `follow_symlinks`: `open` and `stat` follow a final symlink (and the links in its
+    target) while it stays beneath the root; a directory of the path itself, and a listing
+    (`open_directory`), never go through one.  Safe to share between threads."""
 
     def __init__(self, path: str, *, follow_symlinks: bool = False,
                  use_openat2: bool | None = None) -> None:
