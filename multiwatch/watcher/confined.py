@@ -52,9 +52,14 @@ class _OpenHow(ctypes.Structure):
 _libc = ctypes.CDLL(None, use_errno=True)  # CDLL releases the GIL around each call
 _syscall = _libc.syscall
 _syscall.restype = ctypes.c_long
-_NR = ctypes.c_long(_OPENAT2_NR or -1)
-_HOW_SIZE = ctypes.c_size_t(ctypes.sizeof(_OpenHow))
-_hows: dict[tuple[int, int], _OpenHow] = {}  # read-only once built: shared by all threads
+# syscall(2) is variadic; declared with openat2's arguments (all integers and pointers,
+# passed alike on Linux's ABIs), plain ints convert without a ctypes object per call.
+_syscall.argtypes = [ctypes.c_long, ctypes.c_int, ctypes.c_char_p, ctypes.c_void_p,
+                     ctypes.c_size_t]
+_NR = _OPENAT2_NR or -1
+_HOW_SIZE = ctypes.sizeof(_OpenHow)
+# (flags, resolve) -> an open_how and its address; read-only once built, shared by threads.
+_hows: dict[tuple[int, int], tuple[_OpenHow, int]] = {}
 
 # None: not probed yet; then whether openat2 works in this process (tests may set it False).
 openat2_works: bool | None = None
@@ -66,12 +71,14 @@ def escape_error(relative: str) -> OSError:
 
 
 def _openat2(dir_fd: int, relative: str, flags: int, resolve: int) -> int:
-    how = _hows.get((flags, resolve))
-    if how is None:
-        how = _hows.setdefault((flags, resolve), _OpenHow(flags, 0, resolve))
+    cached = _hows.get((flags, resolve))
+    if cached is None:
+        how = _OpenHow(flags, 0, resolve)
+        cached = _hows.setdefault((flags, resolve), (how, ctypes.addressof(how)))
+    address = cached[1]
     path = os.fsencode(relative) or b"."
     for _ in range(4):  # EAGAIN: a rename raced a ".." (RESOLVE_BENEATH's own check)
-        fd = _syscall(_NR, ctypes.c_int(dir_fd), path, ctypes.byref(how), _HOW_SIZE)
+        fd = _syscall(_NR, dir_fd, path, address, _HOW_SIZE)
         if fd >= 0:
             return int(fd)
         err = ctypes.get_errno()
