@@ -160,7 +160,7 @@ def test_follow_symlinks_follows_links_inside_the_tree_only(
 def test_swap_race_end_to_end_as_the_issue_describes(arena: tuple[Path, Path],
                                                      tmp_path: Path) -> None:
     """The real attack against `multiwatch run` (root): a directory of 60 x 4 MB files and a
-    small token moved in, and one second later `mv d moved; ln -s /private d`, 3 times; the
+    small token moved in, and one second later `mv d moved; ln -s /private d`, 5 times; the
     private token is never announced."""
     private, base = arena
     inbox = base / "inbox"
@@ -169,11 +169,13 @@ def test_swap_race_end_to_end_as_the_issue_describes(arena: tuple[Path, Path],
     staging = base / "staging"
     staging.mkdir(mode=0o777)
     staging.chmod(0o777)
-    mw = Multiwatch(["-c", str(roster(tmp_path, [{"id": "inbox", "directory": str(inbox)}]))])
+    # A quiet period of the second before the swap: the token settles as d is swapped.
+    mw = Multiwatch(["-c", str(roster(tmp_path, [
+        {"id": "inbox", "directory": str(inbox), "settle_seconds": 1}]))])
     try:
         mw.wait_for_log(lambda line: is_log(line, "startup scan complete", "inbox"),
                         timeout=30)
-        for attempt in range(3):
+        for attempt in range(5):
             as_attacker('d="$1/d"; mkdir "$d"; printf small > "$d/token";'
                         'for i in $(seq 60); do head -c 4000000 /dev/zero > "$d/big$i"; done',
                         str(staging))
