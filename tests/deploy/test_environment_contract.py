@@ -50,6 +50,9 @@ NOT_MULTIWATCH = {
     "VAR": "README's placeholder in the `${VAR}` syntax explanation",
     "PR_SET_PDEATHSIG": "README names the Linux prctl option, not a variable",
     "PYTEST_ARGS": "README: the Makefile variable of `make test`",
+    "RESOLVE_BENEATH": "README names the Linux openat2 flag, not a variable",
+    "RESOLVE_NO_SYMLINKS": "README names the Linux openat2 flag, not a variable",
+    "O_NOFOLLOW": "README names the Linux open flag, not a variable",
 }
 
 _ENV_NAME = re.compile(r"[A-Z][A-Z0-9]*(?:_[A-Z0-9]+)+|[A-Z]{2,}")
