@@ -168,20 +168,27 @@ class BoundedServer:
             sock.setblocking(False)
             connection = _Connection(sock, address,
                                      time.monotonic() + REQUEST_DEADLINE_SECONDS)
-            if self._crowded(sock.fileno()) and not self._evict_oldest_reader():
+            if not self._make_room(sock.fileno()):
                 _close_quietly(sock)  # every open connection is being answered: no room
                 continue
             self._connections[sock.fileno()] = connection
             self._selector.register(sock, selectors.EVENT_READ, connection)
 
-    def _crowded(self, fd: int) -> bool:
-        """At a connection bound, or this descriptor lies in the supervisor's reserve.
-        (The limit is read each time: it can be changed while we run, e.g. by prlimit.)"""
+    def _make_room(self, fd: int) -> bool:
+        """Whether a new connection on `fd` may stay: at a connection bound, or on a
+        descriptor in the supervisor's reserve, only in place of the oldest one still
+        sending its request (one connection is always allowed).  The limit is read each
+        time: it can change while we run (prlimit)."""
         soft, _ = resource.getrlimit(resource.RLIMIT_NOFILE)
         if soft == resource.RLIM_INFINITY:
-            return len(self._connections) >= MAX_CONNECTIONS
-        bound = min(MAX_CONNECTIONS, max(1, (soft - RESERVED_FDS) // 2))
-        return len(self._connections) >= bound or fd >= soft - RESERVED_FDS
+            bound, in_reserve = MAX_CONNECTIONS, False
+        else:
+            bound = min(MAX_CONNECTIONS, max(1, (soft - RESERVED_FDS) // 2))
+            in_reserve = fd >= soft - RESERVED_FDS
+        count = len(self._connections)
+        if count < bound and not (in_reserve and count):
+            return True
+        return self._evict_oldest_reader()
 
     def _evict_oldest_reader(self) -> bool:
         """Close the oldest connection still sending its request; False if there is none."""

@@ -4,6 +4,10 @@ from __future__ import annotations
 
 import os
 import signal
+import socket
+import subprocess
+import sys
+import textwrap
 import time
 from pathlib import Path
 
@@ -68,3 +72,59 @@ def test_slow_clients_cannot_take_the_supervisor_down(tmp_path: Path) -> None:
         assert took < STOP_TIMEOUT + 5, f"SIGTERM took {took:.1f} s"
     finally:
         mw.cleanup()
+
+
+_HOARDER = textwrap.dedent("""
+    import logging, os, resource, signal, sys, threading
+    from multiwatch.supervisor.http import start_http_server
+    logging.basicConfig(stream=sys.stderr, level=logging.WARNING, format="%(message)s")
+    server = start_http_server("127.0.0.1:0", lambda: {
+        "supervisor": {"loop_age_seconds": 0.1}, "instances": {}})
+    hoard = []
+    release = threading.Event()
+    signal.signal(signal.SIGUSR1, lambda *_: release.set())
+    resource.setrlimit(resource.RLIMIT_NOFILE, (len(os.listdir("/proc/self/fd")) + 8, 4096))
+    try:
+        while True:
+            hoard.append(os.open("/dev/null", os.O_RDONLY))
+    except OSError:
+        pass  # EMFILE: not one descriptor left for accept()
+    print(server.port, flush=True)
+    release.wait()
+    for fd in hoard:
+        os.close(fd)
+    print("released", flush=True)
+    threading.Event().wait()
+""")
+
+
+def test_accept_out_of_descriptors_backs_off_and_recovers(tmp_path: Path) -> None:
+    """With every file descriptor taken, pending connections make accept() fail (EMFILE):
+    the endpoint pauses instead of spinning, says so once, and answers once descriptors
+    are free again."""
+    with open(tmp_path / "stderr", "w") as stderr:
+        process = subprocess.Popen([sys.executable, "-c", _HOARDER], stdout=subprocess.PIPE,
+                                   stderr=stderr, text=True)
+    clients: list[socket.socket] = []
+    try:
+        assert process.stdout is not None
+        port = int(process.stdout.readline())
+        clients = [socket.create_connection(("127.0.0.1", port), timeout=5) for _ in range(5)]
+        time.sleep(0.5)  # accept() is failing now
+        cpu_before, wall_before = _cpu_seconds(process.pid), time.monotonic()
+        time.sleep(2.0)
+        cpu = (_cpu_seconds(process.pid) - cpu_before) / (time.monotonic() - wall_before)
+        assert cpu < 0.2, f"the endpoint used {cpu:.0%} of a core while accept() failed"
+        process.send_signal(signal.SIGUSR1)
+        assert process.stdout.readline().strip() == "released"
+        healthz = wait_for(lambda: measure_get("127.0.0.1", port, "/healthz", samples=1,
+                                               timeout=5, pause=0).seconds, timeout=10,
+                           message="/healthz did not answer once descriptors were free")
+        assert healthz[0] < 5
+        log = (tmp_path / "stderr").read_text()
+        assert log.count("HTTP endpoint cannot accept connections; pausing") == 1, log
+    finally:
+        for client in clients:
+            client.close()
+        process.kill()
+        process.wait(timeout=10)
