@@ -8,14 +8,18 @@ import re
 import socket
 import threading
 import time
+import urllib.request
 from pathlib import Path
 
 import pytest
 from prometheus_client.parser import text_string_to_metric_families
 
+from multiwatch.supervisor import http_server, identity
 from multiwatch.supervisor.dashboard import EventRates
 from multiwatch.supervisor.http import HttpListenError, start_http_server
 from tests.support.fleet_view import fleet, get, heartbeat, instance, serve
+
+_NO_PROXY = urllib.request.build_opener(urllib.request.ProxyHandler({}))
 
 
 def _json(url: str) -> tuple[int, object]:
@@ -281,3 +285,152 @@ def test_ipv6_listen_address() -> None:
         assert get(f"{server.url}/healthz")[0] == 200
     finally:
         server.close()
+
+
+# ---------------------------------------------------------------- bounds against slow clients
+
+
+def _raw(port: int, data: bytes, host: str = "127.0.0.1") -> socket.socket:
+    """A connection that has sent `data` and nothing more."""
+    sock = socket.create_connection((host, port), timeout=5)
+    sock.sendall(data)
+    return sock
+
+
+def _closed_by_server(sock: socket.socket, within: float) -> bool:
+    """Whether the server closes `sock` within `within` seconds (the client keeps quiet)."""
+    sock.settimeout(within)
+    try:
+        return sock.recv(1024) == b""
+    except ConnectionResetError:
+        return True
+    except TimeoutError:
+        return False
+
+
+def test_a_trickling_client_is_cut_off_at_the_request_deadline(
+        monkeypatch: pytest.MonkeyPatch) -> None:
+    """A client sending its request one byte at a time is closed when the whole-request
+    deadline passes, however often it sends (a per-read timeout would be renewed)."""
+    monkeypatch.setattr(http_server, "REQUEST_DEADLINE_SECONDS", 1.0)
+    with serve(fleet({"a": instance()})) as (server, _):
+        sock = _raw(server.port, b"GET /status HTTP/1.1\r\nX-Slow: ")
+        started = time.monotonic()
+        try:
+            while time.monotonic() - started < 4:
+                sock.sendall(b"a")
+                time.sleep(0.2)
+            closed_after = None
+        except OSError:  # the server closed it: a reset or a broken pipe
+            closed_after = time.monotonic() - started
+        finally:
+            sock.close()
+    assert closed_after is not None and closed_after < 2.5, closed_after
+
+
+def test_beyond_the_connection_bound_the_oldest_is_closed_and_a_probe_gets_in(
+        monkeypatch: pytest.MonkeyPatch) -> None:
+    """With the bound reached by unfinished requests, a new probe is answered at once and
+    the oldest unfinished connections are the ones closed."""
+    monkeypatch.setattr(http_server, "MAX_CONNECTIONS", 4)
+    with serve(fleet({"a": instance()})) as (server, _):
+        idle = [_raw(server.port, b"GET /status HTTP/1.1\r\n") for _ in range(8)]
+        started = time.monotonic()
+        assert get(f"{server.url}/healthz")[0] == 200
+        assert time.monotonic() - started < 1.0
+        closed = [_closed_by_server(sock, within=0.5) for sock in idle]
+        for sock in idle:
+            sock.close()
+    assert all(closed[:5]) and not any(closed[5:]), closed  # 8 + the probe, bound 4
+
+
+def test_a_full_work_queue_answers_503_at_once(monkeypatch: pytest.MonkeyPatch) -> None:
+    """While every worker is stuck in a slow view and the queue is full, a further request
+    gets 503 immediately instead of waiting."""
+    monkeypatch.setattr(http_server, "WORK_QUEUE", 1)
+    release = threading.Event()
+
+    def stuck() -> dict[str, object]:
+        release.wait(10)
+        return fleet({"a": instance()})
+
+    server = start_http_server("127.0.0.1:0", stuck)
+    waiting = [_raw(server.port, b"GET /status HTTP/1.0\r\n\r\n")
+               for _ in range(http_server.WORKERS + 1)]
+    try:
+        time.sleep(0.3)  # the workers have taken theirs, one waits in the queue
+        started = time.monotonic()
+        status, _, _ = get(f"{server.url}/status")
+        assert status == 503 and time.monotonic() - started < 1.0
+    finally:
+        release.set()
+        for sock in waiting:
+            sock.close()
+        server.close()
+
+
+# ---------------------------------------------------------------- Host header (DNS rebinding)
+
+
+def _status_with_headers(port: int, headers: list[tuple[str, str]]) -> int:
+    """The status of GET /healthz sent with exactly these headers (no Host added)."""
+    lines = "".join(f"{name}: {value}\r\n" for name, value in headers)
+    sock = _raw(port, f"GET /healthz HTTP/1.1\r\n{lines}\r\n".encode())
+    with sock:
+        answer = b""
+        while chunk := sock.recv(4096):
+            answer += chunk
+    return int(answer.split()[1])
+
+
+@pytest.mark.parametrize(("listen", "headers", "status"), [
+    ("127.0.0.1:0", [("Host", "evil.example")], 421),
+    ("127.0.0.1:0", [("Host", "127.0.0.2")], 421),  # a loopback IP, but not ours
+    ("127.0.0.1:0", [("Host", "127.0.0.1"), ("Host", "evil.example")], 421),
+    ("127.0.0.1:0", [("Host", "[::1")], 421),
+    ("127.0.0.1:0", [], 200),  # HTTP/1.0 tools send none; browsers always do
+    ("127.0.0.1:0", [("Host", "localhost.")], 200),
+    ("0.0.0.0:0", [("Host", "10.1.2.3:9120")], 200),  # a wildcard answers on every address
+    ("0.0.0.0:0", [("Host", "[fd00::1]:9120")], 200),
+    ("0.0.0.0:0", [("Host", "pod.cluster.example")], 421),
+])
+def test_host_header_policy(listen: str, headers: list[tuple[str, str]], status: int) -> None:
+    """Which Host headers are answered: the listen address (any on a wildcard), localhost,
+    or none; a name, another address, a malformed or a second Host get 421."""
+    server = start_http_server(listen, lambda: fleet({"a": instance()}))
+    try:
+        assert _status_with_headers(server.port, headers) == status
+    finally:
+        server.close()
+
+
+def test_an_allowed_host_name_is_answered() -> None:
+    """A name listed in http.allowed_hosts is answered whatever its case and port."""
+    server = start_http_server("0.0.0.0:0", lambda: fleet({"a": instance()}),
+                               allowed_hosts=["pod.cluster.example"])
+    try:
+        assert _status_with_headers(server.port, [("Host", "Pod.Cluster.Example:80")]) == 200
+    finally:
+        server.close()
+
+
+# ---------------------------------------------------------------- identity proof
+
+
+def test_the_proof_answers_a_challenge_and_covers_the_body() -> None:
+    """With a secret, a challenge is answered with the HMAC of challenge, path and body;
+    without a challenge (or a malformed one) no proof is sent."""
+    secret = identity.new_secret()
+    with serve(fleet({"a": instance()}), secret=secret) as (server, _):
+        challenge = identity.new_challenge()
+        request = urllib.request.Request(f"{server.url}/status",
+                                         headers={identity.CHALLENGE_HEADER: challenge})
+        with _NO_PROXY.open(request, timeout=5) as response:
+            body, given = response.read(), response.headers[identity.PROOF_HEADER]
+        assert identity.proof_matches(secret, challenge, "/status", body, given)
+        assert not identity.proof_matches(secret, challenge, "/status", body + b" ", given)
+        assert identity.PROOF_HEADER not in get(f"{server.url}/status")[1]
+        bad = urllib.request.Request(f"{server.url}/status",
+                                     headers={identity.CHALLENGE_HEADER: "zz"})
+        with _NO_PROXY.open(bad, timeout=5) as response:
+            assert response.headers[identity.PROOF_HEADER] is None
