@@ -17,6 +17,7 @@ from prometheus_client.parser import text_string_to_metric_families
 from multiwatch.supervisor import http_server, identity
 from multiwatch.supervisor.dashboard import EventRates
 from multiwatch.supervisor.http import HttpListenError, start_http_server
+from tests.support.consumer import wait_for
 from tests.support.fleet_view import fleet, get, heartbeat, instance, serve
 
 _NO_PROXY = urllib.request.build_opener(urllib.request.ProxyHandler({}))
@@ -349,16 +350,24 @@ def test_a_full_work_queue_answers_503_at_once(monkeypatch: pytest.MonkeyPatch) 
     gets 503 immediately instead of waiting."""
     monkeypatch.setattr(http_server, "WORK_QUEUE", 1)
     release = threading.Event()
+    entered: list[int] = []
 
     def stuck() -> dict[str, object]:
+        entered.append(1)
         release.wait(10)
         return fleet({"a": instance()})
 
     server = start_http_server("127.0.0.1:0", stuck)
-    waiting = [_raw(server.port, b"GET /status HTTP/1.0\r\n\r\n")
-               for _ in range(http_server.WORKERS + 1)]
+    request = b"GET /status HTTP/1.0\r\n\r\n"
+    waiting: list[socket.socket] = []
     try:
-        time.sleep(0.3)  # the workers have taken theirs, one waits in the queue
+        for taken in range(1, http_server.WORKERS + 1):  # one by one: the queue holds one
+            waiting.append(_raw(server.port, request))
+            wait_for(lambda: len(entered) == taken, timeout=10,  # noqa: B023 - awaited here
+                     message="a worker did not take its request")
+        waiting.append(_raw(server.port, request))
+        work = server._server._work  # peeking: the queue must be full before the probe
+        wait_for(work.full, timeout=10, message="the third request was not queued")
         started = time.monotonic()
         status, _, _ = get(f"{server.url}/status")
         assert status == 503 and time.monotonic() - started < 1.0
