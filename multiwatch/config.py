@@ -63,6 +63,7 @@ __all__ = [
 DEFAULT_EXCLUDE: tuple[str, ...] = (".*", "*.part", "*.tmp", "*~")
 DEFAULT_HTTP_LISTEN = "127.0.0.1:9120"
 HTTP_LISTEN_ENV = "MULTIWATCH_HTTP_LISTEN"
+HTTP_ALLOWED_HOSTS_ENV = "MULTIWATCH_HTTP_ALLOWED_HOSTS"
 
 
 @dataclass(frozen=True)
@@ -528,10 +529,16 @@ def _log_level(src: Source, top: Mapping[str, Node]) -> str:
 
 
 def _http(src: Source, top: Mapping[str, Node]) -> HttpConfig:
-    """The roster's `http` section; `$MULTIWATCH_HTTP_LISTEN` replaces the default listen."""
+    """The roster's `http` section; `$MULTIWATCH_HTTP_LISTEN` and
+    `$MULTIWATCH_HTTP_ALLOWED_HOSTS` (comma-separated) stand in for keys it does not set."""
     values = _section(src, top.get("http"), "http", _HTTP_FIELDS)
     if "listen" not in values and (from_env := env_node(src.environ, HTTP_LISTEN_ENV)):
         values["listen"] = _listen(env_source(src.environ), from_env, HTTP_LISTEN_ENV)  # or off
+    if "allowed_hosts" not in values and (
+            listed := env_node(src.environ, HTTP_ALLOWED_HOSTS_ENV)):
+        names = Node([Node(name.strip()) for name in listed.value.split(",") if name.strip()])
+        values["allowed_hosts"] = _allowed_hosts(env_source(src.environ), names,
+                                                 HTTP_ALLOWED_HOSTS_ENV)
     return HttpConfig(**values)
 
 

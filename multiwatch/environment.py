@@ -20,6 +20,8 @@ ENVIRONMENT_VARIABLES: dict[str, str] = {
     "(default /var/lib/multiwatch as root, else $XDG_STATE_HOME/multiwatch)",
     "MULTIWATCH_HTTP_LISTEN": "http.listen when the roster sets none, e.g. 0.0.0.0:9120; "
     "off disables the endpoint",
+    "MULTIWATCH_HTTP_ALLOWED_HOSTS": "http.allowed_hosts when the roster sets none: "
+    "comma-separated host names the endpoint also answers (e.g. a compose service name)",
     # The deployment guide's one instance per process.
     "INSTANCE_ID": "instance id in environment mode; unset: derived from host and DATA_DIR",
     "DATA_DIR": "directory to watch in environment mode (required there)",

@@ -64,3 +64,26 @@ def test_unknown_http_key_lists_allowed_hosts(tmp_path: Path,
     """A typo in the http section is a config error (exit 2) suggesting the right key."""
     assert main(["check", "-c", _roster(tmp_path, "http: {allowed_host: [a]}\n")]) == 2
     assert "allowed_hosts" in capsys.readouterr().err
+
+
+def test_allowed_hosts_from_the_environment_when_the_roster_sets_none(tmp_path: Path) -> None:
+    """$MULTIWATCH_HTTP_ALLOWED_HOSTS (comma-separated) applies with a roster that sets no
+    allowed_hosts, and in environment mode; a roster's own list wins."""
+    environ = {"MULTIWATCH_HTTP_ALLOWED_HOSTS": " multiwatch, Monitor.Example ,"}
+    assert load_roster(_roster(tmp_path, ""), environ).http.allowed_hosts == (
+        "multiwatch", "monitor.example")
+    own = _roster(tmp_path, "http: {allowed_hosts: [mine]}\n")
+    assert load_roster(own, environ).http.allowed_hosts == ("mine",)
+    (tmp_path / "data").mkdir()
+    env_mode = {**environ, "DATA_DIR": str(tmp_path / "data"),
+                "MULTIWATCH_STATE_DIR": str(tmp_path / "state")}
+    assert load_roster(None, env_mode).http.allowed_hosts == ("multiwatch", "monitor.example")
+
+
+def test_a_bad_allowed_host_in_the_environment_names_the_variable(tmp_path: Path) -> None:
+    """A URL in $MULTIWATCH_HTTP_ALLOWED_HOSTS is refused naming the variable."""
+    with pytest.raises(ConfigError) as info:
+        load_roster(_roster(tmp_path, ""),
+                    {"MULTIWATCH_HTTP_ALLOWED_HOSTS": "http://monitor.example"})
+    assert "MULTIWATCH_HTTP_ALLOWED_HOSTS" in str(info.value)
+    assert "is not a host name" in str(info.value)
