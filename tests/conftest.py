@@ -9,6 +9,7 @@ It needs rabbitmqctl, so a reused broker must also name its node (MULTIWATCH_TES
 from __future__ import annotations
 
 import json
+import os
 import signal
 import tempfile
 import threading
@@ -23,6 +24,17 @@ import pytest
 from tests.support.rabbitmq import RabbitMQ
 
 _started: list[RabbitMQ] = []
+
+
+@pytest.fixture(autouse=True)
+def _umask_restored() -> Iterator[None]:
+    """Each test starts with the session's umask: `multiwatch run` called in-process sets
+    077 (its state is private), which would leave later tests' files unreadable to the
+    other users they run commands as."""
+    umask = os.umask(0o022)
+    os.umask(umask)
+    yield
+    os.umask(umask)
 
 
 def _sigterm_to_interrupt(signum: int, frame: FrameType | None) -> None:

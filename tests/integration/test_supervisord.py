@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+import pwd
 import shutil
 import signal
 import socket
@@ -109,8 +110,10 @@ def test_supervisord_runs_restarts_and_stops_every_instance(
         "instances": [{"id": ident, "directory": str(d)} for ident, d in dirs.items()],
     })
     config = tmp_path / "supervisord.conf"
+    # As root the export runs programs as `multiwatch`, which a fresh machine lacks: name
+    # the user that owns this test's state instead (no system user is created and left).
     exported = run_cli("export", "supervisord", "-c", str(roster), "-o", str(config),
-                       "--run-dir", str(run_dir))
+                       "--run-dir", str(run_dir), "--user", pwd.getpwuid(os.geteuid()).pw_name)
     assert exported.returncode == 0, exported.stderr
 
     supervisord = Supervisord(config)

@@ -13,9 +13,9 @@ import pytest
 
 from multiwatch.config import InstanceConfig
 from multiwatch.watcher import hash_pool as hash_pool_module
+from multiwatch.watcher.confined import ConfinedRoot
 from multiwatch.watcher.hash_pool import HashPool
 from multiwatch.watcher.hash_slots import HashSlot, HashSlots
-from multiwatch.watcher.confined import ConfinedRoot
 from multiwatch.watcher.hashing import Hashed, hash_file
 from multiwatch.watcher.observe import RawEvent
 from multiwatch.watcher.outbox import OutboxGauge

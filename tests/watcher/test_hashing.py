@@ -8,8 +8,8 @@ import socket
 import threading
 import types
 from collections.abc import Callable
-from typing import Any
 from pathlib import Path
+from typing import Any
 
 import pytest
 import xxhash
@@ -20,9 +20,9 @@ from multiwatch.watcher.hashing import (
     CHUNK_BYTES,
     ChangedWhileHashing,
     FileVersion,
+    Hashed,
     NotRegularFile,
     hash_file,
-    Hashed,
     stat_regular,
 )
 

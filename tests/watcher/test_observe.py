@@ -21,6 +21,7 @@ from watchdog.observers.inotify_c import (
 from watchdog.observers.polling import PollingObserverVFS
 
 from multiwatch.watcher import observe
+from multiwatch.watcher.confined import ConfinedRoot
 from multiwatch.watcher.filters import PathFilter
 from multiwatch.watcher.observe import (
     RawEvent,
@@ -28,7 +29,6 @@ from multiwatch.watcher.observe import (
     listen_for_lost_events,
     start_observer,
 )
-from multiwatch.watcher.confined import ConfinedRoot
 from multiwatch.watcher.scan import scan_batches
 from tests.watcher.test_observe_trees import next_event
 from tests.watcher.test_pipeline import drain, known_files, make_pipeline, settle_all
@@ -263,8 +263,9 @@ def test_subdirectories_later_leaves_their_watches_to_the_walk(
     watch = directory_watcher(observers[0])
     assert watch is not None
     everything = PathFilter(include=("*",), exclude=())
-    found = {p for batch in scan_batches(ConfinedRoot(str(tmp_path)), "", everything, recursive=True,
-                                         watch=watch) for p in batch}
+    root = ConfinedRoot(str(tmp_path))
+    found = {p for batch in scan_batches(root, "", everything, recursive=True, watch=watch)
+             for p in batch}
     assert "a/b/early.txt" in found  # the walk itself reports what came before its watch
     (tmp_path / "a" / "b" / "late.txt").write_text("after the walk")
     next_event(events, lambda e: e.src == "a/b/late.txt")

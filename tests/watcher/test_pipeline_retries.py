@@ -15,9 +15,9 @@ from typing import Any
 
 import multiwatch.watcher.pipeline as pipeline_module
 import multiwatch.watcher.retry as retry_module
+from multiwatch.watcher.confined import ConfinedRoot
 from multiwatch.watcher.hashing import Hashed
 from multiwatch.watcher.observe import RawEvent
-from multiwatch.watcher.confined import ConfinedRoot
 from multiwatch.watcher.pipeline import Pipeline
 from multiwatch.watcher.retry import RetrySchedule
 from multiwatch.watcher.state import DurableOutbox

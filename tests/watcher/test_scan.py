@@ -134,8 +134,8 @@ def test_unreadable_directory_is_skipped(tmp_path: Path) -> None:
             "import sys; from multiwatch.watcher.scan import walk_files;"
             "from multiwatch.watcher.confined import ConfinedRoot;"
             "from multiwatch.watcher.filters import PathFilter;"
-            "print(sorted(p for p, _ in walk_files(ConfinedRoot(sys.argv[1]), '', PathFilter(('*',), ()),"
-            " recursive=True)))",
+            "print(sorted(p for p, _ in walk_files(ConfinedRoot(sys.argv[1]), '',"
+            " PathFilter(('*',), ()), recursive=True)))",
             str(tmp_path),
         )
         assert result.returncode == 0, result.stderr
@@ -152,7 +152,8 @@ def test_large_directory_is_handed_over_in_bounded_batches(tmp_path: Path) -> No
         _write(tmp_path, f"d/f{i:02d}.mp3")
     _write(tmp_path, "top.mp3")
     _write(tmp_path, "d/skip.part")
-    batches = list(scan_batches(ConfinedRoot(str(tmp_path)), "", DEFAULTS, recursive=True, batch_entries=10))
+    batches = list(scan_batches(ConfinedRoot(str(tmp_path)), "", DEFAULTS, recursive=True,
+                                batch_entries=10))
     assert max(len(batch) for batch in batches) <= 10
     merged = {path: version for batch in batches for path, version in batch.items()}
     assert sum(len(batch) for batch in batches) == len(merged) == 26
@@ -180,8 +181,9 @@ def test_a_watching_walk_watches_every_real_directory_before_listing_it(
         watched.append(os.path.relpath(directory, tmp_path))
         (Path(directory) / "born.mp3").write_bytes(b"created after the watch")
 
-    found = {path for batch in scan_batches(ConfinedRoot(str(tmp_path)), "", DEFAULTS, recursive=True,
-                                            watch=watch) for path in batch}
+    root = ConfinedRoot(str(tmp_path))
+    found = {path for batch in scan_batches(root, "", DEFAULTS, recursive=True, watch=watch)
+             for path in batch}
     assert sorted(watched) == [".cache", ".cache/c", "a", "a/b", "d.part", "d.part/e"]
     assert found == {"a/born.mp3", "a/b/born.mp3", "a/b/old.mp3"}
 
@@ -190,5 +192,6 @@ def test_a_non_recursive_watching_walk_watches_nothing_below_the_root(tmp_path: 
     """A non-recursive instance watches its root alone, so its walk adds no watch."""
     _write(tmp_path, "a/b/old.mp3")
     watched: list[str] = []
-    batches = scan_batches(ConfinedRoot(str(tmp_path)), "", DEFAULTS, recursive=False, watch=watched.append)
+    batches = scan_batches(ConfinedRoot(str(tmp_path)), "", DEFAULTS, recursive=False,
+                           watch=watched.append)
     assert [dict(batch) for batch in batches if batch] == [] and watched == []
