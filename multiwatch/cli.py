@@ -163,7 +163,8 @@ def _add_export(commands: argparse._SubParsersAction) -> None:  # type: ignore[t
                              "existing supervisord configuration")
     supervisord.add_argument("--run-dir", metavar="DIR",
                              help="supervisord's socket, pid file and logs "
-                             "(default: <state_dir>/supervisord)")
+                             "(default: <state_dir>/supervisord, or <state_dir>-supervisord "
+                             "when programs run as another --user)")
     systemd = targets.add_parser(
         "systemd", help="one systemd unit per instance",
         description="Write multiwatch-<id>.service for every instance: Restart=on-failure, "
