@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import json
 import sys
+import time
 import urllib.error
 import urllib.request
 from collections.abc import Mapping, Sequence
@@ -25,7 +26,14 @@ from typing import Any
 
 from multiwatch.config import ConfigError, load_endpoint_config, split_listen
 from multiwatch.supervisor import identity
-from multiwatch.supervisor.dashboard import format_duration, format_mib
+from multiwatch.supervisor.dashboard import (
+    LINKS,
+    event_name,
+    events_by_type,
+    format_duration,
+    format_mib,
+    last_event,
+)
 
 TIMEOUT_SECONDS = 5.0
 # Loopback only: a proxy from the environment must not see (or break) our requests.
@@ -119,7 +127,7 @@ def status_command(endpoint: Endpoint, *, as_json: bool) -> int:
     if as_json:
         print(json.dumps(view, indent=2))
     else:
-        print(render_status(view), end="")
+        print(render_status(view, endpoint.url), end="")
     return 0
 
 
@@ -148,13 +156,15 @@ def _impostor(url: str, published: identity.EndpointIdentity) -> str:
             "program may hold the port")
 
 
-_COLUMNS = ("ID", "STATE", "PID", "RESTARTS", "UPTIME", "OUTBOX", "BROKER", "CPU%", "RSS MiB",
-            "LAST EXIT / REASON")
-_RIGHT = {2, 3, 4, 5, 7, 8}  # numeric columns are right-aligned
+_COLUMNS = ("ID", "STATE", "PID", "RESTARTS", "UPTIME", "FILES", "EV/MIN", "LAST EVENT",
+            "OUTBOX", "BROKER", "CPU%", "RSS MiB", "DIRECTORY", "LAST EXIT / REASON")
+_RIGHT = {2, 3, 4, 5, 6, 8, 10, 11}  # numeric columns are right-aligned
 
 
-def render_status(view: Mapping[str, Any]) -> str:
-    """The fleet view as a summary line and an aligned table, one row per instance."""
+def render_status(view: Mapping[str, Any], base_url: str = "", now: float | None = None) -> str:
+    """The fleet view as a summary line, an aligned table (one row per instance), then each
+    instance's events by type and last event, and the endpoint's pages."""
+    wall_now = time.time() if now is None else now
     supervisor = _mapping(view.get("supervisor"))
     instances = _mapping(view.get("instances"))
     resources = _mapping(supervisor.get("resources"))
@@ -163,27 +173,51 @@ def render_status(view: Mapping[str, Any]) -> str:
                f"up {format_duration(supervisor.get('uptime_seconds'))}, "
                f"RSS {format_mib(resources.get('rss_bytes'))} MiB, "
                f"{count} instance{'' if count == 1 else 's'}, "
+               f"role {_cell(supervisor.get('role'))}, "
+               f"broker {_cell(supervisor.get('broker'))}, "
                f"roster {_cell(supervisor.get('roster'))}")
-    rows = [_row(str(ident), _mapping(entry)) for ident, entry in sorted(instances.items())]
-    return summary + "\n" + _table([list(_COLUMNS), *rows])
+    ordered = sorted((str(ident), _mapping(entry)) for ident, entry in instances.items())
+    rows = [_row(ident, entry, wall_now) for ident, entry in ordered]
+    details = ["", *(_details(ident, entry, wall_now) for ident, entry in ordered)]
+    if base_url:
+        details.append("pages: " + ", ".join(f"{base_url}{link}" for link in ("/", *LINKS)))
+    return summary + "\n" + _table([list(_COLUMNS), *rows]) + "\n".join(details) + "\n"
 
 
-def _row(ident: str, entry: Mapping[str, Any]) -> list[str]:
+def _row(ident: str, entry: Mapping[str, Any], now: float) -> list[str]:
     heartbeat = _mapping(entry.get("heartbeat"))
     resources = _mapping(entry.get("resources"))
     connected = heartbeat.get("broker_connected")
     broker = "up" if connected is True else "down" if connected is False else "-"
     cpu = resources.get("cpu_percent")
+    rate = entry.get("events_per_minute")
+    event = _mapping(heartbeat.get("last_event"))
+    at = event.get("at")
+    last = (f"{event_name(event.get('event_type'))} "
+            f"{format_duration(max(0.0, now - at))} ago") if isinstance(at, (int, float)) else "-"
     notes = [entry.get("reason") or entry.get("last_exit")]
     if connected is False:
         notes.append(f"broker: {heartbeat.get('last_error') or 'down'}")
     note = "; ".join(str(n) for n in notes if n)
     return [
         ident, _cell(entry.get("state")), _cell(entry.get("pid")), _cell(entry.get("restarts")),
-        format_duration(entry.get("uptime_seconds")), _cell(heartbeat.get("outbox_depth")),
+        format_duration(entry.get("uptime_seconds")), _cell(heartbeat.get("files_tracked")),
+        f"{rate:.1f}" if isinstance(rate, (int, float)) else "-", _cell(last),
+        _cell(heartbeat.get("outbox_depth")),
         broker, f"{cpu:.1f}" if isinstance(cpu, (int, float)) else "-",
-        format_mib(resources.get("rss_bytes")), _cell(note, empty=""),
+        format_mib(resources.get("rss_bytes")), _cell(entry.get("directory")),
+        _cell(note, empty=""),
     ]
+
+
+def _details(ident: str, entry: Mapping[str, Any], now: float) -> str:
+    """"music: discovered 7, modified 2; last modified /x at 2024-… UTC, 5m00s ago"."""
+    heartbeat = _mapping(entry.get("heartbeat"))
+    what, when = last_event(heartbeat, now)
+    line = f"{ident}: {events_by_type(heartbeat)}"
+    if what != "-":
+        line += f"; last {what} at {when}"
+    return _cell(line)
 
 
 def _table(rows: Sequence[list[str]]) -> str:

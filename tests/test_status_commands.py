@@ -47,16 +47,40 @@ def test_status_prints_one_aligned_row_per_instance(capsys: pytest.CaptureFixtur
     with serve(view) as (server, _):
         code, out, err = run(capsys, "status", "--url", server.url)
     assert code == 0 and err == ""
-    summary, header, *rows = out.splitlines()
+    summary, header, books, music, *details = out.splitlines()
     assert "supervisor pid 100" in summary and "2 instances" in summary and "up 1h01m" in summary
     assert header.split()[:4] == ["ID", "STATE", "PID", "RESTARTS"]
-    books, music = rows
     assert books.split()[:3] == ["watcher-books", "BACKOFF", "-"]
     assert "down" in books and "exit status 1; broker: connection refused" in books
-    assert music.split()[:8] == ["watcher-music", "RUNNING", "4242", "2", "2m05s", "3", "up",
-                                 "1.5"]
-    assert "40.0" in music
+    assert music.split()[:5] == ["watcher-music", "RUNNING", "4242", "2", "2m05s"]
+    # files, events/min, last event (none yet), outbox, broker, CPU %, RSS MiB, directory
+    assert music.split()[5:] == ["-", "-", "-", "3", "up", "1.5", "40.0", "/data/music"]
     assert header.index("STATE") == books.index("BACKOFF") == music.index("RUNNING")
+    assert details
+
+
+def test_status_shows_what_a_person_looks_for(capsys: pytest.CaptureFixture[str]) -> None:
+    """`status` names the directory, files tracked, events per minute, the last event and
+    when, events per type, the masked broker, the role and the endpoint's pages."""
+    beat = heartbeat(files_tracked=1234, last_event={
+        "event_type": "file_modified", "path": "/data/music/a b.flac", "at": 1_700_000_000.0})
+    view = fleet({"music": instance(heartbeat=beat, events_per_minute=12.5)})
+    view["supervisor"].update(broker="amqp://watcher:****@rabbit:5672/%2F", role="active")
+    with serve(view) as (server, _):
+        code, out, _ = run(capsys, "status", "--url", server.url)
+    summary, header, row, *details = out.splitlines()
+    assert code == 0
+    assert "role active" in summary and "broker amqp://watcher:****@rabbit:5672/%2F" in summary
+    for column, value in (("DIRECTORY", "/data/music"), ("LAST EVENT", "modified")):
+        assert header.index(column) == row.index(value), column  # left-aligned
+    for column, value in (("FILES", "1234"), ("EV/MIN", "12.5")):
+        assert header.index(column) + len(column) == row.index(value) + len(value), column
+    assert "ago" in row
+    text = "\n".join(details)
+    assert "music: discovered 7, modified 2, deleted 1" in text
+    assert "last modified /data/music/a b.flac at 2023-11-14 22:13:20 UTC" in text
+    for page in ("/status", "/metrics", "/healthz"):
+        assert f"{server.url}{page}" in text, page
 
 
 def test_status_json_prints_the_raw_view(capsys: pytest.CaptureFixture[str]) -> None:

@@ -1,92 +1,45 @@
 """The `/` page: the fleet at a glance, one row per instance, refreshing itself every 5 s.
 
 Plain HTML with inline CSS and a meta refresh: no JavaScript, nothing to install, and every
-value from the fleet view is HTML-escaped. Events per minute come from successive views:
-`EventRates` remembers each instance's event total over the last minute of page loads.
+value from the fleet view is HTML-escaped. Events per minute come from the view (the
+supervisor computes them as heartbeats arrive), so the first load already shows a rate.
 """
 
 from __future__ import annotations
 
-import threading
-from collections import deque
+import time
 from collections.abc import Mapping
 from html import escape
 from typing import Any
 
 REFRESH_SECONDS = 5
-RATE_WINDOW_SECONDS = 60.0
-_MIN_SPAN_SECONDS = 1.0  # samples closer together than this make a noisy rate
-_MAX_SAMPLES = 120
 _STATES = {"STARTING", "RUNNING", "WAITING", "BACKOFF", "FATAL", "STOPPING", "STOPPED"}
+_COLUMNS = ("instance", "state", "directory", "files", "events/min", "last event",
+            "events by type", "outbox", "broker", "restarts", "CPU %", "RSS MiB", "note")
+LINKS = ("/status", "/metrics", "/healthz", "/readyz")
 
 
-def event_total(entry: Mapping[str, Any]) -> int | None:
-    """All events an instance's watcher announced since it started; None before a heartbeat."""
-    heartbeat = entry.get("heartbeat")
-    events = heartbeat.get("events") if isinstance(heartbeat, Mapping) else None
-    if not isinstance(events, Mapping):
-        return None
-    return sum(v for v in events.values() if isinstance(v, int) and not isinstance(v, bool))
-
-
-class EventRates:
-    """Events per minute per instance, from the totals seen at successive page loads.
-
-    The rate spans the oldest sample of the last minute, so several open browsers do not
-    shrink it to noise. A total that went down means the watcher restarted (its counters
-    restart from 0): the history starts over. Thread-safe.
-    """
-
-    def __init__(self) -> None:
-        self._lock = threading.Lock()
-        self._samples: dict[str, deque[tuple[float, int]]] = {}
-
-    def observe(self, instances: Mapping[str, Any], now: float) -> dict[str, float | None]:
-        """Record this view's totals at `now` (monotonic); events/min per id, None if unknown."""
-        rates: dict[str, float | None] = {}
-        with self._lock:
-            for ident in set(self._samples) - set(instances):
-                del self._samples[ident]
-            for ident, entry in instances.items():
-                total = event_total(entry) if isinstance(entry, Mapping) else None
-                rates[ident] = None if total is None else self._observe(ident, total, now)
-        return rates
-
-    def _observe(self, ident: str, total: int, now: float) -> float | None:
-        samples = self._samples.setdefault(ident, deque(maxlen=_MAX_SAMPLES))
-        if samples and total < samples[-1][1]:
-            samples.clear()
-        while len(samples) > 1 and now - samples[1][0] >= RATE_WINDOW_SECONDS:
-            samples.popleft()  # keep one sample at least a window old
-        if not samples or now - samples[-1][0] >= _MIN_SPAN_SECONDS:
-            samples.append((now, total))
-        first_time, first_total = samples[0]
-        span = now - first_time
-        if span < _MIN_SPAN_SECONDS:
-            return None
-        return (total - first_total) * 60.0 / span
-
-
-def render_page(view: Mapping[str, Any], rates: Mapping[str, float | None]) -> str:
-    """The whole HTML document for one fleet view."""
-    instances = view.get("instances")
-    instances = instances if isinstance(instances, Mapping) else {}
-    rows = "\n".join(_row(str(ident), entry if isinstance(entry, Mapping) else {},
-                          rates.get(ident))
+def render_page(view: Mapping[str, Any], wall_now: float | None = None) -> str:
+    """The whole HTML document for one fleet view; `wall_now` (time.time()) dates events."""
+    now = time.time() if wall_now is None else wall_now
+    instances = _mapping(view.get("instances"))
+    rows = "\n".join(_row(str(ident), _mapping(entry), now)
                      for ident, entry in sorted(instances.items()))
     if not rows:
-        rows = '<tr><td colspan="9" class="muted">no instances</td></tr>'
+        rows = f'<tr><td colspan="{len(_COLUMNS)}" class="muted">no instances</td></tr>'
+    links = " · ".join(f'<a href="{link}">{link}</a>' for link in LINKS)
+    header = "".join(f"<th>{escape(name)}</th>" for name in _COLUMNS)
     return _PAGE.format(refresh=REFRESH_SECONDS, summary=_summary(view, len(instances)),
-                        rows=rows)
+                        links=links, header=header, rows=rows)
 
 
 def _summary(view: Mapping[str, Any], count: int) -> str:
-    supervisor = view.get("supervisor")
-    supervisor = supervisor if isinstance(supervisor, Mapping) else {}
-    resources = supervisor.get("resources")
-    rss = resources.get("rss_bytes") if isinstance(resources, Mapping) else None
+    supervisor = _mapping(view.get("supervisor"))
+    rss = _mapping(supervisor.get("resources")).get("rss_bytes")
     parts = [
         f"{count} instance{'s' if count != 1 else ''}",
+        f"role {_text(supervisor.get('role'))}",
+        f"broker {_text(supervisor.get('broker'))}",
         f"supervisor pid {_text(supervisor.get('pid'))}",
         f"up {format_duration(supervisor.get('uptime_seconds'))}",
         f"RSS {format_mib(rss)} MiB",
@@ -95,33 +48,61 @@ def _summary(view: Mapping[str, Any], count: int) -> str:
     return " · ".join(escape(p) for p in parts)
 
 
-def _row(ident: str, entry: Mapping[str, Any], rate: float | None) -> str:
+def event_name(event_type: Any) -> str:
+    """file_modified → modified: the short name a person reads."""
+    return str(event_type).removeprefix("file_")
+
+
+def events_by_type(heartbeat: Mapping[str, Any]) -> str:
+    """"discovered 7, modified 2" (types never seen are left out); "-" before a heartbeat."""
+    events = _mapping(heartbeat.get("events"))
+    parts = [f"{event_name(kind)} {count}" for kind, count in events.items()
+             if isinstance(count, int) and count]
+    return ", ".join(parts) if parts else ("0" if events else "-")
+
+
+def last_event(heartbeat: Mapping[str, Any], now: float) -> tuple[str, str]:
+    """(what, when) of the latest announcement: ("modified /a/b", "2024-01-02 03:04:05 UTC,
+    5m00s ago"); ("-", "") when none."""
+    event = _mapping(heartbeat.get("last_event"))
+    at = _number(event.get("at"))
+    if not event or at is None:
+        return "-", ""
+    stamp = time.strftime("%Y-%m-%d %H:%M:%S UTC", time.gmtime(at))
+    return (f"{event_name(event.get('event_type'))} {_text(event.get('path'))}",
+            f"{stamp}, {format_duration(max(0.0, now - at))} ago")
+
+
+def _row(ident: str, entry: Mapping[str, Any], now: float) -> str:
     state = _text(entry.get("state"))
-    heartbeat = entry.get("heartbeat")
-    heartbeat = heartbeat if isinstance(heartbeat, Mapping) else {}
-    resources = entry.get("resources")
-    resources = resources if isinstance(resources, Mapping) else {}
+    heartbeat = _mapping(entry.get("heartbeat"))
+    resources = _mapping(entry.get("resources"))
     connected = heartbeat.get("broker_connected")
     broker = ("up", "ok") if connected is True else ("down", "bad") if connected is False \
         else ("-", "muted")
-    if rate is not None:
-        events = f"{rate:.1f}"
-    else:
-        total = event_total(entry)
-        events = "-" if total is None else f"{total} total"
+    rate = _number(entry.get("events_per_minute"))
+    what, when = last_event(heartbeat, now)
     note = entry.get("reason") or entry.get("last_exit") or heartbeat.get("last_error") or ""
     cells = [
         f'<td class="id">{escape(ident)}</td>',
         f'<td class="state {state.lower() if state in _STATES else ""}">{escape(state)}</td>',
-        f'<td class="num">{escape(_text(entry.get("restarts")))}</td>',
-        f'<td class="num">{escape(events)}</td>',
+        f'<td class="path">{escape(_text(entry.get("directory")))}</td>',
+        f'<td class="num">{escape(_text(heartbeat.get("files_tracked")))}</td>',
+        f'<td class="num">{"-" if rate is None else f"{rate:.1f}"}</td>',
+        f'<td class="path">{escape(what)}<br><span class="muted">{escape(when)}</span></td>',
+        f'<td>{escape(events_by_type(heartbeat))}</td>',
         f'<td class="num">{escape(_text(heartbeat.get("outbox_depth")))}</td>',
         f'<td class="{broker[1]}">{broker[0]}</td>',
+        f'<td class="num">{escape(_text(entry.get("restarts")))}</td>',
         f'<td class="num">{escape(_percent(resources.get("cpu_percent")))}</td>',
         f'<td class="num">{escape(format_mib(resources.get("rss_bytes")))}</td>',
         f'<td class="note">{escape(str(note))}</td>',
     ]
     return "<tr>" + "".join(cells) + "</tr>"
+
+
+def _mapping(value: Any) -> Mapping[str, Any]:
+    return value if isinstance(value, Mapping) else {}
 
 
 def _number(value: Any) -> float | None:
@@ -174,7 +155,8 @@ table {{ border-collapse: collapse; }}
 th, td {{ padding: .3em .8em; border-bottom: 1px solid #ddd; text-align: left; }}
 th {{ background: #f4f4f4; }}
 td.num {{ text-align: right; font-variant-numeric: tabular-nums; }}
-td.id {{ font-family: ui-monospace, monospace; }}
+td.id, td.path {{ font-family: ui-monospace, monospace; }}
+td.path {{ max-width: 28em; overflow-wrap: anywhere; }}
 .running, .ok {{ color: #1a7f37; font-weight: 600; }}
 .backoff, .fatal, .bad {{ color: #cf222e; font-weight: 600; }}
 .starting, .waiting, .stopping {{ color: #9a6700; font-weight: 600; }}
@@ -185,9 +167,9 @@ td.note {{ color: #666; max-width: 30em; }}
 <body>
 <h1>multiwatch</h1>
 <p>{summary} · refreshes every {refresh} s</p>
+<p>{links}</p>
 <table>
-<tr><th>instance</th><th>state</th><th>restarts</th><th>events/min</th><th>outbox</th>
-<th>broker</th><th>CPU %</th><th>RSS MiB</th><th>note</th></tr>
+<tr>{header}</tr>
 {rows}
 </table>
 </body>

@@ -22,7 +22,13 @@ from multiprocessing.connection import wait
 from typing import TYPE_CHECKING, Any
 
 from multiwatch.config import ConfigError, HttpConfig, Roster
-from multiwatch.supervisor.lifecycle import Child, State
+from multiwatch.supervisor.lifecycle import Child, State, broker_description
+from multiwatch.supervisor.run_lock import (
+    SUPERVISOR_TITLE,
+    InstanceLocks,
+    SupervisorFile,
+    roster_path,
+)
 from multiwatch.watcher.spec import ChildSpec
 
 if TYPE_CHECKING:  # imported when first used, after the children are spawned
@@ -47,8 +53,13 @@ class Supervisor:
     """Runs the fleet described by a roster until SIGTERM or SIGINT."""
 
     def __init__(self, roster: Roster, *, reload: Callable[[], Roster] | None = None,
-                 prestarted: PrestartedWatcher | None = None) -> None:
+                 prestarted: PrestartedWatcher | None = None,
+                 only: list[str] | None = None) -> None:
         self.roster = roster
+        self._only = only
+        # One supervisor per instance (run.lock), and a file reload/stop find us by.
+        self._locks = InstanceLocks(roster.state_dir, roster_path(roster.source))
+        self._supervisor_file = SupervisorFile(roster.state_dir)
         self._reload = reload
         self._prestarted = prestarted  # for the first instance started
         self._context = multiprocessing.get_context("spawn")
@@ -111,7 +122,24 @@ class Supervisor:
     # -- the loop ------------------------------------------------------------------------------
 
     def run(self) -> int:
-        """Supervise until asked to stop; returns the process exit status."""
+        """Supervise until asked to stop; returns the process exit status.  Raises
+        RunLockHeld (a ConfigError) before starting anything if another process runs one
+        of the instances."""
+        title = _set_title(f"{SUPERVISOR_TITLE} {self.roster.source}")
+        try:
+            self._supervisor_file.acquire(self._record())
+            self._locks.acquire_all([i.id for i in self.roster.instances])
+            return self._supervise()
+        finally:
+            self._locks.release_all()  # (after the children have stopped)
+            self._supervisor_file.release()
+            _set_title(title)
+
+    def _record(self) -> dict[str, Any]:
+        return {"roster": roster_path(self.roster.source), "only": self._only,
+                "instances": self._locks.held}
+
+    def _supervise(self) -> int:
         wake_fd = self._install_signal_handlers()
         log.info("supervisor started", extra={"pid": os.getpid(), "roster": self.roster.source,
                                              "instances": len(self.roster.instances)})
@@ -230,7 +258,9 @@ class Supervisor:
         view = {
             "supervisor": {"pid": os.getpid(), "roster": self.roster.source,
                            "uptime_seconds": round(now - self._started_at, 1),
-                           "resources": self._usage.get(os.getpid())},
+                           "resources": self._usage.get(os.getpid()),
+                           "broker": broker_description(self.roster.broker),
+                           "role": "active"},  # replicas (standby) come later
             "instances": instances,
         }
         with self._view_lock:
@@ -263,6 +293,13 @@ class Supervisor:
             if current is not None:
                 log.info("instance changed; restarting it", extra={"instance_id": instance.id})
                 self._stop_children([current])
+            else:
+                try:
+                    self._locks.acquire(instance.id)  # (taken already for the first roster)
+                except ConfigError as exc:
+                    log.error("instance not started: %s", exc,
+                              extra={"instance_id": instance.id})
+                    continue
             child = Child(spec, roster.supervisor, self._context)
             self._children[instance.id] = child
             child.start(now, self._prestarted)
@@ -272,6 +309,8 @@ class Supervisor:
                 log.info("instance removed; stopping it", extra={"instance_id": child.instance_id})
                 self._stop_children([child])
                 del self._children[child.instance_id]
+                self._locks.release(child.instance_id)
+        self._supervisor_file.update(self._record())
 
     def _spec_for(self, instance_id: str) -> ChildSpec:
         instance = next(i for i in self.roster.instances if i.id == instance_id)
@@ -358,6 +397,15 @@ class Supervisor:
 def _exiting(child: Child) -> bool:
     """Its pipe is closed (it closes only when the process exits) but it is not reaped yet."""
     return child.reader is None and child.process is not None
+
+
+def _set_title(title: str) -> str:
+    """Show `title` in ps and top; returns the previous one (a test runs us in-process)."""
+    import setproctitle
+
+    previous = setproctitle.getproctitle()
+    setproctitle.setproctitle(title)
+    return previous
 
 
 def _drain(fd: int) -> None:

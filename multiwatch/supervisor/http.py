@@ -29,7 +29,6 @@ import json
 import logging
 import socket
 import threading
-import time
 from collections.abc import Callable, Collection, Mapping
 from dataclasses import dataclass
 from http.server import BaseHTTPRequestHandler
@@ -39,7 +38,7 @@ from urllib.parse import urlsplit
 from multiwatch import __version__
 from multiwatch.config import split_listen
 from multiwatch.supervisor import identity
-from multiwatch.supervisor.dashboard import EventRates, render_page
+from multiwatch.supervisor.dashboard import render_page
 from multiwatch.supervisor.http_server import BoundedServer
 from multiwatch.supervisor.metrics import metrics_registry, render_metrics
 
@@ -85,7 +84,6 @@ class HttpServer:
 
 
 def start_http_server(listen: str, fleet_view: FleetView, *,
-                      clock: Callable[[], float] = time.monotonic,
                       allowed_hosts: Collection[str] = (),
                       secret: bytes | None = None) -> HttpServer:
     """Listen on `listen` ("host:port", "[::1]:port"; port 0 picks a free one) and serve.
@@ -108,7 +106,7 @@ def start_http_server(listen: str, fleet_view: FleetView, *,
         listener.bind(address)
         bound = listener.getsockname()
         hosts = HostPolicy.for_listen(host, str(bound[0]), allowed_hosts)
-        app = _App(fleet_view, clock, hosts, secret)
+        app = _App(fleet_view, hosts, secret)
         server = BoundedServer(listener, app.respond)
     except OSError as exc:
         listener.close()
@@ -192,18 +190,14 @@ _MISDIRECTED = (421, "application/json",
 
 
 class _App:
-    """What the handlers share: the view, the metrics registry, the page's event rates, the
-    Host policy and the identity secret."""
+    """What the handlers share: the view, the metrics registry, the Host policy and the
+    identity secret."""
 
-    def __init__(self, fleet_view: FleetView, clock: Callable[[], float],
-                 hosts: HostPolicy, secret: bytes | None) -> None:
+    def __init__(self, fleet_view: FleetView, hosts: HostPolicy, secret: bytes | None) -> None:
         self.fleet_view = fleet_view
-        self.clock = clock
         self.registry = metrics_registry(fleet_view)
-        self.rates = EventRates()
         self.hosts = hosts
         self.secret = secret
-        self._lock = threading.Lock()  # the workers share the page's event rates
 
     def respond(self, head: bytes, client_address: Any) -> bytes:
         """The whole response to one request head (called by a worker thread)."""
@@ -237,10 +231,7 @@ class _App:
         return 200, _PROMETHEUS_TEXT, render_metrics(self.registry)
 
     def index(self) -> Response:
-        view = self.fleet_view()
-        with self._lock:
-            rates = self.rates.observe(_mapping(view.get("instances")), self.clock())
-        return 200, _HTML, render_page(view, rates).encode()
+        return 200, _HTML, render_page(self.fleet_view()).encode()
 
 
 def not_ready_reason(entry: Mapping[str, Any]) -> str:

@@ -24,7 +24,8 @@ from multiprocessing.connection import Connection
 from multiprocessing.context import SpawnContext, SpawnProcess
 from typing import TYPE_CHECKING, Any
 
-from multiwatch.config import SupervisorConfig
+from multiwatch.config import BrokerConfig, SupervisorConfig, mask_url
+from multiwatch.supervisor.event_rate import EventRate, event_total
 from multiwatch.watcher.spec import EXIT_DIRECTORY_GONE, ChildSpec, run_child
 
 if TYPE_CHECKING:
@@ -59,6 +60,7 @@ class Child:
         self.started_at = 0.0
         self.last_heartbeat = 0.0
         self.snapshot: dict[str, Any] = {}
+        self._rate: EventRate | None = None  # from the first heartbeat of each start
         self.last_exit = ""
         self.reason = ""  # why it is not RUNNING, for /status
         self._exiting_because = ""  # the reason the child gave before exiting on its own
@@ -93,6 +95,7 @@ class Child:
         self.state = State.STARTING
         self.started_at = self.last_heartbeat = now
         self.snapshot = {}
+        self._rate = None
         self._term_sent_at = None
         self._exiting_because = ""
         log.info("child started", extra={"instance_id": self.instance_id, "pid": process.pid,
@@ -116,6 +119,11 @@ class Child:
                     self.reason = str(payload.get("reason", "waiting"))
                 elif kind == "heartbeat":
                     self.snapshot = payload
+                    total = event_total(payload) if isinstance(payload, dict) else None
+                    if total is not None:
+                        if self._rate is None:  # its counters started from 0 at its start
+                            self._rate = EventRate(self.started_at)
+                        self._rate.observe(total, now)
                 elif kind == "exiting":
                     self._exiting_because = str(payload.get("reason", ""))
         except (EOFError, OSError):
@@ -218,6 +226,7 @@ class Child:
             "directory": self.spec.instance.directory,
             "heartbeat_age_seconds": round(now - self.last_heartbeat, 1) if alive else None,
             "heartbeat": self.snapshot,
+            "events_per_minute": self._rate.per_minute(now) if self._rate and alive else None,
         }
 
     def _signal(self, signum: int) -> None:
@@ -226,6 +235,13 @@ class Child:
                 os.kill(self.process.pid, signum)
             except ProcessLookupError:
                 pass
+
+
+def broker_description(broker: BrokerConfig) -> str:
+    """Where events go, as /status shows it: each URL with its password masked."""
+    if broker.url is None:
+        return "embedded spool"
+    return "; ".join(mask_url(url) for url in broker.urls)
 
 
 def _describe_exit(code: int | None) -> str:

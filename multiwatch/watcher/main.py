@@ -18,6 +18,7 @@ import time
 from collections.abc import Callable, Iterator
 from multiprocessing.connection import Connection
 
+import setproctitle
 from watchdog.observers.api import BaseObserver
 
 from multiwatch.config import InstanceConfig
@@ -61,6 +62,8 @@ EXIT_PUBLISHER_FAILED = 4
 def child_main(spec: ChildSpec, to_parent: Connection) -> None:
     """Run one watcher until SIGTERM, the parent's death, or the directory's disappearance."""
     setup_logging(spec.log_level, spec.instance.id)
+    # ps shows which instance this is, not the spawn command line shared by every child.
+    setproctitle.setproctitle(f"multiwatch: watcher {spec.instance.id}")
     # watchdog walks trees with os.walk, which recurses once per level: give a 1,000-level
     # tree room (the limit) and the threads that walk it the C stack to match.
     sys.setrecursionlimit(DEEP_TREE_RECURSION_LIMIT)
@@ -255,7 +258,14 @@ def _snapshot(pipeline: Pipeline, publisher: Publisher, gauge: OutboxGauge,
         "events_nacked": publisher.stats.nacked,
         "publish_held": bool(publisher.stats.held),
         "problem": publisher.stats.problem,
+        **activity_snapshot(pipeline),
     }
+
+
+def activity_snapshot(pipeline: Pipeline) -> dict[str, object]:
+    """What a person asks first: how many files are tracked, what was announced last, when
+    (wall-clock seconds)."""
+    return {"files_tracked": len(pipeline.known), "last_event": pipeline.last_event}
 
 
 def _wait_for_directory(instance: InstanceConfig, parent: _ParentLink, stop: _Stop) -> bool:

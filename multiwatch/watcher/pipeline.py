@@ -96,6 +96,7 @@ class Pipeline:
         self._stat_at_close: dict[str, _Resolved] = {}  # path → its stat when last closed
         self._closed_writes: set[str] = set()  # last event a close-after-write (close-aware)
         self.counts: Counter[str] = Counter()
+        self.last_event: dict[str, object] | None = None  # the latest stored, for /status
         self.bytes_hashed = 0
         self.files_hashed = 0
         self.root_missing = False
@@ -181,6 +182,10 @@ class Pipeline:
         with lines_written_together():
             for event, fields in zip(self._new_events, self._new_event_logs, strict=True):
                 log.info(event.event_type.replace("_", " "), extra=fields)
+        if self._new_event_logs:
+            last = self._new_event_logs[-1]
+            self.last_event = {"event_type": last["event_type"], "path": last["path"],
+                               "at": time.time()}
         self._changed_files = {}
         self._new_events = []
         self._new_event_logs = []

@@ -15,7 +15,6 @@ import pytest
 from prometheus_client.parser import text_string_to_metric_families
 
 from multiwatch.supervisor import http_server, identity
-from multiwatch.supervisor.dashboard import EventRates
 from multiwatch.supervisor.http import HttpListenError, start_http_server
 from tests.support.consumer import wait_for
 from tests.support.fleet_view import fleet, get, heartbeat, instance, serve
@@ -152,32 +151,6 @@ def test_page_shows_one_escaped_row_per_instance_and_refreshes() -> None:
     assert "BACKOFF" in books and "exit status 3" in books
     assert ">up<" in page and "40.0" in page  # broker link and RSS in MiB
     assert "<script" not in page and "<form" not in page
-
-
-def test_page_shows_events_per_minute_from_successive_views() -> None:
-    """The first view shows event totals; later views show events per minute since then."""
-    now = [1000.0]
-    view = fleet({"a": instance(heartbeat=heartbeat(events={"file_discovered": 10}))})
-    with serve(view, clock=lambda: now[0]) as (server, holder):
-        first = get(f"{server.url}/")[2].decode()
-        holder.view["instances"]["a"]["heartbeat"]["events"]["file_discovered"] = 40
-        now[0] += 30.0
-        second = get(f"{server.url}/")[2].decode()
-    assert "10 total" in first
-    assert re.search(r">60\.0<", second), second  # 30 events in 30 s
-
-
-def test_event_rates_start_over_when_a_watcher_restarts() -> None:
-    """A watcher's counters restarting from 0 does not show a negative rate."""
-    rates = EventRates()
-    entry = instance(heartbeat=heartbeat(events={"file_discovered": 100}))
-    assert rates.observe({"a": entry}, 0.0) == {"a": None}
-    entry["heartbeat"]["events"]["file_discovered"] = 130
-    assert rates.observe({"a": entry}, 60.0) == {"a": 30.0}
-    entry["heartbeat"]["events"]["file_discovered"] = 2
-    assert rates.observe({"a": entry}, 70.0) == {"a": None}
-    entry["heartbeat"]["events"]["file_discovered"] = 12
-    assert rates.observe({"a": entry}, 80.0) == {"a": 60.0}
 
 
 # ---------------------------------------------------------------- read-only, robust
