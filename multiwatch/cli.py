@@ -21,6 +21,7 @@ if TYPE_CHECKING:
 
 EXIT_USAGE = 2
 EXIT_BROKER = 1
+EXIT_BROKEN_PIPE = 128 + 13  # SIGPIPE's: see main
 
 _CONFIG_HELP = (
     "roster file (YAML). Default: $MULTIWATCH_CONFIG; if that is unset too, one instance is "
@@ -29,15 +30,6 @@ _CONFIG_HELP = (
 _DESCRIPTION = """\
 Watch many directories from one process and announce every fully written file on
 RabbitMQ (or an embedded spool) with its SHA-256 and XXH128 hashes.
-
-commands:
-  run     run the supervisor and one watcher per roster instance
-  check   validate a roster and print the effective configuration
-  tail    print events from the queue (or the embedded spool), one JSON per line
-  state   export or back up the tracked-file state of instances
-  status  print a running supervisor's fleet as a table (from its HTTP endpoint)
-  health  exit 0 if a running supervisor is ready (or alive), 1 if not
-  export  write supervisord or systemd configuration, one process per instance
 """
 _PROBE_CONFIG_HELP = (
     "roster file whose http.listen names the endpoint. Default: $MULTIWATCH_CONFIG; if that "
@@ -55,10 +47,11 @@ def _parser() -> argparse.ArgumentParser:
         formatter_class=argparse.RawDescriptionHelpFormatter,
     )
     parser.add_argument("--version", action="version", version=f"multiwatch {__version__}")
-    commands = parser.add_subparsers(dest="command", metavar="COMMAND", required=True)
+    # One list of commands, argparse's own ("commands:"): each add_parser's help= is its line.
+    commands = parser.add_subparsers(dest="command", metavar="COMMAND", title="commands")
 
     run = commands.add_parser(
-        "run", help="run the supervisor",
+        "run", help="run the supervisor and one watcher per roster instance",
         description="Run the supervisor: one watcher child per roster instance, restarted if it "
         "crashes or hangs. Logs are JSON lines on stdout. SIGTERM/SIGINT stop gracefully; "
         "SIGHUP re-reads the roster file and starts, stops or restarts only what changed.",
@@ -71,14 +64,15 @@ def _parser() -> argparse.ArgumentParser:
                      "off: none (several `run --only` processes on one roster need their own)")
 
     check = commands.add_parser(
-        "check", help="validate a roster",
+        "check", help="validate a roster and print the effective configuration",
         description="Validate a roster and print the effective configuration (defaults applied, "
         "${VAR} expanded, passwords masked). Exit status 0 if valid, 2 if not.",
     )
     check.add_argument("-c", "--config", metavar="PATH", help=_CONFIG_HELP)
 
     tail = commands.add_parser(
-        "tail", help="print events as they arrive",
+        "tail", help="print events from the queue (or the embedded spool), one JSON "
+        "per line",
         description="Consume events from the roster's queue (or the embedded spool when no "
         "broker is configured) and print each message body as one JSON line. Consumed "
         "messages are acknowledged, i.e. taken off the queue; use --tap to watch a copy "
@@ -94,7 +88,7 @@ def _parser() -> argparse.ArgumentParser:
     tail.add_argument("--timeout", type=float, metavar="SECONDS",
                       help="exit after SECONDS without a new event")
     state = commands.add_parser(
-        "state", help="export or back up tracked state",
+        "state", help="export or back up the tracked-file state of instances",
         description="Read each instance's state database (tracked files and their hashes). "
         "Safe while multiwatch runs.",
     )
@@ -119,14 +113,15 @@ def _parser() -> argparse.ArgumentParser:
                             help="only this instance (repeatable; default: all)")
 
     status = commands.add_parser(
-        "status", help="show a running fleet",
+        "status", help="print a running supervisor's fleet as a table (from its HTTP "
+        "endpoint)",
         description="Ask a running supervisor (GET /status on its http.listen endpoint) and "
         "print one row per instance: state, pid, restarts, uptime, outbox depth, broker link, "
         "CPU, RSS, last exit or reason. Exit status 0, or 1 if the endpoint cannot be reached.",
     )
     status.add_argument("--json", action="store_true", help="print the raw /status JSON")
     health = commands.add_parser(
-        "health", help="probe a running supervisor (exit 0/1)",
+        "health", help="exit 0 if a running supervisor is ready (or alive), 1 if not",
         description="Exit 0 if the running supervisor's /readyz answers 200 (every instance "
         "RUNNING with its broker connected), 1 otherwise, printing one line. For Docker "
         "HEALTHCHECK and Kubernetes exec probes; no curl needed.",
@@ -142,7 +137,8 @@ def _parser() -> argparse.ArgumentParser:
 
 def _add_export(commands: argparse._SubParsersAction) -> None:  # type: ignore[type-arg]
     export = commands.add_parser(
-        "export", help="write supervisord or systemd configuration",
+        "export", help="write supervisord or systemd configuration, one process per "
+        "instance",
         description="Write a process manager's configuration with one process per roster "
         "instance, each running `multiwatch run -c ROSTER --only ID`. The processes share the "
         "roster's state_dir (each instance has its own state there) but not its HTTP port: "
@@ -189,7 +185,30 @@ def _add_export(commands: argparse._SubParsersAction) -> None:  # type: ignore[t
 
 
 def main(argv: Sequence[str] | None = None) -> int:
-    args = _parser().parse_args(argv)
+    """Run one command; a reader that stops early (`| head -1`) ends it quietly.
+
+    When stdout's reader goes away, the rest of the output has nowhere to go: stdout is
+    pointed at /dev/null (so flushing at exit cannot fail again, the Python docs'
+    recipe) and the status is 141, what a shell reports for a program killed by SIGPIPE
+    (`seq 1000000 | head -1` under `set -o pipefail`), so scripts see multiwatch like any
+    other Unix tool.  Whatever was running unwinds first (tail closes its connection)."""
+    try:
+        status = _main(argv)
+        sys.stdout.flush()  # inside the try: buffered output may meet the closed pipe here
+        return status
+    except BrokenPipeError:
+        devnull = os.open(os.devnull, os.O_WRONLY)
+        os.dup2(devnull, sys.stdout.fileno())
+        os.close(devnull)
+        return EXIT_BROKEN_PIPE
+
+
+def _main(argv: Sequence[str] | None) -> int:
+    parser = _parser()
+    args = parser.parse_args(argv)
+    if args.command is None:  # bare `multiwatch`: the help, as a usage error
+        parser.print_help(sys.stderr)
+        return EXIT_USAGE
     if args.command == "run":
         # What sqlite, kombu's spool and the lock files create is ours alone whatever the
         # umask we were started with; set before the first watcher is spawned (it inherits
@@ -211,8 +230,8 @@ def main(argv: Sequence[str] | None = None) -> int:
         if args.command == "tail":
             from multiwatch.tail_command import tail
 
-            if roster.broker.embedded:  # its spool lives under state_dir
-                _check_state(roster, create=True, instances=False)
+            if roster.broker.embedded:  # its spool lives under state_dir: look, create nothing
+                _check_state(roster, create=False, instances=False)
             return tail(roster, args)
         if args.command == "export":
             return _export(roster, args)
@@ -335,6 +354,7 @@ def _spawn_as_if_run_with_dash_m() -> None:
 
 def _only(roster: Roster, ids: list[str] | None) -> Roster:
     import dataclasses
+    import difflib
 
     from multiwatch.config import ConfigError
 
@@ -343,9 +363,12 @@ def _only(roster: Roster, ids: list[str] | None) -> Roster:
     known = {instance.id for instance in roster.instances}
     unknown = [i for i in ids if i not in known]
     if unknown:
+        guesses = [f"{i}: did you mean {close[0]}?" for i in unknown
+                   if (close := difflib.get_close_matches(i, known, n=1))]
         raise ConfigError(
             f"--only {', '.join(unknown)}: no such instance in {roster.source} "
             f"(instances: {', '.join(sorted(known))})"
+            + "".join(f"; {guess}" for guess in guesses)
         )
     chosen = tuple(i for i in roster.instances if i.id in ids)
     return dataclasses.replace(roster, instances=chosen)

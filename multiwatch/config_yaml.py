@@ -45,13 +45,27 @@ def parse_yaml(text: str, filename: str) -> Node | None:
     except yaml.MarkedYAMLError as exc:
         mark = exc.problem_mark or exc.context_mark
         where = f"{filename}:{mark.line + 1}:{mark.column + 1}" if mark else filename
-        raise ConfigError(f"{where}: YAML syntax error: {_problem(exc)}") from None
+        hint = _tab_hint(text, mark.line if mark else None)
+        raise ConfigError(f"{where}: YAML syntax error: {_problem(exc)}{hint}") from None
     except yaml.YAMLError as exc:  # anything else PyYAML raises: still one paragraph
         raise ConfigError(f"{filename}: YAML syntax error: {' '.join(str(exc).split())}") from None
     except RecursionError:  # PyYAML's composer recurses once per nesting level
         raise ConfigError(f"{filename}: the roster is nested too deeply to be a roster") from None
     finally:
         loader.dispose()
+
+
+def _tab_hint(text: str, error_line: int | None) -> str:
+    """A hint that YAML indentation must use spaces, naming the line of the error when a
+    tab indents it, else the first line a tab indents; "" when none does.  PyYAML's own
+    message ("found character '\\t' that cannot start any token") never says so."""
+    lines = text.splitlines()
+    indented = [n for n, line in enumerate(lines)
+                if "\t" in line[:len(line) - len(line.lstrip(" \t"))]]
+    if not indented:
+        return ""
+    line = error_line if error_line in indented else indented[0]
+    return f"; YAML indentation must use spaces, not tabs (line {line + 1})"
 
 
 def _expanded_size(node: yaml.Node, sizes: dict[int, int], active: set[int]) -> int:

@@ -16,8 +16,11 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
 import re
+import select
 import sys
+import time
 import uuid
 from typing import TYPE_CHECKING, Any
 
@@ -63,6 +66,42 @@ def _describe(message: Any) -> str:
     return escape_controls(f"message {ident} ({len(body)} bytes)")
 
 
+def stdout_reader_gone() -> bool:
+    """True once nobody reads our stdout any more (`tail | head -1` after head exits).
+
+    Found without writing: poll reports POLLERR on a pipe whose reader closed (GNU tail
+    -f asks the same), so an idle tail ends too instead of waiting for the next event."""
+    try:
+        fd = sys.stdout.fileno()
+    except (AttributeError, ValueError, OSError):  # replaced or closed stdout: no pipe
+        return False
+    poller = select.poll()
+    poller.register(fd, 0)  # POLLERR and POLLHUP are always reported
+    return any(events & (select.POLLERR | select.POLLHUP) for _, events in poller.poll(0))
+
+
+def _wait_for_spool(roster: Roster, timeout: float | None) -> bool:
+    """Wait, creating nothing, until `multiwatch run` has made the embedded spool; False
+    if `timeout` seconds pass first."""
+    from multiwatch.broker import spool_dir
+
+    spool = spool_dir(roster.state_dir)
+    folders = [os.path.join(spool, name) for name in ("messages", "control")]
+    if all(os.path.isdir(folder) for folder in folders):
+        return True
+    print(f"multiwatch: nothing to tail yet: {spool} does not exist until `multiwatch run` "
+          "starts with this roster; waiting for it (Ctrl-C to stop)", file=sys.stderr,
+          flush=True)
+    deadline = None if timeout is None else time.monotonic() + timeout
+    while not all(os.path.isdir(folder) for folder in folders):
+        if deadline is not None and time.monotonic() >= deadline:
+            return False
+        if stdout_reader_gone():
+            raise BrokenPipeError("stdout's reader went away")
+        time.sleep(0.5)  # a directory to appear: nothing to wait on but the clock
+    return True
+
+
 def tail(roster: Roster, args: argparse.Namespace) -> int:
     from kombu import Consumer, Queue
 
@@ -84,9 +123,10 @@ def tail(roster: Roster, args: argparse.Namespace) -> int:
                               "pass --queue NAME or --tap")
         queue = configured
     printed = 0
+    reader_gone = False  # stdout's reader left: told apart from a broker socket's EPIPE
 
     def on_message(message: Any) -> None:
-        nonlocal printed
+        nonlocal printed, reader_gone
         raw = message.body if isinstance(message.body, bytes) else str(message.body).encode()
         try:
             line = printable_event(raw, message.content_type, message.content_encoding)
@@ -95,10 +135,16 @@ def tail(roster: Roster, args: argparse.Namespace) -> int:
                   "rejected without requeue", file=sys.stderr, flush=True)
             message.reject(requeue=False)
             return
-        print(line, flush=True)
+        try:
+            print(line, flush=True)
+        except BrokenPipeError:  # not acked: the queue keeps it (a --tap queue goes)
+            reader_gone = True
+            return
         message.ack()
         printed += 1
 
+    if broker.embedded and not _wait_for_spool(roster, args.timeout):
+        return 0
     where = "embedded spool" if broker.embedded else mask_url(str(broker.url))
     link = BrokerLink(broker, roster.state_dir, connection_name="multiwatch_tail")
     try:
@@ -131,6 +177,9 @@ def tail(roster: Roster, args: argparse.Namespace) -> int:
             except Exception as exc:  # noqa: BLE001 - ConnectionForced or a socket error
                 print(f"multiwatch: lost {where}: {type(exc).__name__}: {exc}", file=sys.stderr)
                 return EXIT_BROKER
+            if reader_gone or stdout_reader_gone():  # main ends quietly; closing the
+                # connection on the way out deletes a --tap queue
+                raise BrokenPipeError("stdout's reader went away")
             idle = 0.0 if printed > before else idle + 0.5
             if args.timeout is not None and idle >= args.timeout:
                 break

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import re
 from pathlib import Path
 
 import pytest
@@ -131,3 +132,61 @@ def test_run_only_unknown_instance_is_a_clear_error(tmp_path: Path) -> None:
     result = run_cli("run", "-c", str(roster), "--only", "ghost")
     assert result.returncode == 2
     assert "ghost" in result.stderr and "real" in result.stderr
+
+
+def _roster(tmp_path: Path, *ids: str) -> Path:
+    roster = tmp_path / "r.yaml"
+    lines = [f"state_dir: {tmp_path / 's'}", "instances:"]
+    for ident in ids:
+        (tmp_path / ident).mkdir()
+        lines += [f"  - id: {ident}", f"    directory: {tmp_path / ident}"]
+    roster.write_text("\n".join(lines) + "\n")
+    return roster
+
+
+def test_bare_multiwatch_prints_the_help_not_an_error() -> None:
+    """`multiwatch` alone prints the full help (every command) on stderr and exits 2."""
+    result = run_cli()
+    assert result.returncode == 2
+    assert "error" not in result.stderr
+    for command in ("run", "check", "tail", "state", "status", "health", "export"):
+        assert re.search(rf"^ +{command} ", result.stderr, re.MULTILINE), command
+    assert "--version" in result.stderr
+
+
+def test_help_lists_each_command_once() -> None:
+    """`multiwatch --help` names each command on one line, not twice."""
+    result = run_cli("--help")
+    assert result.returncode == 0
+    for command in ("run", "check", "tail", "state", "status", "health", "export"):
+        lines = [line for line in result.stdout.splitlines()
+                 if line.split()[:1] == [command]]
+        assert len(lines) == 1, (command, result.stdout)
+
+
+def test_only_with_a_typo_suggests_the_instance_meant(tmp_path: Path) -> None:
+    """`run --only watcher-musci` asks "did you mean watcher-music?"."""
+    roster = _roster(tmp_path, "watcher-music", "watcher-films")
+    result = run_cli("run", "-c", str(roster), "--only", "watcher-musci")
+    assert result.returncode == 2
+    assert "did you mean watcher-music?" in result.stderr, result.stderr
+    assert "Traceback" not in result.stderr
+
+
+def test_a_tab_in_yaml_indentation_says_use_spaces(tmp_path: Path) -> None:
+    """A roster indented with a tab: the error says spaces, not tabs, and names the line."""
+    (tmp_path / "w").mkdir()
+    status, stderr = _bad(tmp_path, f"state_dir: {tmp_path / 's'}\ninstances:\n"
+                          f"  - id: x\n\t  directory: {tmp_path / 'w'}\n")
+    assert status == 2
+    assert "YAML indentation must use spaces, not tabs (line 4)" in stderr, stderr
+
+
+def test_tail_on_the_embedded_spool_before_run_creates_nothing(tmp_path: Path) -> None:
+    """`tail` before any `run`: says there is nothing to tail yet, creates no state_dir."""
+    roster = _roster(tmp_path, "w")
+    result = run_cli("tail", "-c", str(roster), "--timeout", "1")
+    assert result.returncode == 0, result.stderr
+    assert "nothing to tail yet" in result.stderr
+    assert result.stdout == ""
+    assert not (tmp_path / "s").exists()
