@@ -18,9 +18,16 @@ $(PY):
 	$(PYTHON) -m venv $(VENV) || { rm -rf $(VENV); [ "$$(id -u)" = 0 ] \
 	  && apt-get update && $(APT_GET) install -y python3-venv && $(PYTHON) -m venv $(VENV); }
 
-# Re-run pip only when pyproject.toml changes.
+PIP = $(PY) -m pip install -q --disable-pip-version-check
+
+# Re-run pip only when pyproject.toml changes.  `run` and `tail` need the package alone;
+# `test` (and `install`) add the test tools.
+$(VENV)/.installed-run: pyproject.toml | $(PY)
+	$(PIP) -e .
+	touch $@
+
 $(VENV)/.installed: pyproject.toml | $(PY)
-	$(PY) -m pip install -e '.[test]'
+	$(PIP) -e '.[test]'
 	touch $@
 
 # The test suite starts its own private RabbitMQ node; it only needs the program.
@@ -44,11 +51,11 @@ test: install rabbitmq-deps deploy-deps
 bench: install rabbitmq-deps
 	$(PY) bench/run.py $(BENCH_ARGS)
 
-run: install
+run: $(VENV)/.installed-run
 	mkdir -p demo/music demo/downloads
 	$(VENV)/bin/multiwatch run -c $(CONFIG)
 
-tail: install
+tail: $(VENV)/.installed-run
 	$(VENV)/bin/multiwatch tail -c $(CONFIG)
 
 lint:
