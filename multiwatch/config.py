@@ -25,7 +25,7 @@ from multiwatch.config_broker import (
     load_broker,
     mask_url,
 )
-from multiwatch.config_checks import Origin, check_roster
+from multiwatch.config_checks import Origin, _check_directories, check_roster
 from multiwatch.config_env import (
     ENV_NAME,
     default_state_dir,
@@ -33,6 +33,7 @@ from multiwatch.config_env import (
     env_source,
     generated_instance_id,
 )
+from multiwatch.config_errors import ConfigErrors
 from multiwatch.config_source import ConfigError, Node, Source, Where
 
 __all__ = [
@@ -407,9 +408,14 @@ def _load_file(given: str, environ: Mapping[str, str]) -> Roster:
         )
     src = Source(given, os.path.dirname(file), environ, expand=True)
     top = cs.mapping(src, root, "", _TOP_KEYS)
-    defaults = _section(src, top.get("defaults"), "defaults", _INSTANCE_FIELDS)
-    instances, origins = _yaml_instances(src, top.get("instances"), defaults)
-    return _finish(src, top, instances, origins, source=file)
+    errors = ConfigErrors(given)  # each section and instance on its own: all errors at once
+    defaults: dict[str, Any] | None = None
+    with errors.collecting():
+        defaults = _section(src, top.get("defaults"), "defaults", _INSTANCE_FIELDS)
+    instances, origins = _yaml_instances(src, top.get("instances"), defaults or {}, errors)
+    # Without its defaults (optional: true...), an instance's directory check would mislead.
+    return _finish(src, top, instances, origins, source=file, errors=errors,
+                   check_directories=defaults is not None)
 
 
 def _read_roster(given: str, file: str) -> str:
@@ -432,37 +438,47 @@ def _read_roster(given: str, file: str) -> str:
 
 
 def _yaml_instances(
-    src: Source, node: Node | None, defaults: Mapping[str, Any]
+    src: Source, node: Node | None, defaults: Mapping[str, Any], errors: ConfigErrors
 ) -> tuple[list[InstanceConfig], list[Origin]]:
-    if node is None or node.value is None or node.value == []:
-        where = Where(src.name, node.line if node else None, "instances")
-        raise where.error("no instances: list at least one, each with an id and a directory")
-    if not isinstance(node.value, list):
-        raise src.where(node, "instances").error(f"expected a list, got {cs.kind(node.value)}")
     instances: list[InstanceConfig] = []
     origins: list[Origin] = []
-    first: dict[str, Where] = {}
-    for i, item in enumerate(node.value):
-        key = f"instances[{i}]"
-        fields = cs.mapping(src, item, key, _INSTANCE_KEYS)
-        for required in ("id", "directory"):
-            if required not in fields:
-                raise src.where(item, key).error(f"missing required key {cs.show(required)}")
-        origin = Origin(
-            src.where(fields["id"], f"{key}.id"), src.where(fields["directory"], f"{key}.directory")
-        )
-        ident = _instance_id(src, fields["id"], origin.id.key)
-        if ident in first:
-            raise origin.id.error(
-                f"duplicate instance id {cs.show(ident)} (first defined at line "
-                f"{first[ident].line}); each instance needs a unique id"
-            )
-        first[ident] = origin.id
-        directory = cs.path(src, fields["directory"], origin.directory.key)
-        settings = {**defaults, **_coerce(src, fields, key, _INSTANCE_FIELDS)}
-        instances.append(InstanceConfig(id=ident, directory=directory, **settings))
-        origins.append(origin)
+    with errors.collecting():
+        if node is None or node.value is None or node.value == []:
+            where = Where(src.name, node.line if node else None, "instances")
+            raise where.error("no instances: list at least one, each with an id and a directory")
+        if not isinstance(node.value, list):
+            raise src.where(node, "instances").error(
+                f"expected a list, got {cs.kind(node.value)}")
+        first: dict[str, Where] = {}
+        for i, item in enumerate(node.value):
+            with errors.collecting():  # one error per instance, every instance
+                instance, origin = _yaml_instance(src, item, f"instances[{i}]", defaults, first)
+                instances.append(instance)
+                origins.append(origin)
     return instances, origins
+
+
+def _yaml_instance(
+    src: Source, item: Node, key: str, defaults: Mapping[str, Any], first: dict[str, Where]
+) -> tuple[InstanceConfig, Origin]:
+    """One instance of the list; `first` maps the ids seen so far to where they were."""
+    fields = cs.mapping(src, item, key, _INSTANCE_KEYS)
+    for required in ("id", "directory"):
+        if required not in fields:
+            raise src.where(item, key).error(f"missing required key {cs.show(required)}")
+    origin = Origin(
+        src.where(fields["id"], f"{key}.id"), src.where(fields["directory"], f"{key}.directory")
+    )
+    ident = _instance_id(src, fields["id"], origin.id.key)
+    if ident in first:
+        raise origin.id.error(
+            f"duplicate instance id {cs.show(ident)} (first defined at line "
+            f"{first[ident].line}); each instance needs a unique id"
+        )
+    first[ident] = origin.id
+    directory = cs.path(src, fields["directory"], origin.directory.key)
+    settings = {**defaults, **_coerce(src, fields, key, _INSTANCE_FIELDS)}
+    return InstanceConfig(id=ident, directory=directory, **settings), origin
 
 
 def _load_environment(environ: Mapping[str, str]) -> Roster:
@@ -496,19 +512,33 @@ def _finish(
     instances: list[InstanceConfig],
     origins: list[Origin],
     source: str,
+    errors: ConfigErrors | None = None,
+    check_directories: bool = True,
 ) -> Roster:
-    """The settings shared by both modes, then the checks that need the whole roster."""
-    state_dir, state_where = _state_dir(src, top)
-    roster = Roster(
-        state_dir=state_dir,
-        broker=load_broker(src, top.get("broker")),
-        supervisor=_supervisor(src, top.get("supervisor")),
-        instances=tuple(instances),
-        log_level=_log_level(src, top),
-        source=source,
-        http=_http(src, top),
-    )
-    check_roster(roster, origins, state_where)
+    """The settings shared by both modes, then the checks that need the whole roster.
+
+    Each section, and each instance's directory, is checked on its own: `errors` collects
+    what fails, so one run of `check` reports every independent error."""
+    errors = errors or ConfigErrors(src.name)
+    parts: dict[str, Any] = {}
+    sections: dict[str, Callable[[], Any]] = {
+        "state_dir": lambda: _state_dir(src, top),
+        "log_level": lambda: _log_level(src, top),
+        "supervisor": lambda: _supervisor(src, top.get("supervisor")),
+        "broker": lambda: load_broker(src, top.get("broker")),
+        "http": lambda: _http(src, top),
+    }
+    for name, load in sections.items():
+        with errors.collecting():
+            parts[name] = load()
+    for instance, origin in zip(instances, origins, strict=True):
+        with errors.collecting():
+            if check_directories:
+                _check_directories((instance,), [origin])
+    errors.raise_any()
+    state_dir, state_where = parts.pop("state_dir")
+    roster = Roster(state_dir=state_dir, instances=tuple(instances), source=source, **parts)
+    check_roster(roster, origins, state_where)  # needs the whole roster: overlaps, state_dir
     return roster
 
 

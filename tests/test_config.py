@@ -895,3 +895,84 @@ def test_max_parallel_hashes_defaults_to_two_and_is_read_from_supervisor(dirs: P
     assert load_roster(write_roster(dirs, text), {}).supervisor.max_parallel_hashes == 2
     path = write_roster(dirs, "supervisor: {max_parallel_hashes: 6}\n" + text)
     assert load_roster(path, {}).supervisor.max_parallel_hashes == 6
+
+
+def test_check_reports_every_independent_error_at_once(dirs: Path) -> None:
+    """A roster with several mistakes lists them all in file order, each at file:line: key."""
+    path = write_roster(dirs, f"""
+        log_level: LOUD
+        supervisor:
+          stop_timeout_seconds: -1
+        broker:
+          url: "ftp://broker"
+        instances:
+          - id: ok
+            directory: {dirs / "music"}
+          - id: bad id
+            directory: {dirs / "books"}
+          - id: nowhere
+            directory: {dirs / "missing"}
+          - id: slow
+            directory: {dirs / "books"}
+            settle_seconds: soon
+    """)
+    with pytest.raises(ConfigError) as info:
+        load_roster(path, {})
+    lines = str(info.value).splitlines()
+    assert lines[0] == f"{path}: 6 errors:"
+    expected = [f"{path}:1: log_level", f"{path}:3: supervisor.stop_timeout_seconds",
+                f"{path}:5: broker.url", f"{path}:9: instances[1].id",
+                f"{path}:12: instances[2].directory", f"{path}:15: instances[3].settle_seconds"]
+    assert [line.strip().split(": ")[0] + ": " + line.strip().split(": ")[1]
+            for line in lines[1:]] == expected
+
+
+def test_missing_directories_of_several_instances_are_reported_together(dirs: Path) -> None:
+    """Two instances whose directories do not exist: both are named in one run of check."""
+    path = write_roster(dirs, f"""
+        instances:
+          - id: one
+            directory: {dirs / "gone1"}
+          - id: two
+            directory: {dirs / "gone2"}
+    """)
+    with pytest.raises(ConfigError) as info:
+        load_roster(path, {})
+    message = str(info.value)
+    assert message.startswith(f"{path}: 2 errors:\n")
+    assert "gone1" in message and "gone2" in message and ":3: instances[0].directory" in message
+
+
+def test_a_single_error_keeps_its_one_line_message(dirs: Path) -> None:
+    """One mistake reads exactly as before: file:line: key: why, without a count."""
+    path = write_roster(dirs, f"""
+        instances:
+          - id: one
+            directory: {dirs / "music"}
+            settle_seconds: soon
+    """)
+    assert config_error(path).startswith(f"{path}:4: instances[0].settle_seconds: ")
+
+
+def test_at_most_twenty_errors_are_listed(dirs: Path) -> None:
+    """Thirty broken instances list twenty errors and say how many more there are."""
+    items = "".join(f"  - id: i{n}\n    directory: {dirs / f'gone{n}'}\n" for n in range(30))
+    path = write_roster(dirs, "instances:\n" + items)
+    with pytest.raises(ConfigError) as info:
+        load_roster(path, {})
+    lines = str(info.value).splitlines()
+    assert lines[0] == f"{path}: 30 errors (the first 20 shown):"
+    assert len(lines) == 21
+
+
+def test_a_broken_defaults_section_does_not_add_errors_it_caused(dirs: Path) -> None:
+    """A bad `defaults` is reported alone, not with the missing directory it made optional."""
+    path = write_roster(dirs, f"""
+        defaults:
+          optional: true
+          settle_seconds: soon
+        instances:
+          - id: later
+            directory: {dirs / "mounted-later"}
+    """)
+    assert config_error(path).startswith(f"{path}:3: defaults.settle_seconds: ")
