@@ -56,8 +56,9 @@ VERIFY = Policy(create=False)
 
 def prepare(state_dir: str, instance_ids: Iterable[str], *, embedded: bool,
             policy: Policy = CREATE) -> None:
-    """The whole tree `run` uses: state_dir, instances/<id>/ and their databases, the
-    embedded spool, hash-slots/.  Raises UnsafeStateError for the first problem."""
+    """The whole tree `run` uses: state_dir, instances/<id>/ and their databases and
+    run.lock, the embedded spool, hash-slots/, supervisors/ (supervisor/run_lock.py).
+    Raises UnsafeStateError for the first problem."""
     if not policy.create and not os.path.lexists(state_dir):
         return  # nothing yet: run creates it private
     with open_state_dir(state_dir, policy) as top:
@@ -72,11 +73,16 @@ def prepare(state_dir: str, instance_ids: Iterable[str], *, embedded: bool,
                 with _child_dir(instances, folder, ident, policy) as fd:
                     if fd is not None:
                         _database_files(fd, folder, policy)
-        with _child_dir(top, os.path.join(state_dir, "hash-slots"), "hash-slots", policy,
-                        make=False) as slots:
-            if slots is not None:
-                for name in _entries(slots):
-                    _check_file(slots, os.path.join(state_dir, "hash-slots", name), name, policy)
+                        if _exists(fd, "run.lock"):  # (a flock is not dropped by the check)
+                            _check_file(fd, os.path.join(folder, "run.lock"), "run.lock",
+                                        policy)
+        for lock_dir in ("hash-slots", "supervisors"):
+            with _child_dir(top, os.path.join(state_dir, lock_dir), lock_dir, policy,
+                            make=False) as locks:
+                if locks is not None:
+                    for name in _entries(locks):
+                        _check_file(locks, os.path.join(state_dir, lock_dir, name), name,
+                                    policy)
         if embedded:
             spool = os.path.join(state_dir, "spool")
             for folder in ("messages", "control"):

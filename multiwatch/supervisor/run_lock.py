@@ -1,0 +1,295 @@
+"""One supervisor per instance: locks under state_dir that the kernel releases at death.
+
+- `instances/<id>/run.lock` is held (flock, exclusive) by the supervisor that runs <id>,
+  from before its watcher starts until it has stopped, and names that supervisor (pid,
+  roster) for the error a second `run` prints.  Per instance, not per state_dir: the
+  exports run one `multiwatch run --only <id>` per instance on one state_dir.
+- `supervisors/<pid>.lock` is held by each supervisor for its whole life and records its
+  pid, roster, --only and the instances it runs: how `multiwatch reload|stop` find it.
+
+flock, not fcntl locks: a flock belongs to the open file, so a check that opens and closes
+the same file (state_dir.prepare) does not drop it, and the kernel drops it when the
+holder dies, even by SIGKILL.  The descriptors are close-on-exec: watchers hold none.
+Instance lock files are never removed (removing a lock file races with its next taker);
+a supervisor removes its own supervisors/<pid>.lock when it exits cleanly.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import errno
+import fcntl
+import json
+import os
+from collections.abc import Iterator
+from dataclasses import dataclass
+from typing import Any
+
+from multiwatch import state_dir as sd
+from multiwatch.config import ConfigError
+
+RUN_LOCK = "run.lock"
+SUPERVISORS = "supervisors"
+SUPERVISOR_TITLE = "multiwatch: supervisor"
+_RECORD_BYTES = 64 * 1024
+_PROC_LOCKS = "/proc/locks"
+
+
+class RunLockHeld(ConfigError):
+    """Another process runs this instance; the message names its pid (exit 2 for `run`)."""
+
+
+def roster_path(source: str) -> str | None:
+    """How a roster is recorded and compared: its real path; None for the environment."""
+    return os.path.realpath(source) if source and not source.startswith("<") else None
+
+
+class InstanceLocks:
+    """The run.lock of every instance this supervisor runs."""
+
+    def __init__(self, state_dir: str, roster: str | None) -> None:
+        self._state_dir = state_dir
+        self._record = {"pid": os.getpid(), "roster": roster}
+        self._fds: dict[str, int] = {}
+
+    @property
+    def held(self) -> list[str]:
+        return sorted(self._fds)
+
+    def acquire(self, instance_id: str) -> None:
+        """Take <id>'s lock (a no-op if held); RunLockHeld naming the holder otherwise."""
+        if instance_id in self._fds:
+            return
+        path = os.path.join(self._state_dir, "instances", instance_id, RUN_LOCK)
+        with sd.private_dir_fd(self._state_dir, ["instances", instance_id]) as folder:
+            assert folder is not None  # (CREATE policy)
+            fd = sd.private_file(folder, RUN_LOCK, path)
+        if not _try_lock(fd, fcntl.LOCK_EX):
+            holder = _holder_record(fd)
+            if not holder.get("pid"):  # (it exits, or is just starting): ask the kernel
+                holders = kernel_lock_holders(os.fstat(fd).st_ino) or set()
+                holder = {"pid": min(holders)} if len(holders) == 1 else {}
+            os.close(fd)
+            raise RunLockHeld(_held_message(instance_id, holder, path))
+        _write_record(fd, self._record)
+        self._fds[instance_id] = fd
+
+    def acquire_all(self, instance_ids: list[str]) -> None:
+        """All or none: on the first one held elsewhere, release what was taken and raise."""
+        taken = [i for i in instance_ids if i not in self._fds]
+        try:
+            for instance_id in taken:
+                self.acquire(instance_id)
+        except BaseException:
+            for instance_id in taken:
+                self.release(instance_id)
+            raise
+
+    def release(self, instance_id: str) -> None:
+        fd = self._fds.pop(instance_id, None)
+        if fd is not None:
+            with contextlib.suppress(OSError):
+                os.ftruncate(fd, 0)  # (a reader must not take the old content for a holder)
+            os.close(fd)  # closing the last descriptor of the open file drops the flock
+
+    def release_all(self) -> None:
+        for instance_id in list(self._fds):
+            self.release(instance_id)
+
+
+def _held_message(instance_id: str, holder: dict[str, Any], path: str) -> str:
+    pid = holder.get("pid")
+    who = f"pid {pid}" if pid else "another process"
+    roster = holder.get("roster")
+    how = f" (multiwatch run -c {roster})" if roster else ""
+    stop = f"multiwatch stop -c {roster}" if roster else f"kill {pid}" if pid else "stop it"
+    return (f"instance {instance_id} is already run by {who}{how}, which holds {path}: two "
+            f"supervisors would announce every file twice. Stop it first ({stop}), or run "
+            "other instances with --only")
+
+
+class SupervisorFile:
+    """supervisors/<pid>.lock: held for the supervisor's life, found by reload/stop."""
+
+    def __init__(self, state_dir: str) -> None:
+        self._state_dir = state_dir
+        self._name = f"{os.getpid()}.lock"
+        self._fd: int | None = None
+
+    def acquire(self, record: dict[str, Any]) -> None:
+        with sd.private_dir_fd(self._state_dir, [SUPERVISORS]) as folder:
+            assert folder is not None  # (CREATE policy)
+            path = os.path.join(self._state_dir, SUPERVISORS, self._name)
+            fd = sd.private_file(folder, self._name, path)
+            # Only a process with our pid takes this name, and none but us lives: the lock
+            # is ours, once a `stop` looking at a stale file of that name lets go of it.
+            if not _lock_with_deadline(fd):
+                os.close(fd)
+                raise OSError(errno.EWOULDBLOCK, f"cannot lock {path}")
+        self._fd = fd
+        self.update(record)
+
+    def update(self, record: dict[str, Any]) -> None:
+        if self._fd is not None:
+            _write_record(self._fd, {"pid": os.getpid(), **record})
+
+    def release(self) -> None:
+        """Remove the file, then let go of the lock (clean exits only; a crash leaves a
+        stale file, which reload/stop ignore: nobody holds its lock)."""
+        if self._fd is None:
+            return
+        with contextlib.suppress(OSError), \
+                sd.private_dir_fd(self._state_dir, [SUPERVISORS], sd.VERIFY) as folder:
+            if folder is not None:
+                os.unlink(self._name, dir_fd=folder)
+        os.close(self._fd)
+        self._fd = None
+
+
+# ------------------------------------------------------------------- finding supervisors
+
+
+@dataclass(frozen=True)
+class RunningSupervisor:
+    """A supervisors/*.lock whose lock is held, and what it records."""
+
+    path: str
+    pid: int
+    roster: str | None
+    only: list[str] | None
+    instances: list[str]
+    inode: int
+
+
+def running_supervisors(state_dir: str) -> Iterator[RunningSupervisor]:
+    """The supervisor files of state_dir whose lock someone holds (the rest are stale)."""
+    with sd.private_dir_fd(state_dir, [SUPERVISORS], sd.VERIFY) as folder:
+        if folder is None:
+            return
+        for name in sorted(os.listdir(folder)):
+            if not name.endswith(".lock"):
+                continue
+            path = os.path.join(state_dir, SUPERVISORS, name)
+            try:
+                fd = os.open(name, os.O_RDONLY | os.O_NOFOLLOW | os.O_NONBLOCK | os.O_CLOEXEC,
+                             dir_fd=folder)
+            except OSError:
+                continue  # gone meanwhile (a supervisor exiting), or a symlink: not ours
+            try:
+                info = os.fstat(fd)
+                if info.st_uid != os.geteuid() or not _is_regular(info.st_mode):
+                    continue
+                if _try_lock(fd, fcntl.LOCK_SH):
+                    continue  # nobody holds it: the supervisor is gone
+                record = _holder_record(fd)
+            finally:
+                os.close(fd)
+            yield _running(path, record, info.st_ino)
+
+
+def _running(path: str, record: dict[str, Any], inode: int) -> RunningSupervisor:
+    def names(value: Any) -> list[str]:
+        return [str(v) for v in value] if isinstance(value, list) else []
+
+    pid = record.get("pid")
+    only = record.get("only")
+    return RunningSupervisor(path=path, pid=pid if isinstance(pid, int) else 0,
+                             roster=record.get("roster") if isinstance(record.get("roster"),
+                                                                        str) else None,
+                             only=names(only) if only is not None else None,
+                             instances=names(record.get("instances")), inode=inode)
+
+
+def why_not_the_holder(supervisor: RunningSupervisor) -> str | None:
+    """None if supervisor.pid is a multiwatch supervisor that holds its file's lock now;
+    otherwise why not (pid reused by another program, a planted file, an exited one)."""
+    pid = supervisor.pid
+    if pid <= 0:
+        return f"{supervisor.path} names no pid"
+    holders = kernel_lock_holders(supervisor.inode)
+    if holders is not None and pid not in holders:
+        return f"pid {pid} does not hold the lock on {supervisor.path}"
+    try:
+        import psutil
+
+        title = " ".join(psutil.Process(pid).cmdline()).strip()
+    except Exception:  # noqa: BLE001 - psutil.NoSuchProcess, AccessDenied, ...
+        return f"pid {pid} (named by {supervisor.path}) is not running"
+    if not title.startswith(f"{SUPERVISOR_TITLE} "):
+        return f"pid {pid} (named by {supervisor.path}) is not a multiwatch supervisor: {title}"
+    with contextlib.suppress(FileNotFoundError):
+        if os.stat(supervisor.path, follow_symlinks=False).st_ino == supervisor.inode:
+            return None
+    return f"{supervisor.path} was removed meanwhile: its supervisor has exited"
+
+
+def kernel_lock_holders(inode: int) -> set[int] | None:
+    """Pids the kernel says hold a flock on a file with this inode; None if /proc/locks
+    cannot be read (not Linux).  Inode only: on btrfs or overlayfs the device numbers of
+    /proc/locks and stat() differ; the pid and title checks make the match certain."""
+    try:
+        with open(_PROC_LOCKS, encoding="ascii", errors="replace") as locks:
+            lines = locks.readlines()
+    except OSError:
+        return None
+    holders = set()
+    for line in lines:
+        fields = line.split()
+        if len(fields) < 6 or fields[1] != "FLOCK":  # ("->" marks a waiter)
+            continue
+        with contextlib.suppress(ValueError):
+            if int(fields[5].rsplit(":", 1)[-1]) == inode:
+                holders.add(int(fields[4]))
+    return holders
+
+
+# ------------------------------------------------------------------- small helpers
+
+
+def _try_lock(fd: int, kind: int) -> bool:
+    try:
+        fcntl.flock(fd, kind | fcntl.LOCK_NB)
+    except BlockingIOError:
+        return False
+    return True
+
+
+def _lock_with_deadline(fd: int, seconds: float = 2.0) -> bool:
+    import time
+
+    deadline = time.monotonic() + seconds
+    while not _try_lock(fd, fcntl.LOCK_EX):
+        if time.monotonic() >= deadline:
+            return False
+        time.sleep(0.01)
+    return True
+
+
+def _write_record(fd: int, record: dict[str, Any]) -> None:
+    data = json.dumps(record).encode()
+    os.ftruncate(fd, 0)
+    os.pwrite(fd, data, 0)
+
+
+def _holder_record(fd: int) -> dict[str, Any]:
+    """What the holder wrote; it writes just after locking, so an empty or half-written
+    record is read again for a moment; {} if it stays unreadable."""
+    import time
+
+    deadline = time.monotonic() + 1.0
+    while True:
+        try:
+            record = json.loads(os.pread(fd, _RECORD_BYTES, 0))
+            if isinstance(record, dict):
+                return record
+        except ValueError:
+            pass
+        if time.monotonic() >= deadline:
+            return {}
+        time.sleep(0.02)
+
+
+def _is_regular(mode: int) -> bool:
+    import stat
+
+    return stat.S_ISREG(mode)
