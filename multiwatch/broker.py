@@ -23,6 +23,7 @@ import amqp
 from kombu import Connection, Exchange, Queue
 from kombu.utils.url import parse_url
 
+from multiwatch.broker_errors import describe, resolve_host, user_of
 from multiwatch.config import DEFAULT_QUEUE, BrokerConfig, TlsConfig, mask_url
 from multiwatch.config_broker import read_password_file, replace_password
 from multiwatch.state_dir import private_dirs
@@ -74,9 +75,9 @@ def ssl_options(tls: TlsConfig | None) -> dict[str, Any]:
     return options
 
 
-# A connection attempt is the TCP connect and up to three handshake reads (Start, Tune,
-# Open-Ok), each bounded by connect_timeout_seconds.
-READS_PER_CONNECT = 4
+# A connection attempt is the host lookup, the TCP connect and up to three handshake reads
+# (Start, Tune, Open-Ok), each bounded by connect_timeout_seconds.
+READS_PER_CONNECT = 5
 
 
 def connect_budget(broker: BrokerConfig) -> float:
@@ -156,14 +157,17 @@ class BrokerLink:
     def __init__(self, broker: BrokerConfig, state_dir: str, *,
                  connection_name: str | None = None,
                  on_blocked: Callable[[str], None] | None = None,
-                 on_unblocked: Callable[[], None] | None = None) -> None:
+                 on_unblocked: Callable[[], None] | None = None,
+                 stopping: Callable[[], bool] = lambda: False) -> None:
         self._broker = broker
+        self._stopping = stopping  # ends a host lookup early (a stop request)
         self._state_dir = state_dir
         self._connection_name = connection_name
         self._on_blocked = on_blocked
         self._on_unblocked = on_unblocked
         self._next = 0
         self.where = "embedded spool" if broker.embedded else ""  # masked URL now in use
+        self.last_url = ""  # the URL tried last, connected or failed (unmasked)
 
     def connect(self) -> Connection:
         """A connected kombu Connection; the last URL's error if none answers."""
@@ -175,7 +179,10 @@ class BrokerLink:
                                          connection_name=self._connection_name,
                                          on_blocked=self._on_blocked,
                                          on_unblocked=self._on_unblocked)
+            self.last_url = url or ""
             try:
+                if url is not None:  # the C resolver has no deadline of its own
+                    resolve_host(url, self._broker.connect_timeout_seconds, self._stopping)
                 connect_once(connection)
             except Exception as exc:
                 drop_connection(connection)
@@ -183,7 +190,8 @@ class BrokerLink:
                     self._next = (index + 1) % len(urls)
                     raise
                 log.warning("broker unavailable, trying the next URL", extra={
-                    "broker": mask_url(str(url)), "error": f"{type(exc).__name__}: {exc}"})
+                    "broker": mask_url(str(url)), "user": user_of(str(url)),
+                    "error": describe(exc)})
                 continue
             self._next = (index + 1) % len(urls)
             if url is not None:

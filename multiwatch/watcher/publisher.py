@@ -38,7 +38,8 @@ from multiwatch.broker import (
     exchange_for,
     queue_for,
 )
-from multiwatch.config import BrokerConfig
+from multiwatch.broker_errors import describe, user_of, where
+from multiwatch.config import BrokerConfig, mask_url
 from multiwatch.watcher.amqp_io import (
     heartbeat_service_interval,
     publish_frames,
@@ -157,7 +158,8 @@ class Publisher(threading.Thread):
     def _run(self, outbox: DurableOutbox) -> None:
         retry_delay = FIRST_RETRY_SECONDS
         link = BrokerLink(self._broker, self._state_dir, connection_name=self._connection_name,
-                          on_blocked=self._on_blocked, on_unblocked=self._on_unblocked)
+                          on_blocked=self._on_blocked, on_unblocked=self._on_unblocked,
+                          stopping=lambda: self._stop_deadline is not None)
         while not self._stopping_now():
             connection: Connection | None = None
             failure: Exception | None = None
@@ -175,14 +177,32 @@ class Publisher(threading.Thread):
                 retry_delay = FIRST_RETRY_SECONDS
                 continue
             self.stats.failures += 1
-            self.stats.last_error = f"{type(failure).__name__}: {failure}"
+            self.stats.last_error = _failure_reason(failure, link)
+            if self._stop_deadline is not None:
+                # Stopping: the broker just failed, so the outbox will not drain before the
+                # deadline; it is kept for the next start (logged once, by run()).
+                log.warning("broker unavailable while stopping", extra=self._failure_extra(
+                    failure, link, None))
+                return
             delay = random.uniform(0, retry_delay)
-            log.warning(_failure_message(failure), extra={
-                "error": self.stats.last_error, "retry_in_seconds": round(delay, 2),
-                "outbox_depth": self._gauge.depth})
+            log.warning(_failure_message(failure), extra=self._failure_extra(
+                failure, link, delay))
             retry_delay = min(retry_delay * 2, self._broker.reconnect_max_seconds)
             self.progress.expect(delay, "waiting to reconnect")
+            # stop() sets the event to cut this wait short; it is never set otherwise, and
+            # the loop's condition then ends the thread, so it needs no clearing.
             self._wake.wait(delay)
+
+    def _failure_extra(self, failure: Exception, link: BrokerLink,
+                       delay: float | None) -> dict[str, object]:
+        extra: dict[str, object] = {"error": self.stats.last_error,
+                                    "outbox_depth": self._gauge.depth}
+        if link.last_url and not isinstance(failure, sqlite3.Error):
+            extra["broker"] = mask_url(link.last_url)
+            extra["user"] = user_of(link.last_url)
+        if delay is not None:
+            extra["retry_in_seconds"] = round(delay, 2)
+        return extra
 
     def _close(self, connection: Connection, *, polite: bool) -> None:
         """A healthy connection is closed politely (bounded); a failed one is dropped."""
@@ -252,6 +272,9 @@ class Publisher(threading.Thread):
             if not batch:
                 self._wait(self._gauge.new_events, wake_at - now, "waiting for events")
                 self._gauge.new_events.clear()
+                # Rows `multiwatch resync` added from its own process.
+                if (resynced := outbox.take_resynced())[0]:
+                    self._gauge.added(*resynced)
                 continue
             # Writing and confirms are bounded by confirm_timeout each; the outbox delete
             # by sqlite's busy timeout.
@@ -366,6 +389,16 @@ class Publisher(threading.Thread):
                         "message_id": held.event.message_id, "attempts": held.attempts,
                         "held_seconds": round(now - held.since, 1),
                         "outbox_depth": self._gauge.depth})
+
+
+def _failure_reason(exc: Exception, link: BrokerLink) -> str:
+    """Why the last attempt failed, in words, with the URL (masked) and user it concerned:
+    the log line's `error` and the reason status and /readyz show."""
+    if isinstance(exc, sqlite3.Error):
+        return f"{type(exc).__name__}: {exc}"
+    if isinstance(exc, PublishFailed) or not link.last_url:
+        return describe(exc)
+    return f"{describe(exc)} ({where(link.last_url)})"
 
 
 def _failure_message(exc: Exception) -> str:

@@ -99,7 +99,7 @@ def _connected(line: LogLine) -> bool:
 
 def _refused(line: LogLine) -> bool:
     return is_message(line, "broker unavailable, retrying", "creds") and \
-        "ACCESS_REFUSED" in str(line.get("error"))
+        "access refused (wrong user or password)" in str(line.get("error"))
 
 
 def _names(broker_url: str, *wanted: str) -> set[str]:
@@ -155,8 +155,11 @@ def test_wrong_password_is_logged_and_retried_until_the_file_is_fixed(
         (tmp_path / "in" / "waiting.txt").write_text("announced once the login works")
         first = mw.wait_for_log(_refused, timeout=30)
         mw.wait_for_log(_refused, timeout=30, after=mw.lines.index(first) + 1)  # a retry
+        assert first["broker"] == user.url and first["user"] == user.name
+        assert "Error" not in first["error"]  # words, not Python exception names
         status = wait_for(lambda: _get_status(port), timeout=30, message="no /status")
-        assert "ACCESS_REFUSED" in status
+        assert "access refused (wrong user or password)" in status
+        assert f"as user '{user.name}'" in status and user.url in status
 
         write_secret(secret, user.password)
         mw.wait_for_log(_connected, timeout=30)
