@@ -132,6 +132,9 @@ def _parser() -> argparse.ArgumentParser:
         probe.add_argument("-c", "--config", metavar="PATH", help=_PROBE_CONFIG_HELP)
         probe.add_argument("--url", metavar="URL", help=_URL_HELP)
     _add_export(commands)
+    from multiwatch.completion_command import add_commands as add_completion_and_man
+
+    add_completion_and_man(commands)
     return parser
 
 
@@ -209,6 +212,10 @@ def _main(argv: Sequence[str] | None) -> int:
     if args.command is None:  # bare `multiwatch`: the help, as a usage error
         parser.print_help(sys.stderr)
         return EXIT_USAGE
+    if args.command in ("completion", "man"):  # from the parser alone: no roster
+        from multiwatch import completion_command
+
+        return completion_command.run(parser, args)
     if args.command == "run":
         # What sqlite, kombu's spool and the lock files create is ours alone whatever the
         # umask we were started with; set before the first watcher is spawned (it inherits
