@@ -1,0 +1,149 @@
+"""`multiwatch reload` and `multiwatch stop`: signal the supervisor running a roster.
+
+The supervisor is found through state_dir/supervisors/<pid>.lock (supervisor/run_lock.py):
+a file whose lock is held, recording a roster or instances of this one.  Before a signal
+goes out, the pid it names must hold that lock now (the kernel's /proc/locks says so) and
+be a multiwatch supervisor (its process title): a stale or planted file naming a reused
+pid is never signalled.  The pid is opened as a pidfd before the checks, so the signal
+reaches the very process that passed them.
+
+Exit status: 0 done (reload: SIGHUP sent; stop: the supervisor has exited), 1 no
+supervisor of this roster runs (or none could be trusted), 2 a roster error, 3 stop: still
+running when --timeout ran out (SIGTERM was sent; it is still shutting down).
+"""
+
+from __future__ import annotations
+
+import contextlib
+import os
+import select
+import signal
+import sys
+import time
+from collections.abc import Sequence
+
+from multiwatch.config import Roster
+from multiwatch.supervisor.run_lock import (
+    RunningSupervisor,
+    roster_path,
+    running_supervisors,
+    why_not_the_holder,
+)
+
+EXIT_NONE_RUNNING = 1
+EXIT_STILL_RUNNING = 3
+REAP_MARGIN_SECONDS = 10.0  # beyond stop_timeout: SIGKILL, reaping, the supervisor's exit
+
+
+def reload_command(roster: Roster, only: Sequence[str] | None) -> int:
+    """SIGHUP every supervisor running this roster (or --only its instances)."""
+    targets = _targets(roster, only)
+    if not targets:
+        return EXIT_NONE_RUNNING
+    for supervisor, pidfd in targets:
+        with _closing(pidfd):
+            _send(supervisor.pid, pidfd, signal.SIGHUP)
+        print(f"sent SIGHUP to the supervisor, pid {supervisor.pid} ({_what(supervisor)}): it "
+              "re-reads its roster and logs what it starts, stops or restarts")
+    return 0
+
+
+def stop_command(roster: Roster, only: Sequence[str] | None, timeout: float | None) -> int:
+    """SIGTERM every supervisor running this roster, then wait for each to exit."""
+    targets = _targets(roster, only)
+    if not targets:
+        return EXIT_NONE_RUNNING
+    if timeout is None:
+        timeout = roster.supervisor.stop_timeout_seconds + REAP_MARGIN_SECONDS
+    deadline = time.monotonic() + timeout
+    status = 0
+    for supervisor, pidfd in targets:
+        _send(supervisor.pid, pidfd, signal.SIGTERM)
+    for supervisor, pidfd in targets:
+        with _closing(pidfd):
+            if _wait_exit(supervisor.pid, pidfd, deadline):
+                print(f"stopped the supervisor, pid {supervisor.pid} ({_what(supervisor)})")
+            else:
+                print(f"multiwatch: the supervisor, pid {supervisor.pid}, is still running "
+                      f"{timeout:g} s after SIGTERM (its watchers get stop_timeout_seconds "
+                      "each); wait longer with --timeout", file=sys.stderr)
+                status = EXIT_STILL_RUNNING
+    return status
+
+
+def _targets(roster: Roster, only: Sequence[str] | None) -> list[tuple[RunningSupervisor,
+                                                                        int | None]]:
+    """The verified supervisors of this roster, each with a pidfd (None without pidfds);
+    says why on stderr when there is none."""
+    found = [s for s in running_supervisors(roster.state_dir) if _runs(s, roster, only)]
+    verified = []
+    for supervisor in found:
+        pidfd = _pidfd(supervisor.pid)
+        problem = why_not_the_holder(supervisor)
+        if problem is None:
+            verified.append((supervisor, pidfd))
+            continue
+        if pidfd is not None:
+            os.close(pidfd)
+        print(f"multiwatch: {problem}; not signalling pid {supervisor.pid}", file=sys.stderr)
+    if not verified:
+        print(f"multiwatch: no multiwatch supervisor runs {roster.source} (looked for "
+              f"supervisors holding a lock in {os.path.join(roster.state_dir, 'supervisors')})",
+              file=sys.stderr)
+    return verified
+
+
+def _runs(supervisor: RunningSupervisor, roster: Roster, only: Sequence[str] | None) -> bool:
+    """It runs this roster: the same roster file, or instances of it (the exports run one
+    supervisor per instance; a roster from the environment has no file)."""
+    wanted = set(only) if only else {i.id for i in roster.instances}
+    if wanted & set(supervisor.instances):
+        return True
+    mine = roster_path(roster.source)
+    return not only and mine is not None and supervisor.roster == mine
+
+
+def _what(supervisor: RunningSupervisor) -> str:
+    instances = ", ".join(supervisor.instances) or "no instance"
+    return f"{supervisor.roster or 'roster from the environment'}: {instances}"
+
+
+def _pidfd(pid: int) -> int | None:
+    if pid <= 0 or not hasattr(os, "pidfd_open"):
+        return None
+    try:
+        return os.pidfd_open(pid)
+    except OSError:  # gone (the checks say so), or a kernel before 5.3
+        return None
+
+
+def _send(pid: int, pidfd: int | None, signum: int) -> None:
+    with contextlib.suppress(ProcessLookupError):
+        if pidfd is not None:
+            signal.pidfd_send_signal(pidfd, signum)
+        else:
+            os.kill(pid, signum)
+
+
+def _wait_exit(pid: int, pidfd: int | None, deadline: float) -> bool:
+    """True once the process has exited (a pidfd turns readable), False at the deadline."""
+    if pidfd is not None:
+        readable, _, _ = select.select([pidfd], [], [], max(0.0, deadline - time.monotonic()))
+        return bool(readable)
+    while True:  # no pidfd: poll the pid (not its reuse-proof, but bounded)
+        try:
+            os.kill(pid, 0)
+        except ProcessLookupError:
+            return True
+        if time.monotonic() >= deadline:
+            return False
+        time.sleep(0.05)
+
+
+@contextlib.contextmanager
+def _closing(fd: int | None):  # type: ignore[no-untyped-def]
+    try:
+        yield
+    finally:
+        if fd is not None:
+            os.close(fd)
