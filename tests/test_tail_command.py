@@ -5,13 +5,15 @@ from __future__ import annotations
 
 import json
 import pickle
+import select
+import subprocess
 from pathlib import Path
 
 import pytest
 from kombu import Connection, Exchange, Producer, Queue
 
 from multiwatch.tail_command import escape_controls, printable_event
-from tests.support.process import run_cli, write_roster
+from tests.support.process import Multiwatch, multiwatch_command, run_cli, write_roster
 
 TERMINAL_TRICKS = "\x1b]0;owned\x07\x1b[2J\u009b31m\u202eevil\u2028\x7f"
 
@@ -78,3 +80,37 @@ def test_tail_escapes_hostile_bodies_and_rejects_what_it_cannot_decode_once(
     second = run_cli("tail", "-c", str(roster), "--timeout", "2", timeout=60)
     assert second.returncode == 0, second.stderr
     assert second.stdout == "" and "skipped" not in second.stderr
+
+
+def test_tail_before_run_waits_for_the_spool_then_prints_events(tmp_path: Path,
+                                                                 inbox: Path) -> None:
+    """Embedded spool: `tail` started before `run` says there is nothing to tail yet and
+    creates nothing; once `run` starts, the file dropped is printed and tail exits 0."""
+    state = tmp_path / "state"
+    roster = write_roster(tmp_path / "roster.yaml", {
+        "state_dir": str(state), "defaults": {"settle_seconds": 0.1},
+        "instances": [{"id": "inbox", "directory": str(inbox)}]})
+    tail = subprocess.Popen(multiwatch_command("tail", "-c", str(roster), "-n", "1",
+                                               "--timeout", "60"),
+                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+                            start_new_session=True)
+    mw: Multiwatch | None = None
+    try:
+        assert tail.stderr is not None
+        ready, _, _ = select.select([tail.stderr], [], [], 30)
+        assert ready, "tail said nothing within 30 s"
+        assert "nothing to tail yet" in tail.stderr.readline()
+        assert not state.exists() and tail.poll() is None
+        mw = Multiwatch(["-c", str(roster)])
+        mw.wait_watching("inbox")
+        (inbox / "late.txt").write_bytes(b"late")
+        out, _ = tail.communicate(timeout=60)
+        assert tail.returncode == 0
+        assert json.loads(out)["file_info"]["path"] == str(inbox / "late.txt")
+        assert mw.terminate() == 0
+    finally:
+        if tail.poll() is None:
+            tail.kill()
+            tail.wait()
+        if mw is not None:
+            mw.cleanup()
