@@ -197,3 +197,29 @@ def test_stop_refuses_a_pid_that_is_not_a_supervisor_holding_the_lock(
                 process.kill()
                 process.wait(timeout=10)
 
+
+
+def test_stop_only_one_instance_of_the_exports_shape(
+        tmp_path: Path, started: list[Multiwatch]) -> None:
+    """With one supervisor per instance, `stop --only a` stops a's and leaves b's running."""
+    roster = _roster(tmp_path, "a", "b")
+    run_a = _run(started, "-c", str(roster), "--only", "a")
+    run_b = _run(started, "-c", str(roster), "--only", "b")
+    run_a.wait_watching("a")
+    run_b.wait_watching("b")
+    stop = run_cli("stop", "-c", str(roster), "--only", "a")
+    assert stop.returncode == 0, stop.stderr
+    assert run_a.process.poll() == 0 and run_b.process.poll() is None
+
+
+def test_stop_exits_3_when_the_supervisor_outlives_the_timeout(
+        tmp_path: Path, started: list[Multiwatch]) -> None:
+    """`stop --timeout 0` sends SIGTERM but cannot see the exit in time: exit 3, saying so;
+    the supervisor still stops."""
+    roster = _roster(tmp_path, "music")
+    mw = _run(started, "-c", str(roster))
+    mw.wait_watching("music")
+    stop = run_cli("stop", "-c", str(roster), "--timeout", "0")
+    assert stop.returncode == 3, stop.stderr
+    assert f"pid {mw.pid}, is still running" in stop.stderr
+    assert mw.process.wait(timeout=20) == 0
