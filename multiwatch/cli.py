@@ -69,6 +69,10 @@ def _parser() -> argparse.ArgumentParser:
         "${VAR} expanded, passwords masked). Exit status 0 if valid, 2 if not.",
     )
     check.add_argument("-c", "--config", metavar="PATH", help=_CONFIG_HELP)
+    check.add_argument("--connect", action="store_true",
+                       help="also log in to every broker URL, declare the exchange and queue "
+                       "passively, try writing the state directory and compare the inotify "
+                       "limits with the trees; one line per problem, exit 2")
 
     tail = commands.add_parser(
         "tail", help="print events from the queue (or the embedded spool), one JSON "
@@ -131,38 +135,11 @@ def _parser() -> argparse.ArgumentParser:
     for probe in (status, health):
         probe.add_argument("-c", "--config", metavar="PATH", help=_PROBE_CONFIG_HELP)
         probe.add_argument("--url", metavar="URL", help=_URL_HELP)
-    _add_control(commands)
     _add_export(commands)
     from multiwatch.completion_command import add_commands as add_completion_and_man
 
     add_completion_and_man(commands)
     return parser
-
-
-def _add_control(commands: argparse._SubParsersAction) -> None:  # type: ignore[type-arg]
-    found = ("It finds the supervisor through the lock it holds under the roster's state_dir "
-             "(supervisors/<pid>.lock), and signals only a multiwatch supervisor that holds it "
-             "now (never a reused pid).")
-    reload = commands.add_parser(
-        "reload", help="make the running supervisor re-read its roster (SIGHUP)",
-        description="Send SIGHUP to the supervisor running this roster: it re-reads the roster "
-        f"and starts, stops or restarts only what changed. {found} Exit status 0 when "
-        "signalled, 1 when no supervisor of this roster runs, 2 for a roster error.",
-    )
-    stop = commands.add_parser(
-        "stop", help="stop the running supervisor (SIGTERM) and wait for it",
-        description="Send SIGTERM to the supervisor running this roster and wait until it has "
-        f"exited. {found} Exit status 0 once stopped, 1 when no supervisor of this roster "
-        "runs, 2 for a roster error, 3 when it still runs after --timeout.",
-    )
-    stop.add_argument("--timeout", type=float, metavar="SECONDS",
-                      help="wait at most this long (default: the roster's "
-                      "supervisor.stop_timeout_seconds + 10)")
-    for control in (reload, stop):
-        control.add_argument("-c", "--config", metavar="PATH", help=_CONFIG_HELP)
-        control.add_argument("--only", metavar="ID", action="append",
-                             help="only the supervisor running this instance (repeatable; "
-                             "default: every supervisor of the roster)")
 
 
 def _add_export(commands: argparse._SubParsersAction) -> None:  # type: ignore[type-arg]
@@ -260,6 +237,10 @@ def _main(argv: Sequence[str] | None) -> int:
         if args.command == "check":
             _check_state(roster, create=False)
             print(render_effective(roster), end="")
+            if args.connect:
+                from multiwatch.preflight import check_connect
+
+                return check_connect(roster)
             return 0
         if args.command == "tail":
             from multiwatch.tail_command import tail
@@ -269,13 +250,6 @@ def _main(argv: Sequence[str] | None) -> int:
             return tail(roster, args)
         if args.command == "export":
             return _export(roster, args)
-        if args.command in ("reload", "stop"):
-            from multiwatch import control_commands as control
-
-            _only(roster, args.only)  # an unknown id is a ConfigError naming the instances
-            if args.command == "reload":
-                return control.reload_command(roster, args.only)
-            return control.stop_command(roster, args.only, args.timeout)
         if args.command == "state":
             from multiwatch import state_commands
 
@@ -356,7 +330,7 @@ def _run(roster: Roster, args: argparse.Namespace,
         return narrow(load_roster(config_path, os.environ))
 
     return Supervisor(roster, reload=reload if config_path else None,
-                      prestarted=prestarted, only=args.only).run()
+                      prestarted=prestarted).run()
 
 
 def _check_state(roster: Roster, *, create: bool, instances: bool = True) -> None:
@@ -365,6 +339,10 @@ def _check_state(roster: Roster, *, create: bool, instances: bool = True) -> Non
     from multiwatch.config import ConfigError
 
     ids = [i.id for i in roster.instances] if instances else []
+    from multiwatch.preflight import unwritable
+
+    if instances and (why := unwritable(roster.state_dir)):  # run would write there at once
+        raise ConfigError(f"cannot use the state directory {roster.state_dir}: {why}")
     try:
         state_dir.prepare(roster.state_dir, ids,
                           embedded=roster.broker.embedded,

@@ -36,6 +36,7 @@ ROUTING_KEYS = {
     FILE_DELETED: "file.deleted",
     FILE_MOVED: "file.moved",
 }
+RESYNC_HEADER = "x-multiwatch-resync"
 
 
 # ensure_ascii keeps undecodable names (surrogate escapes) encodable as \udcXX.  One
@@ -53,10 +54,15 @@ class Event:
     message_id: str
     correlation_id: str
     body: bytes
+    resync: bool = False  # queued by `multiwatch resync`: a re-announcement
 
     @property
-    def headers(self) -> dict[str, str]:
-        return {"instance_id": self.instance_id, "event_type": self.event_type}
+    def headers(self) -> dict[str, str | bool]:
+        headers: dict[str, str | bool] = {"instance_id": self.instance_id,
+                                          "event_type": self.event_type}
+        if self.resync:
+            headers[RESYNC_HEADER] = True
+        return headers
 
 
 def _bytes_b64_if_undecodable(path: str) -> str | None:
@@ -83,8 +89,13 @@ def build_event(
     relative_path: str,
     hashed: Hashed,
     old_relative_path: str | None = None,
+    resync_id: str | None = None,
 ) -> Event:
-    """Build the message for one file event (paths relative to watched_directory)."""
+    """Build the message for one file event (paths relative to watched_directory).
+
+    resync_id: a re-announcement for `multiwatch resync` (one id per request): the body
+    says so ("resync", "resync_id") and the message_id is the normal one's, hashed with
+    the request's id, so a consumer deduplicating on message_id still receives it."""
     path = os.path.join(watched_directory, relative_path)
     name = os.path.basename(relative_path)
     file_info: dict[str, str] = {
@@ -117,6 +128,9 @@ def build_event(
         "schema_version": SCHEMA_VERSION,
         "hostname": HOSTNAME,
     }
+    if resync_id is not None:
+        body["resync"] = True
+        body["resync_id"] = resync_id
     identity = "\0".join(
         [
             instance_id,
@@ -130,6 +144,8 @@ def build_event(
             hashed.sha256,
         ]
     )
+    if resync_id is not None:
+        identity += "\0resync\0" + resync_id
     message_id = hashlib.sha256(identity.encode("utf-8", "surrogateescape")).hexdigest()[:32]
     encoded = _BODY_ENCODER.encode(body).encode("ascii")
     return Event(
@@ -139,4 +155,5 @@ def build_event(
         message_id=message_id,
         correlation_id=correlation_id,
         body=encoded,
+        resync=resync_id is not None,
     )

@@ -73,9 +73,16 @@ MIGRATIONS: tuple[str, ...] = (
     CREATE TRIGGER files_removed AFTER DELETE ON files
     BEGIN UPDATE counts SET n = n - 1 WHERE name = 'files'; END;
     """,
+    # 2 → 3: re-announcements queued by `multiwatch resync` carry a header saying so.
+    """
+    ALTER TABLE outbox ADD COLUMN resync INTEGER NOT NULL DEFAULT 0;
+    """,
 )
 SCHEMA_VERSION = len(MIGRATIONS)
 BUSY_TIMEOUT_SECONDS = 30.0
+# Events and bytes another process (`multiwatch resync`) added to the outbox, in the
+# counts table until the running publisher adds them to its gauge (take_resynced).
+_QUEUED_EVENTS, _QUEUED_BYTES = "resync_events", "resync_bytes"
 
 
 class StateError(Exception):
@@ -86,12 +93,35 @@ def state_db_path(state_dir: str, instance_id: str) -> str:
     return os.path.join(state_dir, "instances", instance_id, "state.db")
 
 
+class _Connection(sqlite3.Connection):
+    """A connection that counts itself in _OPEN while open (see connect)."""
+
+    _counted_path = ""
+
+    def close(self) -> None:
+        if self._counted_path:  # (closing twice counts once)
+            _OPEN[self._counted_path] -= 1
+            self._counted_path = ""
+        super().close()
+
+
+# Paths this process has a database connection open to.  sqlite's locks are POSIX
+# record locks, which the kernel drops when the process closes ANY descriptor of the file:
+# re-checking the files (secure_database opens and closes them) while a connection is open
+# silently unlocked it, and another process (`multiwatch resync`, a backup) could then
+# checkpoint and delete the WAL under the watcher, whose later writes were lost.
+_OPEN: Counter[str] = Counter()
+
+
 def connect(path: str, *, readonly: bool = False) -> sqlite3.Connection:
     """Open (and for writers create and migrate) the database at path."""
     # Before sqlite opens it by name: every directory from state_dir down and the database
     # files are ours alone, no symbolic link among them (created 0700/0600 for writers).
+    # Checked when this process first opens it (see _OPEN).
+    path = os.path.abspath(path)
     try:
-        secure_database(path, VERIFY if readonly else CREATE)
+        if not _OPEN[path]:
+            secure_database(path, VERIFY if readonly else CREATE)
     except OSError as exc:
         raise StateError(str(exc) if isinstance(exc, UnsafeStateError)
                          else f"{path}: {exc.strerror or exc}") from None
@@ -100,15 +130,18 @@ def connect(path: str, *, readonly: bool = False) -> sqlite3.Connection:
             raise StateError(f"{path}: no state database (has this instance run yet?)")
         uri = f"file:{path}?mode=ro"
         conn = sqlite3.connect(uri, uri=True, timeout=BUSY_TIMEOUT_SECONDS,
-                               check_same_thread=False)
+                               check_same_thread=False, factory=_Connection)
     else:
         conn = sqlite3.connect(path, timeout=BUSY_TIMEOUT_SECONDS, isolation_level=None,
-                               check_same_thread=False)
+                               check_same_thread=False, factory=_Connection)
         conn.execute("PRAGMA journal_mode=WAL")
         # NORMAL in WAL mode survives a process crash (kill -9); a power cut may roll back
         # the last transactions, which the reconcile scan then re-detects.
         conn.execute("PRAGMA synchronous=NORMAL")
         _migrate(conn, path)
+    if isinstance(conn, _Connection):
+        _OPEN[path] += 1
+        conn._counted_path = path
     version = conn.execute("PRAGMA user_version").fetchone()[0]
     # Reading alone (state export, backup) needs only what every schema has: an instance
     # not started since multiwatch was upgraded can still be exported.
@@ -175,7 +208,12 @@ class StateStore:
         self._conn.close()
 
     def outbox_usage(self) -> tuple[int, int]:
-        return outbox_usage(self._conn)
+        """Every waiting event, also those `multiwatch resync` queued (counted here, so
+        the publisher must not count them again)."""
+        with _transaction(self._conn):
+            self._conn.execute("DELETE FROM counts WHERE name IN (?, ?)",
+                               (_QUEUED_EVENTS, _QUEUED_BYTES))
+            return outbox_usage(self._conn)
 
     def limit_lock_wait(self, seconds: float) -> None:
         """Wait at most `seconds` for another writer's lock from now on (at stop, whose
@@ -204,10 +242,58 @@ class StateStore:
             conn.executemany("DELETE FROM directories WHERE path = ?",
                              [(os.fsencode(d),) for d in {directory_of(p) for p in files}])
             conn.executemany(
-                "INSERT INTO outbox (instance_id, event_type, routing_key, message_id,"
-                " correlation_id, body) VALUES (?, ?, ?, ?, ?, ?)",
-                [(e.instance_id, e.event_type, e.routing_key, e.message_id, e.correlation_id,
-                  e.body) for e in events])
+                _INSERT_EVENT, [_event_row(e) for e in events])
+
+
+_INSERT_EVENT = ("INSERT INTO outbox (instance_id, event_type, routing_key, message_id,"
+                 " correlation_id, body, resync) VALUES (?, ?, ?, ?, ?, ?, ?)")
+
+
+def _event_row(e: Event) -> tuple[str, str, str, str, str, bytes, int]:
+    return (e.instance_id, e.event_type, e.routing_key, e.message_id, e.correlation_id,
+            e.body, int(e.resync))
+
+
+def queue_resync(conn: sqlite3.Connection, events: Sequence[Event]) -> None:
+    """Append re-announcements from outside the watcher (`multiwatch resync`), in one
+    transaction, and count them for the running publisher (take_resynced)."""
+    with _transaction(conn):
+        conn.executemany(_INSERT_EVENT, [_event_row(e) for e in events])
+        conn.executemany(
+            "INSERT INTO counts VALUES (?, ?) ON CONFLICT (name) DO UPDATE SET n = n + excluded.n",
+            [(_QUEUED_EVENTS, len(events)), (_QUEUED_BYTES, sum(len(e.body) for e in events))])
+
+
+def tracked_file(conn: sqlite3.Connection, relative_path: str) -> Hashed | None:
+    """The announced version of one path, or None if it is not tracked."""
+    row = conn.execute("SELECT inode, size, mtime_ns, ctime_ns, sha256, xxh128 FROM files"
+                       " WHERE path = ?", (os.fsencode(relative_path),)).fetchone()
+    if row is None:
+        return None
+    inode, size, mtime_ns, ctime_ns, sha256, xxh128 = row
+    return Hashed(version=FileVersion(size=size, mtime_ns=mtime_ns, inode=inode),
+                  sha256=sha256, xxh128=xxh128, ctime_ns=ctime_ns)
+
+
+def iter_files_under(conn: sqlite3.Connection, relative_dir: str) -> Iterator[TrackedFile]:
+    """The tracked files below relative_dir ("" for all), in path order."""
+    if not relative_dir:
+        yield from iter_files(conn)
+        return
+    low, high = _subtree(relative_dir)
+    for path, inode, size, mtime_ns, ctime_ns, sha256, xxh128 in conn.execute(
+            "SELECT path, inode, size, mtime_ns, ctime_ns, sha256, xxh128 FROM files"
+            " WHERE path >= ? AND path < ? ORDER BY path", (low, high)):
+        yield TrackedFile(os.fsdecode(bytes(path)), Hashed(
+            version=FileVersion(size=size, mtime_ns=mtime_ns, inode=inode),
+            sha256=sha256, xxh128=xxh128, ctime_ns=ctime_ns))
+
+
+def pending_events(conn: sqlite3.Connection, body_fragment: bytes) -> list[tuple[str, bool]]:
+    """(event_type, resync) of the outbox rows whose body holds body_fragment, oldest first."""
+    return [(etype, bool(resync)) for etype, resync in conn.execute(
+        "SELECT event_type, resync FROM outbox WHERE instr(body, ?) > 0 ORDER BY seq",
+        (body_fragment,))]
 
 
 Version = tuple[int, int, int]
@@ -509,11 +595,24 @@ class DurableOutbox:
 
     def peek(self, limit: int) -> list[tuple[int, Event]]:
         rows = self._conn.execute(
-            "SELECT seq, instance_id, event_type, routing_key, message_id, correlation_id, body"
-            " FROM outbox ORDER BY seq LIMIT ?", (limit,)).fetchall()
+            "SELECT seq, instance_id, event_type, routing_key, message_id, correlation_id, body,"
+            " resync FROM outbox ORDER BY seq LIMIT ?", (limit,)).fetchall()
         return [(seq, Event(instance_id=iid, event_type=etype, routing_key=key,
-                            message_id=mid, correlation_id=cid, body=bytes(body)))
-                for seq, iid, etype, key, mid, cid, body in rows]
+                            message_id=mid, correlation_id=cid, body=bytes(body),
+                            resync=bool(resync)))
+                for seq, iid, etype, key, mid, cid, body, resync in rows]
+
+    def take_resynced(self) -> tuple[int, int]:
+        """(events, bytes) `multiwatch resync` queued since the last call (or the start)."""
+        conn = self._conn
+        if not conn.execute("SELECT 1 FROM counts WHERE name = ?", (_QUEUED_EVENTS,)).fetchall():
+            return 0, 0  # the usual case: one primary-key lookup, no write
+        with _transaction(conn):
+            counts = dict(conn.execute("SELECT name, n FROM counts WHERE name IN (?, ?)",
+                                       (_QUEUED_EVENTS, _QUEUED_BYTES)).fetchall())
+            conn.execute("DELETE FROM counts WHERE name IN (?, ?)",
+                         (_QUEUED_EVENTS, _QUEUED_BYTES))
+        return counts.get(_QUEUED_EVENTS, 0), counts.get(_QUEUED_BYTES, 0)
 
     def ack(self, seqs: Sequence[int]) -> None:
         """Delete confirmed events: consecutive rows as peek() returned them, oldest first.

@@ -1,0 +1,161 @@
+"""`multiwatch resync -c ROSTER ID [PATH]`: re-announce tracked files for a consumer that lost
+its state (like Sarracenia's re-post), without deleting state.db.
+
+The command appends `file_discovered` events to the instance's outbox, in the state database
+(sqlite WAL: a second writer waits for the watcher's short transactions).  The running
+watcher's publisher sends them in order like any other event and counts them in its gauge
+(state.take_resynced); if multiwatch is not running they go out at its next start.
+
+Each event describes the version the state database recorded (path, size, hashes): nothing
+is re-hashed.  A file whose size, mtime or inode on disk no longer match (or that is gone)
+is skipped: the watcher announces its new version itself, and announcing the old hashes as
+current would be wrong.
+"""
+
+from __future__ import annotations
+
+import difflib
+import os
+import sqlite3
+import sys
+import time
+import uuid
+from collections.abc import Iterator
+from typing import TextIO
+
+from multiwatch.config import ConfigError, InstanceConfig, Roster
+from multiwatch.watcher.hashing import Hashed
+from multiwatch.watcher.message import FILE_DISCOVERED, Event, build_event
+from multiwatch.watcher.state import (
+    StateError,
+    TrackedFile,
+    connect,
+    iter_files_under,
+    outbox_usage,
+    queue_resync,
+    state_db_path,
+    tracked_file,
+)
+
+BATCH = 1000  # events per transaction: the watcher's own commits wait at most this long
+PROGRESS_EVERY_SECONDS = 2.0
+
+
+def find_instance(roster: Roster, instance_id: str) -> InstanceConfig:
+    """The roster's instance of that id, or a one-line error with a did-you-mean."""
+    known = {i.id: i for i in roster.instances}
+    if instance_id in known:
+        return known[instance_id]
+    close = difflib.get_close_matches(instance_id, list(known), n=1)
+    hint = f"did you mean {close[0]}?" if close else f"instances: {', '.join(sorted(known))}"
+    raise ConfigError(f"{instance_id}: no such instance in {roster.source} ({hint})")
+
+
+def relative_to_instance(instance: InstanceConfig, path: str) -> str:
+    """PATH (absolute, or relative to the instance's directory) as the state stores it;
+    "" for the directory itself.  A path outside the directory is a one-line error."""
+    absolute = os.path.normpath(os.path.join(instance.directory, path))
+    relative = os.path.relpath(absolute, instance.directory)
+    if relative == os.pardir or relative.startswith(os.pardir + os.sep):
+        raise ConfigError(f"{path}: not inside instance {instance.id}'s directory "
+                          f"{instance.directory}")
+    return "" if relative == os.curdir else relative
+
+
+def open_state(roster: Roster, instance: InstanceConfig, *,
+               readonly: bool) -> sqlite3.Connection:
+    path = state_db_path(roster.state_dir, instance.id)
+    if not os.path.exists(path):
+        raise ConfigError(f"instance {instance.id}: no state database at {path} "
+                          "(has this instance run yet?)")
+    try:
+        return connect(path, readonly=readonly)
+    except (StateError, sqlite3.Error) as exc:
+        raise ConfigError(f"instance {instance.id}: {exc}") from None
+
+
+def resync(roster: Roster, instance_id: str, path: str | None,
+           err: TextIO = sys.stderr) -> int:
+    """Queue re-announcements of the tracked files at or under PATH; print a summary."""
+    instance = find_instance(roster, instance_id)
+    relative = relative_to_instance(instance, path) if path else ""
+    conn = open_state(roster, instance, readonly=False)
+    try:
+        return _resync(conn, instance, relative, path, err)
+    except sqlite3.Error as exc:
+        raise ConfigError(f"instance {instance.id}: state database: {exc}") from None
+    finally:
+        conn.close()
+
+
+def _resync(conn: sqlite3.Connection, instance: InstanceConfig, relative: str,
+            path: str | None, err: TextIO) -> int:
+    single = tracked_file(conn, relative) if relative else None
+    chosen: Iterator[TrackedFile] = (iter([TrackedFile(relative, single)]) if single
+                                     else iter_files_under(conn, relative))
+    total = 1 if single else _count_under(conn, relative)
+    if path and total == 0:
+        raise ConfigError(f"{path}: instance {instance.id} tracks no file there")
+    waiting, waiting_bytes = outbox_usage(conn)
+    if waiting + total > instance.outbox_max_events:
+        raise ConfigError(
+            f"instance {instance.id}: {total} re-announcements and the {waiting} events waiting "
+            f"exceed its outbox_max_events ({instance.outbox_max_events}); resync a subtree, "
+            "or raise the bound")
+    resync_id = uuid.uuid4().hex
+    room = instance.outbox_max_bytes - waiting_bytes
+    queued = skipped = 0
+    last_progress = time.monotonic()
+    batch: list[Event] = []
+    for seen, tracked in enumerate(chosen, start=1):
+        if _changed_on_disk(instance, tracked):
+            skipped += 1
+        else:
+            batch.append(_event(instance, tracked, resync_id))
+        if len(batch) >= BATCH or (batch and seen == total):
+            size = sum(len(e.body) for e in batch)
+            if size > room:
+                raise ConfigError(
+                    f"instance {instance.id}: outbox_max_bytes reached after {queued} of {total} "
+                    "events (they are queued); resync the rest later or by subtree")
+            queue_resync(conn, batch)
+            queued, room, batch = queued + len(batch), room - size, []
+        if time.monotonic() - last_progress >= PROGRESS_EVERY_SECONDS:
+            last_progress = time.monotonic()
+            print(f"resync {instance.id}: {seen} of {total} files, {queued} queued",
+                  file=err, flush=True)
+    if batch:  # the table changed under us: fewer rows than counted
+        queue_resync(conn, batch)
+        queued += len(batch)
+    note = (f" ({skipped} skipped: changed on disk since announced; the watcher announces "
+            "those itself)") if skipped else ""
+    print(f"{queued} events queued for instance {instance.id} (resync_id {resync_id}){note}",
+          file=err)
+    return 0
+
+
+def _count_under(conn: sqlite3.Connection, relative: str) -> int:
+    if not relative:
+        return int(conn.execute("SELECT count(*) FROM files").fetchone()[0])
+    low = os.fsencode(relative + "/")
+    return int(conn.execute("SELECT count(*) FROM files WHERE path >= ? AND path < ?",
+                            (low, low[:-1] + b"0")).fetchone()[0])
+
+
+def _changed_on_disk(instance: InstanceConfig, tracked: TrackedFile) -> bool:
+    """True if the file is gone or its (size, mtime, inode) differ from the recorded ones."""
+    full = os.path.join(instance.directory, tracked.relative_path)
+    try:
+        st = os.stat(full) if instance.follow_symlinks else os.lstat(full)
+    except OSError:
+        return True
+    version = tracked.hashed.version
+    return (st.st_size, st.st_mtime_ns, st.st_ino) != (version.size, version.mtime_ns,
+                                                       version.inode)
+
+
+def _event(instance: InstanceConfig, tracked: TrackedFile, resync_id: str) -> Event:
+    hashed: Hashed = tracked.hashed
+    return build_event(event_type=FILE_DISCOVERED, instance_id=instance.id,
+                       watched_directory=instance.directory,
+                       relative_path=tracked.relative_path, hashed=hashed, resync_id=resync_id)

@@ -1,0 +1,148 @@
+"""`multiwatch check --connect` against a real RabbitMQ, a real read-only mount and /proc."""
+
+from __future__ import annotations
+
+import subprocess
+import tempfile
+import time
+import urllib.parse
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from multiwatch import preflight
+from multiwatch.config import load_roster
+from tests.support.process import free_port, run_cli, write_roster
+
+CHECK_BUDGET = 30.0  # connect_timeout 2 s per step: far below this even for three bad URLs
+
+
+def _with_password(url: str, password: str) -> str:
+    parts = urllib.parse.urlsplit(url)
+    netloc = f"{parts.username}:{password}@{parts.hostname}:{parts.port}"
+    return urllib.parse.urlunsplit((parts.scheme, netloc, parts.path, "", ""))
+
+
+def _roster(tmp_path: Path, url: str | None, *, state_dir: Path | None = None) -> Path:
+    watched = tmp_path / "in"
+    watched.mkdir(exist_ok=True)
+    roster: dict[str, Any] = {
+        "state_dir": str(state_dir or tmp_path / "state"),
+        "instances": [{"id": "docs", "directory": str(watched)}],
+    }
+    if url is not None:
+        roster["broker"] = {"url": url, "connect_timeout_seconds": 2}
+    return write_roster(tmp_path / "roster.yaml", roster)
+
+
+def _check(roster: Path) -> tuple[subprocess.CompletedProcess[str], float]:
+    started = time.monotonic()
+    done = run_cli("check", "--connect", "-c", str(roster), timeout=CHECK_BUDGET + 10)
+    return done, time.monotonic() - started
+
+
+def test_a_working_broker_passes_with_a_summary(tmp_path: Path, broker_url: str) -> None:
+    """Everything answers: exit 0 and a summary naming the broker, state dir and inotify."""
+    done, _ = _check(_roster(tmp_path, broker_url))
+    assert done.returncode == 0, done.stderr
+    assert "logged in" in done.stdout and "state directory" in done.stdout
+    assert "inotify: 1 instances" in done.stdout
+    assert "guest:guest" not in done.stdout + done.stderr
+
+
+def test_each_broken_url_is_one_line_in_words(tmp_path: Path, broker_url: str) -> None:
+    """A wrong password, a closed port and an unknown host, in one cluster list beside a good
+    URL: exit 2, one line per bad URL saying what is wrong, the password masked, in time."""
+    wrong = _with_password(broker_url, "not-the-password")
+    closed = f"amqp://guest:guest@127.0.0.1:{free_port()}/"
+    unknown = "amqp://guest:guest@nonexistent.invalid:5672/"
+    done, took = _check(_roster(tmp_path, f"{broker_url};{wrong};{closed};{unknown}"))
+    assert done.returncode == 2
+    problems = done.stderr.splitlines()
+    assert len(problems) == 3, problems
+    wrong_line, closed_line, unknown_line = problems
+    assert "access refused (wrong user or password)" in wrong_line
+    assert "as user 'guest'" in wrong_line and "not-the-password" not in done.stderr
+    assert "connection refused" in closed_line
+    assert "nonexistent.invalid" in unknown_line and "host not found" in unknown_line
+    assert "Error" not in done.stderr  # no Python exception names
+    assert took < CHECK_BUDGET
+
+
+@pytest.fixture
+def read_only_dir(tmp_path: Path) -> Iterator[Path]:
+    """A real read-only tmpfs mount (root only), unmounted afterwards."""
+    mount_point = Path(tempfile.mkdtemp(prefix="mw-ro-", dir=tmp_path))
+    mounted = subprocess.run(["mount", "-t", "tmpfs", "-o", "ro,size=1m", "tmpfs",
+                              str(mount_point)], capture_output=True, text=True)
+    if mounted.returncode != 0:
+        pytest.fail(f"cannot mount a read-only tmpfs (needs root): {mounted.stderr.strip()}")
+    try:
+        yield mount_point
+    finally:
+        subprocess.run(["umount", str(mount_point)], check=True)
+
+
+def test_an_unwritable_state_dir_fails_check_connect(
+        tmp_path: Path, read_only_dir: Path) -> None:
+    """A state_dir on a read-only file system is named, with the reason, exit 2."""
+    done, _ = _check(_roster(tmp_path, None, state_dir=read_only_dir / "state"))
+    assert done.returncode == 2
+    assert f"state directory {read_only_dir / 'state'}" in done.stderr
+    assert "read-only file system" in done.stderr.lower()
+
+
+@pytest.fixture
+def read_only_state(tmp_path: Path) -> Iterator[Path]:
+    """A state_dir a first run created, then bind-mounted read-only (a remount after a disk
+    error); unmounted afterwards."""
+    state = tmp_path / "state"
+    (state / "instances" / "docs").mkdir(parents=True, mode=0o700)
+    state.chmod(0o700)
+    (state / "instances").chmod(0o700)
+    subprocess.run(["mount", "--bind", str(state), str(state)], check=True)
+    try:
+        subprocess.run(["mount", "-o", "remount,bind,ro", str(state)], check=True)
+        yield state
+    finally:
+        subprocess.run(["umount", str(state)], check=True)
+
+
+@pytest.mark.parametrize("command", ["check", "run"])
+def test_a_read_only_state_dir_is_one_clear_error(
+        tmp_path: Path, read_only_state: Path, command: str) -> None:
+    """Plain check and run both say the state directory is read-only (exit 2), in one line
+    and without a traceback, instead of passing check and crashing at run."""
+    roster = _roster(tmp_path, None, state_dir=read_only_state)
+    done = run_cli(command, "-c", str(roster), timeout=30)
+    assert done.returncode == 2, done.stderr
+    assert done.stderr == (f"multiwatch: error: cannot use the state directory "
+                           f"{read_only_state}: it is on a read-only file system\n")
+
+
+def test_too_few_inotify_watches_for_the_trees(
+        tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """Trees with more directories than max_user_watches leaves: one line naming the limit."""
+    limits = tmp_path / "inotify"
+    limits.mkdir()
+    (limits / "max_user_instances").write_text("128\n")
+    (limits / "max_user_watches").write_text("10\n")
+    monkeypatch.setattr(preflight, "INOTIFY", str(limits))
+    roster_path = _roster(tmp_path, None)
+    for n in range(20):
+        (tmp_path / "in" / f"d{n}").mkdir()
+    found = preflight.preflight(load_roster(str(roster_path), {}))
+    [problem] = found.problems
+    assert "21 directories" in problem and "max_user_watches=10" in problem
+
+
+def test_a_huge_tree_is_counted_within_the_budget(
+        tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """With no time left the count stops at once and says so instead of walking on."""
+    monkeypatch.setattr(preflight, "COUNT_BUDGET_SECONDS", 0.0)
+    roster_path = _roster(tmp_path, None)
+    (tmp_path / "in" / "sub").mkdir()
+    found = preflight.preflight(load_roster(str(roster_path), {}))
+    assert any("stopped counting" in line for line in found.checked + found.problems)
