@@ -135,11 +135,67 @@ def _parser() -> argparse.ArgumentParser:
     for probe in (status, health):
         probe.add_argument("-c", "--config", metavar="PATH", help=_PROBE_CONFIG_HELP)
         probe.add_argument("--url", metavar="URL", help=_URL_HELP)
+    _add_control(commands)
     _add_export(commands)
+    _add_resync_explain(commands)
     from multiwatch.completion_command import add_commands as add_completion_and_man
 
     add_completion_and_man(commands)
     return parser
+
+
+def _add_resync_explain(commands: argparse._SubParsersAction) -> None:  # type: ignore[type-arg]
+    resync = commands.add_parser(
+        "resync", help="re-announce an instance's tracked files (or a subtree, or one file)",
+        description="Queue a file_discovered event for every tracked file of instance ID (or "
+        "those at or under PATH: absolute, or relative to the instance's directory), as the "
+        "state database recorded them (nothing is re-hashed; files changed on disk since are "
+        "left to the watcher). They carry the AMQP header x-multiwatch-resync and message_ids "
+        "of their own. A running multiwatch publishes them within seconds; otherwise they go "
+        "out at its next start.",
+    )
+    resync.add_argument("-c", "--config", metavar="PATH", help=_CONFIG_HELP)
+    resync.add_argument("instance_id", metavar="ID", help="the instance to re-announce")
+    resync.add_argument("path", metavar="PATH", nargs="?",
+                        help="only this file or directory (default: the whole instance)")
+    explain = commands.add_parser(
+        "explain", help="say which instance watches a path and what it would announce",
+        description="Read-only: which instance watches PATH (or the nearest ones), whether its "
+        "filters exclude it and by which pattern, what kind of file it is, what the state "
+        "database knows of it (announced version, events waiting in the outbox) and what "
+        "would be announced now. Never writes; hashes only with --hash.",
+    )
+    explain.add_argument("-c", "--config", metavar="PATH", help=_CONFIG_HELP)
+    explain.add_argument("path", metavar="PATH", help="a file (or directory) path")
+    explain.add_argument("--hash", action="store_true",
+                         help="also hash the file when its size, mtime or inode changed, to "
+                         "tell a modification from a touch")
+
+
+def _add_control(commands: argparse._SubParsersAction) -> None:  # type: ignore[type-arg]
+    found = ("It finds the supervisor through the lock it holds under the roster's state_dir "
+             "(supervisors/<pid>.lock), and signals only a multiwatch supervisor that holds it "
+             "now (never a reused pid).")
+    reload = commands.add_parser(
+        "reload", help="make the running supervisor re-read its roster (SIGHUP)",
+        description="Send SIGHUP to the supervisor running this roster: it re-reads the roster "
+        f"and starts, stops or restarts only what changed. {found} Exit status 0 when "
+        "signalled, 1 when no supervisor of this roster runs, 2 for a roster error.",
+    )
+    stop = commands.add_parser(
+        "stop", help="stop the running supervisor (SIGTERM) and wait for it",
+        description="Send SIGTERM to the supervisor running this roster and wait until it has "
+        f"exited. {found} Exit status 0 once stopped, 1 when no supervisor of this roster "
+        "runs, 2 for a roster error, 3 when it still runs after --timeout.",
+    )
+    stop.add_argument("--timeout", type=float, metavar="SECONDS",
+                      help="wait at most this long (default: the roster's "
+                      "supervisor.stop_timeout_seconds + 10)")
+    for control in (reload, stop):
+        control.add_argument("-c", "--config", metavar="PATH", help=_CONFIG_HELP)
+        control.add_argument("--only", metavar="ID", action="append",
+                             help="only the supervisor running this instance (repeatable; "
+                             "default: every supervisor of the roster)")
 
 
 def _add_export(commands: argparse._SubParsersAction) -> None:  # type: ignore[type-arg]
@@ -250,6 +306,21 @@ def _main(argv: Sequence[str] | None) -> int:
             return tail(roster, args)
         if args.command == "export":
             return _export(roster, args)
+        if args.command in ("reload", "stop"):
+            from multiwatch import control_commands as control
+
+            _only(roster, args.only)  # an unknown id is a ConfigError naming the instances
+            if args.command == "reload":
+                return control.reload_command(roster, args.only)
+            return control.stop_command(roster, args.only, args.timeout)
+        if args.command == "resync":
+            from multiwatch.resync_command import resync
+
+            return resync(roster, args.instance_id, args.path)
+        if args.command == "explain":
+            from multiwatch.explain_command import explain
+
+            return explain(roster, args.path, hash_changed=args.hash)
         if args.command == "state":
             from multiwatch import state_commands
 
@@ -330,7 +401,7 @@ def _run(roster: Roster, args: argparse.Namespace,
         return narrow(load_roster(config_path, os.environ))
 
     return Supervisor(roster, reload=reload if config_path else None,
-                      prestarted=prestarted).run()
+                      prestarted=prestarted, only=args.only).run()
 
 
 def _check_state(roster: Roster, *, create: bool, instances: bool = True) -> None:
