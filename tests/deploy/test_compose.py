@@ -217,3 +217,18 @@ def test_multiwatch_reads_the_password_from_a_docker_secret(name: str) -> None:
     assert env["RABBITMQ_PASS_FILE"] == f"{SECRETS_DIR}rabbitmq_pass"
     assert container_secrets(name, {"RABBITMQ_PASS": "from-the-shell"}) == {
         f"{SECRETS_DIR}rabbitmq_pass": "from-the-shell"}
+
+
+def test_the_instructions_create_every_watched_host_directory() -> None:
+    """The file's header and the README say to create every ./data/... directory the services
+    mount (Docker would otherwise make an empty root-owned one and nothing would be announced)."""
+    compose = load_compose()
+    sources = {source.removeprefix("./") for service in compose["services"].values()
+               for source, _, _ in bind_mounts(service) if source.startswith("./data/")}
+    assert sources
+    header = COMPOSE.read_text().split("\nname:")[0]
+    readme = (REPO / "README.md").read_text()
+    for text in (header, readme):
+        created = {word for line in re.findall(r"mkdir -p ([^#\n]*)(?:#(.*))?", text)
+                   for part in line for word in part.split() if word.startswith("data/")}
+        assert sources <= created, sources - created

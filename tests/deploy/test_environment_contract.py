@@ -53,6 +53,7 @@ NOT_MULTIWATCH = {
     "RESOLVE_BENEATH": "README names the Linux openat2 flag, not a variable",
     "RESOLVE_NO_SYMLINKS": "README names the Linux openat2 flag, not a variable",
     "O_NOFOLLOW": "README names the Linux open flag, not a variable",
+    "PWD": "the shell's current directory in the README's docker run (the checkout)",
 }
 
 _ENV_NAME = re.compile(r"[A-Z][A-Z0-9]*(?:_[A-Z0-9]+)+|[A-Z]{2,}")

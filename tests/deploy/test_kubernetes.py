@@ -210,3 +210,20 @@ def test_pods_get_the_password_as_a_file_and_no_api_token(
     for document in documents(manifest):
         for text in document.get("data", {}).values():
             assert not re.search(r"amqps?://[^@\s/]*:[^@\s]*@", text), "a password in a URL"
+
+
+@pytest.mark.parametrize("name", MANIFESTS)
+def test_the_header_says_which_rabbitmq_service_it_expects(name: str) -> None:
+    """Each manifest's header names the Service its broker host is (and how to point
+    elsewhere), instead of silently assuming one in the namespace."""
+    text = (KUBERNETES / name).read_text()
+    hosts = set(re.findall(r"amqp://[^@\s]*@([A-Za-z0-9.-]+)", text))
+    for deployment in deployments(name):
+        for container in pod(deployment)["containers"]:
+            if host := container_env(container).get("RABBITMQ_HOST"):
+                hosts.add(host)
+    assert hosts
+    header = text.split("\n---")[0]
+    for host in hosts:
+        assert f"Service `{host}`" in header, host
+    assert "svc.cluster.local" in header  # the spelling for a broker in another namespace

@@ -4,14 +4,15 @@ and what they configure matches multiwatch.
 systemd-analyze runs against a throw-away root directory (`--root=`), so the real system is
 never touched: the units are installed under its /etc/systemd/system exactly as shipped, the
 host's own unit files are copied beside them (so After=/WantedBy= targets resolve), and the
-commands the units run are placed where `pip install multiwatch` and Debian put them
-(/usr/local/bin/multiwatch: this checkout's console script; /bin/kill: the host's).  No running
+commands the units run are placed where their install recipe and Debian put them
+(/opt/multiwatch/bin/multiwatch: this checkout's console script; /bin/kill: the host's).  No running
 systemd is needed.
 """
 
 from __future__ import annotations
 
 import re
+import shlex
 import shutil
 import subprocess
 from pathlib import Path
@@ -53,7 +54,7 @@ def fake_root(tmp_path: Path) -> Path:
     script = shutil.which("multiwatch", path=str(REPO / ".venv/bin")) or shutil.which(
         "multiwatch")
     assert script, "the multiwatch console script is not installed (make install)"
-    for command, source in (("usr/local/bin/multiwatch", script), ("bin/kill", "/bin/kill")):
+    for command, source in (("opt/multiwatch/bin/multiwatch", script), ("bin/kill", "/bin/kill")):
         (root / command).parent.mkdir(parents=True, exist_ok=True)
         shutil.copy(source, root / command)
     return root
@@ -78,10 +79,10 @@ def test_verify_would_catch_a_mistake(tmp_path: Path) -> None:
     root = fake_root(tmp_path)
     unit = root / "etc/systemd/system/multiwatch.service"
     unit.write_text(unit.read_text().replace("NoNewPrivileges=", "NoNewPrivilege="))
-    (root / "usr/local/bin/multiwatch").unlink()
+    (root / "opt/multiwatch/bin/multiwatch").unlink()
     result = analyze(root, "verify", "--man=no", "--generators=no", "multiwatch.service")
     assert "Unknown key 'NoNewPrivilege'" in result.stderr
-    assert "/usr/local/bin/multiwatch is not executable" in result.stderr
+    assert "/opt/multiwatch/bin/multiwatch is not executable" in result.stderr
 
 
 @pytest.mark.parametrize("unit", UNITS)
@@ -97,7 +98,7 @@ def test_roster_unit_runs_the_roster_and_reloads_with_sighup() -> None:
     """multiwatch.service: roster mode, SIGHUP reload, restart on failure, graceful stop."""
     unit = unit_settings("multiwatch.service")
     assert one(unit, "ExecStart") == (
-        "/usr/local/bin/multiwatch run -c /etc/multiwatch/multiwatch.yaml")
+        "/opt/multiwatch/bin/multiwatch run -c /etc/multiwatch/multiwatch.yaml")
     assert one(unit, "ExecReload") == "/bin/kill -HUP $MAINPID"
     assert one(unit, "Type") == "simple"
     assert one(unit, "Restart") == "on-failure"
@@ -140,7 +141,7 @@ def test_sysusers_creates_the_user_the_units_run_as(tmp_path: Path) -> None:
 def test_template_keeps_each_instance_apart() -> None:
     """multiwatch@NAME: its own env file, state directory and instance id; no shared port."""
     unit = unit_settings("multiwatch@.service")
-    assert one(unit, "ExecStart") == "/usr/local/bin/multiwatch run"
+    assert one(unit, "ExecStart") == "/opt/multiwatch/bin/multiwatch run"
     assert one(unit, "EnvironmentFile") == "/etc/multiwatch/%i.env"
     assert one(unit, "StateDirectory") == "multiwatch/%i"
     environment = dict(value.split("=", 1) for value in unit["Environment"])
@@ -181,3 +182,57 @@ def test_the_credential_recipe_in_the_roster_unit_works(tmp_path: Path) -> None:
     result = analyze(root, "verify", "--man=no", "--generators=no", "multiwatch.service")
     assert result.returncode == 0, result.stderr
     assert result.stdout + result.stderr == ""
+
+
+def install_recipe(name: str) -> list[list[str]]:
+    """The commands a unit's header tells people to run (`#   command`), as argv lists."""
+    header = (SYSTEMD / name).read_text().split("\n[Unit]\n")[0]
+    return [shlex.split(match, comments=True)
+            for match in re.findall(r"^#   (\S.*)$", header, flags=re.MULTILINE)]
+
+
+@pytest.mark.parametrize("name", ["multiwatch.service", "multiwatch@.service"])
+def test_the_install_recipe_runs_in_order_in_a_fresh_root(name: str, tmp_path: Path) -> None:
+    """Each `install` step of the unit's recipe succeeds in order in an empty root (so every
+    directory it writes to was made by an earlier step); the program ExecStart= names is the
+    one the recipe's venv gets from this checkout; the owner it names was created before."""
+    root = tmp_path / "root"
+    for stock in ("etc/systemd/system", "usr/lib/sysusers.d"):  # there on any systemd host
+        (root / stock).mkdir(parents=True)
+    typed = tmp_path / "typed"
+    typed.write_text("s3cret\n")
+    venvs: set[str] = set()
+    users: set[str] = set()
+    for argv in install_recipe(name):
+        if argv[:3] == ["python3", "-m", "venv"]:
+            venvs.add(argv[3])
+        elif argv[0].endswith("/bin/pip"):
+            assert str(Path(argv[0]).parents[1]) in venvs, f"{argv[0]}: no venv made before"
+            assert argv[1:] == ["install", "."] and (REPO / "pyproject.toml").is_file()
+        elif argv[0] == "systemd-sysusers":
+            tool = shutil.which("systemd-sysusers")
+            assert tool, "systemd-sysusers is missing: make deploy-deps"
+            subprocess.run([tool, f"--root={root}"], check=True, capture_output=True, timeout=60)
+            users |= {line.split(":")[0] for line in (root / "etc/passwd").read_text().splitlines()}
+        elif argv[0] == "systemctl":
+            if argv[1] == "daemon-reload":
+                assert (root / "etc/systemd/system" / name).is_file(), "unit not installed yet"
+        else:
+            assert argv[0] == "install", f"unknown step: {shlex.join(argv)}"
+            command = ["install"]
+            words = iter(argv[1:])
+            for word in words:
+                if word in ("-o", "-g"):
+                    owner = next(words)
+                    assert owner in users, f"{owner}: not created by an earlier step"
+                elif word == "/dev/stdin":
+                    command.append(str(typed))
+                elif word.startswith("/"):
+                    command.append(f"{root}{word}")
+                else:
+                    command.append(word)
+            result = subprocess.run(command, cwd=REPO, capture_output=True, text=True, timeout=60)
+            assert result.returncode == 0, f"{shlex.join(argv)}: {result.stderr}"
+    program = one(unit_settings(name), "ExecStart").split()[0]
+    assert str(Path(program).parents[1]) in venvs, f"{program} is not the recipe's venv"
+    assert (root / "etc/multiwatch").is_dir()
