@@ -235,7 +235,8 @@ def kernel_lock_holders(inode: int) -> set[int] | None:
     holders = set()
     for line in lines:
         fields = line.split()
-        if len(fields) < 6 or fields[1] != "FLOCK":  # ("->" marks a waiter)
+        # ("->" marks a waiter; NFS implements flock with POSIX locks, shown as such)
+        if len(fields) < 6 or fields[1] not in ("FLOCK", "POSIX"):
             continue
         with contextlib.suppress(ValueError):
             if int(fields[5].rsplit(":", 1)[-1]) == inode:
