@@ -9,7 +9,8 @@ reaches the very process that passed them.
 
 Exit status: 0 done (reload: SIGHUP sent; stop: the supervisor has exited), 1 no
 supervisor of this roster runs (or none could be trusted), 2 a roster error, 3 stop: still
-running when --timeout ran out (SIGTERM was sent; it is still shutting down).
+running when --timeout ran out (SIGTERM was sent; it is still shutting down).  A state
+directory others control (state_dir.py) is a roster error: its lock files prove nothing.
 """
 
 from __future__ import annotations
@@ -22,7 +23,8 @@ import sys
 import time
 from collections.abc import Sequence
 
-from multiwatch.config import Roster
+from multiwatch.config import ConfigError, Roster
+from multiwatch.state_dir import UnsafeStateError
 from multiwatch.supervisor.run_lock import (
     RunningSupervisor,
     roster_path,
@@ -75,7 +77,13 @@ def _targets(roster: Roster, only: Sequence[str] | None) -> list[tuple[RunningSu
                                                                         int | None]]:
     """The verified supervisors of this roster, each with a pidfd (None without pidfds);
     says why on stderr when there is none."""
-    found = [s for s in running_supervisors(roster.state_dir) if _runs(s, roster, only)]
+    try:
+        found = [s for s in running_supervisors(roster.state_dir) if _runs(s, roster, only)]
+    except UnsafeStateError as exc:  # not ours alone: nothing in it can be trusted
+        raise ConfigError(str(exc)) from None
+    except OSError as exc:
+        raise ConfigError(f"cannot read the state directory {roster.state_dir}: "
+                          f"{exc.strerror or exc}") from None
     verified = []
     for supervisor in found:
         pidfd = _pidfd(supervisor.pid)

@@ -223,3 +223,13 @@ def test_stop_exits_3_when_the_supervisor_outlives_the_timeout(
     assert stop.returncode == 3, stop.stderr
     assert f"pid {mw.pid}, is still running" in stop.stderr
     assert mw.process.wait(timeout=20) == 0
+
+
+def test_stop_refuses_a_state_dir_others_may_write(tmp_path: Path) -> None:
+    """A world-writable state_dir (anyone could plant a lock file) is a one-line error, exit 2."""
+    roster = _roster(tmp_path, "music")
+    (tmp_path / "state" / "supervisors").mkdir(parents=True)
+    (tmp_path / "state").chmod(0o777)
+    result = run_cli("stop", "-c", str(roster))
+    assert result.returncode == 2
+    assert "writable by every user" in result.stderr and "Traceback" not in result.stderr
