@@ -214,7 +214,8 @@ def _details(ident: str, entry: Mapping[str, Any], now: float) -> str:
     """"music: discovered 7, modified 2; last modified /x at 2024-… UTC, 5m00s ago"."""
     heartbeat = _mapping(entry.get("heartbeat"))
     what, when = last_event(heartbeat, now)
-    line = f"{ident}: {events_by_type(heartbeat)}"
+    counts = events_by_type(heartbeat)
+    line = f"{ident}: {'no heartbeat yet' if counts == '-' else counts}"
     if what != "-":
         line += f"; last {what} at {when}"
     return _cell(line)

@@ -56,7 +56,8 @@ def test_status_prints_one_aligned_row_per_instance(capsys: pytest.CaptureFixtur
     # files, events/min, last event (none yet), outbox, broker, CPU %, RSS MiB, directory
     assert music.split()[5:] == ["-", "-", "-", "3", "up", "1.5", "40.0", "/data/music"]
     assert header.index("STATE") == books.index("BACKOFF") == music.index("RUNNING")
-    assert details
+    assert details[1:3] == ["watcher-books: discovered 7, modified 2, deleted 1",
+                            "watcher-music: discovered 7, modified 2, deleted 1"]
 
 
 def test_status_shows_what_a_person_looks_for(capsys: pytest.CaptureFixture[str]) -> None:

@@ -58,7 +58,7 @@ def events_by_type(heartbeat: Mapping[str, Any]) -> str:
     events = _mapping(heartbeat.get("events"))
     parts = [f"{event_name(kind)} {count}" for kind, count in events.items()
              if isinstance(count, int) and count]
-    return ", ".join(parts) if parts else ("0" if events else "-")
+    return ", ".join(parts) if parts else ("no events yet" if events else "-")
 
 
 def last_event(heartbeat: Mapping[str, Any], now: float) -> tuple[str, str]:
