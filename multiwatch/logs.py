@@ -9,6 +9,7 @@ from __future__ import annotations
 import contextlib
 import json
 import logging
+import os
 import sys
 from collections.abc import Iterator
 from datetime import UTC, datetime
@@ -66,6 +67,29 @@ class _JsonLinesHandler(logging.StreamHandler):
             self.handleError(record)
 
 
+    def handleError(self, record: logging.LogRecord) -> None:
+        if isinstance(sys.exc_info()[1], BrokenPipeError):  # `multiwatch run | head -1`
+            _discard_stdout()
+            return
+        super().handleError(record)
+
+
+def _discard_stdout() -> None:
+    """Nobody reads stdout any more: point it at /dev/null (the process goes on; a log
+    reader leaving is no reason to stop announcing files) and say so once on stderr,
+    instead of a "Logging error" traceback per line."""
+    devnull = os.open(os.devnull, os.O_WRONLY)
+    try:
+        os.dup2(devnull, sys.stdout.fileno())
+    finally:
+        os.close(devnull)
+    try:
+        print(f"multiwatch: {_instance_id}: stdout's reader went away; its log lines are "
+              "discarded from now on", file=sys.stderr, flush=True)
+    except OSError:  # stderr went with it
+        pass
+
+
 _handler: _JsonLinesHandler | None = None
 
 
@@ -92,6 +116,8 @@ def lines_written_together() -> Iterator[None]:
                 try:
                     handler.stream.write("".join(held))
                     handler.flush()
+                except BrokenPipeError:
+                    _discard_stdout()
                 except Exception:  # noqa: BLE001 - a closed or full stdout must not kill us
                     pass
 

@@ -4,6 +4,7 @@ as for any Unix tool killed by SIGPIPE), without a traceback, and tail leaves no
 from __future__ import annotations
 
 import os
+import signal
 import subprocess
 import threading
 import time
@@ -134,3 +135,35 @@ def test_tail_tap_into_head_ends_quietly_and_leaves_no_queue(
     assert time.monotonic() - started < 5, "tail kept running after head left"
     _assert_quiet(pipeline.stderr)
     assert not _queue_exists(broker_url, tap)
+
+
+def test_run_into_head_goes_on_announcing_without_a_traceback(tmp_path: Path,
+                                                             inbox: Path) -> None:
+    """`run | head -1`: once head has its line, the supervisor and its watcher say once each
+    on stderr that their log lines are discarded, print no "Logging error" traceback, keep
+    announcing files, and stop cleanly on SIGTERM (exit 0)."""
+    roster = write_roster(tmp_path / "r.yaml", {
+        "state_dir": str(tmp_path / "state"), "defaults": {"settle_seconds": 0.1},
+        "supervisor": {"report_interval_seconds": 1},  # a supervisor line every second
+        "instances": [{"id": "inbox", "directory": str(inbox)}]})
+    pipeline = Pipeline("run", "-c", str(roster))
+    try:
+        assert pipeline.head.stdout is not None
+        assert "supervisor started" in pipeline.head.stdout.read()  # head's one line
+        pipeline.head.wait(DEADLINE_SECONDS)
+        (inbox / "after-head.txt").write_bytes(b"x")  # (logged by the watcher)
+        pipeline.wait_for_stderr("multiwatch: inbox: stdout's reader went away")
+        pipeline.wait_for_stderr("multiwatch: supervisor: stdout's reader went away")
+        tail = subprocess.run(multiwatch_command("tail", "-c", str(roster), "-n", "1",
+                                                 "--timeout", str(DEADLINE_SECONDS)),
+                              capture_output=True, text=True, timeout=60)
+        assert '"relative_path": "after-head.txt"' in tail.stdout, tail.stderr
+        os.killpg(pipeline.writer.pid, signal.SIGTERM)
+        _, status = pipeline.finish()
+    finally:
+        if pipeline.writer.poll() is None:
+            os.killpg(pipeline.writer.pid, signal.SIGKILL)
+            pipeline.writer.wait()
+    assert status == 0
+    _assert_quiet(pipeline.stderr)
+    assert pipeline.stderr.count("reader went away") == 2, pipeline.stderr
