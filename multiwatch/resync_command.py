@@ -75,8 +75,9 @@ def open_state(roster: Roster, instance: InstanceConfig, *,
 
 
 def resync(roster: Roster, instance_id: str, path: str | None,
-           err: TextIO = sys.stderr) -> int:
+           err: TextIO | None = None) -> int:
     """Queue re-announcements of the tracked files at or under PATH; print a summary."""
+    err = err or sys.stderr
     instance = find_instance(roster, instance_id)
     relative = relative_to_instance(instance, path) if path else ""
     conn = open_state(roster, instance, readonly=False)
@@ -122,7 +123,7 @@ def _resync(conn: sqlite3.Connection, instance: InstanceConfig, relative: str,
             queued, room, batch = queued + len(batch), room - size, []
         if time.monotonic() - last_progress >= PROGRESS_EVERY_SECONDS:
             last_progress = time.monotonic()
-            print(f"resync {instance.id}: {seen} of {total} files, {queued} queued",
+            print(f"resync {instance.id}: {seen} of {total} files looked at, {queued} queued",
                   file=err, flush=True)
     if batch:  # the table changed under us: fewer rows than counted
         queue_resync(conn, batch)

@@ -1,0 +1,98 @@
+"""`multiwatch resync` in process: what it queues, what it skips, its bound and its progress."""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+from pathlib import Path
+
+import pytest
+import xxhash
+
+from multiwatch import resync_command
+from multiwatch.cli import main
+from multiwatch.watcher.hashing import FileVersion, Hashed
+from multiwatch.watcher.state import DurableOutbox, StateStore, state_db_path
+from tests.support.process import write_roster
+
+
+def _setup(tmp_path: Path, inbox: Path, names: list[str], **instance: object) -> Path:
+    """A roster, and a state that announced `names` (their current versions)."""
+    roster = write_roster(tmp_path / "roster.yaml", {
+        "state_dir": str(tmp_path / "state"),
+        "instances": [{"id": "inbox", "directory": str(inbox), **instance}],
+    })
+    tracked = {}
+    for name in names:
+        path = inbox / name
+        path.parent.mkdir(parents=True, exist_ok=True)
+        path.write_bytes(name.encode())
+        st = os.stat(path)
+        tracked[name] = Hashed(
+            FileVersion(size=st.st_size, mtime_ns=st.st_mtime_ns, inode=st.st_ino),
+            hashlib.sha256(name.encode()).hexdigest(), xxhash.xxh128_hexdigest(name.encode()),
+            ctime_ns=st.st_ctime_ns)
+    store = StateStore(state_db_path(str(tmp_path / "state"), "inbox"))
+    store.commit(tracked, [])
+    store.close()
+    return roster
+
+
+def _queued(tmp_path: Path) -> list[dict[str, object]]:
+    outbox = DurableOutbox(state_db_path(str(tmp_path / "state"), "inbox"))
+    try:
+        return [json.loads(event.body) for _seq, event in outbox.peek(1000)]
+    finally:
+        outbox.close()
+
+
+def test_files_changed_on_disk_are_skipped_and_counted(
+        tmp_path: Path, inbox: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    """Only versions still on disk are re-announced, with the recorded hashes."""
+    roster = _setup(tmp_path, inbox, ["a.txt", "b.txt", "c.txt"])
+    (inbox / "b.txt").write_bytes(b"changed since")
+    (inbox / "c.txt").unlink()
+    assert main(["resync", "-c", str(roster), "inbox"]) == 0
+    err = capsys.readouterr().err
+    assert "1 events queued for instance inbox" in err and "2 skipped" in err
+    (body,) = _queued(tmp_path)
+    assert body["file_info"]["relative_path"] == "a.txt"  # type: ignore[index]
+    assert body["file_info"]["sha256_hash"] == hashlib.sha256(b"a.txt").hexdigest()  # type: ignore[index]
+
+
+def test_a_resync_beyond_the_outbox_bound_is_refused(
+        tmp_path: Path, inbox: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    """More files than outbox_max_events: a one-line refusal, nothing queued."""
+    roster = _setup(tmp_path, inbox, ["a", "b", "c"], outbox_max_events=2)
+    assert main(["resync", "-c", str(roster), "inbox"]) == 2
+    err = capsys.readouterr().err
+    assert "exceed its outbox_max_events (2)" in err and len(err.splitlines()) == 1
+    assert _queued(tmp_path) == []
+
+
+def test_a_big_resync_shows_progress(tmp_path: Path, inbox: Path,
+                                     capsys: pytest.CaptureFixture[str],
+                                     monkeypatch: pytest.MonkeyPatch) -> None:
+    """Progress lines on stderr while it runs (here after every file), then the summary."""
+    roster = _setup(tmp_path, inbox, [f"d/{n}.txt" for n in range(5)] + ["other.txt"])
+    monkeypatch.setattr(resync_command, "PROGRESS_EVERY_SECONDS", 0.0)
+    assert main(["resync", "-c", str(roster), "inbox", "d"]) == 0
+    err = capsys.readouterr().err.splitlines()
+    assert "resync inbox: 5 of 5 files looked at, 5 queued" in err
+    assert err[-1].startswith("5 events queued for instance inbox")
+    assert len(_queued(tmp_path)) == 5
+
+
+def test_an_untracked_path_and_a_never_run_instance_are_clear_errors(
+        tmp_path: Path, inbox: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    """Nothing tracked at PATH, or no state database yet: one line, exit 2."""
+    roster = _setup(tmp_path, inbox, ["a.txt"])
+    assert main(["resync", "-c", str(roster), "inbox", "nope.txt"]) == 2
+    assert "tracks no file there" in capsys.readouterr().err
+    other = write_roster(tmp_path / "other.yaml", {
+        "state_dir": str(tmp_path / "other-state"),
+        "instances": [{"id": "inbox", "directory": str(inbox)}]})
+    assert main(["resync", "-c", str(other), "inbox"]) == 2
+    assert "has this instance run yet?" in capsys.readouterr().err
+    assert not (tmp_path / "other-state").exists()
