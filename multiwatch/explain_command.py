@@ -50,10 +50,14 @@ def explain(roster: Roster, path: str, *, hash_changed: bool = False,
     lines("path", os.path.join(instance.directory, relative))
     lines("instance", f"{instance.id} (directory {instance.directory}), relative path "
           f"{relative}")
-    wanted = _filters(instance, relative, lines)
-    if wanted != PathFilter(instance.include, instance.exclude).wants_file(relative):
-        wanted = not wanted  # (the watcher's own filter is the truth)
-        lines("filters", f"but the watcher's filter {'wants' if wanted else 'skips'} it")
+    if not instance.recursive and "/" in relative:
+        lines("filters", "not announced: in a subdirectory, and recursive is false")
+        wanted = False
+    else:
+        wanted = _filters(instance, relative, lines)
+        if wanted != PathFilter(instance.include, instance.exclude).wants_file(relative):
+            wanted = not wanted  # (the watcher's own filter is the truth)
+            lines("filters", f"but the watcher's filter {'wants' if wanted else 'skips'} it")
     current = _kind(instance, relative, lines)
     announced = _state(roster, instance, relative, lines)
     lines("would announce", _verdict(instance, relative, wanted, current, announced,
@@ -78,8 +82,6 @@ def _watching(roster: Roster, absolute: str) -> tuple[InstanceConfig, str] | Non
         relative = os.path.relpath(absolute, instance.directory)
         if relative == os.curdir or relative == os.pardir or relative.startswith(
                 os.pardir + os.sep):
-            continue
-        if not instance.recursive and os.sep in relative:
             continue
         if best is None or len(instance.directory) > len(best[0].directory):
             best = (instance, relative)
@@ -196,9 +198,10 @@ def _pending(conn: sqlite3.Connection, fragment: bytes) -> list[tuple[str, bool]
 def _verdict(instance: InstanceConfig, relative: str, wanted: bool,
              current: os.stat_result | None, announced: Hashed | None, *,
              hash_changed: bool) -> str:
-    if current is None or not wanted:
-        if announced is not None:
-            return "file_deleted"
+    if current is None:
+        return "nothing" if announced is None else "file_deleted"
+    if not wanted:
+        # A tracked file the filters now skip is not "gone": it stays tracked, unannounced.
         return "nothing"
     if announced is None:
         return "file_discovered (once it has been quiet for settle_seconds)"

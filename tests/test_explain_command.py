@@ -145,3 +145,25 @@ def test_special_files_and_directories_are_named(
     _code, text = _explain(capsys, roster, str(inbox / "link.txt"))
     assert "symbolic link" in text and "follow_symlinks" in text
     assert "would announce: nothing" in text
+
+
+def test_a_tracked_file_now_excluded_is_not_announced_as_deleted(
+        tmp_path: Path, inbox: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    """Filters changed after a file was announced: it stays tracked, nothing is announced."""
+    (inbox / "a.log").write_bytes(b"x")
+    _roster(tmp_path, inbox)
+    _track(tmp_path, inbox, "a.log")
+    roster = _roster(tmp_path, inbox, exclude=["*.log"])
+    _code, text = _explain(capsys, roster, str(inbox / "a.log"))
+    assert "tracked: 1 bytes" in text and "would announce: nothing" in text
+
+
+def test_a_subdirectory_of_a_flat_instance_is_explained(
+        tmp_path: Path, inbox: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    """recursive: false: a file in a subdirectory belongs to the instance but is skipped."""
+    roster = _roster(tmp_path, inbox, recursive=False)
+    (inbox / "sub").mkdir()
+    (inbox / "sub" / "a.txt").write_bytes(b"x")
+    code, text = _explain(capsys, roster, str(inbox / "sub" / "a.txt"))
+    assert code == 0 and "in a subdirectory, and recursive is false" in text
+    assert "would announce: nothing" in text
