@@ -10,7 +10,7 @@ from __future__ import annotations
 import re
 from collections.abc import Callable
 from dataclasses import dataclass, field
-from fnmatch import translate
+from fnmatch import fnmatchcase, translate
 
 
 def _any_of(patterns: list[str]) -> re.Pattern[str] | None:
@@ -93,6 +93,16 @@ class PathFilter:
         if include.paths is not None and include.paths.match(relative_path):
             return True
         return include.names is not None and include.names.match(names[-1]) is not None
+
+    def why_unwanted(self, relative_path: str) -> str:
+        """Why wants_file is false, for a DEBUG line: the first pattern that decided it.
+        Pattern by pattern, so slow: only called when that line is logged."""
+        names = relative_path.split("/")
+        for pattern in self.exclude:
+            subjects = [relative_path] if "/" in pattern else names
+            if any(fnmatchcase(subject, pattern) for subject in subjects):
+                return f"excluded by pattern {pattern!r}"
+        return f"matches no include pattern ({', '.join(map(repr, self.include))})"
 
     def wants_directory(self, relative_path: str) -> bool:
         """False if nothing under this directory can be wanted (prunes scans)."""

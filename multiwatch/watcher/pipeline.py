@@ -97,6 +97,7 @@ class Pipeline:
         self._closed_writes: set[str] = set()  # last event a close-after-write (close-aware)
         self.counts: Counter[str] = Counter()
         self.last_event: dict[str, object] | None = None  # the latest stored, for /status
+        self._trace_skips = False  # log filtered files (DEBUG), checked once per step
         self.bytes_hashed = 0
         self.files_hashed = 0
         self.root_missing = False
@@ -144,6 +145,7 @@ class Pipeline:
         for due in (() if held_back else (self.settle.next_due(), self._unreadable.next_due())):
             if due is not None:
                 wait = min(wait, max(0.0, due - now))
+        self._trace_skips = log.isEnabledFor(logging.DEBUG)  # once per turn, not per path
         self._take_notifications(wait)
         self._collect_hashes()
         if not held_back:
@@ -492,9 +494,15 @@ class Pipeline:
             self._emit(FILE_DELETED, relative, announced)
 
     def _wants(self, relative: str) -> bool:
-        if not self.instance.recursive and "/" in relative:
-            return False
-        return self.filter.wants_file(relative)
+        subdirectory = not self.instance.recursive and "/" in relative
+        if not subdirectory and self.filter.wants_file(relative):
+            return True
+        if self._trace_skips:  # "why wasn't my file announced?"
+            why = ("in a subdirectory, and recursive is false" if subdirectory
+                   else self.filter.why_unwanted(relative))
+            log.debug("file skipped by a filter",
+                      extra={"path": os.path.join(self.root, relative), "reason": why})
+        return False
 
     # -- settled paths -------------------------------------------------------------------
 
