@@ -10,7 +10,7 @@ import argparse
 import importlib.util
 import os
 import sys
-from collections.abc import Sequence
+from collections.abc import Generator, Sequence
 from typing import TYPE_CHECKING
 
 from multiwatch import __version__
@@ -41,10 +41,26 @@ _URL_HELP = (
 )
 
 
+class _CommandListFormatter(argparse.RawDescriptionHelpFormatter):
+    """Lists the commands as options are listed: one line per command at the options'
+    indent, without argparse's COMMAND placeholder line above them (whose deeper indent
+    it also leaves out of the column width, wrapping "completion")."""
+
+    def _iter_indented_subactions(
+            self, action: argparse.Action) -> Generator[argparse.Action, None, None]:
+        yield from getattr(action, "_get_subactions", list)()
+
+    def _format_action(self, action: argparse.Action) -> str:
+        if isinstance(action, argparse._SubParsersAction):
+            return "".join(self._format_action(command)
+                           for command in self._iter_indented_subactions(action))
+        return super()._format_action(action)
+
+
 def _parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="multiwatch", description=_DESCRIPTION,
-        formatter_class=argparse.RawDescriptionHelpFormatter,
+        formatter_class=_CommandListFormatter,
     )
     parser.add_argument("--version", action="version", version=f"multiwatch {__version__}")
     # One list of commands, argparse's own ("commands:"): each add_parser's help= is its line.

@@ -164,6 +164,18 @@ def test_help_lists_each_command_once() -> None:
         assert len(lines) == 1, (command, result.stdout)
 
 
+def test_help_lists_commands_like_options() -> None:
+    """Under "commands:" each line is a command and its help, aligned as the options are:
+    no COMMAND placeholder line, no name too long to share a line with its help."""
+    result = run_cli("--help")
+    listed = result.stdout.split("\ncommands:\n", 1)[1].splitlines()
+    names = [line.split()[0] for line in listed if line.startswith("  ") and
+             not line.startswith("   ")]
+    assert "COMMAND" not in names and "completion" in names and "run" in names
+    assert all(len(line.split()) > 1 for line in listed if line.startswith("  ")
+               and not line.startswith("   ")), result.stdout
+
+
 def test_only_with_a_typo_suggests_the_instance_meant(tmp_path: Path) -> None:
     """`run --only watcher-musci` asks "did you mean watcher-music?"."""
     roster = _roster(tmp_path, "watcher-music", "watcher-films")
