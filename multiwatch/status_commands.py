@@ -34,6 +34,7 @@ from multiwatch.supervisor.dashboard import (
     format_mib,
     last_event,
 )
+from multiwatch.tail_command import escape_controls
 
 TIMEOUT_SECONDS = 5.0
 # Loopback only: a proxy from the environment must not see (or break) our requests.
@@ -200,7 +201,8 @@ def _row(ident: str, entry: Mapping[str, Any], now: float) -> list[str]:
         notes.append(f"broker: {heartbeat.get('last_error') or 'down'}")
     note = "; ".join(str(n) for n in notes if n)
     return [
-        ident, _cell(entry.get("state")), _cell(entry.get("pid")), _cell(entry.get("restarts")),
+        _cell(ident), _cell(entry.get("state")), _cell(entry.get("pid")),
+        _cell(entry.get("restarts")),
         format_duration(entry.get("uptime_seconds")), _cell(heartbeat.get("files_tracked")),
         f"{rate:.1f}" if isinstance(rate, (int, float)) else "-", _cell(last),
         _cell(heartbeat.get("outbox_depth")),
@@ -233,7 +235,9 @@ def _table(rows: Sequence[list[str]]) -> str:
 
 def _cell(value: Any, empty: str = "-") -> str:
     text = empty if value is None or value == "" else str(value)
-    return " ".join(text.split())  # one line per row, whatever the server sent
+    # One line per row, whatever the server sent; file names and reasons come from others:
+    # nothing in them reaches the terminal as a control sequence.
+    return escape_controls(" ".join(text.split()))
 
 
 def _mapping(value: Any) -> Mapping[str, Any]:

@@ -300,3 +300,16 @@ def test_status_with_url_asks_the_named_endpoint_as_is(
     with impostor(port):
         code, out, _ = run(capsys, "status", "--url", f"127.0.0.1:{port}")
     assert code == 0 and "evil-1" in out
+
+
+def test_status_never_prints_terminal_controls_from_file_names(
+        capsys: pytest.CaptureFixture[str]) -> None:
+    """A watched file named with escape sequences reaches the terminal as \\u001b text."""
+    beat = heartbeat(last_event={"event_type": "file_discovered",
+                                 "path": "/data/music/\x1b]0;pwned\x07\x1b[2J.mp3", "at": 1.7e9})
+    view = fleet({"music\x1b[31m": instance(heartbeat=beat, reason="bad\x9bname")})
+    with serve(view) as (server, _):
+        code, out, _ = run(capsys, "status", "--url", server.url)
+    assert code == 0
+    assert not any(c in out for c in "\x1b\x07\x9b")
+    assert "\\u001b]0;pwned\\u0007\\u001b[2J.mp3" in out
