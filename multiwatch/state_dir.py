@@ -56,9 +56,9 @@ VERIFY = Policy(create=False)
 
 def prepare(state_dir: str, instance_ids: Iterable[str], *, embedded: bool,
             policy: Policy = CREATE) -> None:
-    """The whole tree `run` uses: state_dir, instances/<id>/ and their databases and
-    run.lock, the embedded spool, hash-slots/, supervisors/ (supervisor/run_lock.py).
-    Raises UnsafeStateError for the first problem."""
+    """The whole tree `run` uses: state_dir, instances/<id>/ and their databases and lock
+    files, the embedded spool, hash-slots/, supervisors/ (supervisor/run_lock.py).  Raises
+    UnsafeStateError for the first problem."""
     if not policy.create and not os.path.lexists(state_dir):
         return  # nothing yet: run creates it private
     with open_state_dir(state_dir, policy) as top:
@@ -73,9 +73,9 @@ def prepare(state_dir: str, instance_ids: Iterable[str], *, embedded: bool,
                 with _child_dir(instances, folder, ident, policy) as fd:
                     if fd is not None:
                         _database_files(fd, folder, policy)
-                        if _exists(fd, "run.lock"):  # (a flock is not dropped by the check)
-                            _check_file(fd, os.path.join(folder, "run.lock"), "run.lock",
-                                        policy)
+                        for lock in ("run.lock", "watcher.lock"):  # (flocks survive the check)
+                            if _exists(fd, lock):
+                                _check_file(fd, os.path.join(folder, lock), lock, policy)
         for lock_dir in ("hash-slots", "supervisors"):
             with _child_dir(top, os.path.join(state_dir, lock_dir), lock_dir, policy,
                             make=False) as locks:
@@ -255,6 +255,11 @@ def _check_file(directory: int, path: str, name: str, policy: Policy) -> None:
         raise UnsafeStateError(f"state file {path} is not a regular file; move it away: "
                                f"mv {shlex.quote(path)} {shlex.quote(path + '.old')}")
     _judge(before, path, None, VERIFY, is_dir=False)  # never open what is not ours
+    if not (policy.create and stat.S_IMODE(before.st_mode) & 0o077):
+        return  # nothing to tighten: the file is not opened at all (see below)
+    # Opened only to tighten it.  Closing any descriptor of a file drops every POSIX lock
+    # this process holds on it (sqlite's included), so a database this process may have
+    # open is never opened here without need.
     fd = os.open(name, _FILE_FLAGS, dir_fd=directory)
     try:
         info = os.fstat(fd)
