@@ -4,6 +4,8 @@
   from before its watcher starts until it has stopped, and names that supervisor (pid,
   roster) for the error a second `run` prints.  Per instance, not per state_dir: the
   exports run one `multiwatch run --only <id>` per instance on one state_dir.
+- `instances/<id>/watcher.lock` is held by the watcher of <id> itself, for the moments
+  after a supervisor's death when its watchers are still stopping.
 - `supervisors/<pid>.lock` is held by each supervisor for its whole life and records its
   pid, roster, --only and the instances it runs: how `multiwatch reload|stop` find it.
 
@@ -29,6 +31,7 @@ from multiwatch import state_dir as sd
 from multiwatch.config import ConfigError
 
 RUN_LOCK = "run.lock"
+WATCHER_LOCK = "watcher.lock"
 SUPERVISORS = "supervisors"
 SUPERVISOR_TITLE = "multiwatch: supervisor"
 _RECORD_BYTES = 64 * 1024
@@ -144,6 +147,20 @@ class SupervisorFile:
                 os.unlink(self._name, dir_fd=folder)
         os.close(self._fd)
         self._fd = None
+
+
+def open_watcher_lock(state_dir: str, instance_id: str) -> int:
+    """instances/<id>/watcher.lock, which each watcher holds while it runs: a watcher left
+    by a killed supervisor (SIGTERMed by the kernel, still flushing) holds it until it has
+    exited, so the next one waits instead of sharing the state database with it."""
+    path = os.path.join(state_dir, "instances", instance_id, WATCHER_LOCK)
+    with sd.private_dir_fd(state_dir, ["instances", instance_id]) as folder:
+        assert folder is not None  # (CREATE policy)
+        return sd.private_file(folder, WATCHER_LOCK, path)
+
+
+def try_lock_exclusive(fd: int) -> bool:
+    return _try_lock(fd, fcntl.LOCK_EX)
 
 
 # ------------------------------------------------------------------- finding supervisors

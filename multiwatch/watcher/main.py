@@ -52,6 +52,7 @@ BUSY_WAIT_SECONDS = 0.5
 # is None ("outside the tree"), which the pipeline ignores like any such notification.
 WAKE_UP = RawEvent("wake", False, None)
 DIRECTORY_RETRY_SECONDS = 2.0
+PREVIOUS_WATCHER_GRACE_SECONDS = 5.0  # beyond stop_timeout: a watcher left by a killed parent
 DEEP_TREE_RECURSION_LIMIT = 20_000
 THREAD_STACK_BYTES = 64 * 1024 * 1024
 _PR_SET_PDEATHSIG = 1
@@ -91,6 +92,8 @@ def _run(spec: ChildSpec, to_parent: Connection, stop: _Stop) -> int:
     logging.getLogger().addHandler(problems)
     if not _wait_for_directory(instance, parent, stop):
         return 0 if stop.requested or not parent.alive() else EXIT_DIRECTORY_GONE
+    if not _hold_instance(spec, parent, stop):
+        return 0 if stop.requested or not parent.alive() else 1
 
     db_path = state_db_path(spec.state_dir, instance.id)
     store = StateStore(db_path)
@@ -266,6 +269,28 @@ def activity_snapshot(pipeline: Pipeline) -> dict[str, object]:
     """What a person asks first: how many files are tracked, what was announced last, when
     (wall-clock seconds)."""
     return {"files_tracked": len(pipeline.known), "last_event": pipeline.last_event}
+
+
+def _hold_instance(spec: ChildSpec, parent: _ParentLink, stop: _Stop) -> bool:
+    """Hold the instance's watcher.lock until we exit (never closed); a watcher its killed
+    supervisor left still stopping holds it: wait for it, up to its stop timeout."""
+    from multiwatch.supervisor.run_lock import open_watcher_lock, try_lock_exclusive
+
+    fd = open_watcher_lock(spec.state_dir, spec.instance.id)
+    if try_lock_exclusive(fd):
+        return True
+    log.warning("waiting for the previous watcher of this instance to exit")
+    parent.send("waiting", {"reason": "the previous watcher is still stopping"})
+    deadline = time.monotonic() + spec.stop_timeout_seconds + PREVIOUS_WATCHER_GRACE_SECONDS
+    while not stop.wait(0.1) and parent.alive():
+        if try_lock_exclusive(fd):
+            return True
+        if time.monotonic() >= deadline:
+            log.error("the previous watcher of this instance is still running; not starting "
+                      "beside it (it shares the state database)")
+            break
+    os.close(fd)
+    return False
 
 
 def _wait_for_directory(instance: InstanceConfig, parent: _ParentLink, stop: _Stop) -> bool:

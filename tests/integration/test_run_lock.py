@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 import signal
 import subprocess
 import sys
@@ -233,3 +234,21 @@ def test_stop_refuses_a_state_dir_others_may_write(tmp_path: Path) -> None:
     result = run_cli("stop", "-c", str(roster))
     assert result.returncode == 2
     assert "writable by every user" in result.stderr and "Traceback" not in result.stderr
+
+
+def test_a_new_watcher_waits_for_the_one_a_killed_supervisor_left(
+        tmp_path: Path, started: list[Multiwatch]) -> None:
+    """While a watcher of the instance is still stopping (it holds watcher.lock), the new
+    run's watcher waits, saying so, and starts watching once the old one is gone."""
+    from multiwatch.supervisor.run_lock import open_watcher_lock, try_lock_exclusive
+
+    roster = _roster(tmp_path, "inbox")
+    old_watcher = open_watcher_lock(str(tmp_path / "state"), "inbox")
+    assert try_lock_exclusive(old_watcher)
+    try:
+        mw = _run(started, "-c", str(roster))
+        mw.wait_for_log(lambda line: "previous watcher" in line.get("message", ""))
+        assert not any(line.get("message") == "watching" for line in mw.lines)
+    finally:
+        os.close(old_watcher)
+    mw.wait_watching("inbox")
