@@ -282,9 +282,13 @@ def _hold_instance(spec: ChildSpec, parent: _ParentLink, stop: _Stop) -> bool:
     log.warning("waiting for the previous watcher of this instance to exit")
     parent.send("waiting", {"reason": "the previous watcher is still stopping"})
     deadline = time.monotonic() + spec.stop_timeout_seconds + PREVIOUS_WATCHER_GRACE_SECONDS
+    next_report = time.monotonic() + 1.0
     while not stop.wait(0.1) and parent.alive():
         if try_lock_exclusive(fd):
             return True
+        if time.monotonic() >= next_report:  # (a message is a heartbeat: not taken as hung)
+            next_report += 1.0
+            parent.send("waiting", {"reason": "the previous watcher is still stopping"})
         if time.monotonic() >= deadline:
             log.error("the previous watcher of this instance is still running; not starting "
                       "beside it (it shares the state database)")
