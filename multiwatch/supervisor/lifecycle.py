@@ -139,6 +139,7 @@ class Child:
         code = process.exitcode
         self.last_exit = _describe_exit(code)
         uptime = now - self.started_at
+        self.receive(now)  # what it said last, e.g. why it is exiting
         if self.reader is not None:
             self.reader.close()
             self.reader = None

@@ -12,6 +12,7 @@ import logging
 import os
 import queue
 import signal
+import sqlite3
 import sys
 import threading
 import time
@@ -77,12 +78,33 @@ def child_main(spec: ChildSpec, to_parent: Connection) -> None:
         code = _run(spec, to_parent, stop)
     except StateError as exc:  # a user-fixable problem: say it, without a traceback
         log.error("cannot use the state database: %s", exc)
-        code = 1
-    except Exception:
+        code = _tell_parent_why(spec, to_parent, f"cannot use the state database: {exc}")
+    except sqlite3.DatabaseError as exc:  # e.g. "file is not a database": it says which file
+        log.exception("cannot use the state database")
+        path = state_db_path(spec.state_dir, spec.instance.id)
+        code = _tell_parent_why(spec, to_parent, f"cannot use the state database {path}: {exc}")
+    except Exception as exc:
         log.exception("watcher crashed")
-        code = 1
+        code = _tell_parent_why(spec, to_parent, f"watcher crashed: {_one_line(exc)}")
     logging.shutdown()
     sys.exit(code)
+
+
+def _tell_parent_why(spec: ChildSpec, to_parent: Connection, reason: str) -> int:
+    """Send the supervisor the reason before exiting with status 1, so status, health and
+    the page show it instead of a bare "exit status 1"."""
+    _ParentLink(to_parent, spec.parent_pid).send("exiting", {"reason": reason})
+    return 1
+
+
+def _one_line(exc: BaseException) -> str:
+    """An exception as one short line: an OSError's words and path, else its text."""
+    if isinstance(exc, OSError) and exc.strerror:
+        text = exc.strerror + (f": {exc.filename}" if exc.filename else "")
+    else:
+        text = str(exc) or type(exc).__name__
+    lines = text.strip().splitlines()
+    return (lines[0] if lines else type(exc).__name__)[:300]
 
 
 def _run(spec: ChildSpec, to_parent: Connection, stop: _Stop) -> int:
