@@ -105,6 +105,7 @@ def _wait_for_spool(roster: Roster, timeout: float | None) -> bool:
 def tail(roster: Roster, args: argparse.Namespace) -> int:
     from kombu import Consumer, Queue
 
+    from multiwatch import broker_errors
     from multiwatch.broker import BrokerLink, exchange_for, named_queue, queue_for
     from multiwatch.config import ConfigError, mask_url
 
@@ -150,7 +151,7 @@ def tail(roster: Roster, args: argparse.Namespace) -> int:
     try:
         connection = link.connect()
     except Exception as exc:  # noqa: BLE001 - socket, AMQP or password-file errors alike
-        print(f"multiwatch: cannot connect to {where}: {type(exc).__name__}: {exc}",
+        print(f"multiwatch: cannot connect to {where}: {broker_errors.describe(exc)}",
               file=sys.stderr)
         return EXIT_BROKER
     where = link.where
@@ -167,7 +168,8 @@ def tail(roster: Roster, args: argparse.Namespace) -> int:
             except TimeoutError:
                 pass
             except OSError as exc:  # the broker closed, froze or vanished
-                print(f"multiwatch: lost {where}: {type(exc).__name__}: {exc}", file=sys.stderr)
+                print(f"multiwatch: lost {where}: {broker_errors.describe(exc)}",
+                      file=sys.stderr)
                 return EXIT_BROKER
             # An idle consumer sends nothing: heartbeats keep the broker from closing it,
             # and missing ones from the broker (a frozen node) end the wait instead of
@@ -175,7 +177,8 @@ def tail(roster: Roster, args: argparse.Namespace) -> int:
             try:
                 connection.heartbeat_check()
             except Exception as exc:  # noqa: BLE001 - ConnectionForced or a socket error
-                print(f"multiwatch: lost {where}: {type(exc).__name__}: {exc}", file=sys.stderr)
+                print(f"multiwatch: lost {where}: {broker_errors.describe(exc)}",
+                      file=sys.stderr)
                 return EXIT_BROKER
             if reader_gone or stdout_reader_gone():  # main ends quietly; closing the
                 # connection on the way out deletes a --tap queue

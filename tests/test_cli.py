@@ -202,3 +202,35 @@ def test_tail_on_the_embedded_spool_before_run_creates_nothing(tmp_path: Path) -
     assert "nothing to tail yet" in result.stderr
     assert result.stdout == ""
     assert not (tmp_path / "s").exists()
+
+
+def _command_paths() -> list[str]:
+    """Every command and sub-command the parser accepts, e.g. "state export"."""
+    import argparse
+
+    from multiwatch.cli import _parser
+
+    found: list[str] = []
+
+    def walk(parser: argparse.ArgumentParser, prefix: str) -> None:
+        for action in parser._actions:
+            if isinstance(action, argparse._SubParsersAction):
+                for name, sub in action.choices.items():
+                    nested = any(isinstance(a, argparse._SubParsersAction) for a in sub._actions)
+                    if nested:
+                        walk(sub, f"{prefix}{name} ")
+                    else:
+                        found.append(f"{prefix}{name}")
+
+    walk(_parser(), "")
+    return found
+
+
+def test_readme_command_table_lists_every_command() -> None:
+    """Each command of the parser has a row in the README's command table."""
+    readme = (Path(__file__).resolve().parent.parent / "README.md").read_text()
+    table = readme.split("## Commands", 1)[1].split("\n\n", 3)[2]
+    rows = [line for line in table.splitlines() if line.startswith("| `multiwatch ")]
+    missing = [path for path in _command_paths()
+               if not any(f"`multiwatch {path}" in row for row in rows)]
+    assert len(_command_paths()) >= 14 and not missing, missing

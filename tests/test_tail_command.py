@@ -13,7 +13,13 @@ import pytest
 from kombu import Connection, Exchange, Producer, Queue
 
 from multiwatch.tail_command import escape_controls, printable_event
-from tests.support.process import Multiwatch, multiwatch_command, run_cli, write_roster
+from tests.support.process import (
+    Multiwatch,
+    free_port,
+    multiwatch_command,
+    run_cli,
+    write_roster,
+)
 
 TERMINAL_TRICKS = "\x1b]0;owned\x07\x1b[2J\u009b31m\u202eevil\u2028\x7f"
 
@@ -114,3 +120,19 @@ def test_tail_before_run_waits_for_the_spool_then_prints_events(tmp_path: Path,
             tail.wait()
         if mw is not None:
             mw.cleanup()
+
+
+def test_a_broker_that_cannot_be_reached_is_named_in_words(tmp_path: Path) -> None:
+    """tail against a closed port says "connection refused" with the masked URL: no Python
+    exception name, no password."""
+    (tmp_path / "w").mkdir()
+    url = f"amqp://bob:S3cret@127.0.0.1:{free_port()}/"
+    roster = write_roster(tmp_path / "roster.yaml", {
+        "state_dir": str(tmp_path / "state"),
+        "broker": {"url": url, "connect_timeout_seconds": 2},
+        "instances": [{"id": "w", "directory": str(tmp_path / "w")}]})
+    result = run_cli("tail", "-c", str(roster), "--tap", "-n", "1")
+    assert result.returncode == 1
+    assert "connection refused" in result.stderr, result.stderr
+    assert "bob:****@127.0.0.1" in result.stderr and "S3cret" not in result.stderr
+    assert "Error" not in result.stderr and "Traceback" not in result.stderr
