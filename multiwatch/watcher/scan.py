@@ -59,6 +59,14 @@ def walk_files(
             yield relative, FileVersion(size=size, mtime_ns=mtime_ns, inode=inode)
 
 
+def _skipped(root: ConfinedRoot, relative: str, path_filter: PathFilter, *,
+             directory: bool = False) -> None:
+    """The DEBUG line for what a filter passes over (a directory: everything below it)."""
+    log.debug("directory skipped by a filter" if directory else "file skipped by a filter",
+              extra={"path": os.path.join(root.path, relative),
+                     "reason": path_filter.why_unwanted(relative)})
+
+
 def scan_batches(
     root: ConfinedRoot, start: str, path_filter: PathFilter, *, recursive: bool,
     unlistable: set[str] | None = None,
@@ -89,6 +97,9 @@ def scan_batches(
         (skip_name.prefixes, skip_name.suffixes, skip_name.others) if skip_name is not None
         else ((), (), None))
     limit = batch_entries or BATCH_ENTRIES
+    # "Why wasn't my file announced?": files a filter passes over, at DEBUG (decided once
+    # per walk; the reason is only worked out when the line is logged).
+    trace = log.isEnabledFor(logging.DEBUG)
     pending = [start]
     hidden: list[str] = []  # filtered-out directories, walked only to `watch` them
     while pending or hidden:
@@ -137,6 +148,9 @@ def scan_batches(
                         if (watch is not None and recursive
                                 and entry.is_dir(follow_symlinks=False)):
                             hidden.append(prefix + name)
+                        if trace:
+                            _skipped(root, prefix + name, path_filter,
+                                     directory=entry.is_dir(follow_symlinks=False))
                         continue
                     try:
                         st = entry.stat(follow_symlinks=False)
@@ -147,12 +161,17 @@ def scan_batches(
                         relative = prefix + name
                         if wants is None or wants(relative, name):
                             found[relative] = (st.st_size, st.st_mtime_ns, st.st_ino)
+                        elif trace:
+                            _skipped(root, relative, path_filter)
                     elif S_ISDIR(mode) and recursive:
                         relative = prefix + name
                         if path_filter.wants_directory(relative):
                             pending.append(relative)
-                        elif watch is not None:
-                            hidden.append(relative)
+                        else:
+                            if watch is not None:
+                                hidden.append(relative)
+                            if trace:
+                                _skipped(root, relative, path_filter, directory=True)
                     elif follow and S_ISLNK(mode):
                         relative = prefix + name
                         target = (stat_regular(root, relative)

@@ -2,8 +2,11 @@
 
 from __future__ import annotations
 
+import logging
 import os
 from pathlib import Path
+
+import pytest
 
 from multiwatch.watcher.confined import ConfinedRoot
 from multiwatch.watcher.filters import PathFilter
@@ -195,3 +198,28 @@ def test_a_non_recursive_watching_walk_watches_nothing_below_the_root(tmp_path: 
     batches = scan_batches(ConfinedRoot(str(tmp_path)), "", DEFAULTS, recursive=False,
                            watch=watched.append)
     assert [dict(batch) for batch in batches if batch] == [] and watched == []
+
+
+def test_a_scan_says_at_debug_which_files_and_directories_a_filter_passes_over(
+        tmp_path: Path, caplog: pytest.LogCaptureFixture) -> None:
+    """At DEBUG, each file a scan skips and each excluded directory is logged with the
+    pattern that decided it; above DEBUG nothing is."""
+    _write(tmp_path, "keep.mp3")
+    _write(tmp_path, "a/song.mp3.part")
+    _write(tmp_path, "a/notes.txt")
+    _write(tmp_path, ".staging/album/track.mp3")
+    only_mp3 = PathFilter(include=("*.mp3",), exclude=(".*", "*.part"))
+    with caplog.at_level(logging.INFO, logger="multiwatch.watcher.scan"):
+        list(walk_files(ConfinedRoot(str(tmp_path)), "", only_mp3, recursive=True))
+    assert not [r for r in caplog.records if "skipped" in r.getMessage()]
+    with caplog.at_level(logging.DEBUG, logger="multiwatch.watcher.scan"):
+        found = [p for p, _ in walk_files(ConfinedRoot(str(tmp_path)), "", only_mp3,
+                                          recursive=True)]
+    assert found == ["keep.mp3"]
+    skipped = {os.path.relpath(r.path, tmp_path): (r.getMessage(), r.reason)  # type: ignore[attr-defined]
+               for r in caplog.records if "skipped" in r.getMessage()}
+    assert skipped == {
+        "a/song.mp3.part": ("file skipped by a filter", "excluded by pattern '*.part'"),
+        "a/notes.txt": ("file skipped by a filter", "matches no include pattern ('*.mp3')"),
+        ".staging": ("directory skipped by a filter", "excluded by pattern '.*'"),
+    }
