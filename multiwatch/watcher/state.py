@@ -77,6 +77,13 @@ MIGRATIONS: tuple[str, ...] = (
     """
     ALTER TABLE outbox ADD COLUMN resync INTEGER NOT NULL DEFAULT 0;
     """,
+    # 3 → 4: small named values kept across restarts (the mount seen at start, mount.py).
+    """
+    CREATE TABLE meta (
+        name TEXT PRIMARY KEY,
+        value TEXT NOT NULL
+    ) WITHOUT ROWID;
+    """,
 )
 SCHEMA_VERSION = len(MIGRATIONS)
 BUSY_TIMEOUT_SECONDS = 30.0
@@ -219,6 +226,15 @@ class StateStore:
         """Wait at most `seconds` for another writer's lock from now on (at stop, whose
         deadline is shorter than BUSY_TIMEOUT_SECONDS)."""
         self._conn.execute(f"PRAGMA busy_timeout = {int(seconds * 1000)}")
+
+    def meta(self, name: str) -> str | None:
+        """A value kept with set_meta, None if never set."""
+        row = self._conn.execute("SELECT value FROM meta WHERE name = ?", (name,)).fetchone()
+        return None if row is None else str(row[0])
+
+    def set_meta(self, name: str, value: str) -> None:
+        self._conn.execute("INSERT INTO meta VALUES (?, ?) ON CONFLICT (name) DO UPDATE"
+                           " SET value = excluded.value", (name, value))
 
     def load_files(self) -> KnownFiles:
         """Every tracked file, read lazily (see KnownFiles)."""
