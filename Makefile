@@ -37,12 +37,18 @@ rabbitmq-deps:
 	  else echo "rabbitmq-server is missing: run 'sudo make rabbitmq-deps'" \
 	    "(apt-get install rabbitmq-server)" >&2; exit 1; fi; }
 
-# tests/deploy runs `systemd-analyze verify` on the units in systemd/ (no running systemd needed).
+# tests/deploy runs `systemd-analyze verify` on the units in systemd/ and `promtool` on the
+# alert rules in config/prometheus/ (no running systemd or Prometheus needed).  Each
+# program:package pair is installed only when the program is missing.
+DEPLOY_TOOLS = systemd-analyze:systemd promtool:prometheus
 deploy-deps:
-	@command -v systemd-analyze >/dev/null || { \
-	  if [ "$$(id -u)" = 0 ]; then apt-get update && $(APT_GET) install -y systemd; \
-	  else echo "systemd-analyze is missing: run 'sudo make deploy-deps'" \
-	    "(apt-get install systemd)" >&2; exit 1; fi; }
+	@missing=""; for tool in $(DEPLOY_TOOLS); do \
+	  command -v $${tool%%:*} >/dev/null || missing="$$missing $${tool#*:}"; done; \
+	[ -z "$$missing" ] || { \
+	  if [ "$$(id -u)" = 0 ]; then apt-get update \
+	    && $(APT_GET) install -y --no-install-recommends $$missing; \
+	  else echo "missing for tests/deploy:$$missing: run 'sudo make deploy-deps'" \
+	    "(apt-get install$$missing)" >&2; exit 1; fi; }
 
 test: install rabbitmq-deps deploy-deps
 	$(PY) -m pytest $(PYTEST_ARGS)
