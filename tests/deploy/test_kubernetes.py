@@ -227,3 +227,88 @@ def test_the_header_says_which_rabbitmq_service_it_expects(name: str) -> None:
     for host in hosts:
         assert f"Service `{host}`" in header, host
     assert "svc.cluster.local" in header  # the spelling for a broker in another namespace
+
+
+def network_policies(name: str) -> list[dict[str, Any]]:
+    return [d for d in documents(name) if d["kind"] == "NetworkPolicy"]
+
+
+def selects(policy: dict[str, Any], deployment: dict[str, Any]) -> bool:
+    wanted = policy["spec"]["podSelector"]["matchLabels"].items()
+    return wanted <= deployment["spec"]["template"]["metadata"]["labels"].items()
+
+
+def _peer_matches(peer: dict[str, Any], namespace: str) -> bool:
+    """A from/to entry that selects namespaces by name (the only kind these policies use)."""
+    assert set(peer) == {"namespaceSelector"}, peer
+    labels = {"kubernetes.io/metadata.name": namespace}
+    return peer["namespaceSelector"]["matchLabels"].items() <= labels.items()
+
+
+def allows(policy: dict[str, Any], direction: str, protocol: str, port: int,
+           namespace: str = "anywhere") -> bool:
+    """Whether `policy` lets a connection through, as a network plugin reads it: some rule
+    whose peers (none listed: any) and ports (none listed: any) both match."""
+    spec = policy["spec"]
+    peers_key = "from" if direction == "ingress" else "to"
+    for rule in spec.get(direction, []):
+        peers = rule.get(peers_key) or []
+        ports = rule.get("ports") or []
+        if peers and not any(_peer_matches(peer, namespace) for peer in peers):
+            continue
+        if not ports or any(p.get("protocol", "TCP") == protocol and p["port"] == port
+                            for p in ports):
+            return True
+    return False
+
+
+@pytest.mark.parametrize(("manifest", "deployment"), all_deployments())
+def test_each_pod_is_fenced_by_a_network_policy(manifest: str, deployment: dict[str, Any]) -> None:
+    """Exactly one NetworkPolicy of the manifest selects the pod, for both directions."""
+    (policy,) = [p for p in network_policies(manifest) if selects(p, deployment)]
+    assert set(policy["spec"]["policyTypes"]) == {"Ingress", "Egress"}
+
+
+@pytest.mark.parametrize("manifest", MANIFESTS)
+def test_pods_may_reach_only_rabbitmq_and_dns(manifest: str) -> None:
+    """Egress: AMQP 5672 and AMQPS 5671 over TCP, DNS 53 over UDP and TCP; nothing else
+    (the web, the RabbitMQ management port, the Kubernetes API)."""
+    (policy,) = network_policies(manifest)
+    for protocol, port in [("TCP", 5672), ("TCP", 5671), ("UDP", 53), ("TCP", 53)]:
+        assert allows(policy, "egress", protocol, port), (protocol, port)
+    for protocol, port in [("TCP", 443), ("TCP", 80), ("TCP", 15672), ("TCP", 6443),
+                           ("UDP", 5672), ("TCP", 9120)]:
+        assert not allows(policy, "egress", protocol, port), (protocol, port)
+
+
+@pytest.mark.parametrize("manifest", MANIFESTS)
+def test_only_the_monitoring_namespace_may_reach_the_http_port(manifest: str) -> None:
+    """Ingress: TCP 9120 (the port http.listen and the probes use) from the namespace
+    `monitoring` alone; no other port, no other namespace; the comment says how to change it."""
+    (policy,) = network_policies(manifest)
+    assert allows(policy, "ingress", "TCP", 9120, namespace="monitoring")
+    assert not allows(policy, "ingress", "TCP", 9120, namespace="default")
+    assert not allows(policy, "ingress", "TCP", 9120, namespace="monitoring-other")
+    assert not allows(policy, "ingress", "TCP", 5672, namespace="monitoring")
+    assert not allows(policy, "ingress", "TCP", 22, namespace="monitoring")
+    text = (KUBERNETES / manifest).read_text()
+    comment = text[text.rindex("\n---\n"):text.index("kind: NetworkPolicy")]
+    assert "change `monitoring`" in comment and "kubernetes.io/metadata.name" in comment
+
+
+def test_the_policy_port_is_the_one_multiwatch_listens_on() -> None:
+    """The roster Deployment's http port (9120) is the one its policy opens."""
+    (deployment,) = deployments("multiwatch.yaml")
+    (container,) = pod(deployment)["containers"]
+    (port,) = [p["containerPort"] for p in container["ports"] if p["name"] == "http"]
+    (policy,) = network_policies("multiwatch.yaml")
+    (rule,) = policy["spec"]["ingress"]
+    assert [p["port"] for p in rule["ports"]] == [port]
+
+
+def test_the_validation_would_catch_a_policy_typo() -> None:
+    """A misspelt NetworkPolicy field is rejected: the policies are checked like the rest."""
+    (policy,) = network_policies("multiwatch.yaml")
+    policy["spec"]["policyType"] = policy["spec"].pop("policyTypes")
+    with pytest.raises(kubernetes_validate.ValidationError, match="policyType"):
+        kubernetes_validate.validate(policy, kubernetes_validate.latest_version(), strict=True)
