@@ -232,3 +232,21 @@ def test_the_instructions_create_every_watched_host_directory() -> None:
         created = {word for line in re.findall(r"mkdir -p ([^#\n]*)(?:#(.*))?", text)
                    for part in line for word in part.split() if word.startswith("data/")}
         assert sources <= created, sources - created
+
+
+def _megabytes(size: str) -> float:
+    number, unit = re.fullmatch(r"(\d+)([kmg])", size).groups()  # type: ignore[union-attr]
+    return int(number) * {"k": 1 / 1024, "m": 1, "g": 1024}[unit]
+
+
+@pytest.mark.parametrize("name", sorted(load_compose()["services"]))
+def test_every_container_rotates_its_logs(name: str) -> None:
+    """Every service (multiwatch and RabbitMQ, in every profile) uses the json-file driver
+    with max-size and max-file, so a chatty container cannot fill the host's disk: at most
+    100 MB of log per container."""
+    logging = load_compose()["services"][name]["logging"]
+    assert logging["driver"] == "json-file"
+    options = logging["options"]
+    files = int(options["max-file"])
+    assert files >= 2  # the current file and at least one rotated
+    assert 0 < _megabytes(options["max-size"]) * files <= 100
