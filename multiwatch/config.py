@@ -39,6 +39,7 @@ from multiwatch.config_env import (
     generated_instance_id,
 )
 from multiwatch.config_errors import ConfigErrors
+from multiwatch.config_limits import ionice, nice
 from multiwatch.config_source import ConfigError, Node, Source, Where
 
 __all__ = [
@@ -114,6 +115,9 @@ class InstanceConfig:
     outbox_max_events: int = 100_000  # full outbox: stop taking settled work, keep watching
     outbox_max_bytes: int = 256 * 1024 * 1024
     memory_limit: int = 0  # bytes of RSS; above it the child is restarted gracefully; 0 = none
+    read_rate_limit: int = 0  # bytes per second the watcher may read to hash; 0 = no limit
+    nice: int | None = None  # the watcher's CPU priority, -20..19; None: inherited
+    ionice: str | None = None  # its I/O class: idle, best-effort[:0-7], realtime[:0-7]
     # A burst of deletions, modifications and renames above this is reported (None: off).
     unusual_activity: UnusualActivityConfig | None = DEFAULT_UNUSUAL_ACTIVITY
 
@@ -269,6 +273,14 @@ def _byte_size(src: Source, node: Node, key: str) -> int:
     return int(float(number) * base ** " kmgt".index(unit.lower() or " "))
 
 
+
+def _byte_rate(src: Source, node: Node, key: str) -> int:
+    """Bytes per second, written like a size (50MiB, 1G), optionally ending in /s."""
+    if isinstance(node.value, str) and node.value.strip().lower().endswith("/s"):
+        node = dataclasses.replace(node, value=node.value.strip()[:-2])
+    return _byte_size(src, node, key)
+
+
 OBSERVER_MODES = ("auto", "inotify", "polling")
 
 
@@ -377,6 +389,9 @@ _INSTANCE_FIELDS: dict[str, _Coerce] = {
     "outbox_max_events": _positive_whole,
     "outbox_max_bytes": _positive_whole,
     "memory_limit": _byte_size,
+    "read_rate_limit": _byte_rate,
+    "nice": nice,
+    "ionice": ionice,
     "unusual_activity": unusual_activity,
 }
 _INSTANCE_KEYS = ("id", "directory", *_INSTANCE_FIELDS)

@@ -84,7 +84,7 @@ def _row(ident: str, entry: Mapping[str, Any], now: float) -> str:
     what, when = last_event(heartbeat, now)
     note = entry.get("reason") or entry.get("last_exit") or heartbeat.get("last_error") or ""
     cells = [
-        f'<td class="id">{escape(ident)}</td>',
+        f'<td class="id">{escape(ident)}{_limits_line(entry)}</td>',
         f'<td class="state {state.lower() if state in _STATES else ""}">{escape(state)}</td>',
         f'<td class="path">{escape(_text(entry.get("directory")))}</td>',
         f'<td class="num">{escape(_text(heartbeat.get("files_tracked")))}</td>',
@@ -99,6 +99,24 @@ def _row(ident: str, entry: Mapping[str, Any], now: float) -> str:
         f'<td class="note">{escape(str(note))}</td>',
     ]
     return "<tr>" + "".join(cells) + "</tr>"
+
+
+def limits_text(entry: Mapping[str, Any]) -> str:
+    """The limits the roster sets: "read 4.0 MiB/s, nice 10, ionice idle"; "" when none."""
+    parts = []
+    if rate := _number(entry.get("read_rate_limit")):
+        parts.append(f"read {format_mib(rate)} MiB/s")
+    if memory := _number(entry.get("memory_limit")):
+        parts.append(f"RSS {format_mib(memory)} MiB")
+    for key in ("nice", "ionice"):
+        if entry.get(key) is not None:
+            parts.append(f"{key} {entry[key]}")
+    return ", ".join(parts)
+
+
+def _limits_line(entry: Mapping[str, Any]) -> str:
+    text = limits_text(entry)
+    return f'<br><span class="muted">{escape(text)}</span>' if text else ""
 
 
 def _mapping(value: Any) -> Mapping[str, Any]:

@@ -24,7 +24,7 @@ from multiprocessing.connection import Connection
 from multiprocessing.context import SpawnContext, SpawnProcess
 from typing import TYPE_CHECKING, Any
 
-from multiwatch.config import BrokerConfig, SupervisorConfig, mask_url
+from multiwatch.config import BrokerConfig, InstanceConfig, SupervisorConfig, mask_url
 from multiwatch.supervisor.event_rate import EventRate, event_total
 from multiwatch.watcher.spec import EXIT_DIRECTORY_GONE, ChildSpec, run_child
 
@@ -228,6 +228,7 @@ class Child:
             "heartbeat_age_seconds": round(now - self.last_heartbeat, 1) if alive else None,
             "heartbeat": self.snapshot,
             "events_per_minute": self._rate.per_minute(now) if self._rate and alive else None,
+            **limits_view(self.spec.instance),
         }
 
     def _signal(self, signum: int) -> None:
@@ -236,6 +237,12 @@ class Child:
                 os.kill(self.process.pid, signum)
             except ProcessLookupError:
                 pass
+
+
+def limits_view(instance: InstanceConfig) -> dict[str, Any]:
+    """The instance's resource limits as the roster sets them: bytes (0: none), None: inherit."""
+    return {"memory_limit": instance.memory_limit, "read_rate_limit": instance.read_rate_limit,
+            "nice": instance.nice, "ionice": instance.ionice}
 
 
 def broker_description(broker: BrokerConfig) -> str:

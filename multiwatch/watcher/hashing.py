@@ -20,6 +20,7 @@ import xxhash
 
 from multiwatch.watcher.confined import ConfinedRoot
 from multiwatch.watcher.hash_split import Update, read_big, read_buffer
+from multiwatch.watcher.read_limit import ReadLimit, current_read_limit
 
 CHUNK_BYTES = 1 << 20
 PROGRESS_EVERY_BYTES = 64 << 20
@@ -93,16 +94,20 @@ _ABSENT = frozenset({errno.ENAMETOOLONG, errno.ELOOP, errno.EXDEV})
 
 
 class _ReadWatch:
-    """What happens between chunks, whichever loop reads: cancellation, then progress."""
+    """What happens between chunks, whichever loop reads: cancellation, the read rate limit
+    (a wait that keeps calling `progress`), then progress."""
 
     def __init__(self, path: str, progress: Callable[[], None] | None,
-                 cancelled: threading.Event | None) -> None:
+                 cancelled: threading.Event | None, limit: ReadLimit | None = None) -> None:
         self.path = path
         self.progress = progress
         self.cancelled = cancelled
+        self.limit = limit
         self.since_progress = 0
 
     def after_read(self, count: int) -> None:
+        if self.limit is not None:
+            self.limit.take(count, cancelled=self.cancelled, tick=self.progress)
         if self.cancelled is not None and self.cancelled.is_set():
             raise HashCancelled(self.path)
 
@@ -134,7 +139,8 @@ def _read_inline(fd: int, size: int, sha256: Update, xxh128: Update, watch: _Rea
 
 def hash_file(root: ConfinedRoot, relative: str, progress: Callable[[], None] | None = None,
               *, cancelled: threading.Event | None = None,
-              expected: FileVersion | None = None) -> Hashed:
+              expected: FileVersion | None = None,
+              limit: ReadLimit | None = None) -> Hashed:
     """Hash root/relative in one pass. Raises FileNotFoundError, NotRegularFile,
     ChangedWhileHashing.
 
@@ -147,7 +153,8 @@ def hash_file(root: ConfinedRoot, relative: str, progress: Callable[[], None] | 
     `progress` is called every PROGRESS_EVERY_BYTES, so a huge file on a slow mount does
     not silence the watcher's heartbeat (and get it killed as hung).  Once `cancelled` is
     set the read stops at the next chunk with HashCancelled.  A file of SPLIT_MIN_BYTES or
-    more has its SHA-256 on a second thread while a core is spare (hash_split)."""
+    more has its SHA-256 on a second thread while a core is spare (hash_split).  Every
+    chunk read is paid to `limit`, by default the watcher's read_rate_limit (read_limit)."""
     try:
         parent, name = root.open_parent(relative)
     except IsADirectoryError as exc:
@@ -176,7 +183,7 @@ def hash_file(root: ConfinedRoot, relative: str, progress: Callable[[], None] | 
                 raise ChangedWhileHashing(relative)
             sha256 = hashlib.sha256()
             xxh128 = xxhash.xxh128()
-            watch = _ReadWatch(relative, progress, cancelled)
+            watch = _ReadWatch(relative, progress, cancelled, limit or current_read_limit())
             if before.st_size >= SPLIT_MIN_BYTES:
                 read_big(fd, CHUNK_BYTES, sha256.update, xxh128.update, watch.after_read,
                          watch.after_feed)

@@ -34,7 +34,9 @@ from multiwatch.watcher.observe import (
 )
 from multiwatch.watcher.outbox import OutboxGauge
 from multiwatch.watcher.pipeline import Pipeline
+from multiwatch.watcher.priority import apply_priority
 from multiwatch.watcher.publisher import Publisher
+from multiwatch.watcher.read_limit import install_read_limit
 from multiwatch.watcher.spec import EXIT_DIRECTORY_GONE, ChildSpec
 from multiwatch.watcher.state import StateError, StateStore, state_db_path
 from multiwatch.watcher.stats import ProblemCounter
@@ -74,6 +76,9 @@ def child_main(spec: ChildSpec, to_parent: Connection) -> None:
     signal.signal(signal.SIGTERM, stop.handle_sigterm)
     signal.signal(signal.SIGINT, signal.SIG_IGN)  # Ctrl-C reaches the whole group: the parent leads
     _die_with_parent(spec.parent_pid)
+    # Before any thread starts (threads inherit both); the limit ends once stop is asked.
+    apply_priority(spec.instance.nice, spec.instance.ionice)
+    install_read_limit(spec.instance.read_rate_limit, released=stop.is_set)
     try:
         code = _run(spec, to_parent, stop)
     except StateError as exc:  # a user-fixable problem: say it, without a traceback
@@ -199,8 +204,12 @@ def _run(spec: ChildSpec, to_parent: Connection, stop: _Stop) -> int:
 
 
 def _hash_pool(spec: ChildSpec) -> HashPool:
-    """Workers for big files: as many as the cap allows and the cores can use."""
+    """Workers for big files: as many as the cap allows and the cores can use.  A watcher
+    with a read_rate_limit takes no machine-wide slot: its rate bounds its reads, and a
+    throttled hash would hold a slot the other watchers need for as long as it lasts."""
     workers = min(spec.max_parallel_hashes, os.cpu_count() or 1)
+    if spec.instance.read_rate_limit:
+        return HashPool(None, workers)
     return HashPool(HashSlots.under(spec.state_dir, spec.max_parallel_hashes), workers)
 
 
