@@ -48,6 +48,7 @@ from multiwatch.watcher.scan import ScanBatch, scan_batches
 from multiwatch.watcher.settle import SettleTable
 from multiwatch.watcher.state import StateStore, Version, directory_of
 from multiwatch.watcher.unreadable import Unreadable
+from multiwatch.watcher.unusual_activity import UnusualActivity
 
 _Resolved = tuple[str, os.stat_result]
 """The file to read for a path (itself, or a symlink's target inside the root) and its stat."""
@@ -96,6 +97,8 @@ class Pipeline:
         self._stat_at_close: dict[str, _Resolved] = {}  # path → its stat when last closed
         self._closed_writes: set[str] = set()  # last event a close-after-write (close-aware)
         self.counts: Counter[str] = Counter()
+        self.unusual_activity = UnusualActivity(instance.unusual_activity,
+                                                lambda: len(self.known))
         self.last_event: dict[str, object] | None = None  # the latest stored, for /status
         self._trace_skips = False  # log filtered files (DEBUG), checked once per step
         self.bytes_hashed = 0
@@ -722,6 +725,7 @@ class Pipeline:
         self._new_events.append(event)
         self.gauge.noticed_at[event.message_id] = self._noticed_at.pop(relative, time.monotonic())
         self.counts[event_type] += 1
+        self.unusual_activity.record(event_type)
         self._new_event_logs.append({
             "path": os.path.join(self.root, relative),
             "event_type": event_type,
