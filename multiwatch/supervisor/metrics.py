@@ -29,6 +29,7 @@ FleetView = Callable[[], Mapping[str, Any]]
 
 STATES = ("STARTING", "RUNNING", "WAITING", "BACKOFF", "FATAL", "STOPPING", "STOPPED")
 LATENCY_METRIC = "multiwatch_event_latency_seconds"
+WINDOW_METRIC = "multiwatch_activity_window_events"
 
 
 @dataclass(frozen=True)
@@ -91,6 +92,10 @@ INSTANCE_METRICS: tuple[Spec, ...] = (
     Spec("multiwatch_broker_connected", "gauge",
          "1 while the watcher's broker connection is up, 0 while it is down.",
          _hb("broker_connected")),
+    Spec("multiwatch_unusual_activity", "gauge",
+         "1 while deletions, modifications and renames within the window are above the "
+         "instance's unusual_activity threshold, else 0 (announcing goes on).",
+         _hb("unusual_activity", "active")),
     Spec("multiwatch_restarts_total", "counter",
          "Times the supervisor restarted this instance's watcher.", ("restarts",)),
     Spec("multiwatch_instance_uptime_seconds", "gauge",
@@ -136,6 +141,8 @@ SPECIAL_METRICS: dict[str, str] = {
                                  "0 for the others.",
     LATENCY_METRIC: "Seconds from the first notification of a file change to the broker's "
                     "confirm of its event.",
+    WINDOW_METRIC: "Events of each kind (label kind: deleted, modified, moved) announced "
+                   "within the unusual_activity window.",
 }
 
 
@@ -189,6 +196,7 @@ def fleet_metrics(view: Mapping[str, Any]) -> list[Metric]:
         families.append(family)
     families.extend(_state_families(instances))
     families.append(_latency_family(instances))
+    families.append(_window_family(instances))
     return families
 
 
@@ -221,6 +229,17 @@ def _latency_family(instances: Mapping[str, Any]) -> HistogramMetricFamily:
         if histogram is not None:
             buckets, total = histogram
             family.add_metric([str(ident)], buckets, total)
+    return family
+
+
+def _window_family(instances: Mapping[str, Any]) -> GaugeMetricFamily:
+    family = GaugeMetricFamily(WINDOW_METRIC, SPECIAL_METRICS[WINDOW_METRIC],
+                               labels=["instance_id", "kind"])
+    for ident, entry in sorted(instances.items()):
+        counts = _mapping(_dig(entry, ("heartbeat", "unusual_activity", "events")))
+        for kind, count in sorted(counts.items()):
+            if (value := _number(count)) is not None:
+                family.add_metric([str(ident), str(kind)], value)
     return family
 
 

@@ -24,6 +24,11 @@ def heartbeat(**overrides: Any) -> dict[str, Any]:
         "last_error": "", "events_unroutable": 0, "events_nacked": 0, "publish_held": False,
         "problem": "",
         "latency": {"buckets": [0.1, 1.0, 5.0], "counts": [1, 4, 6], "sum": 9.5, "count": 7},
+        "unusual_activity": {"enabled": True, "active": False, "since": None,
+                             "window_seconds": 300.0,
+                             "events": {"deleted": 1, "modified": 2, "moved": 0},
+                             "files_tracked": 120, "percent": 2.5, "threshold_percent": 20.0,
+                             "min_events": 100},
     }
     beat.update(overrides)
     return beat
