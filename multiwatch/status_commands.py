@@ -33,6 +33,7 @@ from multiwatch.supervisor.dashboard import (
     format_duration,
     format_mib,
     last_event,
+    unusual_activity_text,
 )
 from multiwatch.tail_command import escape_controls
 
@@ -196,7 +197,7 @@ def _row(ident: str, entry: Mapping[str, Any], now: float) -> list[str]:
     at = event.get("at")
     last = (f"{event_name(event.get('event_type'))} "
             f"{format_duration(max(0.0, now - at))} ago") if isinstance(at, (int, float)) else "-"
-    notes = [entry.get("reason") or entry.get("last_exit")]
+    notes = [entry.get("reason") or entry.get("last_exit"), unusual_activity_text(heartbeat)]
     if connected is False:
         notes.append(f"broker: {heartbeat.get('last_error') or 'down'}")
     note = "; ".join(str(n) for n in notes if n)

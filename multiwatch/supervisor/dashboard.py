@@ -96,9 +96,29 @@ def _row(ident: str, entry: Mapping[str, Any], now: float) -> str:
         f'<td class="num">{escape(_text(entry.get("restarts")))}</td>',
         f'<td class="num">{escape(_percent(resources.get("cpu_percent")))}</td>',
         f'<td class="num">{escape(format_mib(resources.get("rss_bytes")))}</td>',
-        f'<td class="note">{escape(str(note))}</td>',
+        f'<td class="note">{_unusual_activity_html(heartbeat)}{escape(str(note))}</td>',
     ]
     return "<tr>" + "".join(cells) + "</tr>"
+
+
+def unusual_activity_text(heartbeat: Mapping[str, Any]) -> str:
+    """"unusual activity: 200 moved within 5m00s, 100% of 200 tracked files" while the
+    watcher reports it; "" otherwise."""
+    unusual = _mapping(heartbeat.get("unusual_activity"))
+    if unusual.get("active") is not True:
+        return ""
+    counts = ", ".join(f"{count} {kind}" for kind, count in
+                       _mapping(unusual.get("events")).items() if _number(count))
+    percent = _number(unusual.get("percent"))
+    return (f"unusual activity: {counts or 'events'} within "
+            f"{format_duration(unusual.get('window_seconds'))}, "
+            f"{'-' if percent is None else f'{percent:.0f}'}% of "
+            f"{_text(unusual.get('files_tracked'))} tracked files")
+
+
+def _unusual_activity_html(heartbeat: Mapping[str, Any]) -> str:
+    text = unusual_activity_text(heartbeat)
+    return f'<span class="bad">{escape(text)}</span><br>' if text else ""
 
 
 def limits_text(entry: Mapping[str, Any]) -> str:
