@@ -410,7 +410,7 @@ def _run(roster: Roster, args: argparse.Namespace,
 
     roster = narrow(roster)
     config_path = args.config or os.environ.get("MULTIWATCH_CONFIG") or None
-    setup_logging(roster.log_level, "supervisor")
+    setup_logging(roster.log_level, "supervisor", roster.log_format)
     _check_state(roster, create=True)
 
     def reload() -> Roster:

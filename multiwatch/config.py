@@ -41,6 +41,7 @@ from multiwatch.config_env import (
 from multiwatch.config_errors import ConfigErrors
 from multiwatch.config_limits import ionice, nice
 from multiwatch.config_source import ConfigError, Node, Source, Where
+from multiwatch.logs import LOG_FORMATS
 
 __all__ = [
     "DEFAULT_BINDING_KEY",
@@ -133,6 +134,7 @@ class Roster:
     log_level: str = "INFO"
     source: str = "<environment>"  # the roster file, or "<environment>"
     http: HttpConfig = field(default_factory=HttpConfig)
+    log_format: str = "auto"  # console | json | auto (console lines when stdout is a terminal)
 
 
 ENV_SOURCE = "<environment>"
@@ -219,6 +221,7 @@ def render_effective(roster: Roster) -> str:
         "source": roster.source,
         "state_dir": roster.state_dir,
         "log_level": roster.log_level,
+        "log_format": roster.log_format,
         "broker": broker,
         "supervisor": dataclasses.asdict(roster.supervisor),
         "http": {"listen": roster.http.listen or "off",
@@ -340,7 +343,8 @@ def _listen(src: Source, node: Node, key: str) -> str | None:
 
 _LISTEN_OFF = ("", "off", "none", "null", "false", "no", "disabled")
 _TOP_KEYS = (
-    "state_dir", "log_level", "broker", "supervisor", "http", "defaults", "instances",
+    "state_dir", "log_level", "log_format", "broker", "supervisor", "http", "defaults",
+    "instances",
 )
 _HOST_NAME_RE = re.compile(r"[a-z0-9_](?:[a-z0-9_.-]{0,252}[a-z0-9_])?")
 
@@ -547,6 +551,7 @@ def _finish(
     sections: dict[str, Callable[[], Any]] = {
         "state_dir": lambda: _state_dir(src, top),
         "log_level": lambda: _log_level(src, top),
+        "log_format": lambda: _log_format(src, top),
         "supervisor": lambda: _supervisor(src, top.get("supervisor")),
         "broker": lambda: load_broker(src, top.get("broker")),
         "http": lambda: _http(src, top),
@@ -579,6 +584,20 @@ def _log_level(src: Source, top: Mapping[str, Node]) -> str:
     if level is None and (from_env := env_node(src.environ, "LOG_LEVEL")):
         level = _level(env_source(src.environ), from_env, "LOG_LEVEL")
     return level or "INFO"
+
+
+def _log_format(src: Source, top: Mapping[str, Node]) -> str:
+    """`log_format`, else $LOG_FORMAT, else auto."""
+    node, key = top.get("log_format"), "log_format"
+    if node is None and (node := env_node(src.environ, "LOG_FORMAT")):
+        src, key = env_source(src.environ), "LOG_FORMAT"
+    value = cs.optional_text(src, node, key) if node else None
+    if node is None or value is None:
+        return "auto"
+    if value.strip().lower() not in LOG_FORMATS:
+        raise src.where(node, key).error(
+            f"unknown log format {cs.show(value)}; use one of {', '.join(LOG_FORMATS)}")
+    return value.strip().lower()
 
 
 def _http(src: Source, top: Mapping[str, Node]) -> HttpConfig:

@@ -29,6 +29,8 @@ ENVIRONMENT_VARIABLES: dict[str, str] = {
     "INCLUDE": "environment mode: comma-separated glob patterns of files to announce",
     "EXCLUDE": "environment mode: comma-separated glob patterns of files to ignore",
     "LOG_LEVEL": "DEBUG, INFO, WARNING, ERROR or CRITICAL when the roster sets no log_level",
+    "LOG_FORMAT": "console, json or auto (console when stdout is a terminal) when the roster "
+    "sets no log_format",
     # The broker, when the roster sets no broker.url.
     "RABBITMQ_HOST": "RabbitMQ host; unset: events go to the embedded spool under state_dir",
     "RABBITMQ_PORT": "RabbitMQ AMQP port (default 5672)",

@@ -1,7 +1,9 @@
-"""JSON-lines logging on stdout, one process-wide `instance_id` on every line.
+"""Logging on stdout, one process-wide `instance_id` on every line: JSON lines, or aligned
+console lines for a person at a terminal.
 
 Third-party loggers (kombu, amqp, watchdog) propagate to the root logger and so come
-out in the same format.  Extra fields go in `extra={...}` and become JSON keys.
+out in the same format.  Extra fields go in `extra={...}` and become JSON keys (key=value
+on a console line).
 """
 
 from __future__ import annotations
@@ -10,6 +12,7 @@ import contextlib
 import json
 import logging
 import os
+import re
 import sys
 from collections.abc import Iterator
 from datetime import UTC, datetime
@@ -47,6 +50,65 @@ class JsonFormatter(logging.Formatter):
         if record.exc_info:
             entry["exception"] = self.formatException(record.exc_info)
         return _ENCODER.encode(entry)
+
+
+LOG_FORMATS = ("auto", "console", "json")
+# Console columns: wide enough for most ids (longer ones push the message right).
+_ID_WIDTH = 18
+_LEVEL_WIDTH = len("CRITICAL")
+# What a terminal could act on (controls, bidirectional overrides, lone surrogates from
+# undecodable file names), as `multiwatch tail` escapes it; and what needs quoting in a value.
+_UNSAFE = re.compile("[\x00-\x1f\x7f-\x9f\u061c\u200e\u200f\u2028\u2029\u202a-\u202e"
+                     "\u2066-\u2069\ud800-\udfff]")
+_NEEDS_QUOTES = re.compile(r'[\s"=\\]|^$')
+
+
+def resolve_log_format(log_format: str, stream: object | None = None) -> str:
+    """"console" or "json": `auto` is console when `stream` (stdout) is a terminal."""
+    if log_format != "auto":
+        return log_format
+    isatty = getattr(stream if stream is not None else sys.stdout, "isatty", None)
+    try:
+        return "console" if isatty is not None and isatty() else "json"
+    except (OSError, ValueError):  # a closed or odd stream: the machine-readable choice
+        return "json"
+
+
+def _escaped(text: str) -> str:
+    return _UNSAFE.sub(lambda match: f"\\u{ord(match.group()):04x}", text)
+
+
+def _console_value(value: object) -> str:
+    """A string with spaces, quotes, '=' or controls in double quotes (backslash escapes);
+    anything else as str() shows it."""
+    text = value if isinstance(value, str) else str(value)
+    if isinstance(value, str) and (_NEEDS_QUOTES.search(text) or _UNSAFE.search(text)):
+        return '"' + _escaped(text.replace("\\", "\\\\").replace('"', '\\"')) + '"'
+    return _escaped(text)
+
+
+class ConsoleFormatter(logging.Formatter):
+    """One aligned line for people: UTC time, level, instance_id, message, key=value extras
+    (the JSON line's fields; `logger` only for a third-party record).  Control characters in
+    paths are escaped, so a file name cannot drive the terminal."""
+
+    def format(self, record: logging.LogRecord) -> str:
+        moment = datetime.fromtimestamp(record.created, UTC)
+        stamp = moment.strftime("%Y-%m-%d %H:%M:%S.") + f"{moment.microsecond // 1000:03d}"
+        ident = str(getattr(record, "instance_id", _instance_id))
+        parts = [stamp, record.levelname.ljust(_LEVEL_WIDTH), _escaped(ident).ljust(_ID_WIDTH),
+                 _escaped(record.getMessage())]
+        extras = [f"{key}={_console_value(value)}" for key, value in record.__dict__.items()
+                  if key not in _STANDARD_ATTRS and key != "instance_id"]
+        if not record.name.startswith("multiwatch") and record.name != "root":
+            extras.insert(0, f"logger={_console_value(record.name)}")
+        line = " ".join(parts)
+        if extras:
+            line += "  " + " ".join(extras)
+        if record.exc_info:  # the traceback on the lines below, as Python prints it
+            line += "\n" + "\n".join(_escaped(text) for text in
+                                     self.formatException(record.exc_info).splitlines())
+        return line
 
 
 class _JsonLinesHandler(logging.StreamHandler):
@@ -122,8 +184,9 @@ def lines_written_together() -> Iterator[None]:
                     pass
 
 
-def setup_logging(level: str, instance_id: str) -> None:
-    """Send every logger in this process to stdout as JSON lines tagged with instance_id."""
+def setup_logging(level: str, instance_id: str, log_format: str = "json") -> None:
+    """Send every logger in this process to stdout tagged with instance_id: as JSON lines,
+    or as console lines (`log_format` console, or auto with stdout a terminal)."""
     global _instance_id
     _instance_id = instance_id
     # The JSON lines carry none of the caller, process or multiprocessing names: do not
@@ -133,7 +196,8 @@ def setup_logging(level: str, instance_id: str) -> None:
     logging.logMultiprocessing = False
     global _handler
     handler = _handler = _JsonLinesHandler()
-    handler.setFormatter(JsonFormatter())
+    console = resolve_log_format(log_format, handler.stream) == "console"
+    handler.setFormatter(ConsoleFormatter() if console else JsonFormatter())
     handler.setLevel(level)  # what is printed
     root = logging.getLogger()
     root.handlers[:] = [handler]

@@ -319,6 +319,7 @@ class Supervisor:
             broker=self.roster.broker,
             state_dir=self.roster.state_dir,
             log_level=self.roster.log_level,
+            log_format=self.roster.log_format,
             stop_timeout_seconds=self.roster.supervisor.stop_timeout_seconds,
             parent_pid=os.getpid(),
             max_parallel_hashes=self.roster.supervisor.max_parallel_hashes,

@@ -110,8 +110,9 @@ def read_big(fd: int, chunk_bytes: int, sha256: Update, xxh128: Update,
     """Read `fd` to EOF in `chunk_bytes` chunks into both hashes, SHA-256 on a helper thread
     while a core is spare.
 
-    `after_read(count)` runs on the caller's thread before a chunk is hashed and may raise
-    (cancellation) to stop; `after_feed(count)` after it was hashed or handed on (progress).
+    `after_read(count)` runs on the caller's thread before a chunk is hashed; it may wait
+    (read_rate_limit: the helper has no reads to pace) and raise (cancellation) to stop;
+    `after_feed(count)` after it was hashed or handed on (progress).
     The helper has finished with every chunk, and exited, when this returns or raises."""
     with CORES.hashing():
         ring = read_buffer(chunk_bytes * RING_BUFFERS)

@@ -65,7 +65,7 @@ EXIT_PUBLISHER_FAILED = 4
 
 def child_main(spec: ChildSpec, to_parent: Connection) -> None:
     """Run one watcher until SIGTERM, the parent's death, or the directory's disappearance."""
-    setup_logging(spec.log_level, spec.instance.id)
+    setup_logging(spec.log_level, spec.instance.id, spec.log_format)
     # ps shows which instance this is, not the spawn command line shared by every child.
     setproctitle.setproctitle(f"multiwatch: watcher {spec.instance.id}")
     # watchdog walks trees with os.walk, which recurses once per level: give a 1,000-level

@@ -38,6 +38,11 @@ def _set_ionice(ionice: str) -> None:
     value = None if name == "idle" else int(level or DEFAULT_IONICE_LEVEL)
     try:
         psutil.Process().ionice(io_class, value)
+    except psutil.AccessDenied:  # its text is only "(pid=N)"
+        _refused(ionice, "Permission denied")
     except (psutil.Error, OSError) as exc:
-        log.warning("cannot set ionice %s: %s; running at the inherited I/O priority",
-                    ionice, getattr(exc, "strerror", None) or exc)
+        _refused(ionice, getattr(exc, "strerror", None) or str(exc))
+
+
+def _refused(ionice: str, why: str) -> None:
+    log.warning("cannot set ionice %s: %s; running at the inherited I/O priority", ionice, why)
