@@ -54,6 +54,7 @@ NOT_MULTIWATCH = {
     "RESOLVE_NO_SYMLINKS": "README names the Linux openat2 flag, not a variable",
     "O_NOFOLLOW": "README names the Linux open flag, not a variable",
     "PWD": "the shell's current directory in the README's docker run (the checkout)",
+    "CAP_SYS_NICE": "README names the Linux capability a negative nice needs, not a variable",
 }
 
 _ENV_NAME = re.compile(r"[A-Z][A-Z0-9]*(?:_[A-Z0-9]+)+|[A-Z]{2,}")
