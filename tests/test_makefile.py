@@ -3,6 +3,7 @@
 
 from __future__ import annotations
 
+import shutil
 import subprocess
 from pathlib import Path
 
@@ -35,3 +36,32 @@ def test_make_test_installs_the_test_tools(tmp_path: Path) -> None:
     planned = _planned("test", tmp_path / "venv")
     assert "-e '.[test]'" in planned
     assert "-m pytest" in planned
+
+
+def _deploy_deps(tmp_path: Path, tools: list[str]) -> subprocess.CompletedProcess[str]:
+    """`make deploy-deps` as a non-root user whose PATH holds only `tools` (links to the
+    real programs): what it would install is printed, nothing is installed."""
+    bin_dir = tmp_path / "bin"
+    bin_dir.mkdir(parents=True)
+    fake_id = bin_dir / "id"
+    fake_id.write_text("#!/bin/sh\necho 1000\n")
+    fake_id.chmod(0o755)
+    for tool in tools:
+        real = shutil.which(tool)
+        assert real is not None, f"{tool} is missing: run `make deploy-deps` as root"
+        (bin_dir / tool).symlink_to(real)
+    return subprocess.run([shutil.which("make") or "make", "-s", "-C", str(REPO), "deploy-deps"],
+                          capture_output=True, text=True, timeout=60,
+                          env={"PATH": str(bin_dir)})
+
+
+def test_deploy_deps_asks_for_promtool_when_it_is_missing(tmp_path: Path) -> None:
+    """Without promtool on PATH, `make deploy-deps` names Debian's prometheus package (as
+    root it would apt-get install it); with both tools present it does nothing."""
+    missing = _deploy_deps(tmp_path / "a", ["systemd-analyze"])
+    assert missing.returncode != 0
+    assert "apt-get install prometheus" in missing.stderr
+    assert "systemd" not in missing.stderr.split("run")[0]
+    present = _deploy_deps(tmp_path / "b", ["systemd-analyze", "promtool"])
+    assert present.returncode == 0, present.stderr
+    assert present.stdout == present.stderr == ""
