@@ -154,6 +154,7 @@ def _parser() -> argparse.ArgumentParser:
     _add_control(commands)
     _add_export(commands)
     _add_resync_explain(commands)
+    _add_deletions(commands)
     from multiwatch.completion_command import add_commands as add_completion_and_man
 
     add_completion_and_man(commands)
@@ -186,6 +187,26 @@ def _add_resync_explain(commands: argparse._SubParsersAction) -> None:  # type: 
     explain.add_argument("--hash", action="store_true",
                          help="also hash the file when its size, mtime or inode changed, to "
                          "tell a modification from a touch")
+
+
+def _add_deletions(commands: argparse._SubParsersAction) -> None:  # type: ignore[type-arg]
+    deletions = commands.add_parser(
+        "deletions", help="show, release or re-check the deletions a scan held",
+        description="A scan (at start, after lost events, the periodic one) that finds more "
+        "tracked files gone than the instance's max_scan_deletions holds their deletions "
+        "instead of announcing them (an unmounted share looks like that). Without an option, "
+        "print how many instance ID holds. The running watcher serves --release and --recheck "
+        "within seconds (this command waits for it); otherwise its next start does.",
+    )
+    deletions.add_argument("-c", "--config", metavar="PATH", help=_CONFIG_HELP)
+    deletions.add_argument("instance_id", metavar="ID", help="the instance")
+    action = deletions.add_mutually_exclusive_group()
+    action.add_argument("--list", dest="action", action="store_const", const="list",
+                        help="print the held paths, one per line")
+    action.add_argument("--release", dest="action", action="store_const", const="release",
+                        help="announce them: file_deleted once for each file still gone")
+    action.add_argument("--recheck", dest="action", action="store_const", const="recheck",
+                        help="rescan: files there again are no longer held, the others stay")
 
 
 def _add_control(commands: argparse._SubParsersAction) -> None:  # type: ignore[type-arg]
@@ -333,6 +354,10 @@ def _main(argv: Sequence[str] | None) -> int:
             from multiwatch.resync_command import resync
 
             return resync(roster, args.instance_id, args.path)
+        if args.command == "deletions":
+            from multiwatch.deletions_command import deletions
+
+            return deletions(roster, args.instance_id, action=args.action, out=sys.stdout)
         if args.command == "explain":
             from multiwatch.explain_command import explain
 

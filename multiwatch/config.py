@@ -31,6 +31,11 @@ from multiwatch.config_broker import (
     mask_url,
 )
 from multiwatch.config_checks import Origin, _check_directories, check_roster
+from multiwatch.config_deletions import (
+    DEFAULT_MAX_SCAN_DELETIONS,
+    ScanDeletionBound,
+    max_scan_deletions,
+)
 from multiwatch.config_env import (
     ENV_NAME,
     default_state_dir,
@@ -121,6 +126,8 @@ class InstanceConfig:
     ionice: str | None = None  # its I/O class: idle, best-effort[:0-7], realtime[:0-7]
     # A burst of deletions, modifications and renames above this is reported (None: off).
     unusual_activity: UnusualActivityConfig | None = DEFAULT_UNUSUAL_ACTIVITY
+    # A scan finding more tracked files gone than this holds their deletions (None: off).
+    max_scan_deletions: ScanDeletionBound | None = DEFAULT_MAX_SCAN_DELETIONS
 
 
 @dataclass(frozen=True)
@@ -397,6 +404,7 @@ _INSTANCE_FIELDS: dict[str, _Coerce] = {
     "nice": nice,
     "ionice": ionice,
     "unusual_activity": unusual_activity,
+    "max_scan_deletions": max_scan_deletions,
 }
 _INSTANCE_KEYS = ("id", "directory", *_INSTANCE_FIELDS)
 

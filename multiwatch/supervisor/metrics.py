@@ -73,6 +73,10 @@ INSTANCE_METRICS: tuple[Spec, ...] = (
     Spec("multiwatch_publish_held", "gauge",
          "1 while an unroutable or rejected event holds up the outbox, else 0.",
          _hb("publish_held")),
+    Spec("multiwatch_deletions_held", "gauge",
+         "Deletions a scan found but held instead of announcing (above max_scan_deletions: "
+         "an unmounted share?); `multiwatch deletions ID` releases or re-checks them.",
+         _hb("deletions_held")),
     Spec("multiwatch_errors_total", "counter",
          "Warnings and errors the watcher met (counted at every log_level, printed or not).",
          _hb("errors")),

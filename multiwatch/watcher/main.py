@@ -292,6 +292,7 @@ def _snapshot(pipeline: Pipeline, publisher: Publisher, gauge: OutboxGauge,
         "events_nacked": publisher.stats.nacked,
         "publish_held": bool(publisher.stats.held),
         "problem": publisher.stats.problem,
+        "deletions_held": pipeline.deletions.held,  # found gone by a scan, not announced
         # Checked here too, so the signal ends within a heartbeat of the window emptying.
         "unusual_activity": pipeline.unusual_activity.snapshot(),
         **activity_snapshot(pipeline),

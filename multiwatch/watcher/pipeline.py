@@ -24,6 +24,7 @@ from collections.abc import Callable, Iterator
 from multiwatch.config import InstanceConfig
 from multiwatch.logs import lines_written_together
 from multiwatch.watcher.confined import ConfinedRoot
+from multiwatch.watcher.deletion_guard import DeletionGuard
 from multiwatch.watcher.filters import PathFilter
 from multiwatch.watcher.hash_pool import HashJob, HashPool
 from multiwatch.watcher.hashing import (
@@ -120,6 +121,9 @@ class Pipeline:
         self._jobs: dict[str, HashJob] = {}
         if hash_pool is not None:
             hash_pool.set_wake(lambda: self.notifications.put(_WAKE))
+        self.deletions = DeletionGuard(store, instance, gauge, is_gone=self._really_gone,
+                                       is_tracked=self.known.__contains__,
+                                       announce=self._gone, rescan=self.request_scan)
 
     # -- driving -------------------------------------------------------------------------
 
@@ -149,6 +153,7 @@ class Pipeline:
             if due is not None:
                 wait = min(wait, max(0.0, due - now))
         self._trace_skips = log.isEnabledFor(logging.DEBUG)  # once per turn, not per path
+        self.deletions.step(now)  # a release in progress, the operator's requests
         self._take_notifications(wait)
         self._collect_hashes()
         if not held_back:
@@ -295,19 +300,28 @@ class Pipeline:
         known, vouched = self.known, scan.vouched_directories
         if not scan.relative_dir and known.changes == scan.changes_at_start and (
                 scan.vouched + scan.tracked_seen == len(known)):
-            return  # every tracked file was met, and none was tracked meanwhile
+            self._announce_gone(scan, [])  # every tracked file was met (held ones too)
+            return  # and none was tracked meanwhile
         tracked = known.paths_under(scan.relative_dir)
         unseen = [p for p in tracked if p not in scan.seen and directory_of(p) not in vouched]
+        gone: list[str] = []
         for relative in sorted(unseen):
             self._progress()  # (an lstat each: a mass deletion, a slow mount)
-            if relative in self.settle:
-                continue  # its own settle decides
-            try:
-                gone = self._resolve(relative) is None
-            except OSError:
-                gone = False  # unreadable (or a mount failing for a while) is not deleted
-            if gone:
-                self._gone(relative)
+            if relative not in self.settle and self._really_gone(relative):  # (settle decides)
+                gone.append(relative)
+        self._announce_gone(scan, gone)
+
+    def _announce_gone(self, scan: _Scan, gone: list[str]) -> None:
+        """Announce what a scan found gone, unless too many: those are held (deletion_guard)."""
+        for relative in self.deletions.scan_found(scan.relative_dir, gone, len(self.known)):
+            self._progress()
+            self._gone(relative)
+
+    def _really_gone(self, relative: str) -> bool:
+        try:
+            return self._resolve(relative) is None
+        except OSError:
+            return False  # unreadable (or a mount failing for a while) is not deleted
 
     def _handle_settled(self) -> None:
         if self._store_failures:
