@@ -28,6 +28,7 @@ from multiwatch.config import ConfigError, load_endpoint_config, split_listen
 from multiwatch.supervisor import identity
 from multiwatch.supervisor.dashboard import (
     LINKS,
+    deletions_held_text,
     event_name,
     events_by_type,
     format_duration,
@@ -197,7 +198,8 @@ def _row(ident: str, entry: Mapping[str, Any], now: float) -> list[str]:
     at = event.get("at")
     last = (f"{event_name(event.get('event_type'))} "
             f"{format_duration(max(0.0, now - at))} ago") if isinstance(at, (int, float)) else "-"
-    notes = [entry.get("reason") or entry.get("last_exit"), unusual_activity_text(heartbeat)]
+    notes = [entry.get("reason") or entry.get("last_exit"), deletions_held_text(heartbeat),
+             unusual_activity_text(heartbeat)]
     if connected is False:
         notes.append(f"broker: {heartbeat.get('last_error') or 'down'}")
     note = "; ".join(str(n) for n in notes if n)

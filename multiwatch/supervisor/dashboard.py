@@ -96,7 +96,8 @@ def _row(ident: str, entry: Mapping[str, Any], now: float) -> str:
         f'<td class="num">{escape(_text(entry.get("restarts")))}</td>',
         f'<td class="num">{escape(_percent(resources.get("cpu_percent")))}</td>',
         f'<td class="num">{escape(format_mib(resources.get("rss_bytes")))}</td>',
-        f'<td class="note">{_unusual_activity_html(heartbeat)}{escape(str(note))}</td>',
+        f'<td class="note">{_deletions_held_html(heartbeat)}{_unusual_activity_html(heartbeat)}'
+        f'{escape(str(note))}</td>',
     ]
     return "<tr>" + "".join(cells) + "</tr>"
 
@@ -118,6 +119,20 @@ def unusual_activity_text(heartbeat: Mapping[str, Any]) -> str:
 
 def _unusual_activity_html(heartbeat: Mapping[str, Any]) -> str:
     text = unusual_activity_text(heartbeat)
+    return f'<span class="bad">{escape(text)}</span><br>' if text else ""
+
+
+def deletions_held_text(heartbeat: Mapping[str, Any]) -> str:
+    """"1000 deletions held" while a scan's deletions wait for the operator
+    (`multiwatch deletions`); "" otherwise."""
+    held = _number(heartbeat.get("deletions_held"))
+    if not held:
+        return ""
+    return f"{held:.0f} deletion{'' if held == 1 else 's'} held"
+
+
+def _deletions_held_html(heartbeat: Mapping[str, Any]) -> str:
+    text = deletions_held_text(heartbeat)
     return f'<span class="bad">{escape(text)}</span><br>' if text else ""
 
 
