@@ -113,6 +113,8 @@ class InstanceConfig:
     recursive: bool = True
     settle_seconds: float = 1.0
     optional: bool = False  # a missing directory is waited for instead of being an error
+    mount_required: bool = False  # the directory must be a mount point to be watched
+    one_filesystem: bool = False  # like find -xdev: directories on other mounts are skipped
     follow_symlinks: bool = False  # announce symlinked files whose target is inside the tree
     close_grace_seconds: float = 0.0  # > 0: a close-after-write ends the quiet period early
     observer: str = "auto"  # auto | inotify | polling (network mounts)
@@ -392,6 +394,8 @@ _INSTANCE_FIELDS: dict[str, _Coerce] = {
     "recursive": cs.boolean,
     "settle_seconds": _non_negative,
     "optional": cs.boolean,
+    "mount_required": cs.boolean,
+    "one_filesystem": cs.boolean,
     "follow_symlinks": cs.boolean,
     "close_grace_seconds": _non_negative,
     "observer": _observer_mode,

@@ -41,10 +41,17 @@ def _check_directories(instances: tuple[InstanceConfig, ...], origins: list[Orig
                 raise origin.directory.error(f"directory {shown} does not exist{hint}")
         elif not os.path.isdir(inst.directory):
             raise origin.directory.error(f"{shown} is not a directory")
-        elif not inst.optional and not os.access(inst.directory, os.R_OK | os.X_OK):
+        elif not (inst.optional or _waits_for_mount(inst)) and not os.access(
+                inst.directory, os.R_OK | os.X_OK):
             raise origin.directory.error(
                 f"directory {shown} is not readable by this user (needs read and execute){hint}"
             )
+
+
+def _waits_for_mount(inst: InstanceConfig) -> bool:
+    """A mount_required directory that is a bare mount point now: its permissions are the
+    mount's to give (the watcher waits for it, scanning nothing)."""
+    return inst.mount_required and not os.path.ismount(inst.directory)
 
 
 def _real(directory: str) -> str:

@@ -7,7 +7,8 @@
     STOPPING ──exit──> STOPPED  (asked to stop: shutdown, reload, memory limit)
 
 The child reports over a one-way pipe: "ready" once it watches, "heartbeat" from its work
-loop, "waiting" while an optional directory is absent, "exiting" with the reason just before
+loop, "waiting" while an optional directory is absent or its mount is gone (also from
+RUNNING, back with "ready": watcher/mount.py), "exiting" with the reason just before
 it exits on its own (its publisher stopped working): /status shows that reason.  A watched
 directory that is gone is not a crash: it is retried at the capped backoff forever and never
 turns FATAL.
@@ -114,7 +115,8 @@ class Child:
                     self.state = State.RUNNING
                     self.reason = ""
                     self._failures_before_ready = 0
-                elif kind == "waiting" and self.state is State.STARTING:
+                elif kind == "waiting" and self.state in (State.STARTING, State.RUNNING):
+                    # (from RUNNING: its directory's mount went away, watcher/mount.py)
                     self.state = State.WAITING
                     self.reason = str(payload.get("reason", "waiting"))
                 elif kind == "heartbeat":

@@ -96,6 +96,9 @@ INSTANCE_METRICS: tuple[Spec, ...] = (
     Spec("multiwatch_broker_connected", "gauge",
          "1 while the watcher's broker connection is up, 0 while it is down.",
          _hb("broker_connected")),
+    Spec("multiwatch_instance_unmounted", "gauge",
+         "1 while the filesystem under the instance's directory is gone (unmounted share): "
+         "it waits, announcing nothing, and reconciles once it is back.", _hb("unmounted")),
     Spec("multiwatch_unusual_activity", "gauge",
          "1 while deletions, modifications and renames within the window are above the "
          "instance's unusual_activity threshold, else 0 (announcing goes on).",

@@ -26,6 +26,7 @@ from multiwatch.config import InstanceConfig
 from multiwatch.logs import setup_logging
 from multiwatch.watcher.hash_pool import HashPool
 from multiwatch.watcher.hash_slots import HashSlots
+from multiwatch.watcher.mount import META_KEY, UNMOUNTED, Mount, MountGuard
 from multiwatch.watcher.observe import (
     RawEvent,
     directory_watcher,
@@ -55,6 +56,7 @@ BUSY_WAIT_SECONDS = 0.5
 # is None ("outside the tree"), which the pipeline ignores like any such notification.
 WAKE_UP = RawEvent("wake", False, None)
 DIRECTORY_RETRY_SECONDS = 2.0
+OBSERVER_JOIN_SECONDS = 5.0
 PREVIOUS_WATCHER_GRACE_SECONDS = 5.0  # beyond stop_timeout: a watcher left by a killed parent
 DEEP_TREE_RECURSION_LIMIT = 20_000
 THREAD_STACK_BYTES = 64 * 1024 * 1024
@@ -134,35 +136,52 @@ def _run(spec: ChildSpec, to_parent: Connection, stop: _Stop) -> int:
                           instance_id=instance.id, db_path=db_path, gauge=gauge)
     with _sigterm_for_main_thread_only():
         publisher.start()
-    heartbeat = _Heartbeat(parent, lambda: _snapshot(pipeline, publisher, gauge, problems),
-                           lambda: _activity(pipeline, publisher, gauge, problems),
+    mounts = MountGuard(instance.directory, required=instance.mount_required,
+                        remembered=Mount.from_json(store.meta(META_KEY)))
+    heartbeat = _Heartbeat(parent, lambda: {**_snapshot(pipeline, publisher, gauge, problems),
+                                            "unmounted": mounts.unmounted},
+                           lambda: (_activity(pipeline, publisher, gauge, problems),
+                                    mounts.unmounted),
                            hang_timeout=spec.hang_timeout_seconds)
     pipeline = Pipeline(instance, store, gauge, progress=heartbeat.maybe_send,
                         hash_pool=_hash_pool(spec))
+    pipeline.mount_lost = mounts.lost
     stop.wake_up = pipeline.notifications
-    # Observer first, then the scan: nothing created during the scan can slip through.
-    # The scan also adds the watches below the root, each before it lists the directory.
     listen_for_lost_events(pipeline.notifications)
-    observer = _observe(instance, pipeline)
-    pipeline.request_scan(watch=directory_watcher(observer))
-    log.info("watching", extra={"path": instance.directory, "pid": os.getpid(),
-                                "settle_seconds": instance.settle_seconds,
-                                "tracked_files": len(pipeline.known)})
-    parent.send("ready", {"pid": os.getpid()})
+    observer: BaseObserver | None = None
+    why_waiting = mounts.why_waiting(tracked_files=len(pipeline.known))
+    if why_waiting is None:
+        observer = _start_watching(instance, pipeline, mounts, store)
+        log.info("watching", extra={"path": instance.directory, "pid": os.getpid(),
+                                    "settle_seconds": instance.settle_seconds,
+                                    "tracked_files": len(pipeline.known)})
+        parent.send("ready", {"pid": os.getpid()})
+    else:  # a bare mount point: reconciling against it would delete every tracked file
+        mounts.unmounted = True
+        log.warning(f"{UNMOUNTED}; waiting for its mount before scanning",
+                    extra={"path": instance.directory, "reason": why_waiting,
+                           "tracked_files": len(pipeline.known)})
+        parent.send("waiting", {"reason": UNMOUNTED})
     exit_code = 0
     next_scan = _next_scan(instance)
     while not stop.requested:
-        pipeline.step(_wait_budget(pipeline, gauge, publisher, heartbeat, next_scan))
+        if mounts.unmounted:  # nothing is scanned or announced; the publisher goes on
+            stop.wait(min(DIRECTORY_RETRY_SECONDS, heartbeat.idle_seconds))
+        else:
+            pipeline.step(_wait_budget(pipeline, gauge, publisher, heartbeat, next_scan))
         now = time.monotonic()
         heartbeat.maybe_send()
-        if now >= next_scan:
+        if now >= next_scan and not mounts.unmounted:
             next_scan = _next_scan(instance)
             log.info("periodic reconcile scan", extra={"path": instance.directory})
             pipeline.request_scan()
         if not parent.alive():
             log.warning("supervisor is gone; stopping")
             break
-        if pipeline.root_missing or not os.path.isdir(instance.directory):
+        observer = _follow_mount(instance, pipeline, mounts, store, parent, observer)
+        if observer is None:
+            pass  # unmounted: waiting for the mount
+        elif pipeline.root_missing or not os.path.isdir(instance.directory):
             log.error("watched directory disappeared", extra={"path": instance.directory})
             exit_code = EXIT_DIRECTORY_GONE
             break
@@ -175,7 +194,7 @@ def _run(spec: ChildSpec, to_parent: Connection, stop: _Stop) -> int:
             parent.send("exiting", {"reason": publisher_problem})
             exit_code = EXIT_PUBLISHER_FAILED
             break
-        if not _observer_alive(observer):
+        if observer is not None and not _observer_alive(observer):
             log.error("filesystem observer died; restarting it and rescanning",
                       extra={"path": instance.directory})
             observer.stop()
@@ -184,7 +203,8 @@ def _run(spec: ChildSpec, to_parent: Connection, stop: _Stop) -> int:
 
     # Everything below ends before the supervisor's SIGKILL (stop_timeout_seconds away).
     stopping_at = time.monotonic()
-    observer.stop()
+    if observer is not None:
+        observer.stop()
     if pipeline.files_waiting:
         log.info("stopping with files still settling; the next start's scan announces them",
                  extra={"files_waiting": pipeline.files_waiting})
@@ -196,11 +216,64 @@ def _run(spec: ChildSpec, to_parent: Connection, stop: _Stop) -> int:
     if publisher.is_alive():  # stuck in a bounded wait longer than the time left: leave it
         log.error("the publisher did not stop in time; exiting without it (the outbox keeps "
                   "its events)", extra={"doing": publisher.progress.doing})
-    observer.join(timeout=max(stopping_at + spec.stop_timeout_seconds - 0.5 - time.monotonic(),
-                              0.1))
+    if observer is not None:
+        observer.join(timeout=max(stopping_at + spec.stop_timeout_seconds - 0.5
+                                  - time.monotonic(), 0.1))
     store.close()
     log.info("stopped", extra={"events": dict(pipeline.counts), "outbox_depth": gauge.depth})
     return exit_code
+
+
+def _start_watching(instance: InstanceConfig, pipeline: Pipeline, mounts: MountGuard,
+                    store: StateStore) -> BaseObserver:
+    """Remember the root's mount, start the observer, then reconcile by scan (observer
+    first: nothing created during the scan can slip through; the scan also adds the
+    watches below the root, each before it lists the directory)."""
+    mount = mounts.adopt()
+    if mount is not None:
+        try:  # so the next start can tell a bare mount point from this filesystem
+            store.set_meta(META_KEY, mount.to_json())
+        except sqlite3.Error as exc:
+            log.warning("cannot record the directory's mount: %s", exc)
+    observer = _observe(instance, pipeline)
+    pipeline.request_scan(watch=directory_watcher(observer))
+    return observer
+
+
+def _follow_mount(instance: InstanceConfig, pipeline: Pipeline, mounts: MountGuard,
+                  store: StateStore, parent: _ParentLink,
+                  observer: BaseObserver | None) -> BaseObserver | None:
+    """Stop watching when the root's filesystem goes away (nothing it seems to lose is
+    announced), and resume with a reconcile scan once it is back; None while waiting."""
+    if not mounts.unmounted:
+        if not mounts.lost():
+            return observer
+        gone = mounts.expected
+        log.warning(UNMOUNTED, extra={"path": instance.directory,
+                                      **(gone.fields() if gone else {})})
+        mounts.unmounted = True
+        if observer is not None:
+            observer.stop()
+            observer.join(timeout=OBSERVER_JOIN_SECONDS)
+        _discard(pipeline.notifications)  # what the unmount looked like (polling: deletions)
+        pipeline.root_missing = False
+    why_waiting = mounts.why_waiting(tracked_files=len(pipeline.known))
+    if why_waiting is not None:
+        parent.send("waiting", {"reason": UNMOUNTED})  # (also tells the hang check we live)
+        return None
+    _discard(pipeline.notifications)
+    observer = _start_watching(instance, pipeline, mounts, store)
+    log.info("directory mounted; watching and reconciling", extra={
+        "path": instance.directory, "tracked_files": len(pipeline.known),
+        **(mounts.expected.fields() if mounts.expected else {})})
+    parent.send("ready", {"pid": os.getpid()})
+    return observer
+
+
+def _discard(notifications: queue.SimpleQueue[RawEvent]) -> None:
+    with contextlib.suppress(queue.Empty):
+        while True:
+            notifications.get_nowait()
 
 
 def _hash_pool(spec: ChildSpec) -> HashPool:
@@ -233,7 +306,7 @@ def _observe(instance: InstanceConfig, pipeline: Pipeline) -> BaseObserver:
         return start_observer(instance.directory, recursive=instance.recursive,
                               events=pipeline.notifications, mode=instance.observer,
                               polling_interval=instance.polling_interval_seconds,
-                              subdirectories_later=True)
+                              subdirectories_later=True, one_filesystem=instance.one_filesystem)
 
 
 @contextlib.contextmanager

@@ -417,6 +417,7 @@ def listen_for_lost_events(events: queue.SimpleQueue[RawEvent]) -> None:
 def start_observer(
     root: str, *, recursive: bool, events: queue.SimpleQueue[RawEvent], mode: str = "auto",
     polling_interval: float = 1.0, subdirectories_later: bool = False,
+    one_filesystem: bool = False,
 ) -> BaseObserver:
     """Start watching `root` with inotify or by polling.
 
@@ -426,7 +427,9 @@ def start_observer(
 
     `subdirectories_later`: an inotify observer watches the root alone, and the caller
     must pass `directory_watcher(observer)` to a walk of the whole tree (see
-    DirectInotifyObserver); a polling observer needs no such walk.
+    DirectInotifyObserver); a polling observer needs no such walk.  `one_filesystem`: the
+    polling walk leaves out directories on another device (inotify's watches below the
+    root come from that walk, which does the same).
     """
     if mode != "polling":
         inotify: DirectInotifyObserver | None = None
@@ -449,7 +452,7 @@ def start_observer(
             )
     # watchdog's own polling walk follows directory symlinks out of the tree and round loops:
     # it lists and stats below the root's descriptor instead, never through a symlink.
-    confined = ConfinedSnapshotIO(ConfinedRoot(root))
+    confined = ConfinedSnapshotIO(ConfinedRoot(root), one_filesystem=one_filesystem)
     polling = PollingObserverVFS(confined.stat, confined.listdir,  # type: ignore[arg-type]
                                  polling_interval=polling_interval)
     polling.schedule(_Enqueuer(root, events), root, recursive=recursive,

@@ -105,6 +105,7 @@ class Pipeline:
         self.bytes_hashed = 0
         self.files_hashed = 0
         self.root_missing = False
+        self.mount_lost: Callable[[], bool] = lambda: False  # set by main (watcher/mount.py)
         self._lost_events = 0  # overflows since the last "events were lost" line
         self._lost_events_logged_at = -LOST_EVENTS_LOG_SECONDS
         self._scans: list[_Scan] = []  # a stack: the newest walk goes first
@@ -138,7 +139,8 @@ class Pipeline:
             return  # the same walk is queued and has not started: it will see everything
         batches = scan_batches(self._confined, relative_dir, self.filter,
                                recursive=self.instance.recursive,
-                               unlistable=self._unreadable.directories, watch=watch)
+                               unlistable=self._unreadable.directories, watch=watch,
+                               one_filesystem=self.instance.one_filesystem)
         self._scans.append(_Scan(relative_dir, batches))
         self._queued_scans.add(relative_dir)
 
@@ -500,6 +502,8 @@ class Pipeline:
             self._stat_at_close[relative] = at_close
 
     def _gone(self, relative: str) -> None:
+        if self.mount_lost():  # a file vanished with its mount is not deleted
+            return
         self._readable(relative)
         self.settle.discard(relative)
         self._stat_at_close.pop(relative, None)
@@ -524,6 +528,8 @@ class Pipeline:
     # -- settled paths -------------------------------------------------------------------
 
     def _on_settled(self, relative: str, seen: FileVersion | None, now: float) -> None:
+        if self.mount_lost():  # not a file of this tree: its return's reconcile settles it
+            return
         self._settled(relative, seen, now)
         job = self._jobs.get(relative)
         if job is not None and not job.settled and relative not in self.settle:

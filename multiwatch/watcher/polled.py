@@ -17,6 +17,7 @@ from __future__ import annotations
 import ctypes
 import errno
 import os
+import stat
 import threading
 from collections.abc import Iterator
 
@@ -101,8 +102,10 @@ class ConfinedSnapshotIO:
     pinned between polls).  The root's own stat is by its configured path, so a deleted
     root ends the poller as watchdog expects."""
 
-    def __init__(self, root: ConfinedRoot) -> None:
+    def __init__(self, root: ConfinedRoot, *, one_filesystem: bool = False) -> None:
         self.root = root
+        # one_filesystem (find -xdev): directories on another device are left out.
+        self._device = os.stat(root.path).st_dev if one_filesystem else None
         self._prefix = root.path.rstrip("/") + "/"
         self._listed = threading.local()  # absolute path -> stat, of the last listing
 
@@ -150,4 +153,7 @@ class ConfinedSnapshotIO:
         finally:
             os.close(fd)
         self._listed.stats = stats
+        if self._device is not None:
+            entries = [e for e in entries if (st := stats.get(prefix + e.name)) is None
+                       or not stat.S_ISDIR(st.st_mode) or st.st_dev == self._device]
         return iter(entries)

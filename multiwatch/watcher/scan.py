@@ -71,6 +71,7 @@ def scan_batches(
     root: ConfinedRoot, start: str, path_filter: PathFilter, *, recursive: bool,
     unlistable: set[str] | None = None,
     batch_entries: int | None = None, watch: Callable[[str], object] | None = None,
+    one_filesystem: bool = False,
 ) -> Iterator[ScanBatch]:
     """Yield {relative path: (size, mtime_ns, inode)} for the wanted regular files under
     root/start, at most `batch_entries` (BATCH_ENTRIES) at a time, each file once, after one
@@ -86,7 +87,10 @@ def scan_batches(
 
     `watch(absolute path)` is called on every real directory below root/start before it
     is listed, filtered out or not (observe.start_observer's `subdirectories_later`):
-    filtered-out directories are then walked too, for their watches only."""
+    filtered-out directories are then walked too, for their watches only.
+
+    `one_filesystem` (like `find -xdev`): a directory on another device than the root (a
+    mount inside the tree) is neither listed nor watched."""
     reported = unlistable if unlistable is not None else set()
     follow = root.follow_symlinks
     if start and not path_filter.wants_directory(start):
@@ -97,6 +101,7 @@ def scan_batches(
         (skip_name.prefixes, skip_name.suffixes, skip_name.others) if skip_name is not None
         else ((), (), None))
     limit = batch_entries or BATCH_ENTRIES
+    root_device = _device(root.path) if one_filesystem else None
     # "Why wasn't my file announced?": files a filter passes over, at DEBUG (decided once
     # per walk; the reason is only worked out when the line is logged).
     trace = log.isEnabledFor(logging.DEBUG)
@@ -165,7 +170,10 @@ def scan_batches(
                             _skipped(root, relative, path_filter)
                     elif S_ISDIR(mode) and recursive:
                         relative = prefix + name
-                        if path_filter.wants_directory(relative):
+                        if root_device is not None and st.st_dev != root_device:
+                            log.debug("directory on another filesystem skipped (one_filesystem)",
+                                      extra={"path": os.path.join(root.path, relative)})
+                        elif path_filter.wants_directory(relative):
                             pending.append(relative)
                         else:
                             if watch is not None:
@@ -191,6 +199,13 @@ def scan_batches(
         reported.discard(relative_dir)
         found.examined, found.complete = examined, True
         yield found  # empty for a directory with no wanted file: it still cost a listing
+
+
+def _device(path: str) -> int | None:
+    try:
+        return os.stat(path).st_dev
+    except OSError:
+        return None  # the walk finds nothing either
 
 
 def _cannot_list(relative_dir: str, absolute_dir: str, exc: OSError, reported: set[str]) -> None:

@@ -22,7 +22,7 @@ def heartbeat(**overrides: Any) -> dict[str, Any]:
         "outbox_depth": 3, "outbox_bytes": 1500, "outbox_full": False,
         "broker_connected": True, "published": 7, "publish_failures": 1, "errors": 2,
         "last_error": "", "events_unroutable": 0, "events_nacked": 0, "publish_held": False,
-        "problem": "", "deletions_held": 0,
+        "problem": "", "deletions_held": 0, "unmounted": False,
         "latency": {"buckets": [0.1, 1.0, 5.0], "counts": [1, 4, 6], "sum": 9.5, "count": 7},
         "unusual_activity": {"enabled": True, "active": False, "since": None,
                              "window_seconds": 300.0,

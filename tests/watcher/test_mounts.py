@@ -2,9 +2,35 @@
 
 from __future__ import annotations
 
+import multiprocessing
+import os
+import queue
+import time
+from collections.abc import Iterator
 from pathlib import Path
+from typing import Any
 
+import pytest
+from watchdog.observers.api import BaseObserver
+
+from multiwatch.config import BrokerConfig, InstanceConfig, SupervisorConfig
+from multiwatch.supervisor.lifecycle import Child, State
+from multiwatch.supervisor.metrics import fleet_metrics
+from multiwatch.watcher.confined import ConfinedRoot
+from multiwatch.watcher.filters import PathFilter
+from multiwatch.watcher.mount import (
+    UNMOUNTED,
+    Mount,
+    MountEntry,
+    MountGuard,
+    containing_mount,
+    parse_mountinfo,
+)
+from multiwatch.watcher.observe import RawEvent, directory_watcher, start_observer
+from multiwatch.watcher.scan import scan_batches
+from multiwatch.watcher.spec import ChildSpec
 from multiwatch.watcher.state import StateStore
+from tests.support.mounts import Mounts, needs_root
 
 
 def test_meta_value_survives_reopening_the_state(tmp_path: Path) -> None:
@@ -18,3 +44,242 @@ def test_meta_value_survives_reopening_the_state(tmp_path: Path) -> None:
     again = StateStore(path)
     assert again.meta("mount") == '{"mount_point": "/srv/other"}'
     again.close()
+
+
+# ---------------------------------------------------------------- mountinfo
+
+
+def test_mountinfo_lines_give_mount_point_type_and_source_with_escapes() -> None:
+    """A share mounted on a path with a space is found under its real name."""
+    lines = [
+        "27 1 254:0 / / rw,relatime - ext4 /dev/vda rw",
+        "88 27 0:53 / /srv/my\\040share rw,relatime shared:7 master:1 - nfs4 nas:/export\\040x rw",
+        "garbage",
+    ]
+    assert parse_mountinfo(lines) == [
+        MountEntry(mount_point="/", fs_type="ext4", source="/dev/vda"),
+        MountEntry(mount_point="/srv/my share", fs_type="nfs4", source="nas:/export x"),
+    ]
+
+
+def test_the_deepest_mount_above_a_path_is_the_one_it_belongs_to() -> None:
+    """/srv/share/music is on the share mounted at /srv/share, not on / nor on /srv/shared."""
+    mounts = [MountEntry("/", "ext4", "/dev/vda"), MountEntry("/srv/share", "nfs4", "nas:/a"),
+              MountEntry("/srv/shared", "tmpfs", "tmpfs"),
+              MountEntry("/srv/share", "cifs", "//nas/b")]  # stacked: the last one is seen
+    assert containing_mount("/srv/share/music", mounts) == mounts[3]
+    assert containing_mount("/srv/share", mounts) == mounts[3]
+    assert containing_mount("/srv/other", mounts) == mounts[0]
+
+
+def test_a_remembered_mount_survives_its_json_and_bad_json_is_forgotten() -> None:
+    """What the state database keeps reads back the same; a damaged value counts as none."""
+    mount = Mount(device=2049, mount_point="/srv/share", fs_type="nfs4", source="nas:/a")
+    assert Mount.from_json(mount.to_json()) == mount
+    assert Mount.from_json("{not json") is None
+    assert Mount.from_json('{"device": 1}') is None
+
+
+# ---------------------------------------------------------------- real mounts
+
+
+@pytest.fixture
+def mounts() -> Iterator[Mounts]:
+    made = Mounts()
+    try:
+        yield made
+    finally:
+        made.cleanup()
+
+
+@needs_root
+def test_guard_notices_an_unmount_and_a_bare_mount_point_is_not_usable(
+        tmp_path: Path, mounts: Mounts) -> None:
+    """After umount the root is lost; a new start that remembers the mount waits, and the
+    mount's return makes the root usable again."""
+    root = mounts.tmpfs(tmp_path / "share")
+    (root / "a.txt").write_text("a")
+    guard = MountGuard(str(root), required=False, remembered=None)
+    seen = guard.adopt()
+    assert seen is not None and seen.mount_point == str(root) and seen.fs_type == "tmpfs"
+    assert not guard.lost() and guard.why_waiting(tracked_files=1) is None
+
+    mounts.umount(root)
+    assert guard.lost()
+    later = MountGuard(str(root), required=False, remembered=Mount.from_json(seen.to_json()))
+    why = later.why_waiting(tracked_files=1)
+    assert why is not None and str(root) in why
+    (root / "written-while-unmounted.txt").write_text("x")  # not empty: still waits
+    assert later.why_waiting(tracked_files=1) is not None
+
+    mounts.tmpfs(root)
+    assert later.why_waiting(tracked_files=1) is None
+
+
+@needs_root
+def test_a_lazy_unmount_is_noticed_too(tmp_path: Path, mounts: Mounts) -> None:
+    """umount -l detaches the mount at once: the root counts as lost."""
+    root = mounts.tmpfs(tmp_path / "share")
+    guard = MountGuard(str(root), required=False, remembered=None)
+    guard.adopt()
+    mounts.umount(root, lazy=True)
+    assert guard.lost()
+
+
+@needs_root
+def test_mount_required_waits_for_a_mount_point(tmp_path: Path, mounts: Mounts) -> None:
+    """With mount_required, a plain directory is not watched; once mounted it is."""
+    root = tmp_path / "share"
+    root.mkdir()
+    guard = MountGuard(str(root), required=True, remembered=None)
+    why = guard.why_waiting()
+    assert why is not None and "mount_required" in why
+    mounts.tmpfs(root)
+    assert guard.why_waiting() is None
+    guard.adopt()
+    mounts.umount(root)
+    assert guard.lost()
+
+
+@needs_root
+def test_an_empty_directory_on_another_device_than_the_tracked_files_waits(
+        tmp_path: Path, mounts: Mounts) -> None:
+    """The share came back empty on a new device while files are tracked: wait; a local
+    tree (same device) emptied by its owner is not waited for."""
+    root = mounts.tmpfs(tmp_path / "share")
+    guard = MountGuard(str(root), required=False, remembered=None)
+    remembered = guard.adopt()
+    assert remembered is not None
+    mounts.umount(root)
+    mounts.tmpfs(tmp_path / "other")  # takes the device number the share left free
+    mounts.tmpfs(root)  # a new, empty tmpfs on another device number
+    assert os.stat(root).st_dev != remembered.device
+    again = MountGuard(str(root), required=False, remembered=remembered)
+    assert again.why_waiting(tracked_files=5) is not None
+    assert again.why_waiting(tracked_files=0) is None
+    (root / "x").write_text("x")
+    assert again.why_waiting(tracked_files=5) is None
+    local = MountGuard(str(tmp_path), required=False, remembered=None)
+    local.adopt()
+    assert local.why_waiting(tracked_files=5) is None  # tmp_path: empty of files, same device
+
+
+@needs_root
+@pytest.mark.parametrize("one_filesystem", [False, True])
+def test_a_sub_mount_is_scanned_unless_one_filesystem(
+        tmp_path: Path, mounts: Mounts, one_filesystem: bool) -> None:
+    """one_filesystem: true leaves out (and does not watch) a mount inside the tree."""
+    root = tmp_path / "tree"
+    (root / "local").mkdir(parents=True)
+    (root / "local" / "here.txt").write_text("here")
+    inner = mounts.tmpfs(root / "inner")
+    (inner / "deep").mkdir()
+    (inner / "deep" / "there.txt").write_text("there")
+    watched: list[str] = []
+    found = set()
+    for batch in scan_batches(ConfinedRoot(str(root)), "", PathFilter(("*",), ()),
+                              recursive=True, watch=watched.append,
+                              one_filesystem=one_filesystem):
+        found.update(batch)
+    if one_filesystem:
+        assert found == {"local/here.txt"}
+        assert watched == [str(root / "local")]
+    else:
+        assert found == {"local/here.txt", "inner/deep/there.txt"}
+        assert sorted(watched) == [str(root / "inner"), str(root / "inner" / "deep"),
+                                   str(root / "local")]
+
+
+# ---------------------------------------------------------------- the supervisor's view
+
+
+class _Pipe:
+    """The child's end of the pipe as the supervisor reads it: these reports, then nothing."""
+
+    def __init__(self, reports: list[tuple[str, dict[str, Any]]]) -> None:
+        self.reports = list(reports)
+
+    def poll(self) -> bool:
+        return bool(self.reports)
+
+    def recv(self) -> tuple[str, dict[str, Any]]:
+        return self.reports.pop(0)
+
+    def close(self) -> None:
+        pass
+
+
+def test_a_running_watcher_whose_mount_went_away_is_waiting_until_ready_again() -> None:
+    """RUNNING → "waiting" (directory unmounted) → WAITING with that reason, and not up in
+    /metrics; "ready" → RUNNING again."""
+    spec = ChildSpec(instance=InstanceConfig(id="share", directory="/srv/share"),
+                     broker=BrokerConfig(), state_dir="/tmp/state", log_level="INFO",
+                     stop_timeout_seconds=8, parent_pid=1)
+    child = Child(spec, SupervisorConfig(), multiprocessing.get_context("spawn"))
+    child.state = State.RUNNING
+    pipe = _Pipe([("waiting", {"reason": UNMOUNTED}), ("heartbeat", {"unmounted": True})])
+    child.reader = pipe  # type: ignore[assignment]
+    child.receive(10.0)
+    view = child.view(10.0)
+    assert (view["state"], view["reason"]) == ("WAITING", "directory unmounted")
+    assert child.last_heartbeat == 10.0  # the keepalive: not taken for hung
+    pipe.reports.append(("ready", {"pid": 1}))
+    child.receive(11.0)
+    assert (child.view(11.0)["state"], child.view(11.0)["reason"]) == ("RUNNING", "")
+
+
+def test_the_unmounted_metric_follows_the_heartbeat() -> None:
+    """multiwatch_instance_unmounted is 1 while the watcher says its mount is gone, else 0."""
+    def value(unmounted: bool) -> float | None:
+        view = {"instances": {"share": {"state": "WAITING",
+                                        "heartbeat": {"unmounted": unmounted}}}}
+        for family in fleet_metrics(view):
+            if family.name == "multiwatch_instance_unmounted":
+                return next(s.value for s in family.samples
+                            if s.labels == {"instance_id": "share"})
+        return None
+
+    assert value(True) == 1.0
+    assert value(False) == 0.0
+
+
+@needs_root
+@pytest.mark.parametrize("mode", ["inotify", "polling"])
+def test_one_filesystem_hears_nothing_from_a_sub_mount(
+        tmp_path: Path, mounts: Mounts, observers: list[BaseObserver], mode: str) -> None:
+    """one_filesystem: true, with either observer: a file written in a sub-mount sends no
+    notification; one written beside it does."""
+    root = tmp_path / "tree"
+    (root / "local").mkdir(parents=True)
+    inner = mounts.tmpfs(root / "inner")
+    (inner / "deep").mkdir()
+    events: queue.SimpleQueue[RawEvent] = queue.SimpleQueue()
+    observer = start_observer(str(root), recursive=True, events=events, mode=mode,
+                              polling_interval=0.1, subdirectories_later=True,
+                              one_filesystem=True)
+    observers.append(observer)
+    watch = directory_watcher(observer)
+    for _ in scan_batches(ConfinedRoot(str(root)), "", PathFilter(("*",), ()), recursive=True,
+                          watch=watch, one_filesystem=True):
+        pass
+    (inner / "deep" / "there.txt").write_text("there")
+    (inner / "top.txt").write_text("top")
+    (root / "local" / "here.txt").write_text("here")
+    seen = _until(events, "local/here.txt")
+    # Written after: for polling a later poll, for inotify a later event; anything from
+    # the sub-mount would have come before it.
+    (root / "local" / "after.txt").write_text("after")
+    seen += _until(events, "local/after.txt")
+    assert not [e for e in seen if e.src and e.src.startswith("inner")], seen
+
+
+def _until(events: queue.SimpleQueue[RawEvent], path: str) -> list[RawEvent]:
+    """Notifications up to the first about `path` (AssertionError after 10 s)."""
+    deadline = time.monotonic() + 10
+    seen: list[RawEvent] = []
+    while not seen or seen[-1].src != path:
+        try:
+            seen.append(events.get(timeout=max(0.01, deadline - time.monotonic())))
+        except queue.Empty:
+            raise AssertionError(f"no notification about {path}; got {seen}") from None
+    return seen

@@ -1,0 +1,201 @@
+"""Which filesystem a watched root lives on, and whether that is still the one it was.
+
+An unmounted share leaves its bare mount point behind: an empty directory (or one with
+whatever was written under the mount).  Reconciling against it would announce every
+tracked file as deleted, so the watcher compares the root's device and mount with the
+ones it saw (or the state database remembers) and waits while they are gone.
+
+The mount a path belongs to is the deepest mount point above it in /proc/self/mountinfo
+(the last listed, for mounts stacked on one point); its device is the root's st_dev.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import os
+import re
+from collections.abc import Iterable
+from dataclasses import asdict, dataclass
+
+log = logging.getLogger(__name__)
+
+MOUNTINFO = "/proc/self/mountinfo"
+# The reason the supervisor shows (state WAITING) while the mount is gone.
+UNMOUNTED = "directory unmounted"
+# The state database's meta entry holding the last mount seen (a Mount as JSON).
+META_KEY = "mount"
+
+_OCTAL_ESCAPE = re.compile(r"\\([0-7]{3})")
+
+
+@dataclass(frozen=True)
+class Mount:
+    """The filesystem a watched root was found on."""
+
+    device: int  # the root's st_dev
+    mount_point: str  # the deepest mount point at or above the root
+    fs_type: str
+    source: str
+
+    def to_json(self) -> str:
+        return json.dumps(asdict(self), sort_keys=True)
+
+    @classmethod
+    def from_json(cls, text: str | None) -> Mount | None:
+        """The remembered mount, or None when nothing (or nothing readable) is stored."""
+        if not text:
+            return None
+        try:
+            raw = json.loads(text)
+            return cls(device=int(raw["device"]), mount_point=str(raw["mount_point"]),
+                       fs_type=str(raw["fs_type"]), source=str(raw["source"]))
+        except (ValueError, KeyError, TypeError):
+            return None
+
+    def fields(self) -> dict[str, object]:
+        """For log lines: which mount this is."""
+        return {"mount_point": self.mount_point, "fs_type": self.fs_type,
+                "source": self.source}
+
+
+@dataclass(frozen=True)
+class MountEntry:
+    """One line of /proc/self/mountinfo (the fields used here)."""
+
+    mount_point: str
+    fs_type: str
+    source: str
+
+
+def _unescape(field: str) -> str:
+    """mountinfo writes space, tab, newline and backslash as octal escapes (\\040...)."""
+    return _OCTAL_ESCAPE.sub(lambda m: chr(int(m.group(1), 8)), field)
+
+
+def parse_mountinfo(lines: Iterable[str]) -> list[MountEntry]:
+    """The mounts in mountinfo order (proc(5): optional fields end at a lone "-")."""
+    entries = []
+    for line in lines:
+        fields = line.split()
+        try:
+            separator = fields.index("-", 6)
+            entries.append(MountEntry(mount_point=_unescape(fields[4]),
+                                      fs_type=fields[separator + 1],
+                                      source=_unescape(fields[separator + 2])))
+        except (ValueError, IndexError):
+            continue  # a line of another shape: not one we can use
+    return entries
+
+
+def read_mounts() -> list[MountEntry]:
+    try:
+        with open(MOUNTINFO, encoding="utf-8", errors="surrogateescape") as f:
+            return parse_mountinfo(f)
+    except OSError:
+        return []  # no /proc (not Linux): only devices are compared
+
+
+def _below(path: str, mount_point: str) -> bool:
+    """True if `path` is `mount_point` or inside it."""
+    return (mount_point == "/" or path == mount_point
+            or path.startswith(mount_point.rstrip("/") + "/"))
+
+
+def containing_mount(path: str, mounts: list[MountEntry]) -> MountEntry | None:
+    """The deepest mount at or above `path` (a real path); the last listed on a tie."""
+    best: MountEntry | None = None
+    for entry in mounts:
+        if _below(path, entry.mount_point) and (
+                best is None or len(entry.mount_point) >= len(best.mount_point)):
+            best = entry
+    return best
+
+
+def mount_of(root: str) -> Mount | None:
+    """The filesystem `root` is on now; None if it is not a directory that can be stat'ed."""
+    try:
+        st = os.stat(root)
+    except OSError:
+        return None
+    real = os.path.realpath(root)
+    entry = containing_mount(real, read_mounts())
+    if entry is None:
+        return Mount(device=st.st_dev, mount_point="/", fs_type="", source="")
+    return Mount(device=st.st_dev, mount_point=entry.mount_point, fs_type=entry.fs_type,
+                 source=entry.source)
+
+
+def is_mounted(mount_point: str) -> bool:
+    return any(entry.mount_point == mount_point for entry in read_mounts())
+
+
+def _is_empty(directory: str) -> bool:
+    try:
+        with os.scandir(directory) as entries:
+            return next(entries, None) is None
+    except OSError:
+        return False
+
+
+class MountGuard:
+    """The mount one watcher expects its root on, and the checks against it.
+
+    `expected` is the mount seen when watching began (or resumed); `lost` is the cheap
+    check the loop and every deletion make (one stat); `why_waiting` the full one
+    (mountinfo) made at start and while `unmounted`."""
+
+    def __init__(self, root: str, *, required: bool, remembered: Mount | None) -> None:
+        self.root = root
+        self.required = required
+        self.expected = remembered
+        self.unmounted = False
+
+    def lost(self) -> bool:
+        """True if the root is no longer on the expected filesystem (or, with
+        mount_required, no longer a mount point)."""
+        if self.unmounted:
+            return True
+        expected = self.expected
+        if expected is None:
+            return False
+        try:
+            device = os.stat(self.root).st_dev
+        except OSError:
+            # Gone with its mount (a root inside the share), or only deleted: the loop's
+            # directory check handles the second.
+            return not is_mounted(expected.mount_point)
+        return device != expected.device or (self.required and not os.path.ismount(self.root))
+
+    def why_waiting(self, *, tracked_files: int = 0) -> str | None:
+        """Why the root cannot be watched now (None when it can), compared with `expected`.
+
+        Not usable: with mount_required, a root that is no mount point; a root whose mount
+        is above the expected one (the expected mount is gone: a bare mount point);
+        `tracked_files` given (at start), an empty root on another device than the one
+        they were tracked on."""
+        current = mount_of(self.root)
+        if current is None:
+            return "the directory is missing"
+        if self.required and not os.path.ismount(self.root):
+            return "mount_required is set and the directory is not a mount point"
+        expected = self.expected
+        if expected is None:
+            return None
+        if current.mount_point != expected.mount_point and _below(expected.mount_point,
+                                                                   current.mount_point):
+            return (f"the directory was on {expected.fs_type or 'a'} mount "
+                    f"{expected.mount_point} ({expected.source}), now on "
+                    f"{current.mount_point} ({current.fs_type})")
+        if tracked_files and current.device != expected.device and _is_empty(self.root):
+            return (f"the directory is empty and on another device than the "
+                    f"{tracked_files} files tracked there")
+        return None
+
+    def adopt(self) -> Mount | None:
+        """Expect the root's filesystem as it is now; returns it (None if unreadable)."""
+        current = mount_of(self.root)
+        if current is not None:
+            self.expected = current
+        self.unmounted = False
+        return current
