@@ -19,7 +19,8 @@ While deletions are held, every deletion a later scan finds joins them: the oper
 decides once, with the whole picture.
 
 The command asks by a row in the state database (state.request_deletions), which this
-guard reads every POLL_SECONDS from the pipeline loop: no signal, no restart.
+guard reads at most every POLL_SECONDS from the pipeline loop (which turns at least once per
+idle heartbeat, 5 s): no signal, no restart.
 """
 
 from __future__ import annotations
