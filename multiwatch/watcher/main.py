@@ -137,11 +137,12 @@ def _run(spec: ChildSpec, to_parent: Connection, stop: _Stop) -> int:
     with _sigterm_for_main_thread_only():
         publisher.start()
     mounts = MountGuard(instance.directory, required=instance.mount_required,
-                        remembered=Mount.from_json(store.meta(META_KEY)))
+                        remembered=Mount.from_json(store.meta(META_KEY)),
+                        follow_submounts=instance.recursive and not instance.one_filesystem)
     heartbeat = _Heartbeat(parent, lambda: {**_snapshot(pipeline, publisher, gauge, problems),
-                                            "unmounted": mounts.unmounted},
+                                            "unmounted": mounts.any_unmounted},
                            lambda: (_activity(pipeline, publisher, gauge, problems),
-                                    mounts.unmounted),
+                                    mounts.any_unmounted),
                            hang_timeout=spec.hang_timeout_seconds)
     pipeline = Pipeline(instance, store, gauge, progress=heartbeat.maybe_send,
                         hash_pool=_hash_pool(spec))
@@ -247,6 +248,8 @@ def _follow_mount(instance: InstanceConfig, pipeline: Pipeline, mounts: MountGua
     announced), and resume with a reconcile scan once it is back; None while waiting."""
     if not mounts.unmounted:
         if not mounts.lost():
+            if observer is not None:
+                _follow_submounts(instance, pipeline, mounts, observer)
             return observer
         gone = mounts.expected
         log.warning(UNMOUNTED, extra={"path": instance.directory,
@@ -268,6 +271,20 @@ def _follow_mount(instance: InstanceConfig, pipeline: Pipeline, mounts: MountGua
         **(mounts.expected.fields() if mounts.expected else {})})
     parent.send("ready", {"pid": os.getpid()})
     return observer
+
+
+def _follow_submounts(instance: InstanceConfig, pipeline: Pipeline, mounts: MountGuard,
+                      observer: BaseObserver) -> None:
+    """A mount inside the tree that went away: nothing below it is announced (see
+    MountGuard.lost); one mounted (again): watched and reconciled like a new directory."""
+    gone, came = mounts.check_submounts()
+    for relative in gone:
+        log.warning(UNMOUNTED, extra={"path": os.path.join(instance.directory, relative),
+                                      "mount_point": os.path.join(instance.directory, relative)})
+    for relative in came:
+        log.info("directory mounted; watching and reconciling",
+                 extra={"path": os.path.join(instance.directory, relative)})
+        pipeline.request_scan(relative, watch=directory_watcher(observer))
 
 
 def _discard(notifications: queue.SimpleQueue[RawEvent]) -> None:

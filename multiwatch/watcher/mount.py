@@ -15,6 +15,7 @@ import json
 import logging
 import os
 import re
+import time
 from collections.abc import Iterable
 from dataclasses import asdict, dataclass
 
@@ -25,6 +26,7 @@ MOUNTINFO = "/proc/self/mountinfo"
 UNMOUNTED = "directory unmounted"
 # The state database's meta entry holding the last mount seen (a Mount as JSON).
 META_KEY = "mount"
+SUBMOUNT_CHECK_SECONDS = 1.0  # mountinfo is read at most this often for sub-mounts
 
 _OCTAL_ESCAPE = re.compile(r"\\([0-7]{3})")
 
@@ -142,20 +144,43 @@ class MountGuard:
     """The mount one watcher expects its root on, and the checks against it.
 
     `expected` is the mount seen when watching began (or resumed); `lost` is the cheap
-    check the loop and every deletion make (one stat); `why_waiting` the full one
-    (mountinfo) made at start and while `unmounted`."""
+    check the loop and every deletion make (a stat or two); `why_waiting` the full one
+    (mountinfo) made at start and while `unmounted`.
 
-    def __init__(self, root: str, *, required: bool, remembered: Mount | None) -> None:
+    With `follow_submounts` (one_filesystem: false), the mounts inside the tree are
+    followed too: `submounts` maps each one's directory (relative to the root) to its
+    device; below one that is gone nothing counts as deleted (`lost(relative)`), and
+    `check_submounts` says which went away or came (back)."""
+
+    def __init__(self, root: str, *, required: bool, remembered: Mount | None,
+                 follow_submounts: bool = False) -> None:
         self.root = root
         self.required = required
         self.expected = remembered
         self.unmounted = False
+        self.follow_submounts = follow_submounts
+        self.submounts: dict[str, int] = {}  # relative directory -> device when last seen
+        self.submounts_gone: set[str] = set()
+        self._submounts_checked_at = -SUBMOUNT_CHECK_SECONDS
 
-    def lost(self) -> bool:
+    @property
+    def any_unmounted(self) -> bool:
+        """The root's mount, or one inside the tree, is gone (the status flag)."""
+        return self.unmounted or bool(self.submounts_gone)
+
+    def lost(self, relative: str = "") -> bool:
         """True if the root is no longer on the expected filesystem (or, with
-        mount_required, no longer a mount point)."""
+        mount_required, no longer a mount point), or `relative` lies in a sub-mount that
+        is no longer the one seen."""
         if self.unmounted:
             return True
+        for directory, device in self.submounts.items():
+            if relative == directory or relative.startswith(directory + "/"):
+                try:
+                    if os.stat(os.path.join(self.root, directory)).st_dev != device:
+                        return True
+                except OSError:
+                    return True
         expected = self.expected
         if expected is None:
             return False
@@ -193,9 +218,41 @@ class MountGuard:
         return None
 
     def adopt(self) -> Mount | None:
-        """Expect the root's filesystem as it is now; returns it (None if unreadable)."""
+        """Expect the root's filesystem (and sub-mounts) as they are now; returns the
+        root's (None if unreadable)."""
         current = mount_of(self.root)
         if current is not None:
             self.expected = current
         self.unmounted = False
+        self.submounts, self.submounts_gone = {}, set()
+        self.check_submounts(force=True)
         return current
+
+    def check_submounts(self, *, force: bool = False) -> tuple[list[str], list[str]]:
+        """(directories whose sub-mount went away, directories mounted since the last
+        check or back), relative to the root; both empty unless `follow_submounts`, and
+        when the last check is under SUBMOUNT_CHECK_SECONDS old (unless `force`)."""
+        now_at = time.monotonic()
+        if not self.follow_submounts or (
+                not force and now_at < self._submounts_checked_at + SUBMOUNT_CHECK_SECONDS):
+            return [], []
+        self._submounts_checked_at = now_at
+        real = os.path.realpath(self.root)
+        prefix = real.rstrip("/") + "/"
+        now: dict[str, int] = {}
+        for entry in read_mounts():
+            if entry.mount_point.startswith(prefix):
+                relative = entry.mount_point[len(prefix):]
+                try:
+                    now[relative] = os.stat(os.path.join(self.root, relative)).st_dev
+                except OSError:
+                    continue  # (a mount hidden under another one)
+        gone = sorted(d for d in self.submounts
+                      if d not in self.submounts_gone and now.get(d) != self.submounts[d])
+        came = sorted(d for d, device in now.items()
+                      if d in self.submounts_gone or self.submounts.get(d) != device)
+        self.submounts_gone.update(gone)
+        for directory in came:
+            self.submounts[directory] = now[directory]
+            self.submounts_gone.discard(directory)
+        return [d for d in gone if d not in came], came

@@ -105,7 +105,7 @@ class Pipeline:
         self.bytes_hashed = 0
         self.files_hashed = 0
         self.root_missing = False
-        self.mount_lost: Callable[[], bool] = lambda: False  # set by main (watcher/mount.py)
+        self.mount_lost: Callable[[str], bool] = lambda _path: False  # by main (mount.py)
         self._lost_events = 0  # overflows since the last "events were lost" line
         self._lost_events_logged_at = -LOST_EVENTS_LOG_SECONDS
         self._scans: list[_Scan] = []  # a stack: the newest walk goes first
@@ -502,7 +502,7 @@ class Pipeline:
             self._stat_at_close[relative] = at_close
 
     def _gone(self, relative: str) -> None:
-        if self.mount_lost():  # a file vanished with its mount is not deleted
+        if self.mount_lost(relative):  # a file vanished with its mount is not deleted
             return
         self._readable(relative)
         self.settle.discard(relative)
@@ -528,7 +528,7 @@ class Pipeline:
     # -- settled paths -------------------------------------------------------------------
 
     def _on_settled(self, relative: str, seen: FileVersion | None, now: float) -> None:
-        if self.mount_lost():  # not a file of this tree: its return's reconcile settles it
+        if self.mount_lost(relative):  # not of this tree: its return's reconcile settles it
             return
         self._settled(relative, seen, now)
         job = self._jobs.get(relative)

@@ -191,3 +191,84 @@ def test_mount_required_waits_for_the_mount_at_start(
         assert "bare.txt" not in _names(got, "file_discovered")
     finally:
         mw.cleanup()
+
+
+def test_a_sub_mount_unmounted_while_running_announces_no_deletion_and_comes_back(
+        tmp_path: Path, broker_url: str, mounts: Mounts) -> None:
+    """one_filesystem: false follows an ext4 sub-mount: its files are announced; unmounted,
+    a periodic scan announces none of them deleted, nor what is written into its bare mount
+    point, while the rest of the tree goes on; mounted again, what changed on it meanwhile
+    is announced."""
+    root = tmp_path / "tree"
+    (root / "local").mkdir(parents=True)
+    device = mounts.attach(mounts.ext4_image(tmp_path / "inner.img"))
+    inner = mounts.mount(device, root / "inner")
+    (inner / "lost+found").rmdir()
+    (inner / "on-inner.txt").write_text("on the sub-mount\n")
+    (root / "local" / "here.txt").write_text("local\n")
+    port = free_port()
+    mw = _start(tmp_path, broker_url, root, port, scan_interval_seconds=1)
+    try:
+        got = collect(broker_url, QUEUE, timeout=30,
+                      until=lambda ms: len(_names(ms, "file_discovered")) == 2)
+        assert sorted(_names(got, "file_discovered")) == ["here.txt", "on-inner.txt"]
+
+        before = len(mw.lines)
+        mounts.umount(inner)
+        line = mw.wait_for_log(lambda line: line.get("message") == "directory unmounted",
+                               after=before)
+        assert line["path"] == str(inner)
+        wait_for(lambda: _metric(port, "multiwatch_instance_unmounted") == 1.0, timeout=15,
+                 message="multiwatch_instance_unmounted never became 1")
+        (inner / "bare.txt").write_text("in the bare mount point\n")
+        after_scan = len(mw.lines)
+        mw.wait_for_log(lambda line: line.get("message") == "periodic reconcile scan",
+                        after=after_scan)
+        (root / "local" / "still.txt").write_text("the rest goes on\n")
+        got = collect(broker_url, QUEUE, timeout=30,
+                      until=lambda ms: "still.txt" in _names(ms, "file_discovered"))
+        assert _names(got, "file_discovered") == ["still.txt"]
+        assert _instance(port)["state"] == "RUNNING"
+
+        aside = mounts.mount(device, tmp_path / "aside")
+        (aside / "new.txt").write_text("written on it while it was away\n")
+        mounts.umount(aside)
+        (inner / "bare.txt").unlink()
+        before = len(mw.lines)
+        mounts.mount(device, inner)
+        mw.wait_for_log(lambda line: line.get("message", "").startswith("directory mounted")
+                        and line.get("path") == str(inner), after=before)
+        (inner / "barrier.txt").write_text("after the return\n")
+        got += collect(broker_url, QUEUE, timeout=30,
+                       until=lambda ms: "barrier.txt" in _names(ms, "file_discovered"))
+        assert sorted(_names(got, "file_discovered")) == ["barrier.txt", "new.txt", "still.txt"]
+        assert _names(got, "file_deleted") == []
+        wait_for(lambda: _metric(port, "multiwatch_instance_unmounted") == 0.0, timeout=15,
+                 message="multiwatch_instance_unmounted never went back to 0")
+    finally:
+        mw.cleanup()
+
+
+@pytest.mark.parametrize("one_filesystem", [True, False])
+def test_one_filesystem_decides_whether_a_sub_mount_is_announced(
+        tmp_path: Path, broker_url: str, mounts: Mounts, one_filesystem: bool) -> None:
+    """A tmpfs mounted inside the tree: its files (present at start and written later) are
+    announced with one_filesystem: false, never with true (find -xdev)."""
+    root = tmp_path / "tree"
+    (root / "local").mkdir(parents=True)
+    inner = mounts.tmpfs(root / "inner")
+    (inner / "at-start.txt").write_text("present at start\n")
+    port = free_port()
+    mw = _start(tmp_path, broker_url, root, port, one_filesystem=one_filesystem)
+    try:
+        mw.wait_watching("share")
+        (inner / "later.txt").write_text("written while watched\n")
+        (root / "local" / "barrier.txt").write_text("after the sub-mount's files\n")
+        got = collect(broker_url, QUEUE, timeout=30,
+                      until=lambda ms: "barrier.txt" in _names(ms, "file_discovered") and (
+                          one_filesystem or len(_names(ms, "file_discovered")) == 3))
+        expected = ["barrier.txt"] if one_filesystem else ["at-start.txt", "barrier.txt",
+                                                           "later.txt"]
+        assert sorted(_names(got, "file_discovered")) == expected
+    finally:
+        mw.cleanup()

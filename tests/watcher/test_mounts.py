@@ -283,3 +283,45 @@ def _until(events: queue.SimpleQueue[RawEvent], path: str) -> list[RawEvent]:
         except queue.Empty:
             raise AssertionError(f"no notification about {path}; got {seen}") from None
     return seen
+
+
+@needs_root
+def test_a_sub_mount_that_goes_away_is_lost_below_it_only_and_found_again(
+        tmp_path: Path, mounts: Mounts) -> None:
+    """Followed sub-mounts: unmounted, paths below it count as lost (the rest of the tree
+    does not); mounted again (a new device), it is reported back and nothing is lost."""
+    root = tmp_path / "tree"
+    (root / "local").mkdir(parents=True)
+    inner = mounts.tmpfs(root / "inner")
+    guard = MountGuard(str(root), required=False, remembered=None, follow_submounts=True)
+    guard.adopt()
+    assert guard.submounts == {"inner": os.stat(inner).st_dev}
+    assert not guard.lost("inner/a.txt") and not guard.any_unmounted
+
+    mounts.umount(inner)
+    assert guard.lost("inner/a.txt") and guard.lost("inner")
+    assert not guard.lost("local/a.txt") and not guard.lost("innerX/a.txt")
+    assert guard.check_submounts(force=True) == (["inner"], [])
+    assert guard.any_unmounted and not guard.unmounted
+
+    mounts.tmpfs(tmp_path / "other")  # (so the next tmpfs gets another device number)
+    mounts.tmpfs(inner)
+    assert guard.lost("inner/a.txt")  # until the loop's check has seen the new mount
+    assert guard.check_submounts(force=True) == ([], ["inner"])
+    assert not guard.lost("inner/a.txt") and not guard.any_unmounted
+    assert guard.check_submounts(force=True) == ([], [])
+    mounts.tmpfs(root / "local")  # a new mount inside the tree is reported to be scanned
+    assert guard.check_submounts(force=True) == ([], ["local"])
+
+
+@needs_root
+def test_sub_mounts_are_not_followed_with_one_filesystem(tmp_path: Path, mounts: Mounts) -> None:
+    """follow_submounts off (one_filesystem: true, or recursive: false): an unmounted
+    sub-mount changes nothing."""
+    root = tmp_path / "tree"
+    inner = mounts.tmpfs(root / "inner")
+    guard = MountGuard(str(root), required=False, remembered=None, follow_submounts=False)
+    guard.adopt()
+    mounts.umount(inner)
+    assert not guard.lost("inner/a.txt")
+    assert guard.check_submounts(force=True) == ([], [])
