@@ -5,6 +5,7 @@ from __future__ import annotations
 import multiprocessing
 import os
 import queue
+import sys
 import time
 from collections.abc import Iterator
 from pathlib import Path
@@ -31,6 +32,7 @@ from multiwatch.watcher.scan import scan_batches
 from multiwatch.watcher.spec import ChildSpec
 from multiwatch.watcher.state import StateStore
 from tests.support.mounts import Mounts, needs_root
+from tests.support.privilege import run_unprivileged
 
 
 def test_meta_value_survives_reopening_the_state(tmp_path: Path) -> None:
@@ -325,3 +327,21 @@ def test_sub_mounts_are_not_followed_with_one_filesystem(tmp_path: Path, mounts:
     mounts.umount(inner)
     assert not guard.lost("inner/a.txt")
     assert guard.check_submounts(force=True) == ([], [])
+
+
+def test_check_accepts_a_bare_mount_point_that_mount_required_waits_for(tmp_path: Path) -> None:
+    """`check` of mount_required on an unreadable bare mount point passes (the mount brings
+    its own permissions); the same directory without mount_required is refused."""
+    (tmp_path / "share").mkdir()
+    (tmp_path / "share").chmod(0o000)
+    try:
+        for required, code in ((True, 0), (False, 2)):
+            roster = tmp_path / "roster.yaml"
+            roster.write_text(f"state_dir: {tmp_path / 'st'}\ninstances:\n"
+                              f"  - {{id: s, directory: {tmp_path / 'share'}, "
+                              f"mount_required: {str(required).lower()}}}\n")
+            result = run_unprivileged([sys.executable, "-m", "multiwatch", "check",
+                                       "-c", str(roster)])
+            assert result.returncode == code, result.stderr
+    finally:
+        (tmp_path / "share").chmod(0o755)
