@@ -247,7 +247,7 @@ def _follow_mount(instance: InstanceConfig, pipeline: Pipeline, mounts: MountGua
     """Stop watching when the root's filesystem goes away (nothing it seems to lose is
     announced), and resume with a reconcile scan once it is back; None while waiting."""
     if not mounts.unmounted:
-        if not mounts.lost():
+        if not (mounts.lost() or mounts.mount_gone()):
             if observer is not None:
                 _follow_submounts(instance, pipeline, mounts, observer)
             return observer

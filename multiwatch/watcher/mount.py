@@ -162,6 +162,7 @@ class MountGuard:
         self.submounts: dict[str, int] = {}  # relative directory -> device when last seen
         self.submounts_gone: set[str] = set()
         self._submounts_checked_at = -SUBMOUNT_CHECK_SECONDS
+        self._root_checked_at = -SUBMOUNT_CHECK_SECONDS
 
     @property
     def any_unmounted(self) -> bool:
@@ -169,9 +170,9 @@ class MountGuard:
         return self.unmounted or bool(self.submounts_gone)
 
     def lost(self, relative: str = "") -> bool:
-        """True if the root is no longer on the expected filesystem (or, with
-        mount_required, no longer a mount point), or `relative` lies in a sub-mount that
-        is no longer the one seen."""
+        """True if the root is no longer on the expected filesystem, or `relative` lies
+        in a sub-mount that is no longer the one seen (a stat or two: the pipeline asks
+        before each deletion and each announcement)."""
         if self.unmounted:
             return True
         for directory, device in self.submounts.items():
@@ -190,7 +191,19 @@ class MountGuard:
             # Gone with its mount (a root inside the share), or only deleted: the loop's
             # directory check handles the second.
             return not is_mounted(expected.mount_point)
-        return device != expected.device or (self.required and not os.path.ismount(self.root))
+        return device != expected.device
+
+    def mount_gone(self) -> bool:
+        """The expected mount is no longer listed in mountinfo: what `lost` cannot see
+        when a bind mount of the root's own filesystem goes (the device stays).  Read at
+        most every SUBMOUNT_CHECK_SECONDS (the loop calls it every turn)."""
+        now = time.monotonic()
+        expected = self.expected
+        if expected is None or expected.mount_point == "/" or (
+                now < self._root_checked_at + SUBMOUNT_CHECK_SECONDS):
+            return False
+        self._root_checked_at = now
+        return not is_mounted(expected.mount_point)
 
     def why_waiting(self, *, tracked_files: int = 0) -> str | None:
         """Why the root cannot be watched now (None when it can), compared with `expected`.
@@ -202,7 +215,7 @@ class MountGuard:
         current = mount_of(self.root)
         if current is None:
             return "the directory is missing"
-        if self.required and not os.path.ismount(self.root):
+        if self.required and current.mount_point != os.path.realpath(self.root):
             return "mount_required is set and the directory is not a mount point"
         expected = self.expected
         if expected is None:

@@ -36,6 +36,12 @@ class Mounts:
         self.mounted.append(where)
         return where
 
+    def bind(self, source: Path, where: Path) -> Path:
+        where.mkdir(parents=True, exist_ok=True)
+        _run("mount", "--bind", str(source), str(where))
+        self.mounted.append(where)
+        return where
+
     def ext4_image(self, image: Path, size_mib: int = 16) -> Path:
         """An empty ext4 filesystem in a file (mkfs.ext4 -F, quiet)."""
         with open(image, "wb") as f:

@@ -20,6 +20,7 @@ from multiwatch.supervisor.metrics import fleet_metrics
 from multiwatch.watcher.confined import ConfinedRoot
 from multiwatch.watcher.filters import PathFilter
 from multiwatch.watcher.mount import (
+    SUBMOUNT_CHECK_SECONDS,
     UNMOUNTED,
     Mount,
     MountEntry,
@@ -345,3 +346,23 @@ def test_check_accepts_a_bare_mount_point_that_mount_required_waits_for(tmp_path
             assert result.returncode == code, result.stderr
     finally:
         (tmp_path / "share").chmod(0o755)
+
+
+@needs_root
+def test_a_bind_mount_of_the_same_filesystem_counts_as_a_mount(
+        tmp_path: Path, mounts: Mounts) -> None:
+    """mount --bind within one filesystem keeps the device: mount_required still sees a
+    mount point, and its unmount is noticed through mountinfo."""
+    source = tmp_path / "source"
+    source.mkdir()
+    root = mounts.bind(source, tmp_path / "share")
+    assert os.stat(root).st_dev == os.stat(tmp_path).st_dev
+    guard = MountGuard(str(root), required=True, remembered=None)
+    assert guard.why_waiting() is None
+    guard.adopt()
+    assert not guard.mount_gone()
+    mounts.umount(root)
+    assert not guard.lost()  # (the same device)
+    time.sleep(SUBMOUNT_CHECK_SECONDS)  # mountinfo is read at most this often
+    assert guard.mount_gone()
+    assert guard.why_waiting() is not None
