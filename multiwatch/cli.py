@@ -127,7 +127,14 @@ def _parser() -> argparse.ArgumentParser:
         "since the backup.",
     )
     backup.add_argument("--to", required=True, metavar="DIR", help="directory for the copies")
-    for action in (export, backup):
+    forget_mount = state_commands.add_parser(
+        "forget-mount", help="forget the filesystem an instance remembers (stopped instances)",
+        description="A watcher remembers the mount its directory was on and, while that mount "
+        "is gone, waits (WAITING, directory unmounted) instead of announcing every file "
+        "deleted. When the directory moved to another filesystem for good, stop multiwatch "
+        "and run this: the next start watches the directory on whatever filesystem it is.",
+    )
+    for action in (export, backup, forget_mount):
         action.add_argument("-c", "--config", metavar="PATH", help=_CONFIG_HELP)
         action.add_argument("--instance", metavar="ID", action="append",
                             help="only this instance (repeatable; default: all)")
@@ -367,6 +374,10 @@ def _main(argv: Sequence[str] | None) -> int:
 
             if args.state_command == "export":
                 return state_commands.export_state(roster, args.instance)
+            if args.state_command == "forget-mount":
+                from multiwatch.mount_command import forget_mount
+
+                return forget_mount(roster, args.instance)
             return state_commands.backup_state(roster, args.instance, args.to)
         return _run(roster, args, prestarted)
     except ConfigError as exc:

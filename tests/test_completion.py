@@ -66,7 +66,7 @@ def test_bash_accepts_the_script_and_completes_with_it(tmp_path: Path) -> None:
     assert complete("multiwatch", "st") == sorted(
         words[0] for words in COMMANDS if len(words) == 1 and words[0].startswith("st"))
     assert complete("multiwatch", "tail", "--t") == ["--tap", "--timeout"]
-    assert complete("multiwatch", "state", "") == ["backup", "export"]
+    assert complete("multiwatch", "state", "") == ["backup", "export", "forget-mount"]
     assert "roster.yaml" in complete("multiwatch", "check", "-c", "ro")
 
 

@@ -249,7 +249,11 @@ class StateStore:
         row = self._conn.execute("SELECT value FROM meta WHERE name = ?", (name,)).fetchone()
         return None if row is None else str(row[0])
 
-    def set_meta(self, name: str, value: str) -> None:
+    def set_meta(self, name: str, value: str | None) -> None:
+        """Keep `value` under `name` (None: forget it)."""
+        if value is None:
+            self._conn.execute("DELETE FROM meta WHERE name = ?", (name,))
+            return
         self._conn.execute("INSERT INTO meta VALUES (?, ?) ON CONFLICT (name) DO UPDATE"
                            " SET value = excluded.value", (name, value))
 

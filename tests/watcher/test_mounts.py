@@ -5,6 +5,7 @@ from __future__ import annotations
 import multiprocessing
 import os
 import queue
+import subprocess
 import sys
 import time
 from collections.abc import Iterator
@@ -17,9 +18,11 @@ from watchdog.observers.api import BaseObserver
 from multiwatch.config import BrokerConfig, InstanceConfig, SupervisorConfig
 from multiwatch.supervisor.lifecycle import Child, State
 from multiwatch.supervisor.metrics import fleet_metrics
+from multiwatch.supervisor.run_lock import open_watcher_lock, try_lock_exclusive
 from multiwatch.watcher.confined import ConfinedRoot
 from multiwatch.watcher.filters import PathFilter
 from multiwatch.watcher.mount import (
+    META_KEY,
     SUBMOUNT_CHECK_SECONDS,
     UNMOUNTED,
     Mount,
@@ -31,7 +34,7 @@ from multiwatch.watcher.mount import (
 from multiwatch.watcher.observe import RawEvent, directory_watcher, start_observer
 from multiwatch.watcher.scan import scan_batches
 from multiwatch.watcher.spec import ChildSpec
-from multiwatch.watcher.state import StateStore
+from multiwatch.watcher.state import StateStore, state_db_path
 from tests.support.mounts import Mounts, needs_root
 from tests.support.privilege import run_unprivileged
 
@@ -366,3 +369,32 @@ def test_a_bind_mount_of_the_same_filesystem_counts_as_a_mount(
     time.sleep(SUBMOUNT_CHECK_SECONDS)  # mountinfo is read at most this often
     assert guard.mount_gone()
     assert guard.why_waiting() is not None
+
+
+def test_state_forget_mount_drops_the_remembered_mount_of_a_stopped_instance(
+        tmp_path: Path) -> None:
+    """`state forget-mount` says what it forgot and the next start remembers nothing; while
+    the instance's watcher runs (holds its lock) it refuses, exit 1."""
+    state_dir, share = tmp_path / "state", tmp_path / "share"
+    share.mkdir()
+    roster = tmp_path / "roster.yaml"
+    roster.write_text(f"state_dir: {state_dir}\ninstances:\n  - {{id: s, directory: {share}}}\n")
+    store = StateStore(state_db_path(str(state_dir), "s"))
+    store.set_meta(META_KEY, Mount(7, str(share), "nfs4", "nas:/music").to_json())
+    store.close()
+    command = [sys.executable, "-m", "multiwatch", "state", "forget-mount", "-c", str(roster)]
+
+    lock = open_watcher_lock(str(state_dir), "s")
+    assert try_lock_exclusive(lock)  # as a running watcher holds it
+    try:
+        refused = subprocess.run(command, capture_output=True, text=True, timeout=60)
+    finally:
+        os.close(lock)
+    assert refused.returncode == 1 and "running" in refused.stderr
+
+    done = subprocess.run(command, capture_output=True, text=True, timeout=60)
+    assert done.returncode == 0, done.stderr
+    assert f"s: forgot the nfs4 mount {share} (nas:/music)" in done.stdout
+    store = StateStore(state_db_path(str(state_dir), "s"))
+    assert store.meta(META_KEY) is None
+    store.close()

@@ -1,0 +1,55 @@
+"""`multiwatch state forget-mount`: an instance no longer waits for the mount it remembers.
+
+A watcher remembers the filesystem its directory was on (watcher/mount.py) and, at start,
+waits while that mount is gone, so a share that failed to mount is not taken for a tree
+whose files were all deleted.  When the directory moved to another filesystem for good
+(the share replaced by a local disk at the same path), this drops the memory; the next
+start watches the directory on whatever filesystem it is then.
+"""
+
+from __future__ import annotations
+
+import os
+import sys
+from collections.abc import Sequence
+from typing import TextIO
+
+from multiwatch.config import Roster
+from multiwatch.state_commands import chosen_instances
+from multiwatch.supervisor.run_lock import open_watcher_lock, try_lock_exclusive
+from multiwatch.watcher.mount import META_KEY, Mount
+from multiwatch.watcher.state import StateStore, state_db_path
+
+
+def forget_mount(roster: Roster, ids: Sequence[str] | None, out: TextIO = sys.stdout) -> int:
+    """Drop the remembered mount of each chosen instance; exit 1 if one is running."""
+    status = 0
+    for instance in chosen_instances(roster, ids):
+        path = state_db_path(roster.state_dir, instance.id)
+        if not os.path.exists(path):
+            print(f"{instance.id}: no state database (it has not run): nothing remembered",
+                  file=out)
+            continue
+        lock = open_watcher_lock(roster.state_dir, instance.id)
+        try:
+            if not try_lock_exclusive(lock):  # its watcher keeps what it expects in memory
+                print(f"{instance.id}: its watcher is running; stop multiwatch first "
+                      "(the running watcher keeps the mount it expects)", file=sys.stderr)
+                status = 1
+                continue
+            store = StateStore(path)
+            try:
+                remembered = Mount.from_json(store.meta(META_KEY))
+                store.set_meta(META_KEY, None)
+            finally:
+                store.close()
+        finally:
+            os.close(lock)
+        if remembered is None:
+            print(f"{instance.id}: no mount remembered", file=out)
+        else:
+            print(f"{instance.id}: forgot the {remembered.fs_type} mount "
+                  f"{remembered.mount_point} ({remembered.source}); the next start watches "
+                  f"{instance.directory} on the filesystem it is on then", file=out)
+    return status
+
