@@ -31,6 +31,7 @@ from multiwatch.watcher.mount import (
     containing_mount,
     parse_mountinfo,
 )
+from multiwatch.watcher.observe import UNMOUNTED as UNMOUNTED_WAKE
 from multiwatch.watcher.observe import RawEvent, directory_watcher, start_observer
 from multiwatch.watcher.scan import scan_batches
 from multiwatch.watcher.spec import ChildSpec
@@ -398,3 +399,15 @@ def test_state_forget_mount_drops_the_remembered_mount_of_a_stopped_instance(
     store = StateStore(state_db_path(str(state_dir), "s"))
     assert store.meta(META_KEY) is None
     store.close()
+
+
+@needs_root
+def test_inotify_tells_the_loop_at_once_when_the_watched_filesystem_is_unmounted(
+        tmp_path: Path, mounts: Mounts, observers: list[BaseObserver]) -> None:
+    """The kernel's IN_UNMOUNT reaches the pipeline's queue as an "unmounted" wake-up, so
+    the mount check runs then, not at the next idle heartbeat (up to 5 s later)."""
+    root = mounts.tmpfs(tmp_path / "share")
+    events: queue.SimpleQueue[RawEvent] = queue.SimpleQueue()
+    observers.append(start_observer(str(root), recursive=True, events=events, mode="inotify"))
+    mounts.umount(root)
+    assert events.get(timeout=5) == UNMOUNTED_WAKE
