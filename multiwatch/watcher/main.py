@@ -24,6 +24,7 @@ from watchdog.observers.api import BaseObserver
 
 from multiwatch.config import InstanceConfig
 from multiwatch.logs import setup_logging
+from multiwatch.watcher.filters import PathFilter
 from multiwatch.watcher.hash_pool import HashPool
 from multiwatch.watcher.hash_slots import HashSlots
 from multiwatch.watcher.mount import META_KEY, UNMOUNTED, Mount, MountGuard
@@ -138,7 +139,8 @@ def _run(spec: ChildSpec, to_parent: Connection, stop: _Stop) -> int:
         publisher.start()
     mounts = MountGuard(instance.directory, required=instance.mount_required,
                         remembered=Mount.from_json(store.meta(META_KEY)),
-                        follow_submounts=instance.recursive and not instance.one_filesystem)
+                        follow_submounts=instance.recursive and not instance.one_filesystem,
+                        wanted=PathFilter(instance.include, instance.exclude).wants_directory)
     heartbeat = _Heartbeat(parent, lambda: {**_snapshot(pipeline, publisher, gauge, problems),
                                             "unmounted": mounts.any_unmounted},
                            lambda: (_activity(pipeline, publisher, gauge, problems),

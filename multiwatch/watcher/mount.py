@@ -16,7 +16,7 @@ import logging
 import os
 import re
 import time
-from collections.abc import Iterable
+from collections.abc import Callable, Iterable
 from dataclasses import asdict, dataclass
 
 log = logging.getLogger(__name__)
@@ -150,15 +150,19 @@ class MountGuard:
     With `follow_submounts` (one_filesystem: false), the mounts inside the tree are
     followed too: `submounts` maps each one's directory (relative to the root) to its
     device; below one that is gone nothing counts as deleted (`lost(relative)`), and
-    `check_submounts` says which went away or came (back)."""
+    `check_submounts` says which went away or came (back).  Only those in directories
+    `wanted` (the instance's filters) count: an automounted `.zfs/snapshot/x` coming and
+    going is none of the instance's business."""
 
     def __init__(self, root: str, *, required: bool, remembered: Mount | None,
-                 follow_submounts: bool = False) -> None:
+                 follow_submounts: bool = False,
+                 wanted: Callable[[str], bool] = lambda _directory: True) -> None:
         self.root = root
         self.required = required
         self.expected = remembered
         self.unmounted = False
         self.follow_submounts = follow_submounts
+        self._wanted = wanted
         self.submounts: dict[str, int] = {}  # relative directory -> device when last seen
         self.submounts_gone: set[str] = set()
         self._submounts_checked_at = -SUBMOUNT_CHECK_SECONDS
@@ -256,6 +260,8 @@ class MountGuard:
         for entry in read_mounts():
             if entry.mount_point.startswith(prefix):
                 relative = entry.mount_point[len(prefix):]
+                if not self._wanted(relative):
+                    continue
                 try:
                     now[relative] = os.stat(os.path.join(self.root, relative)).st_dev
                 except OSError:

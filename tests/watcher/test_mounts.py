@@ -411,3 +411,17 @@ def test_inotify_tells_the_loop_at_once_when_the_watched_filesystem_is_unmounted
     observers.append(start_observer(str(root), recursive=True, events=events, mode="inotify"))
     mounts.umount(root)
     assert events.get(timeout=5) == UNMOUNTED_WAKE
+
+
+@needs_root
+def test_a_sub_mount_in_an_excluded_directory_is_not_followed(
+        tmp_path: Path, mounts: Mounts) -> None:
+    """An automount under an excluded name (.zfs/snapshot/x) comes and goes unreported."""
+    root = tmp_path / "tree"
+    snapshot = mounts.tmpfs(root / ".zfs" / "snapshot" / "daily")
+    guard = MountGuard(str(root), required=False, remembered=None, follow_submounts=True,
+                       wanted=PathFilter(("*",), (".*",)).wants_directory)
+    guard.adopt()
+    assert guard.submounts == {}
+    mounts.umount(snapshot)
+    assert guard.check_submounts(force=True) == ([], []) and not guard.any_unmounted
