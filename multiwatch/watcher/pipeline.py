@@ -320,8 +320,8 @@ class Pipeline:
             self._gone(relative)
 
     def _really_gone(self, relative: str) -> bool:
-        try:
-            return self._resolve(relative) is None
+        try:  # (a file whose mount went away is not gone: mount.py)
+            return self._resolve(relative) is None and not self.mount_lost(relative)
         except OSError:
             return False  # unreadable (or a mount failing for a while) is not deleted
 

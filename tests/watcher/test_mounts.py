@@ -38,6 +38,7 @@ from multiwatch.watcher.spec import ChildSpec
 from multiwatch.watcher.state import StateStore, state_db_path
 from tests.support.mounts import Mounts, needs_root
 from tests.support.privilege import run_unprivileged
+from tests.watcher.test_pipeline import drain, make_pipeline, settle_all
 
 
 def test_meta_value_survives_reopening_the_state(tmp_path: Path) -> None:
@@ -425,3 +426,29 @@ def test_a_sub_mount_in_an_excluded_directory_is_not_followed(
     assert guard.submounts == {}
     mounts.umount(snapshot)
     assert guard.check_submounts(force=True) == ([], []) and not guard.any_unmounted
+
+
+@needs_root
+@pytest.mark.parametrize("files", [5, 50])
+def test_a_scan_over_a_lost_mount_neither_announces_nor_holds_deletions(
+        tmp_path: Path, mounts: Mounts, files: int) -> None:
+    """The pipeline asks the mount guard before a scan counts a file gone: a reconcile scan
+    that meets the bare mount point (it began before the loop noticed) announces no
+    deletion, holds none (5 files: under the bound; 50: above it) and forgets nothing."""
+    root = mounts.tmpfs(tmp_path / "w")
+    for i in range(files):
+        (root / f"f{i}.txt").write_text(str(i))
+    pipeline, outbox, _ = make_pipeline(tmp_path)
+    guard = MountGuard(str(root), required=False, remembered=None)
+    guard.adopt()
+    pipeline.mount_lost = guard.lost
+    pipeline.request_scan()
+    settle_all(pipeline)
+    assert len(drain(outbox)) == files
+
+    mounts.umount(root)
+    pipeline.request_scan()
+    settle_all(pipeline)
+    assert drain(outbox) == []
+    assert pipeline.deletions.held == 0
+    assert len(pipeline.known) == files
