@@ -272,3 +272,20 @@ def test_one_filesystem_decides_whether_a_sub_mount_is_announced(
         assert sorted(_names(got, "file_discovered")) == expected
     finally:
         mw.cleanup()
+
+
+def test_a_watcher_waiting_for_its_mount_stops_at_once_on_sigterm(
+        tmp_path: Path, broker_url: str) -> None:
+    """SIGTERM to a supervisor whose watcher waits for its mount: exit 0 well within the
+    stop timeout, the watcher saying it stopped."""
+    root = tmp_path / "share"
+    root.mkdir()
+    port = free_port()
+    mw = _start(tmp_path, broker_url, root, port, mount_required=True)
+    try:
+        _wait_unmounted_reported(mw, port)
+        assert mw.terminate(timeout=10) == 0
+        assert any(line.get("message") == "stopped" and line.get("instance_id") == "share"
+                   for line in mw.lines)
+    finally:
+        mw.cleanup()
