@@ -43,14 +43,17 @@ ROSTER_KEYS = ["state_dir", "log_level", "broker", "supervisor", "http", "defaul
                "password_file", "tls", "ca_file", "cert_file", "key_file", "verify",
                "server_hostname", "listen", "report_interval_seconds", "stop_timeout_seconds",
                "restart_backoff_seconds", "restart_backoff_max_seconds",
-               "backoff_reset_seconds", "hang_timeout_seconds"]
+               "backoff_reset_seconds", "hang_timeout_seconds", "log_format", "mount_required",
+               "one_filesystem", "max_scan_deletions", "count", "percent", "unusual_activity",
+               "window_seconds", "min_events", "read_rate_limit", "nice", "ionice"]
 TRICKY_TEXT = ["", " ", "~", "null", "yes", "no", "on", "0x1F", "1e999", "-1", "0", "nan",
                ".inf", "${HOME}", "${UNSET_VAR_FOR_FUZZ}", "${X:-default}", "$$", "${", "$",
                "${A:-${B}}", "/", ".", "..", "/nonexistent/dir", "/dev/null", "/proc/self",
                "amqp://u:p@h:1/v", "amqps://h", "embedded", "filesystem://", "amqp://",
                "amqp://[::1", "127.0.0.1:0", "[::1]:99999", "off", "host:port", "*", "[",
                "**/x", "512MiB", "1G", "1Gi", "-5MiB", "10 KB", "é\u0000", "\ud800", "a" * 300,
-               "DEBUG", "quorum", "classic", "polling", "inotify", "auto"]
+               "DEBUG", "quorum", "classic", "polling", "inotify", "auto", "console", "json",
+               "50%", "best-effort:7", "idle", "realtime:0", "50MiB/s"]
 
 scalars = st.one_of(
     st.none(), st.booleans(), st.integers(min_value=-10**400, max_value=10**400),
