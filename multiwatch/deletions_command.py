@@ -4,8 +4,8 @@ found but held (above the instance's max_scan_deletions; see watcher/deletion_gu
 Without an option it prints how many are held; `--list` prints their paths.  `--release`
 and `--recheck` are served by the instance's watcher, which owns its tracked files: the
 command leaves a request in the state database (sqlite WAL, one short write) and, while a
-watcher runs, waits for it to be served (it looks on its heartbeat cadence: every second
-while busy, at most 5 s apart when idle) and says what happened.
+watcher runs, waits for it to be served (while deletions are held it looks every second)
+and says what happened.
 A release announces each held file still gone (file_deleted, once, through the outbox like
 any event); a recheck rescans the directory: files there again are no longer held, the
 others stay held.  With no watcher running the request waits for its next start.

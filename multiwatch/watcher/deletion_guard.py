@@ -19,8 +19,8 @@ While deletions are held, every deletion a later scan finds joins them: the oper
 decides once, with the whole picture.
 
 The command asks by a row in the state database (state.request_deletions), which this
-guard reads at most every POLL_SECONDS from the pipeline loop (which turns at least once per
-idle heartbeat, 5 s): no signal, no restart.
+guard reads every POLL_SECONDS while deletions are held (next_due turns the pipeline loop
+for it then, and only then: no idle wakeups otherwise): no signal, no restart.
 """
 
 from __future__ import annotations
@@ -86,6 +86,14 @@ class DeletionGuard:
                 "files are back", self.held, len(gone), tracked, bound.describe(), id_,
                 extra={"path": self._instance.directory, "deletions_held": self.held})
         return []
+
+    def next_due(self, now: float) -> float | None:
+        """When the pipeline should turn for this guard: at once while a release is in
+        progress, at the next poll while deletions are held (a request is only possible
+        then: an operator waits on it), never otherwise (no idle wakeups)."""
+        if self._releasing or self._serving == state.RELEASE:
+            return now
+        return self._next_poll if self.held else None
 
     def step(self, now: float) -> None:
         """Each pipeline turn: go on with a release; every POLL_SECONDS, look for a request."""

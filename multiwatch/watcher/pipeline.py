@@ -151,7 +151,8 @@ class Pipeline:
         # is due until the publisher drains (or the commit succeeds).
         held_back = self.gauge.full or self._store_failures
         wait = 0.0 if self._scans else max_wait
-        for due in (() if held_back else (self.settle.next_due(), self._unreadable.next_due())):
+        for due in (() if held_back else (self.settle.next_due(), self._unreadable.next_due(),
+                                          self.deletions.next_due(now))):
             if due is not None:
                 wait = min(wait, max(0.0, due - now))
         self._trace_skips = log.isEnabledFor(logging.DEBUG)  # once per turn, not per path

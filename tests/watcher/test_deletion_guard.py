@@ -6,6 +6,7 @@ from __future__ import annotations
 import os
 import shutil
 import sqlite3
+import time
 from pathlib import Path
 from typing import Any
 
@@ -163,6 +164,29 @@ def test_release_announces_each_held_file_still_gone_once(tmp_path: Path) -> Non
     assert held_count(db) == 0 == pipeline.deletions.held
     assert "d0/f0.txt" in pipeline.known and len(pipeline.known) == 1
     assert _scan(pipeline, outbox) == []
+
+
+def test_an_idle_watcher_serves_a_release_without_waiting_for_its_idle_wakeup(
+        tmp_path: Path) -> None:
+    """While deletions are held, an idle pipeline turns for the guard's poll (the operator
+    waits on the command) instead of sleeping the caller's whole budget; with nothing held
+    the guard never wakes it."""
+    pipeline, _, root = _started(tmp_path)
+    for entry in root.iterdir():
+        shutil.rmtree(entry)
+    pipeline, outbox = _restart(tmp_path, pipeline)
+    assert _scan(pipeline, outbox) == []
+    db = _db(tmp_path)
+    request_deletions(db, RELEASE)
+    turns, started = 0, time.monotonic()
+    while deletion_request(db) != 0 and turns < 6:
+        pipeline.step(5.0)  # an idle watcher's budget: without the guard's due, 5 s a turn
+        turns += 1
+    assert deletion_request(db) == 0, f"release not served after {turns} idle turns"
+    # Served before one idle budget went by (it took 3 of them, 15 s, before).
+    assert time.monotonic() - started < 5.0
+    assert len(drain(outbox)) == len(FILES)
+    assert pipeline.deletions.next_due(0.0) is None  # nothing held: no wakeups of its own
 
 
 def test_recheck_rescans_and_keeps_what_is_still_gone(tmp_path: Path) -> None:
