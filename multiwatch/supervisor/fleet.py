@@ -320,6 +320,7 @@ class Supervisor:
             state_dir=self.roster.state_dir,
             log_level=self.roster.log_level,
             log_format=self.roster.log_format,
+            roster=self.roster.source,
             stop_timeout_seconds=self.roster.supervisor.stop_timeout_seconds,
             parent_pid=os.getpid(),
             max_parallel_hashes=self.roster.supervisor.max_parallel_hashes,

@@ -12,7 +12,7 @@ A hold ends when
 - a later scan meets the file again (a file back with the same version announces nothing,
   one back with other content is announced as modified), or the kernel reports a change
   to it (any write to its tracked row ends the hold, by trigger, in the same transaction);
-- the operator runs `multiwatch deletions ID --release`: each held file still gone is
+- the operator runs `multiwatch deletions [-c ROSTER] ID --release`: each held file still gone is
   announced (file_deleted, through the outbox like any event);
 - the operator runs `--recheck`: a rescan, as above.
 While deletions are held, every deletion a later scan finds joins them: the operator
@@ -26,6 +26,7 @@ for it then, and only then: no idle wakeups otherwise): no signal, no restart.
 from __future__ import annotations
 
 import logging
+import shlex
 from collections.abc import Callable
 
 from multiwatch.config import InstanceConfig
@@ -56,6 +57,7 @@ class DeletionGuard:
         self._releasing: list[str] = []  # held paths the release has not looked at yet
         self._released = self._back = 0  # of the release in progress
         self._next_poll = 0.0
+        self.roster = ""  # the roster file (main sets it): the WARNING's commands name it
 
     def scan_found(self, relative_dir: str, gone: list[str], tracked: int) -> list[str]:
         """A scan of relative_dir ended: `gone` are the tracked files it found gone, of
@@ -79,6 +81,8 @@ class DeletionGuard:
         self.held = state.held_count(self._conn)
         if self.held > before:
             id_ = self._instance.id
+            if self.roster and not self.roster.startswith("<"):  # (not "<environment>")
+                id_ = f"-c {shlex.quote(self.roster)} {id_}"
             log.warning(
                 "%d deletions held: a scan found %d of %d tracked files gone (the bound is %s); "
                 "nothing is announced for them. Is the directory unmounted? Run "

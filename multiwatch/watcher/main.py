@@ -149,6 +149,7 @@ def _run(spec: ChildSpec, to_parent: Connection, stop: _Stop) -> int:
     pipeline = Pipeline(instance, store, gauge, progress=heartbeat.maybe_send,
                         hash_pool=_hash_pool(spec))
     pipeline.mount_lost = mounts.lost
+    pipeline.deletions.roster = spec.roster
     stop.wake_up = pipeline.notifications
     listen_for_lost_events(pipeline.notifications)
     observer: BaseObserver | None = None

@@ -31,6 +31,7 @@ class ChildSpec:
     parent_pid: int
     max_parallel_hashes: int = 2  # machine-wide cap, one lock file per slot under state_dir
     log_format: str = "auto"  # the roster's; auto looks at the stdout the child shares
+    roster: str = field(default="", compare=False)  # its file, for commands a log line suggests
     # Sets the heartbeat cadence.  Not part of equality, like the supervisor settings the
     # running Child keeps: a reload that only changes it restarts nobody.
     hang_timeout_seconds: float = field(default=60.0, compare=False)

@@ -6,6 +6,7 @@ Slow (several starts over 1,000 files each): kept in a file of its own."""
 from __future__ import annotations
 
 import os
+import shlex
 import shutil
 from pathlib import Path
 from typing import Any
@@ -100,7 +101,9 @@ def test_a_tree_gone_at_start_is_held_then_released_once(
         assert warning["level"] == "WARNING"
         assert "1000 deletions held" in warning["message"]
         assert "more than 1000 or more than 50%" in warning["message"]
-        assert "multiwatch deletions inbox --release" in warning["message"]
+        # The command to run, with the roster it needs (copied from the log, it works).
+        assert f"multiwatch deletions -c {shlex.quote(str(roster))} inbox --release" in (
+            warning["message"])
         _held(port, FILES)
         code, metrics = _get(port, "/metrics")
         assert code == 200
