@@ -61,7 +61,9 @@ def main() -> int:
                     break
             ready = time.monotonic() - started
             supervisor = psutil.Process(proc.pid)
-            children = [c for c in supervisor.children() if "spawn_main" in " ".join(c.cmdline())]
+            children = [c for c in supervisor.children()  # titled once running
+                        if " ".join(c.cmdline()).startswith("multiwatch: watcher ")
+                        or "spawn_main" in " ".join(c.cmdline())]
             time.sleep(2)  # let start-up work finish before the idle window
             before = {c.pid: cpu_seconds(c) for c in [supervisor, *children]}
             time.sleep(args.seconds)

@@ -208,6 +208,17 @@ def write_roster(path: Path, *, state_dir: Path, url: str, queue: str,
     return path
 
 
+def is_watcher(process: psutil.Process) -> bool:
+    """A watcher child: titled `multiwatch: watcher ID` once running (setproctitle), the
+    bare multiprocessing spawn command line before that (and in versions without titles).
+    A prestarted spare watcher has no instance yet and keeps the spawn command line."""
+    try:
+        command = " ".join(process.cmdline())
+    except psutil.Error:
+        return False
+    return command.startswith("multiwatch: watcher ") or "spawn_main" in command
+
+
 class Watcher:
     """`multiwatch run -c roster` in its own session; stdout goes to a file, not a pipe
     we must read, so a chatty INFO log costs the benchmark process nothing."""
@@ -267,7 +278,7 @@ class Watcher:
             kids = psutil.Process(self.pid).children()
         except psutil.NoSuchProcess:
             return []
-        return [c for c in kids if "spawn_main" in " ".join(c.cmdline())]
+        return [c for c in kids if is_watcher(c)]
 
     def wait_children(self, count: int, timeout: float = 60) -> list[psutil.Process]:
         deadline = time.monotonic() + timeout
