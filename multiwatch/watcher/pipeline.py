@@ -19,7 +19,7 @@ import queue
 import sqlite3
 import time
 from collections import Counter
-from collections.abc import Callable, Iterator
+from collections.abc import Callable
 
 from multiwatch.config import InstanceConfig
 from multiwatch.logs import lines_written_together
@@ -45,9 +45,10 @@ from multiwatch.watcher.message import (
 )
 from multiwatch.watcher.observe import RawEvent
 from multiwatch.watcher.outbox import OutboxGauge
-from multiwatch.watcher.scan import ScanBatch, scan_batches
+from multiwatch.watcher.reconcile import ReconcileActions, Reconciler
 from multiwatch.watcher.settle import SettleTable
-from multiwatch.watcher.state import StateStore, Version, directory_of
+from multiwatch.watcher.startup_progress import StartupProgress
+from multiwatch.watcher.state import StateStore
 from multiwatch.watcher.unreadable import Unreadable
 from multiwatch.watcher.unusual_activity import UnusualActivity
 
@@ -58,14 +59,8 @@ log = logging.getLogger(__name__)
 
 EVENTS_PER_STEP = 5000
 SCAN_ENTRIES_PER_STEP = 5000
-# What a directory costs the walk in files' worth: an open, a listing, an inotify watch.
-DIRECTORY_COST = 10
 SCAN_SECONDS_PER_STEP = 0.5
-# A directory listing is held until it is whole, to compare its fingerprint, up to this
-# many files; a bigger directory is compared with its tracked files one by one.
-FINGERPRINT_MAX_FILES = 20_000
 HASHES_PER_STEP = 200
-PROGRESS_EVERY_SECONDS = 5.0
 STORE_RETRY_MAX_SECONDS = 10.0
 CLOSE_LOCK_WAIT_SECONDS = 1.0
 LOST_EVENTS_LOG_SECONDS = 60.0
@@ -108,11 +103,7 @@ class Pipeline:
         self.mount_lost: Callable[[str], bool] = lambda _path: False  # by main (mount.py)
         self._lost_events = 0  # overflows since the last "events were lost" line
         self._lost_events_logged_at = -LOST_EVENTS_LOG_SECONDS
-        self._scans: list[_Scan] = []  # a stack: the newest walk goes first
-        # The directories of walks not started yet: a set, as thousands of directories
-        # created at once each ask for one.
-        self._queued_scans: set[str] = set()
-        self._startup = _StartupProgress()
+        self._startup = StartupProgress()
         self._unreadable = Unreadable(self.root)  # warned about once, tried again
         # Every open, stat and listing below the root goes through its descriptor (confined.py).
         self._confined = ConfinedRoot(self.root, follow_symlinks=instance.follow_symlinks)
@@ -125,6 +116,12 @@ class Pipeline:
         self.deletions = DeletionGuard(store, instance, gauge, is_gone=self._really_gone,
                                        is_tracked=self.known.__contains__,
                                        announce=self._gone, rescan=self.request_scan)
+        self._reconciler = Reconciler(instance, self._confined, self.filter, self.known,
+                                      self.settle, self._unreadable, self.deletions,
+                                      self._startup, ReconcileActions(
+            settle_later=lambda relative, now, seen: self._settle_later(relative, now, seen),
+            gone=self._gone, is_gone=self._really_gone,
+            save_fingerprints=self._save_fingerprints, progress=lambda: self._progress()))
 
     # -- driving -------------------------------------------------------------------------
 
@@ -135,14 +132,7 @@ class Pipeline:
 
         `watch`: the walk also adds the observer's watches, each directory's before it is
         listed (see observe.directory_watcher)."""
-        if watch is None and relative_dir in self._queued_scans:
-            return  # the same walk is queued and has not started: it will see everything
-        batches = scan_batches(self._confined, relative_dir, self.filter,
-                               recursive=self.instance.recursive,
-                               unlistable=self._unreadable.directories, watch=watch,
-                               one_filesystem=self.instance.one_filesystem)
-        self._scans.append(_Scan(relative_dir, batches))
-        self._queued_scans.add(relative_dir)
+        self._reconciler.request(relative_dir, watch=watch)
 
     def step(self, max_wait: float) -> None:
         """One turn: wait briefly for notifications, then scan, then handle settled paths."""
@@ -150,7 +140,7 @@ class Pipeline:
         # A full outbox (or an unwritable state database) holds settled work back: nothing
         # is due until the publisher drains (or the commit succeeds).
         held_back = self.gauge.full or self._store_failures
-        wait = 0.0 if self._scans else max_wait
+        wait = 0.0 if self._reconciler.scans else max_wait
         for due in (() if held_back else (self.settle.next_due(), self._unreadable.next_due(),
                                           self.deletions.next_due(now))):
             if due is not None:
@@ -161,7 +151,7 @@ class Pipeline:
         self._collect_hashes()
         if not held_back:
             self._retry_due(time.monotonic())
-        self._scan_some()
+        self._reconciler.walk_some(SCAN_ENTRIES_PER_STEP, SCAN_SECONDS_PER_STEP)
         self._handle_settled()
         self._commit()
         self._startup.report(self)
@@ -218,108 +208,6 @@ class Pipeline:
                 return
         self._on_notification(event, now)
 
-    def _scan_some(self) -> None:
-        """Walk on for one step's budget: entries met, wanted or not, plus DIRECTORY_COST
-        per directory opened (a tree of empty directories costs as much as one of files),
-        and at most SCAN_SECONDS_PER_STEP, so the loop heartbeats between steps whatever
-        the shape of the tree or the speed of its disk."""
-        if not self._scans:
-            return
-        now = time.monotonic()
-        deadline = now + SCAN_SECONDS_PER_STEP
-        scan = self._scans[-1]
-        if not scan.started:
-            scan.started, scan.changes_at_start = True, self.known.changes
-            self._queued_scans.discard(scan.relative_dir)
-        cost = 0
-        while cost < SCAN_ENTRIES_PER_STEP and (cost == 0 or time.monotonic() < deadline):
-            batch = next(scan.batches, None)
-            if batch is None:
-                self._finish_scan(scan, now)
-                return
-            cost += max(len(batch), batch.examined) + DIRECTORY_COST * batch.directories
-            self._startup.files_scanned += len(batch)
-            if scan.held and scan.held[0].directory != batch.directory:
-                self._compare_held(scan, now, whole=False)  # that listing broke off
-            held = scan.held  # (a new list once compared)
-            if not batch and not held:
-                continue  # a directory without wanted files: nothing to compare
-            if batch.directory == scan.oversized:
-                self._compare(scan, batch, now)
-                continue
-            held.append(batch)
-            if batch.complete:
-                self._compare_held(scan, now, whole=True)
-            elif sum(map(len, held)) > FINGERPRINT_MAX_FILES:
-                scan.oversized = batch.directory
-                self._compare_held(scan, now, whole=False)
-
-    def _finish_scan(self, scan: _Scan, now: float) -> None:
-        self._compare_held(scan, now, whole=False)
-        self._scans.pop()  # (the one _scan_some walked: nothing was pushed since)
-        self._reconcile_unseen(scan)
-        self._save_fingerprints()
-        self._unreadable.walked(scan.relative_dir, time.monotonic())
-        if not self._scans:
-            self._startup.scan_finished()
-
-    def _compare_held(self, scan: _Scan, now: float, *, whole: bool) -> None:
-        """Compare the held batches of one directory with what was announced; `whole`:
-        they list all of it, so its fingerprint can vouch for them instead."""
-        batches, scan.held = scan.held, []
-        if not batches:
-            return
-        directory = batches[0].directory
-        batches = [batch for batch in batches if batch] or batches  # the last is often empty
-        listing: dict[str, Version] = batches[0]
-        if whole and len(batches) > 1:
-            listing = {}
-            for batch in batches:
-                listing.update(batch)
-        if whole and self.known.unchanged_directory(directory, listing):
-            scan.vouched += len(listing)
-            scan.vouched_directories.add(directory)
-            return
-        unchanged = True
-        for batch in batches:
-            unchanged = not self._compare(scan, batch, now) and unchanged
-        if whole and unchanged:
-            self.known.vouch(directory, listing)
-
-    def _compare(self, scan: _Scan, batch: ScanBatch, now: float) -> bool:
-        """Settle a batch's new or changed files (unchanged ones are compared as plain
-        tuples); True if there were any."""
-        scan.seen.update(batch)
-        changed = self.known.changed(batch, batch.directory)
-        scan.tracked_seen += self.known.tracked_among(batch) if changed else len(batch)
-        for relative, (size, mtime_ns, inode) in changed:
-            self._settle_later(relative, now,
-                               seen=FileVersion(size=size, mtime_ns=mtime_ns, inode=inode))
-        return bool(changed)
-
-    def _reconcile_unseen(self, scan: _Scan) -> None:
-        """Announced files the scan did not meet are deleted, if they are really gone
-        (a file renamed behind the walk's back is still on disk and stays known)."""
-        known, vouched = self.known, scan.vouched_directories
-        if not scan.relative_dir and known.changes == scan.changes_at_start and (
-                scan.vouched + scan.tracked_seen == len(known)):
-            self._announce_gone(scan, [])  # every tracked file was met (held ones too)
-            return  # and none was tracked meanwhile
-        tracked = known.paths_under(scan.relative_dir)
-        unseen = [p for p in tracked if p not in scan.seen and directory_of(p) not in vouched]
-        gone: list[str] = []
-        for relative in sorted(unseen):
-            self._progress()  # (an lstat each: a mass deletion, a slow mount)
-            if relative not in self.settle and self._really_gone(relative):  # (settle decides)
-                gone.append(relative)
-        self._announce_gone(scan, gone)
-
-    def _announce_gone(self, scan: _Scan, gone: list[str]) -> None:
-        """Announce what a scan found gone, unless too many: those are held (deletion_guard)."""
-        for relative in self.deletions.scan_found(scan.relative_dir, gone, len(self.known)):
-            self._progress()
-            self._gone(relative)
-
     def _really_gone(self, relative: str) -> bool:
         try:  # (a file whose mount went away is not gone: mount.py)
             return self._resolve(relative) is None and not self.mount_lost(relative)
@@ -352,7 +240,7 @@ class Pipeline:
     @property
     def busy(self) -> bool:
         """True while a scan, settling paths or hashes remain (used for startup progress)."""
-        return bool(self._scans) or len(self.settle) > 0 or bool(self._jobs)
+        return bool(self._reconciler.scans) or len(self.settle) > 0 or bool(self._jobs)
 
     @property
     def files_waiting(self) -> int:
@@ -422,7 +310,8 @@ class Pipeline:
         elif event.kind == "created" or (event.kind == "moved" and event.src is None):
             # Created, or moved in from outside the tree: files written before the new
             # directory's watch existed (or moved in with it) produce no events.
-            self._scan_new_directory(event.src if event.kind == "created" else event.dest)
+            self._reconciler.request_new_directory(
+                event.src if event.kind == "created" else event.dest)
         elif event.kind == "deleted" and event.src:
             for relative in self._tracked_under(event.src):
                 self._progress()
@@ -436,19 +325,7 @@ class Pipeline:
             # "x.tmp") arrives now, and its files send no event of their own: scan it.
             # Files already moved above compare unchanged; per-file "moved" events that
             # follow (or came first) settle to the same version and announce nothing.
-            self._scan_new_directory(event.dest)
-
-    def _scan_new_directory(self, relative: str | None) -> None:
-        if not (relative and self.instance.recursive and self.filter.wants_directory(relative)):
-            return
-        # A tree copied or moved in sends an event per directory inside it: a walk of an
-        # enclosing directory that has not started yet will see this one too.
-        parent = relative
-        while parent:
-            parent = parent.rpartition("/")[0]
-            if parent in self._queued_scans:
-                return
-        self.request_scan(relative)
+            self._reconciler.request_new_directory(event.dest)
 
     def _tracked_under(self, relative_dir: str) -> list[str]:
         prefix = relative_dir + "/"
@@ -760,58 +637,3 @@ _WAKE = RawEvent("hashed", False, None)  # put on the notification queue by the 
 
 def _nothing() -> None:
     """The progress callback of a pipeline that reports to nobody."""
-
-
-@dataclasses.dataclass(eq=False)
-class _Scan:
-    """One walk in progress and the paths it has met so far."""
-
-    relative_dir: str
-    batches: Iterator[ScanBatch]
-    started: bool = False
-    changes_at_start: int = 0  # known.changes when the walk began
-    # The batches of the directory being listed, compared once its listing is whole.
-    held: list[ScanBatch] = dataclasses.field(default_factory=list)
-    oversized: str | None = None  # a directory too big to hold: compared batch by batch
-    # What was met: paths compared one by one (and how many of them were tracked), and
-    # directories whose fingerprint vouched for all their tracked files.
-    seen: set[str] = dataclasses.field(default_factory=set)
-    tracked_seen: int = 0
-    vouched: int = 0
-    vouched_directories: set[str] = dataclasses.field(default_factory=set)
-
-
-class _StartupProgress:
-    """Logs the startup scan's progress every few seconds, then one summary line."""
-
-    def __init__(self) -> None:
-        self.started = time.monotonic()
-        self.files_scanned = 0
-        self._scan_done = False
-        self._finished = False
-        self._next_report = self.started + PROGRESS_EVERY_SECONDS
-
-    def scan_finished(self) -> None:
-        self._scan_done = True
-
-    def report(self, pipeline: Pipeline) -> None:
-        if self._finished:
-            return
-        now = time.monotonic()
-        if self._scan_done and not pipeline.busy:
-            self._finished = True
-            self._log("startup scan complete", pipeline, now)
-        elif now >= self._next_report:
-            self._next_report = now + PROGRESS_EVERY_SECONDS
-            self._log("startup scan progress", pipeline, now)
-
-    def _log(self, message: str, pipeline: Pipeline, now: float) -> None:
-        elapsed = max(now - self.started, 1e-6)
-        log.info(message, extra={
-            "files_scanned": self.files_scanned,
-            "files_waiting": pipeline.files_waiting,
-            "files_hashed": pipeline.files_hashed,
-            "bytes_hashed": pipeline.bytes_hashed,
-            "hash_rate_mb_s": round(pipeline.bytes_hashed / elapsed / 1e6, 1),
-            "elapsed_seconds": round(elapsed, 1),
-        })

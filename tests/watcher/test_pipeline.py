@@ -403,9 +403,9 @@ def test_rescan_announces_deletions_the_watcher_missed(tmp_path: Path) -> None:
 
 def test_startup_scan_logs_progress_and_a_summary(tmp_path: Path, monkeypatch, caplog) -> None:
     """A long startup scan reports files scanned, bytes hashed and rate, then a summary."""
-    import multiwatch.watcher.pipeline as pipeline_module
+    import multiwatch.watcher.startup_progress as startup_progress_module
 
-    monkeypatch.setattr(pipeline_module, "PROGRESS_EVERY_SECONDS", 0.0)
+    monkeypatch.setattr(startup_progress_module, "PROGRESS_EVERY_SECONDS", 0.0)
     pipeline, outbox, root = make_pipeline(tmp_path)
     for i in range(50):
         (root / f"f{i}.bin").write_bytes(b"x" * 1000)
@@ -676,11 +676,11 @@ def test_restart_with_directories_too_big_to_fingerprint_finds_each_change(
         tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     """A directory listed in more batches than are held for its fingerprint is compared
     file by file: a deleted and a changed file in it are still announced, nothing else."""
-    import multiwatch.watcher.pipeline as pipeline_module
+    import multiwatch.watcher.reconcile as reconcile_module
     import multiwatch.watcher.scan as scan_module
 
     monkeypatch.setattr(scan_module, "BATCH_ENTRIES", 3)
-    monkeypatch.setattr(pipeline_module, "FINGERPRINT_MAX_FILES", 5)
+    monkeypatch.setattr(reconcile_module, "FINGERPRINT_MAX_FILES", 5)
     pipeline, outbox, root = make_pipeline(tmp_path)
     known_files(pipeline, outbox, root, {f"big/f{n:02d}.bin": b"%02d" % n for n in range(20)})
     restarted, outbox = _stopped_cleanly_then_restarted(tmp_path, pipeline)

@@ -9,6 +9,7 @@ from pathlib import Path
 import pytest
 
 import multiwatch.watcher.pipeline as pipeline_module
+import multiwatch.watcher.reconcile as reconcile_module
 from multiwatch.watcher.observe import RawEvent
 from multiwatch.watcher.path_index import PathIndex
 from multiwatch.watcher.settle import SettleTable
@@ -119,7 +120,7 @@ def _steps_to_walk(pipeline: pipeline_module.Pipeline) -> int:
     pipeline.request_scan()
     steps = 0
     deadline = time.monotonic() + 60
-    while pipeline._scans:
+    while pipeline._reconciler.scans:
         assert time.monotonic() < deadline, "the walk did not end"
         pipeline.step(0.0)
         steps += 1
@@ -132,7 +133,7 @@ def test_walk_over_many_empty_directories_is_spread_over_many_steps(tmp_path: Pa
     pipeline, _, root = make_pipeline(tmp_path)
     for i in range(4000):
         (root / f"artist{i // 20}" / f"album{i % 20}").mkdir(parents=True)
-    per_step = pipeline_module.SCAN_ENTRIES_PER_STEP // pipeline_module.DIRECTORY_COST
+    per_step = pipeline_module.SCAN_ENTRIES_PER_STEP // reconcile_module.DIRECTORY_COST
     assert _steps_to_walk(pipeline) >= 4200 // per_step
 
 
@@ -161,7 +162,7 @@ def test_each_walk_step_ends_within_its_time_budget(tmp_path: Path, monkeypatch)
     pipeline.request_scan(watch=slow_watch)
     longest = 0.0
     deadline = time.monotonic() + 60
-    while pipeline._scans:
+    while pipeline._reconciler.scans:
         assert time.monotonic() < deadline
         started = time.monotonic()
         pipeline.step(0.0)
@@ -232,13 +233,13 @@ def test_tree_copied_in_is_walked_once_not_once_per_directory(
     """A tree of 200 directories arriving at once (an event for each) is walked by one scan
     of its top directory, and every file in it is discovered once."""
     walks: list[str] = []
-    real = pipeline_module.scan_batches
+    real = reconcile_module.scan_batches
 
     def counted(root: str, start: str, *args: object, **kwargs: object):  # type: ignore[no-untyped-def]
         walks.append(start)
         return real(root, start, *args, **kwargs)  # type: ignore[arg-type]
 
-    monkeypatch.setattr(pipeline_module, "scan_batches", counted)
+    monkeypatch.setattr(reconcile_module, "scan_batches", counted)
     pipeline, outbox, root = make_pipeline(tmp_path)
     directories = [f"Library/a{i // 20}/b{i % 20}" for i in range(200)]
     for relative in directories:
