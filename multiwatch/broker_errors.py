@@ -23,7 +23,7 @@ from urllib.parse import unquote
 import amqp.exceptions
 from kombu.utils.url import parse_url
 
-from multiwatch.config_broker import mask_url
+from multiwatch.config.broker import mask_url
 
 DEFAULT_USER = "guest"  # what py-amqp logs in as when the URL names no user
 RESOLVE_POLL_SECONDS = 0.1

@@ -8,7 +8,7 @@ import pytest
 import yaml
 
 from multiwatch.config import load_roster, render_effective
-from multiwatch.config_activity import UnusualActivityConfig
+from multiwatch.config.activity import UnusualActivityConfig
 from tests.test_config import config_error, write_roster
 
 ENV = {"MULTIWATCH_STATE_DIR": "/tmp/multiwatch-test-state-unused"}

@@ -7,7 +7,7 @@ from pathlib import Path
 import pytest
 
 from multiwatch.config import load_roster, render_effective
-from multiwatch.config_deletions import ScanDeletionBound
+from multiwatch.config.deletions import ScanDeletionBound
 from tests.test_config import config_error, write_roster
 
 

@@ -8,7 +8,7 @@ from pathlib import Path
 import pytest
 
 from multiwatch.config import ConfigError, load_roster
-from multiwatch.config_source import Node, Source
+from multiwatch.config.source import Node, Source
 from tests.support.process import run_cli
 
 SECRET = "S3cret-pw-42"

@@ -11,7 +11,7 @@ from pathlib import Path
 import pytest
 
 from multiwatch.config import ConfigError, load_roster
-from multiwatch.config_broker import read_password_file
+from multiwatch.config.broker import read_password_file
 from tests.support.privilege import run_unprivileged
 from tests.support.process import run_cli
 

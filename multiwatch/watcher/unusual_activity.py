@@ -19,7 +19,7 @@ import time
 from collections import deque
 from collections.abc import Callable
 
-from multiwatch.config_activity import UnusualActivityConfig
+from multiwatch.config.activity import UnusualActivityConfig
 from multiwatch.watcher.message import FILE_DELETED, FILE_MODIFIED, FILE_MOVED
 
 log = logging.getLogger(__name__)

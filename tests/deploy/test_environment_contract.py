@@ -1,5 +1,5 @@
-"""The environment variables: what the code reads, what multiwatch.environment documents, and
-what the Dockerfile, compose file, systemd units, Kubernetes manifests and README name, agree.
+"""The environment variables: what the code reads, what multiwatch.config.environment documents,
+and what the Dockerfile, compose file, systemd units, Kubernetes manifests and README name, agree.
 
 The code is read with `ast`, so reads through constants and loops over literal names count
 (`for name in ("INCLUDE", "EXCLUDE"): env_node(environ, name)`); a read whose name cannot be
@@ -16,7 +16,7 @@ from typing import Any
 
 import yaml
 
-from multiwatch.environment import ENVIRONMENT_VARIABLES
+from multiwatch.config.environment import ENVIRONMENT_VARIABLES
 from tests.deploy.artifacts import (
     COMPOSE,
     DOCKERFILE,
@@ -31,8 +31,8 @@ PACKAGE = REPO / "multiwatch"
 
 # Functions that read a variable whose name is a parameter, with why that is fine.
 DYNAMIC_READS = {
-    ("config_source.py", "expand_vars"): "`${VAR}` in a roster: the roster names the variable",
-    ("config_env.py", "env_node"): "a helper: its callers are scanned, with their names",
+    ("source.py", "expand_vars"): "`${VAR}` in a roster: the roster names the variable",
+    ("environment.py", "env_node"): "a helper: its callers are scanned, with their names",
 }
 
 # Documented, but not read by the code yet (landing in a parallel change).  Left out of the
@@ -266,7 +266,7 @@ ARTIFACTS = {
 
 
 def test_every_variable_the_code_reads_is_documented() -> None:
-    """A variable multiwatch reads is listed in multiwatch.environment, with its meaning."""
+    """A variable multiwatch reads is listed in multiwatch.config.environment, with its meaning."""
     reads, unresolved = code_reads()
     assert not unresolved, f"environment reads whose variable cannot be named: {unresolved}"
     undocumented = {name: where for name, where in reads.items()
@@ -276,7 +276,7 @@ def test_every_variable_the_code_reads_is_documented() -> None:
 
 
 def test_every_documented_variable_is_read_by_the_code() -> None:
-    """Nothing in multiwatch.environment is a dead name that setting would not change."""
+    """Nothing in multiwatch.config.environment is a dead name that setting would not change."""
     reads, _ = code_reads()
     unread = set(ENVIRONMENT_VARIABLES) - set(reads)
     assert not unread, f"documented but read nowhere in multiwatch/: {sorted(unread)}"
@@ -290,7 +290,8 @@ def test_deployment_artifacts_name_only_variables_multiwatch_reads() -> None:
         strangers = names() - set(ENVIRONMENT_VARIABLES) - set(NOT_MULTIWATCH)
         if strangers:
             unknown[artifact] = sorted(strangers)
-    assert not unknown, f"not read by multiwatch (add to multiwatch.environment or fix): {unknown}"
+    assert not unknown, (f"not read by multiwatch (add to multiwatch.config.environment or fix): "
+                         f"{unknown}")
 
 
 def test_the_allowlist_has_no_stale_entries() -> None:

@@ -12,7 +12,7 @@ from typing import Any
 
 import pytest
 
-from multiwatch.config_deletions import ScanDeletionBound
+from multiwatch.config.deletions import ScanDeletionBound
 from multiwatch.watcher.observe import RawEvent
 from multiwatch.watcher.pipeline import Pipeline
 from multiwatch.watcher.state import (

@@ -8,7 +8,7 @@ from pathlib import Path
 
 import pytest
 
-from multiwatch.config_activity import UnusualActivityConfig
+from multiwatch.config.activity import UnusualActivityConfig
 from multiwatch.watcher.message import FILE_DELETED, FILE_DISCOVERED, FILE_MODIFIED, FILE_MOVED
 from multiwatch.watcher.observe import RawEvent
 from multiwatch.watcher.unusual_activity import UnusualActivity

@@ -8,8 +8,8 @@ from __future__ import annotations
 
 import re
 
-from multiwatch import config_source as cs
-from multiwatch.config_source import Node, Source
+from multiwatch.config import source as cs
+from multiwatch.config.source import Node, Source
 
 NICE_RANGE = range(-20, 20)
 IONICE_CLASSES = ("idle", "best-effort", "realtime")

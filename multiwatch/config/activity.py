@@ -15,8 +15,8 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import Any
 
-from multiwatch import config_source as cs
-from multiwatch.config_source import Node, Source
+from multiwatch.config import source as cs
+from multiwatch.config.source import Node, Source
 
 # Per-second buckets make the window's memory window_seconds entries: a day at most.
 MAX_WINDOW_SECONDS = 86_400

@@ -14,13 +14,13 @@ from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from typing import Any
 
-from multiwatch import config_source as cs
-from multiwatch.config_activity import (
+from multiwatch.config import source as cs
+from multiwatch.config.activity import (
     DEFAULT_UNUSUAL_ACTIVITY,
     UnusualActivityConfig,
     unusual_activity,
 )
-from multiwatch.config_broker import (
+from multiwatch.config.broker import (
     DEFAULT_BINDING_KEY,
     DEFAULT_EXCHANGE,
     DEFAULT_QUEUE,
@@ -30,22 +30,22 @@ from multiwatch.config_broker import (
     load_broker,
     mask_url,
 )
-from multiwatch.config_checks import Origin, _check_directories, check_roster
-from multiwatch.config_deletions import (
+from multiwatch.config.checks import Origin, _check_directories, check_roster
+from multiwatch.config.deletions import (
     DEFAULT_MAX_SCAN_DELETIONS,
     ScanDeletionBound,
     max_scan_deletions,
 )
-from multiwatch.config_env import (
+from multiwatch.config.environment import (
     ENV_NAME,
     default_state_dir,
     env_node,
     env_source,
     generated_instance_id,
 )
-from multiwatch.config_errors import ConfigErrors
-from multiwatch.config_limits import ionice, nice
-from multiwatch.config_source import ConfigError, Node, Source, Where
+from multiwatch.config.errors import ConfigErrors
+from multiwatch.config.limits import ionice, nice
+from multiwatch.config.source import ConfigError, Node, Source, Where
 from multiwatch.logs import LOG_FORMATS
 
 __all__ = [
@@ -459,7 +459,7 @@ def _load_file(given: str, environ: Mapping[str, str]) -> Roster:
 
 def _read_roster(given: str, file: str) -> str:
     name = cs.show(given) if given == file else f"{cs.show(given)} ({file})"
-    from multiwatch.config_yaml import MAX_ROSTER_BYTES
+    from multiwatch.config.yaml_nodes import MAX_ROSTER_BYTES
 
     try:
         with open(file, encoding="utf-8-sig") as handle:

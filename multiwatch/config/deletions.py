@@ -17,8 +17,8 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
-from multiwatch import config_source as cs
-from multiwatch.config_source import Node, Source
+from multiwatch.config import source as cs
+from multiwatch.config.source import Node, Source
 
 # Fewer deletions than this are never held by the percentage: emptying a small folder by
 # hand (or a drop folder its consumer cleared) while stopped is announced as usual.

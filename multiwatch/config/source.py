@@ -1,6 +1,6 @@
 """Where config values come from, and turning them into typed values with precise errors.
 
-Every value is a `Node` with the line it came from (`multiwatch.config_yaml` composes
+Every value is a `Node` with the line it came from (`multiwatch.config.yaml_nodes` composes
 them from the roster's YAML), so errors can say `file:line: key: why`.  Environment
 variables go through the same coercers as `Node`s without a line.  The roster schema
 itself lives in `multiwatch.config`.
@@ -119,7 +119,7 @@ def mask_url_passwords(text: str) -> str:
     (JSON, as `show` writes values) or not."""
     if "://" not in text:
         return text
-    from multiwatch.config_broker import mask_url  # (imports this module)
+    from multiwatch.config.broker import mask_url  # (imports this module)
 
     def quoted(match: re.Match[str]) -> str:
         try:
@@ -183,7 +183,7 @@ def parse_yaml(text: str, filename: str) -> Node | None:
     """Parse one YAML document with SafeLoader semantics; None when it is empty."""
     # PyYAML is imported only where a roster is read: a watcher child unpickles the
     # config dataclasses but never parses YAML, and its start is what a restart waits for.
-    from multiwatch.config_yaml import parse_yaml as parse
+    from multiwatch.config.yaml_nodes import parse_yaml as parse
 
     return parse(text, filename)
 

@@ -16,9 +16,14 @@ from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from typing import Any
 
-from multiwatch import config_source as cs
-from multiwatch.config_env import ENV_NAME, broker_url_from_env, env_source, password_file_node
-from multiwatch.config_source import Node, Source, Where
+from multiwatch.config import source as cs
+from multiwatch.config.environment import (
+    ENV_NAME,
+    broker_url_from_env,
+    env_source,
+    password_file_node,
+)
+from multiwatch.config.source import Node, Source, Where
 
 DEFAULT_EXCHANGE = "file_events"
 DEFAULT_QUEUE = "file_events"

@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import yaml
 
-from multiwatch.config_source import ConfigError, Node
+from multiwatch.config.source import ConfigError, Node
 
 _MERGE_TAG = "tag:yaml.org,2002:merge"
 # Bounds for a hostile roster (issue 18: a 7-level alias bomb would need ~18 GB).  A roster

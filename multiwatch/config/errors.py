@@ -10,7 +10,7 @@ from __future__ import annotations
 from collections.abc import Iterator
 from contextlib import contextmanager
 
-from multiwatch.config_source import ConfigError
+from multiwatch.config.source import ConfigError
 
 MAX_SHOWN = 20
 

@@ -9,12 +9,12 @@ import os
 from dataclasses import dataclass
 from typing import TYPE_CHECKING
 
-from multiwatch import config_source as cs
-from multiwatch.config_env import ENV_NAME
-from multiwatch.config_source import Where
+from multiwatch.config import source as cs
+from multiwatch.config.environment import ENV_NAME
+from multiwatch.config.source import Where
 
 if TYPE_CHECKING:  # config imports this module; the types are only for annotations
-    from multiwatch.config import InstanceConfig, Roster
+    from multiwatch.config.roster import InstanceConfig, Roster
 
 
 @dataclass(frozen=True)
