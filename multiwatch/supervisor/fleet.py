@@ -6,6 +6,8 @@ is over) it also reaps exited children, checks heartbeats, starts children whose
 is over, samples resources, and publishes a fresh fleet view for the HTTP thread.
 Signal handlers only queue the signal.  An error inside a turn (say, EMFILE while file
 descriptors run short) is logged and the loop turns on: SIGTERM must always work.
+How children are started (`spawn`), the clock and the resource meter are passed in, so the
+loop's edges can be tested in-process with fakes (tests/supervisor/test_lifecycle_edges.py).
 """
 
 from __future__ import annotations
@@ -18,11 +20,18 @@ import threading
 import time
 from collections import deque
 from collections.abc import Callable
+from functools import partial
 from multiprocessing.connection import wait
 from typing import TYPE_CHECKING, Any
 
 from multiwatch.config import ConfigError, HttpConfig, Roster
-from multiwatch.supervisor.lifecycle import Child, State, broker_description
+from multiwatch.supervisor.lifecycle import (
+    Child,
+    State,
+    WatcherFactory,
+    broker_description,
+    spawn_watcher,
+)
 from multiwatch.supervisor.run_lock import (
     SUPERVISOR_TITLE,
     InstanceLocks,
@@ -54,7 +63,13 @@ class Supervisor:
 
     def __init__(self, roster: Roster, *, reload: Callable[[], Roster] | None = None,
                  prestarted: PrestartedWatcher | None = None,
-                 only: list[str] | None = None) -> None:
+                 only: list[str] | None = None,
+                 spawn: WatcherFactory | None = None,
+                 clock: Callable[[], float] = time.monotonic,
+                 meter: ResourceMeter | None = None) -> None:
+        """`spawn` starts a child's process (default: spawn_watcher in a spawn context),
+        `clock` is monotonic seconds, `meter` measures resources (default: a psutil
+        ResourceMeter, imported after the first spawn)."""
         self.roster = roster
         self._only = only
         # One supervisor per instance (run.lock), and a file reload/stop find us by.
@@ -62,17 +77,18 @@ class Supervisor:
         self._supervisor_file = SupervisorFile(roster.state_dir)
         self._reload = reload
         self._prestarted = prestarted  # for the first instance started
-        self._context = multiprocessing.get_context("spawn")
+        self._spawn = spawn or partial(spawn_watcher, multiprocessing.get_context("spawn"))
+        self._clock = clock
         self._children: dict[str, Child] = {}
         self._signals: deque[int] = deque()
         self._stopping = False
-        self._meter: ResourceMeter | None = None  # psutil, imported after the first spawn
+        self._meter = meter  # None: psutil's, imported after the first spawn
         self._next_report = 0.0
         self._next_sample = 0.0
         self._next_files_count = 0.0
         self._next_housekeeping = 0.0
         self._usage: dict[int, dict[str, Any]] = {}  # pid → last psutil sample
-        self._started_at = time.monotonic()
+        self._started_at = clock()
         self._last_turn = self._started_at
         self._view: dict[str, Any] = {}
         self._view_lock = threading.Lock()
@@ -147,7 +163,7 @@ class Supervisor:
         if self._prestarted is not None:  # the roster started nothing
             self._prestarted.discard()
             self._prestarted = None
-        self._publish_view(time.monotonic())
+        self._publish_view(self._clock())
         self._serve_http(self.roster.http)
         while not self._stopping:
             try:
@@ -162,7 +178,7 @@ class Supervisor:
 
     def _log_error(self, kind: str, message: str, **kwargs: Any) -> None:
         """Log a failure at most once a minute per kind: a repeating one must not flood."""
-        now = time.monotonic()
+        now = self._clock()
         if now - self._error_logged_at.get(kind, -LOG_ERROR_EVERY_SECONDS) \
                 >= LOG_ERROR_EVERY_SECONDS:
             self._error_logged_at[kind] = now
@@ -206,7 +222,7 @@ class Supervisor:
         if wake_fd in ready:
             _drain(wake_fd)
         self._handle_signals()
-        now = time.monotonic()
+        now = self._clock()
         for reader in ready:
             if reader in by_reader:
                 by_reader[reader].receive(now)  # a heartbeat, or EOF of an exited child
@@ -246,7 +262,7 @@ class Supervisor:
             view = dict(self._view)
         if view:
             view["supervisor"] = dict(view["supervisor"],
-                                      loop_age_seconds=round(time.monotonic() - self._last_turn, 2))
+                                      loop_age_seconds=round(self._clock() - self._last_turn, 2))
         return view
 
     def _publish_view(self, now: float) -> None:
@@ -268,7 +284,7 @@ class Supervisor:
             self._last_turn = now
 
     def _wait_budget(self) -> float:
-        now = time.monotonic()
+        now = self._clock()
         budget = min(LOOP_WAIT_SECONDS, max(0.0, self._next_housekeeping - now))
         for child in self._children.values():
             if child.state is State.BACKOFF:
@@ -283,7 +299,7 @@ class Supervisor:
         """Start added instances, stop removed ones, restart changed ones; leave the rest."""
         old_specs = {cid: child.spec for cid, child in self._children.items()}
         self.roster = roster
-        now = time.monotonic()
+        now = self._clock()
         for instance in roster.instances:
             spec = self._spec_for(instance.id)
             current = self._children.get(instance.id)
@@ -300,7 +316,7 @@ class Supervisor:
                     log.error("instance not started: %s", exc,
                               extra={"instance_id": instance.id})
                     continue
-            child = Child(spec, roster.supervisor, self._context)
+            child = Child(spec, roster.supervisor, spawn=self._spawn)
             self._children[instance.id] = child
             child.start(now, self._prestarted)
             self._prestarted = None
@@ -339,13 +355,13 @@ class Supervisor:
         """SIGTERM, wait up to stop_timeout, SIGKILL whoever is left, reap everyone."""
         for child in children:
             child.terminate()
-        deadline = time.monotonic() + self.roster.supervisor.stop_timeout_seconds
-        while time.monotonic() < deadline and any(c.process is not None for c in children):
+        deadline = self._clock() + self.roster.supervisor.stop_timeout_seconds
+        while self._clock() < deadline and any(c.process is not None for c in children):
             sentinels = [c.process.sentinel for c in children if c.process is not None]
-            wait(sentinels, timeout=max(0.0, deadline - time.monotonic()))
+            wait(sentinels, timeout=max(0.0, deadline - self._clock()))
             for child in children:
-                child.receive(time.monotonic())
-                child.reap(time.monotonic())
+                child.receive(self._clock())
+                child.reap(self._clock())
         for child in children:
             if child.process is not None:
                 log.warning("child did not stop in time; killing it",
@@ -354,7 +370,7 @@ class Supervisor:
                 # Bounded: a process stuck in the kernel (a hung NFS read, state D) outlives
                 # SIGKILL until the kernel lets go; the supervisor must still exit.
                 child.process.join(KILLED_REAP_SECONDS)
-                if not child.reap(time.monotonic()):
+                if not child.reap(self._clock()):
                     log.error("child survived SIGKILL (stuck in the kernel?); leaving it",
                               extra={"instance_id": child.instance_id, "pid": child.pid})
 
@@ -376,7 +392,7 @@ class Supervisor:
             return
         self._usage = {pid: usage.as_dict() for pid, usage in usage_by_pid.items()
                        if usage is not None}
-        now = time.monotonic()
+        now = self._clock()
         for child in self._children.values():
             limit = child.spec.instance.memory_limit
             rss = (self._usage.get(child.pid) or {}).get("rss_bytes", 0) if child.pid else 0

@@ -12,18 +12,24 @@ RUNNING, back with "ready": watcher/mount.py), "exiting" with the reason just be
 it exits on its own (its publisher stopped working): /status shows that reason.  A watched
 directory that is gone is not a crash: it is retried at the capped backoff forever and never
 turns FATAL.
+
+The process is made by a `WatcherFactory` (`spawn_watcher` in production) and time is the
+`now` every method takes (the supervisor's clock), so every edge can be driven in-process
+by a fake process and a fake clock (tests/supervisor/test_lifecycle_edges.py).
 """
 
 from __future__ import annotations
 
 import enum
 import logging
-import os
+import multiprocessing
 import random
 import signal
+from collections.abc import Callable
+from functools import partial
 from multiprocessing.connection import Connection
 from multiprocessing.context import SpawnContext, SpawnProcess
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, Protocol
 
 from multiwatch.config import BrokerConfig, InstanceConfig, SupervisorConfig, mask_url
 from multiwatch.supervisor.event_rate import EventRate, event_total
@@ -47,15 +53,57 @@ class State(enum.StrEnum):
     STOPPED = "STOPPED"
 
 
+class WatcherProcess(Protocol):
+    """What a Child needs of its started watcher process (a multiprocessing SpawnProcess)."""
+
+    @property
+    def pid(self) -> int | None: ...
+
+    @property
+    def exitcode(self) -> int | None: ...
+
+    @property
+    def sentinel(self) -> int: ...  # readable once the process has exited
+
+    def is_alive(self) -> bool: ...
+
+    def join(self, timeout: float | None = None) -> None: ...
+
+    def terminate(self) -> None: ...  # SIGTERM
+
+    def kill(self) -> None: ...  # SIGKILL
+
+
+# Starts the watcher for a spec; returns it and the reading end of its report pipe, whose
+# writing end only the process holds (EOF: it is gone).
+WatcherFactory = Callable[[ChildSpec], tuple[WatcherProcess, Connection]]
+
+
+def spawn_watcher(context: SpawnContext, spec: ChildSpec) -> tuple[SpawnProcess, Connection]:
+    """The production WatcherFactory (bound to a context): a spawned run_child process."""
+    reader, writer = context.Pipe(duplex=False)
+    process = context.Process(target=run_child, args=(spec, writer),
+                              name=f"multiwatch-{spec.instance.id}")
+    process.start()
+    writer.close()  # the child holds the only writer: EOF here means it is gone
+    return process, reader
+
+
 class Child:
     """Supervises one watcher process for one instance."""
 
-    def __init__(self, spec: ChildSpec, settings: SupervisorConfig, context: SpawnContext) -> None:
+    def __init__(self, spec: ChildSpec, settings: SupervisorConfig,
+                 context: SpawnContext | None = None, *,
+                 spawn: WatcherFactory | None = None) -> None:
+        """`spawn` starts the process (default: `spawn_watcher` in `context`, or in a
+        fresh spawn context)."""
         self.spec = spec
         self.settings = settings
-        self._context = context
+        if spawn is None:
+            spawn = partial(spawn_watcher, context or multiprocessing.get_context("spawn"))
+        self._spawn = spawn
         self.state = State.STOPPED
-        self.process: SpawnProcess | None = None
+        self.process: WatcherProcess | None = None
         self.reader: Connection | None = None
         self.restarts = 0
         self.started_at = 0.0
@@ -82,16 +130,13 @@ class Child:
     def start(self, now: float, prestarted: PrestartedWatcher | None = None) -> None:
         """Spawn the watcher, or hand the instance to a process spawned ahead of time."""
         taken = prestarted.hand_over(self.spec) if prestarted is not None else None
+        process: WatcherProcess
         if taken is not None:
-            process, reader = taken
-            process.name = f"multiwatch-{self.instance_id}"
+            spawned, reader = taken
+            spawned.name = f"multiwatch-{self.instance_id}"
+            process = spawned
         else:
-            reader, writer = self._context.Pipe(duplex=False)
-            process = self._context.Process(
-                target=run_child, args=(self.spec, writer), name=f"multiwatch-{self.instance_id}"
-            )
-            process.start()
-            writer.close()  # the child holds the only writer: EOF here means it is gone
+            process, reader = self._spawn(self.spec)
         self.process, self.reader = process, reader
         self.state = State.STARTING
         self.started_at = self.last_heartbeat = now
@@ -233,12 +278,14 @@ class Child:
             **limits_view(self.spec.instance),
         }
 
-    def _signal(self, signum: int) -> None:
-        if self.process is not None and self.process.pid is not None and self.process.is_alive():
-            try:
-                os.kill(self.process.pid, signum)
-            except ProcessLookupError:
-                pass
+    def _signal(self, signum: signal.Signals) -> None:
+        """SIGTERM or SIGKILL the process if it still runs (one already gone is left be)."""
+        process = self.process
+        if process is not None and process.pid is not None and process.is_alive():
+            if signum is signal.SIGKILL:
+                process.kill()
+            else:
+                process.terminate()
 
 
 def limits_view(instance: InstanceConfig) -> dict[str, Any]:
