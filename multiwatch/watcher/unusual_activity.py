@@ -7,7 +7,8 @@ heartbeat snapshot carries the flag and the window's counts to /status and /metr
 
 The window is kept as per-second buckets with running totals, so memory is bounded by
 `window_seconds` buckets whatever the event rate, and recording an event is O(1).
-The percent is of the files tracked when the window began, approximated as the files
+Only files older than the window count (see `record`).  The percent is of the files
+tracked when the window began, approximated as the files
 tracked now plus those deleted within the window (a tree whose files were all deleted is at
 100 %, not at a division by zero).
 """
@@ -48,11 +49,20 @@ class UnusualActivity:
         self._since = 0.0  # wall-clock start of the current episode
         self._warned_at = 0.0  # monotonic time of the last WARNING line
 
-    def record(self, event_type: str) -> None:
-        """Count one announced event; a new file (file_discovered) is not counted."""
+    def record(self, event_type: str, before_ctime_ns: int = 0) -> None:
+        """Count one announced event on a file that was there before the window began.
+
+        `before_ctime_ns` is the ctime of the version the event deletes, replaces or renames
+        (0: unknown, counted).  Ransomware and runaway scripts change files that were there
+        before; a new file (file_discovered) is not counted, nor a change to a file that
+        arrived or changed within the window: a spool its consumer empties, a log rewritten
+        in a loop.  (ctime, not mtime: `cp -p` and rsync set an old mtime on a new file.)"""
         kind = _KIND_OF_EVENT.get(event_type)
-        if kind is None or self.config is None:
+        config = self.config
+        if kind is None or config is None:
             return
+        if before_ctime_ns > (self._wall_clock() - config.window_seconds) * 1e9:
+            return  # the file is younger than the window
         now = self._clock()
         second = int(now)
         if not self._buckets or self._buckets[-1][0] != second:

@@ -190,3 +190,24 @@ def test_the_pipeline_counts_the_renames_it_announces(tmp_path: Path,
     assert sorted(b["event_type"] for b in bodies) == ["file_moved"] * 40
     assert pipeline.unusual_activity.active
     assert len(records(caplog, logging.WARNING)) == 1
+
+
+def test_only_files_older_than_the_window_count(caplog: pytest.LogCaptureFixture) -> None:
+    """A spool its consumer empties (files that arrived a minute ago, deleted) and a log
+    rewritten in a loop raise nothing; the same deletions of files there for a day do."""
+    caplog.set_level(logging.INFO, logger=LOGGER)
+    wall = 1.7e9
+    clock = FakeClock()
+    tree = Tree(200)
+    config = UnusualActivityConfig(window_seconds=300, percent=20, min_events=50)
+    activity = UnusualActivity(config, tree, clock=clock, wall_clock=lambda: wall)
+    minute_ago, day_ago = int((wall - 60) * 1e9), int((wall - 86400) * 1e9)
+    for _ in range(150):
+        activity.record(FILE_DELETED, before_ctime_ns=minute_ago)
+        activity.record(FILE_MODIFIED, before_ctime_ns=minute_ago)
+    assert activity.counts() == {"deleted": 0, "modified": 0, "moved": 0}
+    assert not activity.active and not records(caplog, logging.WARNING)
+    for _ in range(60):
+        activity.record(FILE_DELETED, before_ctime_ns=day_ago)
+    assert activity.counts()["deleted"] == 60
+    assert activity.active and len(records(caplog, logging.WARNING)) == 1
