@@ -25,6 +25,7 @@ from multiwatch.config import InstanceConfig
 from multiwatch.logs import lines_written_together
 from multiwatch.watcher.confined import ConfinedRoot
 from multiwatch.watcher.deletion_guard import DeletionGuard
+from multiwatch.watcher.early_hash import EarlyHashes, Resolved
 from multiwatch.watcher.filters import PathFilter
 from multiwatch.watcher.hash_pool import HashJob, HashPool
 from multiwatch.watcher.hashing import (
@@ -51,9 +52,6 @@ from multiwatch.watcher.startup_progress import StartupProgress
 from multiwatch.watcher.state import StateStore
 from multiwatch.watcher.unreadable import Unreadable
 from multiwatch.watcher.unusual_activity import UnusualActivity
-
-_Resolved = tuple[str, os.stat_result]
-"""The file to read for a path (itself, or a symlink's target inside the root) and its stat."""
 
 log = logging.getLogger(__name__)
 
@@ -90,7 +88,7 @@ class Pipeline:
         self._store_retry_at = 0.0
         self._paused_by_full_outbox = False
         self._noticed_at: dict[str, float] = {}  # path → first notification of this change
-        self._stat_at_close: dict[str, _Resolved] = {}  # path → its stat when last closed
+        self._stat_at_close: dict[str, Resolved] = {}  # path → its stat when last closed
         self._closed_writes: set[str] = set()  # last event a close-after-write (close-aware)
         self.counts: Counter[str] = Counter()
         self.unusual_activity = UnusualActivity(instance.unusual_activity,
@@ -107,10 +105,9 @@ class Pipeline:
         self._unreadable = Unreadable(self.root)  # warned about once, tried again
         # Every open, stat and listing below the root goes through its descriptor (confined.py).
         self._confined = ConfinedRoot(self.root, follow_symlinks=instance.follow_symlinks)
-        # Big files being hashed by the pool (or hashed, waiting for their settle period):
-        # at most one job per path, the one whose result can still be announced.
+        # Big files being hashed by the pool (or hashed, waiting for their settle period).
         self.hash_pool = hash_pool
-        self._jobs: dict[str, HashJob] = {}
+        self._early = EarlyHashes(hash_pool, self._confined, self.known, self._resolve)
         if hash_pool is not None:
             hash_pool.set_wake(lambda: self.notifications.put(_WAKE))
         self.deletions = DeletionGuard(store, instance, gauge, is_gone=self._really_gone,
@@ -232,27 +229,25 @@ class Pipeline:
         now = time.monotonic()
         room = self.gauge.max_events - self.gauge.depth - len(self._new_events)
         for relative, seen in self.settle.pop_due(now, min(HASHES_PER_STEP, room)):
-            self._on_settled(relative, seen, now)
-            if relative not in self.settle and relative not in self._jobs:  # done with it
+            self._conclude_settled(relative, seen, now)
+            if relative not in self.settle and relative not in self._early.jobs:  # done with it
                 self._noticed_at.pop(relative, None)
             self._progress()
 
     @property
     def busy(self) -> bool:
         """True while a scan, settling paths or hashes remain (used for startup progress)."""
-        return bool(self._reconciler.scans) or len(self.settle) > 0 or bool(self._jobs)
+        return bool(self._reconciler.scans) or len(self.settle) > 0 or bool(self._early.jobs)
 
     @property
     def files_waiting(self) -> int:
         """Files noticed but not yet announced (settling, or settled and being hashed)."""
-        return len(self.settle) + sum(1 for job in self._jobs.values() if job.settled)
+        return len(self.settle) + sum(1 for job in self._early.jobs.values() if job.settled)
 
     def close(self) -> None:
         """Abandon hashes in progress: their files are not recorded, so the next start's
         scan settles and announces them."""
-        if self.hash_pool is not None:
-            self.hash_pool.shutdown()
-        self._jobs.clear()
+        self._early.shutdown()
         if not (self._changed_files or self._new_events or self._store_failures):
             # Only a speed-up for the next start: not worth more than a moment of the stop.
             self.store.limit_lock_wait(CLOSE_LOCK_WAIT_SECONDS)
@@ -291,9 +286,9 @@ class Pipeline:
             # (A path already settling was wanted: most events of a burst skip the filter.)
             at_close = None
             if event.kind == "closed":
-                at_close = self._hash_early(event.src)
+                at_close = self._early.start(event.src)
             else:  # the content may change again: a hash begun now would be stale
-                self._drop_job(event.src)
+                self._early.drop(event.src)
             grace = self.instance.close_grace_seconds
             if event.kind == "closed" and grace > 0:
                 # The writer closed the file: wait only a short grace (an immediate reopen
@@ -331,7 +326,7 @@ class Pipeline:
         prefix = relative_dir + "/"
         return sorted(set(self.known.paths_under(relative_dir)) |
                       set(self.settle.under(relative_dir)) |
-                      {p for p in self._jobs if p.startswith(prefix)})
+                      {p for p in self._early.jobs if p.startswith(prefix)})
 
     def _on_file_moved(self, src: str | None, dest: str | None, now: float) -> None:
         announced = self._untrack(src) if src else None
@@ -339,10 +334,10 @@ class Pipeline:
             self._readable(src)
             self.settle.discard(src)
             self._stat_at_close.pop(src, None)
-            self._drop_job(src)
+            self._early.drop(src)
             self._noticed_at.pop(src, None)
         if dest:
-            self._drop_job(dest)
+            self._early.drop(dest)
         if not (dest and self._wants(dest)):
             if announced is not None:
                 self._emit(FILE_DELETED, src or "", announced)
@@ -365,10 +360,10 @@ class Pipeline:
             # What arrived at dest is not what we announced: the old path is gone.
             self._emit(FILE_DELETED, src or "", announced)
         # Renamed into place (x.part -> x): usually complete already.
-        self._settle_later(dest, now, at_close=self._hash_early(dest))
+        self._settle_later(dest, now, at_close=self._early.start(dest))
 
     def _settle_later(self, relative: str, now: float, seen: FileVersion | None = None,
-                      quiet: float | None = None, at_close: _Resolved | None = None) -> None:
+                      quiet: float | None = None, at_close: Resolved | None = None) -> None:
         """Start or restart a path's quiet period.  `at_close` is its stat taken when a
         writer closed it (or renamed it into place); any other notification or scan
         finding forgets that stat."""
@@ -385,7 +380,7 @@ class Pipeline:
         self._readable(relative)
         self.settle.discard(relative)
         self._stat_at_close.pop(relative, None)
-        self._drop_job(relative)
+        self._early.drop(relative)
         self._closed_writes.discard(relative)
         self._noticed_at.pop(relative, None)
         announced = self._untrack(relative)
@@ -405,16 +400,21 @@ class Pipeline:
 
     # -- settled paths -------------------------------------------------------------------
 
-    def _on_settled(self, relative: str, seen: FileVersion | None, now: float) -> None:
+    def _conclude_settled(self, relative: str, seen: FileVersion | None, now: float) -> None:
+        """A path's settle period is over: hash it if it is new, then drop any early hash
+        nobody will use."""
         if self.mount_lost(relative):  # not of this tree: its return's reconcile settles it
             return
-        self._settled(relative, seen, now)
-        job = self._jobs.get(relative)
+        self._hash_if_new(relative, seen, now)
+        job = self._early.jobs.get(relative)
         if job is not None and not job.settled and relative not in self.settle:
-            self._drop_job(relative)  # an early hash nobody will use (unchanged, gone...)
+            self._early.drop(relative)  # an early hash nobody will use (unchanged, gone...)
 
-    def _settled(self, relative: str, seen: FileVersion | None, now: float) -> None:
-        resolved = self._trusted_stat_at_close(relative)
+    def _hash_if_new(self, relative: str, seen: FileVersion | None, now: float) -> None:
+        """Stat a settled path; settle it again if it is still being written, hash (and
+        announce) its version if that is not the one announced."""
+        resolved = self._early.trusted_stat_at_close(
+            relative, self._stat_at_close.pop(relative, None))
         if resolved is None:
             try:
                 resolved = self._resolve(relative)
@@ -438,32 +438,49 @@ class Pipeline:
         if announced is not None and announced.version == version:
             self._readable(relative)
             return
-        if self.hash_pool is not None and version.size >= self.hash_pool.min_bytes:
-            job = self._jobs.get(relative)
-            if job is None or job.version != version or job.path != readable_path:
-                self._drop_job(relative)
-                job = self._jobs[relative] = self.hash_pool.submit(relative, readable_path,
-                                                                   version, self._confined)
-            job.settled = True
+        job = self._early.for_settled(relative, readable_path, version)
+        if job is not None:
             if job.done:  # hashed while it settled: announce it now
-                self._finish_job(job, now)
+                self._finish_pool_hash(job, now)
             return
         try:
             # Only the version that settled is read (whatever took its place since is
             # settled again).
             hashed = hash_file(self._confined, relative, self._progress, expected=version)
-        except ChangedWhileHashing:
-            self.settle.touch(relative, now)
+        except (ChangedWhileHashing, NotRegularFile, OSError) as exc:
+            self._on_hash_outcome(relative, now, None, exc)
             return
-        except (FileNotFoundError, NotADirectoryError, NotRegularFile):
+        self._on_hash_outcome(relative, now, hashed, None)
+
+    def _collect_hashes(self) -> None:
+        """Take the pool's finished hashes back; announce those whose settle period is over."""
+        now = time.monotonic()
+        for job in self._early.completed():
+            if job.settled:
+                self._finish_pool_hash(job, now)
+            self._progress()
+
+    def _finish_pool_hash(self, job: HashJob, now: float) -> None:
+        """Record what a settled file's pool hash found."""
+        relative = job.relative
+        del self._early.jobs[relative]
+        self._on_hash_outcome(relative, now, job.result, job.error)
+        if relative not in self.settle:
+            self._noticed_at.pop(relative, None)
+
+    def _on_hash_outcome(self, relative: str, now: float, hashed: Hashed | None,
+                         error: Exception | None) -> None:
+        """The one place a hash's outcome (inline or the pool's) becomes an action."""
+        if isinstance(error, ChangedWhileHashing):
+            self.settle.touch(relative, now)  # settled again, then read again
+        elif isinstance(error, (FileNotFoundError, NotADirectoryError, NotRegularFile)):
             self._gone(relative)
-            return
-        except OSError as exc:
-            self._cannot_read(relative, exc)
-            return
-        self.files_hashed += 1
-        self.bytes_hashed += hashed.version.size
-        self._record(relative, hashed)
+        elif isinstance(error, OSError):
+            self._cannot_read(relative, error)
+        elif hashed is not None:
+            self.files_hashed += 1
+            self.bytes_hashed += hashed.version.size
+            self._record(relative, hashed)
 
     def _record(self, relative: str, hashed: Hashed) -> None:
         """Track a freshly hashed version and announce it if its content is new."""
@@ -475,95 +492,7 @@ class Pipeline:
         elif announced.sha256 != hashed.sha256:
             self._emit(FILE_MODIFIED, relative, hashed)
 
-    # -- big files, hashed by the pool ---------------------------------------------------
-
-    def _hash_early(self, relative: str) -> _Resolved | None:
-        """A writer closed the file (or renamed it into place): start hashing a big one
-        now, while it settles.  Returns the file's stat (see _trusted_stat_at_close).
-
-        The result is used only if the settle period then passes with no new event and the
-        file still has the version that was hashed; any event in between drops the job."""
-        if self.hash_pool is None:
-            return None
-        try:
-            resolved = self._resolve(relative)
-        except OSError:
-            resolved = None
-        if resolved is None:
-            self._drop_job(relative)
-            return None
-        readable_path, st = resolved
-        version = FileVersion.of(st)
-        job = self._jobs.get(relative)
-        if job is not None and job.version == version and job.path == readable_path:
-            return resolved  # already hashing this very version
-        self._drop_job(relative)
-        announced = self.known.get(relative)
-        if st.st_size < self.hash_pool.min_bytes or (
-                announced is not None and announced.version == version):
-            return resolved
-        self._jobs[relative] = self.hash_pool.submit(relative, readable_path, version,
-                                                     self._confined)
-        return resolved
-
-    def _trusted_stat_at_close(self, relative: str) -> _Resolved | None:
-        """The stat taken at the close that ended this quiet period, when it can stand in
-        for a fresh one: a small file whose content is new, hashed right away, where
-        hash_file checks that the file it opens still has that version (a change without
-        events since, by an mmap writer say, means another quiet period).  Big files (the
-        pool's) and closes that changed nothing are stat'ed afresh."""
-        resolved = self._stat_at_close.pop(relative, None)
-        if resolved is None or self.hash_pool is None:
-            return None
-        st = resolved[1]
-        if st.st_size >= self.hash_pool.min_bytes:
-            return None
-        announced = self.known.get(relative)
-        if announced is not None and announced.version == FileVersion.of(st):
-            return None
-        return resolved
-
-    def _drop_job(self, relative: str) -> None:
-        job = self._jobs.pop(relative, None)
-        if job is not None:
-            job.cancel()
-
-    def _collect_hashes(self) -> None:
-        """Take finished hashes back; announce those whose settle period is over."""
-        if self.hash_pool is None:
-            return
-        now = time.monotonic()
-        while True:
-            try:
-                job = self.hash_pool.completed.get_nowait()
-            except queue.Empty:
-                return
-            if self._jobs.get(job.relative) is not job:
-                continue  # dropped meanwhile: a newer event made it stale
-            job.done = True
-            if job.settled:
-                self._finish_job(job, now)
-            self._progress()
-
-    def _finish_job(self, job: HashJob, now: float) -> None:
-        """Record what a settled file's pool hash found (called on the pipeline thread)."""
-        relative = job.relative
-        del self._jobs[relative]
-        error = job.error
-        if isinstance(error, ChangedWhileHashing):
-            self.settle.touch(relative, now)
-        elif isinstance(error, (FileNotFoundError, NotADirectoryError, NotRegularFile)):
-            self._gone(relative)
-        elif isinstance(error, OSError):
-            self._cannot_read(relative, error)
-        elif job.result is not None:
-            self.files_hashed += 1
-            self.bytes_hashed += job.result.version.size
-            self._record(relative, job.result)
-        if relative not in self.settle:
-            self._noticed_at.pop(relative, None)
-
-    def _resolve(self, relative: str) -> tuple[str, os.stat_result] | None:
+    def _resolve(self, relative: str) -> Resolved | None:
         """The file to read for a relative path and its stat; None if absent or not a
         regular file.  Symlinks count only with follow_symlinks, and only inside the root;
         the path is resolved below the root's descriptor (confined.py), never by name."""
@@ -595,7 +524,7 @@ class Pipeline:
     def _read_again(self, files: list[str], directories: list[str], now: float,
                     quiet: float | None = None) -> None:
         for relative in files:
-            if relative not in self.settle and relative not in self._jobs:
+            if relative not in self.settle and relative not in self._early.jobs:
                 self._settle_later(relative, now, quiet=quiet)
         for directory in directories:
             self.request_scan(directory)
