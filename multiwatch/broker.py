@@ -25,7 +25,8 @@ from kombu.utils.url import parse_url
 
 from multiwatch.broker_errors import describe, resolve_host, user_of
 from multiwatch.config import DEFAULT_QUEUE, BrokerConfig, TlsConfig, mask_url
-from multiwatch.config.broker import read_password_file, replace_password
+from multiwatch.config.broker import read_password_file
+from multiwatch.config.urls import replace_password
 from multiwatch.state_dir import private_dirs
 
 log = logging.getLogger(__name__)

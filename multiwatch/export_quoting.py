@@ -28,7 +28,7 @@ import unicodedata
 
 from multiwatch.config import ConfigError
 
-# The roster's instance id pattern (config._ID_RE), checked again here: unit file names and
+# The roster's instance id pattern (coercers._ID_RE), checked again here: unit file names and
 # supervisord section names cannot be quoted.
 _NAME_RE = re.compile(r"[A-Za-z0-9][A-Za-z0-9._-]{0,99}")
 # A user name systemd's User= takes without a warning, or a numeric uid.

@@ -7,14 +7,11 @@ from __future__ import annotations
 
 import os
 from dataclasses import dataclass
-from typing import TYPE_CHECKING
 
 from multiwatch.config import source as cs
 from multiwatch.config.environment import ENV_NAME
+from multiwatch.config.roster import InstanceConfig, Roster
 from multiwatch.config.source import Where
-
-if TYPE_CHECKING:  # config imports this module; the types are only for annotations
-    from multiwatch.config.roster import InstanceConfig, Roster
 
 
 @dataclass(frozen=True)
@@ -27,12 +24,12 @@ class Origin:
 
 def check_roster(roster: Roster, origins: list[Origin], state_where: Where) -> None:
     """Raise `ConfigError` for the first problem found; `origins` parallel `roster.instances`."""
-    _check_directories(roster.instances, origins)
+    check_directories(roster.instances, origins)
     _check_overlaps(roster.instances, origins)
     _check_state_dir(roster, origins, state_where)
 
 
-def _check_directories(instances: tuple[InstanceConfig, ...], origins: list[Origin]) -> None:
+def check_directories(instances: tuple[InstanceConfig, ...], origins: list[Origin]) -> None:
     for inst, origin in zip(instances, origins, strict=True):
         shown = cs.show(inst.directory)
         hint = "" if origin.directory.source == ENV_NAME else "; set optional: true to wait for it"

@@ -2,8 +2,8 @@
 
 Every value is a `Node` with the line it came from (`multiwatch.config.yaml_nodes` composes
 them from the roster's YAML), so errors can say `file:line: key: why`.  Environment
-variables go through the same coercers as `Node`s without a line.  The roster schema
-itself lives in `multiwatch.config`.
+variables go through the same coercers as `Node`s without a line.  The roster's keys are
+declared in `multiwatch.config.roster`.
 """
 
 from __future__ import annotations
@@ -15,6 +15,8 @@ import re
 from collections.abc import Collection, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any
+
+from multiwatch.config.urls import mask_url
 
 
 class ConfigError(Exception):
@@ -119,8 +121,6 @@ def mask_url_passwords(text: str) -> str:
     (JSON, as `show` writes values) or not."""
     if "://" not in text:
         return text
-    from multiwatch.config.broker import mask_url  # (imports this module)
-
     def quoted(match: re.Match[str]) -> str:
         try:
             content = json.loads(match.group(0))
@@ -174,18 +174,6 @@ def conceal(text: str, hidden: Sequence[tuple[str, str]]) -> str:
 
         text = _QUOTED.sub(piece, text)
     return text
-
-
-# ---------------------------------------------------------------- YAML → Node
-
-
-def parse_yaml(text: str, filename: str) -> Node | None:
-    """Parse one YAML document with SafeLoader semantics; None when it is empty."""
-    # PyYAML is imported only where a roster is read: a watcher child unpickles the
-    # config dataclasses but never parses YAML, and its start is what a restart waits for.
-    from multiwatch.config.yaml_nodes import parse_yaml as parse
-
-    return parse(text, filename)
 
 
 # ---------------------------------------------------------------- ${VAR} expansion

@@ -2,7 +2,7 @@
 
 PyYAML's `safe_load` forgets where values came from; composing the node tree ourselves
 keeps a line for each, so errors can say `file:line: key: why`.  A module of its own so
-that PyYAML is imported only by what reads a roster (see `config_source.parse_yaml`).
+that PyYAML is imported only by what reads a roster (`load.py` imports it lazily).
 """
 
 from __future__ import annotations

@@ -1,0 +1,369 @@
+"""Loading the roster from YAML or from the environment, every key checked.
+
+`load_roster` is the only entry point; every user mistake becomes a `ConfigError`
+whose message names the file, the line, the key and why.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import os
+from collections.abc import Callable, Mapping
+from typing import Any
+
+from multiwatch.config import checks
+from multiwatch.config import source as cs
+from multiwatch.config.activity import unusual_activity
+from multiwatch.config.broker import load_broker
+from multiwatch.config.checks import Origin, check_roster
+from multiwatch.config.coercers import (
+    Coerce,
+    allowed_hosts,
+    byte_rate,
+    byte_size,
+    exclude,
+    hash_slots,
+    include,
+    instance_id,
+    listen_address,
+    log_level,
+    non_negative,
+    observer_mode,
+    positive,
+    positive_whole,
+)
+from multiwatch.config.deletions import max_scan_deletions
+from multiwatch.config.environment import (
+    ENV_NAME,
+    default_state_dir,
+    env_node,
+    env_source,
+    generated_instance_id,
+)
+from multiwatch.config.errors import ConfigErrors
+from multiwatch.config.limits import ionice, nice
+from multiwatch.config.roster import (
+    ENV_SOURCE,
+    HttpConfig,
+    InstanceConfig,
+    Roster,
+    SupervisorConfig,
+)
+from multiwatch.config.source import ConfigError, Node, Source, Where
+from multiwatch.logs import LOG_FORMATS
+
+HTTP_LISTEN_ENV = "MULTIWATCH_HTTP_LISTEN"
+HTTP_ALLOWED_HOSTS_ENV = "MULTIWATCH_HTTP_ALLOWED_HOSTS"
+
+
+# ---------------------------------------------------------------- public API
+
+
+def load_roster(path: str | None, environ: Mapping[str, str]) -> Roster:
+    """Load and validate a roster from `path`, or from the environment when `path` is None."""
+    if path is None:
+        path = environ.get("MULTIWATCH_CONFIG") or None
+    if path is None:
+        return _load_environment(environ)
+    return _load_file(path, environ)
+
+
+def load_http_config(path: str | None, environ: Mapping[str, str]) -> HttpConfig:
+    """Only the `http` section (what `multiwatch status|health` need to find the endpoint).
+
+    Reads the roster's YAML without checking instances or directories, so the commands still
+    work while a watched mount is gone — exactly when an operator asks for status.
+    """
+    return load_endpoint_config(path, environ)[0]
+
+
+def load_endpoint_config(path: str | None, environ: Mapping[str, str]) -> tuple[HttpConfig, str]:
+    """The `http` section and the state_dir (where the supervisor leaves its endpoint's
+    identity), read like `load_http_config`."""
+    if path is None:
+        path = environ.get("MULTIWATCH_CONFIG") or None
+    if path is None:
+        env = env_source(environ)
+        return _http(env, {}), _state_dir(env, {})[0]
+    file = cs.resolve_path(path, os.getcwd(), environ)
+    root = _parse_yaml(_read_roster(path, file), path)
+    top: dict[str, Node] = {}
+    if root is not None and isinstance(root.value, dict):
+        top = root.value
+    src = Source(path, os.path.dirname(file), environ, expand=True)
+    return _http(src, top), _state_dir(src, top)[0]
+
+
+def http_override(listen: str, option: str = "--http-listen") -> HttpConfig:
+    """An `http` section from a command-line value (`host:port` or `off`), checked."""
+    src = Source("command line", os.getcwd(), {}, expand=False)
+    return HttpConfig(listen=listen_address(src, Node(listen, None, listen), option))
+
+
+_TOP_KEYS = (
+    "state_dir", "log_level", "log_format", "broker", "supervisor", "http", "defaults",
+    "instances",
+)
+_HTTP_FIELDS: dict[str, Coerce] = {"listen": listen_address, "allowed_hosts": allowed_hosts}
+
+_SUPERVISOR_FIELDS: dict[str, Coerce] = {
+    **{f.name: positive for f in dataclasses.fields(SupervisorConfig)},
+    "max_parallel_hashes": hash_slots,
+}
+_INSTANCE_FIELDS: dict[str, Coerce] = {
+    "include": include,
+    "exclude": exclude,
+    "recursive": cs.boolean,
+    "settle_seconds": non_negative,
+    "optional": cs.boolean,
+    "mount_required": cs.boolean,
+    "one_filesystem": cs.boolean,
+    "follow_symlinks": cs.boolean,
+    "close_grace_seconds": non_negative,
+    "observer": observer_mode,
+    "polling_interval_seconds": positive,
+    "scan_interval_seconds": non_negative,
+    "outbox_max_events": positive_whole,
+    "outbox_max_bytes": positive_whole,
+    "memory_limit": byte_size,
+    "read_rate_limit": byte_rate,
+    "nice": nice,
+    "ionice": ionice,
+    "unusual_activity": unusual_activity,
+    "max_scan_deletions": max_scan_deletions,
+}
+_INSTANCE_KEYS = ("id", "directory", *_INSTANCE_FIELDS)
+
+
+def _coerce(
+    src: Source, entries: Mapping[str, Node], prefix: str, fields: Mapping[str, Coerce]
+) -> dict[str, Any]:
+    """The entries that `fields` knows, typed; the caller has already rejected unknown keys."""
+    return {
+        name: fields[name](src, node, cs.join(prefix, name))
+        for name, node in entries.items()
+        if name in fields
+    }
+
+
+def _section(
+    src: Source, node: Node | None, key: str, fields: Mapping[str, Coerce]
+) -> dict[str, Any]:
+    return {} if node is None else _coerce(src, cs.mapping(src, node, key, fields), key, fields)
+
+
+# ---------------------------------------------------------------- loading
+
+
+def _load_file(given: str, environ: Mapping[str, str]) -> Roster:
+    file = cs.resolve_path(given, os.getcwd(), environ)
+    root = _parse_yaml(_read_roster(given, file), given)
+    if root is None:
+        raise ConfigError(
+            f"{given}: the roster is empty; expected a mapping with an instances list"
+        )
+    if not isinstance(root.value, dict):
+        raise ConfigError(
+            f"{given}:{root.line}: the roster must be a mapping with keys "
+            f"{', '.join(_TOP_KEYS)}; got {cs.kind(root.value)}"
+        )
+    src = Source(given, os.path.dirname(file), environ, expand=True)
+    top = cs.mapping(src, root, "", _TOP_KEYS)
+    errors = ConfigErrors(given)  # each section and instance on its own: all errors at once
+    defaults: dict[str, Any] | None = None
+    with errors.collecting():
+        defaults = _section(src, top.get("defaults"), "defaults", _INSTANCE_FIELDS)
+    instances, origins = _yaml_instances(src, top.get("instances"), defaults or {}, errors)
+    # Without its defaults (optional: true...), an instance's directory check would mislead.
+    return _finish(src, top, instances, origins, source=file, errors=errors,
+                   check_directories=defaults is not None)
+
+
+def _parse_yaml(text: str, filename: str) -> Node | None:
+    """Parse one YAML document with SafeLoader semantics; None when it is empty."""
+    # PyYAML is imported only where a roster is read: a watcher child unpickles the
+    # config dataclasses but never parses YAML, and its start is what a restart waits for.
+    from multiwatch.config.yaml_nodes import parse_yaml
+
+    return parse_yaml(text, filename)
+
+
+def _read_roster(given: str, file: str) -> str:
+    name = cs.show(given) if given == file else f"{cs.show(given)} ({file})"
+    from multiwatch.config.yaml_nodes import MAX_ROSTER_BYTES
+
+    try:
+        with open(file, encoding="utf-8-sig") as handle:
+            text = handle.read(MAX_ROSTER_BYTES + 1)  # never all of a huge file
+    except IsADirectoryError:
+        raise ConfigError(f"cannot read roster {name}: it is a directory, not a file") from None
+    except OSError as exc:
+        raise ConfigError(f"cannot read roster {name}: {exc.strerror or exc}") from None
+    except UnicodeDecodeError as exc:
+        raise ConfigError(f"cannot read roster {name}: not UTF-8 text (byte {exc.start})") from None
+    if len(text) > MAX_ROSTER_BYTES:
+        raise ConfigError(f"roster {name} is larger than {MAX_ROSTER_BYTES // 2**20} MiB, "
+                          "the limit; refused")
+    return text
+
+
+def _yaml_instances(
+    src: Source, node: Node | None, defaults: Mapping[str, Any], errors: ConfigErrors
+) -> tuple[list[InstanceConfig], list[Origin]]:
+    instances: list[InstanceConfig] = []
+    origins: list[Origin] = []
+    with errors.collecting():
+        if node is None or node.value is None or node.value == []:
+            where = Where(src.name, node.line if node else None, "instances")
+            raise where.error("no instances: list at least one, each with an id and a directory")
+        if not isinstance(node.value, list):
+            raise src.where(node, "instances").error(
+                f"expected a list, got {cs.kind(node.value)}")
+        first: dict[str, Where] = {}
+        for i, item in enumerate(node.value):
+            with errors.collecting():  # one error per instance, every instance
+                instance, origin = _yaml_instance(src, item, f"instances[{i}]", defaults, first)
+                instances.append(instance)
+                origins.append(origin)
+    return instances, origins
+
+
+def _yaml_instance(
+    src: Source, item: Node, key: str, defaults: Mapping[str, Any], first: dict[str, Where]
+) -> tuple[InstanceConfig, Origin]:
+    """One instance of the list; `first` maps the ids seen so far to where they were."""
+    fields = cs.mapping(src, item, key, _INSTANCE_KEYS)
+    for required in ("id", "directory"):
+        if required not in fields:
+            raise src.where(item, key).error(f"missing required key {cs.show(required)}")
+    origin = Origin(
+        src.where(fields["id"], f"{key}.id"), src.where(fields["directory"], f"{key}.directory")
+    )
+    ident = instance_id(src, fields["id"], origin.id.key)
+    if ident in first:
+        raise origin.id.error(
+            f"duplicate instance id {cs.show(ident)} (first defined at line "
+            f"{first[ident].line}); each instance needs a unique id"
+        )
+    first[ident] = origin.id
+    directory = cs.path(src, fields["directory"], origin.directory.key)
+    settings = {**defaults, **_coerce(src, fields, key, _INSTANCE_FIELDS)}
+    return InstanceConfig(id=ident, directory=directory, **settings), origin
+
+
+def _load_environment(environ: Mapping[str, str]) -> Roster:
+    env = env_source(environ)
+    data_dir = env_node(environ, "DATA_DIR")
+    if data_dir is None:
+        raise ConfigError(
+            "no roster was given (-c/--config or MULTIWATCH_CONFIG) and DATA_DIR is not set; "
+            "pass a roster file, or set DATA_DIR (and INSTANCE_ID) to watch one directory"
+        )
+    directory = cs.path(env, data_dir, "DATA_DIR")
+    id_node = env_node(environ, "INSTANCE_ID")
+    ident = (
+        instance_id(env, id_node, "INSTANCE_ID") if id_node else generated_instance_id(directory)
+    )
+    settings: dict[str, Any] = {}
+    if settle := env_node(environ, "SETTLE_SECONDS"):
+        settings["settle_seconds"] = non_negative(env, settle, "SETTLE_SECONDS")
+    for name in ("INCLUDE", "EXCLUDE"):
+        if listed := env_node(environ, name):  # comma-separated patterns
+            items = [Node(p.strip()) for p in listed.value.split(",") if p.strip()]
+            settings[name.lower()] = _INSTANCE_FIELDS[name.lower()](env, Node(items), name)
+    instance = InstanceConfig(id=ident, directory=directory, **settings)
+    origin = Origin(Where(ENV_NAME, None, "INSTANCE_ID"), Where(ENV_NAME, None, "DATA_DIR"))
+    return _finish(env, {}, [instance], [origin], source=ENV_SOURCE)
+
+
+def _finish(
+    src: Source,
+    top: Mapping[str, Node],
+    instances: list[InstanceConfig],
+    origins: list[Origin],
+    source: str,
+    errors: ConfigErrors | None = None,
+    check_directories: bool = True,
+) -> Roster:
+    """The settings shared by both modes, then the checks that need the whole roster.
+
+    Each section, and each instance's directory, is checked on its own: `errors` collects
+    what fails, so one run of `check` reports every independent error."""
+    errors = errors or ConfigErrors(src.name)
+    parts: dict[str, Any] = {}
+    sections: dict[str, Callable[[], Any]] = {
+        "state_dir": lambda: _state_dir(src, top),
+        "log_level": lambda: _log_level(src, top),
+        "log_format": lambda: _log_format(src, top),
+        "supervisor": lambda: _supervisor(src, top.get("supervisor")),
+        "broker": lambda: load_broker(src, top.get("broker")),
+        "http": lambda: _http(src, top),
+    }
+    for name, load in sections.items():
+        with errors.collecting():
+            parts[name] = load()
+    for instance, origin in zip(instances, origins, strict=True):
+        with errors.collecting():
+            if check_directories:
+                checks.check_directories((instance,), [origin])
+    errors.raise_any()
+    state_dir, state_where = parts.pop("state_dir")
+    roster = Roster(state_dir=state_dir, instances=tuple(instances), source=source, **parts)
+    check_roster(roster, origins, state_where)  # needs the whole roster: overlaps, state_dir
+    return roster
+
+
+def _state_dir(src: Source, top: Mapping[str, Node]) -> tuple[str, Where]:
+    node = top.get("state_dir")
+    value = cs.optional_text(src, node, "state_dir") if node else None
+    if node and value is not None:
+        return cs.resolve_path(value, src.base_dir, src.environ), src.where(node, "state_dir")
+    return default_state_dir(src.environ, src.name)
+
+
+def _log_level(src: Source, top: Mapping[str, Node]) -> str:
+    node = top.get("log_level")
+    level = log_level(src, node, "log_level") if node else None
+    if level is None and (from_env := env_node(src.environ, "LOG_LEVEL")):
+        level = log_level(env_source(src.environ), from_env, "LOG_LEVEL")
+    return level or "INFO"
+
+
+def _log_format(src: Source, top: Mapping[str, Node]) -> str:
+    """`log_format`, else $LOG_FORMAT, else auto."""
+    node, key = top.get("log_format"), "log_format"
+    if node is None and (node := env_node(src.environ, "LOG_FORMAT")):
+        src, key = env_source(src.environ), "LOG_FORMAT"
+    value = cs.optional_text(src, node, key) if node else None
+    if node is None or value is None:
+        return "auto"
+    if value.strip().lower() not in LOG_FORMATS:
+        raise src.where(node, key).error(
+            f"unknown log format {cs.show(value)}; use one of {', '.join(LOG_FORMATS)}")
+    return value.strip().lower()
+
+
+def _http(src: Source, top: Mapping[str, Node]) -> HttpConfig:
+    """The roster's `http` section; `$MULTIWATCH_HTTP_LISTEN` and
+    `$MULTIWATCH_HTTP_ALLOWED_HOSTS` (comma-separated) stand in for keys it does not set."""
+    values = _section(src, top.get("http"), "http", _HTTP_FIELDS)
+    if "listen" not in values and (from_env := env_node(src.environ, HTTP_LISTEN_ENV)):
+        # (or off)
+        values["listen"] = listen_address(env_source(src.environ), from_env, HTTP_LISTEN_ENV)
+    if "allowed_hosts" not in values and (
+            listed := env_node(src.environ, HTTP_ALLOWED_HOSTS_ENV)):
+        names = Node([Node(name.strip()) for name in listed.value.split(",") if name.strip()])
+        values["allowed_hosts"] = allowed_hosts(env_source(src.environ), names,
+                                                 HTTP_ALLOWED_HOSTS_ENV)
+    return HttpConfig(**values)
+
+
+def _supervisor(src: Source, node: Node | None) -> SupervisorConfig:
+    config = SupervisorConfig(**_section(src, node, "supervisor", _SUPERVISOR_FIELDS))
+    if config.restart_backoff_max_seconds < config.restart_backoff_seconds:
+        assert node is not None and isinstance(node.value, dict)  # defaults are consistent
+        at = node.value.get("restart_backoff_max_seconds", node)
+        raise src.where(at, "supervisor.restart_backoff_max_seconds").error(
+            f"must be at least restart_backoff_seconds ({config.restart_backoff_seconds:g})"
+        )
+    return config
