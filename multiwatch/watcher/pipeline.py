@@ -22,7 +22,7 @@ from collections import Counter
 from collections.abc import Callable
 
 from multiwatch.config import InstanceConfig
-from multiwatch.logs import lines_written_together
+from multiwatch.watcher.commit_buffer import CommitBuffer
 from multiwatch.watcher.confined import ConfinedRoot
 from multiwatch.watcher.deletion_guard import DeletionGuard
 from multiwatch.watcher.early_hash import EarlyHashes, Resolved
@@ -41,7 +41,6 @@ from multiwatch.watcher.message import (
     FILE_DISCOVERED,
     FILE_MODIFIED,
     FILE_MOVED,
-    Event,
     build_event,
 )
 from multiwatch.watcher.observe import RawEvent
@@ -59,7 +58,6 @@ EVENTS_PER_STEP = 5000
 SCAN_ENTRIES_PER_STEP = 5000
 SCAN_SECONDS_PER_STEP = 0.5
 HASHES_PER_STEP = 200
-STORE_RETRY_MAX_SECONDS = 10.0
 CLOSE_LOCK_WAIT_SECONDS = 1.0
 LOST_EVENTS_LOG_SECONDS = 60.0
 
@@ -81,11 +79,7 @@ class Pipeline:
         self._progress = progress or _nothing
         self.gauge = gauge
         self.known = store.load_files()
-        self._changed_files: dict[str, Hashed | None] = {}
-        self._new_events: list[Event] = []
-        self._new_event_logs: list[dict[str, object]] = []  # logged once stored
-        self._store_failures = 0
-        self._store_retry_at = 0.0
+        self._buffer = CommitBuffer(store, gauge, self.known)  # this step's states, events
         self._paused_by_full_outbox = False
         self._noticed_at: dict[str, float] = {}  # path → first notification of this change
         self._stat_at_close: dict[str, Resolved] = {}  # path → its stat when last closed
@@ -93,7 +87,6 @@ class Pipeline:
         self.counts: Counter[str] = Counter()
         self.unusual_activity = UnusualActivity(instance.unusual_activity,
                                                 lambda: len(self.known))
-        self.last_event: dict[str, object] | None = None  # the latest stored, for /status
         self._trace_skips = False  # log filtered files (DEBUG), checked once per step
         self.bytes_hashed = 0
         self.files_hashed = 0
@@ -136,7 +129,7 @@ class Pipeline:
         now = time.monotonic()
         # A full outbox (or an unwritable state database) holds settled work back: nothing
         # is due until the publisher drains (or the commit succeeds).
-        held_back = self.gauge.full or self._store_failures
+        held_back = self.gauge.full or self._buffer.failures
         wait = 0.0 if self._reconciler.scans else max_wait
         for due in (() if held_back else (self.settle.next_due(), self._unreadable.next_due(),
                                           self.deletions.next_due(now))):
@@ -150,45 +143,9 @@ class Pipeline:
             self._retry_due(time.monotonic())
         self._reconciler.walk_some(SCAN_ENTRIES_PER_STEP, SCAN_SECONDS_PER_STEP)
         self._handle_settled()
-        self._commit()
+        self._buffer.commit()
         self._startup.report(self)
         self._confined.release()  # between steps the watched mount is not pinned
-
-    def _commit(self) -> None:
-        """Record this step's file states and events in one transaction.
-
-        If the state database cannot be written (disk full, I/O error), everything stays
-        pending in memory, settled work is held back, and the commit is retried with
-        backoff; nothing is announced (or logged as announced) before it is stored."""
-        if not self._changed_files and not self._new_events:
-            return
-        now = time.monotonic()
-        if now < self._store_retry_at:
-            return
-        try:
-            self.store.commit(self._changed_files, self._new_events)
-        except sqlite3.Error as exc:
-            self._store_failures += 1
-            delay = min(STORE_RETRY_MAX_SECONDS, 0.5 * 2 ** min(self._store_failures, 6))
-            self._store_retry_at = now + delay
-            if self._store_failures == 1:
-                log.error("cannot record state, holding %d events until it can: %s",
-                          len(self._new_events), exc, extra={"path": self.store.path})
-            return
-        if self._store_failures:
-            log.info("state database writable again", extra={"path": self.store.path})
-        self._store_failures, self._store_retry_at = 0, 0.0
-        self.gauge.added(len(self._new_events), sum(len(e.body) for e in self._new_events))
-        with lines_written_together():
-            for event, fields in zip(self._new_events, self._new_event_logs, strict=True):
-                log.info(event.event_type.replace("_", " "), extra=fields)
-        if self._new_event_logs:
-            last = self._new_event_logs[-1]
-            self.last_event = {"event_type": last["event_type"], "path": last["path"],
-                               "at": time.time()}
-        self._changed_files = {}
-        self._new_events = []
-        self._new_event_logs = []
 
     def _take_notifications(self, wait: float) -> None:
         try:
@@ -212,7 +169,7 @@ class Pipeline:
             return False  # unreadable (or a mount failing for a while) is not deleted
 
     def _handle_settled(self) -> None:
-        if self._store_failures:
+        if self._buffer.failures:
             return  # the state database is not taking writes: do not pile up more work
         if self.gauge.full:
             if not self._paused_by_full_outbox:
@@ -227,12 +184,17 @@ class Pipeline:
                      extra={"outbox_depth": self.gauge.depth})
             self.request_scan()
         now = time.monotonic()
-        room = self.gauge.max_events - self.gauge.depth - len(self._new_events)
+        room = self.gauge.max_events - self.gauge.depth - len(self._buffer.events)
         for relative, seen in self.settle.pop_due(now, min(HASHES_PER_STEP, room)):
             self._conclude_settled(relative, seen, now)
             if relative not in self.settle and relative not in self._early.jobs:  # done with it
                 self._noticed_at.pop(relative, None)
             self._progress()
+
+    @property
+    def last_event(self) -> dict[str, object] | None:
+        """The latest event stored (type, path, wall-clock time), for /status."""
+        return self._buffer.last_event
 
     @property
     def busy(self) -> bool:
@@ -248,7 +210,7 @@ class Pipeline:
         """Abandon hashes in progress: their files are not recorded, so the next start's
         scan settles and announces them."""
         self._early.shutdown()
-        if not (self._changed_files or self._new_events or self._store_failures):
+        if self._buffer.empty:
             # Only a speed-up for the next start: not worth more than a moment of the stop.
             self.store.limit_lock_wait(CLOSE_LOCK_WAIT_SECONDS)
             self._save_fingerprints(changed_too=True)  # the table is what memory says
@@ -329,7 +291,7 @@ class Pipeline:
                       {p for p in self._early.jobs if p.startswith(prefix)})
 
     def _on_file_moved(self, src: str | None, dest: str | None, now: float) -> None:
-        announced = self._untrack(src) if src else None
+        announced = self._buffer.untrack(src) if src else None
         if src:
             self._readable(src)
             self.settle.discard(src)
@@ -353,7 +315,7 @@ class Pipeline:
                 self.settle.discard(dest)
                 self._stat_at_close.pop(dest, None)
                 renamed = dataclasses.replace(announced, ctime_ns=st.st_ctime_ns)
-                self._track(dest, renamed)
+                self._buffer.track(dest, renamed)
                 self._emit(FILE_MOVED, dest, renamed, old_relative_path=src)
                 return
         if announced is not None:
@@ -383,7 +345,7 @@ class Pipeline:
         self._early.drop(relative)
         self._closed_writes.discard(relative)
         self._noticed_at.pop(relative, None)
-        announced = self._untrack(relative)
+        announced = self._buffer.untrack(relative)
         if announced is not None:
             self._emit(FILE_DELETED, relative, announced)
 
@@ -486,7 +448,7 @@ class Pipeline:
         """Track a freshly hashed version and announce it if its content is new."""
         self._readable(relative)
         announced = self.known.get(relative)
-        self._track(relative, hashed)
+        self._buffer.track(relative, hashed)
         if announced is None:
             self._emit(FILE_DISCOVERED, relative, hashed)
         elif announced.sha256 != hashed.sha256:
@@ -529,16 +491,6 @@ class Pipeline:
         for directory in directories:
             self.request_scan(directory)
 
-    def _track(self, relative: str, hashed: Hashed) -> None:
-        self.known[relative] = hashed
-        self._changed_files[relative] = hashed
-
-    def _untrack(self, relative: str) -> Hashed | None:
-        announced = self.known.pop(relative, None)
-        if announced is not None:
-            self._changed_files[relative] = None
-        return announced
-
     def _emit(self, event_type: str, relative: str, hashed: Hashed,
               old_relative_path: str | None = None) -> None:
         event = build_event(
@@ -549,11 +501,10 @@ class Pipeline:
             hashed=hashed,
             old_relative_path=old_relative_path,
         )
-        self._new_events.append(event)
         self.gauge.noticed_at[event.message_id] = self._noticed_at.pop(relative, time.monotonic())
         self.counts[event_type] += 1
         self.unusual_activity.record(event_type)
-        self._new_event_logs.append({
+        self._buffer.add_event(event, {
             "path": os.path.join(self.root, relative),
             "event_type": event_type,
             "size_bytes": hashed.version.size,

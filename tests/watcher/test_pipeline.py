@@ -701,7 +701,7 @@ def test_closing_does_not_wait_long_for_a_state_database_locked_by_another_write
     (root / "a" / "f.txt").write_bytes(b"x")
     pipeline.request_scan()
     settle_all(pipeline)
-    pipeline._commit()
+    pipeline._buffer.commit()
     (root / "a" / "g.txt").write_bytes(b"y")  # a change, so close() has fingerprints to save
     pipeline.request_scan("a")
     settle_all(pipeline)
@@ -727,7 +727,7 @@ def test_repeated_lost_events_rescan_each_time_but_log_once_a_minute(
         (root / name).write_bytes(name.encode())  # written with nobody watching
         pipeline.notifications.put(RawEvent("overflow", True, ""))
         settle_all(pipeline)
-    pipeline._commit()
+    pipeline._buffer.commit()
     assert sorted(b["file_info"]["relative_path"] for b in drain(outbox)) == [
         "a.txt", "b.txt", "c.txt"]
     said = [r.getMessage() for r in caplog.records]
