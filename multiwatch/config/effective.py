@@ -6,6 +6,7 @@ import dataclasses
 import os
 from typing import Any
 
+from multiwatch.config import keys
 from multiwatch.config.roster import Roster
 from multiwatch.config.urls import mask_url
 
@@ -26,15 +27,11 @@ def render_effective(roster: Roster) -> str:
         "log_level": roster.log_level,
         "log_format": roster.log_format,
         "broker": broker,
-        "supervisor": dataclasses.asdict(roster.supervisor),
+        "supervisor": keys.effective(roster.supervisor),
         "http": {"listen": roster.http.listen or "off",
                  **({"allowed_hosts": list(roster.http.allowed_hosts)}
                     if roster.http.allowed_hosts else {})},
-        # SafeDumper cannot represent tuples.
-        "instances": [
-            {k: list(v) if isinstance(v, tuple) else v for k, v in dataclasses.asdict(i).items()}
-            for i in roster.instances
-        ],
+        "instances": [keys.effective(instance) for instance in roster.instances],
     }
     import yaml  # only `multiwatch check` writes YAML
 

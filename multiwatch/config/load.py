@@ -6,33 +6,22 @@ whose message names the file, the line, the key and why.
 
 from __future__ import annotations
 
-import dataclasses
 import os
 from collections.abc import Callable, Mapping
 from typing import Any
 
-from multiwatch.config import checks
+from multiwatch.config import checks, keys
 from multiwatch.config import source as cs
-from multiwatch.config.activity import unusual_activity
 from multiwatch.config.broker import load_broker
 from multiwatch.config.checks import Origin, check_roster
 from multiwatch.config.coercers import (
     Coerce,
     allowed_hosts,
-    byte_rate,
-    byte_size,
-    exclude,
-    hash_slots,
-    include,
     instance_id,
     listen_address,
     log_level,
     non_negative,
-    observer_mode,
-    positive,
-    positive_whole,
 )
-from multiwatch.config.deletions import max_scan_deletions
 from multiwatch.config.environment import (
     ENV_NAME,
     default_state_dir,
@@ -41,7 +30,6 @@ from multiwatch.config.environment import (
     generated_instance_id,
 )
 from multiwatch.config.errors import ConfigErrors
-from multiwatch.config.limits import ionice, nice
 from multiwatch.config.roster import (
     ENV_SOURCE,
     HttpConfig,
@@ -104,35 +92,11 @@ _TOP_KEYS = (
     "state_dir", "log_level", "log_format", "broker", "supervisor", "http", "defaults",
     "instances",
 )
-_HTTP_FIELDS: dict[str, Coerce] = {"listen": listen_address, "allowed_hosts": allowed_hosts}
+_HTTP_FIELDS = keys.coercers(HttpConfig)
 
-_SUPERVISOR_FIELDS: dict[str, Coerce] = {
-    **{f.name: positive for f in dataclasses.fields(SupervisorConfig)},
-    "max_parallel_hashes": hash_slots,
-}
-_INSTANCE_FIELDS: dict[str, Coerce] = {
-    "include": include,
-    "exclude": exclude,
-    "recursive": cs.boolean,
-    "settle_seconds": non_negative,
-    "optional": cs.boolean,
-    "mount_required": cs.boolean,
-    "one_filesystem": cs.boolean,
-    "follow_symlinks": cs.boolean,
-    "close_grace_seconds": non_negative,
-    "observer": observer_mode,
-    "polling_interval_seconds": positive,
-    "scan_interval_seconds": non_negative,
-    "outbox_max_events": positive_whole,
-    "outbox_max_bytes": positive_whole,
-    "memory_limit": byte_size,
-    "read_rate_limit": byte_rate,
-    "nice": nice,
-    "ionice": ionice,
-    "unusual_activity": unusual_activity,
-    "max_scan_deletions": max_scan_deletions,
-}
-_INSTANCE_KEYS = ("id", "directory", *_INSTANCE_FIELDS)
+_SUPERVISOR_FIELDS = keys.coercers(SupervisorConfig)
+_INSTANCE_FIELDS = keys.coercers(InstanceConfig)  # the ones `defaults` may set too
+_INSTANCE_KEYS = tuple(spec.name for spec in keys.declared(InstanceConfig))  # id, directory...
 
 
 def _coerce(
