@@ -11,17 +11,19 @@ from __future__ import annotations
 import errno
 import os
 import stat
-from collections.abc import Callable, Mapping
+from collections.abc import Mapping
 from dataclasses import dataclass
-from typing import Any
 
+from multiwatch.config import keys
 from multiwatch.config import source as cs
+from multiwatch.config.coercers import Coerce
 from multiwatch.config.environment import (
     ENV_NAME,
     broker_url_from_env,
     env_source,
     password_file_node,
 )
+from multiwatch.config.keys import key
 from multiwatch.config.source import Node, Source, Where
 from multiwatch.config.urls import mask_url, split_urls
 
@@ -35,74 +37,7 @@ _SCHEMES = ("amqp", "amqps", "pyamqp", "filesystem")
 _TLS_SCHEMES = ("amqps",)
 
 
-@dataclass(frozen=True)
-class TlsConfig:
-    """Client-side TLS for `amqps://` URLs (py-amqp's `ssl=` options)."""
-
-    ca_file: str | None = None  # None: the system's trusted CAs
-    cert_file: str | None = None  # client certificate (may also hold the key)
-    key_file: str | None = None
-    verify: bool = True  # check the broker's certificate chain and host name
-    server_hostname: str | None = None  # name to check and send (SNI); None: the URL's host
-
-
-@dataclass(frozen=True)
-class BrokerConfig:
-    """Where events go. `url is None` means the embedded filesystem spool under state_dir.
-
-    `url` holds one URL or several joined by `;` (a cluster, tried in turn).
-    """
-
-    url: str | None = None
-    exchange: str = DEFAULT_EXCHANGE
-    queue: str | None = DEFAULT_QUEUE  # None: declare no queue (the user binds their own)
-    binding_key: str = DEFAULT_BINDING_KEY
-    heartbeat_seconds: int = 60
-    connect_timeout_seconds: float = 10.0
-    confirm_timeout_seconds: float = 10.0
-    reconnect_max_seconds: float = 30.0
-    queue_type: str = "classic"  # quorum: replicated across a cluster's nodes
-    password_file: str | None = None  # replaces any password in the URL(s); re-read per connect
-    tls: TlsConfig | None = None
-
-    @property
-    def embedded(self) -> bool:
-        return self.url is None
-
-    @property
-    def urls(self) -> tuple[str, ...]:
-        """Each broker URL, in failover order (empty for the embedded spool)."""
-        return () if self.url is None else tuple(split_urls(self.url))
-
-
-# ---------------------------------------------------------------- password files
-
-
-PASSWORD_FILE_MAX_BYTES = 64 * 1024
-
-
-def read_password_file(path: str) -> str:
-    """The password in `path`: its text without the trailing newline. OSError if unreadable.
-
-    Only a regular file is read (a FIFO would block, /dev/zero never end), and only its
-    first 64 KiB."""
-    fd = os.open(path, os.O_RDONLY | os.O_NONBLOCK | os.O_CLOEXEC)
-    try:
-        mode = os.fstat(fd).st_mode
-        if stat.S_ISDIR(mode):
-            raise IsADirectoryError(errno.EISDIR, "is a directory", path)
-        if not stat.S_ISREG(mode):
-            raise OSError(errno.EINVAL, "not a regular file", path)
-        data = os.read(fd, PASSWORD_FILE_MAX_BYTES)
-    finally:
-        os.close(fd)
-    return data.decode("utf-8").rstrip("\r\n")
-
-
 # ---------------------------------------------------------------- coercers
-
-_Coerce = Callable[[Source, Node, str], Any]
-
 
 def _url(src: Source, node: Node, key: str) -> str | None:
     """One URL, several joined by `;`, or a YAML list of URLs; `embedded`; None."""
@@ -152,33 +87,96 @@ def _optional_name(src: Source, node: Node, key: str) -> str | None:
     return None if value is None else value.strip()
 
 
-def _number(*, positive: bool, integer: bool = False) -> _Coerce:
+def _number(*, positive: bool, integer: bool = False) -> Coerce:
     def coerce(src: Source, node: Node, key: str) -> float | int:
         return cs.number(src, node, key, positive=positive, integer=integer)
 
     return coerce
 
 
-_TLS_FIELDS: dict[str, _Coerce] = {
-    "ca_file": _optional_path,
-    "cert_file": _optional_path,
-    "key_file": _optional_path,
-    "verify": cs.boolean,
-    "server_hostname": _optional_name,
-}
-BROKER_FIELDS: dict[str, _Coerce] = {
-    "url": _url,
-    "exchange": cs.text,
-    "queue": _queue,
-    "binding_key": cs.text,
-    "heartbeat_seconds": _number(positive=False, integer=True),
-    "connect_timeout_seconds": _number(positive=True),
-    "confirm_timeout_seconds": _number(positive=True),
-    "reconnect_max_seconds": _number(positive=True),
-    "queue_type": _queue_type,
-    "password_file": _optional_path,
-    "tls": lambda src, node, key: node,  # a mapping, read by _tls()
-}
+def _tls_node(src: Source, node: Node, key: str) -> Node:
+    """`broker.tls` as written: a mapping, read by _tls() once the URLs are known."""
+    return node
+
+
+# ---------------------------------------------------------------- the settings
+
+
+@dataclass(frozen=True)
+class TlsConfig:
+    """Client-side TLS for `amqps://` URLs (py-amqp's `ssl=` options): `broker.tls`."""
+
+    ca_file: str | None = key(None, _optional_path, "CA bundle; None: the system's trusted CAs")
+    cert_file: str | None = key(
+        None, _optional_path, "client certificate (may also hold the key)")
+    key_file: str | None = key(None, _optional_path, "the client certificate's key")
+    verify: bool = key(True, cs.boolean, "check the broker's certificate chain and host name")
+    server_hostname: str | None = key(
+        None, _optional_name, "name to check and send (SNI); None: the URL's host")
+
+
+@dataclass(frozen=True)
+class BrokerConfig:
+    """Where events go. `url is None` means the embedded filesystem spool under state_dir.
+
+    `url` holds one URL or several joined by `;` (a cluster, tried in turn).
+    """
+
+    url: str | None = key(None, _url, "broker URL(s) in failover order; None: embedded spool")
+    exchange: str = key(DEFAULT_EXCHANGE, cs.text, "durable topic exchange events go to")
+    queue: str | None = key(
+        DEFAULT_QUEUE, _queue, "durable queue bound with binding_key; None: declare none")
+    binding_key: str = key(DEFAULT_BINDING_KEY, cs.text, "routing key pattern of the queue")
+    heartbeat_seconds: int = key(
+        60, _number(positive=False, integer=True), "AMQP heartbeat; 0 disables it")
+    connect_timeout_seconds: float = key(
+        10.0, _number(positive=True), "bound of one connection attempt")
+    confirm_timeout_seconds: float = key(
+        10.0, _number(positive=True), "bound of every publisher confirm")
+    reconnect_max_seconds: float = key(
+        30.0, _number(positive=True), "cap of the exponential reconnect backoff")
+    queue_type: str = key(
+        "classic", _queue_type, "classic | quorum (replicated across a cluster's nodes)")
+    password_file: str | None = key(
+        None, _optional_path, "replaces any password in the URL(s); re-read per connect")
+    tls: TlsConfig | None = key(None, _tls_node, "client TLS for amqps:// URLs; None: none")
+
+    @property
+    def embedded(self) -> bool:
+        return self.url is None
+
+    @property
+    def urls(self) -> tuple[str, ...]:
+        """Each broker URL, in failover order (empty for the embedded spool)."""
+        return () if self.url is None else tuple(split_urls(self.url))
+
+
+# ---------------------------------------------------------------- password files
+
+
+PASSWORD_FILE_MAX_BYTES = 64 * 1024
+
+
+def read_password_file(path: str) -> str:
+    """The password in `path`: its text without the trailing newline. OSError if unreadable.
+
+    Only a regular file is read (a FIFO would block, /dev/zero never end), and only its
+    first 64 KiB."""
+    fd = os.open(path, os.O_RDONLY | os.O_NONBLOCK | os.O_CLOEXEC)
+    try:
+        mode = os.fstat(fd).st_mode
+        if stat.S_ISDIR(mode):
+            raise IsADirectoryError(errno.EISDIR, "is a directory", path)
+        if not stat.S_ISREG(mode):
+            raise OSError(errno.EINVAL, "not a regular file", path)
+        data = os.read(fd, PASSWORD_FILE_MAX_BYTES)
+    finally:
+        os.close(fd)
+    return data.decode("utf-8").rstrip("\r\n")
+
+
+_TLS_FIELDS = keys.coercers(TlsConfig)
+BROKER_FIELDS = keys.coercers(BrokerConfig)
 
 
 # ---------------------------------------------------------------- the section
