@@ -92,113 +92,139 @@ def scan_batches(
     `one_filesystem` (like `find -xdev`): a directory on another device than the root (a
     mount inside the tree) is neither listed nor watched."""
     reported = unlistable if unlistable is not None else set()
-    follow = root.follow_symlinks
     if start and not path_filter.wants_directory(start):
         return  # every file below would be excluded by one of its directories
-    skip_name, wants = path_filter.scan_tests()
-    # NameSkip's test, inlined below: a call per directory entry would cost what it saves.
-    skip_prefixes, skip_suffixes, skip_others = (
-        (skip_name.prefixes, skip_name.suffixes, skip_name.others) if skip_name is not None
-        else ((), (), None))
+    sorter = _EntrySorter(root, path_filter, recursive=recursive, watch=watch,
+                          root_device=_device(root.path) if one_filesystem else None)
     limit = batch_entries or BATCH_ENTRIES
-    root_device = _device(root.path) if one_filesystem else None
-    # "Why wasn't my file announced?": files a filter passes over, at DEBUG (decided once
-    # per walk; the reason is only worked out when the line is logged).
-    trace = log.isEnabledFor(logging.DEBUG)
-    pending = [start]
-    hidden: list[str] = []  # filtered-out directories, walked only to `watch` them
-    while pending or hidden:
-        if not pending:
-            directory = hidden.pop()
+    sorter.pending.append(start)
+    while sorter.pending or sorter.hidden:
+        if not sorter.pending:
+            directory = sorter.hidden.pop()
             if watch is not None:  # (only then is anything hidden)
-                _watch_below(root, directory, watch, hidden)
+                _watch_below(root, directory, watch, sorter.hidden)
             yield ScanBatch(directory, directories=1)  # nothing to report, but work done
             continue
-        relative_dir = pending.pop()
-        absolute_dir = os.path.join(root.path, relative_dir) if relative_dir else root.path
-        prefix = f"{relative_dir}/" if relative_dir else ""
-        found = ScanBatch(relative_dir, directories=1)
-        examined = 0  # entries looked at for `found`
-        try:
-            # Only a real directory is entered, reached through real directories: a symlink
-            # that took a directory's place (or arrived inside a moved-in tree) must not
-            # lead outside.
-            directory_fd = root.open_directory(relative_dir)
-        except (FileNotFoundError, NotADirectoryError):
-            reported.discard(relative_dir)  # gone: not unreadable any more
-            yield found  # (empty) gone, or a file took its place; its own events tell the rest
-            continue
-        except OSError as exc:
-            if exc.errno != errno.ELOOP:
-                _cannot_list(relative_dir, absolute_dir, exc, reported)
-            yield found  # (empty) ELOOP: a symlink took the directory's place
-            continue
-        try:
-            if watch is not None and relative_dir:
-                watch(absolute_dir)  # before the listing: nothing created after it is missed
-            # Listed through the directory's descriptor, each entry's lstat is an fstatat
-            # of one name instead of a walk of the whole path: 10-15% of a restart's walk.
-            with os.scandir(directory_fd) as entries:
-                for entry in entries:
-                    examined += 1
-                    if examined >= limit:  # (wanted or not: a batch bounds the work)
-                        found.examined, examined = examined, 0
-                        yield found
-                        found = ScanBatch(relative_dir)
-                    name = entry.name
-                    if ((skip_prefixes and name.startswith(skip_prefixes))
-                            or (skip_suffixes and name.endswith(skip_suffixes))
-                            or (skip_others is not None and skip_others(name))):
-                        # Excluded by name, whatever it is: no stat needed.
-                        if (watch is not None and recursive
-                                and entry.is_dir(follow_symlinks=False)):
-                            hidden.append(prefix + name)
-                        if trace:
-                            _skipped(root, prefix + name, path_filter,
-                                     directory=entry.is_dir(follow_symlinks=False))
-                        continue
-                    try:
-                        st = entry.stat(follow_symlinks=False)
-                    except FileNotFoundError:
-                        continue  # vanished between readdir and stat
-                    mode = st.st_mode
-                    if S_ISREG(mode):
-                        relative = prefix + name
-                        if wants is None or wants(relative, name):
-                            found[relative] = (st.st_size, st.st_mtime_ns, st.st_ino)
-                        elif trace:
-                            _skipped(root, relative, path_filter)
-                    elif S_ISDIR(mode) and recursive:
-                        relative = prefix + name
-                        if root_device is not None and st.st_dev != root_device:
-                            log.debug("directory on another filesystem skipped (one_filesystem)",
-                                      extra={"path": os.path.join(root.path, relative)})
-                        elif path_filter.wants_directory(relative):
-                            pending.append(relative)
-                        else:
-                            if watch is not None:
-                                hidden.append(relative)
-                            if trace:
-                                _skipped(root, relative, path_filter, directory=True)
-                    elif follow and S_ISLNK(mode):
-                        relative = prefix + name
-                        target = (stat_regular(root, relative)
-                                  if wants is None or wants(relative, name) else None)
-                        if target is not None:  # a symlinked file inside the tree
-                            found[relative] = (target.st_size, target.st_mtime_ns,
-                                               target.st_ino)
-        except (FileNotFoundError, NotADirectoryError):
-            yield found  # the directory went away mid-scan; its deletion events tell the rest
-            continue
-        except OSError as exc:  # permissions, an I/O error
-            yield found
+        yield from _list_directory(sorter, sorter.pending.pop(), limit, reported)
+
+
+def _list_directory(sorter: _EntrySorter, relative_dir: str, limit: int,
+                    reported: set[str]) -> Iterator[ScanBatch]:
+    """List one directory: its wanted files in batches of at most `limit` entries examined,
+    the last one `complete` if the listing reached its end; subdirectories go to `sorter`."""
+    root, watch = sorter.root, sorter.watch
+    absolute_dir = os.path.join(root.path, relative_dir) if relative_dir else root.path
+    prefix = f"{relative_dir}/" if relative_dir else ""
+    found = ScanBatch(relative_dir, directories=1)
+    examined = 0  # entries looked at for `found`
+    try:
+        # Only a real directory is entered, reached through real directories: a symlink
+        # that took a directory's place (or arrived inside a moved-in tree) must not
+        # lead outside.
+        directory_fd = root.open_directory(relative_dir)
+    except (FileNotFoundError, NotADirectoryError):
+        reported.discard(relative_dir)  # gone: not unreadable any more
+        yield found  # (empty) gone, or a file took its place; its own events tell the rest
+        return
+    except OSError as exc:
+        if exc.errno != errno.ELOOP:
             _cannot_list(relative_dir, absolute_dir, exc, reported)
-            continue
-        finally:
-            os.close(directory_fd)
-        reported.discard(relative_dir)
-        found.examined, found.complete = examined, True
-        yield found  # empty for a directory with no wanted file: it still cost a listing
+        yield found  # (empty) ELOOP: a symlink took the directory's place
+        return
+    sort = sorter.sort
+    try:
+        if watch is not None and relative_dir:
+            watch(absolute_dir)  # before the listing: nothing created after it is missed
+        # Listed through the directory's descriptor, each entry's lstat is an fstatat
+        # of one name instead of a walk of the whole path: 10-15% of a restart's walk.
+        with os.scandir(directory_fd) as entries:
+            for entry in entries:
+                examined += 1
+                if examined >= limit:  # (wanted or not: a batch bounds the work)
+                    found.examined, examined = examined, 0
+                    yield found
+                    found = ScanBatch(relative_dir)
+                sort(entry, prefix, found)
+    except (FileNotFoundError, NotADirectoryError):
+        yield found  # the directory went away mid-scan; its deletion events tell the rest
+        return
+    except OSError as exc:  # permissions, an I/O error
+        yield found
+        _cannot_list(relative_dir, absolute_dir, exc, reported)
+        return
+    finally:
+        os.close(directory_fd)
+    reported.discard(relative_dir)
+    found.examined, found.complete = examined, True
+    yield found  # empty for a directory with no wanted file: it still cost a listing
+
+
+class _EntrySorter:
+    """Sorts the entries of the directories one walk lists: wanted regular files into the
+    batch, directories to list into `pending`, filtered-out ones to watch into `hidden`."""
+
+    def __init__(self, root: ConfinedRoot, path_filter: PathFilter, *, recursive: bool,
+                 watch: Callable[[str], object] | None, root_device: int | None) -> None:
+        self.root = root
+        self.path_filter = path_filter
+        self.recursive = recursive
+        self.watch = watch
+        self.root_device = root_device
+        self.follow = root.follow_symlinks
+        self.pending: list[str] = []  # directories to list
+        self.hidden: list[str] = []  # filtered-out directories, walked only to `watch` them
+        skip_name, self.wants = path_filter.scan_tests()
+        # NameSkip's test, inlined in sort(): a call per entry would cost what it saves.
+        self.skip_prefixes, self.skip_suffixes, self.skip_others = (
+            (skip_name.prefixes, skip_name.suffixes, skip_name.others)
+            if skip_name is not None else ((), (), None))
+        # "Why wasn't my file announced?": files a filter passes over, at DEBUG (decided
+        # once per walk; the reason is only worked out when the line is logged).
+        self.trace = log.isEnabledFor(logging.DEBUG)
+
+    def sort(self, entry: os.DirEntry[str], prefix: str, found: ScanBatch) -> None:
+        name = entry.name
+        skip_others = self.skip_others
+        if ((self.skip_prefixes and name.startswith(self.skip_prefixes))
+                or (self.skip_suffixes and name.endswith(self.skip_suffixes))
+                or (skip_others is not None and skip_others(name))):
+            # Excluded by name, whatever it is: no stat needed.
+            if self.watch is not None and self.recursive and entry.is_dir(follow_symlinks=False):
+                self.hidden.append(prefix + name)
+            if self.trace:
+                _skipped(self.root, prefix + name, self.path_filter,
+                         directory=entry.is_dir(follow_symlinks=False))
+            return
+        try:
+            st = entry.stat(follow_symlinks=False)
+        except FileNotFoundError:
+            return  # vanished between readdir and stat
+        mode = st.st_mode
+        wants = self.wants
+        if S_ISREG(mode):
+            relative = prefix + name
+            if wants is None or wants(relative, name):
+                found[relative] = (st.st_size, st.st_mtime_ns, st.st_ino)
+            elif self.trace:
+                _skipped(self.root, relative, self.path_filter)
+        elif S_ISDIR(mode) and self.recursive:
+            relative = prefix + name
+            if self.root_device is not None and st.st_dev != self.root_device:
+                log.debug("directory on another filesystem skipped (one_filesystem)",
+                          extra={"path": os.path.join(self.root.path, relative)})
+            elif self.path_filter.wants_directory(relative):
+                self.pending.append(relative)
+            else:
+                if self.watch is not None:
+                    self.hidden.append(relative)
+                if self.trace:
+                    _skipped(self.root, relative, self.path_filter, directory=True)
+        elif self.follow and S_ISLNK(mode):
+            relative = prefix + name
+            target = (stat_regular(self.root, relative)
+                      if wants is None or wants(relative, name) else None)
+            if target is not None:  # a symlinked file inside the tree
+                found[relative] = (target.st_size, target.st_mtime_ns, target.st_ino)
 
 
 def _device(path: str) -> int | None:
