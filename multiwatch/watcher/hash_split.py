@@ -1,7 +1,7 @@
 """A big file's read, with SHA-256 on a helper thread while a core is to spare.
 
-SHA-256 is sequential and costs most of a one-thread hash (about 85% on this machine; the
-read and XXH128 the rest).  While a core is spare, the caller reads each chunk and feeds
+SHA-256 is sequential and costs most of a one-thread hash (the read and XXH128 the rest;
+figures in bench/README.md).  While a core is spare, the caller reads each chunk and feeds
 XXH128 while the helper digests the chunk before it, so the file takes max(read + XXH128,
 SHA-256) instead of their sum: 10-15% faster than one thread.  os.readv, xxhash and hashlib
 all release the GIL on chunks this size, so the two threads do run at once.
@@ -47,8 +47,8 @@ _kept = threading.local()
 def read_buffer(size: int) -> memoryview:
     """A page-aligned buffer of `size` bytes, kept for this thread's next hash.
 
-    A fresh mapping costs a page fault per 4 KiB on first use (about 1.5 ms per MiB here),
-    as much as hashing a 2 MiB file; a hash worker or the pipeline thread hashes one file at
+    A fresh mapping costs a page fault per 4 KiB on first use, about as much as hashing the
+    bytes it holds (bench/README.md); a hash worker or the pipeline thread hashes one file at
     a time, so each keeps one buffer (resident only as far as it was ever filled)."""
     kept: memoryview | None = getattr(_kept, "view", None)
     if kept is None or len(kept) < size:

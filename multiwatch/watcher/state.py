@@ -414,9 +414,9 @@ def listing_digest(listing: Mapping[str, Version]) -> bytes:
 class KnownFiles(MutableMapping[str, Hashed]):
     """relative path → Hashed of the announced version, read from the database lazily.
 
-    A restart over a large tree used to load every tracked path, and compare it with what
-    the scan found: building Python objects for 100,000 rows cost a third of the walk.
-    Now the rows of a directory are read the first time one of its paths is asked for,
+    A restart over a large tree must not build a Python object per tracked row before its
+    walk (for 100,000 rows that is a third of the walk; bench/README.md): the rows of a
+    directory are read the first time one of its paths is asked for,
     as plain (size, mtime_ns, inode) tuples, and the hashes and ctime of a path the first
     time a Hashed is (a deletion, a rename, a modification).
 
