@@ -7,7 +7,7 @@ is over, samples resources, and publishes a fresh fleet view for the HTTP thread
 Signal handlers only queue the signal.  An error inside a turn (say, EMFILE while file
 descriptors run short) is logged and the loop turns on: SIGTERM must always work.
 How children are started (`spawn`), the clock and the resource meter are passed in, so the
-loop's edges can be tested in-process with fakes (tests/supervisor/test_lifecycle_edges.py).
+loop's edges can be tested in-process with fakes (tests/supervisor/test_fleet_edges.py).
 """
 
 from __future__ import annotations
