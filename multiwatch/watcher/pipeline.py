@@ -12,16 +12,15 @@ with the events they caused.
 
 from __future__ import annotations
 
-import dataclasses
 import logging
 import os
 import queue
 import sqlite3
 import time
-from collections import Counter
 from collections.abc import Callable
 
 from multiwatch.config import InstanceConfig
+from multiwatch.watcher.announce import Announcer
 from multiwatch.watcher.commit_buffer import CommitBuffer
 from multiwatch.watcher.confined import ConfinedRoot
 from multiwatch.watcher.deletion_guard import DeletionGuard
@@ -35,13 +34,6 @@ from multiwatch.watcher.hashing import (
     NotRegularFile,
     hash_file,
     stat_regular,
-)
-from multiwatch.watcher.message import (
-    FILE_DELETED,
-    FILE_DISCOVERED,
-    FILE_MODIFIED,
-    FILE_MOVED,
-    build_event,
 )
 from multiwatch.watcher.observe import RawEvent
 from multiwatch.watcher.outbox import OutboxGauge
@@ -81,10 +73,6 @@ class Pipeline:
         self.known = store.load_files()
         self._buffer = CommitBuffer(store, gauge, self.known)  # this step's states, events
         self._paused_by_full_outbox = False
-        self._noticed_at: dict[str, float] = {}  # path → first notification of this change
-        self._stat_at_close: dict[str, Resolved] = {}  # path → its stat when last closed
-        self._closed_writes: set[str] = set()  # last event a close-after-write (close-aware)
-        self.counts: Counter[str] = Counter()
         self.unusual_activity = UnusualActivity(instance.unusual_activity,
                                                 lambda: len(self.known))
         self._trace_skips = False  # log filtered files (DEBUG), checked once per step
@@ -103,14 +91,20 @@ class Pipeline:
         self._early = EarlyHashes(hash_pool, self._confined, self.known, self._resolve)
         if hash_pool is not None:
             hash_pool.set_wake(lambda: self.notifications.put(_WAKE))
+        # One record per noticed path, and what its changes announce.
+        self._announce = Announcer(
+            instance, self.known, self.settle, self._early, self._buffer, self._unreadable,
+            gauge, self.unusual_activity, wants=lambda relative: self._wants(relative),
+            mount_lost=lambda relative: self.mount_lost(relative), resolve=self._resolve)
+        self.counts = self._announce.counts  # events announced, by type
         self.deletions = DeletionGuard(store, instance, gauge, is_gone=self._really_gone,
                                        is_tracked=self.known.__contains__,
-                                       announce=self._gone, rescan=self.request_scan)
+                                       announce=self._announce.gone, rescan=self.request_scan)
         self._reconciler = Reconciler(instance, self._confined, self.filter, self.known,
                                       self.settle, self._unreadable, self.deletions,
                                       self._startup, ReconcileActions(
-            settle_later=lambda relative, now, seen: self._settle_later(relative, now, seen),
-            gone=self._gone, is_gone=self._really_gone,
+            settle_later=self._announce.settle_later,
+            gone=self._announce.gone, is_gone=self._really_gone,
             save_fingerprints=self._save_fingerprints, progress=lambda: self._progress()))
 
     # -- driving -------------------------------------------------------------------------
@@ -188,7 +182,7 @@ class Pipeline:
         for relative, seen in self.settle.pop_due(now, min(HASHES_PER_STEP, room)):
             self._conclude_settled(relative, seen, now)
             if relative not in self.settle and relative not in self._early.jobs:  # done with it
-                self._noticed_at.pop(relative, None)
+                self._announce.forget_noticed(relative)
             self._progress()
 
     @property
@@ -240,10 +234,10 @@ class Pipeline:
         elif event.is_directory:
             self._on_directory(event, now)
         elif event.kind == "moved":
-            self._on_file_moved(event.src, event.dest, now)
+            self._announce.moved(event.src, event.dest, now)
         elif event.kind == "deleted":
             if event.src:
-                self._gone(event.src)
+                self._announce.gone(event.src)
         elif event.src and (event.src in self.settle or self._wants(event.src)):
             # (A path already settling was wanted: most events of a burst skip the filter.)
             at_close = None
@@ -255,11 +249,11 @@ class Pipeline:
             if event.kind == "closed" and grace > 0:
                 # The writer closed the file: wait only a short grace (an immediate reopen
                 # for writing sends "modified" and restores the full quiet period).
-                self._closed_writes.add(event.src)
-                self._settle_later(event.src, now, quiet=grace, at_close=at_close)
+                self._announce.set_closed_write(event.src, True)
+                self._announce.settle_later(event.src, now, quiet=grace, at_close=at_close)
             else:  # created, modified (or closed without close-aware mode)
-                self._closed_writes.discard(event.src)
-                self._settle_later(event.src, now, at_close=at_close)
+                self._announce.set_closed_write(event.src, False)
+                self._announce.settle_later(event.src, now, at_close=at_close)
 
     def _on_directory(self, event: RawEvent, now: float) -> None:
         if event.kind == "deleted" and event.src == "":
@@ -270,84 +264,19 @@ class Pipeline:
             self._reconciler.request_new_directory(
                 event.src if event.kind == "created" else event.dest)
         elif event.kind == "deleted" and event.src:
-            for relative in self._tracked_under(event.src):
+            for relative in self._announce.tracked_under(event.src):
                 self._progress()
-                self._gone(relative)
+                self._announce.gone(relative)
         elif event.kind == "moved" and event.src:
-            for relative in self._tracked_under(event.src):
+            for relative in self._announce.tracked_under(event.src):
                 self._progress()  # (an lstat each)
                 moved_to = f"{event.dest}/{relative[len(event.src) + 1:]}" if event.dest else None
-                self._on_file_moved(relative, moved_to, now)
+                self._announce.moved(relative, moved_to, now)
             # What was not tracked under the old name (an excluded one: ".staging",
             # "x.tmp") arrives now, and its files send no event of their own: scan it.
             # Files already moved above compare unchanged; per-file "moved" events that
             # follow (or came first) settle to the same version and announce nothing.
             self._reconciler.request_new_directory(event.dest)
-
-    def _tracked_under(self, relative_dir: str) -> list[str]:
-        prefix = relative_dir + "/"
-        return sorted(set(self.known.paths_under(relative_dir)) |
-                      set(self.settle.under(relative_dir)) |
-                      {p for p in self._early.jobs if p.startswith(prefix)})
-
-    def _on_file_moved(self, src: str | None, dest: str | None, now: float) -> None:
-        announced = self._buffer.untrack(src) if src else None
-        if src:
-            self._readable(src)
-            self.settle.discard(src)
-            self._stat_at_close.pop(src, None)
-            self._early.drop(src)
-            self._noticed_at.pop(src, None)
-        if dest:
-            self._early.drop(dest)
-        if not (dest and self._wants(dest)):
-            if announced is not None:
-                self._emit(FILE_DELETED, src or "", announced)
-            return
-        if announced is not None:
-            try:
-                resolved = self._resolve(dest)
-            except OSError:
-                resolved = None
-            st = resolved[1] if resolved is not None else None
-            # A rename keeps inode, size and mtime; anything else means other content.
-            if st is not None and FileVersion.of(st) == announced.version:
-                self.settle.discard(dest)
-                self._stat_at_close.pop(dest, None)
-                renamed = dataclasses.replace(announced, ctime_ns=st.st_ctime_ns)
-                self._buffer.track(dest, renamed)
-                self._emit(FILE_MOVED, dest, renamed, old_relative_path=src)
-                return
-        if announced is not None:
-            # What arrived at dest is not what we announced: the old path is gone.
-            self._emit(FILE_DELETED, src or "", announced)
-        # Renamed into place (x.part -> x): usually complete already.
-        self._settle_later(dest, now, at_close=self._early.start(dest))
-
-    def _settle_later(self, relative: str, now: float, seen: FileVersion | None = None,
-                      quiet: float | None = None, at_close: Resolved | None = None) -> None:
-        """Start or restart a path's quiet period.  `at_close` is its stat taken when a
-        writer closed it (or renamed it into place); any other notification or scan
-        finding forgets that stat."""
-        self.settle.touch(relative, now, seen=seen, quiet=quiet)
-        self._noticed_at.setdefault(relative, now)
-        if at_close is None:
-            self._stat_at_close.pop(relative, None)
-        else:
-            self._stat_at_close[relative] = at_close
-
-    def _gone(self, relative: str) -> None:
-        if self.mount_lost(relative):  # a file vanished with its mount is not deleted
-            return
-        self._readable(relative)
-        self.settle.discard(relative)
-        self._stat_at_close.pop(relative, None)
-        self._early.drop(relative)
-        self._closed_writes.discard(relative)
-        self._noticed_at.pop(relative, None)
-        announced = self._buffer.untrack(relative)
-        if announced is not None:
-            self._emit(FILE_DELETED, relative, announced)
 
     def _wants(self, relative: str) -> bool:
         subdirectory = not self.instance.recursive and "/" in relative
@@ -376,7 +305,7 @@ class Pipeline:
         """Stat a settled path; settle it again if it is still being written, hash (and
         announce) its version if that is not the one announced."""
         resolved = self._early.trusted_stat_at_close(
-            relative, self._stat_at_close.pop(relative, None))
+            relative, self._announce.take_at_close(relative))
         if resolved is None:
             try:
                 resolved = self._resolve(relative)
@@ -384,13 +313,12 @@ class Pipeline:
                 self._cannot_read(relative, exc)
                 return
             if resolved is None:
-                self._gone(relative)
+                self._announce.gone(relative)
                 return
         readable_path, st = resolved
         version = FileVersion.of(st)
         written_ago_ns = time.time_ns() - st.st_mtime_ns
-        closed_after_write = relative in self._closed_writes
-        self._closed_writes.discard(relative)
+        closed_after_write = self._announce.take_closed_write(relative)
         if (not closed_after_write and version != seen
                 and written_ago_ns < self.settle.settle_seconds * 1e9):
             # Still being written by someone who does not trigger events (mmap, NFS).
@@ -428,7 +356,7 @@ class Pipeline:
         del self._early.jobs[relative]
         self._on_hash_outcome(relative, now, job.result, job.error)
         if relative not in self.settle:
-            self._noticed_at.pop(relative, None)
+            self._announce.forget_noticed(relative)
 
     def _on_hash_outcome(self, relative: str, now: float, hashed: Hashed | None,
                          error: Exception | None) -> None:
@@ -436,23 +364,13 @@ class Pipeline:
         if isinstance(error, ChangedWhileHashing):
             self.settle.touch(relative, now)  # settled again, then read again
         elif isinstance(error, (FileNotFoundError, NotADirectoryError, NotRegularFile)):
-            self._gone(relative)
+            self._announce.gone(relative)
         elif isinstance(error, OSError):
             self._cannot_read(relative, error)
         elif hashed is not None:
             self.files_hashed += 1
             self.bytes_hashed += hashed.version.size
-            self._record(relative, hashed)
-
-    def _record(self, relative: str, hashed: Hashed) -> None:
-        """Track a freshly hashed version and announce it if its content is new."""
-        self._readable(relative)
-        announced = self.known.get(relative)
-        self._buffer.track(relative, hashed)
-        if announced is None:
-            self._emit(FILE_DISCOVERED, relative, hashed)
-        elif announced.sha256 != hashed.sha256:
-            self._emit(FILE_MODIFIED, relative, hashed)
+            self._announce.hashed(relative, hashed)
 
     def _resolve(self, relative: str) -> Resolved | None:
         """The file to read for a relative path and its stat; None if absent or not a
@@ -481,35 +399,15 @@ class Pipeline:
             self._read_again(files, directories, now)
         elif relative not in self.settle and (
                 relative in self._unreadable.files or self._wants(relative)):
-            self._settle_later(relative, now)  # (a version unchanged is not read again)
+            self._announce.settle_later(relative, now)  # (a version unchanged is not read again)
 
     def _read_again(self, files: list[str], directories: list[str], now: float,
                     quiet: float | None = None) -> None:
         for relative in files:
             if relative not in self.settle and relative not in self._early.jobs:
-                self._settle_later(relative, now, quiet=quiet)
+                self._announce.settle_later(relative, now, quiet=quiet)
         for directory in directories:
             self.request_scan(directory)
-
-    def _emit(self, event_type: str, relative: str, hashed: Hashed,
-              old_relative_path: str | None = None) -> None:
-        event = build_event(
-            event_type=event_type,
-            instance_id=self.instance.id,
-            watched_directory=self.root,
-            relative_path=relative,
-            hashed=hashed,
-            old_relative_path=old_relative_path,
-        )
-        self.gauge.noticed_at[event.message_id] = self._noticed_at.pop(relative, time.monotonic())
-        self.counts[event_type] += 1
-        self.unusual_activity.record(event_type)
-        self._buffer.add_event(event, {
-            "path": os.path.join(self.root, relative),
-            "event_type": event_type,
-            "size_bytes": hashed.version.size,
-            "message_id": event.message_id,
-        })
 
 
 _WAKE = RawEvent("hashed", False, None)  # put on the notification queue by the pool

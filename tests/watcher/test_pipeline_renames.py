@@ -210,7 +210,7 @@ def test_looking_up_many_directories_stays_linear(tmp_path: Path) -> None:
     for i in range(20_000):  # a copy in progress elsewhere
         pipeline.settle.touch(f"elsewhere/{i}.mp3", time.monotonic(), quiet=3600)
     started = time.monotonic()
-    found = [pipeline._tracked_under(f"d{d}") for d in range(2000)]
+    found = [pipeline._announce.tracked_under(f"d{d}") for d in range(2000)]
     elapsed = time.monotonic() - started
     assert all(len(paths) == 6 for paths in found)
     assert elapsed < 0.8, f"{elapsed:.2f} s"
