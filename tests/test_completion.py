@@ -11,7 +11,7 @@ from pathlib import Path
 import pytest
 
 from multiwatch.cli import _parser
-from multiwatch.completion_command import parsers
+from multiwatch.cli.completion import parsers
 from tests.support.process import run_cli
 
 COMMANDS = [words for words, _ in parsers(_parser()) if words]

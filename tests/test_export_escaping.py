@@ -24,7 +24,7 @@ import pytest
 import yaml
 from supervisor import options as supervisor_options
 
-from multiwatch import export_commands as ex
+from multiwatch.cli import export as ex
 from multiwatch.config import ConfigError, load_roster
 from tests.support.process import run_cli
 

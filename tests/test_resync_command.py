@@ -10,8 +10,8 @@ from pathlib import Path
 import pytest
 import xxhash
 
-from multiwatch import resync_command
 from multiwatch.cli import main
+from multiwatch.cli import resync as resync_command
 from multiwatch.watcher.hashing import FileVersion, Hashed
 from multiwatch.watcher.state import DurableOutbox, StateStore, state_db_path
 from tests.support.process import write_roster

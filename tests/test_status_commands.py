@@ -15,7 +15,7 @@ from pathlib import Path
 import pytest
 
 from multiwatch.cli import main
-from multiwatch.status_commands import endpoint_url
+from multiwatch.cli.status import endpoint_url
 from multiwatch.supervisor.identity import identity_path, new_secret, publish_identity
 from tests.support.consumer import wait_for
 from tests.support.fleet_view import fleet, get, heartbeat, instance, serve

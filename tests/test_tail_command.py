@@ -12,7 +12,7 @@ from pathlib import Path
 import pytest
 from kombu import Connection, Exchange, Producer, Queue
 
-from multiwatch.tail_command import escape_controls, printable_event
+from multiwatch.cli.tail import escape_controls, printable_event
 from tests.support.process import (
     Multiwatch,
     free_port,

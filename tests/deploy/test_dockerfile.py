@@ -192,7 +192,7 @@ def test_build_context_holds_what_copy_needs_and_nothing_else(tmp_path: Path) ->
                 assert (REPO / source).exists(), f"COPY {source}: not in the repository"
                 assert any(s == source or s.startswith(source.rstrip("/") + "/") for s in sent), \
                     f"COPY {source}: excluded by .dockerignore"
-    assert "multiwatch/cli.py" in sent and "pyproject.toml" in sent
+    assert "multiwatch/cli/__init__.py" in sent and "pyproject.toml" in sent
     assert not [s for s in sent if s.startswith((".venv/", ".git/", "tests/"))
                 or "__pycache__" in s or s.endswith(".pyc")]
 

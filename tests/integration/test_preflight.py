@@ -12,7 +12,7 @@ from typing import Any
 
 import pytest
 
-from multiwatch import preflight
+from multiwatch.cli import preflight
 from multiwatch.config import load_roster
 from tests.support.process import free_port, run_cli, write_roster
 

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from multiwatch.status_commands import render_status
+from multiwatch.cli.status import render_status
 from multiwatch.supervisor.dashboard import render_page
 from tests.support.fleet_view import fleet, heartbeat, instance
 

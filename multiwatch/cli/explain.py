@@ -19,8 +19,8 @@ import sys
 from fnmatch import fnmatchcase
 from typing import TextIO
 
+from multiwatch.cli.resync import open_state
 from multiwatch.config import ConfigError, InstanceConfig, Roster
-from multiwatch.resync_command import open_state
 from multiwatch.watcher.confined import ConfinedRoot
 from multiwatch.watcher.filters import PathFilter
 from multiwatch.watcher.hashing import (

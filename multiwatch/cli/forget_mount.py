@@ -14,8 +14,8 @@ import sys
 from collections.abc import Sequence
 from typing import TextIO
 
+from multiwatch.cli.state import chosen_instances
 from multiwatch.config import Roster
-from multiwatch.state_commands import chosen_instances
 from multiwatch.supervisor.run_lock import open_watcher_lock, try_lock_exclusive
 from multiwatch.watcher.mount import META_KEY, Mount
 from multiwatch.watcher.state import StateStore, state_db_path

@@ -20,7 +20,7 @@ import re
 import sys
 from dataclasses import dataclass
 
-from multiwatch import export_quoting as q
+from multiwatch.cli import export_quoting as q
 from multiwatch.config import ENV_SOURCE, ConfigError, InstanceConfig, Roster, split_listen
 
 _VAR_RE = re.compile(r"\$\{([A-Za-z_][A-Za-z0-9_]*)")

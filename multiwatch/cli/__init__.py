@@ -162,7 +162,7 @@ def _parser() -> argparse.ArgumentParser:
     _add_export(commands)
     _add_resync_explain(commands)
     _add_deletions(commands)
-    from multiwatch.completion_command import add_commands as add_completion_and_man
+    from multiwatch.cli.completion import add_commands as add_completion_and_man
 
     add_completion_and_man(commands)
     return parser
@@ -317,7 +317,7 @@ def _main(argv: Sequence[str] | None) -> int:
         parser.print_help(sys.stderr)
         return EXIT_USAGE
     if args.command in ("completion", "man"):  # from the parser alone: no roster
-        from multiwatch import completion_command
+        from multiwatch.cli import completion as completion_command
 
         return completion_command.run(parser, args)
     if args.command == "run":
@@ -338,12 +338,12 @@ def _main(argv: Sequence[str] | None) -> int:
             _check_state(roster, create=False)
             print(render_effective(roster), end="")
             if args.connect:
-                from multiwatch.preflight import check_connect
+                from multiwatch.cli.preflight import check_connect
 
                 return check_connect(roster)
             return 0
         if args.command == "tail":
-            from multiwatch.tail_command import tail
+            from multiwatch.cli.tail import tail
 
             if roster.broker.embedded:  # its spool lives under state_dir: look, create nothing
                 _check_state(roster, create=False, instances=False)
@@ -351,31 +351,31 @@ def _main(argv: Sequence[str] | None) -> int:
         if args.command == "export":
             return _export(roster, args)
         if args.command in ("reload", "stop"):
-            from multiwatch import control_commands as control
+            from multiwatch.cli import control
 
             _only(roster, args.only)  # an unknown id is a ConfigError naming the instances
             if args.command == "reload":
                 return control.reload_command(roster, args.only)
             return control.stop_command(roster, args.only, args.timeout)
         if args.command == "resync":
-            from multiwatch.resync_command import resync
+            from multiwatch.cli.resync import resync
 
             return resync(roster, args.instance_id, args.path)
         if args.command == "deletions":
-            from multiwatch.deletions_command import deletions
+            from multiwatch.cli.deletions import deletions
 
             return deletions(roster, args.instance_id, action=args.action, out=sys.stdout)
         if args.command == "explain":
-            from multiwatch.explain_command import explain
+            from multiwatch.cli.explain import explain
 
             return explain(roster, args.path, hash_changed=args.hash)
         if args.command == "state":
-            from multiwatch import state_commands
+            from multiwatch.cli import state as state_commands
 
             if args.state_command == "export":
                 return state_commands.export_state(roster, args.instance)
             if args.state_command == "forget-mount":
-                from multiwatch.mount_command import forget_mount
+                from multiwatch.cli.forget_mount import forget_mount
 
                 return forget_mount(roster, args.instance)
             return state_commands.backup_state(roster, args.instance, args.to)
@@ -403,7 +403,7 @@ def _prestart_watcher() -> PrestartedWatcher | None:
 
 
 def _export(roster: Roster, args: argparse.Namespace) -> int:
-    from multiwatch import export_commands as ex
+    from multiwatch.cli import export as ex
 
     options = ex.options_for(roster, args.python, args.http_port_base, args.user)
     if args.export_target == "systemd":
@@ -413,7 +413,7 @@ def _export(roster: Roster, args: argparse.Namespace) -> int:
 
 
 def _ask_endpoint(args: argparse.Namespace) -> int:
-    from multiwatch import status_commands
+    from multiwatch.cli import status as status_commands
     from multiwatch.config import ConfigError
 
     try:
@@ -462,7 +462,7 @@ def _check_state(roster: Roster, *, create: bool, instances: bool = True) -> Non
     from multiwatch.config import ConfigError
 
     ids = [i.id for i in roster.instances] if instances else []
-    from multiwatch.preflight import unwritable
+    from multiwatch.cli.preflight import unwritable
 
     if instances and (why := unwritable(roster.state_dir)):  # run would write there at once
         raise ConfigError(f"cannot use the state directory {roster.state_dir}: {why}")

@@ -19,9 +19,9 @@ import time
 from collections.abc import Callable
 from typing import TextIO
 
+from multiwatch.cli.resync import find_instance, open_state
+from multiwatch.cli.tail import escape_controls
 from multiwatch.config import ConfigError, InstanceConfig, Roster
-from multiwatch.resync_command import find_instance, open_state
-from multiwatch.tail_command import escape_controls
 from multiwatch.watcher import state
 
 WAIT_SECONDS = 60.0  # for the running watcher to serve a request (a big rescan may take longer)

@@ -24,6 +24,7 @@ from dataclasses import dataclass
 from email.message import Message
 from typing import Any
 
+from multiwatch.cli.tail import escape_controls
 from multiwatch.config import ConfigError, load_endpoint_config, split_listen
 from multiwatch.supervisor import identity
 from multiwatch.supervisor.dashboard import (
@@ -36,7 +37,6 @@ from multiwatch.supervisor.dashboard import (
     last_event,
     unusual_activity_text,
 )
-from multiwatch.tail_command import escape_controls
 
 TIMEOUT_SECONDS = 5.0
 # Loopback only: a proxy from the environment must not see (or break) our requests.
