@@ -57,9 +57,9 @@ def _without_module(name: str) -> Iterator[None]:
     For PyYAML: kombu.serialization imports it at import time, only to register a YAML
     codec, and falls back to an "install PyYAML" stub without it.  The child publishes
     JSON bytes and never parses YAML (the supervisor read the roster), so the import is
-    pure start-up cost (bench/README.md has the figure).  A None entry in sys.modules is the import system's
-    documented way to make an import fail; it is removed afterwards, so a later
-    `import yaml` in the child still works.
+    pure start-up cost (bench/README.md has the figure).  A None entry in sys.modules is
+    the import system's documented way to make an import fail; it is removed afterwards,
+    so a later `import yaml` in the child still works.
     """
     if name in sys.modules:
         yield
