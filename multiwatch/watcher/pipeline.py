@@ -35,6 +35,7 @@ from multiwatch.watcher.hashing import (
     hash_file,
     stat_regular,
 )
+from multiwatch.watcher.notifications import NotificationRouter
 from multiwatch.watcher.observe import RawEvent
 from multiwatch.watcher.outbox import OutboxGauge
 from multiwatch.watcher.reconcile import ReconcileActions, Reconciler
@@ -46,12 +47,10 @@ from multiwatch.watcher.unusual_activity import UnusualActivity
 
 log = logging.getLogger(__name__)
 
-EVENTS_PER_STEP = 5000
 SCAN_ENTRIES_PER_STEP = 5000
 SCAN_SECONDS_PER_STEP = 0.5
 HASHES_PER_STEP = 200
 CLOSE_LOCK_WAIT_SECONDS = 1.0
-LOST_EVENTS_LOG_SECONDS = 60.0
 
 
 class Pipeline:
@@ -75,13 +74,10 @@ class Pipeline:
         self._paused_by_full_outbox = False
         self.unusual_activity = UnusualActivity(instance.unusual_activity,
                                                 lambda: len(self.known))
-        self._trace_skips = False  # log filtered files (DEBUG), checked once per step
         self.bytes_hashed = 0
         self.files_hashed = 0
         self.root_missing = False
         self.mount_lost: Callable[[str], bool] = lambda _path: False  # by main (mount.py)
-        self._lost_events = 0  # overflows since the last "events were lost" line
-        self._lost_events_logged_at = -LOST_EVENTS_LOG_SECONDS
         self._startup = StartupProgress()
         self._unreadable = Unreadable(self.root)  # warned about once, tried again
         # Every open, stat and listing below the root goes through its descriptor (confined.py).
@@ -94,7 +90,7 @@ class Pipeline:
         # One record per noticed path, and what its changes announce.
         self._announce = Announcer(
             instance, self.known, self.settle, self._early, self._buffer, self._unreadable,
-            gauge, self.unusual_activity, wants=lambda relative: self._wants(relative),
+            gauge, self.unusual_activity, wants=lambda relative: self._router.wants(relative),
             mount_lost=lambda relative: self.mount_lost(relative), resolve=self._resolve)
         self.counts = self._announce.counts  # events announced, by type
         self.deletions = DeletionGuard(store, instance, gauge, is_gone=self._really_gone,
@@ -106,6 +102,10 @@ class Pipeline:
             settle_later=self._announce.settle_later,
             gone=self._announce.gone, is_gone=self._really_gone,
             save_fingerprints=self._save_fingerprints, progress=lambda: self._progress()))
+        self._router = NotificationRouter(
+            instance, self.filter, self.notifications, self.settle, self._early, self._announce,
+            self._reconciler, self._unreadable, progress=lambda: self._progress(),
+            root_deleted=lambda: setattr(self, "root_missing", True))
 
     # -- driving -------------------------------------------------------------------------
 
@@ -129,32 +129,17 @@ class Pipeline:
                                           self.deletions.next_due(now))):
             if due is not None:
                 wait = min(wait, max(0.0, due - now))
-        self._trace_skips = log.isEnabledFor(logging.DEBUG)  # once per turn, not per path
+        self._router.trace_skips = log.isEnabledFor(logging.DEBUG)  # once per turn, not per path
         self.deletions.step(now)  # a release in progress, the operator's requests
-        self._take_notifications(wait)
+        self._router.take(wait)
         self._collect_hashes()
         if not held_back:
-            self._retry_due(time.monotonic())
+            self._router.retry_due(time.monotonic())
         self._reconciler.walk_some(SCAN_ENTRIES_PER_STEP, SCAN_SECONDS_PER_STEP)
         self._handle_settled()
         self._buffer.commit()
         self._startup.report(self)
         self._confined.release()  # between steps the watched mount is not pinned
-
-    def _take_notifications(self, wait: float) -> None:
-        try:
-            event = self.notifications.get(timeout=wait) if wait > 0 else (
-                self.notifications.get_nowait())
-        except queue.Empty:
-            return
-        now = time.monotonic()
-        for _ in range(EVENTS_PER_STEP):
-            self._on_notification(event, now)
-            try:
-                event = self.notifications.get_nowait()
-            except queue.Empty:
-                return
-        self._on_notification(event, now)
 
     def _really_gone(self, relative: str) -> bool:
         try:  # (a file whose mount went away is not gone: mount.py)
@@ -214,80 +199,6 @@ class Pipeline:
             self.known.save_fingerprints(changed_too=changed_too)
         except sqlite3.Error as exc:  # they only spare the next scan some reading
             log.debug("cannot save directory fingerprints: %s", exc)
-
-    # -- notifications -------------------------------------------------------------------
-
-    def _on_notification(self, event: RawEvent, now: float) -> None:
-        if event.kind == "hashed":
-            return  # only woke the wait; _collect_hashes picks the results up
-        if event.kind == "overflow":
-            self._lost_events += 1
-            if now >= self._lost_events_logged_at + LOST_EVENTS_LOG_SECONDS:
-                # At most once a minute: refused watches repeat this every few seconds.
-                log.warning("filesystem events were lost; rescanning",
-                            extra={"path": self.root, "times": self._lost_events})
-                self._lost_events, self._lost_events_logged_at = 0, now
-            self.request_scan()
-        elif event.kind == "attrib":
-            if event.src is not None:
-                self._on_attrib(event.src, event.is_directory, now)
-        elif event.is_directory:
-            self._on_directory(event, now)
-        elif event.kind == "moved":
-            self._announce.moved(event.src, event.dest, now)
-        elif event.kind == "deleted":
-            if event.src:
-                self._announce.gone(event.src)
-        elif event.src and (event.src in self.settle or self._wants(event.src)):
-            # (A path already settling was wanted: most events of a burst skip the filter.)
-            at_close = None
-            if event.kind == "closed":
-                at_close = self._early.start(event.src)
-            else:  # the content may change again: a hash begun now would be stale
-                self._early.drop(event.src)
-            grace = self.instance.close_grace_seconds
-            if event.kind == "closed" and grace > 0:
-                # The writer closed the file: wait only a short grace (an immediate reopen
-                # for writing sends "modified" and restores the full quiet period).
-                self._announce.set_closed_write(event.src, True)
-                self._announce.settle_later(event.src, now, quiet=grace, at_close=at_close)
-            else:  # created, modified (or closed without close-aware mode)
-                self._announce.set_closed_write(event.src, False)
-                self._announce.settle_later(event.src, now, at_close=at_close)
-
-    def _on_directory(self, event: RawEvent, now: float) -> None:
-        if event.kind == "deleted" and event.src == "":
-            self.root_missing = True
-        elif event.kind == "created" or (event.kind == "moved" and event.src is None):
-            # Created, or moved in from outside the tree: files written before the new
-            # directory's watch existed (or moved in with it) produce no events.
-            self._reconciler.request_new_directory(
-                event.src if event.kind == "created" else event.dest)
-        elif event.kind == "deleted" and event.src:
-            for relative in self._announce.tracked_under(event.src):
-                self._progress()
-                self._announce.gone(relative)
-        elif event.kind == "moved" and event.src:
-            for relative in self._announce.tracked_under(event.src):
-                self._progress()  # (an lstat each)
-                moved_to = f"{event.dest}/{relative[len(event.src) + 1:]}" if event.dest else None
-                self._announce.moved(relative, moved_to, now)
-            # What was not tracked under the old name (an excluded one: ".staging",
-            # "x.tmp") arrives now, and its files send no event of their own: scan it.
-            # Files already moved above compare unchanged; per-file "moved" events that
-            # follow (or came first) settle to the same version and announce nothing.
-            self._reconciler.request_new_directory(event.dest)
-
-    def _wants(self, relative: str) -> bool:
-        subdirectory = not self.instance.recursive and "/" in relative
-        if not subdirectory and self.filter.wants_file(relative):
-            return True
-        if self._trace_skips:  # "why wasn't my file announced?"
-            why = ("in a subdirectory, and recursive is false" if subdirectory
-                   else self.filter.why_unwanted(relative))
-            log.debug("file skipped by a filter",
-                      extra={"path": os.path.join(self.root, relative), "reason": why})
-        return False
 
     # -- settled paths -------------------------------------------------------------------
 
@@ -386,29 +297,6 @@ class Pipeline:
 
     def _readable(self, relative: str) -> None:
         self._unreadable.readable(relative)
-
-    def _retry_due(self, now: float) -> None:
-        files, directories = self._unreadable.due(now)
-        self._read_again(files, directories, now, quiet=0.0)
-
-    def _on_attrib(self, relative: str, is_directory: bool, now: float) -> None:
-        """Permissions, owner or times changed: what could not be read may be readable now
-        (and a touched file may hide a write that sent no event, by mmap say)."""
-        if is_directory:
-            files, directories = self._unreadable.below(relative)
-            self._read_again(files, directories, now)
-        elif relative not in self.settle and (
-                relative in self._unreadable.files or self._wants(relative)):
-            self._announce.settle_later(relative, now)  # (a version unchanged is not read again)
-
-    def _read_again(self, files: list[str], directories: list[str], now: float,
-                    quiet: float | None = None) -> None:
-        for relative in files:
-            if relative not in self.settle and relative not in self._early.jobs:
-                self._announce.settle_later(relative, now, quiet=quiet)
-        for directory in directories:
-            self.request_scan(directory)
-
 
 _WAKE = RawEvent("hashed", False, None)  # put on the notification queue by the pool
 
