@@ -1,13 +1,18 @@
-"""The pipeline of one watcher: notifications and scans → settle → hash → outbox.
+"""The pipeline of one watcher: observe → settle → hash → state/outbox → publish.
 
-Everything here runs on the child's main thread, one step at a time, so there is no
-locking and the loop that drives it can heartbeat between steps.  Only the reading of big
-files is handed to a `HashPool`: a close-after-write starts it at once, while the settle
-period runs, and the result comes back here to be checked and recorded.  `known` is what has
-been announced (path → hashes of the announced version), loaded from the state database
-at start; it decides whether a settled path is discovered, modified, unchanged, moved or
-deleted.  Each step ends with one transaction recording the new file states together
-with the events they caused.
+Runs on the child's main thread, one step at a time (no locking; the loop heartbeats
+between steps).  Each `step`:
+
+1. observe: raw notifications become settle, move, delete or walk requests
+   (notifications.py); walks compare the tree with what was announced (reconcile.py);
+2. settle: a path is handled once it has been quiet for its settle period (settle.py);
+   its facts until then are one record per path (announce.PathRecord);
+3. hash: a small file here, a big one by the `HashPool`, started early at a
+   close-after-write (early_hash.py); each outcome becomes an action in `_on_hash_outcome`;
+4. state/outbox: `known` (path → hashes of the announced version, loaded at start) decides
+   discovered, modified, unchanged, moved or deleted (announce.py); one transaction per
+   step records the new file states with the events they caused (commit_buffer.py);
+5. publish: the publisher thread sends what the outbox holds (publisher.py).
 """
 
 from __future__ import annotations
@@ -107,8 +112,6 @@ class Pipeline:
             self._reconciler, self._unreadable, progress=lambda: self._progress(),
             root_deleted=lambda: setattr(self, "root_missing", True))
 
-    # -- driving -------------------------------------------------------------------------
-
     def request_scan(self, relative_dir: str = "", *,
                      watch: Callable[[str], object] | None = None) -> None:
         """Reconcile (part of) the tree with what was announced: new or changed files are
@@ -141,12 +144,6 @@ class Pipeline:
         self._startup.report(self)
         self._confined.release()  # between steps the watched mount is not pinned
 
-    def _really_gone(self, relative: str) -> bool:
-        try:  # (a file whose mount went away is not gone: mount.py)
-            return self._resolve(relative) is None and not self.mount_lost(relative)
-        except OSError:
-            return False  # unreadable (or a mount failing for a while) is not deleted
-
     def _handle_settled(self) -> None:
         if self._buffer.failures:
             return  # the state database is not taking writes: do not pile up more work
@@ -170,38 +167,6 @@ class Pipeline:
                 self._announce.forget_noticed(relative)
             self._progress()
 
-    @property
-    def last_event(self) -> dict[str, object] | None:
-        """The latest event stored (type, path, wall-clock time), for /status."""
-        return self._buffer.last_event
-
-    @property
-    def busy(self) -> bool:
-        """True while a scan, settling paths or hashes remain (used for startup progress)."""
-        return bool(self._reconciler.scans) or len(self.settle) > 0 or bool(self._early.jobs)
-
-    @property
-    def files_waiting(self) -> int:
-        """Files noticed but not yet announced (settling, or settled and being hashed)."""
-        return len(self.settle) + sum(1 for job in self._early.jobs.values() if job.settled)
-
-    def close(self) -> None:
-        """Abandon hashes in progress: their files are not recorded, so the next start's
-        scan settles and announces them."""
-        self._early.shutdown()
-        if self._buffer.empty:
-            # Only a speed-up for the next start: not worth more than a moment of the stop.
-            self.store.limit_lock_wait(CLOSE_LOCK_WAIT_SECONDS)
-            self._save_fingerprints(changed_too=True)  # the table is what memory says
-
-    def _save_fingerprints(self, *, changed_too: bool = False) -> None:
-        try:
-            self.known.save_fingerprints(changed_too=changed_too)
-        except sqlite3.Error as exc:  # they only spare the next scan some reading
-            log.debug("cannot save directory fingerprints: %s", exc)
-
-    # -- settled paths -------------------------------------------------------------------
-
     def _conclude_settled(self, relative: str, seen: FileVersion | None, now: float) -> None:
         """A path's settle period is over: hash it if it is new, then drop any early hash
         nobody will use."""
@@ -221,7 +186,7 @@ class Pipeline:
             try:
                 resolved = self._resolve(relative)
             except OSError as exc:  # permissions, EIO/ESTALE: not gone, tried again
-                self._cannot_read(relative, exc)
+                self._unreadable.cannot_read(relative, exc, time.monotonic())
                 return
             if resolved is None:
                 self._announce.gone(relative)
@@ -237,7 +202,7 @@ class Pipeline:
             return
         announced = self.known.get(relative)
         if announced is not None and announced.version == version:
-            self._readable(relative)
+            self._unreadable.readable(relative)
             return
         job = self._early.for_settled(relative, readable_path, version)
         if job is not None:
@@ -277,7 +242,7 @@ class Pipeline:
         elif isinstance(error, (FileNotFoundError, NotADirectoryError, NotRegularFile)):
             self._announce.gone(relative)
         elif isinstance(error, OSError):
-            self._cannot_read(relative, error)
+            self._unreadable.cannot_read(relative, error, time.monotonic())
         elif hashed is not None:
             self.files_hashed += 1
             self.bytes_hashed += hashed.version.size
@@ -290,13 +255,42 @@ class Pipeline:
         st = stat_regular(self._confined, relative)
         return (os.path.join(self.root, relative), st) if st is not None else None
 
-    # -- what could not be read, tried again --------------------------------------------
+    def _really_gone(self, relative: str) -> bool:
+        try:  # (a file whose mount went away is not gone: mount.py)
+            return self._resolve(relative) is None and not self.mount_lost(relative)
+        except OSError:
+            return False  # unreadable (or a mount failing for a while) is not deleted
 
-    def _cannot_read(self, relative: str, exc: OSError) -> None:
-        self._unreadable.cannot_read(relative, exc, time.monotonic())
+    @property
+    def last_event(self) -> dict[str, object] | None:
+        """The latest event stored (type, path, wall-clock time), for /status."""
+        return self._buffer.last_event
 
-    def _readable(self, relative: str) -> None:
-        self._unreadable.readable(relative)
+    @property
+    def busy(self) -> bool:
+        """True while a scan, settling paths or hashes remain (used for startup progress)."""
+        return bool(self._reconciler.scans) or len(self.settle) > 0 or bool(self._early.jobs)
+
+    @property
+    def files_waiting(self) -> int:
+        """Files noticed but not yet announced (settling, or settled and being hashed)."""
+        return len(self.settle) + sum(1 for job in self._early.jobs.values() if job.settled)
+
+    def close(self) -> None:
+        """Abandon hashes in progress: their files are not recorded, so the next start's
+        scan settles and announces them."""
+        self._early.shutdown()
+        if self._buffer.empty:
+            # Only a speed-up for the next start: not worth more than a moment of the stop.
+            self.store.limit_lock_wait(CLOSE_LOCK_WAIT_SECONDS)
+            self._save_fingerprints(changed_too=True)  # the table is what memory says
+
+    def _save_fingerprints(self, *, changed_too: bool = False) -> None:
+        try:
+            self.known.save_fingerprints(changed_too=changed_too)
+        except sqlite3.Error as exc:  # they only spare the next scan some reading
+            log.debug("cannot save directory fingerprints: %s", exc)
+
 
 _WAKE = RawEvent("hashed", False, None)  # put on the notification queue by the pool
 
