@@ -72,21 +72,3 @@ def run(parser: argparse.ArgumentParser, args: argparse.Namespace) -> int:
         return 1
     sys.stdout.write(text)
     return 0
-
-
-def add_commands(commands: argparse._SubParsersAction) -> None:  # type: ignore[type-arg]
-    """The `completion` and `man` commands, for cli._parser."""
-    completion = commands.add_parser(
-        "completion", help="print a bash or zsh completion script",
-        description="Print the shell completion script for multiwatch (commands, options, "
-        "and file names where a path is expected). bash: multiwatch completion bash > "
-        "~/.local/share/bash-completion/completions/multiwatch; zsh: multiwatch completion "
-        "zsh > ~/.zfunc/_multiwatch with fpath+=(~/.zfunc) before compinit in ~/.zshrc.",
-    )
-    completion.add_argument("shell", choices=SHELLS, help="the shell to complete for")
-    commands.add_parser(
-        "man", help="print the manual page (roff)",
-        description="Print multiwatch's manual page in roff, generated from the same "
-        "definitions as --help. Read it with: multiwatch man | man -l -; install it with: "
-        "multiwatch man > ~/.local/share/man/man1/multiwatch.1",
-    )

@@ -1,0 +1,38 @@
+"""`multiwatch check`: validate a roster, print the effective configuration, and with
+--connect try the brokers, the state directory and the inotify limits (cli/preflight.py)."""
+
+from __future__ import annotations
+
+import argparse
+from typing import TYPE_CHECKING
+
+from multiwatch.cli.commands.common import CONFIG_HELP, Subcommands, check_state, on_roster
+
+if TYPE_CHECKING:
+    from multiwatch.config import Roster
+
+
+def register(commands: Subcommands) -> None:
+    check = commands.add_parser(
+        "check", help="validate a roster and print the effective configuration",
+        description="Validate a roster and print the effective configuration (defaults applied, "
+        "${VAR} expanded, passwords masked). Exit status 0 if valid, 2 if not.",
+    )
+    check.add_argument("-c", "--config", metavar="PATH", help=CONFIG_HELP)
+    check.add_argument("--connect", action="store_true",
+                       help="also log in to every broker URL, declare the exchange and queue "
+                       "passively, try writing the state directory and compare the inotify "
+                       "limits with the trees; one line per problem, exit 2")
+    check.set_defaults(handler=on_roster(_check))
+
+
+def _check(roster: Roster, args: argparse.Namespace) -> int:
+    from multiwatch.config import render_effective
+
+    check_state(roster, create=False)
+    print(render_effective(roster), end="")
+    if args.connect:
+        from multiwatch.cli.preflight import check_connect
+
+        return check_connect(roster)
+    return 0
