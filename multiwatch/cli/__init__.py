@@ -14,8 +14,8 @@ configuration code, so the child's imports overlap the supervisor reading the ro
 (supervisor/prestart.py, commands/run.py); and the watcher child itself never imports this
 package or PyYAML (watcher/spec.py `import_watcher`; tests/supervisor/test_imports.py checks
 both).  So everything `main` imports before a handler runs - this module, commands/ and
-cli/completion.py - imports only the standard library and `multiwatch.__version__` at module
-level: multiwatch.config, the supervisor, the watcher, kombu and the work modules here are
+cli/completion.py - imports only the standard library, `multiwatch.__version__` and each other
+at module level: multiwatch.config, the supervisor, the watcher, kombu and the work modules here are
 imported inside the handlers, when the command needs them.
 """
 
