@@ -169,7 +169,7 @@ class Announcer:
                 self.take_at_close(dest)
                 renamed = dataclasses.replace(announced, ctime_ns=st.st_ctime_ns)
                 self._buffer.track(dest, renamed)
-                self._emit(FILE_MOVED, dest, renamed, old_relative_path=src)
+                self._emit(FILE_MOVED, dest, renamed, old_relative_path=src, before=announced)
                 return
         if announced is not None:
             # What arrived at dest is not what we announced: the old path is gone.
@@ -185,10 +185,12 @@ class Announcer:
         if announced is None:
             self._emit(FILE_DISCOVERED, relative, hashed)
         elif announced.sha256 != hashed.sha256:
-            self._emit(FILE_MODIFIED, relative, hashed)
+            self._emit(FILE_MODIFIED, relative, hashed, before=announced)
 
     def _emit(self, event_type: str, relative: str, hashed: Hashed,
-              old_relative_path: str | None = None) -> None:
+              old_relative_path: str | None = None, before: Hashed | None = None) -> None:
+        """Record one event; `before` is the version it replaces or renames (a deletion's
+        is `hashed` itself): its ctime tells unusual activity whether the file is old."""
         event = build_event(
             event_type=event_type,
             instance_id=self.instance.id,
@@ -201,7 +203,7 @@ class Announcer:
         self._gauge.noticed_at[event.message_id] = (
             noticed_at if noticed_at is not None else time.monotonic())
         self.counts[event_type] += 1
-        self.unusual_activity.record(event_type)
+        self.unusual_activity.record(event_type, (before or hashed).ctime_ns)
         self._buffer.add_event(event, {
             "path": os.path.join(self.root, relative),
             "event_type": event_type,

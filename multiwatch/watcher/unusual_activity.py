@@ -42,7 +42,7 @@ class UnusualActivity:
         self.config = config
         self._tracked = tracked
         self._clock = clock
-        self._wall_clock = wall_clock
+        self.wall_clock = wall_clock  # the age test's and `since`'s clock (tests move it)
         self._buckets: deque[list[int]] = deque()  # [second, deleted, modified, moved]
         self._totals = [0, 0, 0]
         self.active = False
@@ -61,7 +61,7 @@ class UnusualActivity:
         config = self.config
         if kind is None or config is None:
             return
-        if before_ctime_ns > (self._wall_clock() - config.window_seconds) * 1e9:
+        if before_ctime_ns > (self.wall_clock() - config.window_seconds) * 1e9:
             return  # the file is younger than the window
         now = self._clock()
         second = int(now)
@@ -108,7 +108,7 @@ class UnusualActivity:
         unusual = events >= config.min_events and percent > config.percent
         if unusual and (not self.active or now >= self._warned_at + config.window_seconds):
             if not self.active:
-                self.active, self._since = True, self._wall_clock()
+                self.active, self._since = True, self.wall_clock()
             self._warned_at = now
             self._warn(events, base, percent)
         elif not unusual and self.active:
@@ -116,7 +116,7 @@ class UnusualActivity:
             log.info("unusual activity ended", extra={
                 "events": events, "window_seconds": config.window_seconds,
                 "files_tracked": base, "percent": round(percent, 1),
-                "lasted_seconds": round(self._wall_clock() - self._since, 1)})
+                "lasted_seconds": round(self.wall_clock() - self._since, 1)})
         return base, percent
 
     def _warn(self, events: int, base: int, percent: float) -> None:

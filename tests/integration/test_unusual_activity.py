@@ -5,6 +5,7 @@ new files is not flagged."""
 from __future__ import annotations
 
 import os
+import time
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -65,6 +66,14 @@ def fleet(tmp_path: Path, broker_url: str) -> Iterator[Fleet]:
         mw.cleanup()
 
 
+def _older_than_the_window(directory: Path) -> None:
+    """Wait until every file is older than the window (by ctime, which nothing can set):
+    only changes to files that were there before the window count."""
+    newest = max(entry.stat().st_ctime for entry in directory.iterdir())
+    wait_for(lambda: time.time() > newest + THRESHOLD["window_seconds"] + 0.5,
+             timeout=THRESHOLD["window_seconds"] + 5, message="the files never aged")
+
+
 def _consume(broker_url: str, count: int) -> list[Received]:
     got = collect(broker_url, QUEUE, timeout=60, until=lambda r: len(r) >= count)
     assert len(got) == count, f"{len(got)} of {count} events arrived"
@@ -76,6 +85,7 @@ def test_renaming_every_file_is_flagged_and_every_rename_still_arrives(
     """A script renames all 200 tracked files: one WARNING with the figures, the metric 1,
     the /status flag, all 200 renames delivered; once the window empties, an INFO line and 0."""
     assert fleet.log_lines("unusual activity") == []  # the 200 discovered did not count
+    _older_than_the_window(fleet.music)
     for i in range(FILES):
         os.rename(fleet.music / f"track{i:03}.mp3", fleet.music / f"track{i:03}.mp3.locked")
     moved = _consume(broker_url, FILES)
@@ -104,8 +114,10 @@ def test_renaming_every_file_is_flagged_and_every_rename_still_arrives(
     assert fleet.unusual()["active"] is False
 
 
-def test_an_ingest_of_new_files_is_not_flagged(fleet: Fleet, broker_url: str) -> None:
-    """500 new files dropped beside the 200 tracked ones (250 %): no warning, metric 0."""
+def test_an_ingest_of_new_files_and_its_consumer_are_not_flagged(
+        fleet: Fleet, broker_url: str) -> None:
+    """500 new files dropped beside the 200 tracked ones (250 %), then deleted by their
+    consumer within the window, like a spool (500 deletions, 71 %): no warning, metric 0."""
     for i in range(500):
         (fleet.music / f"new{i:03}.flac").write_bytes(b"new %d" % i)
     arrived = _consume(broker_url, 500)
@@ -113,6 +125,14 @@ def test_an_ingest_of_new_files_is_not_flagged(fleet: Fleet, broker_url: str) ->
     # The heartbeat after the last one has counted every event the watcher announced.
     wait_for(lambda: fleet.heartbeat().get("files_tracked") == FILES + 500, timeout=10,
              message="the new files were never all tracked")
+    assert fleet.metric("multiwatch_unusual_activity") == 0
+    assert fleet.unusual()["active"] is False
+    for i in range(500):
+        (fleet.music / f"new{i:03}.flac").unlink()
+    deleted = _consume(broker_url, 500)
+    assert {m.body["event_type"] for m in deleted} == {"file_deleted"}
+    wait_for(lambda: fleet.heartbeat().get("files_tracked") == FILES, timeout=10,
+             message="the deletions were never all recorded")
     assert fleet.metric("multiwatch_unusual_activity") == 0
     assert fleet.unusual()["active"] is False
     assert fleet.log_lines("unusual activity") == []

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import logging
 import os
+import time
 from pathlib import Path
 
 import pytest
@@ -182,6 +183,13 @@ def test_the_pipeline_counts_the_renames_it_announces(tmp_path: Path,
         tmp_path, unusual_activity=UnusualActivityConfig(percent=20, min_events=20))
     known_files(pipeline, outbox, root, {f"f{i:03}.txt": f"{i}".encode() for i in range(40)})
     assert not pipeline.unusual_activity.active
+    # The window begins between the files' creation and their renames: only the version
+    # each rename replaces (created before the window) makes them count, not the new ctime.
+    created = max(entry.stat().st_ctime for entry in root.iterdir())
+    while time.time() < created + 0.2:
+        time.sleep(0.05)
+    window = pipeline.unusual_activity.config.window_seconds  # type: ignore[union-attr]
+    pipeline.unusual_activity.wall_clock = lambda: created + 0.1 + window
     renames = []
     for i in range(40):
         os.rename(root / f"f{i:03}.txt", root / f"g{i:03}.txt")
