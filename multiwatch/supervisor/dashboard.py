@@ -12,8 +12,10 @@ from collections.abc import Mapping
 from html import escape
 from typing import Any
 
+from multiwatch.supervisor.lifecycle import State
+
 REFRESH_SECONDS = 5
-_STATES = {"STARTING", "RUNNING", "WAITING", "BACKOFF", "FATAL", "STOPPING", "STOPPED"}
+_STATES = set(State)
 _COLUMNS = ("instance", "state", "directory", "files", "events/min", "last event",
             "events by type", "outbox", "broker", "restarts", "CPU %", "RSS MiB", "note")
 LINKS = ("/status", "/metrics", "/healthz", "/readyz")

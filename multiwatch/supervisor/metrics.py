@@ -25,9 +25,11 @@ from prometheus_client.core import (
 from prometheus_client.registry import Collector
 from prometheus_client.utils import floatToGoString
 
+from multiwatch.supervisor.lifecycle import State
+
 FleetView = Callable[[], Mapping[str, Any]]
 
-STATES = ("STARTING", "RUNNING", "WAITING", "BACKOFF", "FATAL", "STOPPING", "STOPPED")
+STATES = tuple(State)  # every lifecycle state gets a series, 0 or 1
 LATENCY_METRIC = "multiwatch_event_latency_seconds"
 WINDOW_METRIC = "multiwatch_activity_window_events"
 

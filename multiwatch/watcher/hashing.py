@@ -29,6 +29,11 @@ PROGRESS_EVERY_BYTES = 64 << 20
 SPLIT_MIN_BYTES = 4 << 20
 
 
+Version = tuple[int, int, int]
+"""(size, mtime_ns, inode): a FileVersion as a plain tuple, as a scan reports it (equal to
+the FileVersion of the same file; cheaper to build by the hundred thousand)."""
+
+
 class FileVersion(NamedTuple):
     """What identifies one version of a file's content on disk.
 

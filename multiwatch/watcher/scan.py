@@ -16,14 +16,12 @@ from stat import S_ISDIR, S_ISLNK, S_ISREG
 
 from multiwatch.watcher.confined import ConfinedRoot
 from multiwatch.watcher.filters import PathFilter
-from multiwatch.watcher.hashing import FileVersion, stat_regular
+from multiwatch.watcher.hashing import FileVersion, Version, stat_regular
 
 log = logging.getLogger(__name__)
 
 BATCH_ENTRIES = 1000
 
-Version = tuple[int, int, int]
-"""(size, mtime_ns, inode): the fields of a FileVersion, as a plain tuple."""
 
 
 class ScanBatch(dict[str, Version]):

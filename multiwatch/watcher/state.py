@@ -29,7 +29,7 @@ from operator import itemgetter
 import xxhash
 
 from multiwatch.state_dir import CREATE, VERIFY, UnsafeStateError, secure_database
-from multiwatch.watcher.hashing import FileVersion, Hashed
+from multiwatch.watcher.hashing import FileVersion, Hashed, Version
 from multiwatch.watcher.message import Event
 from multiwatch.watcher.path_index import PathIndex, directory_of
 
@@ -386,8 +386,6 @@ def pending_events(conn: sqlite3.Connection, body_fragment: bytes) -> list[tuple
         (body_fragment,))]
 
 
-Version = tuple[int, int, int]
-"""(size, mtime_ns, inode): a FileVersion as a plain tuple, as the scan reports it."""
 _Hashes = tuple[int, str, str]
 """(ctime_ns, sha256, xxh128): the rest of a Hashed."""
 # No "/" from byte ? of the path on (1-based): a file directly in the directory.
