@@ -29,6 +29,7 @@ from multiwatch.watcher.hash_pool import HashPool
 from multiwatch.watcher.hash_slots import HashSlots
 from multiwatch.watcher.mount import META_KEY, UNMOUNTED, Mount, MountGuard
 from multiwatch.watcher.observe import (
+    EventKind,
     RawEvent,
     directory_watcher,
     listen_for_lost_events,
@@ -55,7 +56,7 @@ IDLE_HEARTBEAT_SECONDS = 5.0
 BUSY_WAIT_SECONDS = 0.5
 # Put on the notification queue by the SIGTERM handler to end the loop's wait.  Its path
 # is None ("outside the tree"), which the pipeline ignores like any such notification.
-WAKE_UP = RawEvent("wake", False, None)
+WAKE_UP = RawEvent(EventKind.WAKE, False, None)
 DIRECTORY_RETRY_SECONDS = 2.0
 OBSERVER_JOIN_SECONDS = 5.0
 PREVIOUS_WATCHER_GRACE_SECONDS = 5.0  # beyond stop_timeout: a watcher left by a killed parent

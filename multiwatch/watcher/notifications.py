@@ -18,7 +18,7 @@ from multiwatch.config import InstanceConfig
 from multiwatch.watcher.announce import Announcer
 from multiwatch.watcher.early_hash import EarlyHashes
 from multiwatch.watcher.filters import PathFilter
-from multiwatch.watcher.observe import RawEvent
+from multiwatch.watcher.observe import EventKind, RawEvent
 from multiwatch.watcher.reconcile import Reconciler
 from multiwatch.watcher.settle import SettleTable
 from multiwatch.watcher.unreadable import Unreadable
@@ -85,9 +85,9 @@ class NotificationRouter:
         self._read_again(files, directories, now, quiet=0.0)
 
     def _on_notification(self, event: RawEvent, now: float) -> None:
-        if event.kind == "hashed":
+        if event.kind == EventKind.HASHED:
             return  # only woke the wait; the pipeline collects the pool's results
-        if event.kind == "overflow":
+        if event.kind == EventKind.OVERFLOW:
             self._lost_events += 1
             if now >= self._lost_events_logged_at + LOST_EVENTS_LOG_SECONDS:
                 # At most once a minute: refused watches repeat this every few seconds.
@@ -95,25 +95,25 @@ class NotificationRouter:
                             extra={"path": self.root, "times": self._lost_events})
                 self._lost_events, self._lost_events_logged_at = 0, now
             self._reconciler.request()
-        elif event.kind == "attrib":
+        elif event.kind == EventKind.ATTRIB:
             if event.src is not None:
                 self._on_attrib(event.src, event.is_directory, now)
         elif event.is_directory:
             self._on_directory(event, now)
-        elif event.kind == "moved":
+        elif event.kind == EventKind.MOVED:
             self._announce.moved(event.src, event.dest, now)
-        elif event.kind == "deleted":
+        elif event.kind == EventKind.DELETED:
             if event.src:
                 self._announce.gone(event.src)
         elif event.src and (event.src in self.settle or self.wants(event.src)):
             # (A path already settling was wanted: most events of a burst skip the filter.)
             at_close = None
-            if event.kind == "closed":
+            if event.kind == EventKind.CLOSED:
                 at_close = self._early.start(event.src)
             else:  # the content may change again: a hash begun now would be stale
                 self._early.drop(event.src)
             grace = self.instance.close_grace_seconds
-            if event.kind == "closed" and grace > 0:
+            if event.kind == EventKind.CLOSED and grace > 0:
                 # The writer closed the file: wait only a short grace (an immediate reopen
                 # for writing sends "modified" and restores the full quiet period).
                 self._announce.set_closed_write(event.src, True)
@@ -123,18 +123,19 @@ class NotificationRouter:
                 self._announce.settle_later(event.src, now, at_close=at_close)
 
     def _on_directory(self, event: RawEvent, now: float) -> None:
-        if event.kind == "deleted" and event.src == "":
+        if event.kind == EventKind.DELETED and event.src == "":
             self._root_deleted()
-        elif event.kind == "created" or (event.kind == "moved" and event.src is None):
+        elif event.kind == EventKind.CREATED or (
+                event.kind == EventKind.MOVED and event.src is None):
             # Created, or moved in from outside the tree: files written before the new
             # directory's watch existed (or moved in with it) produce no events.
             self._reconciler.request_new_directory(
-                event.src if event.kind == "created" else event.dest)
-        elif event.kind == "deleted" and event.src:
+                event.src if event.kind == EventKind.CREATED else event.dest)
+        elif event.kind == EventKind.DELETED and event.src:
             for relative in self._announce.tracked_under(event.src):
                 self._progress()
                 self._announce.gone(relative)
-        elif event.kind == "moved" and event.src:
+        elif event.kind == EventKind.MOVED and event.src:
             for relative in self._announce.tracked_under(event.src):
                 self._progress()  # (an lstat each)
                 moved_to = f"{event.dest}/{relative[len(event.src) + 1:]}" if event.dest else None

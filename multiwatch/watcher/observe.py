@@ -21,6 +21,7 @@ import threading
 import time
 from collections.abc import Callable
 from dataclasses import dataclass
+from enum import StrEnum
 from typing import Any, NamedTuple
 
 from watchdog.events import (
@@ -69,15 +70,31 @@ WATCHED_EVENTS: list[type[FileSystemEvent]] = [
     DirAttribEvent,
 ]
 
+class EventKind(StrEnum):
+    """What a RawEvent says happened (a str: equal to its value, cheap to compare)."""
+
+    CREATED = "created"
+    MODIFIED = "modified"
+    CLOSED = "closed"  # closed after a write
+    DELETED = "deleted"
+    MOVED = "moved"
+    ATTRIB = "attrib"  # mode or owner changed
+    OVERFLOW = "overflow"  # events were lost: rescan
+    # Wake-ups of the main loop, with no path (the pipeline ignores them):
+    UNMOUNTED = "unmounted"  # a watched filesystem was unmounted: check the mounts now
+    HASHED = "hashed"  # the hash pool finished a job
+    WAKE = "wake"  # SIGTERM
+
+
 # watchdog event class → RawEvent kind.  Anything else (a directory's "modified", opens,
 # closes without a write) is of no use to the pipeline and is dropped.
-_KINDS: dict[type[FileSystemEvent], str] = {
-    FileCreatedEvent: "created", DirCreatedEvent: "created",
-    FileModifiedEvent: "modified",
-    FileClosedEvent: "closed",
-    FileDeletedEvent: "deleted", DirDeletedEvent: "deleted",
-    FileMovedEvent: "moved", DirMovedEvent: "moved",
-    FileAttribEvent: "attrib", DirAttribEvent: "attrib",
+_KINDS: dict[type[FileSystemEvent], EventKind] = {
+    FileCreatedEvent: EventKind.CREATED, DirCreatedEvent: EventKind.CREATED,
+    FileModifiedEvent: EventKind.MODIFIED,
+    FileClosedEvent: EventKind.CLOSED,
+    FileDeletedEvent: EventKind.DELETED, DirDeletedEvent: EventKind.DELETED,
+    FileMovedEvent: EventKind.MOVED, DirMovedEvent: EventKind.MOVED,
+    FileAttribEvent: EventKind.ATTRIB, DirAttribEvent: EventKind.ATTRIB,
 }
 
 # The kernel refused a watch: out of watches (fs.inotify.max_user_watches) or instances.
@@ -94,18 +111,16 @@ class RawEvent(NamedTuple):
 
     A tuple rather than a dataclass: one is built per kernel event, on watchdog's thread."""
 
-    # created | modified | closed | deleted | moved | attrib (mode or owner changed) |
-    # overflow (events were lost: rescan)
-    kind: str
+    kind: EventKind
     is_directory: bool
     src: str | None
     dest: str | None = None
 
 
-OVERFLOW = RawEvent("overflow", True, "")
+OVERFLOW = RawEvent(EventKind.OVERFLOW, True, "")
 # A watched filesystem was unmounted: only wakes the loop, whose mount check (mount.py)
 # then sees it at once instead of at its next idle turn.  (No path: the pipeline ignores it.)
-UNMOUNTED = RawEvent("unmounted", True, None)
+UNMOUNTED = RawEvent(EventKind.UNMOUNTED, True, None)
 
 
 class _Enqueuer(FileSystemEventHandler):

@@ -41,7 +41,7 @@ from multiwatch.watcher.hashing import (
     stat_regular,
 )
 from multiwatch.watcher.notifications import NotificationRouter
-from multiwatch.watcher.observe import RawEvent
+from multiwatch.watcher.observe import EventKind, RawEvent
 from multiwatch.watcher.outbox import OutboxGauge
 from multiwatch.watcher.reconcile import ReconcileActions, Reconciler
 from multiwatch.watcher.settle import SettleTable
@@ -292,7 +292,7 @@ class Pipeline:
             log.debug("cannot save directory fingerprints: %s", exc)
 
 
-_WAKE = RawEvent("hashed", False, None)  # put on the notification queue by the pool
+_WAKE = RawEvent(EventKind.HASHED, False, None)  # put on the notification queue by the pool
 
 
 def _nothing() -> None:
