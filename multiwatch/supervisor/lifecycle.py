@@ -33,7 +33,7 @@ from typing import TYPE_CHECKING, Any, Protocol
 
 from multiwatch.config import BrokerConfig, InstanceConfig, SupervisorConfig, mask_url
 from multiwatch.supervisor.event_rate import EventRate, event_total
-from multiwatch.watcher.spec import EXIT_DIRECTORY_GONE, ChildSpec, run_child
+from multiwatch.watcher.spec import EXIT_DIRECTORY_GONE, ChildSpec, Report, run_child
 
 if TYPE_CHECKING:
     from multiwatch.supervisor.prestart import PrestartedWatcher
@@ -156,22 +156,22 @@ class Child:
             while self.reader.poll():
                 kind, payload = self.reader.recv()
                 self.last_heartbeat = now
-                if kind == "ready" and self.state in (State.STARTING, State.WAITING):
+                if kind == Report.READY and self.state in (State.STARTING, State.WAITING):
                     self.state = State.RUNNING
                     self.reason = ""
                     self._failures_before_ready = 0
-                elif kind == "waiting" and self.state in (State.STARTING, State.RUNNING):
+                elif kind == Report.WAITING and self.state in (State.STARTING, State.RUNNING):
                     # (from RUNNING: its directory's mount went away, watcher/mount.py)
                     self.state = State.WAITING
                     self.reason = str(payload.get("reason", "waiting"))
-                elif kind == "heartbeat":
+                elif kind == Report.HEARTBEAT:
                     self.snapshot = payload
                     total = event_total(payload) if isinstance(payload, dict) else None
                     if total is not None:
                         if self._rate is None:  # its counters started from 0 at its start
                             self._rate = EventRate(self.started_at)
                         self._rate.observe(total, now)
-                elif kind == "exiting":
+                elif kind == Report.EXITING:
                     self._exiting_because = str(payload.get("reason", ""))
         except (EOFError, OSError):
             self.reader.close()

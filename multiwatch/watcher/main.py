@@ -40,7 +40,7 @@ from multiwatch.watcher.pipeline import Pipeline
 from multiwatch.watcher.priority import apply_priority
 from multiwatch.watcher.publisher import Publisher
 from multiwatch.watcher.read_limit import install_read_limit
-from multiwatch.watcher.spec import EXIT_DIRECTORY_GONE, ChildSpec
+from multiwatch.watcher.spec import EXIT_DIRECTORY_GONE, ChildSpec, Report
 from multiwatch.watcher.state import StateError, StateStore, state_db_path
 from multiwatch.watcher.stats import ProblemCounter
 
@@ -102,7 +102,7 @@ def child_main(spec: ChildSpec, to_parent: Connection) -> None:
 def _tell_parent_why(spec: ChildSpec, to_parent: Connection, reason: str) -> int:
     """Send the supervisor the reason before exiting with status 1, so status, health and
     the page show it instead of a bare "exit status 1"."""
-    _ParentLink(to_parent, spec.parent_pid).send("exiting", {"reason": reason})
+    _ParentLink(to_parent, spec.parent_pid).send(Report.EXITING, {"reason": reason})
     return 1
 
 
@@ -160,13 +160,13 @@ def _run(spec: ChildSpec, to_parent: Connection, stop: _Stop) -> int:
         log.info("watching", extra={"path": instance.directory, "pid": os.getpid(),
                                     "settle_seconds": instance.settle_seconds,
                                     "tracked_files": len(pipeline.known)})
-        parent.send("ready", {"pid": os.getpid()})
+        parent.send(Report.READY, {"pid": os.getpid()})
     else:  # a bare mount point: reconciling against it would delete every tracked file
         mounts.unmounted = True
         log.warning(f"{UNMOUNTED}; waiting for its mount before scanning",
                     extra={"path": instance.directory, "reason": why_waiting,
                            "tracked_files": len(pipeline.known)})
-        parent.send("waiting", {"reason": UNMOUNTED})
+        parent.send(Report.WAITING, {"reason": UNMOUNTED})
     exit_code = 0
     next_scan = _next_scan(instance)
     while not stop.requested:
@@ -196,7 +196,7 @@ def _run(spec: ChildSpec, to_parent: Connection, stop: _Stop) -> int:
             # restarts the watcher (the outbox keeps every event).
             log.error("the publisher stopped working; exiting so the watcher is restarted",
                       extra={"reason": publisher_problem, "outbox_depth": gauge.depth})
-            parent.send("exiting", {"reason": publisher_problem})
+            parent.send(Report.EXITING, {"reason": publisher_problem})
             exit_code = EXIT_PUBLISHER_FAILED
             break
         if observer is not None and not _observer_alive(observer):
@@ -266,14 +266,14 @@ def _follow_mount(instance: InstanceConfig, pipeline: Pipeline, mounts: MountGua
         pipeline.root_missing = False
     why_waiting = mounts.why_waiting(tracked_files=len(pipeline.known))
     if why_waiting is not None:
-        parent.send("waiting", {"reason": UNMOUNTED})  # (also tells the hang check we live)
+        parent.send(Report.WAITING, {"reason": UNMOUNTED})  # (also tells the hang check we live)
         return None
     _discard(pipeline.notifications)
     observer = _start_watching(instance, pipeline, mounts, store)
     log.info("directory mounted; watching and reconciling", extra={
         "path": instance.directory, "tracked_files": len(pipeline.known),
         **(mounts.expected.fields() if mounts.expected else {})})
-    parent.send("ready", {"pid": os.getpid()})
+    parent.send(Report.READY, {"pid": os.getpid()})
     return observer
 
 
@@ -408,7 +408,7 @@ def _hold_instance(spec: ChildSpec, parent: _ParentLink, stop: _Stop) -> bool:
     if try_lock_exclusive(fd):
         return True
     log.warning("waiting for the previous watcher of this instance to exit")
-    parent.send("waiting", {"reason": "the previous watcher is still stopping"})
+    parent.send(Report.WAITING, {"reason": "the previous watcher is still stopping"})
     deadline = time.monotonic() + spec.stop_timeout_seconds + PREVIOUS_WATCHER_GRACE_SECONDS
     next_report = time.monotonic() + 1.0
     while not stop.wait(0.1) and parent.alive():
@@ -416,7 +416,7 @@ def _hold_instance(spec: ChildSpec, parent: _ParentLink, stop: _Stop) -> bool:
             return True
         if time.monotonic() >= next_report:  # (a message is a heartbeat: not taken as hung)
             next_report += 1.0
-            parent.send("waiting", {"reason": "the previous watcher is still stopping"})
+            parent.send(Report.WAITING, {"reason": "the previous watcher is still stopping"})
         if time.monotonic() >= deadline:
             log.error("the previous watcher of this instance is still running; not starting "
                       "beside it (it shares the state database)")
@@ -433,11 +433,11 @@ def _wait_for_directory(instance: InstanceConfig, parent: _ParentLink, stop: _St
         log.error("watched directory is missing", extra={"path": instance.directory})
         return False
     log.warning("optional directory is missing; waiting for it", extra={"path": instance.directory})
-    parent.send("waiting", {"reason": "directory missing"})
+    parent.send(Report.WAITING, {"reason": "directory missing"})
     while not stop.wait(DIRECTORY_RETRY_SECONDS):
         if not parent.alive():
             return False
-        parent.send("waiting", {"reason": "directory missing"})
+        parent.send(Report.WAITING, {"reason": "directory missing"})
         if os.path.isdir(instance.directory):
             log.info("directory appeared", extra={"path": instance.directory})
             return True
@@ -507,7 +507,7 @@ class _Heartbeat:
         if now < self._sent_at + self.idle_seconds and self._activity() == self._sent_activity:
             return
         self._sent_at, self._sent_activity = now, self._activity()
-        self._parent.send("heartbeat", self._snapshot())
+        self._parent.send(Report.HEARTBEAT, self._snapshot())
 
 
 class _ParentLink:
@@ -518,7 +518,7 @@ class _ParentLink:
         self._parent_pid = parent_pid
         self._broken = False
 
-    def send(self, kind: str, payload: dict[str, object]) -> None:
+    def send(self, kind: Report, payload: dict[str, object]) -> None:
         if self._broken:
             return
         try:

@@ -12,11 +12,21 @@ import contextlib
 import sys
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
+from enum import StrEnum
 from multiprocessing.connection import Connection
 
 from multiwatch.config import BrokerConfig, InstanceConfig
 
 EXIT_DIRECTORY_GONE = 3
+
+
+class Report(StrEnum):
+    """What a watcher tells the supervisor over its pipe, as (Report, payload dict)."""
+
+    READY = "ready"  # watching; payload: pid
+    HEARTBEAT = "heartbeat"  # payload: the status snapshot (watcher/main.py _snapshot)
+    WAITING = "waiting"  # payload: reason (a directory or mount not there yet)
+    EXITING = "exiting"  # payload: reason, just before exiting on its own
 
 
 @dataclass(frozen=True)
