@@ -5,7 +5,7 @@ scan (at start, after lost events, the periodic one) only sees that tracked file
 longer there, which is also what an unmounted share, a mount that failed at boot or a
 wrong `directory:` looks like; announcing it would tell every consumer to delete its
 copies.  So when one scan finds more deletions than `max_scan_deletions` allows
-(config_deletions.py), they are held: kept in the state database's held_deletions table,
+(config/deletions.py), they are held: kept in the state database's held_deletions table,
 their files still tracked, and reported (heartbeat `deletions_held`, a WARNING line).
 
 A hold ends when
