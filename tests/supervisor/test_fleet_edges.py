@@ -24,18 +24,6 @@ from tests.supervisor.fakes import (
 
 
 @pytest.fixture
-def factory() -> Iterator[FakeFactory]:
-    made = FakeFactory()
-    yield made
-    made.close()
-
-
-@pytest.fixture
-def clock() -> FakeClock:
-    return FakeClock()
-
-
-@pytest.fixture
 def fleet(tmp_path: Path, factory: FakeFactory, clock: FakeClock) -> Iterator[Fleet]:
     """Instances a and b, both STARTING."""
     roster = make_roster(tmp_path, make_instance("a"), make_instance("b"))

@@ -6,26 +6,10 @@ test_fleet_edges.py."""
 
 from __future__ import annotations
 
-from collections.abc import Iterator
-
-import pytest
-
 from multiwatch.config import BrokerConfig, SupervisorConfig
 from multiwatch.supervisor.lifecycle import START_RETRIES, Child, State
 from multiwatch.watcher.spec import EXIT_DIRECTORY_GONE, ChildSpec
 from tests.supervisor.fakes import SETTINGS, FakeClock, FakeFactory, FakeWatcher, make_instance
-
-
-@pytest.fixture
-def factory() -> Iterator[FakeFactory]:
-    made = FakeFactory()
-    yield made
-    made.close()
-
-
-@pytest.fixture
-def clock() -> FakeClock:
-    return FakeClock()
 
 
 def _child(factory: FakeFactory, settings: SupervisorConfig = SETTINGS) -> Child:
