@@ -26,6 +26,7 @@ from typing import Any
 
 from multiwatch.cli.tail import escape_controls
 from multiwatch.config import ConfigError, load_endpoint_config, split_listen
+from multiwatch.status_view import mapping
 from multiwatch.supervisor import identity
 from multiwatch.supervisor.dashboard import (
     LINKS,
@@ -168,9 +169,9 @@ def render_status(view: Mapping[str, Any], base_url: str = "", now: float | None
     """The fleet view as a summary line, an aligned table (one row per instance), then each
     instance's events by type and last event, and the endpoint's pages."""
     wall_now = time.time() if now is None else now
-    supervisor = _mapping(view.get("supervisor"))
-    instances = _mapping(view.get("instances"))
-    resources = _mapping(supervisor.get("resources"))
+    supervisor = mapping(view.get("supervisor"))
+    instances = mapping(view.get("instances"))
+    resources = mapping(supervisor.get("resources"))
     count = len(instances)
     summary = (f"supervisor pid {_cell(supervisor.get('pid'))}, "
                f"up {format_duration(supervisor.get('uptime_seconds'))}, "
@@ -179,7 +180,7 @@ def render_status(view: Mapping[str, Any], base_url: str = "", now: float | None
                f"role {_cell(supervisor.get('role'))}, "
                f"broker {_cell(supervisor.get('broker'))}, "
                f"roster {_cell(supervisor.get('roster'))}")
-    ordered = sorted((str(ident), _mapping(entry)) for ident, entry in instances.items())
+    ordered = sorted((str(ident), mapping(entry)) for ident, entry in instances.items())
     rows = [_row(ident, entry, wall_now) for ident, entry in ordered]
     details = ["", *(_details(ident, entry, wall_now) for ident, entry in ordered)]
     if base_url:
@@ -188,13 +189,13 @@ def render_status(view: Mapping[str, Any], base_url: str = "", now: float | None
 
 
 def _row(ident: str, entry: Mapping[str, Any], now: float) -> list[str]:
-    heartbeat = _mapping(entry.get("heartbeat"))
-    resources = _mapping(entry.get("resources"))
+    heartbeat = mapping(entry.get("heartbeat"))
+    resources = mapping(entry.get("resources"))
     connected = heartbeat.get("broker_connected")
     broker = "up" if connected is True else "down" if connected is False else "-"
     cpu = resources.get("cpu_percent")
     rate = entry.get("events_per_minute")
-    event = _mapping(heartbeat.get("last_event"))
+    event = mapping(heartbeat.get("last_event"))
     at = event.get("at")
     last = (f"{event_name(event.get('event_type'))} "
             f"{format_duration(max(0.0, now - at))} ago") if isinstance(at, (int, float)) else "-"
@@ -217,7 +218,7 @@ def _row(ident: str, entry: Mapping[str, Any], now: float) -> list[str]:
 
 def _details(ident: str, entry: Mapping[str, Any], now: float) -> str:
     """"music: discovered 7, modified 2; last modified /x at 2024-… UTC, 5m00s ago"."""
-    heartbeat = _mapping(entry.get("heartbeat"))
+    heartbeat = mapping(entry.get("heartbeat"))
     what, when = last_event(heartbeat, now)
     counts = events_by_type(heartbeat)
     line = f"{ident}: {'no heartbeat yet' if counts == '-' else counts}"
@@ -243,10 +244,6 @@ def _cell(value: Any, empty: str = "-") -> str:
     return escape_controls(" ".join(text.split()))
 
 
-def _mapping(value: Any) -> Mapping[str, Any]:
-    return value if isinstance(value, Mapping) else {}
-
-
 # ---------------------------------------------------------------- health
 
 
@@ -258,7 +255,7 @@ def health_command(base_url: str, *, live: bool) -> int:
     except EndpointError as exc:
         print(f"multiwatch: {exc}", file=sys.stderr)
         return 1
-    body = _mapping(body)
+    body = mapping(body)
     if status not in (200, 503) or "status" not in body:
         print(f"multiwatch: unexpected answer from {url}: HTTP {status}", file=sys.stderr)
         return 1
@@ -280,6 +277,6 @@ def _readiness_line(status: int, body: Mapping[str, Any]) -> str:
         return f"ready: {_cell(count)} instance{'' if count == 1 else 's'} running, " \
                "broker connected"
     waiting = body.get("not_ready")
-    parts = [f"{_cell(_mapping(item).get('instance_id'))}: {_cell(_mapping(item).get('reason'))}"
+    parts = [f"{_cell(mapping(item).get('instance_id'))}: {_cell(mapping(item).get('reason'))}"
              for item in (waiting if isinstance(waiting, list) else [])]
     return "not ready: " + ("; ".join(parts) or _cell(body.get("reason")))

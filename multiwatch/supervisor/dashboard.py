@@ -12,6 +12,7 @@ from collections.abc import Mapping
 from html import escape
 from typing import Any
 
+from multiwatch.status_view import mapping, number
 from multiwatch.supervisor.lifecycle import State
 
 REFRESH_SECONDS = 5
@@ -24,8 +25,8 @@ LINKS = ("/status", "/metrics", "/healthz", "/readyz")
 def render_page(view: Mapping[str, Any], wall_now: float | None = None) -> str:
     """The whole HTML document for one fleet view; `wall_now` (time.time()) dates events."""
     now = time.time() if wall_now is None else wall_now
-    instances = _mapping(view.get("instances"))
-    rows = "\n".join(_row(str(ident), _mapping(entry), now)
+    instances = mapping(view.get("instances"))
+    rows = "\n".join(_row(str(ident), mapping(entry), now)
                      for ident, entry in sorted(instances.items()))
     if not rows:
         rows = f'<tr><td colspan="{len(_COLUMNS)}" class="muted">no instances</td></tr>'
@@ -36,8 +37,8 @@ def render_page(view: Mapping[str, Any], wall_now: float | None = None) -> str:
 
 
 def _summary(view: Mapping[str, Any], count: int) -> str:
-    supervisor = _mapping(view.get("supervisor"))
-    rss = _mapping(supervisor.get("resources")).get("rss_bytes")
+    supervisor = mapping(view.get("supervisor"))
+    rss = mapping(supervisor.get("resources")).get("rss_bytes")
     parts = [
         f"{count} instance{'s' if count != 1 else ''}",
         f"role {_text(supervisor.get('role'))}",
@@ -57,7 +58,7 @@ def event_name(event_type: Any) -> str:
 
 def events_by_type(heartbeat: Mapping[str, Any]) -> str:
     """"discovered 7, modified 2" (types never seen are left out); "-" before a heartbeat."""
-    events = _mapping(heartbeat.get("events"))
+    events = mapping(heartbeat.get("events"))
     parts = [f"{event_name(kind)} {count}" for kind, count in events.items()
              if isinstance(count, int) and count]
     return ", ".join(parts) if parts else ("no events yet" if events else "-")
@@ -66,8 +67,8 @@ def events_by_type(heartbeat: Mapping[str, Any]) -> str:
 def last_event(heartbeat: Mapping[str, Any], now: float) -> tuple[str, str]:
     """(what, when) of the latest announcement: ("modified /a/b", "2024-01-02 03:04:05 UTC,
     5m00s ago"); ("-", "") when none."""
-    event = _mapping(heartbeat.get("last_event"))
-    at = _number(event.get("at"))
+    event = mapping(heartbeat.get("last_event"))
+    at = number(event.get("at"))
     if not event or at is None:
         return "-", ""
     stamp = time.strftime("%Y-%m-%d %H:%M:%S UTC", time.gmtime(at))
@@ -77,12 +78,12 @@ def last_event(heartbeat: Mapping[str, Any], now: float) -> tuple[str, str]:
 
 def _row(ident: str, entry: Mapping[str, Any], now: float) -> str:
     state = _text(entry.get("state"))
-    heartbeat = _mapping(entry.get("heartbeat"))
-    resources = _mapping(entry.get("resources"))
+    heartbeat = mapping(entry.get("heartbeat"))
+    resources = mapping(entry.get("resources"))
     connected = heartbeat.get("broker_connected")
     broker = ("up", "ok") if connected is True else ("down", "bad") if connected is False \
         else ("-", "muted")
-    rate = _number(entry.get("events_per_minute"))
+    rate = number(entry.get("events_per_minute"))
     what, when = last_event(heartbeat, now)
     note = entry.get("reason") or entry.get("last_exit") or heartbeat.get("last_error") or ""
     cells = [
@@ -107,12 +108,12 @@ def _row(ident: str, entry: Mapping[str, Any], now: float) -> str:
 def unusual_activity_text(heartbeat: Mapping[str, Any]) -> str:
     """"unusual activity: 200 moved within 5m00s, 100% of 200 tracked files" while the
     watcher reports it; "" otherwise."""
-    unusual = _mapping(heartbeat.get("unusual_activity"))
+    unusual = mapping(heartbeat.get("unusual_activity"))
     if unusual.get("active") is not True:
         return ""
     counts = ", ".join(f"{count} {kind}" for kind, count in
-                       _mapping(unusual.get("events")).items() if _number(count))
-    percent = _number(unusual.get("percent"))
+                       mapping(unusual.get("events")).items() if number(count))
+    percent = number(unusual.get("percent"))
     return (f"unusual activity: {counts or 'events'} within "
             f"{format_duration(unusual.get('window_seconds'))}, "
             f"{'-' if percent is None else f'{percent:.0f}'}% of "
@@ -127,7 +128,7 @@ def _unusual_activity_html(heartbeat: Mapping[str, Any]) -> str:
 def deletions_held_text(heartbeat: Mapping[str, Any]) -> str:
     """"1000 deletions held" while a scan's deletions wait for the operator
     (`multiwatch deletions`); "" otherwise."""
-    held = _number(heartbeat.get("deletions_held"))
+    held = number(heartbeat.get("deletions_held"))
     if not held:
         return ""
     return f"{held:.0f} deletion{'' if held == 1 else 's'} held"
@@ -141,9 +142,9 @@ def _deletions_held_html(heartbeat: Mapping[str, Any]) -> str:
 def limits_text(entry: Mapping[str, Any]) -> str:
     """The limits the roster sets: "read 4.0 MiB/s, nice 10, ionice idle"; "" when none."""
     parts = []
-    if rate := _number(entry.get("read_rate_limit")):
+    if rate := number(entry.get("read_rate_limit")):
         parts.append(f"read {format_mib(rate)} MiB/s")
-    if memory := _number(entry.get("memory_limit")):
+    if memory := number(entry.get("memory_limit")):
         parts.append(f"RSS {format_mib(memory)} MiB")
     for key in ("nice", "ionice"):
         if entry.get(key) is not None:
@@ -156,34 +157,24 @@ def _limits_line(entry: Mapping[str, Any]) -> str:
     return f'<br><span class="muted">{escape(text)}</span>' if text else ""
 
 
-def _mapping(value: Any) -> Mapping[str, Any]:
-    return value if isinstance(value, Mapping) else {}
-
-
-def _number(value: Any) -> float | None:
-    if isinstance(value, (int, float)) and not isinstance(value, bool):
-        return float(value)
-    return None
-
-
 def _text(value: Any) -> str:
     return "-" if value is None or value == "" else str(value)
 
 
 def _percent(value: Any) -> str:
-    number = _number(value)
-    return "-" if number is None else f"{number:.1f}"
+    figure = number(value)
+    return "-" if figure is None else f"{figure:.1f}"
 
 
 def format_mib(value: Any) -> str:
     """Bytes as MiB with one decimal; "-" when unknown."""
-    number = _number(value)
-    return "-" if number is None else f"{number / 1048576:.1f}"
+    figure = number(value)
+    return "-" if figure is None else f"{figure / 1048576:.1f}"
 
 
 def format_duration(value: Any) -> str:
     """Seconds as 12s, 4m05s, 2h05m or 3d4h; "-" when unknown."""
-    seconds = _number(value)
+    seconds = number(value)
     if seconds is None:
         return "-"
     minutes, secs = divmod(int(seconds), 60)

@@ -25,6 +25,7 @@ from multiprocessing.connection import wait
 from typing import TYPE_CHECKING, Any
 
 from multiwatch.config import ConfigError, HttpConfig, Roster
+from multiwatch.status_view import FleetView, Resources
 from multiwatch.supervisor.lifecycle import (
     Child,
     State,
@@ -87,10 +88,10 @@ class Supervisor:
         self._next_sample = 0.0
         self._next_files_count = 0.0
         self._next_housekeeping = 0.0
-        self._usage: dict[int, dict[str, Any]] = {}  # pid → last psutil sample
+        self._usage: dict[int, Resources] = {}  # pid → last psutil sample
         self._started_at = clock()
         self._last_turn = self._started_at
-        self._view: dict[str, Any] = {}
+        self._view: FleetView = {}
         self._view_lock = threading.Lock()
         self._http: HttpServer | None = None
         self._identity: EndpointIdentity | None = None
@@ -256,22 +257,20 @@ class Supervisor:
 
     # -- the fleet view (read by the HTTP thread) -----------------------------------------------
 
-    def fleet_view(self) -> dict[str, Any]:
+    def fleet_view(self) -> FleetView:
         """A JSON-ready picture of the fleet; safe to call from any thread."""
         with self._view_lock:
-            view = dict(self._view)
-        if view:
-            view["supervisor"] = dict(view["supervisor"],
-                                      loop_age_seconds=round(self._clock() - self._last_turn, 2))
+            view = self._view.copy()
+        if "supervisor" in view:
+            supervisor = view["supervisor"].copy()
+            supervisor["loop_age_seconds"] = round(self._clock() - self._last_turn, 2)
+            view["supervisor"] = supervisor
         return view
 
     def _publish_view(self, now: float) -> None:
-        instances = {}
-        for child in self._children.values():
-            entry = child.view(now)
-            entry["resources"] = self._usage.get(child.pid) if child.pid else None
-            instances[child.instance_id] = entry
-        view = {
+        instances = {child.instance_id: child.view(now, self._child_usage(child))
+                     for child in self._children.values()}
+        view: FleetView = {
             "supervisor": {"pid": os.getpid(), "roster": self.roster.source,
                            "uptime_seconds": round(now - self._started_at, 1),
                            "resources": self._usage.get(os.getpid()),
@@ -395,17 +394,21 @@ class Supervisor:
         now = self._clock()
         for child in self._children.values():
             limit = child.spec.instance.memory_limit
-            rss = (self._usage.get(child.pid) or {}).get("rss_bytes", 0) if child.pid else 0
+            usage = self._child_usage(child)
+            rss = usage["rss_bytes"] if usage is not None else 0
             if limit and rss > limit and child.state is State.RUNNING:
                 child.restart(f"memory limit exceeded: RSS {rss} bytes > memory_limit "
                               f"{limit} bytes", now)
+
+    def _child_usage(self, child: Child) -> Resources | None:
+        return self._usage.get(child.pid) if child.pid else None
 
     def _report_resources(self) -> None:
         own = self._usage.get(os.getpid())
         if own is not None:
             log.info("supervisor resources", extra=own)
         for child in self._children.values():
-            usage = self._usage.get(child.pid) if child.pid else None
+            usage = self._child_usage(child)
             if usage is not None:
                 log.info("child resources", extra={
                     "instance_id": child.instance_id, "pid": child.pid, "state": str(child.state),

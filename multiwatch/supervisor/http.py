@@ -37,6 +37,7 @@ from urllib.parse import urlsplit
 
 from multiwatch import __version__
 from multiwatch.config import split_listen
+from multiwatch.status_view import ViewSource, mapping
 from multiwatch.supervisor import identity
 from multiwatch.supervisor.dashboard import render_page
 from multiwatch.supervisor.http_server import BoundedServer
@@ -44,7 +45,6 @@ from multiwatch.supervisor.metrics import metrics_registry, render_metrics
 
 log = logging.getLogger(__name__)
 
-FleetView = Callable[[], dict[str, Any]]
 LIVENESS_SECONDS = 10.0  # /healthz fails once the loop has not turned for this long
 _JSON = "application/json"
 _HTML = "text/html; charset=utf-8"
@@ -83,7 +83,7 @@ class HttpServer:
         self._server.close()
 
 
-def start_http_server(listen: str, fleet_view: FleetView, *,
+def start_http_server(listen: str, fleet_view: ViewSource, *,
                       allowed_hosts: Collection[str] = (),
                       secret: bytes | None = None) -> HttpServer:
     """Listen on `listen` ("host:port", "[::1]:port"; port 0 picks a free one) and serve.
@@ -193,7 +193,7 @@ class _App:
     """What the handlers share: the view, the metrics registry, the Host policy and the
     identity secret."""
 
-    def __init__(self, fleet_view: FleetView, hosts: HostPolicy, secret: bytes | None) -> None:
+    def __init__(self, fleet_view: ViewSource, hosts: HostPolicy, secret: bytes | None) -> None:
         self.fleet_view = fleet_view
         self.registry = metrics_registry(fleet_view)
         self.hosts = hosts
@@ -205,7 +205,7 @@ class _App:
         return handler.output()
 
     def healthz(self) -> Response:
-        supervisor = _mapping(self.fleet_view().get("supervisor"))
+        supervisor = mapping(self.fleet_view().get("supervisor"))
         age = supervisor.get("loop_age_seconds")
         if isinstance(age, (int, float)) and age < LIVENESS_SECONDS:
             return _json(200, {"status": "ok", "loop_age_seconds": age})
@@ -214,12 +214,12 @@ class _App:
         return _json(503, {"status": "stalled", "loop_age_seconds": age, "reason": why})
 
     def readyz(self) -> Response:
-        instances = _mapping(self.fleet_view().get("instances"))
+        instances = mapping(self.fleet_view().get("instances"))
         if not instances:
             return _json(503, {"status": "not ready", "reason": "no instances", "not_ready": []})
         waiting = [{"instance_id": ident, "reason": why}
                    for ident, entry in sorted(instances.items())
-                   if (why := not_ready_reason(_mapping(entry)))]
+                   if (why := not_ready_reason(mapping(entry)))]
         if waiting:
             return _json(503, {"status": "not ready", "not_ready": waiting})
         return _json(200, {"status": "ready", "instances": len(instances)})
@@ -241,7 +241,7 @@ def not_ready_reason(entry: Mapping[str, Any]) -> str:
     if state != "RUNNING":
         detail = entry.get("reason") or entry.get("last_exit")
         return f"state {state}" + (f": {detail}" if detail else "")
-    heartbeat = _mapping(entry.get("heartbeat"))
+    heartbeat = mapping(entry.get("heartbeat"))
     connected = heartbeat.get("broker_connected")
     if connected is True:  # connected, yet an event may be held (unroutable) or blocked
         problem = heartbeat.get("problem")
@@ -264,10 +264,6 @@ _PROBES = ("/healthz", "/readyz")
 
 def _json(status: int, body: Any) -> Response:
     return status, _JSON, json.dumps(body, default=str).encode() + b"\n"
-
-
-def _mapping(value: Any) -> Mapping[str, Any]:
-    return value if isinstance(value, Mapping) else {}
 
 
 # ---------------------------------------------------------------- one request

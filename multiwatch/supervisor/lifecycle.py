@@ -29,9 +29,10 @@ from collections.abc import Callable
 from functools import partial
 from multiprocessing.connection import Connection
 from multiprocessing.context import SpawnContext, SpawnProcess
-from typing import TYPE_CHECKING, Any, Protocol
+from typing import TYPE_CHECKING, Protocol
 
-from multiwatch.config import BrokerConfig, InstanceConfig, SupervisorConfig, mask_url
+from multiwatch.config import BrokerConfig, SupervisorConfig, mask_url
+from multiwatch.status_view import ChildView, Heartbeat, Resources
 from multiwatch.supervisor.event_rate import EventRate, event_total
 from multiwatch.watcher.spec import EXIT_DIRECTORY_GONE, ChildSpec, Report, run_child
 
@@ -108,7 +109,7 @@ class Child:
         self.restarts = 0
         self.started_at = 0.0
         self.last_heartbeat = 0.0
-        self.snapshot: dict[str, Any] = {}
+        self.snapshot: Heartbeat = {}
         self._rate: EventRate | None = None  # from the first heartbeat of each start
         self.last_exit = ""
         self.reason = ""  # why it is not RUNNING, for /status
@@ -166,7 +167,7 @@ class Child:
                     self.reason = str(payload.get("reason", "waiting"))
                 elif kind == Report.HEARTBEAT:
                     self.snapshot = payload
-                    total = event_total(payload) if isinstance(payload, dict) else None
+                    total = event_total(payload)
                     if total is not None:
                         if self._rate is None:  # its counters started from 0 at its start
                             self._rate = EventRate(self.started_at)
@@ -260,9 +261,11 @@ class Child:
     def kill(self) -> None:
         self._signal(signal.SIGKILL)
 
-    def view(self, now: float) -> dict[str, Any]:
-        """This child as /status shows it (resources are added by the supervisor)."""
+    def view(self, now: float, resources: Resources | None = None) -> ChildView:
+        """This child as /status shows it, with the supervisor's last sample of its
+        `resources`."""
         alive = self.process is not None
+        instance = self.spec.instance
         return {
             "state": str(self.state),
             "pid": self.pid,
@@ -271,11 +274,16 @@ class Child:
             "last_exit": self.last_exit,
             # Not RUNNING: why; RUNNING: what keeps its events from leaving, if anything.
             "reason": self.reason or str(self.snapshot.get("problem") or ""),
-            "directory": self.spec.instance.directory,
+            "directory": instance.directory,
             "heartbeat_age_seconds": round(now - self.last_heartbeat, 1) if alive else None,
             "heartbeat": self.snapshot,
             "events_per_minute": self._rate.per_minute(now) if self._rate and alive else None,
-            **limits_view(self.spec.instance),
+            "resources": resources,
+            # The resource limits as the roster sets them: bytes (0: none), None: inherit.
+            "memory_limit": instance.memory_limit,
+            "read_rate_limit": instance.read_rate_limit,
+            "nice": instance.nice,
+            "ionice": instance.ionice,
         }
 
     def _signal(self, signum: signal.Signals) -> None:
@@ -286,12 +294,6 @@ class Child:
                 process.kill()
             else:
                 process.terminate()
-
-
-def limits_view(instance: InstanceConfig) -> dict[str, Any]:
-    """The instance's resource limits as the roster sets them: bytes (0: none), None: inherit."""
-    return {"memory_limit": instance.memory_limit, "read_rate_limit": instance.read_rate_limit,
-            "nice": instance.nice, "ionice": instance.ionice}
 
 
 def broker_description(broker: BrokerConfig) -> str:

@@ -11,7 +11,7 @@ The README's metrics table documents every name here (a test keeps them in step)
 from __future__ import annotations
 
 import math
-from collections.abc import Callable, Iterator, Mapping
+from collections.abc import Iterator, Mapping
 from dataclasses import dataclass
 from typing import Any, Literal
 
@@ -25,9 +25,8 @@ from prometheus_client.core import (
 from prometheus_client.registry import Collector
 from prometheus_client.utils import floatToGoString
 
+from multiwatch.status_view import ViewSource, dig, mapping, number
 from multiwatch.supervisor.lifecycle import State
-
-FleetView = Callable[[], Mapping[str, Any]]
 
 STATES = tuple(State)  # every lifecycle state gets a series, 0 or 1
 LATENCY_METRIC = "multiwatch_event_latency_seconds"
@@ -164,14 +163,14 @@ def metric_names() -> list[str]:
 class FleetCollector(Collector):
     """Reads `fleet_view()` at every scrape; register it on a private CollectorRegistry."""
 
-    def __init__(self, fleet_view: FleetView) -> None:
+    def __init__(self, fleet_view: ViewSource) -> None:
         self._fleet_view = fleet_view
 
     def collect(self) -> Iterator[Metric]:
         yield from fleet_metrics(self._fleet_view())
 
 
-def metrics_registry(fleet_view: FleetView) -> CollectorRegistry:
+def metrics_registry(fleet_view: ViewSource) -> CollectorRegistry:
     """A private registry holding only the fleet collector (no process/platform defaults)."""
     registry = CollectorRegistry(auto_describe=False)
     registry.register(FleetCollector(fleet_view))
@@ -185,21 +184,21 @@ def render_metrics(registry: CollectorRegistry) -> bytes:
 
 def fleet_metrics(view: Mapping[str, Any]) -> list[Metric]:
     """The metric families for one fleet view."""
-    instances = _mapping(view.get("instances"))
-    supervisor = _mapping(view.get("supervisor"))
+    instances = mapping(view.get("instances"))
+    supervisor = mapping(view.get("supervisor"))
     families: list[Metric] = []
     for spec in INSTANCE_METRICS:
         family = _family(spec, ["instance_id"])
         for ident, entry in sorted(instances.items()):
-            value = _number(_dig(entry, spec.path))
+            value = _number(dig(entry, spec.path))
             if value is None and spec.zero_if_unlisted:
-                value = 0.0 if isinstance(_dig(entry, spec.path[:-1]), Mapping) else None
+                value = 0.0 if isinstance(dig(entry, spec.path[:-1]), Mapping) else None
             if value is not None:
                 family.add_metric([str(ident)], value)
         families.append(family)
     for spec in SUPERVISOR_METRICS:
         family = _family(spec, [])
-        value = _number(_dig(supervisor, spec.path))
+        value = _number(dig(supervisor, spec.path))
         if value is not None:
             family.add_metric([], value)
         families.append(family)
@@ -222,7 +221,7 @@ def _state_families(instances: Mapping[str, Any]) -> list[Metric]:
                               SPECIAL_METRICS["multiwatch_instance_state"],
                               labels=["instance_id", "state"])
     for ident, entry in sorted(instances.items()):
-        current = str(_mapping(entry).get("state", ""))
+        current = str(mapping(entry).get("state", ""))
         up.add_metric([str(ident)], 1.0 if current == "RUNNING" else 0.0)
         known = STATES if current in STATES or not current else (*STATES, current)
         for name in known:
@@ -234,7 +233,7 @@ def _latency_family(instances: Mapping[str, Any]) -> HistogramMetricFamily:
     family = HistogramMetricFamily(LATENCY_METRIC, SPECIAL_METRICS[LATENCY_METRIC],
                                    labels=["instance_id"])
     for ident, entry in sorted(instances.items()):
-        histogram = _histogram(_dig(entry, ("heartbeat", "latency")))
+        histogram = _histogram(dig(entry, ("heartbeat", "latency")))
         if histogram is not None:
             buckets, total = histogram
             family.add_metric([str(ident)], buckets, total)
@@ -245,7 +244,7 @@ def _window_family(instances: Mapping[str, Any]) -> GaugeMetricFamily:
     family = GaugeMetricFamily(WINDOW_METRIC, SPECIAL_METRICS[WINDOW_METRIC],
                                labels=["instance_id", "kind"])
     for ident, entry in sorted(instances.items()):
-        counts = _mapping(_dig(entry, ("heartbeat", "unusual_activity", "events")))
+        counts = mapping(dig(entry, ("heartbeat", "unusual_activity", "events")))
         for kind, count in sorted(counts.items()):
             if (value := _number(count)) is not None:
                 family.add_metric([str(ident), str(kind)], value)
@@ -254,7 +253,7 @@ def _window_family(instances: Mapping[str, Any]) -> GaugeMetricFamily:
 
 def _histogram(raw: Any) -> tuple[list[tuple[str, float]], float] | None:
     """(le, cumulative count) pairs ending in +Inf, and the sum; None if `raw` is malformed."""
-    latency = _mapping(raw)
+    latency = mapping(raw)
     bounds, counts = latency.get("buckets"), latency.get("counts")
     total, count = _number(latency.get("sum")), _number(latency.get("count"))
     if not isinstance(bounds, list) or not isinstance(counts, list) or len(bounds) != len(counts):
@@ -274,20 +273,6 @@ def _histogram(raw: Any) -> tuple[list[tuple[str, float]], float] | None:
     return pairs, total
 
 
-def _dig(entry: Any, path: tuple[str, ...]) -> Any:
-    for key in path:
-        entry = _mapping(entry).get(key)
-    return entry
-
-
-def _mapping(value: Any) -> Mapping[str, Any]:
-    return value if isinstance(value, Mapping) else {}
-
-
-def _number(value: Any) -> float | None:
-    """A finite number (booleans count as 0/1); None for anything else."""
-    if isinstance(value, bool):
-        return float(value)
-    if isinstance(value, (int, float)) and math.isfinite(value):
-        return float(value)
-    return None
+def _number(value: object) -> float | None:
+    """A finite number, a flag as 0/1; None for anything else (no sample)."""
+    return number(value, bool_as_number=True)

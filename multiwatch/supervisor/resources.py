@@ -13,6 +13,8 @@ from dataclasses import dataclass
 
 import psutil
 
+from multiwatch.status_view import Resources
+
 log = logging.getLogger(__name__)
 
 
@@ -26,8 +28,10 @@ class Usage:
     threads: int
     read_bytes: int | None
 
-    def as_dict(self) -> dict[str, object]:
-        return dict(self.__dict__)
+    def as_dict(self) -> Resources:
+        return {"cpu_percent": self.cpu_percent, "rss_bytes": self.rss_bytes,
+                "open_files": self.open_files, "threads": self.threads,
+                "read_bytes": self.read_bytes}
 
 
 class ResourceMeter:

@@ -13,6 +13,7 @@ import sqlite3
 import time
 
 from multiwatch.logs import lines_written_together
+from multiwatch.status_view import LastEvent
 from multiwatch.watcher.hashing import Hashed
 from multiwatch.watcher.message import Event
 from multiwatch.watcher.outbox import OutboxGauge
@@ -35,7 +36,7 @@ class CommitBuffer:
         self._event_logs: list[dict[str, object]] = []  # logged once stored
         self.failures = 0  # commits failed in a row
         self._retry_at = 0.0
-        self.last_event: dict[str, object] | None = None  # the latest stored, for /status
+        self.last_event: LastEvent | None = None  # the latest stored, for /status
 
     @property
     def empty(self) -> bool:
@@ -83,7 +84,7 @@ class CommitBuffer:
                 log.info(event.event_type.replace("_", " "), extra=fields)
         if self._event_logs:
             last = self._event_logs[-1]
-            self.last_event = {"event_type": last["event_type"], "path": last["path"],
+            self.last_event = {"event_type": str(last["event_type"]), "path": str(last["path"]),
                                "at": time.time()}
         self.files = {}
         self.events = []

@@ -16,7 +16,7 @@ import sqlite3
 import sys
 import threading
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterator, Mapping
 from multiprocessing.connection import Connection
 
 import setproctitle
@@ -24,6 +24,7 @@ from watchdog.observers.api import BaseObserver
 
 from multiwatch.config import InstanceConfig
 from multiwatch.logs import setup_logging
+from multiwatch.status_view import Heartbeat
 from multiwatch.watcher.filters import PathFilter
 from multiwatch.watcher.hash_pool import HashPool
 from multiwatch.watcher.hash_slots import HashSlots
@@ -142,8 +143,8 @@ def _run(spec: ChildSpec, to_parent: Connection, stop: _Stop) -> int:
                         remembered=Mount.from_json(store.meta(META_KEY)),
                         follow_submounts=instance.recursive and not instance.one_filesystem,
                         wanted=PathFilter(instance.include, instance.exclude).wants_directory)
-    heartbeat = _Heartbeat(parent, lambda: {**_snapshot(pipeline, publisher, gauge, problems),
-                                            "unmounted": mounts.any_unmounted},
+    heartbeat = _Heartbeat(parent, lambda: _snapshot(pipeline, publisher, gauge, problems,
+                                                     mounts),
                            lambda: (_activity(pipeline, publisher, gauge, problems),
                                     mounts.any_unmounted),
                            hang_timeout=spec.hang_timeout_seconds)
@@ -366,7 +367,7 @@ def _activity(pipeline: Pipeline, publisher: Publisher, gauge: OutboxGauge,
 
 
 def _snapshot(pipeline: Pipeline, publisher: Publisher, gauge: OutboxGauge,
-              problems: ProblemCounter) -> dict[str, object]:
+              problems: ProblemCounter, mounts: MountGuard) -> Heartbeat:
     """The status a heartbeat carries to the supervisor (and on to /status and /metrics)."""
     return {
         "events": dict(pipeline.counts),
@@ -389,11 +390,12 @@ def _snapshot(pipeline: Pipeline, publisher: Publisher, gauge: OutboxGauge,
         "deletions_held": pipeline.deletions.held,  # found gone by a scan, not announced
         # Checked here too, so the signal ends within a heartbeat of the window emptying.
         "unusual_activity": pipeline.unusual_activity.snapshot(),
+        "unmounted": mounts.any_unmounted,
         **activity_snapshot(pipeline),
     }
 
 
-def activity_snapshot(pipeline: Pipeline) -> dict[str, object]:
+def activity_snapshot(pipeline: Pipeline) -> Heartbeat:
     """What a person asks first: how many files are tracked, what was announced last, when
     (wall-clock seconds)."""
     return {"files_tracked": len(pipeline.known), "last_event": pipeline.last_event}
@@ -482,7 +484,7 @@ class _Heartbeat:
     changes, else every IDLE_HEARTBEAT_SECONDS.  Called from the work loop and from inside
     long work (hashing a huge file), never from a side thread: a hung loop goes silent."""
 
-    def __init__(self, parent: _ParentLink, snapshot: Callable[[], dict[str, object]],
+    def __init__(self, parent: _ParentLink, snapshot: Callable[[], Heartbeat],
                  activity: Callable[[], object], *, hang_timeout: float,
                  clock: Callable[[], float] = time.monotonic) -> None:
         self._parent = parent
@@ -518,7 +520,7 @@ class _ParentLink:
         self._parent_pid = parent_pid
         self._broken = False
 
-    def send(self, kind: Report, payload: dict[str, object]) -> None:
+    def send(self, kind: Report, payload: Mapping[str, object]) -> None:
         if self._broken:
             return
         try:

@@ -25,6 +25,7 @@ import time
 from collections.abc import Callable
 
 from multiwatch.config import InstanceConfig
+from multiwatch.status_view import LastEvent
 from multiwatch.watcher.announce import Announcer
 from multiwatch.watcher.commit_buffer import CommitBuffer
 from multiwatch.watcher.confined import ConfinedRoot
@@ -262,7 +263,7 @@ class Pipeline:
             return False  # unreadable (or a mount failing for a while) is not deleted
 
     @property
-    def last_event(self) -> dict[str, object] | None:
+    def last_event(self) -> LastEvent | None:
         """The latest event stored (type, path, wall-clock time), for /status."""
         return self._buffer.last_event
 

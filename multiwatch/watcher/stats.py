@@ -5,7 +5,8 @@ from __future__ import annotations
 import bisect
 import logging
 import threading
-from typing import Any
+
+from multiwatch.status_view import LatencySnapshot
 
 # Seconds from the first notification of a change to the broker's confirm of its event.
 LATENCY_BUCKETS = (0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0, 60.0)
@@ -24,7 +25,7 @@ class LatencyHistogram:
             self._counts[bisect.bisect_left(LATENCY_BUCKETS, seconds)] += 1
             self._sum += seconds
 
-    def snapshot(self) -> dict[str, Any]:
+    def snapshot(self) -> LatencySnapshot:
         """Cumulative counts per upper bound, as /metrics exposes them."""
         with self._lock:
             counts, total = list(self._counts), self._sum

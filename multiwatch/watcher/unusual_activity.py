@@ -21,6 +21,7 @@ from collections import deque
 from collections.abc import Callable
 
 from multiwatch.config.activity import UnusualActivityConfig
+from multiwatch.status_view import UnusualActivitySnapshot
 from multiwatch.watcher.message import FILE_DELETED, FILE_MODIFIED, FILE_MOVED
 
 log = logging.getLogger(__name__)
@@ -75,7 +76,7 @@ class UnusualActivity:
         """The events of each kind within the window (as of the last record or snapshot)."""
         return dict(zip(KINDS, self._totals, strict=True))
 
-    def snapshot(self) -> dict[str, object]:
+    def snapshot(self) -> UnusualActivitySnapshot:
         """The heartbeat's `unusual_activity` entry (after checking the threshold)."""
         config = self.config
         if config is None:

@@ -11,7 +11,7 @@ from multiwatch.config import BrokerConfig, InstanceConfig, SupervisorConfig
 from multiwatch.supervisor.dashboard import render_page
 from multiwatch.supervisor.lifecycle import Child, State
 from multiwatch.watcher.main import activity_snapshot
-from multiwatch.watcher.observe import RawEvent
+from multiwatch.watcher.observe import EventKind, RawEvent
 from multiwatch.watcher.spec import ChildSpec
 from tests.support.fleet_view import fleet, get, heartbeat, instance, serve
 from tests.watcher.test_pipeline import make_pipeline, settle_all
@@ -92,11 +92,12 @@ def test_the_heartbeat_tells_files_tracked_and_the_last_event(tmp_path: Path) ->
     (root / "a.txt").write_bytes(b"a")
     (root / "b.txt").write_bytes(b"b")
     for name in ("a.txt", "b.txt"):
-        pipeline.notifications.put(RawEvent("created", False, name))
+        pipeline.notifications.put(RawEvent(EventKind.CREATED, False, name))
         settle_all(pipeline)
     snapshot = activity_snapshot(pipeline)
     assert snapshot["files_tracked"] == 2
     last = snapshot["last_event"]
+    assert last is not None
     assert last["event_type"] == "file_discovered" and last["path"] == str(root / "b.txt")
     assert isinstance(last["at"], float) and last["at"] > 1.7e9  # wall clock, for people
 

@@ -5,7 +5,7 @@ from __future__ import annotations
 import copy
 import urllib.error
 import urllib.request
-from collections.abc import Iterator
+from collections.abc import Iterator, Mapping
 from contextlib import contextmanager
 from typing import Any
 
@@ -47,7 +47,7 @@ def instance(state: str = "RUNNING", **overrides: Any) -> dict[str, Any]:
     return entry
 
 
-def fleet(instances: dict[str, dict[str, Any]], *, loop_age: float = 0.2) -> dict[str, Any]:
+def fleet(instances: Mapping[str, Mapping[str, Any]], *, loop_age: float = 0.2) -> dict[str, Any]:
     """A whole fleet view around `instances`."""
     return {
         "supervisor": {"pid": 100, "uptime_seconds": 3700.0, "loop_age_seconds": loop_age,

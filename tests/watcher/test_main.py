@@ -58,7 +58,7 @@ class _Clock:
 def _heartbeat(activity: list[int], *, hang_timeout: float = 60.0) -> tuple[_Heartbeat, _Parent,
                                                                              _Clock]:
     parent, clock = _Parent(), _Clock()
-    beat = _Heartbeat(parent, lambda: {"events": activity[0]}, lambda: activity[0],  # type: ignore[arg-type]
+    beat = _Heartbeat(parent, lambda: {"files_hashed": activity[0]}, lambda: activity[0],  # type: ignore[arg-type]
                       hang_timeout=hang_timeout, clock=clock)
     return beat, parent, clock
 
@@ -91,7 +91,7 @@ def test_a_busy_watcher_heartbeats_every_second() -> None:
         activity[0] += 1
         sent += _sent_at(beat, parent, clock, [step * 0.25])
     assert sent == [i * HEARTBEAT_SECONDS for i in range(11)]
-    assert parent.sent[-1] == ("heartbeat", {"events": activity[0]})
+    assert parent.sent[-1] == ("heartbeat", {"files_hashed": activity[0]})
 
 
 def test_the_loop_wakes_when_the_next_heartbeat_is_due() -> None:
