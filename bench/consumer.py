@@ -1,6 +1,7 @@
 """The benchmark consumer: a separate process that timestamps every message it receives.
 
     python bench/consumer.py URL QUEUE OUT.json [--expect N] [--linger S] [--deadline S]
+                                                [--progress]
 
 Declares the application's topology (durable topic exchange `file_events`, durable queue
 QUEUE bound with `file.#`), prints `ready`, then consumes without acks (no_ack, prefetch
@@ -11,8 +12,9 @@ directly with a writer's close() times in another process.
 Files whose name starts with `_probe` are readiness probes: each is printed as
 `probe PATH` when it arrives and is not counted.  The process exits after it has seen
 `--expect` distinct other paths and `--linger` more seconds (to catch duplicates), after
-`--deadline` seconds, or on SIGTERM; then it writes OUT.json.  A separate process so that
-neither the writer nor the consumer steals the other's GIL.
+`--deadline` seconds, or on SIGTERM; then it writes OUT.json.  With `--progress` it also
+prints `count N` (distinct non-probe paths so far) whenever N grew, at most every 50 ms.
+A separate process so that neither the writer nor the consumer steals the other's GIL.
 """
 
 from __future__ import annotations
@@ -52,6 +54,7 @@ def main() -> int:
     parser.add_argument("--expect", type=int, default=0)
     parser.add_argument("--linger", type=float, default=1.0)
     parser.add_argument("--deadline", type=float, default=300.0)
+    parser.add_argument("--progress", action="store_true")
     args = parser.parse_args()
 
     stop = False
@@ -87,8 +90,13 @@ def main() -> int:
     print("ready", flush=True)
     deadline = time.monotonic() + args.deadline
     reached: float | None = None
+    told = 0
+    told_at = 0.0
     while not stop:
         now = time.monotonic()
+        if args.progress and len(distinct) > told and now - told_at >= 0.05:
+            told, told_at = len(distinct), now
+            print("count", told, flush=True)
         if now >= deadline:
             break
         if args.expect and len(distinct) >= args.expect:

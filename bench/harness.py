@@ -34,6 +34,7 @@ from tests.support.rabbitmq import RabbitMQ
 
 ROOT = Path(__file__).resolve().parent.parent
 CONSUMER = Path(__file__).resolve().parent / "consumer.py"
+TRICKLE = Path(__file__).resolve().parent / "trickle.py"
 PROBE_PREFIX = "_probe"
 KIB = 1024
 MIB = 1024 * KIB
@@ -273,12 +274,21 @@ class Watcher:
             time.sleep(poll)
 
     def children(self) -> list[psutil.Process]:
-        """The watcher children (multiprocessing spawn), not helper processes."""
+        """The watcher processes, not helper processes; any depth below the supervisor (a
+        child forked by a template process is its grandchild)."""
         try:
-            kids = psutil.Process(self.pid).children()
+            kids = psutil.Process(self.pid).children(recursive=True)
         except psutil.NoSuchProcess:
             return []
         return [c for c in kids if is_watcher(c)]
+
+    def helpers(self) -> list[psutil.Process]:
+        """Every other process below the supervisor (resource tracker, template process)."""
+        try:
+            kids = psutil.Process(self.pid).children(recursive=True)
+        except psutil.NoSuchProcess:
+            return []
+        return [c for c in kids if not is_watcher(c)]
 
     def wait_children(self, count: int, timeout: float = 60) -> list[psutil.Process]:
         deadline = time.monotonic() + timeout
@@ -329,14 +339,16 @@ class Consumer:
     """bench/consumer.py as a child process; `probe` lines are collected as they come."""
 
     def __init__(self, url: str, queue: str, out: Path, *, expect: int, linger: float = 1.0,
-                 deadline: float = 300.0) -> None:
+                 deadline: float = 300.0, progress: bool = False) -> None:
         self.out = out
         self.process = subprocess.Popen(
             [sys.executable, str(CONSUMER), url, queue, str(out), "--expect", str(expect),
-             "--linger", str(linger), "--deadline", str(deadline)],
+             "--linger", str(linger), "--deadline", str(deadline)]
+            + (["--progress"] if progress else []),
             cwd=ROOT, stdin=subprocess.DEVNULL, stdout=subprocess.PIPE, text=True,
             start_new_session=True)
         self.probes: set[str] = set()
+        self.count = 0  # distinct non-probe paths received so far (with progress=True)
         self._ready = threading.Event()
         self._changed = threading.Condition()
         threading.Thread(target=self._read, daemon=True).start()
@@ -353,6 +365,21 @@ class Consumer:
                 with self._changed:
                     self.probes.add(line[6:].rstrip("\n"))
                     self._changed.notify_all()
+            elif line.startswith("count "):
+                with self._changed:
+                    self.count = int(line.split()[1])
+                    self._changed.notify_all()
+
+    def wait_count(self, count: int, timeout: float) -> bool:
+        """Wait until `count` distinct non-probe paths arrived (needs progress=True)."""
+        deadline = time.monotonic() + timeout
+        with self._changed:
+            while self.count < count:
+                remaining = deadline - time.monotonic()
+                if remaining <= 0 or self.process.poll() is not None:
+                    return False
+                self._changed.wait(min(remaining, 0.2))
+        return True
 
     def wait_probes(self, paths: Sequence[Path], timeout: float) -> None:
         wanted = {str(p) for p in paths}
@@ -385,6 +412,56 @@ class Consumer:
         if self.out.exists():
             return Consumed(json.loads(self.out.read_text())["records"])
         return None
+
+
+def peak_rss(pid: int) -> int:
+    """The process's peak resident set (VmHWM) in bytes, or 0 if it is gone."""
+    with contextlib.suppress(OSError):
+        for line in Path(f"/proc/{pid}/status").read_text().splitlines():
+            if line.startswith("VmHWM:"):
+                return int(line.split()[1]) * KIB
+    return 0
+
+
+class Trickle:
+    """bench/trickle.py as a child process: one small file every `interval` seconds, in
+    turn into each of `dirs`, named as readiness probes (so the consumer reports each as
+    it arrives and does not count it among a scenario's files) until stop().  A separate
+    interpreter, so neither the benchmark's own writers nor its GIL delay the trickle."""
+
+    def __init__(self, dirs: Sequence[Path], out: Path, interval: float) -> None:
+        self.out = out
+        self.process = subprocess.Popen(
+            [sys.executable, str(TRICKLE), str(out), str(interval), *map(str, dirs)],
+            cwd=ROOT, stdin=subprocess.DEVNULL, stdout=subprocess.PIPE, text=True,
+            start_new_session=True)
+        assert self.process.stdout is not None
+        line = self.process.stdout.readline()  # "started T": its schedule's origin
+        if not line.startswith("started "):
+            self.stop()
+            raise RuntimeError("trickle writer did not start")
+        self.started = float(line.split()[1])
+
+    def stop(self) -> dict[str, float]:
+        """Stop writing; {path: close() time on CLOCK_MONOTONIC} of every file written."""
+        if self.process.poll() is None:
+            self.process.send_signal(signal.SIGTERM)
+            try:
+                self.process.wait(timeout=30)
+            except subprocess.TimeoutExpired:
+                self.process.kill()
+                self.process.wait()
+        if not self.out.exists():
+            return {}
+        return {path: t for path, t in json.loads(self.out.read_text())["closed"]}
+
+
+def arrivals(got: Consumed) -> dict[str, float]:
+    """First receive time of every path, probes included."""
+    first: dict[str, float] = {}
+    for t, path, *_ in got.records:
+        first.setdefault(path, t)
+    return first
 
 
 def probe_ready(consumer: Consumer, dirs: Sequence[Path], timeout: float = 120) -> float:
