@@ -3,7 +3,7 @@
 Runs on the pipeline's thread.  A path noticed (by a notification or a scan) gets one
 record — when it was first noticed, its stat at the close that ended its writes, whether
 its last event was a close-after-write — dropped once the path is announced or forgotten.
-Announcing tracks the new state in `known` and queues the event in the commit buffer.
+Announcing tracks the new state in `tracked` and queues the event in the commit buffer.
 """
 
 from __future__ import annotations
@@ -27,7 +27,7 @@ from multiwatch.watcher.message import (
 )
 from multiwatch.watcher.outbox import OutboxGauge
 from multiwatch.watcher.settle import SettleTable
-from multiwatch.watcher.state import KnownFiles
+from multiwatch.watcher.state import TrackedFiles
 from multiwatch.watcher.unreadable import Unreadable
 from multiwatch.watcher.unusual_activity import UnusualActivity
 
@@ -47,14 +47,14 @@ class PathRecord:
 class Announcer:
     """Settles, moves and deletes paths, and announces what changed."""
 
-    def __init__(self, instance: InstanceConfig, known: KnownFiles, settle: SettleTable,
+    def __init__(self, instance: InstanceConfig, tracked: TrackedFiles, settle: SettleTable,
                  early: EarlyHashes, buffer: CommitBuffer, unreadable: Unreadable,
                  gauge: OutboxGauge, unusual_activity: UnusualActivity, *,
                  wants: Callable[[str], bool], mount_lost: Callable[[str], bool],
                  resolve: Callable[[str], Resolved | None]) -> None:
         self.instance = instance
         self.root = instance.directory
-        self.known = known
+        self.tracked = tracked
         self.settle = settle
         self._early = early
         self._buffer = buffer
@@ -139,7 +139,7 @@ class Announcer:
 
     def tracked_under(self, relative_dir: str) -> list[str]:
         prefix = relative_dir + "/"
-        return sorted(set(self.known.paths_under(relative_dir)) |
+        return sorted(set(self.tracked.paths_under(relative_dir)) |
                       set(self.settle.under(relative_dir)) |
                       {p for p in self._early.jobs if p.startswith(prefix)})
 
@@ -180,7 +180,7 @@ class Announcer:
     def hashed(self, relative: str, hashed: Hashed) -> None:
         """Track a freshly hashed version and announce it if its content is new."""
         self._unreadable.readable(relative)
-        announced = self.known.get(relative)
+        announced = self.tracked.get(relative)
         self._buffer.track(relative, hashed)
         if announced is None:
             self._emit(FILE_DISCOVERED, relative, hashed)

@@ -17,7 +17,7 @@ from multiwatch.status_view import LastEvent
 from multiwatch.watcher.hashing import Hashed
 from multiwatch.watcher.message import Event
 from multiwatch.watcher.outbox import OutboxGauge
-from multiwatch.watcher.state import KnownFiles, StateStore
+from multiwatch.watcher.state import StateStore, TrackedFiles
 
 log = logging.getLogger("multiwatch.watcher.pipeline")  # (the logger these lines always had)
 
@@ -25,12 +25,12 @@ STORE_RETRY_MAX_SECONDS = 10.0
 
 
 class CommitBuffer:
-    """What the current step changed: `known` at once, the state database on commit()."""
+    """What the current step changed: `tracked` at once, the state database on commit()."""
 
-    def __init__(self, store: StateStore, gauge: OutboxGauge, known: KnownFiles) -> None:
+    def __init__(self, store: StateStore, gauge: OutboxGauge, tracked: TrackedFiles) -> None:
         self.store = store
         self.gauge = gauge
-        self.known = known
+        self.tracked = tracked
         self.files: dict[str, Hashed | None] = {}  # path → its new state (None: untracked)
         self.events: list[Event] = []
         self._event_logs: list[dict[str, object]] = []  # logged once stored
@@ -44,11 +44,11 @@ class CommitBuffer:
         return not (self.files or self.events or self.failures)
 
     def track(self, relative: str, hashed: Hashed) -> None:
-        self.known[relative] = hashed
+        self.tracked[relative] = hashed
         self.files[relative] = hashed
 
     def untrack(self, relative: str) -> Hashed | None:
-        announced = self.known.pop(relative, None)
+        announced = self.tracked.pop(relative, None)
         if announced is not None:
             self.files[relative] = None
         return announced

@@ -16,7 +16,7 @@ from collections.abc import Callable, Iterator
 from multiwatch.watcher.confined import ConfinedRoot
 from multiwatch.watcher.hash_pool import HashJob, HashPool
 from multiwatch.watcher.hashing import FileVersion
-from multiwatch.watcher.state import KnownFiles
+from multiwatch.watcher.state import TrackedFiles
 
 Resolved = tuple[str, os.stat_result]
 """The file to read for a path (itself, or a symlink's target inside the root) and its stat."""
@@ -25,11 +25,11 @@ Resolved = tuple[str, os.stat_result]
 class EarlyHashes:
     """The pool's jobs, one per path; with no pool every file is hashed inline."""
 
-    def __init__(self, pool: HashPool | None, confined: ConfinedRoot, known: KnownFiles,
+    def __init__(self, pool: HashPool | None, confined: ConfinedRoot, tracked: TrackedFiles,
                  resolve: Callable[[str], Resolved | None]) -> None:
         self.pool = pool
         self._confined = confined
-        self._known = known
+        self._tracked = tracked
         self._resolve = resolve
         self.jobs: dict[str, HashJob] = {}
 
@@ -51,7 +51,7 @@ class EarlyHashes:
         if job is not None and job.version == version and job.path == readable_path:
             return resolved  # already hashing this very version
         self.drop(relative)
-        announced = self._known.get(relative)
+        announced = self._tracked.get(relative)
         if st.st_size < self.pool.min_bytes or (
                 announced is not None and announced.version == version):
             return resolved
@@ -69,7 +69,7 @@ class EarlyHashes:
         st = resolved[1]
         if st.st_size >= self.pool.min_bytes:
             return None
-        announced = self._known.get(relative)
+        announced = self._tracked.get(relative)
         if announced is not None and announced.version == FileVersion.of(st):
             return None
         return resolved

@@ -155,18 +155,18 @@ def _run(spec: ChildSpec, to_parent: Connection, stop: _Stop) -> int:
     stop.wake_up = pipeline.notifications
     listen_for_lost_events(pipeline.notifications)
     observer: BaseObserver | None = None
-    why_waiting = mounts.why_waiting(tracked_files=len(pipeline.known))
+    why_waiting = mounts.why_waiting(tracked_files=len(pipeline.tracked))
     if why_waiting is None:
         observer = _start_watching(instance, pipeline, mounts, store)
         log.info("watching", extra={"path": instance.directory, "pid": os.getpid(),
                                     "settle_seconds": instance.settle_seconds,
-                                    "tracked_files": len(pipeline.known)})
+                                    "tracked_files": len(pipeline.tracked)})
         parent.send(Report.READY, {"pid": os.getpid()})
     else:  # a bare mount point: reconciling against it would delete every tracked file
         mounts.unmounted = True
         log.warning(f"{UNMOUNTED}; waiting for its mount before scanning",
                     extra={"path": instance.directory, "reason": why_waiting,
-                           "tracked_files": len(pipeline.known)})
+                           "tracked_files": len(pipeline.tracked)})
         parent.send(Report.WAITING, {"reason": UNMOUNTED})
     exit_code = 0
     next_scan = _next_scan(instance)
@@ -265,14 +265,14 @@ def _follow_mount(instance: InstanceConfig, pipeline: Pipeline, mounts: MountGua
             observer.join(timeout=OBSERVER_JOIN_SECONDS)
         _discard(pipeline.notifications)  # what the unmount looked like (polling: deletions)
         pipeline.root_missing = False
-    why_waiting = mounts.why_waiting(tracked_files=len(pipeline.known))
+    why_waiting = mounts.why_waiting(tracked_files=len(pipeline.tracked))
     if why_waiting is not None:
         parent.send(Report.WAITING, {"reason": UNMOUNTED})  # (also tells the hang check we live)
         return None
     _discard(pipeline.notifications)
     observer = _start_watching(instance, pipeline, mounts, store)
     log.info("directory mounted; watching and reconciling", extra={
-        "path": instance.directory, "tracked_files": len(pipeline.known),
+        "path": instance.directory, "tracked_files": len(pipeline.tracked),
         **(mounts.expected.fields() if mounts.expected else {})})
     parent.send(Report.READY, {"pid": os.getpid()})
     return observer
@@ -398,7 +398,7 @@ def _snapshot(pipeline: Pipeline, publisher: Publisher, gauge: OutboxGauge,
 def activity_snapshot(pipeline: Pipeline) -> Heartbeat:
     """What a person asks first: how many files are tracked, what was announced last, when
     (wall-clock seconds)."""
-    return {"files_tracked": len(pipeline.known), "last_event": pipeline.last_event}
+    return {"files_tracked": len(pipeline.tracked), "last_event": pipeline.last_event}
 
 
 def _hold_instance(spec: ChildSpec, parent: _ParentLink, stop: _Stop) -> bool:

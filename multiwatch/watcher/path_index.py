@@ -1,8 +1,8 @@
 """Relative paths grouped by directory, so the paths below a directory are found in time
-proportional to that subtree, not to every path known.
+proportional to that subtree, not to every tracked path.
 
 A directory event (deleted, moved) and a directory's reconcile scan each ask for the paths
-below one directory; filtering every known path by prefix made a tree of many directories
+below one directory; filtering every tracked path by prefix made a tree of many directories
 quadratic (thousands of albums moved or copied in, each asking about 100,000 paths).
 """
 

@@ -9,7 +9,7 @@ between steps).  Each `step`:
    its facts until then are one record per path (announce.PathRecord);
 3. hash: a small file here, a big one by the `HashPool`, started early at a
    close-after-write (early_hash.py); each outcome becomes an action in `_on_hash_outcome`;
-4. state/outbox: `known` (path → hashes of the announced version, loaded at start) decides
+4. state/outbox: `tracked` (path → hashes of the announced version, loaded at start) decides
    discovered, modified, unchanged, moved or deleted (announce.py); one transaction per
    step records the new file states with the events they caused (commit_buffer.py);
 5. publish: the publisher thread sends what the outbox holds (publisher.py).
@@ -75,11 +75,11 @@ class Pipeline:
         # the deletions a rescan finds), so heartbeats keep flowing.
         self._progress = progress or _nothing
         self.gauge = gauge
-        self.known = store.load_files()
-        self._buffer = CommitBuffer(store, gauge, self.known)  # this step's states, events
+        self.tracked = store.load_tracked()
+        self._buffer = CommitBuffer(store, gauge, self.tracked)  # this step's states, events
         self._paused_by_full_outbox = False
         self.unusual_activity = UnusualActivity(instance.unusual_activity,
-                                                lambda: len(self.known))
+                                                lambda: len(self.tracked))
         self.bytes_hashed = 0
         self.files_hashed = 0
         self.root_missing = False
@@ -90,19 +90,19 @@ class Pipeline:
         self._confined = ConfinedRoot(self.root, follow_symlinks=instance.follow_symlinks)
         # Big files being hashed by the pool (or hashed, waiting for their settle period).
         self.hash_pool = hash_pool
-        self._early = EarlyHashes(hash_pool, self._confined, self.known, self._resolve)
+        self._early = EarlyHashes(hash_pool, self._confined, self.tracked, self._resolve)
         if hash_pool is not None:
             hash_pool.set_wake(lambda: self.notifications.put(_WAKE))
         # One record per noticed path, and what its changes announce.
         self._announce = Announcer(
-            instance, self.known, self.settle, self._early, self._buffer, self._unreadable,
+            instance, self.tracked, self.settle, self._early, self._buffer, self._unreadable,
             gauge, self.unusual_activity, wants=lambda relative: self._router.wants(relative),
             mount_lost=lambda relative: self.mount_lost(relative), resolve=self._resolve)
         self.counts = self._announce.counts  # events announced, by type
         self.deletions = DeletionGuard(store, instance, gauge, is_gone=self._really_gone,
-                                       is_tracked=self.known.__contains__,
+                                       is_tracked=self.tracked.__contains__,
                                        announce=self._announce.gone, rescan=self.request_scan)
-        self._reconciler = Reconciler(instance, self._confined, self.filter, self.known,
+        self._reconciler = Reconciler(instance, self._confined, self.filter, self.tracked,
                                       self.settle, self._unreadable, self.deletions,
                                       self._startup, ReconcileActions(
             settle_later=self._announce.settle_later,
@@ -201,7 +201,7 @@ class Pipeline:
             # Still being written by someone who does not trigger events (mmap, NFS).
             self.settle.touch(relative, now, seen=version)
             return
-        announced = self.known.get(relative)
+        announced = self.tracked.get(relative)
         if announced is not None and announced.version == version:
             self._unreadable.readable(relative)
             return
@@ -288,7 +288,7 @@ class Pipeline:
 
     def _save_fingerprints(self, *, changed_too: bool = False) -> None:
         try:
-            self.known.save_fingerprints(changed_too=changed_too)
+            self.tracked.save_fingerprints(changed_too=changed_too)
         except sqlite3.Error as exc:  # they only spare the next scan some reading
             log.debug("cannot save directory fingerprints: %s", exc)
 

@@ -20,7 +20,7 @@ from multiwatch.watcher.hashing import FileVersion, Version
 from multiwatch.watcher.scan import ScanBatch, scan_batches
 from multiwatch.watcher.settle import SettleTable
 from multiwatch.watcher.startup_progress import StartupProgress
-from multiwatch.watcher.state import KnownFiles, directory_of
+from multiwatch.watcher.state import TrackedFiles, directory_of
 from multiwatch.watcher.unreadable import Unreadable
 
 # What a directory costs the walk in files' worth: an open, a listing, an inotify watch.
@@ -37,7 +37,7 @@ class _Scan:
     relative_dir: str
     batches: Iterator[ScanBatch]
     started: bool = False
-    changes_at_start: int = 0  # known.changes when the walk began
+    changes_at_start: int = 0  # tracked.changes when the walk began
     # The batches of the directory being listed, compared once its listing is whole.
     held: list[ScanBatch] = dataclasses.field(default_factory=list)
     oversized: str | None = None  # a directory too big to hold: compared batch by batch
@@ -64,13 +64,13 @@ class Reconciler:
     """The walks requested (a stack: the newest goes first) and their comparison."""
 
     def __init__(self, instance: InstanceConfig, confined: ConfinedRoot,
-                 path_filter: PathFilter, known: KnownFiles, settle: SettleTable,
+                 path_filter: PathFilter, tracked: TrackedFiles, settle: SettleTable,
                  unreadable: Unreadable, deletions: DeletionGuard,
                  startup: StartupProgress, actions: ReconcileActions) -> None:
         self.instance = instance
         self._confined = confined
         self._filter = path_filter
-        self.known = known
+        self.tracked = tracked
         self._settle = settle
         self._unreadable = unreadable
         self._deletions = deletions
@@ -117,7 +117,7 @@ class Reconciler:
         deadline = now + max_seconds
         scan = self.scans[-1]
         if not scan.started:
-            scan.started, scan.changes_at_start = True, self.known.changes
+            scan.started, scan.changes_at_start = True, self.tracked.changes
             self._queued.discard(scan.relative_dir)
         cost = 0
         while cost < max_entries and (cost == 0 or time.monotonic() < deadline):
@@ -164,7 +164,7 @@ class Reconciler:
             listing = {}
             for batch in batches:
                 listing.update(batch)
-        if whole and self.known.unchanged_directory(directory, listing):
+        if whole and self.tracked.unchanged_directory(directory, listing):
             scan.vouched += len(listing)
             scan.vouched_directories.add(directory)
             return
@@ -172,29 +172,29 @@ class Reconciler:
         for batch in batches:
             unchanged = not self._compare(scan, batch, now) and unchanged
         if whole and unchanged:
-            self.known.vouch(directory, listing)
+            self.tracked.vouch(directory, listing)
 
     def _compare(self, scan: _Scan, batch: ScanBatch, now: float) -> bool:
         """Settle a batch's new or changed files (unchanged ones are compared as plain
         tuples); True if there were any."""
         scan.seen.update(batch)
-        changed = self.known.changed(batch, batch.directory)
-        scan.tracked_seen += self.known.tracked_among(batch) if changed else len(batch)
+        changed = self.tracked.changed(batch, batch.directory)
+        scan.tracked_seen += self.tracked.tracked_among(batch) if changed else len(batch)
         for relative, (size, mtime_ns, inode) in changed:
             self._do.settle_later(relative, now,
                                   FileVersion(size=size, mtime_ns=mtime_ns, inode=inode))
         return bool(changed)
 
     def _reconcile_unseen(self, scan: _Scan) -> None:
-        """Announced files the scan did not meet are deleted, if they are really gone
-        (a file renamed behind the walk's back is still on disk and stays known)."""
-        known, vouched = self.known, scan.vouched_directories
-        if not scan.relative_dir and known.changes == scan.changes_at_start and (
-                scan.vouched + scan.tracked_seen == len(known)):
+        """Tracked files the scan did not meet are deleted, if they are really gone
+        (a file renamed behind the walk's back is still on disk and stays tracked)."""
+        tracked, vouched = self.tracked, scan.vouched_directories
+        if not scan.relative_dir and tracked.changes == scan.changes_at_start and (
+                scan.vouched + scan.tracked_seen == len(tracked)):
             self._announce_gone(scan, [])  # every tracked file was met (held ones too)
             return  # and none was tracked meanwhile
-        tracked = known.paths_under(scan.relative_dir)
-        unseen = [p for p in tracked if p not in scan.seen and directory_of(p) not in vouched]
+        unseen = [p for p in tracked.paths_under(scan.relative_dir)
+                  if p not in scan.seen and directory_of(p) not in vouched]
         gone: list[str] = []
         for relative in sorted(unseen):
             self._do.progress()  # (an lstat each: a mass deletion, a slow mount)
@@ -204,6 +204,6 @@ class Reconciler:
 
     def _announce_gone(self, scan: _Scan, gone: list[str]) -> None:
         """Announce what a scan found gone, unless too many: those are held (deletion_guard)."""
-        for relative in self._deletions.scan_found(scan.relative_dir, gone, len(self.known)):
+        for relative in self._deletions.scan_found(scan.relative_dir, gone, len(self.tracked)):
             self._do.progress()
             self._do.gone(relative)

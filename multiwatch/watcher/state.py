@@ -1,7 +1,7 @@
 """Durable per-instance state: tracked files and the outbox, in one sqlite database (WAL).
 
 Beside them: the number of tracked files and fingerprints of unchanged directories, which
-spare a restart from reading the files table (see KnownFiles).
+spare a restart from reading the files table (see TrackedFiles).
 
 The pipeline thread records a file's new state and the events it causes in one
 transaction, so after a crash either both exist or neither does: the outbox replays what
@@ -55,7 +55,7 @@ MIGRATIONS: tuple[str, ...] = (
         body BLOB NOT NULL
     );
     """,
-    # 1 → 2: fingerprints of unchanged directories (KnownFiles), so a restart need not
+    # 1 → 2: fingerprints of unchanged directories (TrackedFiles), so a restart need not
     # read the rows of a directory whose listing has not changed; and the number of
     # tracked files, kept by triggers, so it is known without reading every row.
     """
@@ -257,9 +257,9 @@ class StateStore:
         self._conn.execute("INSERT INTO meta VALUES (?, ?) ON CONFLICT (name) DO UPDATE"
                            " SET value = excluded.value", (name, value))
 
-    def load_files(self) -> KnownFiles:
-        """Every tracked file, read lazily (see KnownFiles)."""
-        return KnownFiles(self._conn)
+    def load_tracked(self) -> TrackedFiles:
+        """Every tracked file, read lazily (see TrackedFiles)."""
+        return TrackedFiles(self._conn)
 
     @property
     def connection(self) -> sqlite3.Connection:
@@ -409,7 +409,7 @@ def listing_digest(listing: Mapping[str, Version]) -> bytes:
         marshal.dumps((paths, tuple(map(listing.__getitem__, paths))), 2))
 
 
-class KnownFiles(MutableMapping[str, Hashed]):
+class TrackedFiles(MutableMapping[str, Hashed]):
     """relative path → Hashed of the announced version, read from the database lazily.
 
     A restart over a large tree must not build a Python object per tracked row before its
@@ -424,7 +424,7 @@ class KnownFiles(MutableMapping[str, Hashed]):
     voids its fingerprint, here and in StateStore.commit.  Fingerprints of directories
     changed while running are written at a clean stop (`save_fingerprints`).
 
-    Every change to `known` goes through this mapping, which keeps the new versions and
+    Every change to `tracked` goes through this mapping, which keeps the new versions and
     hashes in memory, so a path read from the database still has the row it was read
     from.  The database is read only on the thread that owns the mapping (the
     pipeline's)."""

@@ -49,7 +49,7 @@ def test_new_file_deleted_while_being_hashed_is_never_announced(
     announced.settled()
     assert chunks and chunks[0] >= 1  # the deletion really happened mid-read
     assert announced.bodies == []
-    assert "doomed.bin" not in announced.pipeline.known
+    assert "doomed.bin" not in announced.pipeline.tracked
 
 
 def test_known_file_deleted_while_being_rehashed_is_announced_deleted_with_old_hashes(

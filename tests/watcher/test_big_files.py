@@ -211,7 +211,7 @@ def test_stopping_abandons_waiting_hashes_without_announcing(
     assert time.monotonic() - started < 2.0
     held.release()
     assert h.take() == [] and h.hashed == []
-    assert "big.bin" not in h.pipeline.known
+    assert "big.bin" not in h.pipeline.tracked
 
 
 def test_big_file_renamed_into_place_is_hashed_while_it_settles(

@@ -63,7 +63,7 @@ def test_a_tree_gone_at_start_is_held_not_announced(tmp_path: Path) -> None:
         shutil.rmtree(entry)
     pipeline, outbox = _restart(tmp_path, pipeline)
     assert _scan(pipeline, outbox) == []
-    assert pipeline.deletions.held == len(FILES) == len(pipeline.known)
+    assert pipeline.deletions.held == len(FILES) == len(pipeline.tracked)
     pipeline, outbox = _restart(tmp_path, pipeline)
     assert pipeline.deletions.held == len(FILES)
     assert _scan(pipeline, outbox) == []
@@ -162,7 +162,7 @@ def test_release_announces_each_held_file_still_gone_once(tmp_path: Path) -> Non
     assert sorted(b["file_info"]["relative_path"] for b in announced) == sorted(FILES)[1:]
     assert {b["event_type"] for b in announced} == {"file_deleted"}
     assert held_count(db) == 0 == pipeline.deletions.held
-    assert "d0/f0.txt" in pipeline.known and len(pipeline.known) == 1
+    assert "d0/f0.txt" in pipeline.tracked and len(pipeline.tracked) == 1
     assert _scan(pipeline, outbox) == []
 
 

@@ -451,4 +451,4 @@ def test_a_scan_over_a_lost_mount_neither_announces_nor_holds_deletions(
     settle_all(pipeline)
     assert drain(outbox) == []
     assert pipeline.deletions.held == 0
-    assert len(pipeline.known) == files
+    assert len(pipeline.tracked) == files

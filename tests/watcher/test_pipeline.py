@@ -585,7 +585,7 @@ def test_restart_scan_over_many_directories_announces_nothing_unchanged(
     settle_all(restarted)
     assert summary(drain(outbox)) == [("file_deleted", "d2/f5.bin")]
     assert restarted.files_hashed == 0
-    assert len(restarted.known) == len(files) - 1
+    assert len(restarted.tracked) == len(files) - 1
 
 
 # -- restarts over fingerprinted directories ----------------------------------------------
@@ -657,19 +657,19 @@ def test_restart_reads_no_rows_of_directories_whose_fingerprint_holds(tmp_path: 
     restarted, outbox = _stopped_cleanly_then_restarted(tmp_path, pipeline)
     restarted.request_scan()
     settle_all(restarted)
-    assert drain(outbox) == [] and restarted.known.directories_read() == set()
+    assert drain(outbox) == [] and restarted.tracked.directories_read() == set()
 
     (root / "d3" / "f9.bin").write_bytes(b"new")
     restarted, outbox = _stopped_cleanly_then_restarted(tmp_path, restarted)
     restarted.request_scan()
     settle_all(restarted)
     assert summary(drain(outbox)) == [("file_discovered", "d3/f9.bin")]
-    assert restarted.known.directories_read() == {"d3"}
+    assert restarted.tracked.directories_read() == {"d3"}
 
     restarted, outbox = _stopped_cleanly_then_restarted(tmp_path, restarted)
     restarted.request_scan()
     settle_all(restarted)
-    assert drain(outbox) == [] and restarted.known.directories_read() == set()
+    assert drain(outbox) == [] and restarted.tracked.directories_read() == set()
 
 
 def test_restart_with_directories_too_big_to_fingerprint_finds_each_change(

@@ -51,7 +51,7 @@ def test_older_database_is_migrated_in_place(tmp_path: Path) -> None:
     sqlite3.connect(path).close()
     store = StateStore(path)
     store.commit({"a.mp3": HASHED}, [])
-    assert store.load_files() == {"a.mp3": HASHED}
+    assert store.load_tracked() == {"a.mp3": HASHED}
 
 
 def test_files_and_events_are_recorded_together_or_not_at_all(tmp_path: Path) -> None:
@@ -61,7 +61,7 @@ def test_files_and_events_are_recorded_together_or_not_at_all(tmp_path: Path) ->
     broken = Event("i", "file_discovered", "file.discovered", "m", "c", None)  # type: ignore[arg-type]
     with pytest.raises(sqlite3.IntegrityError):
         store.commit({"a.mp3": HASHED}, [broken])
-    assert store.load_files() == {}
+    assert store.load_tracked() == {}
     assert DurableOutbox(path).peek(10) == []
 
 
@@ -70,8 +70,8 @@ def test_non_utf8_paths_round_trip(tmp_path: Path) -> None:
     name = b"caf\xe9.mp3".decode("utf-8", "surrogateescape")
     store = StateStore(str(tmp_path / "state.db"))
     store.commit({name: HASHED}, [])
-    assert list(store.load_files()) == [name]
-    assert store.load_files()[name] == HASHED  # its hashes are found by that name too
+    assert list(store.load_tracked()) == [name]
+    assert store.load_tracked()[name] == HASHED  # its hashes are found by that name too
 
 
 def test_utf8_and_non_utf8_paths_load_side_by_side(tmp_path: Path) -> None:
@@ -80,7 +80,7 @@ def test_utf8_and_non_utf8_paths_load_side_by_side(tmp_path: Path) -> None:
     names = ["a/caf\u00e9.mp3", b"b/caf\xe9.mp3".decode("utf-8", "surrogateescape"), "c.mp3"]
     store = StateStore(str(tmp_path / "state.db"))
     store.commit(dict.fromkeys(names, HASHED), [])
-    known = store.load_files()
+    known = store.load_tracked()
     assert sorted(known) == sorted(names)
     assert all(known[name] == HASHED for name in names)
 
@@ -113,7 +113,7 @@ def test_loaded_files_tell_new_and_changed_scan_versions_apart(tmp_path: Path) -
     store = StateStore(path)
     store.commit({"a.mp3": HASHED, "b.mp3": other}, [])
     store.close()
-    known = StateStore(path).load_files()
+    known = StateStore(path).load_tracked()
     assert len(known) == 2 and "a.mp3" in known and "zzz" not in known
     batch = {"c.mp3": (1, 1, 1), "a.mp3": (3, 10, 7), "b.mp3": (5, 20, 9)}
     assert known.changed(batch) == [("c.mp3", (1, 1, 1)), ("b.mp3", (5, 20, 9))]
@@ -132,7 +132,7 @@ def test_loaded_files_keep_later_changes_in_memory(tmp_path: Path) -> None:
     path = state_db_path(str(tmp_path), "music")
     store = StateStore(path)
     store.commit({"a.mp3": HASHED}, [])
-    known = store.load_files()
+    known = store.load_tracked()
     newer = Hashed(FileVersion(size=4, mtime_ns=12, inode=7), "e" * 64, "f" * 32, ctime_ns=13)
     known["a.mp3"] = newer
     assert known["a.mp3"] == newer
@@ -162,7 +162,7 @@ def test_database_at_schema_1_is_migrated_and_keeps_its_files(tmp_path: Path) ->
     readonly = connect(path, readonly=True)  # (state export before the first start)
     assert [t.relative_path for t in iter_files(readonly)] == ["d/a.mp3"]
     readonly.close()
-    known = StateStore(path).load_files()
+    known = StateStore(path).load_tracked()
     assert len(known) == 1 and known["d/a.mp3"] == HASHED
     assert known.changed({"d/a.mp3": (3, 10, 7)}, "d") == []
 
@@ -174,7 +174,7 @@ def test_rows_are_read_a_directory_at_a_time_and_memory_wins(tmp_path: Path) -> 
     store = StateStore(str(tmp_path / "state.db"))
     store.commit(dict.fromkeys(["top.mp3", "d1/a.mp3", weird, "d1/sub/b.mp3", "d2/c.mp3"],
                                HASHED), [])
-    known = store.load_files()
+    known = store.load_tracked()
     assert len(known) == 5 and known.directories_read() == set()
     assert "d1/a.mp3" in known and known.get(weird) == HASHED
     assert known.directories_read() == {"d1"} and "d1/sub/b.mp3" in known
@@ -202,7 +202,7 @@ def test_a_fingerprint_vouches_until_its_directory_changes(tmp_path: Path) -> No
     store.commit(dict.fromkeys(["d/a.mp3", "d/b.mp3", "e/c.mp3"], HASHED), [])
     store.close()
     store = StateStore(path)
-    known = store.load_files()
+    known = store.load_tracked()
     for directory, listing in (("d", _listing("d/b.mp3", "d/a.mp3")), ("e", _listing("e/c.mp3"))):
         assert known.changed(listing, directory) == []
         known.vouch(directory, listing)
@@ -210,13 +210,13 @@ def test_a_fingerprint_vouches_until_its_directory_changes(tmp_path: Path) -> No
     store.close()
 
     store = StateStore(path)
-    known = store.load_files()
+    known = store.load_tracked()
     assert known.unchanged_directory("d", _listing("d/a.mp3", "d/b.mp3"))
     assert not known.unchanged_directory("d", _listing("d/a.mp3"))
     assert not known.unchanged_directory("d", {**_listing("d/a.mp3"), "d/b.mp3": (3, 11, 7)})
     store.commit({"d/b.mp3": None}, [])
     store.close()
-    known = StateStore(path).load_files()
+    known = StateStore(path).load_tracked()
     assert not known.unchanged_directory("d", _listing("d/a.mp3", "d/b.mp3"))
     assert known.unchanged_directory("e", _listing("e/c.mp3"))
 
@@ -233,6 +233,6 @@ def test_the_tracked_count_stays_exact_without_reading_the_rows(tmp_path: Path) 
     with pytest.raises(sqlite3.IntegrityError):
         store.commit({"e.mp3": HASHED}, [broken])
     store.close()
-    known = StateStore(path).load_files()
+    known = StateStore(path).load_tracked()
     assert len(known) == 2 and known["a.mp3"] == newer
     assert sorted(known.paths()) == ["a.mp3", "d/c.mp3"]
