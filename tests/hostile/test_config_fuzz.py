@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import contextlib
 import copy
+import dataclasses
 import io
 import math
 import os
@@ -23,6 +24,16 @@ from hypothesis import HealthCheck, example, given, settings
 from hypothesis import strategies as st
 
 from multiwatch import cli
+from multiwatch.config import (
+    BrokerConfig,
+    HttpConfig,
+    InstanceConfig,
+    Roster,
+    SupervisorConfig,
+    TlsConfig,
+)
+from multiwatch.config.activity import UnusualActivityConfig
+from multiwatch.config.deletions import ScanDeletionBound
 from tests.support.hostile import roster as hostile_roster
 from tests.support.process import Multiwatch, multiwatch_command, run_cli
 
@@ -34,18 +45,12 @@ FUZZ = settings(max_examples=int(os.environ.get("MULTIWATCH_FUZZ_EXAMPLES", "300
                 suppress_health_check=[HealthCheck.function_scoped_fixture,
                                        HealthCheck.too_slow])
 
-ROSTER_KEYS = ["state_dir", "log_level", "broker", "supervisor", "http", "defaults", "instances",
-               "id", "directory", "include", "exclude", "recursive", "settle_seconds",
-               "optional", "observer", "polling_interval_seconds", "scan_interval_seconds",
-               "outbox_max_events", "outbox_max_bytes", "memory_limit", "url", "exchange",
-               "queue", "binding_key", "heartbeat_seconds", "connect_timeout_seconds",
-               "confirm_timeout_seconds", "reconnect_max_seconds", "queue_type",
-               "password_file", "tls", "ca_file", "cert_file", "key_file", "verify",
-               "server_hostname", "listen", "report_interval_seconds", "stop_timeout_seconds",
-               "restart_backoff_seconds", "restart_backoff_max_seconds",
-               "backoff_reset_seconds", "hang_timeout_seconds", "log_format", "mount_required",
-               "one_filesystem", "max_scan_deletions", "count", "percent", "unusual_activity",
-               "window_seconds", "min_events", "read_rate_limit", "nice", "ionice"]
+# Every key any section declares (config/roster.py, broker.py, activity.py, deletions.py),
+# plus the two lists that are not dataclass fields: a new key is fuzzed without a line here.
+_SECTIONS = (Roster, SupervisorConfig, HttpConfig, InstanceConfig, BrokerConfig, TlsConfig,
+             UnusualActivityConfig, ScanDeletionBound)
+ROSTER_KEYS = sorted({f.name for section in _SECTIONS for f in dataclasses.fields(section)}
+                     - {"source"} | {"defaults", "instances"})  # (source: where it was read)
 TRICKY_TEXT = ["", " ", "~", "null", "yes", "no", "on", "0x1F", "1e999", "-1", "0", "nan",
                ".inf", "${HOME}", "${UNSET_VAR_FOR_FUZZ}", "${X:-default}", "$$", "${", "$",
                "${A:-${B}}", "/", ".", "..", "/nonexistent/dir", "/dev/null", "/proc/self",
