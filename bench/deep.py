@@ -12,6 +12,7 @@ flat tree), with 0 bytes hashed.
 from __future__ import annotations
 
 import time
+from pathlib import Path
 
 from bench.harness import KIB, Ctx, loadavg, remove_tree, say, write_small_files
 from bench.restart import FILE_SIZE, Shape, measure
@@ -19,6 +20,18 @@ from bench.restart import FILE_SIZE, Shape, measure
 ALBUMS_PER_ARTIST = 20
 TRACKS_PER_ALBUM = 10
 INSTANCE = "bench-deep"
+
+
+def build_tree(tree: Path, artists: int) -> tuple[list[Path], int]:
+    """Write the library under `tree`: (its files, its directories below the root)."""
+    paths: list[Path] = []
+    for artist in range(artists):
+        for album in range(ALBUMS_PER_ARTIST):
+            folder = tree / f"Artist {artist:04d}" / f"Album {album:02d}"
+            folder.mkdir(parents=True)
+            paths.extend(folder / f"{track:02d} Track.flac" for track in range(TRACKS_PER_ALBUM))
+    write_small_files(paths, FILE_SIZE)
+    return paths, artists * (1 + ALBUMS_PER_ARTIST)
 
 
 def run(ctx: Ctx) -> None:
@@ -30,14 +43,8 @@ def run(ctx: Ctx) -> None:
     say(f"deep: {artists} artists x {ALBUMS_PER_ARTIST} albums x {TRACKS_PER_ALBUM} tracks = "
         f"{files} files x {FILE_SIZE // KIB} KiB in {artists + albums} directories; {loadavg()}")
     began = time.monotonic()
-    paths = []
-    for artist in range(artists):
-        for album in range(ALBUMS_PER_ARTIST):
-            folder = tree / f"Artist {artist:04d}" / f"Album {album:02d}"
-            folder.mkdir(parents=True)
-            paths.extend(folder / f"{track:02d} Track.flac" for track in range(TRACKS_PER_ALBUM))
-    _, written = write_small_files(paths, FILE_SIZE)
-    say(f"  tree written in {written - began:.1f}s")
+    build_tree(tree, artists)
+    say(f"  tree written in {time.monotonic() - began:.1f}s")
     measure(ctx, base, tree, files,
             Shape("deep", INSTANCE, f"{files} unchanged files in {artists + albums} directories"))
     remove_tree(base)

@@ -78,15 +78,23 @@ def run(ctx: Ctx) -> None:
     files = 10_000 if ctx.quick else 100_000
     base = ctx.scratch("restart")
     tree = base / "tree"
+    say(f"restart: {files} files x {FILE_SIZE // KIB} KiB in {-(-files // PER_DIR)} "
+        f"directories; {loadavg()}")
+    started = time.monotonic()
+    flat_tree(tree, files)
+    say(f"  tree written in {time.monotonic() - started:.1f}s")
+    measure(ctx, base, tree, files, Shape("restart", INSTANCE, f"{files} unchanged files"))
+    remove_tree(base)
+
+
+def flat_tree(tree: Path, files: int) -> list[Path]:
+    """Write `files` files of FILE_SIZE in directories of PER_DIR under `tree`."""
     dirs = [tree / f"r{i:03d}" for i in range(-(-files // PER_DIR))]
     for d in dirs:
         d.mkdir(parents=True)
     paths = [dirs[i // PER_DIR] / f"f{i:06d}.dat" for i in range(files)]
-    say(f"restart: {files} files x {FILE_SIZE // KIB} KiB in {len(dirs)} directories; {loadavg()}")
-    started, written = write_small_files(paths, FILE_SIZE)
-    say(f"  tree written in {written - started:.1f}s")
-    measure(ctx, base, tree, files, Shape("restart", INSTANCE, f"{files} unchanged files"))
-    remove_tree(base)
+    write_small_files(paths, FILE_SIZE)
+    return paths
 
 
 def measure(ctx: Ctx, base: Path, tree: Path, files: int, shape: Shape) -> None:

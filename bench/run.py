@@ -26,7 +26,7 @@ from types import FrameType
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
-from bench import bigfile, burst, deep, fleet, latency, noisy, restart
+from bench import bigfile, burst, deep, firststart, fleet, latency, noisy, restart
 from bench.ceilings import (
     messages_like,
     parallel_hash_ceiling,
@@ -48,7 +48,8 @@ from bench.harness import (
 )
 from tests.support.rabbitmq import RabbitMQ
 
-DEFAULT = ["burst", "latency", "bigfile", "restart", "deep", "fleet", "noisy", "noisy-hash"]
+DEFAULT = ["burst", "latency", "bigfile", "restart", "deep", "fleet", "noisy", "noisy-hash",
+           "firststart"]
 EXTRA = ["profile", "ceilings"]
 
 
@@ -127,6 +128,7 @@ def main() -> int:
     scenarios = {"burst": burst.run, "latency": lambda c: latency.run(c, modes),
                  "bigfile": bigfile.run, "restart": restart.run, "deep": deep.run,
                  "fleet": fleet.run, "noisy": noisy.run_burst, "noisy-hash": noisy.run_hash,
+                 "firststart": firststart.run,
                  "profile": burst.run_profile, "ceilings": run_ceilings}
     try:
         for name in chosen:
