@@ -34,6 +34,27 @@ def make_roster(tmp_path: Path, *instances: InstanceConfig) -> Roster:
 
 
 
+class ReportPipe:
+    """The child's end of the pipe as the supervisor reads it: these reports, then nothing
+    more (or, with `then_eof`, EOF: the child has gone)."""
+
+    def __init__(self, reports: list[tuple[str, dict[str, Any]]], *,
+                 then_eof: bool = False) -> None:
+        self.reports = list(reports)
+        self._then_eof = then_eof
+
+    def poll(self) -> bool:
+        return bool(self.reports) or self._then_eof
+
+    def recv(self) -> tuple[str, dict[str, Any]]:
+        if not self.reports:
+            raise EOFError
+        return self.reports.pop(0)
+
+    def close(self) -> None:
+        pass
+
+
 class FakeClock:
     """Monotonic seconds that move only when the test says so."""
 

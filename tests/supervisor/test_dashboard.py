@@ -13,6 +13,7 @@ from multiwatch.supervisor.lifecycle import Child, State
 from multiwatch.watcher.main import activity_snapshot
 from multiwatch.watcher.observe import EventKind, RawEvent
 from multiwatch.watcher.spec import ChildSpec
+from tests.supervisor.fakes import ReportPipe
 from tests.support.fleet_view import fleet, get, heartbeat, instance, serve
 from tests.watcher.test_pipeline import make_pipeline, settle_all
 
@@ -26,22 +27,6 @@ class _Alive:
         return True
 
 
-class _Pipe:
-    """The child's end of the pipe as the supervisor reads it: these reports, then nothing."""
-
-    def __init__(self, reports: list[tuple[str, dict[str, Any]]]) -> None:
-        self.reports = list(reports)
-
-    def poll(self) -> bool:
-        return bool(self.reports)
-
-    def recv(self) -> tuple[str, dict[str, Any]]:
-        return self.reports.pop(0)
-
-    def close(self) -> None:
-        pass
-
-
 def _running_child(started_at: float) -> Child:
     spec = ChildSpec(instance=InstanceConfig(id="music", directory="/data/music"),
                      broker=BrokerConfig(), state_dir="/tmp/state", log_level="INFO",
@@ -53,7 +38,7 @@ def _running_child(started_at: float) -> Child:
 
 
 def _hear(child: Child, now: float, **events: int) -> None:
-    child.reader = _Pipe([("heartbeat", heartbeat(events=events))])  # type: ignore[assignment]
+    child.reader = ReportPipe([("heartbeat", heartbeat(events=events))])  # type: ignore[assignment]
     child.receive(now)
 
 

@@ -3,11 +3,11 @@
 from __future__ import annotations
 
 import multiprocessing
-from typing import Any
 
 from multiwatch.config import BrokerConfig, InstanceConfig, SupervisorConfig
 from multiwatch.supervisor.lifecycle import Child, State
 from multiwatch.watcher.spec import ChildSpec
+from tests.supervisor.fakes import ReportPipe
 
 
 class _Exited:
@@ -26,24 +26,6 @@ class _Exited:
         return None
 
 
-class _Pipe:
-    """The child's end of the pipe as the supervisor reads it: these reports, then EOF."""
-
-    def __init__(self, reports: list[tuple[str, dict[str, Any]]]) -> None:
-        self.reports = list(reports)
-
-    def poll(self) -> bool:
-        return True
-
-    def recv(self) -> tuple[str, dict[str, Any]]:
-        if not self.reports:
-            raise EOFError
-        return self.reports.pop(0)
-
-    def close(self) -> None:
-        pass
-
-
 def _child() -> Child:
     spec = ChildSpec(instance=InstanceConfig(id="music", directory="/data/music"),
                      broker=BrokerConfig(), state_dir="/tmp/state", log_level="INFO",
@@ -58,8 +40,8 @@ def test_a_watcher_that_exits_on_its_own_shows_the_reason_it_gave() -> None:
     child.state = State.RUNNING
     child.process = _Exited(4)  # type: ignore[assignment]
     reason = "publisher thread ended: cannot open the outbox in the state database"
-    child.reader = _Pipe([("heartbeat", {"broker_connected": True}),  # type: ignore[assignment]
-                          ("exiting", {"reason": reason})])
+    child.reader = ReportPipe([("heartbeat", {"broker_connected": True}),  # type: ignore[assignment]
+                               ("exiting", {"reason": reason})], then_eof=True)
     child.receive(10.0)
     assert child.reap(10.0)
     view = child.view(10.0)

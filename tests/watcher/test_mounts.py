@@ -10,7 +10,6 @@ import sys
 import time
 from collections.abc import Iterator
 from pathlib import Path
-from typing import Any
 
 import pytest
 from watchdog.observers.api import BaseObserver
@@ -36,6 +35,7 @@ from multiwatch.watcher.observe import RawEvent, directory_watcher, start_observ
 from multiwatch.watcher.scan import scan_batches
 from multiwatch.watcher.spec import ChildSpec
 from multiwatch.watcher.state import StateStore, state_db_path
+from tests.supervisor.fakes import ReportPipe
 from tests.support.mounts import Mounts, needs_root
 from tests.support.privilege import run_unprivileged
 from tests.watcher.test_pipeline import drain, make_pipeline, settle_all
@@ -201,22 +201,6 @@ def test_a_sub_mount_is_scanned_unless_one_filesystem(
 # ---------------------------------------------------------------- the supervisor's view
 
 
-class _Pipe:
-    """The child's end of the pipe as the supervisor reads it: these reports, then nothing."""
-
-    def __init__(self, reports: list[tuple[str, dict[str, Any]]]) -> None:
-        self.reports = list(reports)
-
-    def poll(self) -> bool:
-        return bool(self.reports)
-
-    def recv(self) -> tuple[str, dict[str, Any]]:
-        return self.reports.pop(0)
-
-    def close(self) -> None:
-        pass
-
-
 def test_a_running_watcher_whose_mount_went_away_is_waiting_until_ready_again() -> None:
     """RUNNING → "waiting" (directory unmounted) → WAITING with that reason, and not up in
     /metrics; "ready" → RUNNING again."""
@@ -225,7 +209,7 @@ def test_a_running_watcher_whose_mount_went_away_is_waiting_until_ready_again() 
                      stop_timeout_seconds=8, parent_pid=1)
     child = Child(spec, SupervisorConfig(), multiprocessing.get_context("spawn"))
     child.state = State.RUNNING
-    pipe = _Pipe([("waiting", {"reason": UNMOUNTED}), ("heartbeat", {"unmounted": True})])
+    pipe = ReportPipe([("waiting", {"reason": UNMOUNTED}), ("heartbeat", {"unmounted": True})])
     child.reader = pipe  # type: ignore[assignment]
     child.receive(10.0)
     view = child.view(10.0)
