@@ -77,6 +77,7 @@ class Heartbeat(TypedDict, total=False):
     deletions_held: int  # found gone by a scan, held back (watcher/deletion_guard.py)
     unusual_activity: UnusualActivitySnapshot
     unmounted: bool  # the directory's (or a sub-mount's) filesystem is gone
+    observer: str  # inotify | polling | polling (inotify limit) | none (waiting for a mount)
 
 
 class Resources(TypedDict):

@@ -33,7 +33,9 @@ from multiwatch.watcher.observe import (
     EventKind,
     RawEvent,
     directory_watcher,
+    inotify_refused,
     listen_for_lost_events,
+    observer_mode,
     start_observer,
 )
 from multiwatch.watcher.outbox import OutboxGauge
@@ -144,7 +146,7 @@ def _run(spec: ChildSpec, to_parent: Connection, stop: _Stop) -> int:
                         follow_submounts=instance.recursive and not instance.one_filesystem,
                         wanted=PathFilter(instance.include, instance.exclude).wants_directory)
     heartbeat = _Heartbeat(parent, lambda: _snapshot(pipeline, publisher, gauge, problems,
-                                                     mounts),
+                                                     mounts, observer),
                            lambda: (_activity(pipeline, publisher, gauge, problems),
                                     mounts.any_unmounted),
                            hang_timeout=spec.hang_timeout_seconds)
@@ -206,6 +208,10 @@ def _run(spec: ChildSpec, to_parent: Connection, stop: _Stop) -> int:
             observer.stop()
             observer = _observe(instance, pipeline)
             pipeline.request_scan(watch=directory_watcher(observer))
+        if observer is not None and (refused := inotify_refused(observer)) is not None:
+            observer.stop()  # gives its watches back to the kernel, for the other watchers
+            observer = _observe(instance, pipeline, refused=refused)  # polls; says why, once
+            pipeline.request_scan()  # what changed while directories went unwatched
 
     # Everything below ends before the supervisor's SIGKILL (stop_timeout_seconds away).
     stopping_at = time.monotonic()
@@ -323,12 +329,14 @@ def _wait_budget(pipeline: Pipeline, gauge: OutboxGauge, publisher: Publisher,
     return max(budget, 0.0)
 
 
-def _observe(instance: InstanceConfig, pipeline: Pipeline) -> BaseObserver:
+def _observe(instance: InstanceConfig, pipeline: Pipeline,
+             refused: OSError | None = None) -> BaseObserver:
     with _sigterm_for_main_thread_only():
         return start_observer(instance.directory, recursive=instance.recursive,
                               events=pipeline.notifications, mode=instance.observer,
                               polling_interval=instance.polling_interval_seconds,
-                              subdirectories_later=True, one_filesystem=instance.one_filesystem)
+                              subdirectories_later=True, one_filesystem=instance.one_filesystem,
+                              refused=refused)
 
 
 @contextlib.contextmanager
@@ -367,7 +375,8 @@ def _activity(pipeline: Pipeline, publisher: Publisher, gauge: OutboxGauge,
 
 
 def _snapshot(pipeline: Pipeline, publisher: Publisher, gauge: OutboxGauge,
-              problems: ProblemCounter, mounts: MountGuard) -> Heartbeat:
+              problems: ProblemCounter, mounts: MountGuard,
+              observer: BaseObserver | None) -> Heartbeat:
     """The status a heartbeat carries to the supervisor (and on to /status and /metrics)."""
     return {
         "events": dict(pipeline.counts),
@@ -391,6 +400,7 @@ def _snapshot(pipeline: Pipeline, publisher: Publisher, gauge: OutboxGauge,
         # Checked here too, so the signal ends within a heartbeat of the window emptying.
         "unusual_activity": pipeline.unusual_activity.snapshot(),
         "unmounted": mounts.any_unmounted,
+        "observer": observer_mode(observer),  # "polling (inotify limit)": the kernel refused
         **activity_snapshot(pipeline),
     }
 

@@ -52,6 +52,7 @@ from watchdog.observers.inotify_c import (
 )
 from watchdog.observers.polling import PollingObserverVFS
 
+from multiwatch import inotify_limits
 from multiwatch.watcher.confined import ConfinedRoot
 from multiwatch.watcher.polled import ConfinedSnapshotIO
 
@@ -121,6 +122,9 @@ OVERFLOW = RawEvent(EventKind.OVERFLOW, True, "")
 # A watched filesystem was unmounted: only wakes the loop, whose mount check (mount.py)
 # then sees it at once instead of at its next idle turn.  (No path: the pipeline ignores it.)
 UNMOUNTED = RawEvent(EventKind.UNMOUNTED, True, None)
+# The kernel refused a watch of an "auto" observer: only wakes the loop, which then
+# replaces the observer by a polling one (see inotify_refused).
+REFUSED = RawEvent(EventKind.WAKE, True, None)
 
 
 class _Enqueuer(FileSystemEventHandler):
@@ -178,16 +182,17 @@ class DirectInotifyObserver(BaseObserver):
     is watched before it is read.  Watches added later (new directories, an overflow's
     rebuild) are watchdog's own recursive ones.
 
-    A directory the kernel refuses to watch (out of watches) is reported once, and the
-    tree is rescanned every `rescan_seconds` while any directory is unwatched (see
-    _UnwatchedDirectories)."""
+    A directory the kernel refuses to watch (out of watches): with `give_way` (observer:
+    auto) the observer stops adding watches and `inotify_refused` tells the loop to poll
+    instead; without, it is reported once, and the tree is rescanned every
+    `rescan_seconds` while any directory is unwatched (see _UnwatchedDirectories)."""
 
     def __init__(self, handler: _Enqueuer, *, subdirectories_later: bool = False,
-                 rescan_seconds: float = 10.0) -> None:
+                 rescan_seconds: float = 10.0, give_way: bool = False) -> None:
         self.reader = BatchingInotifyFD()  # this observer's own, stopped with it
         self.reader.on_unmount = lambda: handler.put(UNMOUNTED)
         self.reader.start()
-        self.unwatched = _UnwatchedDirectories(handler, rescan_seconds)
+        self.unwatched = _UnwatchedDirectories(handler, rescan_seconds, give_way=give_way)
         super().__init__(DirectInotifyEmitter, inotify_fd=self.reader, handler=handler,
                          subdirectories_later=subdirectories_later, unwatched=self.unwatched)
         self.subdirectories_later = subdirectories_later
@@ -200,6 +205,8 @@ class DirectInotifyObserver(BaseObserver):
 
     def watch_directory(self, path: str) -> None:
         """Watch one directory below the root, unless it already is (see the class)."""
+        if self.unwatched.refusal is not None:
+            return  # giving way to polling: every further watch would be refused too
         encoded = os.fsencode(path)
         for emitter in self.emitters:
             group = getattr(emitter, "_inotify", None)
@@ -323,13 +330,19 @@ class DeferringWatchGroup(InotifyWatchGroup):
 class _UnwatchedDirectories:
     """Directories the kernel refused to watch: no event comes from inside them.
 
-    The first refusal is logged (one line) and an "overflow" makes the pipeline rescan;
-    then every `rescan_seconds`, the watches are retried (the first one alone while the
-    kernel still refuses it) and the tree rescanned, until every directory is watched."""
+    With `give_way` (observer: auto) the first refusal is only recorded (`refusal`) and
+    wakes the loop, which replaces the whole observer by a polling one (main.py).
+    Otherwise (observer: inotify) the first refusal is logged (one line) and an "overflow"
+    makes the pipeline rescan; then every `rescan_seconds`, the watches are retried (the
+    first one alone while the kernel still refuses it) and the tree rescanned, until every
+    directory is watched."""
 
-    def __init__(self, handler: _Enqueuer, rescan_seconds: float) -> None:
+    def __init__(self, handler: _Enqueuer, rescan_seconds: float, *,
+                 give_way: bool = False) -> None:
         self._handler = handler
         self._rescan_seconds = rescan_seconds
+        self._give_way = give_way
+        self.refusal: OSError | None = None  # the first refusal, when giving way
         self._lock = threading.Lock()
         self._paths: dict[bytes, DeferringWatchGroup] = {}  # insertion order: parents first
         self._retrying: threading.Thread | None = None
@@ -341,6 +354,11 @@ class _UnwatchedDirectories:
 
     def add(self, group: DeferringWatchGroup, path: bytes, exc: OSError) -> None:
         """Called on any thread, under the group's lock: record, never block on it."""
+        if self._give_way:
+            if self.refusal is None:
+                self.refusal = exc
+                self._handler.put(REFUSED)
+            return
         with self._lock:
             self._paths[path] = group
             if self._retrying is not None or self._stopped.is_set():
@@ -348,10 +366,12 @@ class _UnwatchedDirectories:
             self._retrying = threading.Thread(target=self._retry, daemon=True,
                                               name="multiwatch-unwatched-retry")
             self._retrying.start()
+        limit = inotify_limits.read_limit(inotify_limits.WATCHES)
         log.error("the kernel refused an inotify watch (%s): directories below %s are not "
-                  "watched; rescanning the tree every %.0fs until they are (raise "
-                  "fs.inotify.max_user_watches, or set observer: polling)",
+                  "watched; rescanning the tree every %.0fs until they are (raise %s, or "
+                  "set observer: auto or polling)",
                   exc.strerror or exc, os.fsdecode(path), self._rescan_seconds,
+                  f"{limit.sysctl}={limit.value}" if limit else "fs.inotify.max_user_watches",
                   extra={"path": os.fsdecode(path)})
         self._handler.put(OVERFLOW)
 
@@ -437,16 +457,25 @@ def listen_for_lost_events(events: queue.SimpleQueue[RawEvent]) -> None:
     logger.addFilter(_RefusedWatchFilter())
 
 
+class ConfinedPollingObserver(PollingObserverVFS):
+    """watchdog's polling observer over the confined walk (polled.py); `because` says why
+    it polls when the roster did not ask for it ("inotify limit")."""
+
+    because = ""
+
+
 def start_observer(
     root: str, *, recursive: bool, events: queue.SimpleQueue[RawEvent], mode: str = "auto",
     polling_interval: float = 1.0, subdirectories_later: bool = False,
-    one_filesystem: bool = False,
+    one_filesystem: bool = False, refused: OSError | None = None,
 ) -> BaseObserver:
     """Start watching `root` with inotify or by polling.
 
-    "auto" falls back to polling, with a warning, when inotify cannot be used (watch or
-    instance limits reached: ENOSPC, EMFILE); "inotify" raises instead.  A directory below
-    the root refused later is handled by the observer (see DirectInotifyObserver).
+    "auto" falls back to polling, with one WARNING line naming the limit and the value it
+    needs (inotify_limits), when the kernel refuses an inotify instance (EMFILE) or a watch
+    (ENOSPC); "inotify" raises instead.  A watch refused later: an "auto" observer gives
+    way (`inotify_refused`), and the caller starts a polling one with `refused` (that
+    refusal), which says so the same way; an "inotify" one retries (DirectInotifyObserver).
 
     `subdirectories_later`: an inotify observer watches the root alone, and the caller
     must pass `directory_watcher(observer)` to a walk of the whole tree (see
@@ -454,13 +483,14 @@ def start_observer(
     polling walk leaves out directories on another device (inotify's watches below the
     root come from that walk, which does the same).
     """
-    if mode != "polling":
+    if mode != "polling" and refused is None:
         inotify: DirectInotifyObserver | None = None
         try:
             handler = _Enqueuer(root, events)
             inotify = DirectInotifyObserver(handler, subdirectories_later=subdirectories_later,
                                             rescan_seconds=max(polling_interval,
-                                                               UNWATCHED_RESCAN_SECONDS))
+                                                               UNWATCHED_RESCAN_SECONDS),
+                                            give_way=mode == "auto")
             inotify.schedule(handler, root, recursive=recursive, event_filter=WATCHED_EVENTS)
             inotify.start()
             return inotify
@@ -468,20 +498,68 @@ def start_observer(
             if inotify is not None:
                 inotify.stop()  # and its inotify reader thread, started with it
             if mode == "inotify":
+                if isinstance(exc, OSError) and exc.errno in _LIMIT_ERRNOS:
+                    raise OSError(exc.errno, _refusal_line(exc, root, recursive, "")) from exc
                 raise
-            log.warning(
-                "inotify unavailable (%s); falling back to polling every %.1fs",
-                exc, polling_interval, extra={"path": root},
-            )
+            if isinstance(exc, OSError) and exc.errno in _LIMIT_ERRNOS:
+                refused = exc
+            else:
+                log.warning("inotify unavailable (%s); falling back to polling every %gs",
+                            exc, polling_interval, extra={"path": root})
+    polling = _start_polling(root, recursive=recursive, events=events,
+                             polling_interval=polling_interval, one_filesystem=one_filesystem)
+    if refused is not None:
+        polling.because = "inotify limit"
+        log.warning(_refusal_line(refused, root, recursive, f"polling every {polling_interval:g}s"),
+                    extra={"path": root})
+    return polling
+
+
+# inotify_init: EMFILE (fs.inotify.max_user_instances, or RLIMIT_NOFILE), ENFILE (the
+# system's file table); inotify_add_watch: ENOSPC (fs.inotify.max_user_watches).
+_LIMIT_ERRNOS = frozenset({errno.EMFILE, errno.ENFILE, errno.ENOSPC})
+
+
+def _refusal_line(exc: OSError, root: str, recursive: bool, polling: str) -> str:
+    """The one line saying which limit refused inotify and the value it needs; `polling`
+    is what the watcher does instead ("" when it does not: observer: inotify)."""
+    instead = polling or "not watching"
+    if exc.errno == errno.ENOSPC:
+        return inotify_limits.watch_refused(exc, root, recursive=recursive, polling=instead)
+    return inotify_limits.instance_refused(exc, polling=instead)
+
+
+def _start_polling(root: str, *, recursive: bool, events: queue.SimpleQueue[RawEvent],
+                   polling_interval: float, one_filesystem: bool) -> ConfinedPollingObserver:
     # watchdog's own polling walk follows directory symlinks out of the tree and round loops:
     # it lists and stats below the root's descriptor instead, never through a symlink.
     confined = ConfinedSnapshotIO(ConfinedRoot(root), one_filesystem=one_filesystem)
-    polling = PollingObserverVFS(confined.stat, confined.listdir,  # type: ignore[arg-type]
-                                 polling_interval=polling_interval)
+    polling = ConfinedPollingObserver(confined.stat, confined.listdir,  # type: ignore[arg-type]
+                                      polling_interval=polling_interval)
     polling.schedule(_Enqueuer(root, events), root, recursive=recursive,
                      event_filter=WATCHED_EVENTS)
     polling.start()
     return polling
+
+
+def inotify_refused(observer: BaseObserver) -> OSError | None:
+    """The watch the kernel refused an "auto" inotify observer, which then waits to be
+    replaced: stopped (its watches go back to the kernel, for the other watchers of this
+    user) and a polling observer started with `refused=` this, then the tree rescanned
+    (what changed in between)."""
+    if isinstance(observer, DirectInotifyObserver):
+        return observer.unwatched.refusal
+    return None
+
+
+def observer_mode(observer: BaseObserver | None) -> str:
+    """How the tree is watched, for the heartbeat: "inotify", "polling", "polling
+    (inotify limit)", or "none" (waiting for the directory's mount)."""
+    if observer is None:
+        return "none"
+    if isinstance(observer, ConfinedPollingObserver):
+        return f"polling ({observer.because})" if observer.because else "polling"
+    return "inotify"
 
 
 def directory_watcher(observer: BaseObserver) -> Callable[[str], None] | None:
