@@ -112,14 +112,19 @@ class InstanceConfig:
 class Roster:
     """Everything one `multiwatch run` needs."""
 
-    state_dir: str  # absolute
+    # The top-level keys fall back to environment variables, so load.py reads each itself.
+    state_dir: str = field(metadata=described(
+        "absolute; default $MULTIWATCH_STATE_DIR, else /var/lib/multiwatch (root) or "
+        "$XDG_STATE_HOME/multiwatch"))
     broker: BrokerConfig = field(default_factory=BrokerConfig)
     supervisor: SupervisorConfig = field(default_factory=SupervisorConfig)
     instances: tuple[InstanceConfig, ...] = ()
-    log_level: str = "INFO"
+    log_level: str = field(default="INFO", metadata=described(
+        "DEBUG, INFO, WARNING, ERROR or CRITICAL; default $LOG_LEVEL, else INFO"))
     source: str = "<environment>"  # the roster file, or "<environment>"
     http: HttpConfig = field(default_factory=HttpConfig)
-    log_format: str = "auto"  # console | json | auto (console lines when stdout is a terminal)
+    log_format: str = field(default="auto", metadata=described(
+        "console, json or auto (console lines when stdout is a terminal); default $LOG_FORMAT"))
 
 
 ENV_SOURCE = "<environment>"
