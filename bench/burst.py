@@ -20,15 +20,17 @@ from pathlib import Path
 
 import psutil
 
-from bench.ceilings import PublishCeiling, messages_like, publish_ceilings
+from bench.ceilings import PublishCeiling, messages_like, publish_ceiling, publish_ceilings
 from bench.harness import (
     KIB,
+    MIB,
     Consumer,
     Ctx,
     Watcher,
     delete_queue,
     loadavg,
     median,
+    peak_rss,
     probe_ready,
     remove_tree,
     say,
@@ -54,6 +56,7 @@ class BurstRun:
     threads: dict[int, float]  # native thread id → CPU seconds during the burst
     main_tid: int
     recorded: float | None  # first write → last event in the outbox (INFO log), seconds
+    peak_rss: int = 0  # the child's VmHWM (bytes) once every file was received
 
     def thread_split(self) -> str:
         ordered = sorted(self.threads.items(), key=lambda kv: -kv[1])
@@ -101,6 +104,7 @@ def one_burst(ctx: Ctx, url: str, *, files: int, level: str,
         started, written = write_small_files(paths, FILE_SIZE)
         got = consumer.result(timeout=60 + files / 50)
         cpu = sum(child.cpu_times()[:2]) - cpu_before
+        rss = peak_rss(child.pid)
         threads = {tid: t - threads_before.get(tid, 0.0)
                    for tid, t in _thread_cpu(child).items()}
     finally:
@@ -120,7 +124,7 @@ def one_burst(ctx: Ctx, url: str, *, files: int, level: str,
     else:
         leave.append(base)
     return BurstRun(level, files, last - started, written - started, delivered,
-                    got.duplicates, cpu, threads, child.pid, recorded)
+                    got.duplicates, cpu, threads, child.pid, recorded, rss)
 
 
 def _last_recorded(log: Path, started: float) -> float | None:
@@ -221,6 +225,78 @@ def _summarise(ctx: Ctx, files: int, results: dict[str, list[BurstRun]],
     ctx.report.add("ceilings", "raw kombu publish, pipelined confirms (256)", f"{piped:.0f} msg/s")
     ctx.report.add("ceilings", "raw kombu publish, confirm each message", f"{each:.0f} msg/s")
     ctx.report.add("ceilings", "raw py-amqp publish (no kombu), pipelined", f"{direct:.0f} msg/s")
+
+
+# ---- burst-bound ----------------------------------------------------------------------------
+
+BOUND_TARGET = 0.85
+
+
+def _writer_alone(ctx: Ctx, files: int, leave: list[Path]) -> float:
+    """Seconds the same writer takes for the same files into a fresh tree, no watcher
+    running (the tree is kept until the scenario ends, as the burst's are: deleting it
+    would slow the next writer down)."""
+    base = ctx.scratch("burst-writer")
+    leave.append(base)
+    for i in range(SUBDIRS):
+        (base / f"d{i:02d}").mkdir()
+    started, written = write_small_files(burst_paths(base, files), FILE_SIZE)
+    return written - started
+
+
+def run_bound(ctx: Ctx) -> None:
+    """The issue's burst bound: first write -> last message against settle + max(the
+    writer alone, N / unconfirmed publish rate), at 10,000 and 100,000 files (`--quick`:
+    2,000 and 20,000), log INFO, `--runs` runs each, each right after a writer-alone run."""
+    sizes = (2_000, 20_000) if ctx.quick else (10_000, 100_000)
+    say(f"burst-bound: {' and '.join(map(str, sizes))} files x {FILE_SIZE // KIB} KiB into "
+        f"{SUBDIRS} subdirectories, settle {SETTLE}s, log INFO, {ctx.runs} runs each; bound = "
+        f"settle + max(writer alone, N / raw unconfirmed publish); {loadavg()}")
+    done: list[Path] = []
+    with ctx.vhost("burst-bound") as url:
+        try:
+            for files in sizes:
+                scratch = ctx.scratch(f"burst-bound-{files}")
+                done.append(scratch)
+                tree = scratch / "tree"
+                events = messages_like(burst_paths(tree, files), tree, INSTANCE, FILE_SIZE)
+                raw = max((publish_ceiling(url, events, "unconfirmed", scratch)
+                           for _ in range(2)), key=lambda r: r.rate)
+                del events
+                say(f"  {files}: ceiling publish unconfirmed {raw.rate:.0f} msg/s "
+                    f"({raw.delivered}/{files} in {raw.delivered_s:.2f}s; best of 2)")
+                _bound_runs(ctx, url, files, raw.rate, done)
+        finally:
+            for path in done:
+                remove_tree(path)
+
+
+def _bound_runs(ctx: Ctx, url: str, files: int, raw: float, done: list[Path]) -> None:
+    ratios, complete, rss, seconds, bounds = [], 0, [], [], []
+    for index in range(max(1, ctx.runs)):
+        alone = _writer_alone(ctx, files, done)
+        result = one_burst(ctx, url, files=files, level="INFO", leave=done)
+        bound = SETTLE + max(alone, files / raw)
+        ratios.append(bound / result.seconds)
+        bounds.append(bound)
+        seconds.append(result.seconds)
+        complete += result.missing == 0 and result.duplicates == 0
+        rss.append(result.peak_rss)
+        say(f"  {files} run {index + 1}/{ctx.runs}: first write -> last message "
+            f"{result.seconds:.2f}s ({result.delivered}/{files}, {result.duplicates} dup.; "
+            f"writer {result.writer_seconds:.2f}s); bound {bound:.2f}s = settle + max(writer "
+            f"alone {alone:.2f}s, publish {files / raw:.2f}s) -> {bound / result.seconds:.0%}; "
+            f"child CPU {1000 * result.child_cpu / files:.2f} ms/file, peak RSS "
+            f"{result.peak_rss / MIB:.1f} MiB; {loadavg()}")
+    ratio = median(ratios)
+    ctx.report.add("burst-bound", f"{files} files: first write -> last message (median of "
+                   f"{len(ratios)})", f"{median(seconds):.2f}s; {complete}/{len(ratios)} runs "
+                   "all delivered once",
+                   ceiling=f"{median(bounds):.2f}s settle + max(writer alone, N/{raw:.0f} msg/s)",
+                   ratio=f"{ratio:.0%} (best {max(ratios):.0%})",
+                   target=f">= {BOUND_TARGET:.0%}, all",
+                   ok=ratio >= BOUND_TARGET and complete == len(ratios))
+    ctx.report.add("burst-bound", f"{files} files: child peak RSS", f"{max(rss) / MIB:.1f} MiB")
 
 
 # ---- profile ------------------------------------------------------------------------------

@@ -49,7 +49,7 @@ from bench.harness import (
 from tests.support.rabbitmq import RabbitMQ
 
 DEFAULT = ["burst", "latency", "bigfile", "restart", "deep", "fleet", "noisy", "noisy-hash",
-           "firststart"]
+           "firststart", "burst-bound"]
 EXTRA = ["profile", "ceilings"]
 
 
@@ -128,7 +128,7 @@ def main() -> int:
     scenarios = {"burst": burst.run, "latency": lambda c: latency.run(c, modes),
                  "bigfile": bigfile.run, "restart": restart.run, "deep": deep.run,
                  "fleet": fleet.run, "noisy": noisy.run_burst, "noisy-hash": noisy.run_hash,
-                 "firststart": firststart.run,
+                 "firststart": firststart.run, "burst-bound": burst.run_bound,
                  "profile": burst.run_profile, "ceilings": run_ceilings}
     try:
         for name in chosen:
