@@ -105,9 +105,11 @@ class Held:
                     self.complete)
 
 
-def held_by(uid: int, *, deadline: float, proc: str = PROC) -> Held:
+def held_by(uid: int, *, deadline: float, proc: str = PROC,
+            namespace: str | None = None) -> Held:
     """The inotify instances and watches held by the processes of `uid` (their euid, as
-    /proc/PID shows it): one readlink per open descriptor, fdinfo only for inotify ones."""
+    /proc/PID shows it), only those in the user `namespace` if given (`user:[inode]`, see
+    counted_in): one readlink per open descriptor, fdinfo only for inotify ones."""
     holders: list[Holder] = []
     by_parent: dict[int, int] = {}
     try:
@@ -119,6 +121,8 @@ def held_by(uid: int, *, deadline: float, proc: str = PROC) -> Held:
             return Held(tuple(holders), by_parent, complete=False)
         with contextlib.suppress(OSError, ValueError, IndexError):
             if os.stat(f"{proc}/{pid}").st_uid != uid:
+                continue
+            if namespace is not None and os.readlink(f"{proc}/{pid}/ns/user") != namespace:
                 continue
             with open(f"{proc}/{pid}/stat") as handle:  # "pid (comm) state ppid ..."
                 ppid = int(handle.read().rpartition(")")[2].split()[1])
@@ -134,6 +138,17 @@ def held_by(uid: int, *, deadline: float, proc: str = PROC) -> Held:
             if instances:
                 holders.append(Holder(pid, ppid, instances, watches))
     return Held(tuple(holders), by_parent)
+
+
+def counted_in(limit: Limit, proc: str = PROC) -> str | None:
+    """The user namespace whose processes count against `limit`: this one for a
+    namespace's own (user.max_inotify_*), None (every namespace) for the host's sysctl."""
+    if limit.sysctl.startswith("fs."):
+        return None
+    try:
+        return os.readlink(f"{proc}/self/ns/user")
+    except OSError:
+        return None
 
 
 def count_directories(root: str, *, recursive: bool, deadline: float) -> tuple[int, bool]:
@@ -191,15 +206,15 @@ def instance_refused(exc: OSError, *, polling: str, proc: str = PROC,
     limit = read_limit(INSTANCES, proc_sys)
     if limit is None:
         return f"inotify refused an instance ({exc.strerror or exc}); {polling} instead"
-    held = held_by(os.geteuid(), deadline=time.monotonic() + COUNT_SECONDS, proc=proc)
-    family = held.processes_by_parent.get(os.getppid(), 1)
+    held = held_by(os.geteuid(), deadline=time.monotonic() + COUNT_SECONDS, proc=proc,
+                   namespace=counted_in(limit, proc))
+    beside = max(held.processes_by_parent.get(os.getppid(), 1) - 1, 0)
     elsewhere = sum(h.instances for h in held.holders if h.ppid != os.getppid())
-    needed = max(elsewhere + family, held.instances + 1, limit.value + 1)
+    needed = max(elsewhere + beside + 1, held.instances + 1, limit.value + 1)
     return (f"inotify refused an instance: {limit.sysctl}={limit.value:,} reached (this user "
-            f"holds {at_least(held.instances, held.complete)}; this watcher and the "
-            f"{family - 1:,} beside it need one each, other processes hold {elsewhere:,}); "
-            f"{polling} instead; needed: {limit.sysctl} >= {needed:,}, e.g. on the host: "
-            f"{limit.raise_to(needed)}")
+            f"holds {at_least(held.instances, held.complete)}: "
+            f"{held.instances - elsewhere:,} in the {beside:,} processes beside this watcher, "
+            f"{elsewhere:,} elsewhere); {polling} instead; {_needs(limit, needed)}")
 
 
 def watch_refused(exc: OSError, root: str, *, recursive: bool, polling: str,
@@ -211,12 +226,20 @@ def watch_refused(exc: OSError, root: str, *, recursive: bool, polling: str,
     if limit is None:
         return f"inotify refused a watch ({exc.strerror or exc}); {polling} instead"
     deadline = time.monotonic() + COUNT_SECONDS
-    held = held_by(os.geteuid(), deadline=deadline, proc=proc).apart_from(os.getpid())
+    held = held_by(os.geteuid(), deadline=deadline, proc=proc,
+                   namespace=counted_in(limit, proc)).apart_from(os.getpid())
     directories, complete = count_directories(root, recursive=recursive,
                                               deadline=time.monotonic() + COUNT_SECONDS)
     needed = max(held.watches + directories, limit.value + 1)
     return (f"inotify refused a watch: {limit.sysctl}={limit.value:,} reached (this tree "
             f"has {at_least(directories, complete)} directories, one watch each; this "
             f"user's other processes hold {at_least(held.watches, held.complete)}); "
-            f"{polling} instead; needed: {limit.sysctl} >= {needed:,}, e.g. on the host: "
-            f"{limit.raise_to(needed)}")
+            f"{polling} instead; {_needs(limit, needed)}")
+
+
+def _needs(limit: Limit, needed: int) -> str:
+    """The value needed and the command that sets it (with room to grow), and where."""
+    where = ("as root on the host" if limit.sysctl.startswith("fs.")
+             else "as root of this user namespace")
+    return (f"needs {limit.sysctl} >= {needed:,}: {where}, {limit.raise_to(needed)} "
+            f"(to keep it: README, Deploying it)")
