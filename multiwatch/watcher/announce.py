@@ -27,7 +27,7 @@ from multiwatch.watcher.message import (
 )
 from multiwatch.watcher.outbox import OutboxGauge
 from multiwatch.watcher.settle import SettleTable
-from multiwatch.watcher.state import TrackedFiles
+from multiwatch.watcher.tracked_files import TrackedFiles
 from multiwatch.watcher.unreadable import Unreadable
 from multiwatch.watcher.unusual_activity import UnusualActivity
 

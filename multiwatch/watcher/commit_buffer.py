@@ -17,7 +17,8 @@ from multiwatch.status_view import LastEvent
 from multiwatch.watcher.hashing import Hashed
 from multiwatch.watcher.message import Event
 from multiwatch.watcher.outbox import OutboxGauge
-from multiwatch.watcher.state import StateStore, TrackedFiles
+from multiwatch.watcher.state import StateStore
+from multiwatch.watcher.tracked_files import TrackedFiles
 
 log = logging.getLogger("multiwatch.watcher.pipeline")  # (the logger these lines always had)
 

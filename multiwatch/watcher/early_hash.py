@@ -16,7 +16,7 @@ from collections.abc import Callable, Iterator
 from multiwatch.watcher.confined import ConfinedRoot
 from multiwatch.watcher.hash_pool import HashJob, HashPool
 from multiwatch.watcher.hashing import FileVersion
-from multiwatch.watcher.state import TrackedFiles
+from multiwatch.watcher.tracked_files import TrackedFiles
 
 Resolved = tuple[str, os.stat_result]
 """The file to read for a path (itself, or a symlink's target inside the root) and its stat."""

@@ -17,10 +17,11 @@ from multiwatch.watcher.confined import ConfinedRoot
 from multiwatch.watcher.deletion_guard import DeletionGuard
 from multiwatch.watcher.filters import PathFilter
 from multiwatch.watcher.hashing import FileVersion, Version
+from multiwatch.watcher.path_index import directory_of
 from multiwatch.watcher.scan import ScanBatch, scan_batches
 from multiwatch.watcher.settle import SettleTable
 from multiwatch.watcher.startup_progress import StartupProgress
-from multiwatch.watcher.state import TrackedFiles, directory_of
+from multiwatch.watcher.tracked_files import TrackedFiles
 from multiwatch.watcher.unreadable import Unreadable
 
 # What a directory costs the walk in files' worth: an open, a listing, an inotify watch.

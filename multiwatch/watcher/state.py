@@ -14,24 +14,18 @@ Paths are stored as bytes (os.fsencode), so names that are not valid UTF-8 survi
 
 from __future__ import annotations
 
-import codecs
-import contextlib
-import marshal
 import os
 import sqlite3
-import sys
 from collections import Counter
-from collections.abc import Iterator, KeysView, Mapping, MutableMapping, Sequence
+from collections.abc import Iterator, Mapping, Sequence
 from dataclasses import dataclass
-from itertools import filterfalse
-from operator import itemgetter
-
-import xxhash
 
 from multiwatch.state_dir import CREATE, VERIFY, UnsafeStateError, secure_database
-from multiwatch.watcher.hashing import FileVersion, Hashed, Version
+from multiwatch.watcher.hashing import FileVersion, Hashed
 from multiwatch.watcher.message import Event
-from multiwatch.watcher.path_index import PathIndex, directory_of
+from multiwatch.watcher.path_index import directory_of
+from multiwatch.watcher.sql import StateError, subtree, transaction
+from multiwatch.watcher.tracked_files import TrackedFiles
 
 MIGRATIONS: tuple[str, ...] = (
     # 0 → 1: the first schema.
@@ -109,10 +103,6 @@ BUSY_TIMEOUT_SECONDS = 30.0
 _QUEUED_EVENTS, _QUEUED_BYTES = "resync_events", "resync_bytes"
 
 
-class StateError(Exception):
-    """The state database cannot be used (newer schema, corrupt file, unwritable disk)."""
-
-
 def state_db_path(state_dir: str, instance_id: str) -> str:
     return os.path.join(state_dir, "instances", instance_id, "state.db")
 
@@ -181,25 +171,10 @@ def _migrate(conn: sqlite3.Connection, path: str) -> None:
     if version > SCHEMA_VERSION:
         return  # connect() reports it
     for number in range(version, SCHEMA_VERSION):
-        with _transaction(conn):
+        with transaction(conn):
             for statement in _statements(MIGRATIONS[number]):
                 conn.execute(statement)
             conn.execute(f"PRAGMA user_version = {number + 1}")
-
-
-@contextlib.contextmanager
-def _transaction(conn: sqlite3.Connection) -> Iterator[None]:
-    """BEGIN IMMEDIATE … COMMIT, rolled back if the block raises."""
-    conn.execute("BEGIN IMMEDIATE")
-    try:
-        yield
-        conn.execute("COMMIT")
-    except BaseException:
-        # On SQLITE_FULL sqlite has already rolled back; a second ROLLBACK would raise
-        # and hide the real error.
-        if conn.in_transaction:
-            conn.execute("ROLLBACK")
-        raise
 
 
 def _statements(script: str) -> Iterator[str]:
@@ -234,7 +209,7 @@ class StateStore:
     def outbox_usage(self) -> tuple[int, int]:
         """Every waiting event, also those `multiwatch resync` queued (counted here, so
         the publisher must not count them again)."""
-        with _transaction(self._conn):
+        with transaction(self._conn):
             self._conn.execute("DELETE FROM counts WHERE name IN (?, ?)",
                                (_QUEUED_EVENTS, _QUEUED_BYTES))
             return outbox_usage(self._conn)
@@ -269,7 +244,7 @@ class StateStore:
     def commit(self, files: Mapping[str, Hashed | None], events: Sequence[Event]) -> None:
         """Record new file states (None: forget the path) and their events atomically."""
         conn = self._conn
-        with _transaction(conn):
+        with transaction(conn):
             # An upsert, not INSERT OR REPLACE: only a new path fires files_added.
             conn.executemany(
                 "INSERT INTO files VALUES (?, ?, ?, ?, ?, ?, ?) ON CONFLICT (path) DO UPDATE"
@@ -299,7 +274,7 @@ def _event_row(e: Event) -> tuple[str, str, str, str, str, bytes, int]:
 def queue_resync(conn: sqlite3.Connection, events: Sequence[Event]) -> None:
     """Append re-announcements from outside the watcher (`multiwatch resync`), in one
     transaction, and count them for the running publisher (take_resynced)."""
-    with _transaction(conn):
+    with transaction(conn):
         conn.executemany(_INSERT_EVENT, [_event_row(e) for e in events])
         conn.executemany(
             "INSERT INTO counts VALUES (?, ?) ON CONFLICT (name) DO UPDATE SET n = n + excluded.n",
@@ -323,7 +298,7 @@ def held_paths(conn: sqlite3.Connection, relative_dir: str = "") -> list[str]:
     """The held paths at or below relative_dir ("" for all), in path order."""
     if not held_count(conn):
         return []
-    where, parameters = ("WHERE path >= ? AND path < ?", _subtree(relative_dir)) \
+    where, parameters = ("WHERE path >= ? AND path < ?", subtree(relative_dir)) \
         if relative_dir else ("", ())
     return [os.fsdecode(bytes(path)) for (path,) in conn.execute(
         f"SELECT path FROM held_deletions {where} ORDER BY path", parameters)]
@@ -333,7 +308,7 @@ def hold_deletions(conn: sqlite3.Connection, paths: Sequence[str], *, held: bool
     """Hold (`held`) or stop holding these paths' deletions, in one transaction."""
     statement = ("INSERT OR IGNORE INTO held_deletions VALUES (?)" if held
                  else "DELETE FROM held_deletions WHERE path = ?")
-    with _transaction(conn):
+    with transaction(conn):
         conn.executemany(statement, [(os.fsencode(p),) for p in paths])
 
 
@@ -370,7 +345,7 @@ def iter_files_under(conn: sqlite3.Connection, relative_dir: str) -> Iterator[Tr
     if not relative_dir:
         yield from iter_files(conn)
         return
-    low, high = _subtree(relative_dir)
+    low, high = subtree(relative_dir)
     for path, inode, size, mtime_ns, ctime_ns, sha256, xxh128 in conn.execute(
             "SELECT path, inode, size, mtime_ns, ctime_ns, sha256, xxh128 FROM files"
             " WHERE path >= ? AND path < ? ORDER BY path", (low, high)):
@@ -384,292 +359,6 @@ def pending_events(conn: sqlite3.Connection, body_fragment: bytes) -> list[tuple
     return [(etype, bool(resync)) for etype, resync in conn.execute(
         "SELECT event_type, resync FROM outbox WHERE instr(body, ?) > 0 ORDER BY seq",
         (body_fragment,))]
-
-
-_Hashes = tuple[int, str, str]
-"""(ctime_ns, sha256, xxh128): the rest of a Hashed."""
-# No "/" from byte ? of the path on (1-based): a file directly in the directory.
-_NO_SLASH = "instr(substr(path, ?), X'2F') = 0"
-
-
-def _subtree(relative_dir: str) -> tuple[bytes, bytes]:
-    """(low, high): the stored paths below relative_dir are those low <= path < high."""
-    low = os.fsencode(relative_dir + "/")
-    return low, low[:-1] + b"0"  # "0" sorts right after "/"
-
-
-def listing_digest(listing: Mapping[str, Version]) -> bytes:
-    """The fingerprint of one directory's files (relative path → version), in any order.
-
-    Sorting the paths alone (str comparisons) costs half of sorting the items.  marshal
-    format 2 writes values only: no references or interning flags, which depend on how
-    the objects were made (a scan's tuples or the table's)."""
-    paths = sorted(listing)
-    return xxhash.xxh3_128_digest(
-        marshal.dumps((paths, tuple(map(listing.__getitem__, paths))), 2))
-
-
-class TrackedFiles(MutableMapping[str, Hashed]):
-    """relative path → Hashed of the announced version, read from the database lazily.
-
-    A restart over a large tree must not build a Python object per tracked row before its
-    walk (for 100,000 rows that is a third of the walk; bench/README.md): the rows of a
-    directory are read the first time one of its paths is asked for,
-    as plain (size, mtime_ns, inode) tuples, and the hashes and ctime of a path the first
-    time a Hashed is (a deletion, a rename, a modification).
-
-    A directory whose rows matched its whole listing is fingerprinted (`vouch`, saved to
-    the `directories` table); a later scan whose listing has the same fingerprint
-    (`unchanged_directory`) needs no rows at all.  Every change to a directory's rows
-    voids its fingerprint, here and in StateStore.commit.  Fingerprints of directories
-    changed while running are written at a clean stop (`save_fingerprints`).
-
-    Every change to `tracked` goes through this mapping, which keeps the new versions and
-    hashes in memory, so a path read from the database still has the row it was read
-    from.  The database is read only on the thread that owns the mapping (the
-    pipeline's)."""
-
-    def __init__(self, conn: sqlite3.Connection) -> None:
-        self._conn = conn
-        self._versions: dict[str, Version] = {}  # the tracked paths of loaded directories
-        self._hashes: dict[str, _Hashes] = {}  # read, or written since the load
-        # Directories whose rows are in _versions (with how many they had), or None once
-        # every row is.
-        self._loaded: dict[str, int] | None = {}
-        self._count: int = conn.execute("SELECT n FROM counts WHERE name = 'files'"
-                                        ).fetchone()[0]
-        self._fingerprints: dict[str, bytes] = {
-            os.fsdecode(bytes(path)): bytes(digest)
-            for path, digest in conn.execute("SELECT path, digest FROM directories")}
-        self._unsaved: set[str] = set()  # fingerprints not in the table yet
-        self._changed: set[str] = set()  # directories whose rows changed since their load
-        # _versions' paths by directory, built the first time a subtree is asked for
-        # (paths_under) and kept up to date from then on.
-        self._index: PathIndex | None = None
-        self.changes = 0  # counts every change, so a scan can tell whether any happened
-
-    def __len__(self) -> int:
-        return self._count
-
-    def __iter__(self) -> Iterator[str]:
-        return iter(self.paths())
-
-    def __contains__(self, relative_path: object) -> bool:
-        if not isinstance(relative_path, str):
-            return False
-        self._need(relative_path)
-        return relative_path in self._versions
-
-    def __getitem__(self, relative_path: str) -> Hashed:
-        self._need(relative_path)
-        return self._hashed(relative_path, self._versions[relative_path])
-
-    def __setitem__(self, relative_path: str, hashed: Hashed) -> None:
-        self._need(relative_path)
-        if relative_path not in self._versions:
-            self._count += 1
-            if self._index is not None:
-                self._index.add(relative_path)
-        version = hashed.version
-        self._versions[relative_path] = (version.size, version.mtime_ns, version.inode)
-        self._hashes[relative_path] = (hashed.ctime_ns, hashed.sha256, hashed.xxh128)
-        self._changed_in(directory_of(relative_path))
-
-    def __delitem__(self, relative_path: str) -> None:
-        self._need(relative_path)
-        del self._versions[relative_path]
-        if self._index is not None:
-            self._index.discard(relative_path)
-        self._hashes.pop(relative_path, None)
-        self._count -= 1
-        self._changed_in(directory_of(relative_path))
-
-    def get(self, relative_path: str, default: Hashed | None = None) -> Hashed | None:  # type: ignore[override]
-        self._need(relative_path)
-        version = self._versions.get(relative_path)
-        return default if version is None else self._hashed(relative_path, version)
-
-    def pop(self, relative_path: str, *default: Hashed | None) -> Hashed | None:  # type: ignore[override]
-        self._need(relative_path)
-        version = self._versions.get(relative_path)
-        if version is None:
-            if default:
-                return default[0]
-            raise KeyError(relative_path)
-        hashed = self._hashed(relative_path, version)
-        del self[relative_path]
-        return hashed
-
-    def paths(self) -> KeysView[str]:
-        """Every tracked path, as a dict view (set operations on it run at C speed)."""
-        self._load_all()
-        return self._versions.keys()
-
-    def paths_under(self, relative_dir: str) -> list[str]:
-        """The tracked paths below relative_dir, at any depth (its subtree's rows only)."""
-        if not relative_dir:
-            return list(self.paths())
-        if self._loaded is not None:
-            below = _load_versions(self._conn, "WHERE path >= ? AND path < ?",
-                                   _subtree(relative_dir))
-            self._merge(below, mark_loaded=True)
-        if self._index is None:
-            self._index = PathIndex(self._versions)
-        return self._index.under(relative_dir)
-
-    def changed(self, batch: Mapping[str, Version],
-                directory: str | None = None) -> list[tuple[str, Version]]:
-        """The (path, version) items of a scan batch whose path is not tracked, or
-        tracked with another version; in the batch's order.  `directory`: every path of
-        the batch is in it (a scan batch), which spares looking each one up."""
-        for each in (directory,) if directory is not None else {directory_of(p) for p in batch}:
-            self._need_directory(each)
-        if len(batch) > 1:
-            # The common case on a restart, every file unchanged, in two C calls: the
-            # tracked versions of the whole batch (KeyError: an untracked path), compared
-            # with the scanned ones as one tuple.
-            try:
-                if itemgetter(*batch)(self._versions) == tuple(batch.values()):
-                    return []
-            except KeyError:
-                pass
-        return list(filterfalse(self._versions.items().__contains__, batch.items()))
-
-    def directories_read(self) -> set[str] | None:
-        """The directories whose rows have been read so far (None: every row was)."""
-        return None if self._loaded is None else set(self._loaded)
-
-    def tracked_among(self, batch: Mapping[str, Version]) -> int:
-        """How many of a compared batch's paths are tracked."""
-        return sum(map(self._versions.__contains__, batch))
-
-    def unchanged_directory(self, directory: str, listing: Mapping[str, Version]) -> bool:
-        """True if the whole listing of a directory has its fingerprint: then its tracked
-        files are exactly these, with these versions, and nothing needs comparing."""
-        fingerprint = self._fingerprints.get(directory)
-        return fingerprint is not None and fingerprint == listing_digest(listing)
-
-    def vouch(self, directory: str, listing: Mapping[str, Version]) -> None:
-        """Fingerprint a directory whose whole listing was just compared and matched every
-        tracked file in it, if its rows are still those in the database."""
-        if (self._loaded is not None and directory not in self._changed
-                and self._loaded.get(directory) == len(listing)):
-            self._fingerprints[directory] = listing_digest(listing)
-            self._unsaved.add(directory)
-
-    def save_fingerprints(self, *, changed_too: bool = False) -> None:
-        """Write the new fingerprints; `changed_too` (at a clean stop, everything
-        committed): also those of the directories changed since their load."""
-        if changed_too and self._changed:
-            listings: dict[str, dict[str, Version]] = {d: {} for d in self._changed}
-            for path, version in self._versions.items():
-                listing = listings.get(directory_of(path))
-                if listing is not None:
-                    listing[path] = version
-            for directory, listing in listings.items():
-                if listing:
-                    self._fingerprints[directory] = listing_digest(listing)
-                    self._unsaved.add(directory)
-            self._changed.clear()
-        if not self._unsaved:
-            return
-        rows = [(os.fsencode(d), self._fingerprints[d]) for d in self._unsaved]
-        with _transaction(self._conn):
-            self._conn.executemany("INSERT OR REPLACE INTO directories VALUES (?, ?)", rows)
-        self._unsaved.clear()
-
-    def _changed_in(self, directory: str) -> None:
-        self._fingerprints.pop(directory, None)
-        self._unsaved.discard(directory)
-        self._changed.add(directory)
-        self.changes += 1
-
-    def _need(self, relative_path: str) -> None:
-        if self._loaded is not None:
-            self._need_directory(directory_of(relative_path))
-
-    def _need_directory(self, directory: str) -> None:
-        if self._loaded is None or directory in self._loaded:
-            return
-        if directory:
-            low, high = _subtree(directory)
-            rows = _load_versions(self._conn, f"WHERE path >= ? AND path < ? AND {_NO_SLASH}",
-                                  (low, high, len(low) + 1))
-        else:
-            rows = _load_versions(self._conn, f"WHERE {_NO_SLASH}", (1,))
-        self._add_rows(rows)
-        self._loaded[directory] = len(rows)
-
-    def _load_all(self) -> None:
-        if self._loaded is None:
-            return
-        self._merge(_load_versions(self._conn))
-        self._loaded = None
-
-    def _merge(self, rows: dict[str, Version], *, mark_loaded: bool = False) -> None:
-        """Add the rows of the directories not loaded yet (a loaded one's rows are in
-        memory, newer than the table's until committed); `mark_loaded`: the rows are all
-        the rows of their directories, which count as loaded from now on."""
-        loaded = self._loaded
-        if loaded is None:
-            return
-        if not loaded:
-            self._add_rows(rows)
-        else:
-            self._add_rows({p: v for p, v in rows.items() if directory_of(p) not in loaded})
-        if mark_loaded:
-            counts = Counter(map(directory_of, rows))
-            for directory in counts.keys() - loaded.keys():
-                loaded[directory] = counts[directory]
-
-    def _add_rows(self, rows: dict[str, Version]) -> None:
-        """Rows read from the table, of directories not loaded before."""
-        self._versions.update(rows)
-        if self._index is not None:
-            self._index.update(rows)
-
-    def _hashed(self, relative_path: str, version: Version) -> Hashed:
-        hashes = self._hashes.get(relative_path)
-        if hashes is None:
-            row = self._conn.execute("SELECT ctime_ns, sha256, xxh128 FROM files WHERE path = ?",
-                                     (os.fsencode(relative_path),)).fetchone()
-            if row is None:
-                raise StateError(f"{relative_path}: tracked, but its row is missing from the "
-                                 "state database")
-            hashes = self._hashes[relative_path] = (row[0], row[1], row[2])
-        size, mtime_ns, inode = version
-        ctime_ns, sha256, xxh128 = hashes
-        return Hashed(version=FileVersion(size=size, mtime_ns=mtime_ns, inode=inode),
-                      sha256=sha256, xxh128=xxh128, ctime_ns=ctime_ns)
-
-
-def _load_versions(conn: sqlite3.Connection, where: str = "",
-                   parameters: tuple[object, ...] = ()) -> dict[str, Version]:
-    """relative path → (size, mtime_ns, inode) of the tracked files `where` selects.
-
-    Paths are stored as os.fsencode bytes.  With a UTF-8 filesystem encoding, sqlite
-    itself can hand them over as str (a CAST to TEXT, decoded in C as the rows are read):
-    for valid UTF-8 that is exactly os.fsdecode's result, and it spares a bytes object per
-    row, about a quarter of the load.  A path that is not valid UTF-8 makes that read fail; then
-    every path is read as bytes and decoded in one call, like os.fsdecode (no path holds
-    a NUL, so NUL can join them)."""
-    encoding, errors = sys.getfilesystemencoding(), sys.getfilesystemencodeerrors()
-    if codecs.lookup(encoding).name == "utf-8":
-        try:
-            rows = conn.execute("SELECT CAST(path AS TEXT), size, mtime_ns, inode FROM files "
-                                f"{where} ORDER BY path", parameters).fetchall()
-        except sqlite3.OperationalError as exc:
-            if "decode" not in str(exc):
-                raise
-        else:
-            return dict(zip(map(itemgetter(0), rows), map(itemgetter(1, 2, 3), rows),
-                            strict=True))
-    rows = conn.execute(f"SELECT path, size, mtime_ns, inode FROM files {where} ORDER BY path",
-                        parameters).fetchall()
-    if not rows:
-        return {}
-    names = b"\0".join(map(itemgetter(0), rows)).decode(encoding, errors).split("\0")
-    return dict(zip(names, map(itemgetter(1, 2, 3), rows), strict=True))
 
 
 class DurableOutbox:
@@ -695,7 +384,7 @@ class DurableOutbox:
         conn = self._conn
         if not conn.execute("SELECT 1 FROM counts WHERE name = ?", (_QUEUED_EVENTS,)).fetchall():
             return 0, 0  # the usual case: one primary-key lookup, no write
-        with _transaction(conn):
+        with transaction(conn):
             counts = dict(conn.execute("SELECT name, n FROM counts WHERE name IN (?, ?)",
                                        (_QUEUED_EVENTS, _QUEUED_BYTES)).fetchall())
             conn.execute("DELETE FROM counts WHERE name IN (?, ?)",
