@@ -49,7 +49,7 @@ from bench.harness import (
 from tests.support.rabbitmq import RabbitMQ
 
 DEFAULT = ["burst", "latency", "bigfile", "restart", "deep", "fleet", "noisy", "noisy-hash",
-           "firststart", "burst-bound"]
+           "firststart", "burst-bound", "fleet-200"]
 EXTRA = ["profile", "ceilings"]
 
 
@@ -129,6 +129,7 @@ def main() -> int:
                  "bigfile": bigfile.run, "restart": restart.run, "deep": deep.run,
                  "fleet": fleet.run, "noisy": noisy.run_burst, "noisy-hash": noisy.run_hash,
                  "firststart": firststart.run, "burst-bound": burst.run_bound,
+                 "fleet-200": lambda c: fleet.run(c, 200),
                  "profile": burst.run_profile, "ceilings": run_ceilings}
     try:
         for name in chosen:
