@@ -80,6 +80,7 @@ class Holder:
     ppid: int
     instances: int
     watches: int
+    title: str = ""  # its command line's first word (a watcher's: "multiwatch: watcher ID")
 
 
 @dataclass(frozen=True)
@@ -136,8 +137,16 @@ def held_by(uid: int, *, deadline: float, proc: str = PROC,
                         watches += sum(1 for line in info if line.startswith("inotify wd:"))
                     instances += 1
             if instances:
-                holders.append(Holder(pid, ppid, instances, watches))
+                holders.append(Holder(pid, ppid, instances, watches, _title(proc, pid)))
     return Held(tuple(holders), by_parent)
+
+
+def _title(proc: str, pid: int) -> str:
+    try:
+        with open(f"{proc}/{pid}/cmdline", "rb") as handle:
+            return os.fsdecode(handle.read().split(b"\0")[0])
+    except OSError:
+        return ""
 
 
 def counted_in(limit: Limit, proc: str = PROC) -> str | None:

@@ -3,13 +3,10 @@
 - every broker URL (each node of a cluster list): log in, open a channel, declare the
   exchange and the queue passively (nothing is created);
 - the state directory (or the nearest existing parent `run` would create it in) accepts a
-  new file;
-- inotify: one instance per watching instance, one watch per directory of each tree, against
-  fs.inotify.max_user_instances / max_user_watches minus what this user's processes already
-  hold.
+  new file.
 
-Every wait is bounded: the broker by connect_timeout_seconds per step, the directory count
-by COUNT_BUDGET_SECONDS overall (and the report says when it stopped counting).
+(The inotify limits are compared with the roster by plain `check`: cli/inotify_check.py.)
+Every wait is bounded, the broker's by connect_timeout_seconds per step.
 """
 
 from __future__ import annotations
@@ -17,8 +14,7 @@ from __future__ import annotations
 import contextlib
 import os
 import tempfile
-import time
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass, field
 
 import amqp.exceptions
@@ -34,9 +30,6 @@ from multiwatch.broker import (
 from multiwatch.broker_errors import describe, resolve_host, where
 from multiwatch.config import BrokerConfig, Roster
 
-COUNT_BUDGET_SECONDS = 5.0
-INOTIFY = "/proc/sys/fs/inotify"
-
 
 @dataclass
 class Findings:
@@ -50,7 +43,6 @@ def preflight(roster: Roster) -> Findings:
     found = Findings()
     _check_brokers(roster, found)
     _check_state_dir(roster.state_dir, found)
-    _check_inotify(roster, found)
     return found
 
 
@@ -131,95 +123,13 @@ def _check_state_dir(state_dir: str, found: Findings) -> None:
     found.checked.append(f"state directory {state_dir}: writable")
 
 
-# ---------------------------------------------------------------- inotify
-
-
-def _check_inotify(roster: Roster, found: Findings) -> None:
-    watching = [i for i in roster.instances if i.observer != "polling"]
-    if not watching:
-        return
-    limits = {name: _read_int(os.path.join(INOTIFY, name))
-              for name in ("max_user_instances", "max_user_watches")}
-    if None in limits.values():
-        found.checked.append("inotify: limits unknown (no /proc/sys/fs/inotify)")
-        return
-    max_instances, max_watches = limits["max_user_instances"], limits["max_user_watches"]
-    assert max_instances is not None and max_watches is not None
-    used_instances, used_watches = _inotify_in_use()
-    if used_instances + len(watching) > max_instances:
-        found.problems.append(
-            f"inotify: {len(watching)} instances need {len(watching)} inotify instances, "
-            f"{used_instances} of fs.inotify.max_user_instances={max_instances} are in use "
-            f"by this user (raise it with sysctl, or set observer: polling)")
-    deadline = time.monotonic() + COUNT_BUDGET_SECONDS
-    needed, complete = 0, True
-    for instance in watching:
-        count, done = _count_directories(instance.directory, instance.recursive, deadline)
-        needed += count
-        complete = complete and done
-    counted = f"{needed:,}" + ("" if complete else
-                               f"+ (stopped counting after {COUNT_BUDGET_SECONDS:g}s)")
-    if used_watches + needed > max_watches:
-        found.problems.append(
-            f"inotify: the trees hold {counted} directories (one watch each), {used_watches:,} "
-            f"of fs.inotify.max_user_watches={max_watches:,} are in use by this user "
-            f"(raise it with sysctl, or set observer: polling)")
-    else:
-        found.checked.append(
-            f"inotify: {len(watching)} instances ({used_instances} in use, max "
-            f"{max_instances}), {counted} directories to watch ({used_watches:,} watches in "
-            f"use, max {max_watches:,})")
-
-
-def _read_int(path: str) -> int | None:
-    try:
-        with open(path) as handle:
-            return int(handle.read().strip())
-    except (OSError, ValueError):
-        return None
-
-
-def _inotify_in_use() -> tuple[int, int]:
-    """(inotify instances, watches) held by this user's processes, as far as /proc shows."""
-    instances = watches = 0
-    uid = os.getuid()
-    with contextlib.suppress(OSError):
-        pids = [p for p in os.listdir("/proc") if p.isdigit()]
-        for pid in pids:
-            with contextlib.suppress(OSError):
-                if os.stat(f"/proc/{pid}").st_uid != uid:
-                    continue
-                for fd in os.listdir(f"/proc/{pid}/fd"):
-                    with contextlib.suppress(OSError):
-                        if os.readlink(f"/proc/{pid}/fd/{fd}") != "anon_inode:inotify":
-                            continue
-                        instances += 1
-                        with open(f"/proc/{pid}/fdinfo/{fd}") as info:
-                            watches += sum(1 for line in info if line.startswith("inotify wd:"))
-    return instances, watches
-
-
-def _count_directories(root: str, recursive: bool, deadline: float) -> tuple[int, bool]:
-    """Directories under `root` (itself included) and whether the count finished before
-    `deadline`.  A missing root counts as one (an optional instance waits for it)."""
-    if not recursive:
-        return 1, True
-    count, pending = 0, [root]
-    while pending:
-        if time.monotonic() >= deadline:
-            return count, False
-        folder = pending.pop()
-        count += 1
-        with contextlib.suppress(OSError), os.scandir(folder) as entries:
-            pending.extend(e.path for e in entries if e.is_dir(follow_symlinks=False))
-    return count, True
-
-
-def check_connect(roster: Roster) -> int:
-    """Print one line per problem on stderr (exit 2), else a short summary (exit 0)."""
+def check_connect(roster: Roster, also_checked: Sequence[str] = ()) -> int:
+    """Print one line per problem on stderr (exit 2), else a short summary (exit 0) with
+    `also_checked` (what plain check found fine) at its end."""
     import sys
 
     found = preflight(roster)
+    found.checked.extend(also_checked)
     for problem in found.problems:
         print(f"multiwatch: problem: {problem}", file=sys.stderr)
     if found.problems:

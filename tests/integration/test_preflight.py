@@ -1,4 +1,5 @@
-"""`multiwatch check --connect` against a real RabbitMQ, a real read-only mount and /proc."""
+"""`multiwatch check --connect` against a real RabbitMQ and a real read-only mount (the
+inotify limits: tests/test_check_inotify.py)."""
 
 from __future__ import annotations
 
@@ -12,8 +13,6 @@ from typing import Any
 
 import pytest
 
-from multiwatch.cli import preflight
-from multiwatch.config import load_roster
 from tests.support.process import free_port, run_cli, write_roster
 
 CHECK_BUDGET = 30.0  # connect_timeout 2 s per step: far below this even for three bad URLs
@@ -120,29 +119,3 @@ def test_a_read_only_state_dir_is_one_clear_error(
     assert done.returncode == 2, done.stderr
     assert done.stderr == (f"multiwatch: error: cannot use the state directory "
                            f"{read_only_state}: it is on a read-only file system\n")
-
-
-def test_too_few_inotify_watches_for_the_trees(
-        tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
-    """Trees with more directories than max_user_watches leaves: one line naming the limit."""
-    limits = tmp_path / "inotify"
-    limits.mkdir()
-    (limits / "max_user_instances").write_text("128\n")
-    (limits / "max_user_watches").write_text("10\n")
-    monkeypatch.setattr(preflight, "INOTIFY", str(limits))
-    roster_path = _roster(tmp_path, None)
-    for n in range(20):
-        (tmp_path / "in" / f"d{n}").mkdir()
-    found = preflight.preflight(load_roster(str(roster_path), {}))
-    [problem] = found.problems
-    assert "21 directories" in problem and "max_user_watches=10" in problem
-
-
-def test_a_huge_tree_is_counted_within_the_budget(
-        tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
-    """With no time left the count stops at once and says so instead of walking on."""
-    monkeypatch.setattr(preflight, "COUNT_BUDGET_SECONDS", 0.0)
-    roster_path = _roster(tmp_path, None)
-    (tmp_path / "in" / "sub").mkdir()
-    found = preflight.preflight(load_roster(str(roster_path), {}))
-    assert any("stopped counting" in line for line in found.checked + found.problems)

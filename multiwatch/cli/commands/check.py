@@ -1,9 +1,11 @@
-"""`multiwatch check`: validate a roster, print the effective configuration, and with
---connect try the brokers, the state directory and the inotify limits (cli/preflight.py)."""
+"""`multiwatch check`: validate a roster, print the effective configuration, warn when the
+roster needs more inotify instances or watches than the kernel allows (cli/inotify_check.py),
+and with --connect try the brokers and the state directory (cli/preflight.py)."""
 
 from __future__ import annotations
 
 import argparse
+import sys
 from typing import TYPE_CHECKING
 
 from multiwatch.cli.commands.common import CONFIG_HELP, Subcommands, check_state, on_roster
@@ -21,18 +23,22 @@ def register(commands: Subcommands) -> None:
     check.add_argument("-c", "--config", metavar="PATH", help=CONFIG_HELP)
     check.add_argument("--connect", action="store_true",
                        help="also log in to every broker URL, declare the exchange and queue "
-                       "passively, try writing the state directory and compare the inotify "
-                       "limits with the trees; one line per problem, exit 2")
+                       "passively and try writing the state directory; one line per problem, "
+                       "exit 2")
     check.set_defaults(handler=on_roster(_check))
 
 
 def _check(roster: Roster, args: argparse.Namespace) -> int:
+    from multiwatch.cli.inotify_check import check_inotify
     from multiwatch.config import render_effective
 
     check_state(roster, create=False)
     print(render_effective(roster), end="")
+    inotify = check_inotify(roster)  # warnings only: a watcher refused inotify polls
+    for warning in inotify.warnings:
+        print(f"multiwatch: warning: {warning}", file=sys.stderr)
     if args.connect:
         from multiwatch.cli.preflight import check_connect
 
-        return check_connect(roster)
+        return check_connect(roster, [inotify.summary] if inotify.summary else [])
     return 0
