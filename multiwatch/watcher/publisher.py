@@ -10,8 +10,7 @@ confirm_timeout), then what the broker confirmed and routed is deleted from the 
   that let consumers drop the duplicates).
 - Returned (unroutable) or nacked: the connection is fine, so it is kept.  The event is
   held at the head of the outbox and published alone, with backoff, until the broker
-  routes it; the events behind it wait (no duplicates, no reordering).  A log line at
-  most once a minute, a counter and the heartbeat's `problem` make it visible.
+  routes it; the events behind it wait (held_event.py).
 
 Every wait has a deadline, and before each the thread records when it expects to be back
 (`progress`): the watcher's main loop restarts the watcher if the thread dies or misses
@@ -26,7 +25,6 @@ import random
 import sqlite3
 import threading
 import time
-from dataclasses import dataclass
 
 from kombu import Connection, Producer
 
@@ -47,6 +45,7 @@ from multiwatch.watcher.amqp_io import (
     service_heartbeat,
 )
 from multiwatch.watcher.confirms import UNROUTABLE, Confirms, judge, runs
+from multiwatch.watcher.held_event import HeldEvent
 from multiwatch.watcher.message import Event
 from multiwatch.watcher.outbox import OutboxGauge
 from multiwatch.watcher.publisher_health import Progress, PublisherStats
@@ -57,35 +56,17 @@ log = logging.getLogger(__name__)
 
 FIRST_RETRY_SECONDS = 0.5
 BATCH_SIZE = 256
-HELD_LOG_EVERY_SECONDS = 60.0
+BLOCKED_LOG_EVERY_SECONDS = 60.0
 # Channel open, exchange and queue declare, confirm_select: one reply each.
 SETUP_READS = 4
 # A polite close waits this long for Close-Ok (a healthy broker answers at once).
 CLOSE_WAIT_SECONDS = 2.0
 # While waiting for confirms, look at a stop request at least this often.
 STOP_POLL_SECONDS = 0.25
-HOW_TO_FIX = ("bind a queue to the exchange for this routing key, or give the exchange an "
-              "alternate exchange (a policy) that takes unroutable messages")
-
-# Kept for callers and tests that knew the bookkeeping under its old name.
-_Confirms = Confirms
 
 
 class PublishFailed(Exception):
     """Part of a batch was not confirmed; it stays in the outbox."""
-
-
-@dataclass
-class _Held:
-    """The head event the broker returned or nacked: published alone, with backoff."""
-
-    event: Event
-    reason: str
-    since: float
-    retry_at: float
-    delay: float = FIRST_RETRY_SECONDS
-    attempts: int = 1
-    logged_at: float = -float("inf")
 
 
 class Publisher(threading.Thread):
@@ -101,9 +82,9 @@ class Publisher(threading.Thread):
         self._gauge = gauge
         self._stop_deadline: float | None = None
         self._wake = threading.Event()
-        self._held: _Held | None = None
         self._blocked_logged_at = -float("inf")
         self.stats = PublisherStats()
+        self._held = HeldEvent(self.stats, gauge, broker.reconnect_max_seconds)
         self.latency = LatencyHistogram()
         self.progress = Progress()
 
@@ -127,7 +108,7 @@ class Publisher(threading.Thread):
         if deadline is None:
             return False
         # A held event will not go through in the seconds left: stop at once.
-        return time.monotonic() >= deadline or self._gauge.depth == 0 or self._held is not None
+        return time.monotonic() >= deadline or self._gauge.depth == 0 or self._held.active
 
     # ---------------------------------------------------------------- the thread
 
@@ -220,7 +201,7 @@ class Publisher(threading.Thread):
         coming, so the usual confirm timeout (and reconnect) applies; this names why."""
         self.stats.blocked = reason or "resource alarm"
         now = time.monotonic()
-        if now - self._blocked_logged_at >= HELD_LOG_EVERY_SECONDS:  # every reconnect is blocked
+        if now - self._blocked_logged_at >= BLOCKED_LOG_EVERY_SECONDS:  # every reconnect is blocked
             self._blocked_logged_at = now
             log.warning("the broker blocked the connection (a memory or disk alarm); events "
                         "wait in the outbox until it lifts", extra={"reason": self.stats.blocked})
@@ -262,13 +243,14 @@ class Publisher(threading.Thread):
                 service_heartbeat(connection)
                 next_service = now + service_every
             wake_at = next_service if confirms is not None else now + service_every
-            held = self._held
-            if held is not None and now < held.retry_at:
-                self._log_held(held, now)
-                self._wait(self._wake, min(held.retry_at, wake_at) - now, "holding an event")
+            retry_at = self._held.retry_at()
+            if retry_at is not None and now < retry_at:
+                self._held.report(now)
+                self._wait(self._wake, min(retry_at, wake_at) - now, "holding an event")
                 continue
             # The gauge counts committed rows: an empty outbox needs no query.
-            batch = outbox.peek(1 if held else BATCH_SIZE) if self._gauge.depth else []
+            size = 1 if retry_at is not None else BATCH_SIZE
+            batch = outbox.peek(size) if self._gauge.depth else []
             if not batch:
                 self._wait(self._gauge.new_events, wake_at - now, "waiting for events")
                 self._gauge.new_events.clear()
@@ -320,14 +302,9 @@ class Publisher(threading.Thread):
         if verdict.held is not None:
             event = events[verdict.held]
             reason = confirms.returned.get(event.message_id) or "rejected by the broker (nack)"
-            self._hold(event, reason, now)
-        elif self._held is not None and 0 in verdict.delivered:
-            log.info("the held event was delivered; publishing resumes", extra={
-                "message_id": self._held.event.message_id,
-                "routing_key": self._held.event.routing_key,
-                "held_seconds": round(now - self._held.since, 1)})
-            self._held = None
-            self.stats.held = ""
+            self._held.hold(event, reason, now)
+        elif 0 in verdict.delivered:
+            self._held.delivered(now)
         if verdict.timed_out:
             blocked = self.stats.blocked
             raise PublishFailed(
@@ -361,34 +338,6 @@ class Publisher(threading.Thread):
             noticed = self._gauge.noticed_at.pop(event.message_id, None)
             if noticed is not None:
                 self.latency.observe(confirmed_at - noticed)
-
-    def _hold(self, event: Event, reason: str, now: float) -> None:
-        """Keep `event` at the head and publish it alone, with capped backoff."""
-        held = self._held
-        if held is None or held.event.message_id != event.message_id:
-            held = self._held = _Held(event, reason, since=now, retry_at=now)
-        else:
-            held.attempts += 1
-            held.reason = reason
-            held.delay = min(held.delay * 2, self._broker.reconnect_max_seconds)
-        held.retry_at = now + held.delay
-        self.stats.held = (f"event {event.message_id} (routing key {event.routing_key!r}) "
-                           f"is {reason}")
-        self._log_held(held, now)
-
-    def _log_held(self, held: _Held, now: float) -> None:
-        """At most one line a minute while an event is held."""
-        if now - held.logged_at < HELD_LOG_EVERY_SECONDS:
-            return
-        held.logged_at = now
-        what = ("event unroutable: no queue is bound for its routing key"
-                if held.reason.startswith("unroutable") else "event rejected by the broker")
-        log.warning("%s; it and the events behind it wait in the outbox (to fix: %s)",
-                    what, HOW_TO_FIX, extra={
-                        "error": held.reason, "routing_key": held.event.routing_key,
-                        "message_id": held.event.message_id, "attempts": held.attempts,
-                        "held_seconds": round(now - held.since, 1),
-                        "outbox_depth": self._gauge.depth})
 
 
 def _failure_reason(exc: Exception, link: BrokerLink) -> str:
