@@ -11,6 +11,7 @@ import subprocess
 import tempfile
 from collections.abc import Iterator
 from contextlib import contextmanager
+from functools import partial
 from pathlib import Path
 from typing import Any
 
@@ -18,9 +19,9 @@ import pytest
 
 import multiwatch.watcher.pipeline as pipeline_module
 from multiwatch.watcher import confined
-from multiwatch.watcher.observe import RawEvent, start_observer
+from multiwatch.watcher.observe import EventKind, RawEvent, start_observer
 from tests.support.hostile import Announced, is_log, remove_tree, roster
-from tests.support.process import Multiwatch
+from tests.support.process import LogLine, Multiwatch
 from tests.watcher.test_pipeline import make_pipeline
 
 ATTACKER = ["setpriv", "--reuid=nobody", "--regid=nogroup", "--clear-groups", "--"]
@@ -124,7 +125,8 @@ def test_parent_swapped_for_a_symlink_between_settle_and_hash_is_never_read(
             name = f"d{attempt}"
             as_attacker('mkdir "$1"; printf small > "$1/token"', str(root / name))
             swaps.append(name)
-            announced.pipeline.notifications.put(RawEvent("created", False, f"{name}/token"))
+            event = RawEvent(EventKind.CREATED, False, f"{name}/token")
+            announced.pipeline.notifications.put(event)
             announced.settled()
             assert not swaps, "the hook did not run"
     assert leaked(announced) == [], announced.summary()
@@ -148,7 +150,7 @@ def test_follow_symlinks_follows_links_inside_the_tree_only(
             'ln -s loop1 loop2; ln -s loop2 loop1', str(root), str(private))
         announced.pipeline.request_scan()
         for name in ("privdir/token", "out_via_dir", "subdir/up"):  # as events could name them
-            announced.pipeline.notifications.put(RawEvent("created", False, name))
+            announced.pipeline.notifications.put(RawEvent(EventKind.CREATED, False, name))
         announced.settled()
     inside = hashlib.sha256(b"inside").hexdigest()
     assert {b["file_info"]["relative_path"]: b["file_info"]["sha256_hash"]
@@ -182,8 +184,7 @@ def test_swap_race_end_to_end_as_the_issue_describes(arena: tuple[Path, Path],
             as_attacker('mv "$1/d" "$2/d"; sleep 1; mv "$2/d" "$2/moved-$3"; ln -s "$4" "$2/d"',
                         str(staging), str(inbox), str(attempt), str(private))
             moved_token = str(inbox / f"moved-{attempt}" / "token")
-            mw.wait_for_log(lambda line, path=moved_token: line.get("path") == path and (
-                is_log(line, "file discovered") or is_log(line, "file moved")), timeout=120)
+            mw.wait_for_log(partial(_announced_at, moved_token), timeout=120)
             (inbox / "d").unlink()
         (inbox / "marker").write_bytes(b"the end")
         mw.wait_for_log(lambda line: is_log(line, "file discovered", "inbox")
@@ -195,3 +196,9 @@ def test_swap_race_end_to_end_as_the_issue_describes(arena: tuple[Path, Path],
                     if str(line.get("path", "")).startswith(str(inbox / "d"))
                     and line.get("size_bytes") == len(SECRET)]
     assert secret_lines == []
+
+
+def _announced_at(path: str, line: LogLine) -> bool:
+    """A log line announcing `path` (discovered, or moved to it)."""
+    return line.get("path") == path and (is_log(line, "file discovered")
+                                         or is_log(line, "file moved"))

@@ -18,7 +18,7 @@ import psutil
 import pytest
 from prometheus_client.parser import text_string_to_metric_families
 
-from multiwatch.watcher.observe import RawEvent
+from multiwatch.watcher.observe import EventKind, RawEvent
 from tests.support.consumer import wait_for
 from tests.support.hostile import (
     HostileMultiwatch,
@@ -273,7 +273,7 @@ def test_watched_files_are_only_ever_opened_read_only(tmp_path: Path) -> None:
         announced.until(lambda bodies: len(bodies) >= 4)
         (root / "old.mp3").unlink()
         announced.until(lambda bodies: len(bodies) >= 5)
-        announced.pipeline.notifications.put(RawEvent("overflow", True, ""))
+        announced.pipeline.notifications.put(RawEvent(EventKind.OVERFLOW, True, ""))
         announced.settled()
     assert [b["event_type"] for b in announced.bodies] == [
         "file_discovered", "file_discovered", "file_modified", "file_moved", "file_deleted"]

@@ -11,7 +11,7 @@ import pytest
 
 import multiwatch.watcher.pipeline as pipeline_module
 from multiwatch.watcher.hashing import CHUNK_BYTES
-from multiwatch.watcher.observe import RawEvent
+from multiwatch.watcher.observe import EventKind, RawEvent
 from tests.support.consumer import wait_for
 from tests.support.hostile import (
     Announced,
@@ -45,7 +45,7 @@ def test_new_file_deleted_while_being_hashed_is_never_announced(
     announced, root = _pipeline(tmp_path)
     (root / "doomed.bin").write_bytes(BIG)
     chunks = during_hashing(monkeypatch, lambda: (root / "doomed.bin").unlink())
-    announced.pipeline.notifications.put(RawEvent("created", False, "doomed.bin"))
+    announced.pipeline.notifications.put(RawEvent(EventKind.CREATED, False, "doomed.bin"))
     announced.settled()
     assert chunks and chunks[0] >= 1  # the deletion really happened mid-read
     assert announced.bodies == []
@@ -62,7 +62,7 @@ def test_known_file_deleted_while_being_rehashed_is_announced_deleted_with_old_h
     announced.until(lambda bodies: len(bodies) == 1)
     (root / "song.bin").write_bytes(BIG)
     during_hashing(monkeypatch, lambda: (root / "song.bin").unlink())
-    announced.pipeline.notifications.put(RawEvent("modified", False, "song.bin"))
+    announced.pipeline.notifications.put(RawEvent(EventKind.MODIFIED, False, "song.bin"))
     announced.settled()
     assert announced.summary() == [("file_discovered", "song.bin"), ("file_deleted", "song.bin")]
     assert hashes_of(announced.bodies[1]) == digests(b"version 1")
@@ -90,7 +90,7 @@ def test_file_changed_while_being_hashed_is_resettled_with_final_hashes(
                 handle.write(final)
 
     chunks = during_hashing(monkeypatch, change)
-    announced.pipeline.notifications.put(RawEvent("created", False, "movie.bin"))
+    announced.pipeline.notifications.put(RawEvent(EventKind.CREATED, False, "movie.bin"))
     announced.settled()
     assert len(chunks) >= 2  # read, found changed, settled again and read again
     [body] = announced.bodies

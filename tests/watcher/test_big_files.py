@@ -17,7 +17,7 @@ from multiwatch.watcher.confined import ConfinedRoot
 from multiwatch.watcher.hash_pool import HashPool
 from multiwatch.watcher.hash_slots import HashSlot, HashSlots
 from multiwatch.watcher.hashing import Hashed, hash_file
-from multiwatch.watcher.observe import RawEvent
+from multiwatch.watcher.observe import EventKind, RawEvent
 from multiwatch.watcher.outbox import OutboxGauge
 from multiwatch.watcher.pipeline import Pipeline
 from multiwatch.watcher.state import DurableOutbox, StateStore
@@ -61,11 +61,11 @@ class Harness:
         with open(self.root / name, "ab" if append else "wb") as f:
             f.write(data)
         if not append:
-            self.notify("created", name)
-        self.notify("modified", name)
-        self.notify("closed", name)
+            self.notify(EventKind.CREATED, name)
+        self.notify(EventKind.MODIFIED, name)
+        self.notify(EventKind.CLOSED, name)
 
-    def notify(self, kind: str, name: str) -> None:
+    def notify(self, kind: EventKind, name: str) -> None:
         self.pipeline.notifications.put(RawEvent(kind, False, name))
 
     def take(self) -> list[dict[str, Any]]:
@@ -222,10 +222,10 @@ def test_big_file_renamed_into_place_is_hashed_while_it_settles(
     cleanup.append(h)
     data = os.urandom(2 * BIG)
     (h.root / "movie.mkv.part").write_bytes(data)
-    for kind in ("created", "modified", "closed"):
+    for kind in (EventKind.CREATED, EventKind.MODIFIED, EventKind.CLOSED):
         h.notify(kind, "movie.mkv.part")
     os.rename(h.root / "movie.mkv.part", h.root / "movie.mkv")
-    h.pipeline.notifications.put(RawEvent("moved", False, "movie.mkv.part", "movie.mkv"))
+    h.pipeline.notifications.put(RawEvent(EventKind.MOVED, False, "movie.mkv.part", "movie.mkv"))
     run_until(h.pipeline, lambda: len(h.hashed) == 1)
     assert h.take() == []  # hashed, still settling
     settle_all(h.pipeline)
@@ -248,10 +248,10 @@ def test_small_file_changed_without_events_after_its_close_settles_again(
     settled_once = False
     real = hash_file
 
-    def first_hash(path: str, *args: Any, **kwargs: Any) -> Hashed:
+    def first_hash(root: ConfinedRoot, *args: Any, **kwargs: Any) -> Hashed:
         nonlocal settled_once
         settled_once = True
-        return real(path, *args, **kwargs)
+        return real(root, *args, **kwargs)
 
     monkeypatch.setattr("multiwatch.watcher.pipeline.hash_file", first_hash)
     run_until(h.pipeline, lambda: settled_once)

@@ -172,7 +172,7 @@ def test_polling_snapshot_lists_each_real_entry_once(tree: Path) -> None:
     io = ConfinedSnapshotIO(ConfinedRoot(str(tree)))
     snapshot = DirectorySnapshot(str(tree), recursive=True, stat=io.stat,  # type: ignore[arg-type]
                                  listdir=io.listdir)
-    relative = sorted(os.path.relpath(p, tree) for p in snapshot.paths)
+    relative = sorted(os.path.relpath(str(p), str(tree)) for p in snapshot.paths)
     assert relative == [".", "absin", "flink", "in", "leave", "loop", "out", "sub", "sub/f",
                         "sub/up", "via"]
     st = os.lstat(tree / "sub" / "f")

@@ -13,7 +13,7 @@ from typing import Any
 import pytest
 
 from multiwatch.config.deletions import ScanDeletionBound
-from multiwatch.watcher.observe import RawEvent
+from multiwatch.watcher.observe import EventKind, RawEvent
 from multiwatch.watcher.pipeline import Pipeline
 from multiwatch.watcher.state import (
     RECHECK,
@@ -213,7 +213,7 @@ def test_deletions_the_kernel_reports_are_never_held(tmp_path: Path) -> None:
     pipeline, outbox, root = _started(tmp_path)
     for relative in FILES:
         (root / relative).unlink()
-        pipeline.notifications.put(RawEvent("deleted", False, relative))
+        pipeline.notifications.put(RawEvent(EventKind.DELETED, False, relative))
     settle_all(pipeline)
     assert len(drain(outbox)) == len(FILES)
     assert pipeline.deletions.held == 0

@@ -8,7 +8,7 @@ from pathlib import Path
 import pytest
 
 from multiwatch.watcher.filters import PathFilter
-from multiwatch.watcher.observe import RawEvent
+from multiwatch.watcher.observe import EventKind, RawEvent
 from tests.watcher.test_pipeline import make_pipeline, settle_all
 
 PIPELINE_LOGGER = "multiwatch.watcher.pipeline"
@@ -35,7 +35,7 @@ def test_a_filtered_file_is_logged_at_debug_with_the_pattern(
     (root / relative).parent.mkdir(parents=True, exist_ok=True)
     (root / relative).write_bytes(b"x")
     caplog.set_level(logging.DEBUG, logger=PIPELINE_LOGGER)
-    pipeline.notifications.put(RawEvent("created", False, relative))
+    pipeline.notifications.put(RawEvent(EventKind.CREATED, False, relative))
     settle_all(pipeline)
     assert skipped(caplog) == [(str(root / relative), reason)]
 
@@ -52,6 +52,6 @@ def test_nothing_is_worked_out_for_the_trace_above_debug(
 
     monkeypatch.setattr(PathFilter, "why_unwanted", forbidden)
     caplog.set_level(logging.INFO, logger=PIPELINE_LOGGER)
-    pipeline.notifications.put(RawEvent("created", False, "a.tmp"))
+    pipeline.notifications.put(RawEvent(EventKind.CREATED, False, "a.tmp"))
     settle_all(pipeline)
     assert skipped(caplog) == []

@@ -167,9 +167,11 @@ def test_observer_inotify_raises_a_clear_error_instead_of_polling(tmp_path: Path
 # ---------------------------------------------------------------- the wording, exactly
 
 
-def _fake_proc(tmp_path: Path, processes: dict[int, tuple[int, list[int]]]) -> Path:
+def _fake_proc(tmp_path: Path, processes: dict[int, tuple[int, list[int]]],
+               watchers: tuple[int, ...] = ()) -> Path:
     """A /proc with `processes` {pid: (ppid, [watches of each inotify descriptor])}, each
-    with one descriptor that is not inotify; all owned by this user."""
+    with one descriptor that is not inotify, `watchers` titled as multiwatch's; all owned
+    by this user."""
     proc = tmp_path / "proc"
     for pid, (ppid, instances) in processes.items():
         base = proc / str(pid)
@@ -177,6 +179,8 @@ def _fake_proc(tmp_path: Path, processes: dict[int, tuple[int, list[int]]]) -> P
         (base / "fdinfo").mkdir()
         (base / "stat").write_text(f"{pid} (multi watch) S {ppid} 1 1 0\n")
         (base / "fd" / "0").symlink_to("/dev/null")
+        (base / "cmdline").write_bytes(b"multiwatch: watcher w%d\0" % pid if pid in watchers
+                                       else b"python3\0-c\0")
         for fd, watches in enumerate(instances, start=3):
             (base / "fd" / str(fd)).symlink_to("anon_inode:inotify")
             (base / "fdinfo" / str(fd)).write_text(
@@ -212,16 +216,18 @@ def test_the_smaller_limit_binds_and_a_tie_names_the_hosts_sysctl(tmp_path: Path
 
 def test_an_instance_refused_counts_the_watchers_beside_it(tmp_path: Path) -> None:
     """fs.inotify.max_user_instances=4, held by two of the three other watchers of this
-    supervisor and by two descriptors of another program: the fleet needs 3 + 1 + 2 = 6."""
-    me = os.getppid()  # the processes sharing this one's parent are "beside" it
+    supervisor and by two descriptors of another program: the fleet needs 3 + 1 + 2 = 6
+    (a process beside it that is no watcher counts for nothing)."""
+    me = os.getppid()  # the watchers sharing this one's parent are "beside" it
     proc = _fake_proc(tmp_path, {101: (me, [3]), 102: (me, [0]), 103: (me, []),
-                                 os.getpid(): (me, []), 200: (1, [5, 5])})
+                                 104: (me, []), os.getpid(): (me, []), 200: (1, [5, 5])},
+                      watchers=(101, 102, 103, os.getpid()))
     line = inotify_limits.instance_refused(
         OSError(errno.EMFILE, "Too many open files"), polling="polling every 1s",
         proc=str(proc), proc_sys=str(_fake_sys(tmp_path, max_user_instances=4)))
     assert line == (
         "inotify refused an instance: fs.inotify.max_user_instances=4 reached (this user "
-        "holds 4: 2 in the 3 processes beside this watcher, 2 elsewhere); polling every 1s "
+        "holds 4: 2 in the 3 watchers beside this one, 2 elsewhere); polling every 1s "
         "instead; needs fs.inotify.max_user_instances >= 6: as root on the host, sysctl -w "
         "fs.inotify.max_user_instances=128 (to keep it: README, Deploying it)")
 

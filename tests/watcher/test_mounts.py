@@ -184,7 +184,7 @@ def test_a_sub_mount_is_scanned_unless_one_filesystem(
     (inner / "deep").mkdir()
     (inner / "deep" / "there.txt").write_text("there")
     watched: list[str] = []
-    found = set()
+    found: set[str] = set()
     for batch in scan_batches(ConfinedRoot(str(root)), "", PathFilter(("*",), ()),
                               recursive=True, watch=watched.append,
                               one_filesystem=one_filesystem):

@@ -24,6 +24,7 @@ from multiwatch.watcher import observe
 from multiwatch.watcher.confined import ConfinedRoot
 from multiwatch.watcher.filters import PathFilter
 from multiwatch.watcher.observe import (
+    EventKind,
     RawEvent,
     directory_watcher,
     listen_for_lost_events,
@@ -122,7 +123,7 @@ def test_overflow_notification_rescans_and_finds_what_was_missed(
     assert drain(outbox) == [], "nothing is announced without a notification or a scan"
 
     with caplog.at_level(logging.WARNING, logger="multiwatch"):
-        pipeline.notifications.put(RawEvent("overflow", True, ""))
+        pipeline.notifications.put(RawEvent(EventKind.OVERFLOW, True, ""))
         settle_all(pipeline)
 
     assert sorted((b["event_type"], b["file_info"]["relative_path"]) for b in drain(outbox)) == [

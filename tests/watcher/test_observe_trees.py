@@ -15,7 +15,12 @@ from watchdog.observers.inotify import InotifyWatchGroup
 from watchdog.observers.inotify_c import InotifyConstants
 
 from multiwatch.watcher import observe
-from multiwatch.watcher.observe import RawEvent, directory_watcher, start_observer
+from multiwatch.watcher.observe import (
+    EventKind,
+    RawEvent,
+    directory_watcher,
+    start_observer,
+)
 
 
 def next_event(events: queue.SimpleQueue[RawEvent], wanted: Callable[[RawEvent], bool],
@@ -190,7 +195,7 @@ def test_a_directory_renamed_from_an_excluded_name_is_one_move_and_stays_watched
 
     os.rename(root / ".staging", root / "Album")
     moved = next_event(events, lambda e: e.is_directory and e.kind != "attrib")
-    assert moved == RawEvent("moved", True, ".staging", "Album")
+    assert moved == RawEvent(EventKind.MOVED, True, ".staging", "Album")
     (root / "Album" / "CD1" / "02.flac").write_bytes(b"later")
     late = next_event(events, lambda e: e.kind == "closed")
     assert late.src == "Album/CD1/02.flac"
@@ -208,10 +213,11 @@ def test_mode_changes_arrive_as_attrib_for_files_and_directories(
     assert mask & InotifyConstants.IN_ATTRIB
 
     os.chmod(tmp_path / "locked.mp3", stat.S_IRUSR | stat.S_IWUSR | stat.S_IRGRP)
-    assert next_event(events, lambda e: e.kind == "attrib") == RawEvent(
-        "attrib", False, "locked.mp3")
+    attrib = RawEvent(EventKind.ATTRIB, False, "locked.mp3")
+    assert next_event(events, lambda e: e.kind == "attrib") == attrib
     os.chmod(tmp_path / "dir", 0o755)
-    assert next_event(events, lambda e: e.kind == "attrib") == RawEvent("attrib", True, "dir")
+    attrib = RawEvent(EventKind.ATTRIB, True, "dir")
+    assert next_event(events, lambda e: e.kind == "attrib") == attrib
 
 
 def test_a_failure_while_handling_an_event_asks_for_a_rescan_and_the_thread_lives_on(

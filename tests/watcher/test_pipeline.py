@@ -16,7 +16,7 @@ import pytest
 import xxhash
 
 from multiwatch.config import InstanceConfig
-from multiwatch.watcher.observe import RawEvent
+from multiwatch.watcher.observe import EventKind, RawEvent
 from multiwatch.watcher.outbox import OutboxGauge
 from multiwatch.watcher.pipeline import Pipeline
 from multiwatch.watcher.state import DurableOutbox, StateStore
@@ -135,7 +135,7 @@ def test_created_file_is_discovered(tmp_path: Path) -> None:
     """A new file reported by the watcher is announced as file_discovered with its hashes."""
     pipeline, outbox, root = make_pipeline(tmp_path)
     (root / "new.mp3").write_bytes(b"fresh")
-    [body] = announce(pipeline, outbox, RawEvent("created", False, "new.mp3"))
+    [body] = announce(pipeline, outbox, RawEvent(EventKind.CREATED, False, "new.mp3"))
     assert body["event_type"] == "file_discovered"
     assert body["file_info"]["relative_path"] == "new.mp3"
     assert hashes_of(body) == digests(b"fresh")
@@ -145,9 +145,9 @@ def test_burst_of_events_for_one_file_gives_one_announcement(tmp_path: Path) -> 
     """created + many modified + closed for one file coalesce into a single file_discovered."""
     pipeline, outbox, root = make_pipeline(tmp_path)
     (root / "new.mp3").write_bytes(b"fresh")
-    events = [RawEvent("created", False, "new.mp3")]
-    events += [RawEvent("modified", False, "new.mp3")] * 20
-    events += [RawEvent("closed", False, "new.mp3")]
+    events = [RawEvent(EventKind.CREATED, False, "new.mp3")]
+    events += [RawEvent(EventKind.MODIFIED, False, "new.mp3")] * 20
+    events += [RawEvent(EventKind.CLOSED, False, "new.mp3")]
     assert summary(announce(pipeline, outbox, *events)) == [("file_discovered", "new.mp3")]
 
 
@@ -159,9 +159,9 @@ def test_excluded_files_are_never_announced(tmp_path: Path) -> None:
     (root / ".git").mkdir()
     (root / ".git" / "config").write_bytes(b"x")
     pipeline.request_scan()
-    assert announce(pipeline, outbox, RawEvent("created", False, ".hidden"),
-                    RawEvent("modified", False, "x.mp3.part"),
-                    RawEvent("created", False, ".git/config")) == []
+    assert announce(pipeline, outbox, RawEvent(EventKind.CREATED, False, ".hidden"),
+                    RawEvent(EventKind.MODIFIED, False, "x.mp3.part"),
+                    RawEvent(EventKind.CREATED, False, ".git/config")) == []
 
 
 def test_new_directory_is_scanned_for_files_written_before_its_watch(tmp_path: Path) -> None:
@@ -170,7 +170,7 @@ def test_new_directory_is_scanned_for_files_written_before_its_watch(tmp_path: P
     (root / "album" / "cd1").mkdir(parents=True)
     (root / "album" / "01.mp3").write_bytes(b"one")
     (root / "album" / "cd1" / "02.mp3").write_bytes(b"two")
-    bodies = announce(pipeline, outbox, RawEvent("created", True, "album"))
+    bodies = announce(pipeline, outbox, RawEvent(EventKind.CREATED, True, "album"))
     assert summary(bodies) == [("file_discovered", "album/01.mp3"),
                                ("file_discovered", "album/cd1/02.mp3")]
 
@@ -183,8 +183,8 @@ def test_rewritten_content_is_announced_as_modified(tmp_path: Path) -> None:
     pipeline, outbox, root = make_pipeline(tmp_path)
     known_files(pipeline, outbox, root, {"a.txt": b"version one"})
     (root / "a.txt").write_bytes(b"version two, longer")
-    [body] = announce(pipeline, outbox, RawEvent("modified", False, "a.txt"),
-                      RawEvent("closed", False, "a.txt"))
+    [body] = announce(pipeline, outbox, RawEvent(EventKind.MODIFIED, False, "a.txt"),
+                      RawEvent(EventKind.CLOSED, False, "a.txt"))
     assert body["event_type"] == "file_modified"
     assert body["file_info"]["size_bytes"] == str(len(b"version two, longer"))
     assert hashes_of(body) == digests(b"version two, longer")
@@ -198,7 +198,7 @@ def test_touch_without_content_change_announces_nothing(tmp_path: Path) -> None:
     hashed_before = pipeline.files_hashed
     os.utime(root / "a.txt", ns=(time.time_ns(), time.time_ns()))
     assert os.stat(root / "a.txt").st_mtime_ns != before
-    assert announce(pipeline, outbox, RawEvent("modified", False, "a.txt")) == []
+    assert announce(pipeline, outbox, RawEvent(EventKind.MODIFIED, False, "a.txt")) == []
     assert pipeline.files_hashed == hashed_before + 1  # it was really looked at
 
 
@@ -207,7 +207,7 @@ def test_file_still_being_written_is_announced_once_when_quiet(tmp_path: Path) -
     pipeline, outbox, root = make_pipeline(tmp_path, settle_seconds=0.2)
     target = root / "growing.bin"
     target.write_bytes(b"start")
-    pipeline.notifications.put(RawEvent("created", False, "growing.bin"))
+    pipeline.notifications.put(RawEvent(EventKind.CREATED, False, "growing.bin"))
     # A writer that triggers no further events (mmap, NFS): append before every step for
     # three settle periods; the file must not be announced while it keeps changing.
     writing_until = time.monotonic() + 3 * 0.2
@@ -233,7 +233,7 @@ def test_deleted_known_file_is_announced_with_last_known_hashes(tmp_path: Path) 
     pipeline, outbox, root = make_pipeline(tmp_path)
     known_files(pipeline, outbox, root, {"a.txt": b"goodbye"})
     (root / "a.txt").unlink()
-    [body] = announce(pipeline, outbox, RawEvent("deleted", False, "a.txt"))
+    [body] = announce(pipeline, outbox, RawEvent(EventKind.DELETED, False, "a.txt"))
     assert body["event_type"] == "file_deleted"
     assert body["file_info"]["path"] == str(root / "a.txt")
     assert body["file_info"]["size_bytes"] == str(len(b"goodbye"))
@@ -244,17 +244,17 @@ def test_file_created_and_deleted_before_settling_is_never_announced(tmp_path: P
     """A short-lived file (created then deleted within the quiet period) produces no event."""
     pipeline, outbox, root = make_pipeline(tmp_path)
     (root / "flash.mp3").write_bytes(b"x")
-    pipeline.notifications.put(RawEvent("created", False, "flash.mp3"))
+    pipeline.notifications.put(RawEvent(EventKind.CREATED, False, "flash.mp3"))
     pipeline.step(0.0)
     (root / "flash.mp3").unlink()
-    assert announce(pipeline, outbox, RawEvent("deleted", False, "flash.mp3")) == []
+    assert announce(pipeline, outbox, RawEvent(EventKind.DELETED, False, "flash.mp3")) == []
 
 
 def test_file_gone_by_the_time_it_settles_is_never_announced(tmp_path: Path) -> None:
     """A file whose deletion event has not arrived yet is not announced once it is gone."""
     pipeline, outbox, root = make_pipeline(tmp_path)
     (root / "flash.mp3").write_bytes(b"x")
-    pipeline.notifications.put(RawEvent("created", False, "flash.mp3"))
+    pipeline.notifications.put(RawEvent(EventKind.CREATED, False, "flash.mp3"))
     pipeline.step(0.0)
     (root / "flash.mp3").unlink()
     settle_all(pipeline)
@@ -267,7 +267,7 @@ def test_deleted_directory_announces_each_known_file_below_it(tmp_path: Path) ->
     known_files(pipeline, outbox, root, {"sub/a.mp3": b"a", "sub/deeper/b.mp3": b"b",
                                          "sub2/c.mp3": b"c", "top.mp3": b"t"})
     shutil.rmtree(root / "sub")
-    bodies = announce(pipeline, outbox, RawEvent("deleted", True, "sub"))
+    bodies = announce(pipeline, outbox, RawEvent(EventKind.DELETED, True, "sub"))
     assert summary(bodies) == [("file_deleted", "sub/a.mp3"), ("file_deleted", "sub/deeper/b.mp3")]
     by_path = {b["file_info"]["relative_path"]: b for b in bodies}
     assert hashes_of(by_path["sub/a.mp3"]) == digests(b"a")
@@ -280,7 +280,7 @@ def test_deleting_the_root_marks_it_missing(tmp_path: Path) -> None:
     known_files(pipeline, outbox, root, {"a.mp3": b"a"})
     assert pipeline.root_missing is False
     shutil.rmtree(root)
-    announce(pipeline, outbox, RawEvent("deleted", True, ""))
+    announce(pipeline, outbox, RawEvent(EventKind.DELETED, True, ""))
     assert pipeline.root_missing is True
 
 
@@ -292,7 +292,7 @@ def test_rename_within_tree_is_one_moved_event(tmp_path: Path) -> None:
     pipeline, outbox, root = make_pipeline(tmp_path)
     known_files(pipeline, outbox, root, {"a.txt": b"content"})
     os.rename(root / "a.txt", root / "b.txt")
-    [body] = announce(pipeline, outbox, RawEvent("moved", False, "a.txt", "b.txt"))
+    [body] = announce(pipeline, outbox, RawEvent(EventKind.MOVED, False, "a.txt", "b.txt"))
     assert body["event_type"] == "file_moved"
     info = body["file_info"]
     assert info["path"] == str(root / "b.txt")
@@ -307,19 +307,20 @@ def test_renamed_file_is_tracked_under_its_new_name(tmp_path: Path) -> None:
     pipeline, outbox, root = make_pipeline(tmp_path)
     known_files(pipeline, outbox, root, {"a.txt": b"content"})
     os.rename(root / "a.txt", root / "b.txt")
-    announce(pipeline, outbox, RawEvent("moved", False, "a.txt", "b.txt"))
+    announce(pipeline, outbox, RawEvent(EventKind.MOVED, False, "a.txt", "b.txt"))
     (root / "b.txt").unlink()
-    assert summary(announce(pipeline, outbox, RawEvent("deleted", False, "b.txt"),
-                            RawEvent("deleted", False, "a.txt"))) == [("file_deleted", "b.txt")]
+    events = announce(pipeline, outbox, RawEvent(EventKind.DELETED, False, "b.txt"),
+                      RawEvent(EventKind.DELETED, False, "a.txt"))
+    assert summary(events) == [("file_deleted", "b.txt")]
 
 
 def test_rename_from_excluded_name_is_a_discovery(tmp_path: Path) -> None:
     """A download finished by renaming x.mp3.part to x.mp3 is file_discovered, not moved."""
     pipeline, outbox, root = make_pipeline(tmp_path)
     (root / "x.mp3.part").write_bytes(b"downloaded")
-    assert announce(pipeline, outbox, RawEvent("created", False, "x.mp3.part")) == []
+    assert announce(pipeline, outbox, RawEvent(EventKind.CREATED, False, "x.mp3.part")) == []
     os.rename(root / "x.mp3.part", root / "x.mp3")
-    [body] = announce(pipeline, outbox, RawEvent("moved", False, "x.mp3.part", "x.mp3"))
+    [body] = announce(pipeline, outbox, RawEvent(EventKind.MOVED, False, "x.mp3.part", "x.mp3"))
     assert body["event_type"] == "file_discovered"
     assert body["file_info"]["relative_path"] == "x.mp3"
     assert "old_path" not in body["file_info"]
@@ -332,7 +333,7 @@ def test_rename_to_excluded_name_is_a_deletion(tmp_path: Path) -> None:
     known_files(pipeline, outbox, root, {"a.mp3": b"bye"})
     (root / ".trash").mkdir()
     os.rename(root / "a.mp3", root / ".trash" / "a.mp3")
-    [body] = announce(pipeline, outbox, RawEvent("moved", False, "a.mp3", ".trash/a.mp3"))
+    [body] = announce(pipeline, outbox, RawEvent(EventKind.MOVED, False, "a.mp3", ".trash/a.mp3"))
     assert body["event_type"] == "file_deleted"
     assert body["file_info"]["relative_path"] == "a.mp3"
     assert hashes_of(body) == digests(b"bye")
@@ -344,7 +345,7 @@ def test_moved_directory_announces_each_known_file_moved(tmp_path: Path) -> None
     known_files(pipeline, outbox, root, {"sub/a.mp3": b"a", "sub/deeper/b.mp3": b"b",
                                          "top.mp3": b"t"})
     os.rename(root / "sub", root / "renamed")
-    bodies = announce(pipeline, outbox, RawEvent("moved", True, "sub", "renamed"))
+    bodies = announce(pipeline, outbox, RawEvent(EventKind.MOVED, True, "sub", "renamed"))
     assert summary(bodies) == [("file_moved", "renamed/a.mp3"),
                                ("file_moved", "renamed/deeper/b.mp3")]
     old = {b["file_info"]["relative_path"]: b["file_info"]["old_relative_path"] for b in bodies}
@@ -358,8 +359,8 @@ def test_moved_directory_followed_by_per_file_moves_announces_once(tmp_path: Pat
     pipeline, outbox, root = make_pipeline(tmp_path)
     known_files(pipeline, outbox, root, {"sub/a.mp3": b"a"})
     os.rename(root / "sub", root / "renamed")
-    bodies = announce(pipeline, outbox, RawEvent("moved", True, "sub", "renamed"),
-                      RawEvent("moved", False, "sub/a.mp3", "renamed/a.mp3"))
+    bodies = announce(pipeline, outbox, RawEvent(EventKind.MOVED, True, "sub", "renamed"),
+                      RawEvent(EventKind.MOVED, False, "sub/a.mp3", "renamed/a.mp3"))
     assert summary(bodies) == [("file_moved", "renamed/a.mp3")]
 
 
@@ -371,8 +372,8 @@ def test_non_recursive_instance_ignores_files_in_new_subdirectories(tmp_path: Pa
     pipeline, outbox, root = make_pipeline(tmp_path, recursive=False)
     (root / "album").mkdir()
     (root / "album" / "01.mp3").write_bytes(b"one")
-    assert announce(pipeline, outbox, RawEvent("created", False, "album/01.mp3")) == []
-    assert announce(pipeline, outbox, RawEvent("created", True, "album")) == []
+    assert announce(pipeline, outbox, RawEvent(EventKind.CREATED, False, "album/01.mp3")) == []
+    assert announce(pipeline, outbox, RawEvent(EventKind.CREATED, True, "album")) == []
 
 
 def test_file_moved_back_and_forth_gets_distinct_message_ids(tmp_path: Path) -> None:
@@ -382,7 +383,7 @@ def test_file_moved_back_and_forth_gets_distinct_message_ids(tmp_path: Path) -> 
     ids = []
     for src, dest in [("a.txt", "b.txt"), ("b.txt", "a.txt"), ("a.txt", "b.txt")]:
         os.rename(root / src, root / dest)
-        pipeline.notifications.put(RawEvent("moved", False, src, dest))
+        pipeline.notifications.put(RawEvent(EventKind.MOVED, False, src, dest))
         settle_all(pipeline)
         [(seq, event)] = outbox.peek(10)
         assert event.event_type == "file_moved"
@@ -495,7 +496,7 @@ def test_follow_symlinks_announces_links_inside_the_tree_only(tmp_path: Path) ->
     assert hashes_of(alias) == digests(b"music")
 
     (root / "late-escape.txt").symlink_to(outside / "secret.txt")
-    assert announce(pipeline, outbox, RawEvent("created", False, "late-escape.txt")) == []
+    assert announce(pipeline, outbox, RawEvent(EventKind.CREATED, False, "late-escape.txt")) == []
 
 
 def test_symlinks_are_not_followed_by_default(tmp_path: Path) -> None:
@@ -513,7 +514,7 @@ def test_close_aware_mode_announces_soon_after_close(tmp_path: Path) -> None:
     with settle_seconds 5 is announced within a second of its close."""
     pipeline, outbox, root = make_pipeline(tmp_path, settle_seconds=5.0, close_grace_seconds=0.02)
     (root / "song.mp3").write_bytes(b"complete")
-    for kind in ("created", "modified", "closed"):
+    for kind in (EventKind.CREATED, EventKind.MODIFIED, EventKind.CLOSED):
         pipeline.notifications.put(RawEvent(kind, False, "song.mp3"))
     started = time.monotonic()
     run_until(pipeline, lambda: pipeline.gauge.depth == 1, timeout=2)
@@ -525,8 +526,8 @@ def test_close_aware_mode_waits_the_full_settle_after_a_reopen(tmp_path: Path) -
     """A write after the close (an immediate reopen) restores the full quiet period."""
     pipeline, _, root = make_pipeline(tmp_path, settle_seconds=5.0, close_grace_seconds=0.02)
     (root / "song.mp3").write_bytes(b"part")
-    pipeline.notifications.put(RawEvent("closed", False, "song.mp3"))
-    pipeline.notifications.put(RawEvent("modified", False, "song.mp3"))
+    pipeline.notifications.put(RawEvent(EventKind.CLOSED, False, "song.mp3"))
+    pipeline.notifications.put(RawEvent(EventKind.MODIFIED, False, "song.mp3"))
     pipeline.step(0.0)
     due = pipeline.settle.next_due()
     assert due is not None and due - time.monotonic() > 4.0
@@ -536,7 +537,7 @@ def test_without_close_aware_mode_a_close_waits_the_full_settle(tmp_path: Path) 
     """By default a close event is just another event: the full settle_seconds applies."""
     pipeline, _, root = make_pipeline(tmp_path, settle_seconds=5.0)
     (root / "song.mp3").write_bytes(b"complete")
-    pipeline.notifications.put(RawEvent("closed", False, "song.mp3"))
+    pipeline.notifications.put(RawEvent(EventKind.CLOSED, False, "song.mp3"))
     pipeline.step(0.0)
     due = pipeline.settle.next_due()
     assert due is not None and due - time.monotonic() > 4.0
@@ -555,8 +556,8 @@ def test_restart_announces_moves_and_deletions_with_the_recorded_hashes(tmp_path
     assert drain(outbox) == [] and restarted.files_hashed == 0
     os.rename(root / "a.mp3", root / "moved.mp3")
     (root / "b.mp3").unlink()
-    bodies = announce(restarted, outbox, RawEvent("moved", False, "a.mp3", "moved.mp3"),
-                      RawEvent("deleted", False, "b.mp3"))
+    bodies = announce(restarted, outbox, RawEvent(EventKind.MOVED, False, "a.mp3", "moved.mp3"),
+                      RawEvent(EventKind.DELETED, False, "b.mp3"))
     by_type = {b["event_type"]: b for b in bodies}
     assert sorted(by_type) == ["file_deleted", "file_moved"]
     assert by_type["file_moved"]["file_info"]["relative_path"] == "moved.mp3"
@@ -725,7 +726,7 @@ def test_repeated_lost_events_rescan_each_time_but_log_once_a_minute(
     caplog.set_level("WARNING", logger="multiwatch.watcher.pipeline")
     for name in ("a.txt", "b.txt", "c.txt"):
         (root / name).write_bytes(name.encode())  # written with nobody watching
-        pipeline.notifications.put(RawEvent("overflow", True, ""))
+        pipeline.notifications.put(RawEvent(EventKind.OVERFLOW, True, ""))
         settle_all(pipeline)
     pipeline._buffer.commit()
     assert sorted(b["file_info"]["relative_path"] for b in drain(outbox)) == [

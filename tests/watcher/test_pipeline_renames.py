@@ -10,7 +10,7 @@ import pytest
 
 import multiwatch.watcher.pipeline as pipeline_module
 import multiwatch.watcher.reconcile as reconcile_module
-from multiwatch.watcher.observe import RawEvent
+from multiwatch.watcher.observe import EventKind, RawEvent
 from multiwatch.watcher.path_index import PathIndex
 from multiwatch.watcher.settle import SettleTable
 from tests.watcher.test_pipeline import (
@@ -34,10 +34,10 @@ def test_directory_renamed_from_a_hidden_name_announces_its_files(tmp_path: Path
     """mkdir .staging; write song.mp3; mv .staging Album: Album/song.mp3 is discovered once."""
     pipeline, outbox, root = make_pipeline(tmp_path)
     _stage(root, ".staging", {"song.mp3": b"tune"})
-    assert announce(pipeline, outbox, RawEvent("created", True, ".staging"),
-                    RawEvent("created", False, ".staging/song.mp3")) == []
+    assert announce(pipeline, outbox, RawEvent(EventKind.CREATED, True, ".staging"),
+                    RawEvent(EventKind.CREATED, False, ".staging/song.mp3")) == []
     os.rename(root / ".staging", root / "Album")
-    bodies = announce(pipeline, outbox, RawEvent("moved", True, ".staging", "Album"))
+    bodies = announce(pipeline, outbox, RawEvent(EventKind.MOVED, True, ".staging", "Album"))
     assert summary(bodies) == [("file_discovered", "Album/song.mp3")]
 
 
@@ -47,7 +47,7 @@ def test_staged_nested_directory_announces_every_file_below(tmp_path: Path) -> N
     files = {"cd1/01.mp3": b"one", "cd1/deep/02.mp3": b"two", "cover.jpg": b"img"}
     _stage(root, ".staging", files)
     os.rename(root / ".staging", root / "Album")
-    bodies = announce(pipeline, outbox, RawEvent("moved", True, ".staging", "Album"))
+    bodies = announce(pipeline, outbox, RawEvent(EventKind.MOVED, True, ".staging", "Album"))
     assert sorted(summary(bodies)) == sorted(("file_discovered", f"Album/{p}") for p in files)
 
 
@@ -60,8 +60,8 @@ def test_staged_directory_announced_once_whatever_the_event_order(
     files = {"cd1/01.mp3": b"one", "cd1/deep/02.mp3": b"two", "cover.jpg": b"img"}
     _stage(root, ".staging", files)
     os.rename(root / ".staging", root / "Album")
-    per_file = [RawEvent("moved", False, f".staging/{p}", f"Album/{p}") for p in files]
-    directory = [RawEvent("moved", True, ".staging", "Album")]
+    per_file = [RawEvent(EventKind.MOVED, False, f".staging/{p}", f"Album/{p}") for p in files]
+    directory = [RawEvent(EventKind.MOVED, True, ".staging", "Album")]
     events = [*per_file, *directory, *per_file] if per_file_first else [*directory, *per_file]
     bodies = announce(pipeline, outbox, *events)
     assert sorted(summary(bodies)) == sorted(("file_discovered", f"Album/{p}") for p in files)
@@ -72,13 +72,13 @@ def test_directory_excluded_by_glob_renamed_into_place_is_announced(tmp_path: Pa
     pipeline, outbox, root = make_pipeline(tmp_path, exclude=("*.tmp",))
     _stage(root, "incoming.tmp", {"a.flac": b"lossless", "sub/b.flac": b"more"})
     os.rename(root / "incoming.tmp", root / "incoming")
-    bodies = announce(pipeline, outbox, RawEvent("moved", True, "incoming.tmp", "incoming"))
+    bodies = announce(pipeline, outbox, RawEvent(EventKind.MOVED, True, "incoming.tmp", "incoming"))
     assert sorted(summary(bodies)) == [("file_discovered", "incoming/a.flac"),
                                        ("file_discovered", "incoming/sub/b.flac")]
 
 
-@pytest.mark.parametrize("event", [RawEvent("created", True, "Album"),
-                                   RawEvent("moved", True, None, "Album")])
+@pytest.mark.parametrize("event", [RawEvent(EventKind.CREATED, True, "Album"),
+                                   RawEvent(EventKind.MOVED, True, None, "Album")])
 def test_directory_moved_in_from_outside_announces_its_files(
         tmp_path: Path, event: RawEvent) -> None:
     """A tree moved in from outside the watched root (reported as created, or as a move with
@@ -99,7 +99,7 @@ def test_renamed_directory_with_known_and_new_files_moves_one_and_discovers_othe
     known_files(pipeline, outbox, root, {"a/old.mp3": b"old"})
     (root / "a" / "quiet.mp3").write_bytes(b"no event for me")
     os.rename(root / "a", root / "b")
-    bodies = announce(pipeline, outbox, RawEvent("moved", True, "a", "b"))
+    bodies = announce(pipeline, outbox, RawEvent(EventKind.MOVED, True, "a", "b"))
     assert sorted(summary(bodies)) == [("file_discovered", "b/quiet.mp3"),
                                        ("file_moved", "b/old.mp3")]
 
@@ -109,7 +109,7 @@ def test_file_renamed_from_a_tmp_name_is_announced(tmp_path: Path) -> None:
     pipeline, outbox, root = make_pipeline(tmp_path, exclude=("*.tmp",))
     (root / "x.tmp").write_bytes(b"payload")
     os.rename(root / "x.tmp", root / "x")
-    bodies = announce(pipeline, outbox, RawEvent("moved", False, "x.tmp", "x"))
+    bodies = announce(pipeline, outbox, RawEvent(EventKind.MOVED, False, "x.tmp", "x"))
     assert summary(bodies) == [("file_discovered", "x")]
 
 
@@ -244,10 +244,10 @@ def test_tree_copied_in_is_walked_once_not_once_per_directory(
     directories = [f"Library/a{i // 20}/b{i % 20}" for i in range(200)]
     for relative in directories:
         _write_file(root / relative / "t.mp3", relative.encode())
-    events = [RawEvent("created", True, "Library")]
-    events += [RawEvent("created", True, d) for d in sorted({d.rpartition("/")[0]
+    events = [RawEvent(EventKind.CREATED, True, "Library")]
+    events += [RawEvent(EventKind.CREATED, True, d) for d in sorted({d.rpartition("/")[0]
                                                              for d in directories})]
-    events += [RawEvent("created", True, d) for d in directories]
+    events += [RawEvent(EventKind.CREATED, True, d) for d in directories]
     bodies = announce(pipeline, outbox, *events)
     assert walks == ["Library"]
     assert sorted(summary(bodies)) == sorted(("file_discovered", f"{d}/t.mp3")
@@ -267,7 +267,7 @@ def test_moving_a_big_directory_keeps_reporting_progress(tmp_path: Path) -> None
     calls: list[float] = []
     pipeline._progress = lambda: calls.append(time.monotonic())
     os.rename(root / "big", root / "moved")
-    pipeline.notifications.put(RawEvent("moved", True, "big", "moved"))
+    pipeline.notifications.put(RawEvent(EventKind.MOVED, True, "big", "moved"))
     pipeline.step(0.0)
     assert len(calls) >= 3000
     settle_all(pipeline)

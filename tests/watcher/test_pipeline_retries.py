@@ -17,7 +17,7 @@ import multiwatch.watcher.pipeline as pipeline_module
 import multiwatch.watcher.retry as retry_module
 from multiwatch.watcher.confined import ConfinedRoot
 from multiwatch.watcher.hashing import Hashed
-from multiwatch.watcher.observe import RawEvent
+from multiwatch.watcher.observe import EventKind, RawEvent
 from multiwatch.watcher.pipeline import Pipeline
 from multiwatch.watcher.retry import RetrySchedule
 from multiwatch.watcher.state import DurableOutbox
@@ -31,12 +31,12 @@ class _FailingRead:
         self.error, self.failures, self.calls = error, failures, 0
         self._real = pipeline_module.hash_file
 
-    def __call__(self, path: str, *args: Any, **kwargs: Any) -> Hashed:
+    def __call__(self, root: ConfinedRoot, *args: Any, **kwargs: Any) -> Hashed:
         self.calls += 1
         if self.failures > 0:
             self.failures -= 1
             raise self.error
-        return self._real(path, *args, **kwargs)
+        return self._real(root, *args, **kwargs)
 
 
 def _first_announced(pipeline: Pipeline, outbox: DurableOutbox,
@@ -62,7 +62,7 @@ def _created_and_failing(tmp_path: Path, monkeypatch: Any, *, first_retry: float
     monkeypatch.setattr(pipeline_module, "hash_file", failing)
     pipeline, outbox, root = make_pipeline(tmp_path)
     (root / name).write_bytes(content)
-    pipeline.notifications.put(RawEvent("created", False, name))
+    pipeline.notifications.put(RawEvent(EventKind.CREATED, False, name))
     return pipeline, outbox, failing
 
 
@@ -108,7 +108,7 @@ def test_permission_change_makes_an_unreadable_file_announced_at_once(
         error=PermissionError(errno.EACCES, "Permission denied"), failures=1,
         name="locked.mp3", content=b"0200 at first")
     run_until(pipeline, lambda: failing.calls == 1)
-    pipeline.notifications.put(RawEvent("attrib", False, "locked.mp3"))
+    pipeline.notifications.put(RawEvent(EventKind.ATTRIB, False, "locked.mp3"))
     bodies = _first_announced(pipeline, outbox, timeout=3)
     assert summary(bodies) == [("file_discovered", "locked.mp3")]
 
@@ -117,9 +117,9 @@ def test_attrib_on_a_readable_known_file_announces_nothing(tmp_path: Path) -> No
     """chmod on a file already announced is not a change of content."""
     pipeline, outbox, root = make_pipeline(tmp_path)
     (root / "a.mp3").write_bytes(b"a")
-    pipeline.notifications.put(RawEvent("created", False, "a.mp3"))
+    pipeline.notifications.put(RawEvent(EventKind.CREATED, False, "a.mp3"))
     run_until(pipeline, lambda: bool(drain(outbox)))
-    pipeline.notifications.put(RawEvent("attrib", False, "a.mp3"))
+    pipeline.notifications.put(RawEvent(EventKind.ATTRIB, False, "a.mp3"))
     for _ in range(20):
         pipeline.step(0.01)
     assert drain(outbox) == []
@@ -155,7 +155,7 @@ def test_stat_failing_for_a_while_is_not_a_deletion(tmp_path: Path, monkeypatch)
         return real_stat(self, relative)
 
     monkeypatch.setattr(ConfinedRoot, "stat", flaky_stat)  # (the lstat below the root)
-    pipeline.notifications.put(RawEvent("modified", False, "a.mp3"))
+    pipeline.notifications.put(RawEvent(EventKind.MODIFIED, False, "a.mp3"))
     bodies = _first_announced(pipeline, outbox)
     assert summary(bodies) == [("file_modified", "a.mp3")]
     assert failures == [0]
@@ -167,5 +167,5 @@ def test_attrib_on_a_file_changed_without_events_announces_the_change(tmp_path: 
     pipeline, outbox, root = make_pipeline(tmp_path)
     known_files(pipeline, outbox, root, {"m.bin": b"before"})
     (root / "m.bin").write_bytes(b"after, with no event")
-    pipeline.notifications.put(RawEvent("attrib", False, "m.bin"))
+    pipeline.notifications.put(RawEvent(EventKind.ATTRIB, False, "m.bin"))
     assert summary(_first_announced(pipeline, outbox)) == [("file_modified", "m.bin")]

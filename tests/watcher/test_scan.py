@@ -216,7 +216,7 @@ def test_a_scan_says_at_debug_which_files_and_directories_a_filter_passes_over(
         found = [p for p, _ in walk_files(ConfinedRoot(str(tmp_path)), "", only_mp3,
                                           recursive=True)]
     assert found == ["keep.mp3"]
-    skipped = {os.path.relpath(r.path, tmp_path): (r.getMessage(), r.reason)  # type: ignore[attr-defined]
+    skipped = {os.path.relpath(r.path, str(tmp_path)): (r.getMessage(), r.reason)  # type: ignore[attr-defined]
                for r in caplog.records if "skipped" in r.getMessage()}
     assert skipped == {
         "a/song.mp3.part": ("file skipped by a filter", "excluded by pattern '*.part'"),

@@ -9,7 +9,7 @@ from pathlib import Path
 
 import pytest
 
-from multiwatch.watcher.observe import RawEvent
+from multiwatch.watcher.observe import EventKind, RawEvent
 from tests.deploy.artifacts import REPO
 from tests.watcher.test_pipeline import drain, make_pipeline, settle_all
 
@@ -20,7 +20,7 @@ def test_the_log_line_has_an_integer_and_the_message_a_string(
     pipeline, outbox, root = make_pipeline(tmp_path)
     (root / "a.txt").write_bytes(b"hello")
     caplog.set_level(logging.INFO, logger="multiwatch.watcher.pipeline")
-    pipeline.notifications.put(RawEvent("created", False, "a.txt"))
+    pipeline.notifications.put(RawEvent(EventKind.CREATED, False, "a.txt"))
     settle_all(pipeline)
     [body] = drain(outbox)
     assert body["file_info"]["size_bytes"] == "5"

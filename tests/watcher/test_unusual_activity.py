@@ -11,7 +11,7 @@ import pytest
 
 from multiwatch.config.activity import UnusualActivityConfig
 from multiwatch.watcher.message import FILE_DELETED, FILE_DISCOVERED, FILE_MODIFIED, FILE_MOVED
-from multiwatch.watcher.observe import RawEvent
+from multiwatch.watcher.observe import EventKind, RawEvent
 from multiwatch.watcher.unusual_activity import UnusualActivity
 from tests.watcher.test_pipeline import announce, known_files, make_pipeline
 
@@ -193,7 +193,7 @@ def test_the_pipeline_counts_the_renames_it_announces(tmp_path: Path,
     renames = []
     for i in range(40):
         os.rename(root / f"f{i:03}.txt", root / f"g{i:03}.txt")
-        renames.append(RawEvent("moved", False, f"f{i:03}.txt", f"g{i:03}.txt"))
+        renames.append(RawEvent(EventKind.MOVED, False, f"f{i:03}.txt", f"g{i:03}.txt"))
     bodies = announce(pipeline, outbox, *renames)
     assert sorted(b["event_type"] for b in bodies) == ["file_moved"] * 40
     assert pipeline.unusual_activity.active
