@@ -31,6 +31,8 @@ INSTANCES = "instances"
 WATCHES = "watches"
 # Walking /proc or a tree is cut off after this long (the result then says "at least").
 COUNT_SECONDS = 2.0
+# How a watcher child names itself (setproctitle in watcher/main.py), followed by its id.
+WATCHER_TITLE = "multiwatch: watcher "
 _SYSCTLS = {  # kind -> (the initial namespace's sysctl, the user namespace's)
     INSTANCES: ("fs.inotify.max_user_instances", "user.max_inotify_instances"),
     WATCHES: ("fs.inotify.max_user_watches", "user.max_inotify_watches"),
@@ -89,7 +91,7 @@ class Held:
     count stopped at its deadline."""
 
     holders: tuple[Holder, ...]
-    processes_by_parent: dict[int, int]  # ppid -> this uid's processes with that parent
+    watchers_by_parent: dict[int, int]  # ppid -> this uid's watchers (WATCHER_TITLE) under it
     complete: bool = True
 
     @property
@@ -102,7 +104,7 @@ class Held:
 
     def apart_from(self, pid: int) -> Held:
         """The same count without the process `pid` (its own watches are to be redone)."""
-        return Held(tuple(h for h in self.holders if h.pid != pid), self.processes_by_parent,
+        return Held(tuple(h for h in self.holders if h.pid != pid), self.watchers_by_parent,
                     self.complete)
 
 
@@ -127,7 +129,9 @@ def held_by(uid: int, *, deadline: float, proc: str = PROC,
                 continue
             with open(f"{proc}/{pid}/stat") as handle:  # "pid (comm) state ppid ..."
                 ppid = int(handle.read().rpartition(")")[2].split()[1])
-            by_parent[ppid] = by_parent.get(ppid, 0) + 1
+            title = _title(proc, pid)
+            if title.startswith(WATCHER_TITLE):
+                by_parent[ppid] = by_parent.get(ppid, 0) + 1
             instances = watches = 0
             for fd in os.listdir(f"{proc}/{pid}/fd"):
                 with contextlib.suppress(OSError):
@@ -137,7 +141,7 @@ def held_by(uid: int, *, deadline: float, proc: str = PROC,
                         watches += sum(1 for line in info if line.startswith("inotify wd:"))
                     instances += 1
             if instances:
-                holders.append(Holder(pid, ppid, instances, watches, _title(proc, pid)))
+                holders.append(Holder(pid, ppid, instances, watches, title))
     return Held(tuple(holders), by_parent)
 
 
@@ -204,9 +208,8 @@ def instance_refused(exc: OSError, *, polling: str, proc: str = PROC,
                      proc_sys: str = PROC_SYS) -> str:
     """The one line a watcher logs when the kernel refused it an inotify instance.
 
-    The value needed counts this watcher and every process beside it (same parent: the
-    supervisor's other watchers, each wanting one instance) plus what the uid's other
-    processes hold."""
+    The value needed counts this watcher and every watcher beside it (same parent: this
+    supervisor's, each wanting one instance) plus what the uid's other processes hold."""
     if exc.errno == errno.EMFILE and (words := _descriptors_exhausted()):
         return f"inotify refused an instance ({words}); {polling} instead"
     if exc.errno == errno.ENFILE:
@@ -217,12 +220,12 @@ def instance_refused(exc: OSError, *, polling: str, proc: str = PROC,
         return f"inotify refused an instance ({exc.strerror or exc}); {polling} instead"
     held = held_by(os.geteuid(), deadline=time.monotonic() + COUNT_SECONDS, proc=proc,
                    namespace=counted_in(limit, proc))
-    beside = max(held.processes_by_parent.get(os.getppid(), 1) - 1, 0)
+    beside = max(held.watchers_by_parent.get(os.getppid(), 1) - 1, 0)
     elsewhere = sum(h.instances for h in held.holders if h.ppid != os.getppid())
     needed = max(elsewhere + beside + 1, held.instances + 1, limit.value + 1)
     return (f"inotify refused an instance: {limit.sysctl}={limit.value:,} reached (this user "
             f"holds {at_least(held.instances, held.complete)}: "
-            f"{held.instances - elsewhere:,} in the {beside:,} processes beside this watcher, "
+            f"{held.instances - elsewhere:,} in the {beside:,} watchers beside this one, "
             f"{elsewhere:,} elsewhere); {polling} instead; {_needs(limit, needed)}")
 
 
