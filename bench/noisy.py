@@ -207,7 +207,7 @@ def run_hash(ctx: Ctx) -> None:
                 spans.append((f"round {number + 1}: while written", began, closed_at))
                 spans.append((f"round {number + 1}: close -> both announced (hashing)",
                               closed_at, done))
-                say(f"round {number + 1}: wrote 2 files in {closed_at - began:.2f}s, both "
+                say(f"  round {number + 1}: wrote 2 files in {closed_at - began:.2f}s, both "
                     f"announced {done - closed_at:.2f}s after close; {loadavg()}")
                 time.sleep(0.5)
             closed = trickle.stop()
