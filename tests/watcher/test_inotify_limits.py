@@ -164,6 +164,54 @@ def test_observer_inotify_raises_a_clear_error_instead_of_polling(tmp_path: Path
     assert "user.max_inotify_instances=0 reached" in raised and "not watching" in raised
 
 
+_RETRY_PROBE = r'''
+import json, logging, queue, sys, time
+from pathlib import Path
+from multiwatch.watcher import observe
+
+root = Path(sys.argv[1])
+observe.UNWATCHED_RESCAN_SECONDS = 0.2
+logging.basicConfig(level=logging.INFO, format="%(levelname)s %(message)s")
+events = queue.SimpleQueue()
+observe.listen_for_lost_events(events)
+observer = observe.start_observer(str(root), recursive=True, events=events, mode="inotify",
+                                  polling_interval=0.1, subdirectories_later=True)
+watch = observe.directory_watcher(observer)
+for name in ("a", "b", "c"):
+    watch(str(root / name))
+refused = observe.inotify_refused(observer)  # (observer: inotify never gives way)
+Path("/proc/sys/user/max_inotify_watches").write_text("100")  # watches free again
+deadline = time.monotonic() + 30
+while len(observer.unwatched) and time.monotonic() < deadline:
+    time.sleep(0.05)
+time.sleep(0.3)
+(root / "c" / "late.txt").write_bytes(b"x")
+seen = False
+while not seen and time.monotonic() < deadline:
+    try:
+        seen = events.get(timeout=0.5).src == "c/late.txt"
+    except queue.Empty:
+        pass
+observer.stop()
+print(json.dumps({"gave_way": refused is not None, "mode": observe.observer_mode(observer),
+                  "seen": seen}))
+'''
+
+
+@in_a_user_namespace
+def test_observer_inotify_says_once_then_retries_the_refused_watches(tmp_path: Path) -> None:
+    """observer: inotify, out of watches: one ERROR line naming the limit, no polling, and
+    once watches are free again the refused directories are watched and report files."""
+    for name in ("a", "b", "c"):
+        (tmp_path / name).mkdir()
+    done = in_namespace({"watches": 2}, _RETRY_PROBE, str(tmp_path))
+    assert done.returncode == 0, done.stderr
+    assert json.loads(done.stdout) == {"gave_way": False, "mode": "inotify", "seen": True}
+    [line] = _warnings(done.stderr)
+    assert line.startswith("ERROR") and "not watched" in line, line
+    assert "raise user.max_inotify_watches=2" in line
+
+
 # ---------------------------------------------------------------- the wording, exactly
 
 
