@@ -64,7 +64,7 @@ def test_no_inotify_instance_left_each_watcher_polls_and_announces(tmp_path: Pat
     try:
         for name in ("one", "two"):
             mw.wait_watching(name)
-        [refused] = [mw.wait_for_log(lambda line: line in _refusals(mw), timeout=30)]
+        refused = mw.wait_for_log(lambda line: line in _refusals(mw), timeout=30)
         assert "user.max_inotify_instances=1 reached" in refused["message"]
         assert "needs user.max_inotify_instances >= 2" in refused["message"]
         polls, other = (("one", "two") if refused["instance_id"] == "one" else ("two", "one"))
