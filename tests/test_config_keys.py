@@ -20,6 +20,7 @@ from multiwatch.config import (
     keys,
     load_roster,
 )
+from multiwatch.config.ha import HaConfig
 from multiwatch.config.source import Node, Source
 from multiwatch.config.yaml_nodes import parse_yaml
 from tests.test_config import config_error, write_roster
@@ -28,7 +29,7 @@ README = Path(__file__).resolve().parent.parent / "README.md"
 # README section → the dataclass declaring its keys
 SECTIONS: dict[str, type] = {
     "defaults": InstanceConfig, "supervisor": SupervisorConfig, "http": HttpConfig,
-    "broker": BrokerConfig, "broker.tls": TlsConfig,
+    "broker": BrokerConfig, "broker.tls": TlsConfig, "ha": HaConfig,
 }
 # Keys the README shows with an example value instead of their default (None: unset).
 EXAMPLES = {"broker.url", "broker.password_file", "broker.tls", "broker.tls.ca_file",

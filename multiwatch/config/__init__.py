@@ -8,7 +8,7 @@ The modules of this package, each importing only modules listed above it (no cyc
   environment.py  every environment variable multiwatch reads; the deployment guide's contract
   coercers.py     the roster's own value shapes (sizes, rates, listen addresses, ids...)
   keys.py         key(default, coercer, doc): how a key is declared; tables derived from it
-  activity.py, deletions.py, limits.py   the keys with a value of their own shape
+  activity.py, deletions.py, limits.py, ha.py   the keys with a value of their own shape
   broker.py       the `broker` section, declared key by key
   roster.py       the frozen dataclasses, declared key by key (instances, supervisor, http)
   checks.py       checks that need the whole roster (directories, overlaps, state_dir)

@@ -115,6 +115,8 @@ ENVIRONMENT_VARIABLES: dict[str, str] = {
     "off disables the endpoint",
     "MULTIWATCH_HTTP_ALLOWED_HOSTS": "http.allowed_hosts when the roster sets none: "
     "comma-separated host names the endpoint also answers (e.g. a compose service name)",
+    "MULTIWATCH_HA": "1 (or on): replicas of each instance take turns, one announcing, the "
+    "others on standby (the roster's top-level ha section when it sets none)",
     # The deployment guide's one instance per process.
     "INSTANCE_ID": "instance id in environment mode; unset: derived from host and DATA_DIR",
     "DATA_DIR": "directory to watch in environment mode (required there)",

@@ -30,6 +30,7 @@ from multiwatch.config.environment import (
     generated_instance_id,
 )
 from multiwatch.config.errors import ConfigErrors
+from multiwatch.config.ha import DEFAULT_HA, HaConfig, ha
 from multiwatch.config.roster import (
     ENV_SOURCE,
     HttpConfig,
@@ -42,6 +43,7 @@ from multiwatch.logs import LOG_FORMATS
 
 HTTP_LISTEN_ENV = "MULTIWATCH_HTTP_LISTEN"
 HTTP_ALLOWED_HOSTS_ENV = "MULTIWATCH_HTTP_ALLOWED_HOSTS"
+HA_ENV = "MULTIWATCH_HA"
 
 
 # ---------------------------------------------------------------- public API
@@ -89,7 +91,7 @@ def http_override(listen: str, option: str = "--http-listen") -> HttpConfig:
 
 
 _TOP_KEYS = (
-    "state_dir", "log_level", "log_format", "broker", "supervisor", "http", "defaults",
+    "state_dir", "log_level", "log_format", "broker", "supervisor", "http", "ha", "defaults",
     "instances",
 )
 _HTTP_FIELDS = keys.coercers(HttpConfig)
@@ -135,12 +137,16 @@ def _load_file(given: str, environ: Mapping[str, str]) -> Roster:
     top = cs.mapping(src, root, "", _TOP_KEYS)
     errors = ConfigErrors(given)  # each section and instance on its own: all errors at once
     defaults: dict[str, Any] | None = None
+    top_ha = DEFAULT_HA  # (an error in it is collected once, here)
     with errors.collecting():
-        defaults = _section(src, top.get("defaults"), "defaults", _INSTANCE_FIELDS)
+        top_ha = _ha(src, top)
+        # The top-level `ha` is every instance's default; `defaults:` may override it.
+        defaults = {"ha": top_ha, **_section(src, top.get("defaults"), "defaults",
+                                             _INSTANCE_FIELDS)}
     instances, origins = _yaml_instances(src, top.get("instances"), defaults or {}, errors)
     # Without its defaults (optional: true...), an instance's directory check would mislead.
     return _finish(src, top, instances, origins, source=file, errors=errors,
-                   check_directories=defaults is not None)
+                   check_directories=defaults is not None, ha_section=top_ha)
 
 
 def _parse_yaml(text: str, filename: str) -> Node | None:
@@ -235,9 +241,10 @@ def _load_environment(environ: Mapping[str, str]) -> Roster:
         if listed := env_node(environ, name):  # comma-separated patterns
             items = [Node(p.strip()) for p in listed.value.split(",") if p.strip()]
             settings[name.lower()] = _INSTANCE_FIELDS[name.lower()](env, Node(items), name)
+    settings["ha"] = _ha(env, {})
     instance = InstanceConfig(id=ident, directory=directory, **settings)
     origin = Origin(Where(ENV_NAME, None, "INSTANCE_ID"), Where(ENV_NAME, None, "DATA_DIR"))
-    return _finish(env, {}, [instance], [origin], source=ENV_SOURCE)
+    return _finish(env, {}, [instance], [origin], source=ENV_SOURCE, ha_section=settings["ha"])
 
 
 def _finish(
@@ -248,6 +255,7 @@ def _finish(
     source: str,
     errors: ConfigErrors | None = None,
     check_directories: bool = True,
+    ha_section: HaConfig = DEFAULT_HA,
 ) -> Roster:
     """The settings shared by both modes, then the checks that need the whole roster.
 
@@ -272,7 +280,8 @@ def _finish(
                 checks.check_directories((instance,), [origin])
     errors.raise_any()
     state_dir, state_where = parts.pop("state_dir")
-    roster = Roster(state_dir=state_dir, instances=tuple(instances), source=source, **parts)
+    roster = Roster(state_dir=state_dir, instances=tuple(instances), source=source,
+                    ha=ha_section, **parts)
     check_roster(roster, origins, state_where)  # needs the whole roster: overlaps, state_dir
     return roster
 
@@ -320,6 +329,14 @@ def _http(src: Source, top: Mapping[str, Node]) -> HttpConfig:
         values["allowed_hosts"] = allowed_hosts(env_source(src.environ), names,
                                                  HTTP_ALLOWED_HOSTS_ENV)
     return HttpConfig(**values)
+
+
+def _ha(src: Source, top: Mapping[str, Node]) -> HaConfig:
+    """The top-level `ha` section, else `$MULTIWATCH_HA` (1/on: enabled), else off."""
+    node, key = top.get("ha"), "ha"
+    if node is None and (node := env_node(src.environ, HA_ENV)):
+        src, key = env_source(src.environ), HA_ENV
+    return DEFAULT_HA if node is None else ha(src, node, key)
 
 
 def _supervisor(src: Source, node: Node | None) -> SupervisorConfig:

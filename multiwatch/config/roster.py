@@ -18,6 +18,7 @@ from multiwatch.config import source as cs
 from multiwatch.config.activity import DEFAULT_UNUSUAL_ACTIVITY, UnusualActivityConfig
 from multiwatch.config.broker import BrokerConfig
 from multiwatch.config.deletions import DEFAULT_MAX_SCAN_DELETIONS, ScanDeletionBound
+from multiwatch.config.ha import DEFAULT_HA, HaConfig, ha
 from multiwatch.config.keys import described, key
 
 DEFAULT_EXCLUDE: tuple[str, ...] = (".*", "*.part", "*.tmp", "*~")
@@ -106,6 +107,8 @@ class InstanceConfig:
     max_scan_deletions: ScanDeletionBound | None = key(
         DEFAULT_MAX_SCAN_DELETIONS, deletions.max_scan_deletions,
         "a scan finding more tracked files gone than this holds their deletions; None: off")
+    ha: HaConfig = key(
+        DEFAULT_HA, ha, "replicas: one announces (the lease holder), the others stand by")
 
 
 @dataclass(frozen=True)
@@ -125,6 +128,9 @@ class Roster:
     http: HttpConfig = field(default_factory=HttpConfig)
     log_format: str = field(default="auto", metadata=described(
         "console, json or auto (console lines when stdout is a terminal); default $LOG_FORMAT"))
+    # Every instance's default `ha` (the top-level section; default $MULTIWATCH_HA).
+    ha: HaConfig = field(default=DEFAULT_HA, metadata=described(
+        "replicas: the default of every instance's ha; default $MULTIWATCH_HA, else off"))
 
 
 ENV_SOURCE = "<environment>"
