@@ -28,13 +28,11 @@ from multiwatch.status_view import Heartbeat
 from multiwatch.watcher.filters import PathFilter
 from multiwatch.watcher.hash_pool import HashPool
 from multiwatch.watcher.hash_slots import HashSlots
+from multiwatch.watcher.inotify_observer import quiet_refused_watch_warnings
 from multiwatch.watcher.mount import META_KEY, UNMOUNTED, Mount, MountGuard
 from multiwatch.watcher.observe import (
-    EventKind,
-    RawEvent,
     directory_watcher,
     inotify_refused,
-    listen_for_lost_events,
     observer_mode,
     start_observer,
 )
@@ -42,6 +40,7 @@ from multiwatch.watcher.outbox import OutboxGauge
 from multiwatch.watcher.pipeline import Pipeline
 from multiwatch.watcher.priority import apply_priority
 from multiwatch.watcher.publisher import Publisher
+from multiwatch.watcher.raw_event import EventKind, RawEvent
 from multiwatch.watcher.read_limit import install_read_limit
 from multiwatch.watcher.spec import EXIT_DIRECTORY_GONE, ChildSpec, Report
 from multiwatch.watcher.state import StateError, StateStore, state_db_path
@@ -155,7 +154,7 @@ def _run(spec: ChildSpec, to_parent: Connection, stop: _Stop) -> int:
     pipeline.mount_lost = mounts.lost
     pipeline.deletions.roster = spec.roster
     stop.wake_up = pipeline.notifications
-    listen_for_lost_events(pipeline.notifications)
+    quiet_refused_watch_warnings()
     observer: BaseObserver | None = None
     why_waiting = mounts.why_waiting(tracked_files=len(pipeline.tracked))
     if why_waiting is None:

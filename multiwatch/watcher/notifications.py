@@ -18,7 +18,7 @@ from multiwatch.config import InstanceConfig
 from multiwatch.watcher.announce import Announcer
 from multiwatch.watcher.early_hash import EarlyHashes
 from multiwatch.watcher.filters import PathFilter
-from multiwatch.watcher.observe import EventKind, RawEvent
+from multiwatch.watcher.raw_event import EventKind, RawEvent
 from multiwatch.watcher.reconcile import Reconciler
 from multiwatch.watcher.settle import SettleTable
 from multiwatch.watcher.unreadable import Unreadable

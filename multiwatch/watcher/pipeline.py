@@ -42,8 +42,8 @@ from multiwatch.watcher.hashing import (
     stat_regular,
 )
 from multiwatch.watcher.notifications import NotificationRouter
-from multiwatch.watcher.observe import EventKind, RawEvent
 from multiwatch.watcher.outbox import OutboxGauge
+from multiwatch.watcher.raw_event import EventKind, RawEvent
 from multiwatch.watcher.reconcile import ReconcileActions, Reconciler
 from multiwatch.watcher.settle import SettleTable
 from multiwatch.watcher.startup_progress import StartupProgress

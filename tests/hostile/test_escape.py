@@ -19,7 +19,8 @@ import pytest
 
 import multiwatch.watcher.pipeline as pipeline_module
 from multiwatch.watcher import confined
-from multiwatch.watcher.observe import EventKind, RawEvent, start_observer
+from multiwatch.watcher.observe import start_observer
+from multiwatch.watcher.raw_event import EventKind, RawEvent
 from tests.support.hostile import Announced, is_log, remove_tree, roster
 from tests.support.process import LogLine, Multiwatch
 from tests.watcher.test_pipeline import make_pipeline

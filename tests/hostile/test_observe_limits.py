@@ -1,5 +1,6 @@
-"""The kernel's inotify limits, hit for real: a queue overflow and refused watches are
-noticed at every log level (here ERROR), and the tree is rescanned."""
+"""The kernel's inotify queue overflowing, for real: noticed at every log level (here
+ERROR), and the tree is rescanned. (Refused watches and instances are hit in a user
+namespace of their own: tests/watcher/test_inotify_limits.py.)"""
 
 from __future__ import annotations
 
@@ -12,14 +13,11 @@ from pathlib import Path
 
 import pytest
 
-from multiwatch.watcher import observe
-from multiwatch.watcher.observe import (
-    RawEvent,
-    directory_watcher,
-    listen_for_lost_events,
-    start_observer,
-)
-from tests.watcher.test_observe_trees import await_condition, kernel_watches, next_event
+from multiwatch.watcher import inotify_observer
+from multiwatch.watcher.inotify_observer import quiet_refused_watch_warnings
+from multiwatch.watcher.observe import start_observer
+from multiwatch.watcher.raw_event import RawEvent
+from tests.watcher.test_observe_trees import next_event
 
 _INOTIFY = Path("/proc/sys/fs/inotify")
 
@@ -66,10 +64,10 @@ def test_a_real_queue_overflow_at_log_level_error_asks_for_a_rescan(
         tmp_path: Path, monkeypatch: pytest.MonkeyPatch, errors_only: None) -> None:
     """The kernel drops events (its queue holds 16 here): an "overflow" reaches the
     pipeline though nothing logs below ERROR, and the tree is still watched afterwards."""
-    monkeypatch.setattr(observe.BatchingInotifyFD, "BATCH_PAUSE_SECONDS", 1.0)
+    monkeypatch.setattr(inotify_observer.BatchingInotifyFD, "BATCH_PAUSE_SECONDS", 1.0)
     (tmp_path / "sub").mkdir()
     events: queue.SimpleQueue[RawEvent] = queue.SimpleQueue()
-    listen_for_lost_events(events)  # as the watcher does
+    quiet_refused_watch_warnings()  # as the watcher does
     with lowered("max_queued_events", 16):  # taken by the instance when it is created
         observer = start_observer(str(tmp_path), recursive=True, events=events,
                                   mode="inotify")
@@ -82,42 +80,6 @@ def test_a_real_queue_overflow_at_log_level_error_asks_for_a_rescan(
         next_event(events, lambda e: e.kind == "overflow")
         (tmp_path / "sub" / "after.txt").write_bytes(b"x")
         next_event(events, lambda e: e.src == "sub/after.txt")
-    finally:
-        observer.stop()
-        observer.join(timeout=5)
-
-
-@pytest.mark.parametrize("level", [logging.ERROR, logging.INFO])
-def test_refused_watches_are_said_once_rescanned_and_retried_at_any_log_level(
-        tmp_path: Path, monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture,
-        level: int) -> None:
-    """The kernel refuses the watches of three directories (out of watches): one line says
-    so, an "overflow" makes the pipeline rescan, and once watches are available again the
-    directories are watched and their new files reported."""
-    monkeypatch.setattr(observe, "UNWATCHED_RESCAN_SECONDS", 0.2, raising=False)
-    names = ["a", "b", "c"]
-    for name in names:
-        (tmp_path / name).mkdir()
-    events: queue.SimpleQueue[RawEvent] = queue.SimpleQueue()
-    listen_for_lost_events(events)  # as the watcher does
-    observer = start_observer(str(tmp_path), recursive=True, events=events, mode="inotify",
-                              polling_interval=0.1, subdirectories_later=True)
-    try:
-        watch = directory_watcher(observer)
-        assert watch is not None
-        with log_level(level), caplog.at_level(level):
-            with lowered("max_user_watches", 1):
-                for name in names:
-                    watch(str(tmp_path / name))
-            next_event(events, lambda e: e.kind == "overflow")
-
-            said = [r for r in caplog.records if r.levelno >= logging.WARNING]
-            assert len(said) == 1 and "not watched" in said[0].getMessage(), said
-            await_condition(lambda: len(kernel_watches(observer)) == 1 + len(names),
-                            "refused watches were not retried")
-        next_event(events, lambda e: e.kind == "overflow")  # the rescan after the retry
-        (tmp_path / "c" / "late.txt").write_bytes(b"x")
-        next_event(events, lambda e: e.src == "c/late.txt")
     finally:
         observer.stop()
         observer.join(timeout=5)

@@ -11,7 +11,7 @@ import pytest
 
 import multiwatch.watcher.pipeline as pipeline_module
 from multiwatch.watcher.hashing import CHUNK_BYTES
-from multiwatch.watcher.observe import EventKind, RawEvent
+from multiwatch.watcher.raw_event import EventKind, RawEvent
 from tests.support.consumer import wait_for
 from tests.support.hostile import (
     Announced,

@@ -11,7 +11,7 @@ from multiwatch.config import BrokerConfig, InstanceConfig, SupervisorConfig
 from multiwatch.supervisor.dashboard import render_page
 from multiwatch.supervisor.lifecycle import Child, State
 from multiwatch.watcher.main import activity_snapshot
-from multiwatch.watcher.observe import EventKind, RawEvent
+from multiwatch.watcher.raw_event import EventKind, RawEvent
 from multiwatch.watcher.spec import ChildSpec
 from tests.supervisor.fakes import ReportPipe
 from tests.support.fleet_view import fleet, get, heartbeat, instance, serve

@@ -17,9 +17,9 @@ from multiwatch.watcher.confined import ConfinedRoot
 from multiwatch.watcher.hash_pool import HashPool
 from multiwatch.watcher.hash_slots import HashSlot, HashSlots
 from multiwatch.watcher.hashing import Hashed, hash_file
-from multiwatch.watcher.observe import EventKind, RawEvent
 from multiwatch.watcher.outbox import OutboxGauge
 from multiwatch.watcher.pipeline import Pipeline
+from multiwatch.watcher.raw_event import EventKind, RawEvent
 from multiwatch.watcher.state import DurableOutbox, StateStore
 from tests.watcher.test_pipeline import digests, drain, hashes_of, run_until, settle_all
 

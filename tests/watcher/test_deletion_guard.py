@@ -13,8 +13,8 @@ from typing import Any
 import pytest
 
 from multiwatch.config.deletions import ScanDeletionBound
-from multiwatch.watcher.observe import EventKind, RawEvent
 from multiwatch.watcher.pipeline import Pipeline
+from multiwatch.watcher.raw_event import EventKind, RawEvent
 from multiwatch.watcher.state import (
     RECHECK,
     RELEASE,

@@ -8,7 +8,7 @@ from pathlib import Path
 import pytest
 
 from multiwatch.watcher.filters import PathFilter
-from multiwatch.watcher.observe import EventKind, RawEvent
+from multiwatch.watcher.raw_event import EventKind, RawEvent
 from tests.watcher.test_pipeline import make_pipeline, settle_all
 
 PIPELINE_LOGGER = "multiwatch.watcher.pipeline"

@@ -57,12 +57,12 @@ def in_namespace(limits: dict[str, int], code: str, *args: str,
 _PROBE = r'''
 import json, logging, queue, sys, time
 from pathlib import Path
-from multiwatch.watcher import observe
+from multiwatch.watcher import inotify_observer, observe
 
 root = Path(sys.argv[1])
 logging.basicConfig(level=logging.INFO, format="%(levelname)s %(message)s")
 events = queue.SimpleQueue()
-observe.listen_for_lost_events(events)
+inotify_observer.quiet_refused_watch_warnings()
 start = dict(recursive=True, events=events, mode=sys.argv[2], polling_interval=0.1,
              subdirectories_later=True)
 try:
@@ -167,13 +167,13 @@ def test_observer_inotify_raises_a_clear_error_instead_of_polling(tmp_path: Path
 _RETRY_PROBE = r'''
 import json, logging, queue, sys, time
 from pathlib import Path
-from multiwatch.watcher import observe
+from multiwatch.watcher import inotify_observer, observe
 
 root = Path(sys.argv[1])
-observe.UNWATCHED_RESCAN_SECONDS = 0.2
-logging.basicConfig(level=logging.INFO, format="%(levelname)s %(message)s")
+inotify_observer.UNWATCHED_RESCAN_SECONDS = 0.2
+logging.basicConfig(level=sys.argv[2], format="%(levelname)s %(message)s")  # the log_level
 events = queue.SimpleQueue()
-observe.listen_for_lost_events(events)
+inotify_observer.quiet_refused_watch_warnings()
 observer = observe.start_observer(str(root), recursive=True, events=events, mode="inotify",
                                   polling_interval=0.1, subdirectories_later=True)
 watch = observe.directory_watcher(observer)
@@ -199,12 +199,15 @@ print(json.dumps({"gave_way": refused is not None, "mode": observe.observer_mode
 
 
 @in_a_user_namespace
-def test_observer_inotify_says_once_then_retries_the_refused_watches(tmp_path: Path) -> None:
+@pytest.mark.parametrize("level", ["INFO", "ERROR"])
+def test_observer_inotify_says_once_then_retries_the_refused_watches(tmp_path: Path,
+                                                                      level: str) -> None:
     """observer: inotify, out of watches: one ERROR line naming the limit, no polling, and
-    once watches are free again the refused directories are watched and report files."""
+    once watches are free again the refused directories are watched and report files, at
+    any log level (lost events never rest on log records)."""
     for name in ("a", "b", "c"):
         (tmp_path / name).mkdir()
-    done = in_namespace({"watches": 2}, _RETRY_PROBE, str(tmp_path))
+    done = in_namespace({"watches": 2}, _RETRY_PROBE, str(tmp_path), level)
     assert done.returncode == 0, done.stderr
     assert json.loads(done.stdout) == {"gave_way": False, "mode": "inotify", "seen": True}
     [line] = _warnings(done.stderr)

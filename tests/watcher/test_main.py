@@ -17,6 +17,7 @@ from typing import Any
 
 from multiwatch.config import BrokerConfig, InstanceConfig
 from multiwatch.watcher import publisher as publisher_module
+from multiwatch.watcher.inotify_observer import DirectInotifyObserver
 from multiwatch.watcher.main import (
     BUSY_WAIT_SECONDS,
     EXIT_PUBLISHER_FAILED,
@@ -29,10 +30,11 @@ from multiwatch.watcher.main import (
     _wait_budget,
     child_main,
 )
-from multiwatch.watcher.observe import DirectInotifyObserver, RawEvent, start_observer
+from multiwatch.watcher.observe import start_observer
 from multiwatch.watcher.outbox import OutboxGauge
 from multiwatch.watcher.publisher import Publisher
 from multiwatch.watcher.publisher_health import STALL_GRACE_SECONDS, Progress
+from multiwatch.watcher.raw_event import RawEvent
 from multiwatch.watcher.spec import ChildSpec
 from tests.watcher.test_pipeline import announce, make_pipeline
 

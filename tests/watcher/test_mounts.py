@@ -30,8 +30,9 @@ from multiwatch.watcher.mount import (
     containing_mount,
     parse_mountinfo,
 )
-from multiwatch.watcher.observe import UNMOUNTED as UNMOUNTED_WAKE
-from multiwatch.watcher.observe import RawEvent, directory_watcher, start_observer
+from multiwatch.watcher.observe import directory_watcher, start_observer
+from multiwatch.watcher.raw_event import UNMOUNTED as UNMOUNTED_WAKE
+from multiwatch.watcher.raw_event import RawEvent
 from multiwatch.watcher.scan import scan_batches
 from multiwatch.watcher.spec import ChildSpec
 from multiwatch.watcher.state import StateStore, state_db_path

@@ -20,25 +20,21 @@ from watchdog.observers.inotify_c import (
 )
 from watchdog.observers.polling import PollingObserverVFS
 
-from multiwatch.watcher import observe
+from multiwatch.watcher import inotify_observer, observe
 from multiwatch.watcher.confined import ConfinedRoot
 from multiwatch.watcher.filters import PathFilter
-from multiwatch.watcher.observe import (
-    EventKind,
-    RawEvent,
-    directory_watcher,
-    listen_for_lost_events,
-    start_observer,
-)
+from multiwatch.watcher.inotify_observer import quiet_refused_watch_warnings
+from multiwatch.watcher.observe import directory_watcher, start_observer
+from multiwatch.watcher.raw_event import EventKind, RawEvent
 from multiwatch.watcher.scan import scan_batches
 from tests.watcher.test_observe_trees import next_event
 from tests.watcher.test_pipeline import drain, known_files, make_pipeline, settle_all
 
-_failed_observers: list[observe.DirectInotifyObserver] = []
+_failed_observers: list[inotify_observer.DirectInotifyObserver] = []
 
 
 def _watch_limit_reached(code: int) -> type[BaseObserver]:
-    class NoWatchesLeft(observe.DirectInotifyObserver):
+    class NoWatchesLeft(inotify_observer.DirectInotifyObserver):
         def schedule(self, *args: object, **kwargs: object) -> None:  # type: ignore[override]
             _failed_observers.append(self)
             raise OSError(code, "inotify watch limit reached")
@@ -94,13 +90,13 @@ def test_kernel_queue_overflow_becomes_an_overflow_notification(
         tmp_path: Path, observers: list[BaseObserver]) -> None:
     """An inotify IN_Q_OVERFLOW (events lost in the kernel) reaches the pipeline as "overflow"."""
     events: queue.SimpleQueue[RawEvent] = queue.SimpleQueue()
-    listen_for_lost_events(events)
+    quiet_refused_watch_warnings()
     lost_logger = logging.getLogger("watchdog.observers")
     try:
         observer = start_observer(str(tmp_path), recursive=True, events=events,
                                   mode="inotify", polling_interval=0.1)
         observers.append(observer)
-        assert isinstance(observer, observe.DirectInotifyObserver)
+        assert isinstance(observer, inotify_observer.DirectInotifyObserver)
         # What the kernel sends when its queue overflowed: wd -1, mask IN_Q_OVERFLOW.
         observer.reader.handle_event(
             InotifyEvent(WatchDescriptor(-1), InotifyConstants.IN_Q_OVERFLOW, 0, b""))
@@ -186,16 +182,16 @@ def test_events_arriving_together_are_read_together_and_a_lone_one_at_once(
     """The inotify reader pauses after each read that found events, so a burst is taken
     in a few reads instead of one wakeup per event; a lone event still arrives at once."""
     pause = 1.0
-    monkeypatch.setattr(observe.BatchingInotifyFD, "BATCH_PAUSE_SECONDS", pause)
+    monkeypatch.setattr(inotify_observer.BatchingInotifyFD, "BATCH_PAUSE_SECONDS", pause)
     reads: list[int] = []
-    original = observe.BatchingInotifyFD.read_events
+    original = inotify_observer.BatchingInotifyFD.read_events
 
-    def counted(self: observe.BatchingInotifyFD, **kwargs: int) -> list[InotifyEvent]:
+    def counted(self: inotify_observer.BatchingInotifyFD, **kwargs: int) -> list[InotifyEvent]:
         found = original(self, **kwargs)
         reads.append(len(found))
         return found
 
-    monkeypatch.setattr(observe.BatchingInotifyFD, "read_events", counted)
+    monkeypatch.setattr(inotify_observer.BatchingInotifyFD, "read_events", counted)
     events: queue.SimpleQueue[RawEvent] = queue.SimpleQueue()
     observers.append(start_observer(str(tmp_path), recursive=True, events=events,
                                     mode="inotify"))
@@ -224,7 +220,7 @@ def test_only_the_last_content_event_of_a_file_in_a_read_is_passed_on() -> None:
               _inotify(1, c.IN_MODIFY, b"a"), _inotify(2, c.IN_MODIFY, b"a"),
               _inotify(1, c.IN_CLOSE_WRITE, b"a"), _inotify(1, c.IN_MODIFY, b"b")]
 
-    kept = observe.latest_content_events(events)
+    kept = inotify_observer.latest_content_events(events)
 
     assert [(e.wd, e.mask, e.name) for e in kept] == [
         (2, c.IN_MODIFY, b"a"), (1, c.IN_CLOSE_WRITE, b"a"), (1, c.IN_MODIFY, b"b")]
@@ -239,7 +235,7 @@ def test_content_events_around_a_deletion_or_move_of_the_name_are_all_kept() -> 
               _inotify(1, c.IN_CREATE | c.IN_ISDIR, b"d"),
               _inotify(1, c.IN_CREATE | c.IN_ISDIR, b"d")]
 
-    kept = observe.latest_content_events(events)
+    kept = inotify_observer.latest_content_events(events)
 
     assert [(e.mask, e.name) for e in kept] == [
         (c.IN_CLOSE_WRITE, b"f"), (c.IN_MOVED_FROM, b"f"), (c.IN_CREATE, b"f"),

@@ -10,8 +10,9 @@ import watchdog.version
 from watchdog.observers.inotify import InotifyEmitter, InotifyWatchGroup
 from watchdog.observers.inotify_c import InotifyFD
 
-from multiwatch.watcher import observe
-from multiwatch.watcher.observe import RawEvent, start_observer
+from multiwatch.watcher import inotify_observer, observe
+from multiwatch.watcher.observe import start_observer
+from multiwatch.watcher.raw_event import RawEvent
 from tests.watcher.test_observe_trees import kernel_watches
 
 
@@ -31,8 +32,8 @@ def test_watchdog_internals_the_observer_relies_on_keep_their_shape() -> None:
         assert hasattr(InotifyFD, name), name
     emitter = InotifyEmitter.__init__.__code__.co_varnames
     assert "inotify_fd" in emitter
-    # observe.DeferringWatchGroup is a dataclass subclass: its extra fields must come last.
-    assert [f.name for f in dataclasses.fields(observe.DeferringWatchGroup)][-2:] == [
+    # inotify_observer.DeferringWatchGroup is a dataclass subclass: its extra fields must come last.
+    assert [f.name for f in dataclasses.fields(inotify_observer.DeferringWatchGroup)][-2:] == [
         "subdirectories_later", "unwatched"]
 
 

@@ -14,13 +14,9 @@ from watchdog.observers.api import BaseObserver
 from watchdog.observers.inotify import InotifyWatchGroup
 from watchdog.observers.inotify_c import InotifyConstants
 
-from multiwatch.watcher import observe
-from multiwatch.watcher.observe import (
-    EventKind,
-    RawEvent,
-    directory_watcher,
-    start_observer,
-)
+from multiwatch.watcher import inotify_observer
+from multiwatch.watcher.observe import directory_watcher, start_observer
+from multiwatch.watcher.raw_event import EventKind, RawEvent
 
 
 def next_event(events: queue.SimpleQueue[RawEvent], wanted: Callable[[RawEvent], bool],
@@ -224,15 +220,16 @@ def test_a_failure_while_handling_an_event_asks_for_a_rescan_and_the_thread_live
         tmp_path: Path, observers: list[BaseObserver], monkeypatch: pytest.MonkeyPatch) -> None:
     """An unexpected error on the emitter thread (what it was handling may be lost) becomes
     an "overflow" (the pipeline rescans), and later files are still reported."""
-    original = observe.DirectInotifyEmitter.build_and_queue_event
+    original = inotify_observer.DirectInotifyEmitter.build_and_queue_event
     failures = [RuntimeError("watchdog broke")]
 
-    def fails_once(self: observe.DirectInotifyEmitter, *args: object, **kwargs: object) -> None:
+    def fails_once(self: inotify_observer.DirectInotifyEmitter, *args: object,
+                   **kwargs: object) -> None:
         if failures:
             raise failures.pop()
         original(self, *args, **kwargs)  # type: ignore[arg-type]
 
-    monkeypatch.setattr(observe.DirectInotifyEmitter, "build_and_queue_event", fails_once)
+    monkeypatch.setattr(inotify_observer.DirectInotifyEmitter, "build_and_queue_event", fails_once)
     events: queue.SimpleQueue[RawEvent] = queue.SimpleQueue()
     observer = start_observer(str(tmp_path), recursive=True, events=events, mode="inotify")
     observers.append(observer)

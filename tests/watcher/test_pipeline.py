@@ -16,9 +16,9 @@ import pytest
 import xxhash
 
 from multiwatch.config import InstanceConfig
-from multiwatch.watcher.observe import EventKind, RawEvent
 from multiwatch.watcher.outbox import OutboxGauge
 from multiwatch.watcher.pipeline import Pipeline
+from multiwatch.watcher.raw_event import EventKind, RawEvent
 from multiwatch.watcher.state import DurableOutbox, StateStore
 
 

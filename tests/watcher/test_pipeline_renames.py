@@ -10,8 +10,8 @@ import pytest
 
 import multiwatch.watcher.pipeline as pipeline_module
 import multiwatch.watcher.reconcile as reconcile_module
-from multiwatch.watcher.observe import EventKind, RawEvent
 from multiwatch.watcher.path_index import PathIndex
+from multiwatch.watcher.raw_event import EventKind, RawEvent
 from multiwatch.watcher.settle import SettleTable
 from tests.watcher.test_pipeline import (
     announce,

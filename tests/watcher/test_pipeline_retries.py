@@ -17,8 +17,8 @@ import multiwatch.watcher.pipeline as pipeline_module
 import multiwatch.watcher.retry as retry_module
 from multiwatch.watcher.confined import ConfinedRoot
 from multiwatch.watcher.hashing import Hashed
-from multiwatch.watcher.observe import EventKind, RawEvent
 from multiwatch.watcher.pipeline import Pipeline
+from multiwatch.watcher.raw_event import EventKind, RawEvent
 from multiwatch.watcher.retry import RetrySchedule
 from multiwatch.watcher.state import DurableOutbox
 from tests.watcher.test_pipeline import drain, known_files, make_pipeline, run_until, summary

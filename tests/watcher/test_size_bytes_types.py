@@ -9,7 +9,7 @@ from pathlib import Path
 
 import pytest
 
-from multiwatch.watcher.observe import EventKind, RawEvent
+from multiwatch.watcher.raw_event import EventKind, RawEvent
 from tests.deploy.artifacts import REPO
 from tests.watcher.test_pipeline import drain, make_pipeline, settle_all
 

@@ -11,7 +11,7 @@ import pytest
 
 from multiwatch.config.activity import UnusualActivityConfig
 from multiwatch.watcher.message import FILE_DELETED, FILE_DISCOVERED, FILE_MODIFIED, FILE_MOVED
-from multiwatch.watcher.observe import EventKind, RawEvent
+from multiwatch.watcher.raw_event import EventKind, RawEvent
 from multiwatch.watcher.unusual_activity import UnusualActivity
 from tests.watcher.test_pipeline import announce, known_files, make_pipeline
 
