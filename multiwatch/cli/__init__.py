@@ -9,9 +9,10 @@ Layout: commands/ holds one module per command group (its options, help texts an
 handler); the modules here do the work (control.py signals a supervisor, status.py asks its
 endpoint, export.py writes supervisord or systemd files, ...).
 
-The lazy-import rule.  `multiwatch run` spawns its first watcher before it imports any
-configuration code, so the child's imports overlap the supervisor reading the roster
-(supervisor/prestart.py, commands/run.py); and the watcher child itself never imports this
+The lazy-import rule.  `multiwatch run` starts the template process its watchers are forked
+from before it imports any configuration code, so the template's imports overlap the
+supervisor reading the roster (supervisor/template.py, commands/run.py); and the watcher
+child itself never imports this
 package or PyYAML (watcher/spec.py `import_watcher`; tests/supervisor/test_imports.py checks
 both).  So everything `main` imports before a handler runs - this module, commands/ and
 cli/completion.py - imports only the standard library, `multiwatch.__version__` and each other

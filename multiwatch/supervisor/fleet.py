@@ -13,14 +13,12 @@ loop's edges can be tested in-process with fakes (tests/supervisor/test_fleet_ed
 from __future__ import annotations
 
 import logging
-import multiprocessing
 import os
 import signal
 import threading
 import time
 from collections import deque
 from collections.abc import Callable
-from functools import partial
 from multiprocessing.connection import wait
 from typing import TYPE_CHECKING, Any
 
@@ -31,7 +29,7 @@ from multiwatch.supervisor.lifecycle import (
     State,
     WatcherFactory,
     broker_description,
-    spawn_watcher,
+    template_factory,
 )
 from multiwatch.supervisor.run_lock import (
     SUPERVISOR_TITLE,
@@ -44,7 +42,6 @@ from multiwatch.watcher.spec import ChildSpec
 if TYPE_CHECKING:  # imported when first used, after the children are spawned
     from multiwatch.supervisor.http import HttpServer
     from multiwatch.supervisor.identity import EndpointIdentity
-    from multiwatch.supervisor.prestart import PrestartedWatcher
     from multiwatch.supervisor.resources import ResourceMeter
 
 log = logging.getLogger(__name__)
@@ -63,12 +60,11 @@ class Supervisor:
     """Runs the fleet described by a roster until SIGTERM or SIGINT."""
 
     def __init__(self, roster: Roster, *, reload: Callable[[], Roster] | None = None,
-                 prestarted: PrestartedWatcher | None = None,
                  only: list[str] | None = None,
                  spawn: WatcherFactory | None = None,
                  clock: Callable[[], float] = time.monotonic,
                  meter: ResourceMeter | None = None) -> None:
-        """`spawn` starts a child's process (default: spawn_watcher in a spawn context),
+        """`spawn` starts a child's process (default: forked from the template process),
         `clock` is monotonic seconds, `meter` measures resources (default: a psutil
         ResourceMeter, imported after the first spawn)."""
         self.roster = roster
@@ -77,8 +73,7 @@ class Supervisor:
         self._locks = InstanceLocks(roster.state_dir, roster_path(roster.source))
         self._supervisor_file = SupervisorFile(roster.state_dir)
         self._reload = reload
-        self._prestarted = prestarted  # for the first instance started
-        self._spawn = spawn or partial(spawn_watcher, multiprocessing.get_context("spawn"))
+        self._spawn = spawn or template_factory()
         self._clock = clock
         self._children: dict[str, Child] = {}
         self._signals: deque[int] = deque()
@@ -161,9 +156,6 @@ class Supervisor:
         log.info("supervisor started", extra={"pid": os.getpid(), "roster": self.roster.source,
                                              "instances": len(self.roster.instances)})
         self._converge(self.roster)
-        if self._prestarted is not None:  # the roster started nothing
-            self._prestarted.discard()
-            self._prestarted = None
         self._publish_view(self._clock())
         self._serve_http(self.roster.http)
         while not self._stopping:
@@ -317,8 +309,7 @@ class Supervisor:
                     continue
             child = Child(spec, roster.supervisor, spawn=self._spawn)
             self._children[instance.id] = child
-            child.start(now, self._prestarted)
-            self._prestarted = None
+            child.start(now)
         for child in list(self._children.values()):
             if child.instance_id not in self._wanted_ids():
                 log.info("instance removed; stopping it", extra={"instance_id": child.instance_id})

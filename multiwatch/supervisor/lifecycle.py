@@ -13,7 +13,8 @@ it exits on its own (its publisher stopped working): /status shows that reason. 
 directory that is gone is not a crash: it is retried at the capped backoff forever and never
 turns FATAL.
 
-The process is made by a `WatcherFactory` (`spawn_watcher` in production) and time is the
+The process is made by a `WatcherFactory` (`template_factory()` in production: forked from
+the template process, supervisor/template.py) and time is the
 `now` every method takes (the supervisor's clock), so every edge can be driven in-process
 by a fake process and a fake clock (tests/supervisor/test_lifecycle_edges.py).
 """
@@ -22,22 +23,24 @@ from __future__ import annotations
 
 import enum
 import logging
-import multiprocessing
 import random
 import signal
 from collections.abc import Callable
 from functools import partial
 from multiprocessing.connection import Connection
-from multiprocessing.context import SpawnContext, SpawnProcess
-from typing import TYPE_CHECKING, Protocol
+from multiprocessing.context import (
+    ForkServerContext,
+    ForkServerProcess,
+    SpawnContext,
+    SpawnProcess,
+)
+from typing import Protocol
 
 from multiwatch.config import BrokerConfig, SupervisorConfig, mask_url
 from multiwatch.status_view import ChildView, Heartbeat, Resources
 from multiwatch.supervisor.event_rate import EventRate, event_total
+from multiwatch.supervisor.template import template_context
 from multiwatch.watcher.spec import EXIT_DIRECTORY_GONE, ChildSpec, Report, run_child
-
-if TYPE_CHECKING:
-    from multiwatch.supervisor.prestart import PrestartedWatcher
 
 log = logging.getLogger(__name__)
 
@@ -55,7 +58,7 @@ class State(enum.StrEnum):
 
 
 class WatcherProcess(Protocol):
-    """What a Child needs of its started watcher process (a multiprocessing SpawnProcess)."""
+    """What a Child needs of its started watcher process (a multiprocessing Process)."""
 
     @property
     def pid(self) -> int | None: ...
@@ -80,8 +83,9 @@ class WatcherProcess(Protocol):
 WatcherFactory = Callable[[ChildSpec], tuple[WatcherProcess, Connection]]
 
 
-def spawn_watcher(context: SpawnContext, spec: ChildSpec) -> tuple[SpawnProcess, Connection]:
-    """The production WatcherFactory (bound to a context): a spawned run_child process."""
+def spawn_watcher(context: ForkServerContext | SpawnContext,
+                  spec: ChildSpec) -> tuple[ForkServerProcess | SpawnProcess, Connection]:
+    """A WatcherFactory once bound to a context: a run_child process started in it."""
     reader, writer = context.Pipe(duplex=False)
     process = context.Process(target=run_child, args=(spec, writer),
                               name=f"multiwatch-{spec.instance.id}")
@@ -90,18 +94,23 @@ def spawn_watcher(context: SpawnContext, spec: ChildSpec) -> tuple[SpawnProcess,
     return process, reader
 
 
+def template_factory() -> WatcherFactory:
+    """The production WatcherFactory: each watcher forked from the template process."""
+    return partial(spawn_watcher, template_context())
+
+
 class Child:
     """Supervises one watcher process for one instance."""
 
     def __init__(self, spec: ChildSpec, settings: SupervisorConfig,
-                 context: SpawnContext | None = None, *,
+                 context: ForkServerContext | SpawnContext | None = None, *,
                  spawn: WatcherFactory | None = None) -> None:
-        """`spawn` starts the process (default: `spawn_watcher` in `context`, or in a
-        fresh spawn context)."""
+        """`spawn` starts the process (default: `spawn_watcher` in `context`, or forked
+        from the template: `template_factory()`)."""
         self.spec = spec
         self.settings = settings
         if spawn is None:
-            spawn = partial(spawn_watcher, context or multiprocessing.get_context("spawn"))
+            spawn = partial(spawn_watcher, context) if context else template_factory()
         self._spawn = spawn
         self.state = State.STOPPED
         self.process: WatcherProcess | None = None
@@ -128,16 +137,9 @@ class Child:
     def pid(self) -> int | None:
         return self.process.pid if self.process is not None else None
 
-    def start(self, now: float, prestarted: PrestartedWatcher | None = None) -> None:
-        """Spawn the watcher, or hand the instance to a process spawned ahead of time."""
-        taken = prestarted.hand_over(self.spec) if prestarted is not None else None
-        process: WatcherProcess
-        if taken is not None:
-            spawned, reader = taken
-            spawned.name = f"multiwatch-{self.instance_id}"
-            process = spawned
-        else:
-            process, reader = self._spawn(self.spec)
+    def start(self, now: float) -> None:
+        """Start the watcher process (production: forked from the template)."""
+        process, reader = self._spawn(self.spec)
         self.process, self.reader = process, reader
         self.state = State.STARTING
         self.started_at = self.last_heartbeat = now
@@ -146,8 +148,7 @@ class Child:
         self._term_sent_at = None
         self._exiting_because = ""
         log.info("child started", extra={"instance_id": self.instance_id, "pid": process.pid,
-                                         "restarts": self.restarts,
-                                         "prestarted": taken is not None})
+                                         "restarts": self.restarts})
 
     def receive(self, now: float) -> None:
         """Read every pending report from the child."""

@@ -1,7 +1,8 @@
 """Entry point of one watcher child: wiring, heartbeats, SIGTERM, dying with the parent.
 
-Runs in a fresh interpreter (multiprocessing `spawn`), so the observer, the publisher
-thread and the broker connection are all built here, never inherited.
+Runs in a process forked from the template (watcher/template.py), which has imported the
+watcher but holds no thread, observer or connection: the observer, the publisher thread and
+the broker connection are all built here, never inherited.
 """
 
 from __future__ import annotations

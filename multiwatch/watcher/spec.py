@@ -1,14 +1,16 @@
 """What the supervisor hands a watcher child, importable without the watcher itself.
 
 The supervisor imports this module, not `multiwatch.watcher.main`: main pulls in watchdog,
-kombu, sqlite and the pipeline, which only the child needs, and every millisecond the
-supervisor spends importing them comes before the first child is spawned.  `run_child` is
-the spawn target; the child imports main itself.
+kombu, sqlite and the pipeline, which only the child needs (the template process imports
+them once, watcher/template.py).  `run_child` is the target each child runs once forked
+from the template; it runs in the child.
 """
 
 from __future__ import annotations
 
 import contextlib
+import dataclasses
+import os
 import sys
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
@@ -18,6 +20,8 @@ from multiprocessing.connection import Connection
 from multiwatch.config import BrokerConfig, InstanceConfig
 
 EXIT_DIRECTORY_GONE = 3
+# Set in the template process (watcher/template.py); a child forked from it inherits it.
+TEMPLATE_PID: int | None = None
 
 
 class Report(StrEnum):
@@ -31,14 +35,14 @@ class Report(StrEnum):
 
 @dataclass(frozen=True)
 class ChildSpec:
-    """Everything a child needs, handed over by pickling (spawn)."""
+    """Everything a child needs, handed over by pickling."""
 
     instance: InstanceConfig
     broker: BrokerConfig
     state_dir: str
     log_level: str
     stop_timeout_seconds: float
-    parent_pid: int
+    parent_pid: int  # the supervisor's; a child of the template puts the template's (run_child)
     max_parallel_hashes: int = 2  # machine-wide cap, one lock file per slot under state_dir
     log_format: str = "auto"  # the roster's; auto looks at the stdout the child shares
     roster: str = field(default="", compare=False)  # its file, for commands a log line suggests
@@ -48,8 +52,30 @@ class ChildSpec:
 
 
 def run_child(spec: ChildSpec, to_parent: Connection) -> None:
-    """The spawned process's entry point: import the watcher and run it."""
-    import_watcher()(spec, to_parent)
+    """A watcher process's entry point: run the watcher (imported already in a child of
+    the template; a spawned process imports it here)."""
+    child_main = import_watcher()
+    if TEMPLATE_PID is not None and os.getpid() != TEMPLATE_PID:
+        spec = _forked_from(TEMPLATE_PID, spec)
+    child_main(spec, to_parent)
+
+
+def _forked_from(template_pid: int, spec: ChildSpec) -> ChildSpec:
+    """The spec as a child of the template sees it: its parent is the template, which
+    lives exactly as long as the supervisor (it exits once the supervisor's end of its
+    "alive" pipe closes), so the child dies with the template (watcher/main.py
+    `_die_with_parent`).  The forkserver gives each child a copy of that pipe's writing
+    end, for children that start processes of their own; a watcher starts none, and its
+    copy would keep the template alive after a kill -9 of the supervisor: closed here."""
+    from multiprocessing import forkserver
+
+    server = getattr(forkserver, "_forkserver", None)
+    alive_fd = getattr(server, "_forkserver_alive_fd", None)
+    if isinstance(alive_fd, int):
+        with contextlib.suppress(OSError):
+            os.close(alive_fd)
+        server._forkserver_alive_fd = None  # type: ignore[union-attr]
+    return dataclasses.replace(spec, parent_pid=template_pid)
 
 
 def import_watcher() -> Callable[[ChildSpec, Connection], None]:

@@ -169,7 +169,7 @@ def test_killed_child_is_restarted_and_keeps_announcing(
 
 def test_sigterm_stops_everything_quickly_with_status_zero(fleet: Multiwatch) -> None:
     """SIGTERM to the supervisor: exit 0 in under 10 s and no watcher left running."""
-    children = fleet.child_pids()  # the watchers, and multiprocessing's resource tracker
+    children = fleet.child_pids()  # the watchers, their template, the resource tracker
     assert _watcher_pids(fleet) <= set(children)
     started = time.monotonic()
     status = fleet.terminate(timeout=15)

@@ -92,7 +92,8 @@ def test_sigkill_of_the_supervisor_frees_its_lock(
 
 def test_process_titles_name_the_roster_and_each_instance(
         tmp_path: Path, started: list[Multiwatch]) -> None:
-    """`ps` shows `multiwatch: supervisor <roster>` and `multiwatch: watcher <id>`."""
+    """`ps` shows `multiwatch: supervisor <roster>`, `multiwatch: template` (the process the
+    watchers are forked from) and `multiwatch: watcher <id>`."""
     roster = _roster(tmp_path, "music", "docs")
     mw = _run(started, "-c", str(roster))
     mw.wait_watching("music")
@@ -101,7 +102,7 @@ def test_process_titles_name_the_roster_and_each_instance(
     titles = sorted(_title(pid) for pid in mw.child_pids())
     # (multiprocessing's resource tracker, which runs no instance, keeps its command line)
     assert [t for t in titles if "resource_tracker" not in t] == [
-        "multiwatch: watcher docs", "multiwatch: watcher music"]
+        "multiwatch: template", "multiwatch: watcher docs", "multiwatch: watcher music"]
 
 
 def test_reload_and_stop_signal_the_running_supervisor(
@@ -147,7 +148,7 @@ def test_reload_refuses_an_added_instance_another_process_runs(
     assert f"pid {owner_of_b.pid}" in refusal["message"]
     assert mw.process.poll() is None
     assert [_title(pid) for pid in mw.child_pids()
-            if _title(pid).startswith("multiwatch:")] == ["multiwatch: watcher a"]
+            if _title(pid).startswith("multiwatch: watcher")] == ["multiwatch: watcher a"]
 
 
 _FAKE_HOLDER = textwrap.dedent("""

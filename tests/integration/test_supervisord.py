@@ -132,7 +132,7 @@ def test_supervisord_runs_restarts_and_stops_every_instance(
             socket.create_connection(("127.0.0.1", port), timeout=5).close()
 
         victim = programs[0]
-        watchers = psutil.Process(pids[victim]).children()
+        watchers = psutil.Process(pids[victim]).children(recursive=True)
         os.kill(pids[victim], signal.SIGKILL)
         new_pid = wait_for(lambda: supervisord.running(victim, not_pid=pids[victim]),
                            timeout=60, message=f"{victim} was not restarted")

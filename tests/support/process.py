@@ -113,8 +113,10 @@ class Multiwatch:
             timeout=timeout, after=after)
 
     def child_pids(self) -> list[int]:
+        """Every process below the supervisor: the template process, the watchers forked
+        from it (its children) and multiprocessing's resource tracker."""
         try:
-            return [p.pid for p in psutil.Process(self.pid).children()]
+            return [p.pid for p in psutil.Process(self.pid).children(recursive=True)]
         except psutil.NoSuchProcess:
             return []
 

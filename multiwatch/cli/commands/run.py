@@ -1,7 +1,8 @@
 """`multiwatch run`: the supervisor, one watcher child per roster instance.
 
-The first watcher is spawned before the configuration code is imported: it imports its
-own modules while the supervisor reads the roster (supervisor/prestart.py).
+The template process every watcher is forked from starts before the configuration code
+is imported: it imports the watcher while the supervisor reads the roster
+(supervisor/template.py).
 """
 
 from __future__ import annotations
@@ -16,7 +17,6 @@ from multiwatch.cli.commands.common import CONFIG_HELP, Subcommands, check_state
 
 if TYPE_CHECKING:
     from multiwatch.config import Roster
-    from multiwatch.supervisor.prestart import PrestartedWatcher
 
 
 def register(commands: Subcommands) -> None:
@@ -37,32 +37,25 @@ def register(commands: Subcommands) -> None:
 
 def _handle(args: argparse.Namespace) -> int:
     # What sqlite, kombu's spool and the lock files create is ours alone whatever the
-    # umask we were started with; set before the first watcher is spawned (it inherits
-    # it).  multiwatch.state_dir sets the modes of what it creates explicitly too.
+    # umask we were started with; set before the template process starts (the watchers
+    # inherit it).  multiwatch.state_dir sets the modes of what it creates explicitly too.
     os.umask(0o077)
-    # Before the configuration code is even imported: the first watcher imports its own
-    # while the roster is read (supervisor/prestart.py).
-    prestarted = _prestart_watcher()
-    try:
-        return guarded(lambda: _run(args, prestarted))
-    finally:
-        if prestarted is not None:
-            prestarted.discard()  # (a no-op once an instance took it)
-
-
-def _prestart_watcher() -> PrestartedWatcher | None:
-    import multiprocessing
-
-    from multiwatch.supervisor.prestart import PrestartedWatcher
+    # Before the configuration code is even imported: the template imports the watcher
+    # while the roster is read (supervisor/template.py).
+    from multiwatch.supervisor import template
 
     _spawn_as_if_run_with_dash_m()
     try:
-        return PrestartedWatcher(multiprocessing.get_context("spawn"))
-    except OSError:  # (no process to spare now): the supervisor spawns every watcher itself
-        return None
+        template.start_template()
+    except OSError:  # (no process to spare now): the first watcher's start tries again
+        pass
+    try:
+        return guarded(lambda: _run(args))
+    finally:
+        template.stop_template()  # after the watchers (a roster rejected: none started)
 
 
-def _run(args: argparse.Namespace, prestarted: PrestartedWatcher | None) -> int:
+def _run(args: argparse.Namespace) -> int:
     import dataclasses
 
     from multiwatch.config import http_override, load_roster
@@ -87,22 +80,21 @@ def _run(args: argparse.Namespace, prestarted: PrestartedWatcher | None) -> int:
     def reload() -> Roster:
         return narrow(load_roster(config_path, os.environ))
 
-    return Supervisor(roster, reload=reload if config_path else None,
-                      prestarted=prestarted, only=args.only).run()
+    return Supervisor(roster, reload=reload if config_path else None, only=args.only).run()
 
 
 def _spawn_as_if_run_with_dash_m() -> None:
     """Spare each watcher child a second run of the `multiwatch` console script.
 
-    A spawned child first recreates the parent's `__main__` (multiprocessing.spawn
-    `prepare`).  The console script is a file with no module spec, so the child runs it again
-    as `__mp_main__`, which imports the command line, argparse and the roster code for
-    nothing: the child only needs `run_child`.  Under `python -m multiwatch`,
-    `__main__.__spec__` names `multiwatch.__main__`, and spawn skips any `<package>.__main__`
-    in the child.  The console script is that same program, so its `__main__` gets that spec
-    too (the spec is how Python records what `__main__` was loaded from: -m sets it, a script
-    leaves it None).  Only a script whose `main` is ours is changed: never a test runner's
-    `__main__`.
+    A child first recreates the parent's `__main__` (multiprocessing.spawn `prepare`, which a
+    child forked from the template runs too).  The console script is a file with no module spec,
+    so the child runs it again as `__mp_main__`, which imports the command line, argparse and
+    the roster code for nothing: the child only needs `run_child`.  Under `python -m
+    multiwatch`, `__main__.__spec__` names `multiwatch.__main__`, and `prepare` skips any
+    `<package>.__main__` in the child.  The console script is that same program, so its
+    `__main__` gets that spec too (the spec is how Python records what `__main__` was loaded
+    from: -m sets it, a script leaves it None).  Only a script whose `main` is ours is changed:
+    never a test runner's `__main__`.
     """
     from multiwatch.cli import main
 

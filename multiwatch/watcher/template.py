@@ -1,0 +1,46 @@
+"""The template process: every watcher child is forked from it.
+
+Runs in the template process only, imported once as the preload of multiprocessing's
+`forkserver` (started by supervisor/template.py).  Importing this module is the whole
+preparation: it imports everything a watcher runs (the watcher itself, and what the
+watcher would otherwise import later: the broker transports, the lock module), then
+moves every object it made into the permanent generation (`gc.freeze`), so a child's
+collections never write to those objects' pages: they stay shared with the template,
+copy-on-write, and a child pays only for the pages it writes itself (bench/README.md
+has the figures).  The forkserver then forks one child per request, which runs
+`watcher.spec.run_child`.
+
+The template has no threads (forking a process with threads is unsafe) and never reads
+a roster or opens a connection: a child builds all of that after the fork.
+"""
+
+from __future__ import annotations
+
+import gc
+import importlib
+import os
+import signal
+
+import setproctitle
+
+from multiwatch.watcher import spec
+
+# What a watcher imports only once it runs (kombu picks its transport by name, the lock
+# module is imported where it is used): imported here too, so every child shares them.
+LATER_IMPORTS = ("kombu.transport.filesystem", "kombu.transport.pyamqp",
+                 "multiwatch.supervisor.run_lock", "multiprocessing.popen_forkserver")
+
+# Ctrl-C reaches the whole process group: the supervisor leads (it stops the watchers;
+# the template exits after it).  The forkserver keeps this, and its children inherit it.
+signal.signal(signal.SIGINT, signal.SIG_IGN)
+
+spec.TEMPLATE_PID = os.getpid()  # a child reads it (same memory): the parent to outlive
+
+spec.import_watcher()
+for _name in LATER_IMPORTS:
+    importlib.import_module(_name)
+
+setproctitle.setproctitle("multiwatch: template")
+
+gc.collect()  # garbage of the imports, so it is not frozen for good
+gc.freeze()
