@@ -16,7 +16,7 @@ import logging
 import os
 import ssl
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 from typing import Any
 
 import amqp
@@ -90,6 +90,7 @@ def open_connection(
     broker: BrokerConfig, state_dir: str, *, connection_name: str | None = None,
     url: str | None = None, on_blocked: Callable[[str], None] | None = None,
     on_unblocked: Callable[[], None] | None = None,
+    properties: Mapping[str, str] | None = None,
 ) -> Connection:
     """A not-yet-connected kombu Connection to `url` (default: the first broker URL).
 
@@ -98,7 +99,8 @@ def open_connection(
     reply (channel open, declares, confirm_select, Close-Ok); `read_timeout` (py-amqp's
     public option, SO_RCVTIMEO) ends each of those after connect_timeout_seconds.  Reads
     the caller bounds itself (drain_events(timeout=...)) are unaffected.
-    on_blocked/on_unblocked: called by py-amqp on Connection.Blocked/Unblocked (an alarm)."""
+    on_blocked/on_unblocked: called by py-amqp on Connection.Blocked/Unblocked (an alarm).
+    properties: more client properties beside connection_name (a replica's `role`)."""
     if broker.embedded:
         spool = spool_dir(state_dir)
         messages = os.path.join(spool, "messages")
@@ -125,7 +127,7 @@ def open_connection(
         options["on_unblocked"] = on_unblocked
     if connection_name:
         # Shown by `rabbitmqctl list_connections name client_properties` and the UI.
-        options["client_properties"] = {"connection_name": connection_name}
+        options["client_properties"] = {"connection_name": connection_name, **(properties or {})}
     extra: dict[str, Any] = {}
     if broker.password_file:
         # A URL without a password leaves kombu's `password=` in charge.
@@ -159,8 +161,12 @@ class BrokerLink:
                  connection_name: str | None = None,
                  on_blocked: Callable[[str], None] | None = None,
                  on_unblocked: Callable[[], None] | None = None,
-                 stopping: Callable[[], bool] = lambda: False) -> None:
+                 stopping: Callable[[], bool] = lambda: False,
+                 properties: Callable[[], Mapping[str, str]] | None = None) -> None:
+        """`properties`: asked at each connect for more client properties (the role a
+        replica's new connection announces)."""
         self._broker = broker
+        self._properties = properties
         self._stopping = stopping  # ends a host lookup early (a stop request)
         self._state_dir = state_dir
         self._connection_name = connection_name
@@ -179,7 +185,8 @@ class BrokerLink:
             connection = open_connection(self._broker, self._state_dir, url=url,
                                          connection_name=self._connection_name,
                                          on_blocked=self._on_blocked,
-                                         on_unblocked=self._on_unblocked)
+                                         on_unblocked=self._on_unblocked,
+                                         properties=self._properties and self._properties())
             self.last_url = url or ""
             try:
                 if url is not None:  # the C resolver has no deadline of its own

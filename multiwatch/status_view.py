@@ -16,8 +16,8 @@ view's shape, and read it through the tolerant helpers at the bottom (`mapping`,
 from __future__ import annotations
 
 import math
-from collections.abc import Callable, Mapping
-from typing import Any, TypedDict
+from collections.abc import Callable, Iterable, Mapping
+from typing import Any, NotRequired, TypedDict
 
 
 class LatencySnapshot(TypedDict):
@@ -78,6 +78,7 @@ class Heartbeat(TypedDict, total=False):
     unusual_activity: UnusualActivitySnapshot
     unmounted: bool  # the directory's (or a sub-mount's) filesystem is gone
     observer: str  # inotify | polling | polling (inotify limit) | none (waiting for a mount)
+    role: str  # active | standby: replicas (roster ha) of one instance take turns announcing
 
 
 class Resources(TypedDict):
@@ -108,6 +109,7 @@ class ChildView(TypedDict):
     read_rate_limit: int  # bytes/s, 0: none
     nice: int | None  # None: inherited
     ionice: str | None
+    role: NotRequired[str]  # active | standby (added by supervisor/fleet.py: child_role)
 
 
 class SupervisorView(TypedDict, total=False):
@@ -117,7 +119,7 @@ class SupervisorView(TypedDict, total=False):
     loop_age_seconds: float  # added when read: how long since the loop last turned
     resources: Resources | None
     broker: str  # where events go, passwords masked
-    role: str
+    role: str  # active | standby | mixed: its instances' roles (fleet_role)
 
 
 class FleetView(TypedDict, total=False):
@@ -130,6 +132,26 @@ class FleetView(TypedDict, total=False):
 # What the HTTP threads are given: a fresh view per call. Readers accept any mapping, since
 # they read it through the helpers below.
 ViewSource = Callable[[], Mapping[str, object]]
+
+
+ACTIVE, STANDBY, MIXED = "active", "standby", "mixed"
+
+
+def child_role(entry: Mapping[str, Any], *, replicated: bool) -> str:
+    """An instance's role: a lone watcher (ha off) is always active; a replica is what its
+    running watcher last reported, and standby otherwise (it announces nothing)."""
+    if not replicated:
+        return ACTIVE
+    role = mapping(entry.get("heartbeat")).get("role")
+    if entry.get("state") == "RUNNING" and role in (ACTIVE, STANDBY):
+        return str(role)
+    return STANDBY
+
+
+def fleet_role(entries: Iterable[Mapping[str, Any]]) -> str:
+    """A supervisor's role: its instances' one role, or mixed (active with none)."""
+    roles = {str(entry.get("role", ACTIVE)) for entry in entries}
+    return roles.pop() if len(roles) == 1 else MIXED if roles else ACTIVE
 
 
 # -- tolerant readers: a view of another version, or a damaged one, never raises ---------------

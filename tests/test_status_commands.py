@@ -53,8 +53,9 @@ def test_status_prints_one_aligned_row_per_instance(capsys: pytest.CaptureFixtur
     assert books.split()[:3] == ["watcher-books", "BACKOFF", "-"]
     assert "down" in books and "exit status 1; broker: connection refused" in books
     assert music.split()[:5] == ["watcher-music", "RUNNING", "4242", "2", "2m05s"]
-    # files, events/min, last event (none yet), outbox, broker, CPU %, RSS MiB, directory
-    assert music.split()[5:] == ["-", "-", "-", "3", "up", "1.5", "40.0", "/data/music"]
+    # files, events/min, last event (none yet), outbox, broker, role, CPU %, RSS MiB, directory
+    assert music.split()[5:] == ["-", "-", "-", "3", "up", "active", "1.5", "40.0",
+                                 "/data/music"]
     assert header.index("STATE") == books.index("BACKOFF") == music.index("RUNNING")
     assert details[1:3] == ["watcher-books: discovered 7, modified 2, deleted 1",
                             "watcher-music: discovered 7, modified 2, deleted 1"]

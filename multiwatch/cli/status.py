@@ -161,8 +161,8 @@ def _impostor(url: str, published: identity.EndpointIdentity) -> str:
 
 
 _COLUMNS = ("ID", "STATE", "PID", "RESTARTS", "UPTIME", "FILES", "EV/MIN", "LAST EVENT",
-            "OUTBOX", "BROKER", "CPU%", "RSS MiB", "DIRECTORY", "LAST EXIT / REASON")
-_RIGHT = {2, 3, 4, 5, 6, 8, 10, 11}  # numeric columns are right-aligned
+            "OUTBOX", "BROKER", "ROLE", "CPU%", "RSS MiB", "DIRECTORY", "LAST EXIT / REASON")
+_RIGHT = {2, 3, 4, 5, 6, 8, 11, 12}  # numeric columns are right-aligned
 
 
 def render_status(view: Mapping[str, Any], base_url: str = "", now: float | None = None) -> str:
@@ -210,7 +210,8 @@ def _row(ident: str, entry: Mapping[str, Any], now: float) -> list[str]:
         format_duration(entry.get("uptime_seconds")), _cell(heartbeat.get("files_tracked")),
         f"{rate:.1f}" if isinstance(rate, (int, float)) else "-", _cell(last),
         _cell(heartbeat.get("outbox_depth")),
-        broker, f"{cpu:.1f}" if isinstance(cpu, (int, float)) else "-",
+        broker, _cell(entry.get("role")),  # active | standby (replicas, roster ha)
+        f"{cpu:.1f}" if isinstance(cpu, (int, float)) else "-",
         format_mib(resources.get("rss_bytes")), _cell(entry.get("directory")),
         _cell(note, empty=""),
     ]

@@ -18,7 +18,8 @@ from multiwatch.supervisor.lifecycle import State
 REFRESH_SECONDS = 5
 _STATES = set(State)
 _COLUMNS = ("instance", "state", "directory", "files", "events/min", "last event",
-            "events by type", "outbox", "broker", "restarts", "CPU %", "RSS MiB", "note")
+            "events by type", "outbox", "broker", "role", "restarts", "CPU %", "RSS MiB",
+            "note")
 LINKS = ("/status", "/metrics", "/healthz", "/readyz")
 
 
@@ -96,6 +97,7 @@ def _row(ident: str, entry: Mapping[str, Any], now: float) -> str:
         f'<td>{escape(events_by_type(heartbeat))}</td>',
         f'<td class="num">{escape(_text(heartbeat.get("outbox_depth")))}</td>',
         f'<td class="{broker[1]}">{broker[0]}</td>',
+        f'<td>{escape(_text(entry.get("role")))}</td>',  # active | standby (roster ha)
         f'<td class="num">{escape(_text(entry.get("restarts")))}</td>',
         f'<td class="num">{escape(_percent(resources.get("cpu_percent")))}</td>',
         f'<td class="num">{escape(format_mib(resources.get("rss_bytes")))}</td>',

@@ -23,7 +23,7 @@ from multiprocessing.connection import wait
 from typing import TYPE_CHECKING, Any
 
 from multiwatch.config import ConfigError, HttpConfig, Roster
-from multiwatch.status_view import FleetView, Resources
+from multiwatch.status_view import FleetView, Resources, child_role, fleet_role
 from multiwatch.supervisor.lifecycle import (
     Child,
     State,
@@ -140,7 +140,9 @@ class Supervisor:
         title = _set_title(f"{SUPERVISOR_TITLE} {self.roster.source}")
         try:
             self._supervisor_file.acquire(self._record())
-            self._locks.acquire_all([i.id for i in self.roster.instances])
+            self._locks.acquire_all([i.id for i in self.roster.instances],
+                                    replicas={i.id for i in self.roster.instances
+                                              if i.ha.enabled})
             return self._supervise()
         finally:
             self._locks.release_all()  # (after the children have stopped)
@@ -262,12 +264,15 @@ class Supervisor:
     def _publish_view(self, now: float) -> None:
         instances = {child.instance_id: child.view(now, self._child_usage(child))
                      for child in self._children.values()}
+        for child in self._children.values():
+            entry = instances[child.instance_id]
+            entry["role"] = child_role(entry, replicated=child.spec.instance.ha.enabled)
         view: FleetView = {
             "supervisor": {"pid": os.getpid(), "roster": self.roster.source,
                            "uptime_seconds": round(now - self._started_at, 1),
                            "resources": self._usage.get(os.getpid()),
                            "broker": broker_description(self.roster.broker),
-                           "role": "active"},  # replicas (standby) come later
+                           "role": fleet_role(instances.values())},
             "instances": instances,
         }
         with self._view_lock:
@@ -302,7 +307,8 @@ class Supervisor:
                 self._stop_children([current])
             else:
                 try:
-                    self._locks.acquire(instance.id)  # (taken already for the first roster)
+                    # (taken already for the first roster)
+                    self._locks.acquire(instance.id, replica=instance.ha.enabled)
                 except ConfigError as exc:
                     log.error("instance not started: %s", exc,
                               extra={"instance_id": instance.id})

@@ -31,6 +31,8 @@ from multiwatch.supervisor.lifecycle import State
 STATES = tuple(State)  # every lifecycle state gets a series, 0 or 1
 LATENCY_METRIC = "multiwatch_event_latency_seconds"
 WINDOW_METRIC = "multiwatch_activity_window_events"
+ROLE_METRIC = "multiwatch_instance_role"
+ROLES = ("active", "standby")
 
 
 @dataclass(frozen=True)
@@ -147,6 +149,8 @@ SPECIAL_METRICS: dict[str, str] = {
     "multiwatch_instance_up": "1 while the instance's watcher is RUNNING, else 0.",
     "multiwatch_instance_state": "1 for the instance's current state (label state), "
                                  "0 for the others.",
+    ROLE_METRIC: "1 for the instance's role (label role: active announces, standby waits for "
+                 "the lease; roster ha), 0 for the other.",
     LATENCY_METRIC: "Seconds from the first notification of a file change to the broker's "
                     "confirm of its event.",
     WINDOW_METRIC: "Events of each kind (label kind: deleted, modified, moved) announced "
@@ -203,6 +207,7 @@ def fleet_metrics(view: Mapping[str, Any]) -> list[Metric]:
             family.add_metric([], value)
         families.append(family)
     families.extend(_state_families(instances))
+    families.append(_role_family(instances))
     families.append(_latency_family(instances))
     families.append(_window_family(instances))
     return families
@@ -227,6 +232,18 @@ def _state_families(instances: Mapping[str, Any]) -> list[Metric]:
         for name in known:
             state.add_metric([str(ident), name], 1.0 if name == current else 0.0)
     return [up, state]
+
+
+def _role_family(instances: Mapping[str, Any]) -> GaugeMetricFamily:
+    """Like multiwatch_instance_state: a series per role, 1 for the current one."""
+    role = GaugeMetricFamily(ROLE_METRIC, SPECIAL_METRICS[ROLE_METRIC],
+                             labels=["instance_id", "role"])
+    for ident, entry in sorted(instances.items()):
+        current = mapping(entry).get("role")
+        if current in ROLES:
+            for name in ROLES:
+                role.add_metric([str(ident), name], 1.0 if name == current else 0.0)
+    return role
 
 
 def _latency_family(instances: Mapping[str, Any]) -> HistogramMetricFamily:

@@ -4,8 +4,14 @@
   from before its watcher starts until it has stopped, and names that supervisor (pid,
   roster) for the error a second `run` prints.  Per instance, not per state_dir: the
   exports run one `multiwatch run --only <id>` per instance on one state_dir.
+  With `ha` enabled for <id> it is held shared (LOCK_SH) instead: replicas on one host and
+  state_dir run side by side (watcher/lease.py decides which one announces), while a
+  supervisor without `ha` for <id> is still refused beside them, and they beside it.
 - `instances/<id>/watcher.lock` is held by the watcher of <id> itself, for the moments
-  after a supervisor's death when its watchers are still stopping.
+  after a supervisor's death when its watchers are still stopping.  An active replica
+  whose `watcher.lock` another (frozen or cut-off) replica still holds takes the first free
+  `watcher.<n>.lock` instead, with a state database of its own (`replica_slot`).
+- `instances/<id>/lease.lock` is the lease of <id>'s replicas with the embedded spool.
 - `supervisors/<pid>.lock` is held by each supervisor for its whole life and records its
   pid, roster, --only and the instances it runs: how `multiwatch reload|stop` find it.
 
@@ -32,6 +38,8 @@ from multiwatch.config import ConfigError
 
 RUN_LOCK = "run.lock"
 WATCHER_LOCK = "watcher.lock"
+LEASE_LOCK = "lease.lock"
+REPLICA_SLOTS = 4  # watcher.lock, watcher.1.lock ... watcher.3.lock
 SUPERVISORS = "supervisors"
 SUPERVISOR_TITLE = "multiwatch: supervisor"
 _RECORD_BYTES = 64 * 1024
@@ -54,35 +62,40 @@ class InstanceLocks:
         self._state_dir = state_dir
         self._record = {"pid": os.getpid(), "roster": roster}
         self._fds: dict[str, int] = {}
+        self._shared: dict[str, bool] = {}
 
     @property
     def held(self) -> list[str]:
         return sorted(self._fds)
 
-    def acquire(self, instance_id: str) -> None:
-        """Take <id>'s lock (a no-op if held); RunLockHeld naming the holder otherwise."""
+    def acquire(self, instance_id: str, *, replica: bool = False) -> None:
+        """Take <id>'s lock (a no-op if held); RunLockHeld naming the holder otherwise.
+        `replica` (ha enabled): shared with the other replicas on this state_dir."""
         if instance_id in self._fds:
             return
         path = os.path.join(self._state_dir, "instances", instance_id, RUN_LOCK)
         with sd.private_dir_fd(self._state_dir, ["instances", instance_id]) as folder:
             assert folder is not None  # (CREATE policy)
             fd = sd.private_file(folder, RUN_LOCK, path)
-        if not _try_lock(fd, fcntl.LOCK_EX):
-            holder = _holder_record(fd)
+        if not _try_lock(fd, fcntl.LOCK_SH if replica else fcntl.LOCK_EX):
+            holder = {} if replica else _holder_record(fd)  # (replicas write no record)
             if not holder.get("pid"):  # (it exits, or is just starting): ask the kernel
                 holders = kernel_lock_holders(os.fstat(fd).st_ino) or set()
                 holder = {"pid": min(holders)} if len(holders) == 1 else {}
             os.close(fd)
-            raise RunLockHeld(_held_message(instance_id, holder, path))
-        _write_record(fd, self._record)
+            raise RunLockHeld(_held_message(instance_id, holder, path, replica=replica))
+        if not replica:  # shared holders leave the file alone: the others read it
+            _write_record(fd, self._record)
         self._fds[instance_id] = fd
+        self._shared[instance_id] = replica
 
-    def acquire_all(self, instance_ids: list[str]) -> None:
-        """All or none: on the first one held elsewhere, release what was taken and raise."""
+    def acquire_all(self, instance_ids: list[str], replicas: set[str] | None = None) -> None:
+        """All or none: on the first one held elsewhere, release what was taken and raise.
+        `replicas`: the ids with ha enabled (see acquire)."""
         taken = [i for i in instance_ids if i not in self._fds]
         try:
             for instance_id in taken:
-                self.acquire(instance_id)
+                self.acquire(instance_id, replica=instance_id in (replicas or set()))
         except BaseException:
             for instance_id in taken:
                 self.release(instance_id)
@@ -90,9 +103,11 @@ class InstanceLocks:
 
     def release(self, instance_id: str) -> None:
         fd = self._fds.pop(instance_id, None)
+        shared = self._shared.pop(instance_id, False)
         if fd is not None:
-            with contextlib.suppress(OSError):
-                os.ftruncate(fd, 0)  # (a reader must not take the old content for a holder)
+            if not shared:
+                with contextlib.suppress(OSError):
+                    os.ftruncate(fd, 0)  # (a reader must not take the old content for a holder)
             os.close(fd)  # closing the last descriptor of the open file drops the flock
 
     def release_all(self) -> None:
@@ -100,15 +115,21 @@ class InstanceLocks:
             self.release(instance_id)
 
 
-def _held_message(instance_id: str, holder: dict[str, Any], path: str) -> str:
+def _held_message(instance_id: str, holder: dict[str, Any], path: str, *,
+                  replica: bool = False) -> str:
     pid = holder.get("pid")
     who = f"pid {pid}" if pid else "another process"
     roster = holder.get("roster")
     how = f" (multiwatch run -c {roster})" if roster else ""
     stop = f"multiwatch stop -c {roster}" if roster else f"kill {pid}" if pid else "stop it"
+    if replica:
+        return (f"instance {instance_id} is already run without ha by {who}{how}, which holds "
+                f"{path}: a replica beside it would announce every file twice. Stop it "
+                f"first ({stop}), or enable ha for {instance_id} there too")
     return (f"instance {instance_id} is already run by {who}{how}, which holds {path}: two "
-            f"supervisors would announce every file twice. Stop it first ({stop}), or run "
-            "other instances with --only")
+            f"supervisors would announce every file twice. Stop it first ({stop}), enable "
+            "ha for it in both rosters (replicas: one announces, the other stands by), or "
+            "run other instances with --only")
 
 
 class SupervisorFile:
@@ -149,14 +170,39 @@ class SupervisorFile:
         self._fd = None
 
 
-def open_watcher_lock(state_dir: str, instance_id: str) -> int:
+def open_watcher_lock(state_dir: str, instance_id: str, slot: int = 0) -> int:
     """instances/<id>/watcher.lock, which each watcher holds while it runs: a watcher left
     by a killed supervisor (SIGTERMed by the kernel, still flushing) holds it until it has
-    exited, so the next one waits instead of sharing the state database with it."""
-    path = os.path.join(state_dir, "instances", instance_id, WATCHER_LOCK)
+    exited, so the next one waits instead of sharing the state database with it.
+    slot n > 0: watcher.<n>.lock, a replica's own (see replica_slot)."""
+    return _instance_file(state_dir, instance_id,
+                          WATCHER_LOCK if slot == 0 else f"watcher.{slot}.lock")
+
+
+def open_lease_lock(state_dir: str, instance_id: str) -> int:
+    """instances/<id>/lease.lock: the embedded spool's lease (watcher/lease.py FileLease)."""
+    return _instance_file(state_dir, instance_id, LEASE_LOCK)
+
+
+def replica_slot(state_dir: str, instance_id: str) -> tuple[int, int] | None:
+    """An active replica's state database: (slot, held descriptor) of the first watcher
+    lock free now.  Slot 0 is the instance's own state.db: free once the replica that held
+    the lease before has exited, so the new one goes on from its state and outbox.  A
+    later slot is taken only while that one still lives (frozen, or cut off from the
+    broker) and holds it: two watchers never share a state database.  None: all held."""
+    for slot in range(REPLICA_SLOTS):
+        fd = open_watcher_lock(state_dir, instance_id, slot)
+        if try_lock_exclusive(fd):
+            return slot, fd
+        os.close(fd)
+    return None
+
+
+def _instance_file(state_dir: str, instance_id: str, name: str) -> int:
+    path = os.path.join(state_dir, "instances", instance_id, name)
     with sd.private_dir_fd(state_dir, ["instances", instance_id]) as folder:
         assert folder is not None  # (CREATE policy)
-        return sd.private_file(folder, WATCHER_LOCK, path)
+        return sd.private_file(folder, name, path)
 
 
 def try_lock_exclusive(fd: int) -> bool:

@@ -30,6 +30,7 @@ from multiwatch.watcher.filters import PathFilter
 from multiwatch.watcher.hash_pool import HashPool
 from multiwatch.watcher.hash_slots import HashSlots
 from multiwatch.watcher.inotify_observer import quiet_refused_watch_warnings
+from multiwatch.watcher.lease import BrokerLease, FileLease, Lease
 from multiwatch.watcher.mount import META_KEY, UNMOUNTED, Mount, MountGuard
 from multiwatch.watcher.observe import (
     directory_watcher,
@@ -40,7 +41,7 @@ from multiwatch.watcher.observe import (
 from multiwatch.watcher.outbox import OutboxGauge
 from multiwatch.watcher.pipeline import Pipeline
 from multiwatch.watcher.priority import apply_priority
-from multiwatch.watcher.publisher import Publisher
+from multiwatch.watcher.publisher import CLOSE_WAIT_SECONDS, Publisher
 from multiwatch.watcher.raw_event import EventKind, RawEvent
 from multiwatch.watcher.read_limit import install_read_limit
 from multiwatch.watcher.spec import EXIT_DIRECTORY_GONE, ChildSpec, Report
@@ -68,6 +69,9 @@ THREAD_STACK_BYTES = 64 * 1024 * 1024
 _PR_SET_PDEATHSIG = 1
 # The publisher thread died or missed its own deadline (the reason went up the pipe first).
 EXIT_PUBLISHER_FAILED = 4
+# A replica (ha) found another holding the lease it had: restarted, it stands by.
+EXIT_LEASE_LOST = 5
+LEASE_LOST = "another replica took over the instance; restarting as a standby"
 
 
 def child_main(spec: ChildSpec, to_parent: Connection) -> None:
@@ -126,21 +130,10 @@ def _run(spec: ChildSpec, to_parent: Connection, stop: _Stop) -> int:
     logging.getLogger().addHandler(problems)
     if not _wait_for_directory(instance, parent, stop):
         return 0 if stop.requested or not parent.alive() else EXIT_DIRECTORY_GONE
-    if not _hold_instance(spec, parent, stop):
-        return 0 if stop.requested or not parent.alive() else 1
-
-    db_path = state_db_path(spec.state_dir, instance.id)
-    store = StateStore(db_path)
-    waiting_events, waiting_bytes = store.outbox_usage()
-    gauge = OutboxGauge(events=waiting_events, size=waiting_bytes,
-                        max_events=instance.outbox_max_events, max_bytes=instance.outbox_max_bytes)
-    if waiting_events:
-        log.info("replaying events recorded but not confirmed before the last stop",
-                 extra={"outbox_depth": waiting_events})
-    publisher = Publisher(broker=spec.broker, state_dir=spec.state_dir,
-                          instance_id=instance.id, db_path=db_path, gauge=gauge)
-    with _sigterm_for_main_thread_only():
-        publisher.start()
+    started = _start_publishing(spec, parent, stop, problems)
+    if isinstance(started, int):
+        return started
+    store, gauge, publisher = started
     mounts = MountGuard(instance.directory, required=instance.mount_required,
                         remembered=Mount.from_json(store.meta(META_KEY)),
                         follow_submounts=instance.recursive and not instance.one_filesystem,
@@ -193,6 +186,10 @@ def _run(spec: ChildSpec, to_parent: Connection, stop: _Stop) -> int:
             log.error("watched directory disappeared", extra={"path": instance.directory})
             exit_code = EXIT_DIRECTORY_GONE
             break
+        if publisher.role.demoted:  # another replica holds the lease: restart as a standby
+            parent.send(Report.EXITING, {"reason": LEASE_LOST})
+            exit_code = EXIT_LEASE_LOST
+            break
         publisher_problem = publisher.failure(now)
         if publisher_problem:
             # The supervisor's hang detector sees only this loop: say why, and exit so it
@@ -234,6 +231,111 @@ def _run(spec: ChildSpec, to_parent: Connection, stop: _Stop) -> int:
     store.close()
     log.info("stopped", extra={"events": dict(pipeline.counts), "outbox_depth": gauge.depth})
     return exit_code
+
+
+def _start_publishing(spec: ChildSpec, parent: _ParentLink, stop: _Stop,
+                      problems: ProblemCounter) -> tuple[StateStore, OutboxGauge, Publisher] | int:
+    """The state database and the publisher thread that drains its outbox, or the exit
+    status when the watcher ends before.  A replica (ha) starts its publisher first and
+    stands by (nothing watched, nothing opened) until that thread holds the lease; then it
+    takes a state database (run_lock.replica_slot) and gives it to the publisher."""
+    instance = spec.instance
+    if not instance.ha.enabled:
+        if not _hold_instance(spec, parent, stop):
+            return 0 if stop.requested or not parent.alive() else 1
+        db_path = state_db_path(spec.state_dir, instance.id)
+        store = StateStore(db_path)
+        gauge = OutboxGauge(events=0, size=0, max_events=instance.outbox_max_events,
+                            max_bytes=instance.outbox_max_bytes)
+        _count_outbox(store, gauge)
+        publisher = Publisher(broker=spec.broker, state_dir=spec.state_dir,
+                              instance_id=instance.id, db_path=db_path, gauge=gauge)
+        with _sigterm_for_main_thread_only():
+            publisher.start()
+        return store, gauge, publisher
+    gauge = OutboxGauge(events=0, size=0, max_events=instance.outbox_max_events,
+                        max_bytes=instance.outbox_max_bytes)
+    lease: Lease = (FileLease(spec.state_dir, instance.id) if spec.broker.embedded
+                    else BrokerLease(instance.id))
+    publisher = Publisher(broker=spec.broker, state_dir=spec.state_dir, instance_id=instance.id,
+                          db_path=None, gauge=gauge, lease=lease,
+                          lease_retry_seconds=instance.ha.lease_retry_seconds)
+    publisher.role.on_change = stop.nudge
+    with _sigterm_for_main_thread_only():
+        publisher.start()
+    code = _stand_by(spec, parent, stop, publisher, problems)
+    if code is None:
+        replica_db = _replica_state(spec, parent, stop)
+        if replica_db is not None:
+            store = StateStore(replica_db)
+            _count_outbox(store, gauge)
+            publisher.attach(replica_db)
+            return store, gauge, publisher
+        code = 0 if stop.requested or not parent.alive() else 1
+    publisher.stop(deadline=time.monotonic())  # holds nothing to flush
+    publisher.join(timeout=CLOSE_WAIT_SECONDS + 0.5)
+    return code
+
+
+def _count_outbox(store: StateStore, gauge: OutboxGauge) -> None:
+    waiting_events, waiting_bytes = store.outbox_usage()
+    gauge.added(waiting_events, waiting_bytes)
+    if waiting_events:
+        log.info("replaying events recorded but not confirmed before the last stop",
+                 extra={"outbox_depth": waiting_events})
+
+
+def _stand_by(spec: ChildSpec, parent: _ParentLink, stop: _Stop, publisher: Publisher,
+              problems: ProblemCounter) -> int | None:
+    """A replica without the lease: ready (a standby is), reporting its role, until the
+    publisher thread holds the lease (None) or the watcher must end (its exit status).
+    Nothing is watched, hashed or opened meanwhile; the thread's own wait is
+    Publisher._stand_by."""
+    heartbeat = _Heartbeat(parent, lambda: _standby_snapshot(publisher, problems),
+                           lambda: _standby_snapshot(publisher, problems),
+                           hang_timeout=spec.hang_timeout_seconds)
+    parent.send(Report.READY, {"pid": os.getpid()})
+    while not stop.requested and parent.alive():
+        if publisher.role.promoted.is_set():
+            return None
+        if problem := publisher.failure(time.monotonic()):
+            log.error("the publisher stopped working; exiting so the watcher is restarted",
+                      extra={"reason": problem})
+            parent.send(Report.EXITING, {"reason": problem})
+            return EXIT_PUBLISHER_FAILED
+        heartbeat.maybe_send()
+        # The publisher nudges `stop` when the role changes; its failure is seen within a
+        # heartbeat.
+        stop.wait(max(0.0, min(heartbeat.due() - time.monotonic(), heartbeat.idle_seconds)))
+    return 0
+
+
+def _standby_snapshot(publisher: Publisher, problems: ProblemCounter) -> Heartbeat:
+    """A standby's heartbeat: its role and broker link (there is nothing else yet)."""
+    stats = publisher.stats
+    return {"role": publisher.role.role.value, "broker_connected": stats.connected,
+            "publish_failures": stats.failures, "last_error": stats.last_error,
+            "problem": stats.problem, "errors": problems.count, "observer": "none"}
+
+
+def _replica_state(spec: ChildSpec, parent: _ParentLink, stop: _Stop) -> str | None:
+    """The state database of a replica that now holds the lease (run_lock.replica_slot;
+    the descriptor is kept, never closed, like watcher.lock's).  With every slot held,
+    wait for the instance's own as a lone watcher does."""
+    from multiwatch.supervisor.run_lock import replica_slot
+
+    taken = replica_slot(spec.state_dir, spec.instance.id)
+    if taken is None:
+        return state_db_path(spec.state_dir, spec.instance.id) if _hold_instance(
+            spec, parent, stop) else None
+    slot, _fd = taken
+    path = state_db_path(spec.state_dir, spec.instance.id)
+    if slot == 0:
+        return path
+    log.warning("the instance's state database is still held by the replica that was active "
+                "before (frozen, or cut off from the broker); using one of this replica's own",
+                extra={"slot": slot})
+    return os.path.join(os.path.dirname(path), f"state.{slot}.db")
 
 
 def _start_watching(instance: InstanceConfig, pipeline: Pipeline, mounts: MountGuard,
@@ -371,7 +473,7 @@ def _activity(pipeline: Pipeline, publisher: Publisher, gauge: OutboxGauge,
     stats = publisher.stats
     return (sum(pipeline.counts.values()), pipeline.files_hashed, pipeline.files_waiting,
             gauge.depth, gauge.full, problems.count, stats.connected, stats.published,
-            stats.failures, stats.unroutable, stats.nacked, stats.problem)
+            stats.failures, stats.unroutable, stats.nacked, stats.problem, publisher.role.role)
 
 
 def _snapshot(pipeline: Pipeline, publisher: Publisher, gauge: OutboxGauge,
@@ -401,6 +503,7 @@ def _snapshot(pipeline: Pipeline, publisher: Publisher, gauge: OutboxGauge,
         "unusual_activity": pipeline.unusual_activity.snapshot(),
         "unmounted": mounts.any_unmounted,
         "observer": observer_mode(observer),  # "polling (inotify limit)": the kernel refused
+        "role": publisher.role.role.value,  # active | standby (replicas: watcher/lease.py)
         **activity_snapshot(pipeline),
     }
 
@@ -480,6 +583,10 @@ class _Stop:
 
     def is_set(self) -> bool:
         return self.requested
+
+    def nudge(self) -> None:
+        """End a wait() in progress without asking to stop (from any thread)."""
+        self._own.put(WAKE_UP)
 
     def wait(self, timeout: float) -> bool:
         """Sleep until stop is requested or `timeout` passes; True if it was requested."""

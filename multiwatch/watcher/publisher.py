@@ -15,6 +15,14 @@ confirm_timeout), then what the broker confirmed and routed is deleted from the 
 Every wait has a deadline, and before each the thread records when it expects to be back
 (`progress`): the watcher's main loop restarts the watcher if the thread dies or misses
 that deadline.  While idle the thread services AMQP heartbeats itself.
+
+Replicas (roster `ha`, watcher/lease.py): each connection first takes the instance's lease
+on itself, and nothing is published on a connection that does not hold it.  Another
+replica holding it is not a failure (no warning, no backoff): this one stands by on its
+connection and tries again every `lease_retry_seconds` (`_stand_by`); its outbox is opened
+only once the main loop, woken by `role`, has chosen the state database (`attach`).  A
+connection announces its role in its client properties, so one that turns out to be in the
+other role is closed and replaced at once (`_Relabel`).
 """
 
 from __future__ import annotations
@@ -46,6 +54,7 @@ from multiwatch.watcher.amqp_io import (
 )
 from multiwatch.watcher.confirms import UNROUTABLE, Confirms, judge, runs
 from multiwatch.watcher.held_event import HeldEvent
+from multiwatch.watcher.lease import Lease, Role, RoleState
 from multiwatch.watcher.message import Event
 from multiwatch.watcher.outbox import OutboxGauge
 from multiwatch.watcher.publisher_health import Progress, PublisherStats
@@ -69,16 +78,33 @@ class PublishFailed(Exception):
     """Part of a batch was not confirmed; it stays in the outbox."""
 
 
+class _Relabel(Exception):
+    """The connection announces the other role: close it and connect again at once."""
+
+
+class _Fatal(Exception):
+    """The thread cannot go on (the outbox cannot be opened): the watcher restarts."""
+
+
 class Publisher(threading.Thread):
     """Drains the outbox to the broker; stop() flushes within a deadline."""
 
     def __init__(self, *, broker: BrokerConfig, state_dir: str, instance_id: str,
-                 db_path: str, gauge: OutboxGauge) -> None:
+                 db_path: str | None, gauge: OutboxGauge, lease: Lease | None = None,
+                 lease_retry_seconds: float = 2.0) -> None:
+        """`lease` (replicas): publish only while holding it; `db_path` is then None until
+        attach() names the state database."""
         super().__init__(name=f"publisher-{instance_id}", daemon=True)
         self._broker = broker
         self._state_dir = state_dir
         self._connection_name = f"file_watcher_{instance_id}"
         self._db_path = db_path
+        self._outbox: DurableOutbox | None = None
+        self._attached = threading.Event()
+        self._lease = lease
+        self._lease_retry_seconds = lease_retry_seconds
+        self.role = RoleState(replicated=lease is not None)
+        self._labelled = ""  # the role the current connection announces
         self._gauge = gauge
         self._stop_deadline: float | None = None
         self._wake = threading.Event()
@@ -87,6 +113,11 @@ class Publisher(threading.Thread):
         self._held = HeldEvent(self.stats, gauge, broker.reconnect_max_seconds)
         self.latency = LatencyHistogram()
         self.progress = Progress()
+
+    def attach(self, db_path: str) -> None:
+        """The state database whose outbox to publish (a replica's, once it is active)."""
+        self._db_path = db_path
+        self._attached.set()
 
     def stop(self, deadline: float) -> None:
         """Finish publishing the outbox, or give up at time.monotonic() deadline."""
@@ -113,19 +144,21 @@ class Publisher(threading.Thread):
     # ---------------------------------------------------------------- the thread
 
     def run(self) -> None:
-        self.progress.expect(BUSY_TIMEOUT_SECONDS, "opening the outbox")
         try:
-            outbox = DurableOutbox(self._db_path)
+            if self._db_path is not None:  # a lone watcher: the outbox first, as it was
+                self._attached.set()
+                self._open_outbox()
+            self._run()
+        except _Fatal:
+            pass
         except Exception as exc:  # noqa: BLE001 - reported through failure(): the watcher restarts
-            self._died("cannot open the outbox in the state database", exc)
-            return
-        try:
-            self._run(outbox)
-        except Exception as exc:  # noqa: BLE001 - as above
             self._died("publisher crashed", exc)
         finally:
-            with contextlib.suppress(sqlite3.Error):
-                outbox.close()
+            if self._outbox is not None:
+                with contextlib.suppress(sqlite3.Error):
+                    self._outbox.close()
+            if self._lease is not None:
+                self._lease.close()
         if self._gauge.depth and not self.stats.fatal:
             log.warning("stopped with events still unconfirmed; they are kept in the outbox "
                         "and sent after the next start", extra={"outbox_depth": self._gauge.depth})
@@ -136,24 +169,43 @@ class Publisher(threading.Thread):
         log.error("%s; the watcher restarts", what, exc_info=True,
                   extra={"error": self.stats.fatal, "outbox_depth": self._gauge.depth})
 
-    def _run(self, outbox: DurableOutbox) -> None:
+    def _open_outbox(self) -> DurableOutbox:
+        """The outbox of the state database named by db_path; _Fatal if it cannot be opened."""
+        if self._outbox is None:
+            self.progress.expect(BUSY_TIMEOUT_SECONDS, "opening the outbox")
+            try:
+                self._outbox = DurableOutbox(str(self._db_path))
+            except Exception as exc:  # (any error: the watcher restarts)
+                self._died("cannot open the outbox in the state database", exc)
+                raise _Fatal from exc
+        return self._outbox
+
+    def _run(self) -> None:
         retry_delay = FIRST_RETRY_SECONDS
+        replicated = self._lease is not None and not self._broker.embedded
         link = BrokerLink(self._broker, self._state_dir, connection_name=self._connection_name,
                           on_blocked=self._on_blocked, on_unblocked=self._on_unblocked,
-                          stopping=lambda: self._stop_deadline is not None)
+                          stopping=lambda: self._stop_deadline is not None,
+                          properties=(lambda: {"role": self._labelled}) if replicated else None)
         while not self._stopping_now():
             connection: Connection | None = None
             failure: Exception | None = None
             self.progress.expect(connect_budget(self._broker), "connecting to the broker")
+            self._labelled = self.role.label()
             try:
                 connection = link.connect()  # each URL once, in turn (cluster failover)
-                self._serve(connection, outbox, link.where)
+                self._serve(connection, link.where)
+            except (_Relabel, _Fatal):
+                pass  # (_Fatal: run() ends the thread once the connection is closed)
             except Exception as exc:  # noqa: BLE001 - any broker or socket failure: back off, retry
                 failure = exc
             self.stats.connected = False
             self.stats.blocked = ""
+            self.role.dropped()  # a lease held on that connection ended with it
             if connection is not None:
                 self._close(connection, polite=failure is None)
+            if self.stats.fatal:
+                raise _Fatal
             if failure is None:
                 retry_delay = FIRST_RETRY_SECONDS
                 continue
@@ -213,7 +265,7 @@ class Publisher(threading.Thread):
 
     # ---------------------------------------------------------------- one connection
 
-    def _serve(self, connection: Connection, outbox: DurableOutbox, where: str) -> None:
+    def _serve(self, connection: Connection, where: str) -> None:
         self.progress.expect(SETUP_READS * self._broker.connect_timeout_seconds,
                              "opening a channel and declaring the exchange")
         channel = connection.channel()
@@ -235,6 +287,11 @@ class Publisher(threading.Thread):
             "broker": "embedded" if self._broker.embedded else where,
             "connection_name": self._connection_name, "outbox_depth": self._gauge.depth})
         service_every = heartbeat_service_interval(connection)
+        if self._lease is not None and not self._hold_lease(connection, service_every):
+            return  # asked to stop before holding it
+        outbox = self._outbox or self._wait_for_outbox(connection, service_every)
+        if outbox is None:
+            return  # asked to stop
         next_service = 0.0
         while not self._stopping_now():
             now = time.monotonic()
@@ -266,6 +323,58 @@ class Publisher(threading.Thread):
                 self._publish_spooled(producer, batch, outbox)
             else:
                 self._publish_batch(connection, producer, confirms, batch, outbox)
+
+    # ---------------------------------------------------------------- replicas (ha)
+
+    def _hold_lease(self, connection: Connection, service_every: float) -> bool:
+        """Take the lease on this connection, or stand by on it until it is free: True once
+        held (publishing may start), False once asked to stop.  _Relabel when the
+        connection announces the other role."""
+        assert self._lease is not None
+        relabel = not self._broker.embedded  # (the spool has no client properties)
+        while self._stop_deadline is None:
+            self.progress.expect(SETUP_READS * self._broker.connect_timeout_seconds,
+                                 "taking the lease")
+            if self._lease.take(connection):
+                if relabel and self._labelled != Role.ACTIVE.value:
+                    self.role.won_unlabelled()
+                    self._lease.let_go(connection)
+                    raise _Relabel(Role.ACTIVE.value)
+                self.role.took()
+                return True
+            self.role.refused()
+            if relabel and self._labelled != Role.STANDBY.value:
+                raise _Relabel(Role.STANDBY.value)
+            self._stand_by(connection, service_every)
+        return False
+
+    def _stand_by(self, connection: Connection, service_every: float) -> None:
+        """Where a standby spends its time: lease_retry_seconds between two tries of the
+        lease, servicing the connection's heartbeats (a stop request ends it at once).
+        Not a failure: nothing is counted or logged."""
+        until = time.monotonic() + self._lease_retry_seconds
+        while self._stop_deadline is None:
+            now = time.monotonic()
+            if now >= until:
+                return
+            if not self._broker.embedded:
+                self.progress.expect(self._broker.confirm_timeout_seconds, "servicing heartbeats")
+                service_heartbeat(connection)
+            self._wait(self._wake, min(until - now, service_every), "standing by")
+
+    def _wait_for_outbox(self, connection: Connection,
+                         service_every: float) -> DurableOutbox | None:
+        """Holding the lease, wait for the main loop to choose the state database (attach);
+        None if asked to stop first."""
+        while not self._attached.is_set():
+            if self._stop_deadline is not None:
+                return None
+            if not self._broker.embedded:
+                self.progress.expect(self._broker.confirm_timeout_seconds, "servicing heartbeats")
+                service_heartbeat(connection)
+            self._wait(self._attached, min(service_every, STOP_POLL_SECONDS),
+                       "waiting for the state database")
+        return self._open_outbox()
 
     def _wait(self, event: threading.Event, seconds: float, doing: str) -> None:
         seconds = max(0.0, seconds)

@@ -106,8 +106,10 @@ def test_missing_figures_give_no_samples_rather_than_zeros() -> None:
     samples = scrape(fleet({"new": instance("STARTING", heartbeat={}, resources=None,
                                             uptime_seconds=None)}))
     names = {s.name for s in samples if s.labels.get("instance_id") == "new"}
+    # (the role is known from the roster: a replica is standby until it reports otherwise)
     assert names == {"multiwatch_instance_up", "multiwatch_instance_state",
-                     "multiwatch_restarts_total", "multiwatch_heartbeat_age_seconds"}
+                     "multiwatch_instance_role", "multiwatch_restarts_total",
+                     "multiwatch_heartbeat_age_seconds"}
 
 
 @pytest.mark.parametrize("broken", [

@@ -39,7 +39,7 @@ def instance(state: str = "RUNNING", **overrides: Any) -> dict[str, Any]:
     entry: dict[str, Any] = {
         "state": state, "pid": 4242, "restarts": 0, "uptime_seconds": 125.0,
         "last_exit": "", "directory": "/data/music", "reason": "",
-        "heartbeat_age_seconds": 0.4, "heartbeat": heartbeat(),
+        "heartbeat_age_seconds": 0.4, "heartbeat": heartbeat(), "role": "active",
         "resources": {"cpu_percent": 1.5, "rss_bytes": 40 * 1048576, "open_files": 5,
                       "threads": 4, "read_bytes": 8192},
     }

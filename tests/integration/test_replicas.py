@@ -1,0 +1,216 @@
+"""Replicas (roster `ha`): two supervisors run one instance, one announces, the other stands
+by and takes over when the first is killed.  Real processes, a real RabbitMQ."""
+
+from __future__ import annotations
+
+import json
+import urllib.request
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from tests.support.consumer import Received, _json_array, collect, declare_queue, vhost_of, wait_for
+from tests.support.process import Multiwatch, free_port, run_cli, write_roster
+from tests.support.rabbitmq import RabbitMQ
+
+QUEUE = "file_events"
+TAKEOVER = "took over as the active replica of this instance"
+
+
+@pytest.fixture
+def started() -> Iterator[list[Multiwatch]]:
+    """Every supervisor a test starts, killed (its process group only) at teardown."""
+    running: list[Multiwatch] = []
+    yield running
+    for mw in running:
+        mw.cleanup()
+
+
+def _roster(tmp_path: Path, name: str, inbox: Path, *, state: Path, port: int,
+            broker_url: str | None) -> Path:
+    roster: dict[str, Any] = {
+        "state_dir": str(state),
+        "defaults": {"settle_seconds": 0.1},
+        "supervisor": {"stop_timeout_seconds": 3},
+        "http": {"listen": f"127.0.0.1:{port}"},
+        "ha": {"enabled": True, "lease_retry_seconds": 0.5},
+        "instances": [{"id": "music", "directory": str(inbox)}],
+    }
+    if broker_url is not None:
+        # A low heartbeat: a replica cut off is noticed within seconds.
+        roster["broker"] = {"url": broker_url, "heartbeat_seconds": 2,
+                            "connect_timeout_seconds": 2, "confirm_timeout_seconds": 3}
+    return write_roster(tmp_path / f"{name}.yaml", roster)
+
+
+def _status(port: int) -> dict[str, Any]:
+    with urllib.request.urlopen(f"http://127.0.0.1:{port}/status", timeout=5) as response:
+        view: dict[str, Any] = json.load(response)
+    return view
+
+
+def _role(port: int) -> str | None:
+    try:
+        return str(_status(port)["instances"]["music"].get("role"))
+    except (OSError, KeyError):
+        return None
+
+
+def _ready(port: int) -> int:
+    try:
+        with urllib.request.urlopen(f"http://127.0.0.1:{port}/readyz", timeout=5) as response:
+            return int(response.status)
+    except urllib.error.HTTPError as exc:
+        return int(exc.code)
+
+
+def _readyz(port: int) -> str:
+    try:
+        with urllib.request.urlopen(f"http://127.0.0.1:{port}/readyz", timeout=5) as response:
+            return str(response.read())
+    except urllib.error.HTTPError as exc:
+        return str(exc.read())
+
+
+def _write(inbox: Path, names: range) -> set[str]:
+    for n in names:
+        (inbox / f"f{n:03}.txt").write_text(f"file {n}")
+    return {f"f{n:03}.txt" for n in names}
+
+
+def _announced(received: list[Received]) -> dict[str, set[str]]:
+    """file name → the message ids its file_discovered events carried."""
+    ids: dict[str, set[str]] = {}
+    for message in received:
+        if message.body["event_type"] == "file_discovered":
+            name = message.body["file_info"]["name"]
+            ids.setdefault(name, set()).add(str(message.properties["message_id"]))
+    return ids
+
+
+def _connection_roles(rabbitmq: RabbitMQ, vhost: str) -> list[str]:
+    out = rabbitmq.rabbitmqctl("list_connections", "vhost", "client_properties",
+                               "--formatter", "json")
+    roles = []
+    for row in _json_array(out):
+        properties = row.get("client_properties")
+        table = dict(properties) if isinstance(properties, dict) else {
+            str(entry[0]): entry[2] for entry in properties or [] if len(entry) == 3}
+        if row.get("vhost") == vhost and table.get("connection_name") == "file_watcher_music":
+            roles.append(str(table.get("role")))
+    return sorted(roles)
+
+
+def _lease_queues(rabbitmq: RabbitMQ, vhost: str) -> list[str]:
+    out = rabbitmq.rabbitmqctl("list_queues", "-p", vhost, "name", "--formatter", "json")
+    return [str(row.get("name")) for row in _json_array(out)
+            if str(row.get("name", "")).startswith("multiwatch.lease.")]
+
+
+def test_one_replica_announces_and_the_standby_takes_over_after_kill_9(
+        tmp_path: Path, inbox: Path, broker_url: str, rabbitmq: RabbitMQ,
+        started: list[Multiwatch]) -> None:
+    """Two supervisors (two state_dirs, as on two hosts) run one instance: only one
+    announces, the other shows standby; once the active one's process group is killed,
+    the standby takes over and announces what was written after the kill, nothing lost."""
+    vhost = vhost_of(broker_url)
+    declare_queue(broker_url, QUEUE)
+    ports = free_port(), free_port()
+    first = Multiwatch(["-c", str(_roster(tmp_path, "a", inbox, state=tmp_path / "a",
+                                          port=ports[0], broker_url=broker_url))])
+    started.append(first)
+    first.wait_watching("music")
+    second = Multiwatch(["-c", str(_roster(tmp_path, "b", inbox, state=tmp_path / "b",
+                                           port=ports[1], broker_url=broker_url))])
+    started.append(second)
+    second.wait_for_log(lambda line: line.get("message") == "another replica is active; "
+                        "standing by")
+    wait_for(lambda: _role(ports[0]) == "active" and _role(ports[1]) == "standby", 15,
+             message="roles in /status")
+    wait_for(lambda: _ready(ports[1]) == 200, 15,
+             message=f"a standby connected to the broker is ready: {_readyz(ports[1])}")
+    assert _status(ports[1])["supervisor"]["role"] == "standby"
+    wait_for(lambda: _connection_roles(rabbitmq, vhost) == ["active", "standby"], 15,
+             message="each connection names its role in its client properties")
+
+    before = _write(inbox, range(0, 20))
+    received = collect(broker_url, QUEUE, timeout=30,
+                       until=lambda got: set(_announced(got)) >= before)
+    announced = _announced(received)
+    assert set(announced) == before
+    assert all(len(ids) == 1 for ids in announced.values())
+    assert not [line for line in second.lines if line.get("message") == "watching"], \
+        "the standby watched nothing"
+
+    first.cleanup()  # kill -9 of the active supervisor's process group
+    after = _write(inbox, range(20, 40))
+    took_over = second.wait_for_log(lambda line: line.get("message") == TAKEOVER, timeout=30)
+    assert took_over["no_active_replica_seconds"] >= 0
+    second.wait_watching("music")
+    received += collect(broker_url, QUEUE, timeout=60,
+                        until=lambda got: set(_announced(received + got)) >= before | after)
+    announced = _announced(received)
+    assert set(announced) == before | after, "nothing lost"
+    # A replica that was never warm announces the files again, under the same message ids.
+    assert all(len(ids) == 1 for ids in announced.values())
+    wait_for(lambda: _role(ports[1]) == "active", 15, message="the survivor shows active")
+    assert not [line for line in second.lines if line.get("message") == "broker unavailable, "
+                "retrying"], "standing by is not a broker failure"
+
+    assert second.terminate() == 0
+    assert _lease_queues(rabbitmq, vhost) == [], "the lease queue leaves with its connection"
+
+
+def test_embedded_replicas_on_one_state_dir_share_an_flock_lease(
+        tmp_path: Path, inbox: Path, started: list[Multiwatch]) -> None:
+    """With the embedded spool, a second supervisor on the same state_dir stands by (the
+    run lock lets a replica in) and takes over from the killed first one."""
+    state = tmp_path / "state"
+    ports = free_port(), free_port()
+    rosters = [_roster(tmp_path, name, inbox, state=state, port=port, broker_url=None)
+               for name, port in zip("ab", ports, strict=True)]
+    first = Multiwatch(["-c", str(rosters[0])])
+    started.append(first)
+    first.wait_watching("music")
+    second = Multiwatch(["-c", str(rosters[1])])
+    started.append(second)
+    wait_for(lambda: _role(ports[0]) == "active" and _role(ports[1]) == "standby", 15,
+             message="roles in /status")
+    before = _write(inbox, range(0, 5))
+    tail = run_cli("tail", "-c", str(rosters[0]), "--count", "5", "--timeout", "30")
+    assert {json.loads(line)["file_info"]["name"] for line in tail.stdout.splitlines()} \
+        == before
+
+    first.cleanup()  # kill -9: the kernel drops its flock
+    after = _write(inbox, range(5, 10))
+    second.wait_for_log(lambda line: line.get("message") == TAKEOVER, timeout=30)
+    tail = run_cli("tail", "-c", str(rosters[1]), "--count", "5", "--timeout", "30")
+    # The new active replica continues from the instance's own state database (the killed
+    # one let go of it): only the files written since are announced.
+    assert {json.loads(line)["file_info"]["name"] for line in tail.stdout.splitlines()} \
+        == after
+    assert second.terminate() == 0
+
+
+def test_without_ha_a_second_supervisor_is_still_refused(
+        tmp_path: Path, inbox: Path, started: list[Multiwatch]) -> None:
+    """A supervisor without ha is refused beside replicas of the instance, and they beside it."""
+    state = tmp_path / "state"
+    replica = _roster(tmp_path, "a", inbox, state=state, port=free_port(), broker_url=None)
+    lone = write_roster(tmp_path / "lone.yaml", {
+        "state_dir": str(state), "instances": [{"id": "music", "directory": str(inbox)}]})
+    first = Multiwatch(["-c", str(replica)])
+    started.append(first)
+    first.wait_watching("music")
+    refused = run_cli("run", "-c", str(lone), timeout=30)
+    assert refused.returncode == 2, refused.stderr
+    assert "enable ha" in refused.stderr
+    first.cleanup()
+    alone = Multiwatch(["-c", str(lone)])
+    started.append(alone)
+    alone.wait_watching("music")
+    refused = run_cli("run", "-c", str(replica), timeout=30)
+    assert refused.returncode == 2, refused.stderr
+    assert "without ha" in refused.stderr
