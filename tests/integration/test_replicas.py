@@ -4,6 +4,8 @@ by and takes over when the first is killed.  Real processes, a real RabbitMQ."""
 from __future__ import annotations
 
 import json
+import urllib.error
+import urllib.parse
 import urllib.request
 from collections.abc import Iterator
 from pathlib import Path
@@ -12,6 +14,7 @@ from typing import Any
 import pytest
 
 from tests.support.consumer import Received, _json_array, collect, declare_queue, vhost_of, wait_for
+from tests.support.frozen import FreezableProxy, url_via
 from tests.support.process import Multiwatch, free_port, run_cli, write_roster
 from tests.support.rabbitmq import RabbitMQ
 
@@ -29,7 +32,7 @@ def started() -> Iterator[list[Multiwatch]]:
 
 
 def _roster(tmp_path: Path, name: str, inbox: Path, *, state: Path, port: int,
-            broker_url: str | None) -> Path:
+            broker_url: str | list[str] | None) -> Path:
     roster: dict[str, Any] = {
         "state_dir": str(state),
         "defaults": {"settle_seconds": 0.1},
@@ -161,6 +164,50 @@ def test_one_replica_announces_and_the_standby_takes_over_after_kill_9(
 
     assert second.terminate() == 0
     assert _lease_queues(rabbitmq, vhost) == [], "the lease queue leaves with its connection"
+
+
+def test_an_active_replica_cut_off_from_the_broker_hands_over_and_stands_by_once_back(
+        tmp_path: Path, inbox: Path, broker_url: str, started: list[Multiwatch]) -> None:
+    """The active replica's link to the broker freezes: the broker closes its connection
+    (missed heartbeats), the standby takes the lease; the cut-off one, reaching the broker
+    again by another route, finds the lease held, stops announcing and comes back as a
+    standby.  Every file is announced, each under one message id."""
+    declare_queue(broker_url, QUEUE)
+    parts = urllib.parse.urlsplit(broker_url)
+    proxy = FreezableProxy((parts.hostname or "127.0.0.1", parts.port or 5672))
+    try:
+        ports = free_port(), free_port()
+        # Through the proxy first; the direct URL is the route back once the proxy is cut.
+        first = Multiwatch(["-c", str(_roster(
+            tmp_path, "a", inbox, state=tmp_path / "a", port=ports[0],
+            broker_url=[url_via(broker_url, proxy.port), broker_url]))])
+        started.append(first)
+        first.wait_watching("music")
+        second = Multiwatch(["-c", str(_roster(tmp_path, "b", inbox, state=tmp_path / "b",
+                                               port=ports[1], broker_url=broker_url))])
+        started.append(second)
+        wait_for(lambda: _role(ports[0]) == "active" and _role(ports[1]) == "standby", 15,
+                 message="roles in /status")
+        before = _write(inbox, range(0, 10))
+        received = collect(broker_url, QUEUE, timeout=30,
+                           until=lambda got: set(_announced(got)) >= before)
+
+        proxy.freeze()
+        after = _write(inbox, range(10, 20))
+        second.wait_for_log(lambda line: line.get("message") == TAKEOVER, timeout=60)
+        first.wait_for_log(lambda line: str(line.get("message", "")).startswith(
+            "another replica holds the lease now"), timeout=60)
+        received += collect(broker_url, QUEUE, timeout=60,
+                            until=lambda got: set(_announced(received + got)) >= before | after)
+        announced = _announced(received)
+        assert set(announced) == before | after, "nothing lost"
+        assert all(len(ids) == 1 for ids in announced.values())
+        wait_for(lambda: _role(ports[0]) == "standby" and _role(ports[1]) == "active", 90,
+                 message="the cut-off replica came back as a standby")
+    finally:
+        for mw in started:
+            mw.cleanup()
+        proxy.close()
 
 
 def test_embedded_replicas_on_one_state_dir_share_an_flock_lease(
