@@ -61,8 +61,8 @@ def _discovered_by(instance_id: str, line: dict[str, Any]) -> bool:
 
 
 def test_every_watcher_is_forked_from_the_one_template(fleet: Multiwatch, tmp_path: Path) -> None:
-    """Both watchers are children of one `multiwatch: template` process, itself the
-    supervisor's child; the watcher's modules were imported once, by the template, not by
+    """Both watchers are children of one `multiwatch: template` process (threadless),
+    itself the supervisor's child; the watcher's modules were imported once, by the template, not by
     each watcher; all share the supervisor's process group (Ctrl-C, killpg); and each
     announces what lands in its directory."""
     supervisor = psutil.Process(fleet.pid)
@@ -72,6 +72,7 @@ def test_every_watcher_is_forked_from_the_one_template(fleet: Multiwatch, tmp_pa
     template = psutil.Process(parents.pop())
     assert _title(template) == TEMPLATE_TITLE
     assert template.ppid() == supervisor.pid
+    assert template.num_threads() == 1  # forking is safe only without threads
     assert sorted(_title(w) for w in watchers.values()) == [f"multiwatch: watcher {name}"
                                                             for name in sorted(IDS)]
     groups = {os.getpgid(p.pid) for p in [supervisor, template, *watchers.values()]}
