@@ -4,6 +4,8 @@ by and takes over when the first is killed.  Real processes, a real RabbitMQ."""
 from __future__ import annotations
 
 import json
+import os
+import signal
 import urllib.error
 import urllib.parse
 import urllib.request
@@ -208,6 +210,46 @@ def test_an_active_replica_cut_off_from_the_broker_hands_over_and_stands_by_once
         for mw in started:
             mw.cleanup()
         proxy.close()
+
+
+def test_a_frozen_active_replica_on_the_same_state_dir_is_replaced_and_later_stands_by(
+        tmp_path: Path, inbox: Path, broker_url: str, started: list[Multiwatch]) -> None:
+    """SIGSTOP of the active supervisor's process group (one host, one state_dir): the broker
+    closes its silent connection, the standby takes over with a state database of its own
+    (the frozen one still holds the instance's), and announces what was written meanwhile;
+    continued, the old one finds the lease held and comes back as a standby."""
+    declare_queue(broker_url, QUEUE)
+    state = tmp_path / "state"
+    ports = free_port(), free_port()
+    first = Multiwatch(["-c", str(_roster(tmp_path, "a", inbox, state=state, port=ports[0],
+                                          broker_url=broker_url))])
+    started.append(first)
+    first.wait_watching("music")
+    second = Multiwatch(["-c", str(_roster(tmp_path, "b", inbox, state=state, port=ports[1],
+                                           broker_url=broker_url))])
+    started.append(second)
+    wait_for(lambda: _role(ports[0]) == "active" and _role(ports[1]) == "standby", 15,
+             message="roles in /status")
+    before = _write(inbox, range(0, 10))
+    received = collect(broker_url, QUEUE, timeout=30,
+                       until=lambda got: set(_announced(got)) >= before)
+    os.killpg(first.pid, signal.SIGSTOP)
+    try:
+        after = _write(inbox, range(10, 20))
+        second.wait_for_log(lambda line: line.get("message") == TAKEOVER, timeout=60)
+        second.wait_for_log(lambda line: str(line.get("message", "")).startswith(
+            "the instance's state database is still held"), timeout=30)
+        received += collect(broker_url, QUEUE, timeout=60,
+                            until=lambda got: set(_announced(received + got)) >= before | after)
+    finally:
+        os.killpg(first.pid, signal.SIGCONT)
+    announced = _announced(received)
+    assert set(announced) == before | after, "nothing lost"
+    assert all(len(ids) == 1 for ids in announced.values())
+    first.wait_for_log(lambda line: str(line.get("message", "")).startswith(
+        "another replica holds the lease now"), timeout=60)
+    wait_for(lambda: _role(ports[0]) == "standby" and _role(ports[1]) == "active", 60,
+             message="the thawed replica came back as a standby")
 
 
 def test_embedded_replicas_on_one_state_dir_share_an_flock_lease(
