@@ -4,6 +4,7 @@
 | ---------- | ------------------------------------------------------------------------- |
 | `/healthz` | 200 while the supervisor loop turns (last turn < 10 s ago), else 503       |
 | `/readyz`  | 200 when every instance is RUNNING, connected and publishing, else 503     |
+|            | (a standby replica, roster ha: RUNNING and connected; it publishes nothing) |
 | `/status`  | the fleet view as JSON                                                     |
 | `/metrics` | Prometheus text exposition (see `multiwatch.supervisor.metrics`)           |
 | `/`        | a self-refreshing HTML page, one row per instance                          |
@@ -236,7 +237,8 @@ class _App:
 
 def not_ready_reason(entry: Mapping[str, Any]) -> str:
     """Why an instance is not ready ("" when it is): not RUNNING, its broker link is down,
-    or its events cannot leave (an unroutable event held, a connection the broker blocked)."""
+    or its events cannot leave (an unroutable event held, a connection the broker blocked).
+    A standby replica is judged the same way: its heartbeat has its broker link, no outbox."""
     state = entry.get("state")
     if state != "RUNNING":
         detail = entry.get("reason") or entry.get("last_exit")
