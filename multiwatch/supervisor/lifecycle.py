@@ -139,7 +139,11 @@ class Child:
 
     def start(self, now: float) -> None:
         """Start the watcher process (production: forked from the template)."""
-        process, reader = self._spawn(self.spec)
+        try:
+            process, reader = self._spawn(self.spec)
+        except OSError as exc:  # no process to spare, or the template cannot start
+            self._start_failed(now, exc)
+            return
         self.process, self.reader = process, reader
         self.state = State.STARTING
         self.started_at = self.last_heartbeat = now
@@ -149,6 +153,25 @@ class Child:
         self._exiting_because = ""
         log.info("child started", extra={"instance_id": self.instance_id, "pid": process.pid,
                                          "restarts": self.restarts})
+
+    def _start_failed(self, now: float, exc: OSError) -> None:
+        """A start that made no process counts as an exit before ready: retried after the
+        backoff, FATAL after START_RETRIES in a row."""
+        self.restarts += 1
+        self.last_exit = self.reason = f"cannot start the watcher: {exc}"
+        self._failures_before_ready += 1
+        if self._failures_before_ready >= START_RETRIES:
+            self.state = State.FATAL
+            log.error("cannot start the watcher; giving up until the roster is reloaded "
+                      "(SIGHUP)", extra={"instance_id": self.instance_id, "error": str(exc)})
+            return
+        delay = self._backoff * random.uniform(0.8, 1.2)
+        self._backoff = min(self._backoff * 2, self.settings.restart_backoff_max_seconds)
+        self.next_start_at = now + delay
+        self.state = State.BACKOFF
+        log.error("cannot start the watcher; trying again after backoff", extra={
+            "instance_id": self.instance_id, "error": str(exc),
+            "restart_in_seconds": round(delay, 2)})
 
     def receive(self, now: float) -> None:
         """Read every pending report from the child."""

@@ -24,6 +24,7 @@ import contextlib
 import multiprocessing
 import os
 import signal
+import tempfile
 import time
 from multiprocessing import forkserver
 from multiprocessing.context import ForkServerContext
@@ -33,21 +34,43 @@ from typing import Any
 # template (and the supervisor starts it before importing any configuration code).
 TEMPLATE_MODULE = "multiwatch.watcher.template"
 STOP_TIMEOUT_SECONDS = 5.0
+# The template listens on a socket file (mode 0600) in a private directory it makes in the
+# temporary directory.  A read-only root (`docker run --read-only`) leaves no usable
+# temporary directory but /dev/shm, a tmpfs of its own; and a socket's path is at most 107
+# bytes, "pymp-XXXXXXXX/listener-XXXXXXXX" included.
+SOCKET_DIR_FALLBACKS = ("/dev/shm",)
+MAX_SOCKET_DIR_CHARS = 70
 _REAP_POLL_SECONDS = 0.02
 
 
 def template_context() -> ForkServerContext:
-    """The context watchers are started in, forking from the template."""
+    """The context watchers are started in, forking from the template (started by the
+    first start in it, unless start_template did already)."""
     context = multiprocessing.get_context("forkserver")
     context.set_forkserver_preload([TEMPLATE_MODULE])
+    socket_dir = _socket_dir()
+    if socket_dir is not None:
+        tempfile.tempdir = socket_dir  # where multiprocessing makes its private directory
     return context
 
 
 def start_template() -> ForkServerContext:
-    """Start the template now (it imports while the caller goes on); idempotent."""
+    """Start the template now (it imports while the caller goes on); idempotent.  Raises
+    OSError if it cannot (each watcher's start then tries again)."""
     context = template_context()
     forkserver.ensure_running()
     return context
+
+
+def _socket_dir() -> str | None:
+    """The temporary directory if it is writable and short enough, else a fallback."""
+    candidates: list[str] = []
+    with contextlib.suppress(OSError):  # (FileNotFoundError: no usable temporary directory)
+        candidates.append(tempfile.gettempdir())
+    for path in (*candidates, *SOCKET_DIR_FALLBACKS):
+        if len(path) <= MAX_SOCKET_DIR_CHARS and os.access(path, os.W_OK | os.X_OK):
+            return path
+    return None
 
 
 def template_pid() -> int | None:

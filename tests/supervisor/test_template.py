@@ -4,10 +4,12 @@ supervisor's process group, gone with the supervisor, and never left behind."""
 
 from __future__ import annotations
 
+import errno
 import os
 import signal
 from collections.abc import Iterator
 from functools import partial
+from multiprocessing.connection import Connection
 from pathlib import Path
 from typing import Any
 
@@ -15,7 +17,11 @@ import psutil
 import pytest
 
 from multiwatch.cli import main
+from multiwatch.config import BrokerConfig
+from multiwatch.supervisor.lifecycle import START_RETRIES, Child, State, WatcherProcess
 from multiwatch.supervisor.template import template_pid
+from multiwatch.watcher.spec import ChildSpec
+from tests.supervisor.fakes import SETTINGS, FakeClock, make_instance
 from tests.support.consumer import wait_for
 from tests.support.process import Multiwatch, write_roster
 
@@ -164,3 +170,23 @@ def _alive(process: psutil.Process) -> bool:
         return process.is_running() and process.status() != psutil.STATUS_ZOMBIE
     except psutil.NoSuchProcess:
         return False
+
+
+def test_a_start_that_makes_no_process_is_retried_then_fatal(clock: FakeClock) -> None:
+    """When no watcher process can be made (no process to spare, no template), the instance
+    says why, is retried after its backoff, and turns FATAL after START_RETRIES in a row;
+    the supervisor goes on."""
+    def cannot(_spec: ChildSpec) -> tuple[WatcherProcess, Connection]:
+        raise OSError(errno.EAGAIN, "Resource temporarily unavailable")
+
+    child = Child(ChildSpec(instance=make_instance(), broker=BrokerConfig(),
+                            state_dir="/tmp/state", log_level="INFO", stop_timeout_seconds=8,
+                            parent_pid=1), SETTINGS, spawn=cannot)
+    child.start(clock())
+    assert child.state is State.BACKOFF and child.process is None
+    assert "cannot start the watcher: " in child.reason and "temporarily" in child.reason
+    assert child.next_start_at > clock()
+    for _ in range(START_RETRIES - 1):
+        clock.advance(child.next_start_at - clock())
+        child.start(clock())
+    assert child.state is State.FATAL
