@@ -141,7 +141,7 @@ class Child:
         """Start the watcher process (production: forked from the template)."""
         try:
             process, reader = self._spawn(self.spec)
-        except OSError as exc:  # no process to spare, or the template cannot start
+        except (OSError, EOFError) as exc:  # no process to spare, no template (or it died)
             self._start_failed(now, exc)
             return
         self.process, self.reader = process, reader
@@ -154,11 +154,11 @@ class Child:
         log.info("child started", extra={"instance_id": self.instance_id, "pid": process.pid,
                                          "restarts": self.restarts})
 
-    def _start_failed(self, now: float, exc: OSError) -> None:
+    def _start_failed(self, now: float, exc: OSError | EOFError) -> None:
         """A start that made no process counts as an exit before ready: retried after the
         backoff, FATAL after START_RETRIES in a row."""
         self.restarts += 1
-        self.last_exit = self.reason = f"cannot start the watcher: {exc}"
+        self.last_exit = self.reason = f"cannot start the watcher: {exc or type(exc).__name__}"
         self._failures_before_ready += 1
         if self._failures_before_ready >= START_RETRIES:
             self.state = State.FATAL
