@@ -158,7 +158,7 @@ class Child:
         """A start that made no process counts as an exit before ready: retried after the
         backoff, FATAL after START_RETRIES in a row."""
         self.restarts += 1
-        self.last_exit = self.reason = f"cannot start the watcher: {exc or type(exc).__name__}"
+        self.last_exit = self.reason = f"cannot start the watcher: {str(exc) or type(exc).__name__}"
         self._failures_before_ready += 1
         if self._failures_before_ready >= START_RETRIES:
             self.state = State.FATAL
