@@ -11,6 +11,7 @@ from __future__ import annotations
 import contextlib
 import dataclasses
 import os
+import signal
 import sys
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
@@ -22,6 +23,8 @@ from multiwatch.config import BrokerConfig, InstanceConfig
 EXIT_DIRECTORY_GONE = 3
 # Set in the template process (watcher/template.py); a child forked from it inherits it.
 TEMPLATE_PID: int | None = None
+# Ignored by the template (the supervisor leads); a watcher ignores only SIGINT.
+GROUP_SIGNALS = (signal.SIGINT, signal.SIGTERM, signal.SIGHUP)
 
 
 class Report(StrEnum):
@@ -54,10 +57,11 @@ class ChildSpec:
 def run_child(spec: ChildSpec, to_parent: Connection) -> None:
     """A watcher process's entry point: run the watcher (imported already in a child of
     the template; a spawned process imports it here)."""
-    child_main = import_watcher()
     if TEMPLATE_PID is not None and os.getpid() != TEMPLATE_PID:
+        for signum in (signal.SIGTERM, signal.SIGHUP):  # (SIGINT: child_main ignores it)
+            signal.signal(signum, signal.SIG_DFL)
         spec = _forked_from(TEMPLATE_PID, spec)
-    child_main(spec, to_parent)
+    import_watcher()(spec, to_parent)
 
 
 def _forked_from(template_pid: int, spec: ChildSpec) -> ChildSpec:

@@ -24,15 +24,19 @@ import signal
 import setproctitle
 
 from multiwatch.watcher import spec
+from multiwatch.watcher.spec import GROUP_SIGNALS
 
 # What a watcher imports only once it runs (kombu picks its transport by name, the lock
 # module is imported where it is used): imported here too, so every child shares them.
 LATER_IMPORTS = ("kombu.transport.filesystem", "kombu.transport.pyamqp",
                  "multiwatch.supervisor.run_lock", "multiprocessing.popen_forkserver")
 
-# Ctrl-C reaches the whole process group: the supervisor leads (it stops the watchers;
-# the template exits after it).  The forkserver keeps this, and its children inherit it.
-signal.signal(signal.SIGINT, signal.SIG_IGN)
+# Signals to the whole process group (Ctrl-C, a hangup, a SIGTERM to the group) are the
+# supervisor's to act on: it stops the watchers, and the template exits after it (its
+# "alive" pipe closes).  A template gone first would report every watcher as exited while
+# they still flush.  A child inherits this: run_child restores SIGTERM and SIGHUP.
+for _signum in GROUP_SIGNALS:
+    signal.signal(_signum, signal.SIG_IGN)
 
 spec.TEMPLATE_PID = os.getpid()  # a child reads it (same memory): the parent to outlive
 

@@ -152,6 +152,19 @@ def test_ctrl_c_to_the_group_stops_everything_cleanly(fleet: Multiwatch) -> None
     assert not [line for line in fleet.raw if "Traceback" in line or "KeyboardInterrupt" in line]
 
 
+def test_sigterm_to_the_group_is_led_by_the_supervisor(fleet: Multiwatch) -> None:
+    """SIGTERM to the whole process group (killpg, an init forwarding to the group): the
+    template outlives the watchers, so the supervisor waits for each watcher's clean stop
+    (its exit status relayed by the template) before it says it stopped, and exits 0."""
+    os.killpg(fleet.pid, signal.SIGTERM)
+    assert fleet.process.wait(timeout=30) == 0
+    fleet.wait_for_log(lambda line: line.get("message") == "supervisor stopped")
+    messages = [(line.get("instance_id"), line.get("message")) for line in fleet.lines]
+    last = messages.index(("supervisor", "supervisor stopped"))
+    for name in IDS:
+        assert (name, "stopped") in messages[:last], messages  # the watcher's own last line
+
+
 def test_an_invalid_roster_leaves_no_template_behind(
         tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
     """The template is started before the roster is read, and stopped when the roster is
