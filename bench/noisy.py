@@ -52,7 +52,6 @@ INTERVAL = 0.020
 QUIET_SECONDS = 1.0  # trickle alone before the neighbour starts: the baseline
 TARGET = SETTLE + 0.100
 HASH_NEIGHBOURS = 3  # instances sharing the trickle in noisy-hash
-HASH_ROUNDS = 2
 
 
 @dataclass
@@ -83,9 +82,11 @@ def _split(closed: dict[str, float], received: dict[str, float],
     return windows
 
 
-def _report(ctx: Ctx, scenario: str, quiet: Window, busy: Window, what: str) -> None:
+def _report(ctx: Ctx, scenario: str, quiet: Window, busy: Window, what: str,
+            each: Sequence[Window] = ()) -> None:
     for window in (quiet, busy):
         say("  " + window.line())
+    rounds = ", ".join(ms(percentile(w.latencies, 99)) for w in each if w.latencies)
     if not busy.latencies:
         ctx.report.add(scenario, f"trickle while {what}", "no samples", ok=False)
         return
@@ -97,24 +98,29 @@ def _report(ctx: Ctx, scenario: str, quiet: Window, busy: Window, what: str) -> 
                    ratio=f"+{ms(p50 - SETTLE)}")
     ctx.report.add(scenario, f"trickle p99 while {what} (max {ms(max(busy.latencies))})",
                    ms(p99), ceiling=f"quiet p99 {ms(base99)}; settle {ms(SETTLE)}",
-                   ratio=f"+{ms(p99 - SETTLE)}", target=f"<= {ms(TARGET)}",
+                   ratio=f"+{ms(p99 - SETTLE)}" + (f"; rounds {rounds}" if rounds else ""),
+                   target=f"<= {ms(TARGET)}",
                    ok=p99 <= TARGET and busy.missing == 0)
 
 
 def run_burst(ctx: Ctx) -> None:
     files = 2_000 if ctx.quick else 10_000
+    rounds = max(1, ctx.runs)
     base = ctx.scratch("noisy")
     loud, quiet_dir = base / "burst", base / "trickle"
-    for i in range(burst.SUBDIRS):
-        (loud / f"d{i:02d}").mkdir(parents=True)
+    trees = [loud / f"r{n}" for n in range(rounds)]  # made before the watcher starts
+    for tree in trees:
+        for i in range(burst.SUBDIRS):
+            (tree / f"d{i:02d}").mkdir(parents=True)
     quiet_dir.mkdir()
-    paths = burst.burst_paths(loud, files)
-    say(f"noisy: instance 1 takes {files} files x 4 KiB at once (burst's shape), instance 2 a "
-        f"trickle of one file every {ms(INTERVAL)}; settle {SETTLE}s both; {loadavg()}")
+    say(f"noisy: instance 1 takes {files} files x 4 KiB at once (burst's shape), {rounds} times "
+        f"(`--runs`) with {QUIET_SECONDS:.0f}s between; instance 2 a trickle of one file every "
+        f"{ms(INTERVAL)}; settle {SETTLE}s both; {loadavg()}")
+    bursts: list[tuple[list[Path], float, float, float]] = []  # paths, start, written, waited
     with ctx.vhost("noisy") as url:
         queue = f"bench-noisy-{uuid.uuid4().hex[:6]}"
         consumer = Consumer(url, queue, base / "consumed.json", expect=0, progress=True,
-                            deadline=600 + files / 50)
+                            deadline=600 + rounds * files / 50)
         roster = write_roster(base / "roster.yaml", state_dir=base / "state", url=url,
                               queue=queue, instances=[
                                   {"id": "bench-noisy-burst", "directory": str(loud),
@@ -128,10 +134,13 @@ def run_burst(ctx: Ctx) -> None:
             time.sleep(0.5)  # let the probes' own work finish
             trickle = Trickle([quiet_dir], base / "trickle.json", INTERVAL)
             time.sleep(max(0.0, trickle.started + QUIET_SECONDS - time.monotonic()))
-            started, written = write_small_files(paths, burst.FILE_SIZE)
-            all_in = consumer.wait_count(files, timeout=120 + files / 50)
-            busy_until = time.monotonic()
-            time.sleep(0.5)  # a little of the trickle after the burst
+            for number, tree in enumerate(trees):
+                paths = burst.burst_paths(tree, files)
+                started, written = write_small_files(paths, burst.FILE_SIZE)
+                if not consumer.wait_count(files * (number + 1), timeout=120 + files / 50):
+                    say(f"  round {number + 1}: not every file within the deadline")
+                bursts.append((paths, started, written, time.monotonic()))
+                time.sleep(QUIET_SECONDS)  # the trickle alone again: the next round's baseline
             closed = trickle.stop()
             trickle = None
             consumer.wait_probes(list(map(Path, closed)), timeout=30)
@@ -145,32 +154,47 @@ def run_burst(ctx: Ctx) -> None:
     assert got is not None
     received = arrivals(got)
     first = got.first_by_path()
-    delivered = sum(1 for p in paths if str(p) in first)
-    last = max((first[str(p)] for p in paths if str(p) in first), default=started)
-    say(f"  burst: {delivered}/{files} delivered in {last - started:.2f}s (writer "
-        f"{written - started:.2f}s){'' if all_in else '; not all within the deadline'}; "
-        f"{loadavg()}")
-    quiet, busy = _split(closed, received, [
-        ("quiet (trickle alone, the second before)", started - QUIET_SECONDS, started),
-        ("during the burst (first write -> last burst file received)", started,
-         min(last, busy_until))])
-    _report(ctx, "noisy", quiet, busy, f"a neighbour takes {files} files")
-    ctx.report.add("noisy", f"neighbour's burst of {files} delivered",
-                   f"{delivered}/{files} in {last - started:.2f}s", target="all",
-                   ok=delivered == files)
+    spans: list[tuple[str, float, float]] = []
+    delivered_all = 0
+    for number, (paths, started, written, waited) in enumerate(bursts):
+        delivered = sum(1 for p in paths if str(p) in first)
+        delivered_all += delivered
+        last = max((first[str(p)] for p in paths if str(p) in first), default=started)
+        say(f"  round {number + 1}: burst {delivered}/{files} delivered in {last - started:.2f}s "
+            f"(writer {written - started:.2f}s)")
+        spans.append((f"round {number + 1}, quiet (trickle alone, the second before)",
+                      started - QUIET_SECONDS, started))
+        spans.append((f"round {number + 1}, during the burst (first write -> last burst file "
+                      "received)", started, min(last, waited)))
+    windows = _split(closed, received, spans)
+    for window in windows:
+        say("  " + window.line())
+    quiet, busy = _pool("all rounds, quiet", windows[0::2]), _pool("all rounds, during the "
+                                                                  "bursts", windows[1::2])
+    _report(ctx, "noisy", quiet, busy, f"a neighbour takes {files} files, {rounds} rounds",
+            each=windows[1::2])
+    ctx.report.add("noisy", f"neighbour's bursts of {files} delivered",
+                   f"{delivered_all}/{files * rounds} ({got.duplicates} dup.)", target="all",
+                   ok=delivered_all == files * rounds)
     remove_tree(base)
+
+
+def _pool(label: str, windows: Sequence[Window]) -> Window:
+    return Window(label, [x for w in windows for x in w.latencies],
+                  sum(w.missing for w in windows))
 
 
 def run_hash(ctx: Ctx) -> None:
     size = 256 * MIB if ctx.quick else GIB
+    rounds = max(1, ctx.runs)
     base = ctx.scratch("noisy-hash")
     loud = base / "big"
     loud.mkdir()
     smalls = [base / f"small{i}" for i in range(HASH_NEIGHBOURS)]
     for d in smalls:
         d.mkdir()
-    say(f"noisy-hash: instance 1 takes two {size / GIB:.2f} GiB files at once ({HASH_ROUNDS} "
-        f"rounds), {HASH_NEIGHBOURS} other instances share a trickle of one file every "
+    say(f"noisy-hash: instance 1 takes two {size / GIB:.2f} GiB files at once ({rounds} "
+        f"rounds, `--runs`), {HASH_NEIGHBOURS} other instances share a trickle of one file every "
         f"{ms(INTERVAL)}; settle {SETTLE}s; {loadavg()}")
     spans: list[tuple[str, float, float]] = []
     with ctx.vhost("noisy-hash") as url:
@@ -192,7 +216,7 @@ def run_hash(ctx: Ctx) -> None:
             time.sleep(max(0.0, trickle.started + QUIET_SECONDS - time.monotonic()))
             spans.append(("quiet (trickle alone, the second before)",
                           time.monotonic() - QUIET_SECONDS, time.monotonic()))
-            for number in range(HASH_ROUNDS):
+            for number in range(rounds):
                 pair = [loud / f"big-{number}-{i}.bin" for i in range(2)]
                 together = threading.Barrier(len(pair))
 
@@ -236,7 +260,8 @@ def run_hash(ctx: Ctx) -> None:
     say(f"  big files close -> message: {', '.join(f'{x:.2f}s' for x in big_latency)} "
         f"= {size / max(big_latency, default=float('nan')) / 1e9 * 2:.2f} GB/s per pair")
     _report(ctx, "noisy-hash", windows[0], hashing,
-            f"a neighbour hashes 2 x {size / GIB:.2f} GiB")
+            f"a neighbour hashes 2 x {size / GIB:.2f} GiB, {rounds} rounds",
+            each=[w for w in windows if "hashing" in w.label])
     if writing.latencies:
         ctx.report.add("noisy-hash", f"trickle p99 while the 2 x {size / GIB:.2f} GiB are written",
                        ms(percentile(writing.latencies, 99)), ratio=f"{len(writing.latencies)} "
