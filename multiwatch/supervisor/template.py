@@ -12,10 +12,10 @@ directory.
 
 `multiwatch run` starts the template before it reads the roster, so the template imports
 while the supervisor starts.  The template is in the supervisor's process group and
-ignores SIGINT; it exits when the supervisor does (even by SIGKILL: its "alive" pipe
-closes), and its children die with it (PR_SET_PDEATHSIG, watcher/main.py).  If it dies
-alone, its children stop, their exits are reported as status 255, and the next start
-launches a new template.
+ignores the group's signals (SIGINT, SIGTERM, SIGHUP: the supervisor leads); it exits when
+the supervisor does (even by SIGKILL: its "alive" pipe closes), and its children die with
+it (PR_SET_PDEATHSIG, watcher/main.py).  If it dies alone, its children stop, their exits
+are reported as status 255, and the next start launches a new template.
 """
 
 from __future__ import annotations
