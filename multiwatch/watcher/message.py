@@ -3,7 +3,9 @@
 Every field that can appear is listed in README §What is announced; the exact-bytes
 fields (`path_bytes_b64`, `old_path_bytes_b64`) appear only for names that are not UTF-8.
 
-The body keeps every field of the guide (size_bytes stays a string, as there).  The
+The body keeps every field of the guide (size_bytes stays a string, as there), plus the
+rest of the file version (`mtime_ns`, `inode`, `ctime_ns`), which a standby replica needs
+to keep its state current from the event stream (watcher/standby.py).  The
 message_id is deterministic — same instance, event, path and file version (size, mtime,
 inode, ctime, sha256) give the same id — so consumers can drop the duplicates that
 at-least-once delivery allows, while a file renamed back and forth still gets new ids.
@@ -106,6 +108,11 @@ def build_event(
         "sha256_hash": hashed.sha256,
         "xxh128_hash": hashed.xxh128,
         "relative_path": relative_path,
+        # The rest of the file version, for a standby replica's state (watcher/standby.py):
+        # decimal strings like size_bytes (64-bit values lose digits in a JavaScript number).
+        "mtime_ns": str(hashed.version.mtime_ns),
+        "inode": str(hashed.version.inode),
+        "ctime_ns": str(hashed.ctime_ns),
     }
     if (exact := _bytes_b64_if_undecodable(path)) is not None:
         file_info["path_bytes_b64"] = exact

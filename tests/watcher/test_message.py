@@ -25,6 +25,7 @@ from multiwatch.watcher.message import (
 GUIDE_FIELDS = {"correlation_id", "timestamp", "event_type", "instance_id",
                 "watched_directory", "file_info"}
 GUIDE_FILE_INFO = {"path", "name", "extension", "size_bytes", "sha256_hash", "xxh128_hash"}
+VERSION_FIELDS = {"mtime_ns", "inode", "ctime_ns"}  # for a standby replica's state
 
 HASHED = Hashed(
     version=FileVersion(size=5242880, mtime_ns=1_700_000_000_123_456_789, inode=4242),
@@ -45,11 +46,12 @@ def _body(event: Event) -> dict[str, Any]:
 
 
 def test_body_has_exactly_the_guide_fields_plus_additive_ones() -> None:
-    """The body carries every field of the guide, plus only schema_version, hostname and
-    file_info.relative_path for a UTF-8 name (no exact-bytes field)."""
+    """The body carries every field of the guide, plus only schema_version, hostname,
+    file_info.relative_path and the file version's rest for a UTF-8 name (no exact-bytes
+    field)."""
     body = _body(_event())
     assert set(body) == GUIDE_FIELDS | {"schema_version", "hostname"}
-    assert set(body["file_info"]) == GUIDE_FILE_INFO | {"relative_path"}
+    assert set(body["file_info"]) == GUIDE_FILE_INFO | {"relative_path"} | VERSION_FIELDS
     assert body["schema_version"] == 1
     assert isinstance(body["hostname"], str) and body["hostname"]
 
@@ -68,6 +70,9 @@ def test_body_values_describe_the_file() -> None:
         "sha256_hash": "ab" * 32,
         "xxh128_hash": "cd" * 16,
         "relative_path": "albums/song.mp3",
+        "mtime_ns": "1700000000123456789",
+        "inode": "4242",
+        "ctime_ns": "0",
     }
 
 
@@ -134,7 +139,8 @@ def test_moved_event_carries_old_path() -> None:
     beyond the other events' fields."""
     body = _body(_event(FILE_MOVED, relative_path="b/new.mp3", old_relative_path="a/old.mp3"))
     info = body["file_info"]
-    assert set(info) == GUIDE_FILE_INFO | {"relative_path", "old_path", "old_relative_path"}
+    assert set(info) == GUIDE_FILE_INFO | {"relative_path", "old_path",
+                                           "old_relative_path"} | VERSION_FIELDS
     assert info["path"] == "/data/music/b/new.mp3"
     assert info["relative_path"] == "b/new.mp3"
     assert info["old_path"] == "/data/music/a/old.mp3"
@@ -195,3 +201,12 @@ def test_non_utf8_filename_encodes_and_round_trips() -> None:
     assert info["extension"] == ".mp3"
     assert info["relative_path"] == f"d\u00e9j\u00e0/{name}"
     assert _event(relative_path=f"d\u00e9j\u00e0/{name}").message_id == event.message_id
+
+
+def test_body_carries_the_file_version_as_decimal_strings() -> None:
+    """mtime_ns, inode and ctime_ns (what a standby replica's state needs beside size and
+    hashes) are decimal strings, exact for 64-bit values, like size_bytes."""
+    info = _body(_event())["file_info"]
+    assert info["mtime_ns"] == str(HASHED.version.mtime_ns) == "1700000000123456789"
+    assert info["inode"] == str(HASHED.version.inode)
+    assert info["ctime_ns"] == str(HASHED.ctime_ns)
