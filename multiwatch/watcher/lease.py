@@ -14,9 +14,14 @@ may start watching).
   Why not a single-active-consumer queue: RabbitMQ does not tell a consumer that it became
   the active one (it only starts delivering), so the lease would need a token message kept
   unacked and re-published after every failover, and a durable queue left behind; the
-  exclusive queue answers yes or no at once and leaves nothing.  Its cost: each probe a
-  standby makes while another replica is active is a channel error in the broker's log
-  (one per `lease_retry_seconds` per standby instance).
+  exclusive queue answers yes or no at once and leaves nothing.
+  A refused declaration is a channel error in the broker's log, so a standby does not ask
+  that way while the lease is held: the holder also consumes, as the one exclusive consumer,
+  from a second queue `multiwatch.lease.<instance_id>.held` (not exclusive, auto-deleted),
+  and a standby looks at that queue's consumer count with a passive declare, which is
+  answered without an error.  It tries the exclusive queue only when nobody consumes there
+  (the holder is gone: the broker deleted the queue with its last consumer), so the broker
+  logs one error per takeover rather than one per `lease_retry_seconds` per standby.
 - **With the embedded spool** (no broker) the lease is an flock on
   `instances/<id>/lease.lock` under the shared state_dir: the kernel drops it when its
   holder dies.  So replicas that share a lease must share a host and a state_dir; replicas
@@ -32,7 +37,7 @@ import os
 import threading
 import time
 from collections.abc import Callable
-from typing import Protocol
+from typing import Any, Protocol
 
 import amqp
 from kombu import Connection
@@ -40,6 +45,12 @@ from kombu import Connection
 log = logging.getLogger(__name__)
 
 LEASE_QUEUE_PREFIX = "multiwatch.lease."
+HELD_SUFFIX = ".held"
+
+
+def _ignore(_message_or_tag: object) -> None:
+    """Nothing is published to the .held queue (anything that is anyway is dropped), and
+    the end of our consumer there (the queue deleted by let_go) changes nothing we hold."""
 
 
 class Role(enum.Enum):
@@ -65,13 +76,18 @@ def lease_queue_name(instance_id: str) -> str:
 
 
 class BrokerLease:
-    """The exclusive queue `multiwatch.lease.<instance_id>` on the publishing connection."""
+    """The exclusive queue `multiwatch.lease.<instance_id>` on the publishing connection,
+    and the `.held` queue its holder consumes from (see the module)."""
 
     def __init__(self, instance_id: str) -> None:
         self.name = lease_queue_name(instance_id)
+        self.held_name = f"{self.name}{HELD_SUFFIX}"
+        self._probe: tuple[Connection, Any] | None = None  # (connection, its probe channel)
 
     def take(self, connection: Connection) -> bool:
         # Each read is bounded by the connection's read_timeout (broker.open_connection).
+        if self.held_by_another(connection):
+            return False
         channel = connection.channel()
         try:
             # Not durable, auto-deleted, exclusive: nothing is left once we are gone.  No
@@ -80,12 +96,33 @@ class BrokerLease:
                                   durable=False)
         except amqp.exceptions.ResourceLocked:
             return False  # the broker closed this channel only; the connection is fine
-        # The channel stays open (an idle channel costs nothing) until the connection ends.
+        # Consumed by us alone (exclusive consumer), deleted with our consumer: what a
+        # standby looks at.  The channel stays open until the connection ends.
+        channel.queue_declare(queue=self.held_name, auto_delete=True, durable=False)
+        channel.basic_consume(queue=self.held_name, exclusive=True, no_ack=True,
+                              callback=_ignore, on_cancel=_ignore)
         return True
+
+    def held_by_another(self, connection: Connection) -> bool:
+        """True while another replica holds the lease, as far as its `.held` queue tells:
+        a passive declare, answered without a channel error while that queue exists (a 404
+        once its holder is gone closes only the probe channel)."""
+        if self._probe is None or self._probe[0] is not connection:
+            self._probe = (connection, connection.channel())
+        try:
+            _name, _messages, consumers = self._probe[1].queue_declare(
+                queue=self.held_name, passive=True)
+        except amqp.exceptions.NotFound:
+            self._probe = None  # (the broker closed that channel)
+            return False
+        return bool(consumers)
 
     def let_go(self, connection: Connection) -> None:
         # Delete-Ok comes once the queue is gone; a close alone removes it a moment later.
-        connection.channel().queue_delete(queue=self.name)
+        # The .held queue first: a standby seeing it gone finds the lease free.
+        channel = connection.channel()
+        channel.queue_delete(queue=self.held_name)
+        channel.queue_delete(queue=self.name)
 
     def close(self) -> None:
         pass  # the queue ends with the connection

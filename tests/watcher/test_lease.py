@@ -6,11 +6,13 @@ from __future__ import annotations
 import logging
 from pathlib import Path
 
+import amqp
 import pytest
 from kombu import Connection
 
 from multiwatch.watcher.lease import BrokerLease, FileLease, Role, RoleState
 from tests.support.consumer import wait_for
+from tests.support.rabbitmq import RabbitMQ
 
 
 class Clock:
@@ -104,3 +106,35 @@ def test_the_broker_lease_is_exclusive_to_one_connection_and_ends_with_it(
         channel = other.channel()
         assert channel.queue_declare(queue=lease.name, exclusive=True, auto_delete=True)
         channel.queue_delete(queue=lease.name)
+
+
+def test_a_standby_asks_without_an_error_in_the_broker_log_while_the_lease_is_held(
+        broker_url: str, rabbitmq: RabbitMQ) -> None:
+    """While another replica holds the lease, a standby's tries are answered by the .held
+    queue's consumer count: no channel error per try in the broker's log (one refusal made
+    on purpose afterwards is the only new error), and the standby's connection keeps one
+    probe channel rather than a new one per try."""
+    if rabbitmq.workdir is None:
+        pytest.skip("an external broker: its log is not ours to read")
+    log = rabbitmq.workdir / "log" / "rabbit.log"
+    lease = BrokerLease("books")
+    with Connection(broker_url, connect_timeout=10) as holder, \
+            Connection(broker_url, connect_timeout=10) as standby:
+        holder.ensure_connection(max_retries=1)
+        standby.ensure_connection(max_retries=1)
+        assert lease.take(holder)
+        before = log.read_text(errors="replace").count("resource_locked")
+        for _ in range(5):
+            assert not lease.take(standby)
+        assert lease.held_by_another(standby)
+        channels = len(standby.connection.channels)
+        assert not lease.take(standby) and len(standby.connection.channels) == channels
+        with pytest.raises(amqp.exceptions.ResourceLocked):  # the refusal made on purpose
+            standby.channel().queue_declare(queue=lease.name, exclusive=True,
+                                            auto_delete=True)
+        errors = wait_for(lambda: log.read_text(errors="replace").count("resource_locked")
+                          - before, 30, message="the broker never logged the refusal")
+        assert errors == 1, f"{errors} resource_locked errors for 7 tries and 1 refusal"
+        holder.release()
+        wait_for(lambda: lease.take(standby), 10, message="free once its holder left")
+        lease.let_go(standby)
