@@ -53,6 +53,7 @@ NOT_MULTIWATCH = {
     "RESOLVE_BENEATH": "README names the Linux openat2 flag, not a variable",
     "RESOLVE_NO_SYMLINKS": "README names the Linux openat2 flag, not a variable",
     "O_NOFOLLOW": "README names the Linux open flag, not a variable",
+    "RESOURCE_LOCKED": "README names the AMQP reply code (405) a refused lease gets",
     "PWD": "the shell's current directory in the README's docker run (the checkout)",
     "CAP_SYS_NICE": "README names the Linux capability a negative nice needs, not a variable",
 }
