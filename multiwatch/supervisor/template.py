@@ -83,11 +83,14 @@ def stop_template(timeout: float = STOP_TIMEOUT_SECONDS) -> None:
     """Stop the template (after the watchers): close its alive pipe, wait up to `timeout`,
     then SIGKILL.  multiprocessing's own stop waits without a deadline."""
     server: Any = forkserver._forkserver  # (its state is private: no public stop with a deadline)
-    with server._lock:  # (ensure_running's lock: no start races this)
-        pid, alive_fd = server._forkserver_pid, server._forkserver_alive_fd
-        address = server._forkserver_address
-        server._forkserver_pid = server._forkserver_alive_fd = None
-        server._forkserver_address = None
+    try:
+        with server._lock:  # (ensure_running's lock: no start races this)
+            pid, alive_fd = server._forkserver_pid, server._forkserver_alive_fd
+            address = server._forkserver_address
+            server._forkserver_pid = server._forkserver_alive_fd = None
+            server._forkserver_address = None
+    except AttributeError:  # another Python's forkserver: it ends when the supervisor does
+        return
     if pid is None:
         return
     if alive_fd is not None:

@@ -70,7 +70,9 @@ def _forked_from(template_pid: int, spec: ChildSpec) -> ChildSpec:
     "alive" pipe closes), so the child dies with the template (watcher/main.py
     `_die_with_parent`).  The forkserver gives each child a copy of that pipe's writing
     end, for children that start processes of their own; a watcher starts none, and its
-    copy would keep the template alive after a kill -9 of the supervisor: closed here."""
+    copy would keep the template alive after a kill -9 of the supervisor: closed here.
+    (That copy is private to multiprocessing: if it cannot be found, nothing rests on it;
+    the watcher still sees its pipe to the dead supervisor break at its next heartbeat.)"""
     from multiprocessing import forkserver
 
     server = getattr(forkserver, "_forkserver", None)
