@@ -34,6 +34,7 @@ from bench.harness import (
     probe_ready,
     remove_tree,
     say,
+    wait_writeback,
     write_roster,
     write_small_files,
 )
@@ -277,8 +278,13 @@ def _bound_runs(ctx: Ctx, url: str, files: int, raw: float, done: list[Path]) ->
         # The writer alone right before and right after the run, the faster of the two: on
         # this shared machine one writer-alone run can take 7x the other (deletions and
         # writeback of someone else's files), and a ceiling is the best the machine did.
+        # Each writer starts with the page cache written back (a writer right after another
+        # one's 40-400 MB took up to 10x as long), the watched one too.
+        wait_writeback(8 * MIB, timeout=60)
         before = _writer_alone(ctx, files, done)
+        wait_writeback(8 * MIB, timeout=60)
         result = one_burst(ctx, url, files=files, level="INFO", leave=done)
+        wait_writeback(8 * MIB, timeout=60)
         after = _writer_alone(ctx, files, done)
         alone = min(before, after)
         bound = SETTLE + max(alone, files / raw)
