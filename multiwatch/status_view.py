@@ -79,6 +79,8 @@ class Heartbeat(TypedDict, total=False):
     unmounted: bool  # the directory's (or a sub-mount's) filesystem is gone
     observer: str  # inotify | polling | polling (inotify limit) | none (waiting for a mount)
     role: str  # active | standby: replicas (roster ha) of one instance take turns announcing
+    standby_warm: bool  # a standby applying the active replica's events has caught up once
+    standby_lag_events: int  # a standby's events waiting to be applied, last measured
 
 
 class Resources(TypedDict):

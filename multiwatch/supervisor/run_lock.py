@@ -184,17 +184,27 @@ def open_lease_lock(state_dir: str, instance_id: str) -> int:
     return _instance_file(state_dir, instance_id, LEASE_LOCK)
 
 
-def replica_slot(state_dir: str, instance_id: str) -> tuple[int, int] | None:
-    """An active replica's state database: (slot, held descriptor) of the first watcher
-    lock free now.  Slot 0 is the instance's own state.db: free once the replica that held
-    the lease before has exited, so the new one goes on from its state and outbox.  A
-    later slot is taken only while that one still lives (frozen, or cut off from the
-    broker) and holds it: two watchers never share a state database.  None: all held."""
-    for slot in range(REPLICA_SLOTS):
-        fd = open_watcher_lock(state_dir, instance_id, slot)
-        if try_lock_exclusive(fd):
+def replica_slot(state_dir: str, instance_id: str, *,
+                 first: int = 0) -> tuple[int, int] | None:
+    """A replica's state database: (slot, held descriptor) of the first watcher lock free
+    now, from slot `first`.  Slot 0 is the instance's own state.db: free once the replica
+    that held the lease before has exited, so the new one goes on from its state and outbox.
+    A later slot is taken only while another watcher holds slot 0 (the active replica, a
+    frozen or cut-off one, or a standby keeping its own warm state: watcher/standby.py):
+    two watchers never share a state database.  None: all held."""
+    for slot in range(first, REPLICA_SLOTS):
+        fd = take_slot(state_dir, instance_id, slot)
+        if fd is not None:
             return slot, fd
-        os.close(fd)
+    return None
+
+
+def take_slot(state_dir: str, instance_id: str, slot: int) -> int | None:
+    """The held descriptor of watcher lock `slot` if it is free now, else None."""
+    fd = open_watcher_lock(state_dir, instance_id, slot)
+    if try_lock_exclusive(fd):
+        return fd
+    os.close(fd)
     return None
 
 

@@ -26,6 +26,7 @@ from watchdog.observers.api import BaseObserver
 from multiwatch.config import InstanceConfig
 from multiwatch.logs import setup_logging
 from multiwatch.status_view import Heartbeat
+from multiwatch.watcher import standby
 from multiwatch.watcher.filters import PathFilter
 from multiwatch.watcher.hash_pool import HashPool
 from multiwatch.watcher.hash_slots import HashSlots
@@ -260,12 +261,22 @@ def _start_publishing(spec: ChildSpec, parent: _ParentLink, stop: _Stop,
     publisher = Publisher(broker=spec.broker, state_dir=spec.state_dir, instance_id=instance.id,
                           db_path=None, gauge=gauge, lease=lease,
                           lease_retry_seconds=instance.ha.lease_retry_seconds)
+    warm = standby.warm_slot(spec.state_dir, instance.id, embedded=spec.broker.embedded)
+    if warm is not None:
+        publisher.feed = standby.StandbyFeed(
+            instance_id=instance.id, exchange=spec.broker.exchange, db_path=warm.path,
+            expect=publisher.progress.expect, reply_seconds=spec.broker.connect_timeout_seconds)
     publisher.role.on_change = stop.nudge
     with _sigterm_for_main_thread_only():
         publisher.start()
-    code = _stand_by(spec, parent, stop, publisher, problems)
+    snapshot = lambda: standby.standby_snapshot(publisher, problems.count)  # noqa: E731
+    code = standby.stand_by(parent, stop, publisher,
+                            _Heartbeat(parent, snapshot, snapshot,
+                                       hang_timeout=spec.hang_timeout_seconds),
+                            EXIT_PUBLISHER_FAILED)
     if code is None:
-        replica_db = _replica_state(spec, parent, stop)
+        replica_db = standby.takeover_db(spec.state_dir, instance.id, warm,
+                                         lambda: _hold_instance(spec, parent, stop))
         if replica_db is not None:
             store = StateStore(replica_db)
             _count_outbox(store, gauge)
@@ -283,59 +294,6 @@ def _count_outbox(store: StateStore, gauge: OutboxGauge) -> None:
     if waiting_events:
         log.info("replaying events recorded but not confirmed before the last stop",
                  extra={"outbox_depth": waiting_events})
-
-
-def _stand_by(spec: ChildSpec, parent: _ParentLink, stop: _Stop, publisher: Publisher,
-              problems: ProblemCounter) -> int | None:
-    """A replica without the lease: ready (a standby is), reporting its role, until the
-    publisher thread holds the lease (None) or the watcher must end (its exit status).
-    Nothing is watched, hashed or opened meanwhile; the thread's own wait is
-    Publisher._stand_by."""
-    heartbeat = _Heartbeat(parent, lambda: _standby_snapshot(publisher, problems),
-                           lambda: _standby_snapshot(publisher, problems),
-                           hang_timeout=spec.hang_timeout_seconds)
-    parent.send(Report.READY, {"pid": os.getpid()})
-    while not stop.requested and parent.alive():
-        if publisher.role.promoted.is_set():
-            return None
-        if problem := publisher.failure(time.monotonic()):
-            log.error("the publisher stopped working; exiting so the watcher is restarted",
-                      extra={"reason": problem})
-            parent.send(Report.EXITING, {"reason": problem})
-            return EXIT_PUBLISHER_FAILED
-        heartbeat.maybe_send()
-        # The publisher nudges `stop` when the role changes; its failure is seen within a
-        # heartbeat.
-        stop.wait(max(0.0, min(heartbeat.due() - time.monotonic(), heartbeat.idle_seconds)))
-    return 0
-
-
-def _standby_snapshot(publisher: Publisher, problems: ProblemCounter) -> Heartbeat:
-    """A standby's heartbeat: its role and broker link (there is nothing else yet)."""
-    stats = publisher.stats
-    return {"role": publisher.role.role.value, "broker_connected": stats.connected,
-            "publish_failures": stats.failures, "last_error": stats.last_error,
-            "problem": stats.problem, "errors": problems.count, "observer": "none"}
-
-
-def _replica_state(spec: ChildSpec, parent: _ParentLink, stop: _Stop) -> str | None:
-    """The state database of a replica that now holds the lease (run_lock.replica_slot;
-    the descriptor is kept, never closed, like watcher.lock's).  With every slot held,
-    wait for the instance's own as a lone watcher does."""
-    from multiwatch.supervisor.run_lock import replica_slot
-
-    taken = replica_slot(spec.state_dir, spec.instance.id)
-    if taken is None:
-        return state_db_path(spec.state_dir, spec.instance.id) if _hold_instance(
-            spec, parent, stop) else None
-    slot, _fd = taken
-    path = state_db_path(spec.state_dir, spec.instance.id)
-    if slot == 0:
-        return path
-    log.warning("the instance's state database is still held by the replica that was active "
-                "before (frozen, or cut off from the broker); using one of this replica's own",
-                extra={"slot": slot})
-    return os.path.join(os.path.dirname(path), f"state.{slot}.db")
 
 
 def _start_watching(instance: InstanceConfig, pipeline: Pipeline, mounts: MountGuard,

@@ -19,7 +19,9 @@ that deadline.  While idle the thread services AMQP heartbeats itself.
 Replicas (roster `ha`, watcher/lease.py): each connection first takes the instance's lease
 on itself, and nothing is published on a connection that does not hold it.  Another
 replica holding it is not a failure (no warning, no backoff): this one stands by on its
-connection and tries again every `lease_retry_seconds` (`_stand_by`); its outbox is opened
+connection and tries again every `lease_retry_seconds` (`_stand_by`), meanwhile applying
+the active replica's events to its own state database (watcher/standby.py `feed`); its
+outbox is opened
 only once the main loop, woken by `role`, has chosen the state database (`attach`).  A
 connection announces its role in its client properties, so one that turns out to be in the
 other role is closed and replaced at once (`_Relabel`).
@@ -58,6 +60,7 @@ from multiwatch.watcher.lease import Lease, Role, RoleState
 from multiwatch.watcher.message import Event
 from multiwatch.watcher.outbox import OutboxGauge
 from multiwatch.watcher.publisher_health import Progress, PublisherStats
+from multiwatch.watcher.standby import StandbyFeed
 from multiwatch.watcher.state import BUSY_TIMEOUT_SECONDS, DurableOutbox
 from multiwatch.watcher.stats import LatencyHistogram
 
@@ -103,6 +106,8 @@ class Publisher(threading.Thread):
         self._attached = threading.Event()
         self._lease = lease
         self._lease_retry_seconds = lease_retry_seconds
+        # A standby's feed (watcher/standby.py): consumed while standing by, set before start.
+        self.feed: StandbyFeed | None = None
         self.role = RoleState(replicated=lease is not None)
         self._labelled = ""  # the role the current connection announces
         self._gauge = gauge
@@ -336,6 +341,8 @@ class Publisher(threading.Thread):
             self.progress.expect(SETUP_READS * self._broker.connect_timeout_seconds,
                                  "taking the lease")
             if self._lease.take(connection):
+                if self.feed is not None:  # the last events of the previous active replica
+                    self.feed.finish(connection)
                 if relabel and self._labelled != Role.ACTIVE.value:
                     self.role.won_unlabelled()
                     self._lease.let_go(connection)
@@ -350,9 +357,14 @@ class Publisher(threading.Thread):
 
     def _stand_by(self, connection: Connection, service_every: float) -> None:
         """Where a standby spends its time: lease_retry_seconds between two tries of the
-        lease, servicing the connection's heartbeats (a stop request ends it at once).
+        lease, servicing the connection's heartbeats (a stop request ends it at once), and
+        keeping its state database warm from the active replica's events (`feed`).
         Not a failure: nothing is counted or logged."""
         until = time.monotonic() + self._lease_retry_seconds
+        if self.feed is not None and not self._broker.embedded:
+            self.feed.serve(connection, until, service_every,
+                            stopping=lambda: self._stop_deadline is not None)
+            return
         while self._stop_deadline is None:
             now = time.monotonic()
             if now >= until:

@@ -241,6 +241,19 @@ class StateStore:
         """The pipeline thread's connection, for the held deletions' functions below."""
         return self._conn
 
+    def drop_outbox(self) -> int:
+        """Delete every waiting event (a standby replica's database, watcher/standby.py: what
+        a replica that has since lost the lease left unsent); how many there were."""
+        with transaction(self._conn):
+            dropped = self._conn.execute("DELETE FROM outbox").rowcount
+            self._conn.execute("DELETE FROM counts WHERE name IN (?, ?)",
+                               (_QUEUED_EVENTS, _QUEUED_BYTES))
+        return int(dropped)
+
+    def tracked_count(self) -> int:
+        """How many files are tracked (kept by triggers: no row is read)."""
+        return int(self._conn.execute("SELECT n FROM counts WHERE name = 'files'").fetchone()[0])
+
     def commit(self, files: Mapping[str, Hashed | None], events: Sequence[Event]) -> None:
         """Record new file states (None: forget the path) and their events atomically."""
         conn = self._conn
