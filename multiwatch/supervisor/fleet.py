@@ -22,8 +22,9 @@ from collections.abc import Callable
 from multiprocessing.connection import wait
 from typing import TYPE_CHECKING, Any
 
-from multiwatch.config import ConfigError, HttpConfig, Roster
-from multiwatch.status_view import FleetView, Resources, child_role, fleet_role
+from multiwatch.config import ConfigError, Roster
+from multiwatch.status_view import FleetView, child_role, fleet_role
+from multiwatch.supervisor.endpoint import OperatorEndpoint
 from multiwatch.supervisor.lifecycle import (
     Child,
     State,
@@ -37,11 +38,10 @@ from multiwatch.supervisor.run_lock import (
     SupervisorFile,
     roster_path,
 )
+from multiwatch.supervisor.usage import FleetUsage
 from multiwatch.watcher.spec import ChildSpec
 
 if TYPE_CHECKING:  # imported when first used, after the children are spawned
-    from multiwatch.supervisor.http import HttpServer
-    from multiwatch.supervisor.identity import EndpointIdentity
     from multiwatch.supervisor.resources import ResourceMeter
 
 log = logging.getLogger(__name__)
@@ -78,18 +78,16 @@ class Supervisor:
         self._children: dict[str, Child] = {}
         self._signals: deque[int] = deque()
         self._stopping = False
-        self._meter = meter  # None: psutil's, imported after the first spawn
+        self._usage = FleetUsage(meter)  # the last psutil sample of each process
         self._next_report = 0.0
         self._next_sample = 0.0
         self._next_files_count = 0.0
         self._next_housekeeping = 0.0
-        self._usage: dict[int, Resources] = {}  # pid → last psutil sample
         self._started_at = clock()
         self._last_turn = self._started_at
         self._view: FleetView = {}
         self._view_lock = threading.Lock()
-        self._http: HttpServer | None = None
-        self._identity: EndpointIdentity | None = None
+        self._endpoint = OperatorEndpoint(roster.state_dir, self.fleet_view)
         self._error_logged_at: dict[str, float] = {}
 
     # -- signals: handlers only enqueue; the loop acts ---------------------------------------
@@ -129,7 +127,7 @@ class Supervisor:
         http_changed = new_roster.http != self.roster.http
         self._converge(new_roster)
         if http_changed:
-            self._serve_http(new_roster.http)
+            self._endpoint.serve(new_roster.http)
 
     # -- the loop ------------------------------------------------------------------------------
 
@@ -159,7 +157,7 @@ class Supervisor:
                                              "instances": len(self.roster.instances)})
         self._converge(self.roster)
         self._publish_view(self._clock())
-        self._serve_http(self.roster.http)
+        self._endpoint.serve(self.roster.http)
         while not self._stopping:
             try:
                 self._turn(wake_fd)
@@ -167,7 +165,7 @@ class Supervisor:
                 self._log_error("turn", "supervisor loop error; carrying on", exc_info=True)
                 time.sleep(TURN_ERROR_PAUSE_SECONDS)
         self._shutdown()
-        self._serve_http(None)
+        self._endpoint.close()
         log.info("supervisor stopped")
         return 0
 
@@ -178,38 +176,6 @@ class Supervisor:
                 >= LOG_ERROR_EVERY_SECONDS:
             self._error_logged_at[kind] = now
             log.error(message, **kwargs)
-
-    def _serve_http(self, http: HttpConfig | None) -> None:
-        """(Re)start the operator endpoint as `http` says; None stops it.  A port that cannot
-        be bound is logged and the fleet keeps watching: files matter more than probes.
-        Once listening, the endpoint's identity is published under state_dir (`multiwatch
-        status` checks it)."""
-        from multiwatch.supervisor import identity  # after the first spawn
-
-        if self._http is not None:
-            self._http.close()
-            self._http = None
-        if self._identity is not None:
-            identity.withdraw_identity(self._identity)
-            self._identity = None
-        if http is None or http.listen is None:
-            return
-        from multiwatch.supervisor.http import start_http_server
-
-        secret = identity.new_secret()
-        try:
-            self._http = start_http_server(http.listen, self.fleet_view,
-                                           allowed_hosts=http.allowed_hosts, secret=secret)
-        except (OSError, ValueError) as exc:
-            log.error("HTTP endpoint not started: %s", exc)
-            return
-        log.info("HTTP endpoint listening", extra={"url": self._http.url})
-        try:
-            self._identity = identity.publish_identity(self.roster.state_dir, http.listen,
-                                                       os.getpid(), secret)
-        except OSError as exc:
-            log.error("cannot publish the HTTP endpoint's identity; `multiwatch status` will "
-                      "refuse it", extra={"error": f"{exc.filename}: {exc.strerror}"})
 
     def _turn(self, wake_fd: int) -> None:
         by_reader = {c.reader: c for c in self._children.values() if c.reader is not None}
@@ -241,7 +207,7 @@ class Supervisor:
             self._sample_resources(count_files=count_files)
         if report_due:
             self._next_report = now + self.roster.supervisor.report_interval_seconds
-            self._report_resources()
+            self._usage.report(self._children.values())
         self._publish_view(now)
 
     def _housekeeping_due(self, now: float) -> bool:
@@ -262,7 +228,7 @@ class Supervisor:
         return view
 
     def _publish_view(self, now: float) -> None:
-        instances = {child.instance_id: child.view(now, self._child_usage(child))
+        instances = {child.instance_id: child.view(now, self._usage.of(child.pid))
                      for child in self._children.values()}
         for child in self._children.values():
             entry = instances[child.instance_id]
@@ -270,7 +236,7 @@ class Supervisor:
         view: FleetView = {
             "supervisor": {"pid": os.getpid(), "roster": self.roster.source,
                            "uptime_seconds": round(now - self._started_at, 1),
-                           "resources": self._usage.get(os.getpid()),
+                           "resources": self._usage.of(os.getpid()),
                            "broker": broker_description(self.roster.broker),
                            "role": fleet_role(instances.values())},
             "instances": instances,
@@ -370,46 +336,25 @@ class Supervisor:
                     log.error("child survived SIGKILL (stuck in the kernel?); leaving it",
                               extra={"instance_id": child.instance_id, "pid": child.pid})
 
+
     # -- resources -------------------------------------------------------------------------------
 
     def _sample_resources(self, *, count_files: bool) -> None:
-        pids = {c.pid for c in self._children.values() if c.pid is not None} | {os.getpid()}
+        """Measure everyone, then restart a RUNNING child above its memory_limit."""
         try:
-            if self._meter is None:
-                from multiwatch.supervisor.resources import ResourceMeter
-
-                self._meter = ResourceMeter()
-            self._meter.retain(pids)
-            usage_by_pid = {pid: self._meter.sample(pid, count_files=count_files)
-                            for pid in pids}
+            self._usage.sample(self._children.values(), count_files=count_files)
         except Exception:  # noqa: BLE001 - logged: psutil failing: supervise unmeasured
             self._log_error("resources", "resource sampling failed; figures are stale",
                             exc_info=True)
             return
-        self._usage = {pid: usage.as_dict() for pid, usage in usage_by_pid.items()
-                       if usage is not None}
-        now = self._clock()
+        now = self._clock()  # (after the sampling, which takes a while with many children)
         for child in self._children.values():
             limit = child.spec.instance.memory_limit
-            usage = self._child_usage(child)
+            usage = self._usage.of(child.pid)
             rss = usage["rss_bytes"] if usage is not None else 0
             if limit and rss > limit and child.state is State.RUNNING:
                 child.restart(f"memory limit exceeded: RSS {rss} bytes > memory_limit "
                               f"{limit} bytes", now)
-
-    def _child_usage(self, child: Child) -> Resources | None:
-        return self._usage.get(child.pid) if child.pid else None
-
-    def _report_resources(self) -> None:
-        own = self._usage.get(os.getpid())
-        if own is not None:
-            log.info("supervisor resources", extra=own)
-        for child in self._children.values():
-            usage = self._child_usage(child)
-            if usage is not None:
-                log.info("child resources", extra={
-                    "instance_id": child.instance_id, "pid": child.pid, "state": str(child.state),
-                    **usage})
 
 
 def _exiting(child: Child) -> bool:

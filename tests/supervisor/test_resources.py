@@ -77,26 +77,26 @@ def test_sampling_without_file_descriptors_skips_instead_of_raising() -> None:
     assert result.stdout.split() == ["(None,", "None)", "True"]
 
 
-class _StarvedMeter:
+class _StarvedMeter(ResourceMeter):
     """A resource meter whose every psutil call fails like /proc opens do without
     descriptors."""
 
     def retain(self, pids: set[int]) -> None:
         pass
 
-    def sample(self, pid: int, *, count_files: bool = True) -> None:
+    def sample(self, pid: int, *, count_files: bool = True) -> None:  # type: ignore[override]
         raise OSError(errno.EMFILE, "Too many open files")
 
 
-def _supervisor(tmp_path: Path) -> Supervisor:
-    return Supervisor(Roster(state_dir=str(tmp_path), http=HttpConfig(listen=None)))
+def _supervisor(tmp_path: Path, meter: ResourceMeter | None = None) -> Supervisor:
+    return Supervisor(Roster(state_dir=str(tmp_path), http=HttpConfig(listen=None)),
+                      meter=meter)
 
 
 def test_a_turn_survives_resource_sampling_raising_emfile(tmp_path: Path) -> None:
     """Sampling raising EMFILE (through the seam the supervisor calls) neither ends the turn
     nor keeps the fleet view from being refreshed."""
-    supervisor = _supervisor(tmp_path)
-    supervisor._meter = _StarvedMeter()  # type: ignore[assignment]
+    supervisor = _supervisor(tmp_path, meter=_StarvedMeter())
     wake_read, wake_write = os.pipe()
     try:
         supervisor._turn(wake_read)
