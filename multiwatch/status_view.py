@@ -150,6 +150,16 @@ def child_role(entry: Mapping[str, Any], *, replicated: bool) -> str:
     return STANDBY
 
 
+def role_label(entry: Mapping[str, Any]) -> str:
+    """An instance's role as `multiwatch status` and the page show it: a standby that keeps
+    its state warm from the active replica's events says whether it has caught up."""
+    role = entry.get("role")
+    warm = mapping(entry.get("heartbeat")).get("standby_warm")
+    if role == STANDBY and isinstance(warm, bool):
+        return f"{STANDBY} (warm)" if warm else f"{STANDBY} (catching up)"
+    return "" if role is None else str(role)
+
+
 def fleet_role(entries: Iterable[Mapping[str, Any]]) -> str:
     """A supervisor's role: its instances' one role, or mixed (active with none)."""
     roles = {str(entry.get("role", ACTIVE)) for entry in entries}

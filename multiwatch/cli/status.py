@@ -26,7 +26,7 @@ from typing import Any
 
 from multiwatch.cli.tail import escape_controls
 from multiwatch.config import ConfigError, load_endpoint_config, split_listen
-from multiwatch.status_view import mapping
+from multiwatch.status_view import mapping, role_label
 from multiwatch.supervisor import identity
 from multiwatch.supervisor.dashboard import (
     LINKS,
@@ -210,7 +210,7 @@ def _row(ident: str, entry: Mapping[str, Any], now: float) -> list[str]:
         format_duration(entry.get("uptime_seconds")), _cell(heartbeat.get("files_tracked")),
         f"{rate:.1f}" if isinstance(rate, (int, float)) else "-", _cell(last),
         _cell(heartbeat.get("outbox_depth")),
-        broker, _cell(entry.get("role")),  # active | standby (replicas, roster ha)
+        broker, _cell(role_label(entry)),  # active | standby (replicas, roster ha)
         f"{cpu:.1f}" if isinstance(cpu, (int, float)) else "-",
         format_mib(resources.get("rss_bytes")), _cell(entry.get("directory")),
         _cell(note, empty=""),

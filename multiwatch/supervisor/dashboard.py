@@ -12,7 +12,7 @@ from collections.abc import Mapping
 from html import escape
 from typing import Any
 
-from multiwatch.status_view import mapping, number
+from multiwatch.status_view import mapping, number, role_label
 from multiwatch.supervisor.lifecycle import State
 
 REFRESH_SECONDS = 5
@@ -97,7 +97,7 @@ def _row(ident: str, entry: Mapping[str, Any], now: float) -> str:
         f'<td>{escape(events_by_type(heartbeat))}</td>',
         f'<td class="num">{escape(_text(heartbeat.get("outbox_depth")))}</td>',
         f'<td class="{broker[1]}">{broker[0]}</td>',
-        f'<td>{escape(_text(entry.get("role")))}</td>',  # active | standby (roster ha)
+        f'<td>{escape(_text(role_label(entry)))}</td>',  # active | standby (roster ha)
         f'<td class="num">{escape(_text(entry.get("restarts")))}</td>',
         f'<td class="num">{escape(_percent(resources.get("cpu_percent")))}</td>',
         f'<td class="num">{escape(format_mib(resources.get("rss_bytes")))}</td>',

@@ -238,7 +238,9 @@ class _App:
 def not_ready_reason(entry: Mapping[str, Any]) -> str:
     """Why an instance is not ready ("" when it is): not RUNNING, its broker link is down,
     or its events cannot leave (an unroutable event held, a connection the broker blocked).
-    A standby replica is judged the same way: its heartbeat has its broker link, no outbox."""
+    A standby replica is judged the same way (its heartbeat has its broker link, no outbox),
+    and, when it keeps a state database warm from the active replica's events, is ready
+    once it has caught up with them (watcher/standby.py)."""
     state = entry.get("state")
     if state != "RUNNING":
         detail = entry.get("reason") or entry.get("last_exit")
@@ -247,7 +249,13 @@ def not_ready_reason(entry: Mapping[str, Any]) -> str:
     connected = heartbeat.get("broker_connected")
     if connected is True:  # connected, yet an event may be held (unroutable) or blocked
         problem = heartbeat.get("problem")
-        return str(problem) if problem else ""
+        if problem:
+            return str(problem)
+        if heartbeat.get("role") == "standby" and heartbeat.get("standby_warm") is False:
+            lag = heartbeat.get("standby_lag_events")
+            return "standby not warm yet: catching up with the active replica's events" + (
+                f" ({lag} waiting)" if isinstance(lag, int) and lag > 0 else "")
+        return ""
     if connected is None:
         return "no heartbeat with the broker link yet"
     last_error = heartbeat.get("last_error")
