@@ -147,6 +147,12 @@ def checked_instances(result: subprocess.CompletedProcess[str]) -> dict[str, str
     return {item["id"]: item["directory"] for item in effective["instances"]}
 
 
+def checked_ha(result: subprocess.CompletedProcess[str]) -> dict[str, bool]:
+    """Instance id -> whether its replicas take turns (`ha.enabled`), from `multiwatch check`."""
+    effective = yaml.safe_load(result.stdout)
+    return {item["id"]: bool(item["ha"]["enabled"]) for item in effective["instances"]}
+
+
 # ------------------------------------------------------------------ Dockerfile
 
 

@@ -28,6 +28,7 @@ from tests.deploy.artifacts import (
     STATE_DIR,
     active_services,
     bind_mounts,
+    checked_ha,
     checked_instances,
     image_env,
     load_compose,
@@ -44,6 +45,8 @@ COMMANDS = {
         active_services, {"extended"}, {"rabbitmq", "multiwatch", "multiwatch-extended"}),
     "docker compose up file_watcher_music file_watcher_downloads file_watcher_imports": (
         with_dependencies, PER_INSTANCE, {"rabbitmq", *PER_INSTANCE}),
+    "docker compose up --scale file_watcher_music=2 file_watcher_music": (
+        with_dependencies, {"file_watcher_music"}, {"rabbitmq", "file_watcher_music"}),
 }
 
 
@@ -165,6 +168,10 @@ def test_every_multiwatch_container_passes_check(name: str, tmp_path: Path) -> N
     assert all(ro for _, target, ro in bind_mounts(service) if target.startswith("/data/"))
     if roster is None:
         assert list(watched) == [env["INSTANCE_ID"]]
+    # `--scale` gives replicas that take turns, never two announcing every file.
+    assert env["MULTIWATCH_HA"] == "1"
+    ha = checked_ha(result)
+    assert ha and all(ha.values()), ha
 
 
 @pytest.mark.parametrize("name", multiwatch_services())

@@ -20,6 +20,7 @@ from tests.deploy.artifacts import (
     KUBERNETES,
     ROSTER_PATH,
     STATE_DIR,
+    checked_ha,
     checked_instances,
     dockerfile_stages,
     image_env,
@@ -35,7 +36,8 @@ def documents(name: str) -> list[dict[str, Any]]:
 
 
 def deployments(name: str) -> list[dict[str, Any]]:
-    return [d for d in documents(name) if d["kind"] == "Deployment"]
+    """The workloads that run multiwatch (StatefulSets: each replica its own state claim)."""
+    return [d for d in documents(name) if d["kind"] in ("Deployment", "StatefulSet")]
 
 
 def pod(deployment: dict[str, Any]) -> dict[str, Any]:
@@ -63,8 +65,12 @@ def mounted_secrets(deployment: dict[str, Any]) -> dict[str, str]:
 
 
 def mounts(deployment: dict[str, Any]) -> dict[str, tuple[dict[str, Any], dict[str, Any]]]:
-    """mountPath -> (volumeMount, volume) of the deployment's one container."""
+    """mountPath -> (volumeMount, volume) of the deployment's one container; a claim
+    template's volume is {"persistentVolumeClaim": {"claimName": <template name>}}."""
     volumes = {v["name"]: v for v in pod(deployment)["volumes"]}
+    for template in deployment["spec"].get("volumeClaimTemplates", []):
+        name = template["metadata"]["name"]
+        volumes[name] = {"name": name, "persistentVolumeClaim": {"claimName": name}}
     (container,) = pod(deployment)["containers"]
     return {m["mountPath"]: (m, volumes[m["name"]]) for m in container["volumeMounts"]}
 
@@ -111,8 +117,6 @@ def test_pods_run_as_the_images_non_root_user_read_only(
         "capabilities": {"drop": ["ALL"]},
     }
     assert set(container["resources"]) == {"requests", "limits"}
-    assert deployment["spec"]["replicas"] == 1
-    assert deployment["spec"]["strategy"]["type"] == "Recreate"
     assert spec["terminationGracePeriodSeconds"] > SupervisorConfig().stop_timeout_seconds
 
 
@@ -120,16 +124,49 @@ def test_pods_run_as_the_images_non_root_user_read_only(
 def test_watched_trees_are_read_only_and_state_persists(
     manifest: str, deployment: dict[str, Any]
 ) -> None:
-    """/data mounts are read-only; the state survives the pod (a claim); /tmp is scratch."""
+    """/data mounts are read-only; the state survives the pod (a claim of each replica's
+    own); /tmp is scratch."""
     by_path = mounts(deployment)
     data = [path for path in by_path if path.startswith("/data/")]
     assert data and all(by_path[path][0]["readOnly"] is True for path in data)
     assert "persistentVolumeClaim" in by_path[STATE_DIR][1]
     assert not by_path[STATE_DIR][0].get("readOnly")
     assert "emptyDir" in by_path["/tmp"][1]
-    claims = {d["metadata"]["name"] for d in documents(manifest)
-              if d["kind"] == "PersistentVolumeClaim"}
+    claims = {t["metadata"]["name"] for t in deployment["spec"]["volumeClaimTemplates"]}
     assert by_path[STATE_DIR][1]["persistentVolumeClaim"]["claimName"] in claims
+    assert not [d for d in documents(manifest) if d["kind"] == "PersistentVolumeClaim"], \
+        "one claim shared by two replicas (ReadWriteOnce: not across nodes)"
+
+
+@pytest.mark.parametrize(("manifest", "deployment"), all_deployments())
+def test_two_replicas_come_with_ha_and_roll_out_one_at_a_time(
+    manifest: str, deployment: dict[str, Any], tmp_path: Path
+) -> None:
+    """replicas: 2 only with ha enabled for every instance the pod runs (else both would
+    announce every file); a rollout replaces one pod at a time and waits until it is ready,
+    and the replicas prefer two nodes."""
+    spec = deployment["spec"]
+    assert spec["replicas"] == 2
+    assert deployment["kind"] == "StatefulSet"
+    assert spec.get("updateStrategy", {"type": "RollingUpdate"})["type"] == "RollingUpdate"
+    assert spec["podManagementPolicy"] == "Parallel"
+    (term,) = pod(deployment)["affinity"]["podAntiAffinity"][
+        "preferredDuringSchedulingIgnoredDuringExecution"]
+    assert term["podAffinityTerm"]["topologyKey"] == "kubernetes.io/hostname"
+    assert term["podAffinityTerm"]["labelSelector"]["matchLabels"] == \
+        spec["selector"]["matchLabels"]
+    (container,) = pod(deployment)["containers"]
+    env = container_env(container)
+    roster = None
+    if "MULTIWATCH_CONFIG" in env:
+        (configmap,) = [d for d in documents(manifest) if d["kind"] == "ConfigMap"]
+        roster = configmap["data"][Path(ROSTER_PATH).name]
+    else:
+        assert env["MULTIWATCH_HA"] == "1"
+    result = multiwatch_check(roster, env, tmp_path, mounted_secrets(deployment))
+    assert result.returncode == 0, result.stderr
+    ha = checked_ha(result)
+    assert ha and all(ha.values()), ha
 
 
 def test_roster_deployment_probes_http_and_reads_the_configmap(tmp_path: Path) -> None:
