@@ -1,0 +1,213 @@
+"""A warm standby (roster `ha`): it applies the active replica's events to a state database of
+its own, so that at takeover it announces only what the active one had not announced, and
+hashes nothing it already knows.  Real processes, a real RabbitMQ, every file counted by a
+consumer."""
+
+from __future__ import annotations
+
+import json
+import os
+import sqlite3
+import urllib.parse
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from tests.integration.test_replicas import QUEUE, TAKEOVER, _ready, _role, _status
+from tests.support.consumer import (
+    Received,
+    _json_array,
+    collect,
+    declare_queue,
+    vhost_of,
+    wait_for,
+)
+from tests.support.frozen import FreezableProxy, url_via
+from tests.support.process import Multiwatch, free_port, run_cli, write_roster
+from tests.support.rabbitmq import RabbitMQ
+
+SCAN_COMPLETE = "startup scan complete"
+
+
+@pytest.fixture
+def started() -> Iterator[list[Multiwatch]]:
+    """Every supervisor a test starts, killed (its process group only) at teardown."""
+    running: list[Multiwatch] = []
+    yield running
+    for mw in running:
+        mw.cleanup()
+
+
+def _roster(tmp_path: Path, name: str, inbox: Path, *, state: Path, port: int,
+            broker_url: str) -> Path:
+    return write_roster(tmp_path / f"{name}.yaml", {
+        "state_dir": str(state),
+        "defaults": {"settle_seconds": 0.1},
+        "supervisor": {"stop_timeout_seconds": 3},
+        "http": {"listen": f"127.0.0.1:{port}"},
+        "ha": {"enabled": True, "lease_retry_seconds": 0.5},
+        # A low heartbeat: a replica cut off is noticed within seconds.
+        "broker": {"url": broker_url, "heartbeat_seconds": 2, "connect_timeout_seconds": 2,
+                   "confirm_timeout_seconds": 3},
+        "instances": [{"id": "music", "directory": str(inbox)}],
+    })
+
+
+def _write(inbox: Path, names: range, text: str = "file") -> set[str]:
+    for n in names:
+        (inbox / f"f{n:03}.txt").write_text(f"{text} {n}")
+    return {f"f{n:03}.txt" for n in names}
+
+
+def _names(received: list[Received], event_type: str = "file_discovered") -> dict[str, set[str]]:
+    """file name → the message ids its events of `event_type` carried."""
+    ids: dict[str, set[str]] = {}
+    for message in received:
+        if message.body["event_type"] == event_type:
+            ids.setdefault(message.body["file_info"]["name"], set()).add(
+                str(message.properties["message_id"]))
+    return ids
+
+
+def _export(roster: Path) -> dict[str, dict[str, Any]]:
+    """relative path → its row, as `multiwatch state export` prints the instance's state.db."""
+    out = run_cli("state", "export", "-c", str(roster), timeout=30)
+    assert out.returncode == 0, out.stderr
+    rows = [json.loads(line) for line in out.stdout.splitlines()]
+    return {row["relative_path"]: row for row in rows}
+
+
+def _ready_now(port: int) -> int:
+    """/readyz's status, 0 while the supervisor does not answer yet."""
+    try:
+        return _ready(port)
+    except OSError:
+        return 0
+
+
+def _heartbeat(port: int) -> dict[str, Any]:
+    try:
+        return dict(_status(port)["instances"]["music"].get("heartbeat") or {})
+    except (OSError, KeyError):
+        return {}
+
+
+def _standby_objects(rabbitmq: RabbitMQ, vhost: str) -> list[str]:
+    """The standby queues and exchanges left in the vhost."""
+    names = []
+    for kind in ("list_queues", "list_exchanges"):
+        out = rabbitmq.rabbitmqctl(kind, "-p", vhost, "name", "--formatter", "json")
+        names += [str(row.get("name")) for row in _json_array(out)
+                  if str(row.get("name", "")).startswith("multiwatch.standby.")]
+    return names
+
+
+def test_a_warm_standby_takes_over_announcing_only_what_is_new_and_hashing_nothing_known(
+        tmp_path: Path, inbox: Path, broker_url: str, rabbitmq: RabbitMQ,
+        started: list[Multiwatch]) -> None:
+    """Two supervisors on two state_dirs (two hosts): the standby's own state database follows
+    what the active replica announces (discoveries, a modification, a deletion, a rename);
+    after kill -9 of the active one, the standby announces only the files written since, and
+    hashes none of the others."""
+    declare_queue(broker_url, QUEUE)
+    ports = free_port(), free_port()
+    rosters = [_roster(tmp_path, name, inbox, state=tmp_path / name, port=port,
+                       broker_url=broker_url) for name, port in zip("ab", ports, strict=True)]
+    first = Multiwatch(["-c", str(rosters[0])])
+    started.append(first)
+    first.wait_watching("music")
+    second = Multiwatch(["-c", str(rosters[1])])
+    started.append(second)
+    wait_for(lambda: _role(ports[0]) == "active" and _role(ports[1]) == "standby", 15,
+             message="roles in /status")
+    wait_for(lambda: _ready_now(ports[1]) == 200, 15,
+             message="a warm standby is ready")
+    assert _heartbeat(ports[1]).get("standby_warm") is True
+    assert len(_standby_objects(rabbitmq, vhost_of(broker_url))) == 2  # a queue, an exchange
+
+    before = _write(inbox, range(0, 20))
+    received = collect(broker_url, QUEUE, timeout=30,
+                       until=lambda got: set(_names(got)) >= before)
+    (inbox / "f000.txt").write_text("changed content")
+    (inbox / "f001.txt").unlink()
+    (inbox / "f002.txt").rename(inbox / "g002.txt")
+    received += collect(broker_url, QUEUE, timeout=30, until=lambda got: (
+        "f000.txt" in _names(got, "file_modified") and "f001.txt" in _names(got, "file_deleted")
+        and "g002.txt" in _names(got, "file_moved")))
+    expected = (before - {"f001.txt", "f002.txt"}) | {"g002.txt"}
+    wait_for(lambda: set(_export(rosters[1])) == expected, 30,
+             message="the standby's state database follows the announcements")
+    mine, theirs = _export(rosters[1]), _export(rosters[0])
+    assert mine == {path: row for path, row in theirs.items()}, \
+        "the standby tracks the very versions the active replica announced"
+
+    first.cleanup()  # kill -9 of the active supervisor's process group
+    after = _write(inbox, range(20, 30))
+    second.wait_for_log(lambda line: line.get("message") == TAKEOVER, timeout=30)
+    scan = second.wait_for_log(lambda line: line.get("message") == SCAN_COMPLETE, timeout=60)
+    since = collect(broker_url, QUEUE, timeout=60,
+                    until=lambda got: set(_names(got)) >= after)
+    assert set(_names(since)) == after, "only the files written since the kill are announced"
+    assert {m.body["event_type"] for m in since} == {"file_discovered"}
+    assert scan["files_hashed"] <= len(after), "none of the files it knew were hashed"
+    assert scan["bytes_hashed"] <= sum((inbox / name).stat().st_size for name in after)
+    assert all(len(ids) == 1 for ids in _names(received + since).values())
+    wait_for(lambda: _role(ports[1]) == "active", 15, message="the survivor shows active")
+    assert _standby_objects(rabbitmq, vhost_of(broker_url)) == [], \
+        "the active replica's standby queue (and its exchange) are gone"
+    assert second.terminate() == 0
+
+
+def test_events_the_killed_active_replica_had_not_sent_are_announced_by_the_new_one(
+        tmp_path: Path, inbox: Path, broker_url: str, started: list[Multiwatch]) -> None:
+    """One host, one state_dir: the active replica's link to the broker freezes, it records
+    new files in its outbox and cannot send them, and is killed (-9).  The warm standby takes
+    over once the broker drops the silent connection: its reconcile finds the unsent files
+    on disk (its own state lacks them) and announces them; nothing is lost."""
+    declare_queue(broker_url, QUEUE)
+    state = tmp_path / "state"
+    parts = urllib.parse.urlsplit(broker_url)
+    proxy = FreezableProxy((parts.hostname or "127.0.0.1", parts.port or 5672))
+    try:
+        ports = free_port(), free_port()
+        first = Multiwatch(["-c", str(_roster(tmp_path, "a", inbox, state=state, port=ports[0],
+                                              broker_url=url_via(broker_url, proxy.port)))])
+        started.append(first)
+        first.wait_watching("music")
+        second = Multiwatch(["-c", str(_roster(tmp_path, "b", inbox, state=state,
+                                               port=ports[1], broker_url=broker_url))])
+        started.append(second)
+        wait_for(lambda: _role(ports[0]) == "active" and _ready_now(ports[1]) == 200, 15,
+                 message="active, and a warm standby")
+        before = _write(inbox, range(0, 10))
+        received = collect(broker_url, QUEUE, timeout=30,
+                           until=lambda got: set(_names(got)) >= before)
+        wait_for(lambda: _heartbeat(ports[1]).get("files_tracked") == len(before), 30,
+                 message="the standby applied the announcements")
+
+        proxy.freeze()
+        unsent = _write(inbox, range(10, 15))
+        for name in unsent:
+            first.wait_for_log(lambda line, name=name: line.get("message") == "file discovered"
+                               and str(line.get("path", "")).endswith(name), timeout=30)
+        first.cleanup()  # kill -9, its events still in the outbox of state.db
+        db = state / "instances" / "music" / "state.db"
+        with sqlite3.connect(f"file:{db}?mode=ro", uri=True) as conn:
+            assert conn.execute("SELECT count(*) FROM outbox").fetchone()[0] >= len(unsent)
+        second.wait_for_log(lambda line: line.get("message") == TAKEOVER, timeout=60)
+        received += collect(broker_url, QUEUE, timeout=60,
+                            until=lambda got: set(_names(received + got)) >= before | unsent)
+        announced = _names(received)
+        assert set(announced) == before | unsent, "nothing lost"
+        assert all(len(ids) == 1 for ids in announced.values())
+        assert not [m for m in received[len(before):]
+                    if m.body["file_info"]["name"] in before], "nothing known announced again"
+        assert second.terminate() == 0
+    finally:
+        for mw in started:
+            mw.cleanup()
+        proxy.close()
+    assert os.path.exists(state / "instances" / "music" / "state.1.db"), \
+        "the standby kept a database of its own beside the active replica's"
