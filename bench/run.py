@@ -8,7 +8,8 @@
 Starts a private RabbitMQ node as the tests do (or reuses MULTIWATCH_TEST_AMQP_URL), gives
 each scenario its own vhost, runs the real `multiwatch run` (own session, HTTP off), and
 stops everything it started.  Scenarios: burst, latency, bigfile, restart, deep, fleet (the
-default set), plus profile (needs py-spy) and ceilings (all ceilings alone, on their own
+default set), plus profile (needs py-spy), replica-faults (boots a three-node cluster
+too), replicas (a warm standby's takeover) and ceilings (all ceilings alone, on their own
 data; the default set measures each ceiling beside the figure it bounds).  Benchmarks
 print figures; they are not tests and never fail on a missed target.
 """
@@ -26,7 +27,18 @@ from types import FrameType
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
-from bench import bigfile, burst, deep, firststart, fleet, latency, noisy, restart
+from bench import (
+    bigfile,
+    burst,
+    deep,
+    firststart,
+    fleet,
+    latency,
+    noisy,
+    replica_faults,
+    replicas,
+    restart,
+)
 from bench.ceilings import (
     messages_like,
     parallel_hash_ceiling,
@@ -50,7 +62,7 @@ from tests.support.rabbitmq import RabbitMQ
 
 DEFAULT = ["burst", "latency", "bigfile", "restart", "deep", "fleet", "noisy", "noisy-hash",
            "firststart", "burst-bound", "fleet-200"]
-EXTRA = ["profile", "ceilings"]
+EXTRA = ["profile", "ceilings", "replica-faults", "replicas"]
 
 
 def run_ceilings(ctx: Ctx) -> None:
@@ -130,7 +142,8 @@ def main() -> int:
                  "fleet": fleet.run, "noisy": noisy.run_burst, "noisy-hash": noisy.run_hash,
                  "firststart": firststart.run, "burst-bound": burst.run_bound,
                  "fleet-200": lambda c: fleet.run(c, 200),
-                 "profile": burst.run_profile, "ceilings": run_ceilings}
+                 "profile": burst.run_profile, "ceilings": run_ceilings,
+                 "replica-faults": replica_faults.run, "replicas": replicas.run}
     try:
         for name in chosen:
             say()
