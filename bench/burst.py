@@ -34,7 +34,6 @@ from bench.harness import (
     probe_ready,
     remove_tree,
     say,
-    wait_writeback,
     write_roster,
     write_small_files,
 )
@@ -233,6 +232,11 @@ def _summarise(ctx: Ctx, files: int, results: dict[str, list[BurstRun]],
 BOUND_TARGET = 0.85
 
 
+def _flush(path: Path) -> None:
+    """Write back the dirty pages of the filesystem holding `path` (syncfs, `sync -f`)."""
+    subprocess.run(["sync", "-f", str(path)], check=False, timeout=300)
+
+
 def _writer_alone(ctx: Ctx, files: int, leave: list[Path]) -> float:
     """Seconds the same writer takes for the same files into a fresh tree, no watcher
     running (the tree is kept until the scenario ends, as the burst's are: deleting it
@@ -278,13 +282,13 @@ def _bound_runs(ctx: Ctx, url: str, files: int, raw: float, done: list[Path]) ->
         # The writer alone right before and right after the run, the faster of the two: on
         # this shared machine one writer-alone run can take 7x the other (deletions and
         # writeback of someone else's files), and a ceiling is the best the machine did.
-        # Each writer starts with the page cache written back (a writer right after another
-        # one's 40-400 MB took up to 10x as long), the watched one too.
-        wait_writeback(8 * MIB, timeout=60)
+        # Each writer, the watched one too, starts with no dirty pages: otherwise the kernel
+        # writes the last tree back (30 s after it was written) while the next writer runs.
+        _flush(ctx.workdir)
         before = _writer_alone(ctx, files, done)
-        wait_writeback(8 * MIB, timeout=60)
+        _flush(ctx.workdir)
         result = one_burst(ctx, url, files=files, level="INFO", leave=done)
-        wait_writeback(8 * MIB, timeout=60)
+        _flush(ctx.workdir)
         after = _writer_alone(ctx, files, done)
         alone = min(before, after)
         bound = SETTLE + max(alone, files / raw)
