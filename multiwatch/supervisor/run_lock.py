@@ -8,9 +8,10 @@
   state_dir run side by side (watcher/lease.py decides which one announces), while a
   supervisor without `ha` for <id> is still refused beside them, and they beside it.
 - `instances/<id>/watcher.lock` is held by the watcher of <id> itself, for the moments
-  after a supervisor's death when its watchers are still stopping.  An active replica
-  whose `watcher.lock` another (frozen or cut-off) replica still holds takes the first free
-  `watcher.<n>.lock` instead, with a state database of its own (`replica_slot`).
+  after a supervisor's death when its watchers are still stopping.  A replica (`ha`) takes
+  the first free of `watcher.lock`, `watcher.<n>.lock` with the matching state database
+  (`replica_slot`): a standby from its start, keeping that database warm
+  (watcher/standby.py), a cold one once it holds the lease.
 - `instances/<id>/lease.lock` is the lease of <id>'s replicas with the embedded spool.
 - `supervisors/<pid>.lock` is held by each supervisor for its whole life and records its
   pid, roster, --only and the instances it runs: how `multiwatch reload|stop` find it.

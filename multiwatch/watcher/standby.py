@@ -63,6 +63,8 @@ PREFETCH = 2000
 # A batch of changes is committed when it reaches this size or this age.
 APPLY_BATCH = 1000
 APPLY_EVERY_SECONDS = 0.2
+# An idle read returns at least this often, so a stop request is seen at once.
+STOP_POLL_SECONDS = 0.25
 # At takeover, the events still in the standby's queue are applied for at most this long
 # (the previous active replica is gone: the queue only empties).
 FINISH_SECONDS = 5.0
@@ -206,7 +208,7 @@ class StandbyFeed:
                 if now >= next_service:
                     connection.heartbeat_check()
                     next_service = now + service_every
-                wait = min(until, next_service) - now
+                wait = min(until, next_service, now + STOP_POLL_SECONDS) - now
                 if self._pending:
                     wait = min(wait, self._first_pending_at + APPLY_EVERY_SECONDS - now)
                 idle = not self._read(connection, max(wait, 0.0))

@@ -211,3 +211,32 @@ def test_events_the_killed_active_replica_had_not_sent_are_announced_by_the_new_
         proxy.close()
     assert os.path.exists(state / "instances" / "music" / "state.1.db"), \
         "the standby kept a database of its own beside the active replica's"
+
+
+def test_a_replica_that_was_never_warm_announces_again_under_the_same_message_ids(
+        tmp_path: Path, inbox: Path, broker_url: str, started: list[Multiwatch]) -> None:
+    """A standby started after the files were announced (a new replica, its own state_dir)
+    never saw them: taking over after kill -9, it announces each again, under the message
+    id the first replica used, so a consumer deduplicating on message_id sees each once."""
+    declare_queue(broker_url, QUEUE)
+    ports = free_port(), free_port()
+    first = Multiwatch(["-c", str(_roster(tmp_path, "a", inbox, state=tmp_path / "a",
+                                          port=ports[0], broker_url=broker_url))])
+    started.append(first)
+    first.wait_watching("music")
+    before = _write(inbox, range(0, 10))
+    received = collect(broker_url, QUEUE, timeout=30,
+                       until=lambda got: set(_names(got)) >= before)
+    second = Multiwatch(["-c", str(_roster(tmp_path, "b", inbox, state=tmp_path / "b",
+                                           port=ports[1], broker_url=broker_url))])
+    started.append(second)
+    wait_for(lambda: _ready_now(ports[1]) == 200, 15, message="the new standby is ready")
+    assert _heartbeat(ports[1]).get("files_tracked") == 0
+
+    first.cleanup()  # kill -9
+    second.wait_for_log(lambda line: line.get("message") == TAKEOVER, timeout=30)
+    again = collect(broker_url, QUEUE, timeout=60,
+                    until=lambda got: set(_names(got)) >= before)
+    assert set(_names(again)) == before, "every file announced again"
+    assert _names(again) == _names(received), "under the same message ids"
+    assert second.terminate() == 0
