@@ -63,6 +63,33 @@ def cpu_seconds(process: psutil.Process) -> float:
     return total / 1e9 if total else sum(process.cpu_times()[:2])
 
 
+def _task_cpu(pid: int) -> dict[int, float]:
+    """CPU seconds of each thread of a process (/proc/PID/task/*/schedstat, ns resolution)."""
+    out: dict[int, float] = {}
+    for schedstat in Path(f"/proc/{pid}/task").glob("*/schedstat"):
+        with contextlib.suppress(OSError, ValueError):
+            out[int(schedstat.parent.name)] = int(schedstat.read_text().split()[0]) / 1e9
+    return out
+
+
+def _idle_split(before: dict[int, dict[int, float]], after: dict[int, dict[int, float]],
+                pids: list[int], seconds: float) -> str:
+    """The median child's idle CPU per thread, in µs per second: its main thread (the
+    pipeline loop, which sends the heartbeat) first, then the others, busiest first."""
+    per_child = []
+    for pid in pids:
+        used = {tid: t - before.get(pid, {}).get(tid, 0.0) for tid, t in after.get(pid, {}).items()}
+        main = used.pop(pid, 0.0)
+        per_child.append((main + sum(used.values()), main, sorted(used.values(), reverse=True)))
+    if not per_child:
+        return "no children"
+    per_child.sort(key=lambda c: c[0])
+    total, main, others = per_child[len(per_child) // 2]
+    scale = 1e6 / seconds
+    return (f"median child {total * scale:.0f} us/s: main thread {main * scale:.0f}, others "
+            + ", ".join(f"{t * scale:.0f}" for t in others))
+
+
 def _wakeups(pid: int) -> int:
     """Voluntary context switches of all threads of a process (/proc/PID/task/*/status)."""
     total = 0
@@ -199,10 +226,13 @@ def run(ctx: Ctx, instances: int = INSTANCES) -> None:
             time.sleep(2.0)  # let the last commits and log lines finish
             procs = [supervisor, *children, *helpers]
             before = {p.pid: cpu_seconds(p) for p in procs}
+            tasks_before = {c.pid: _task_cpu(c.pid) for c in children}
             switches = {p.pid: _wakeups(p.pid) for p in children}
             threads = {p.pid: {t.id for t in p.threads()} for p in children}
             time.sleep(IDLE_SECONDS)
             used = {p.pid: cpu_seconds(p) - before[p.pid] for p in procs}
+            split = _idle_split(tasks_before, {c.pid: _task_cpu(c.pid) for c in children},
+                                [c.pid for c in children], IDLE_SECONDS)
             wakeups = statistics.median(
                 [(_wakeups(c.pid) - switches[c.pid]) / IDLE_SECONDS
                  for c in children])
@@ -228,7 +258,8 @@ def run(ctx: Ctx, instances: int = INSTANCES) -> None:
     say(f"  idle over {IDLE_SECONDS:.0f}s: all {len(children)} children {child_cpu:.2f}% of one "
         f"core ({child_cpu / len(children):.3f}% each), supervisor {sup_cpu:.2f}%, others "
         f"{helper_cpu:.2f}%; a child has {thread_count:.0f} threads, which wake "
-        f"{wakeups:.1f} times/s together (voluntary context switches, median child); {loadavg()}")
+        f"{wakeups:.1f} times/s together (voluntary context switches, median child); {split}; "
+        f"{loadavg()}")
     name = "fleet" if instances == INSTANCES else f"fleet-{instances}"
     ctx.report.add(name, f"{instances} instances: command -> all 'watching'", f"{watching:.1f}s",
                    ceiling=f"probes announced {ready:.1f}s", target=f"<= {WATCHING_TARGET:.0f}s",
