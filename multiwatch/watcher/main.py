@@ -1,4 +1,5 @@
-"""Entry point of one watcher child: wiring, heartbeats, SIGTERM, dying with the parent.
+"""Entry point of one watcher child: the wiring of its parts and its main loop (the
+supervisor boundary: parent_link.py; what a heartbeat says: snapshot.py).
 
 Runs in a process forked from the template (watcher/template.py), which has imported the
 watcher but holds no thread, observer or connection: the observer, the publisher thread and
@@ -8,7 +9,6 @@ the broker connection are all built here, never inherited.
 from __future__ import annotations
 
 import contextlib
-import ctypes
 import logging
 import os
 import queue
@@ -17,7 +17,7 @@ import sqlite3
 import sys
 import threading
 import time
-from collections.abc import Callable, Iterator, Mapping
+from collections.abc import Iterator
 from multiprocessing.connection import Connection
 
 import setproctitle
@@ -25,7 +25,6 @@ from watchdog.observers.api import BaseObserver
 
 from multiwatch.config import InstanceConfig
 from multiwatch.logs import setup_logging
-from multiwatch.status_view import Heartbeat
 from multiwatch.watcher import standby
 from multiwatch.watcher.filters import PathFilter
 from multiwatch.watcher.hash_pool import HashPool
@@ -36,38 +35,35 @@ from multiwatch.watcher.mount import META_KEY, UNMOUNTED, Mount, MountGuard
 from multiwatch.watcher.observe import (
     directory_watcher,
     inotify_refused,
-    observer_mode,
     start_observer,
 )
 from multiwatch.watcher.outbox import OutboxGauge
+from multiwatch.watcher.parent_link import (
+    HeartbeatSender,
+    ParentLink,
+    StopRequest,
+    die_with_parent,
+)
 from multiwatch.watcher.pipeline import Pipeline
 from multiwatch.watcher.priority import apply_priority
 from multiwatch.watcher.publisher import CLOSE_WAIT_SECONDS, Publisher
-from multiwatch.watcher.raw_event import EventKind, RawEvent
+from multiwatch.watcher.raw_event import RawEvent
 from multiwatch.watcher.read_limit import install_read_limit
+from multiwatch.watcher.snapshot import activity_summary, heartbeat_snapshot
 from multiwatch.watcher.spec import EXIT_DIRECTORY_GONE, ChildSpec, Report
 from multiwatch.watcher.state import StateError, StateStore, state_db_path
 from multiwatch.watcher.stats import ProblemCounter
 
 log = logging.getLogger(__name__)
 
-# Heartbeats carry the status snapshot: every HEARTBEAT_SECONDS while something changes,
-# every IDLE_HEARTBEAT_SECONDS while nothing does (both at most a quarter of the
-# supervisor's hang_timeout_seconds, so a quiet child is never taken for a hung one).
-HEARTBEAT_SECONDS = 1.0
-IDLE_HEARTBEAT_SECONDS = 5.0
 # While settling, scanning or held back by a full outbox the loop turns at least this
 # often; idle, it sleeps until its next deadline (events and SIGTERM wake it at once).
 BUSY_WAIT_SECONDS = 0.5
-# Put on the notification queue by the SIGTERM handler to end the loop's wait.  Its path
-# is None ("outside the tree"), which the pipeline ignores like any such notification.
-WAKE_UP = RawEvent(EventKind.WAKE, False, None)
 DIRECTORY_RETRY_SECONDS = 2.0
 OBSERVER_JOIN_SECONDS = 5.0
 PREVIOUS_WATCHER_GRACE_SECONDS = 5.0  # beyond stop_timeout: a watcher left by a killed parent
 DEEP_TREE_RECURSION_LIMIT = 20_000
 THREAD_STACK_BYTES = 64 * 1024 * 1024
-_PR_SET_PDEATHSIG = 1
 # The publisher thread died or missed its own deadline (the reason went up the pipe first).
 EXIT_PUBLISHER_FAILED = 4
 # A replica (ha) found another holding the lease it had: restarted, it stands by.
@@ -84,10 +80,10 @@ def child_main(spec: ChildSpec, to_parent: Connection) -> None:
     # tree room (the limit) and the threads that walk it the C stack to match.
     sys.setrecursionlimit(DEEP_TREE_RECURSION_LIMIT)
     threading.stack_size(THREAD_STACK_BYTES)
-    stop = _Stop()
+    stop = StopRequest()
     signal.signal(signal.SIGTERM, stop.handle_sigterm)
     signal.signal(signal.SIGINT, signal.SIG_IGN)  # Ctrl-C reaches the whole group: the parent leads
-    _die_with_parent(spec.parent_pid)
+    die_with_parent(spec.parent_pid)
     # Before any thread starts (threads inherit both); the limit ends once stop is asked.
     apply_priority(spec.instance.nice, spec.instance.ionice)
     install_read_limit(spec.instance.read_rate_limit, released=stop.is_set)
@@ -110,7 +106,7 @@ def child_main(spec: ChildSpec, to_parent: Connection) -> None:
 def _tell_parent_why(spec: ChildSpec, to_parent: Connection, reason: str) -> int:
     """Send the supervisor the reason before exiting with status 1, so status, health and
     the page show it instead of a bare "exit status 1"."""
-    _ParentLink(to_parent, spec.parent_pid).send(Report.EXITING, {"reason": reason})
+    ParentLink(to_parent, spec.parent_pid).send(Report.EXITING, {"reason": reason})
     return 1
 
 
@@ -124,9 +120,9 @@ def _one_line(exc: BaseException) -> str:
     return (lines[0] if lines else type(exc).__name__)[:300]
 
 
-def _run(spec: ChildSpec, to_parent: Connection, stop: _Stop) -> int:
+def _run(spec: ChildSpec, to_parent: Connection, stop: StopRequest) -> int:
     instance = spec.instance
-    parent = _ParentLink(to_parent, spec.parent_pid)
+    parent = ParentLink(to_parent, spec.parent_pid)
     problems = ProblemCounter()
     logging.getLogger().addHandler(problems)
     if not _wait_for_directory(instance, parent, stop):
@@ -139,11 +135,11 @@ def _run(spec: ChildSpec, to_parent: Connection, stop: _Stop) -> int:
                         remembered=Mount.from_json(store.meta(META_KEY)),
                         follow_submounts=instance.recursive and not instance.one_filesystem,
                         wanted=PathFilter(instance.include, instance.exclude).wants_directory)
-    heartbeat = _Heartbeat(parent, lambda: _snapshot(pipeline, publisher, gauge, problems,
-                                                     mounts, observer),
-                           lambda: (_activity(pipeline, publisher, gauge, problems),
-                                    mounts.any_unmounted),
-                           hang_timeout=spec.hang_timeout_seconds)
+    heartbeat = HeartbeatSender(
+        parent,
+        lambda: heartbeat_snapshot(pipeline, publisher, gauge, problems, mounts, observer),
+        lambda: (activity_summary(pipeline, publisher, gauge, problems), mounts.any_unmounted),
+        hang_timeout=spec.hang_timeout_seconds)
     pipeline = Pipeline(instance, store, gauge, progress=heartbeat.maybe_send,
                         hash_pool=_hash_pool(spec))
     pipeline.mount_lost = mounts.lost
@@ -234,7 +230,7 @@ def _run(spec: ChildSpec, to_parent: Connection, stop: _Stop) -> int:
     return exit_code
 
 
-def _start_publishing(spec: ChildSpec, parent: _ParentLink, stop: _Stop,
+def _start_publishing(spec: ChildSpec, parent: ParentLink, stop: StopRequest,
                       problems: ProblemCounter) -> tuple[StateStore, OutboxGauge, Publisher] | int:
     """The state database and the publisher thread that drains its outbox, or the exit
     status when the watcher ends before.  A replica (ha) starts its publisher first and
@@ -271,7 +267,7 @@ def _start_publishing(spec: ChildSpec, parent: _ParentLink, stop: _Stop,
         publisher.start()
     snapshot = lambda: standby.standby_snapshot(publisher, problems.count)  # noqa: E731
     code = standby.stand_by(parent, stop, publisher,
-                            _Heartbeat(parent, snapshot, snapshot,
+                            HeartbeatSender(parent, snapshot, snapshot,
                                        hang_timeout=spec.hang_timeout_seconds),
                             EXIT_PUBLISHER_FAILED)
     if code is None:
@@ -313,7 +309,7 @@ def _start_watching(instance: InstanceConfig, pipeline: Pipeline, mounts: MountG
 
 
 def _follow_mount(instance: InstanceConfig, pipeline: Pipeline, mounts: MountGuard,
-                  store: StateStore, parent: _ParentLink,
+                  store: StateStore, parent: ParentLink,
                   observer: BaseObserver | None) -> BaseObserver | None:
     """Stop watching when the root's filesystem goes away (nothing it seems to lose is
     announced), and resume with a reconcile scan once it is back; None while waiting."""
@@ -375,7 +371,7 @@ def _hash_pool(spec: ChildSpec) -> HashPool:
 
 
 def _wait_budget(pipeline: Pipeline, gauge: OutboxGauge, publisher: Publisher,
-                 heartbeat: _Heartbeat, next_scan: float) -> float:
+                 heartbeat: HeartbeatSender, next_scan: float) -> float:
     """How long the next turn may wait for notifications: until the next heartbeat or
     periodic scan when idle (the directory and parent checks ride on those wakeups),
     BUSY_WAIT_SECONDS at most while work is in progress or held back, and a busy
@@ -424,55 +420,7 @@ def _next_scan(instance: InstanceConfig) -> float:
     return time.monotonic() + interval if interval > 0 else float("inf")
 
 
-def _activity(pipeline: Pipeline, publisher: Publisher, gauge: OutboxGauge,
-              problems: ProblemCounter) -> object:
-    """A cheap summary of what a snapshot reports: when it changes, the next heartbeat is
-    due after HEARTBEAT_SECONDS instead of IDLE_HEARTBEAT_SECONDS."""
-    stats = publisher.stats
-    return (sum(pipeline.counts.values()), pipeline.files_hashed, pipeline.files_waiting,
-            gauge.depth, gauge.full, problems.count, stats.connected, stats.published,
-            stats.failures, stats.unroutable, stats.nacked, stats.problem, publisher.role.role)
-
-
-def _snapshot(pipeline: Pipeline, publisher: Publisher, gauge: OutboxGauge,
-              problems: ProblemCounter, mounts: MountGuard,
-              observer: BaseObserver | None) -> Heartbeat:
-    """The status a heartbeat carries to the supervisor (and on to /status and /metrics)."""
-    return {
-        "events": dict(pipeline.counts),
-        "bytes_hashed": pipeline.bytes_hashed,
-        "files_hashed": pipeline.files_hashed,
-        "files_waiting": pipeline.files_waiting,
-        "outbox_depth": gauge.depth,
-        "outbox_bytes": gauge.size,
-        "outbox_full": gauge.full,
-        "errors": problems.count,
-        "latency": publisher.latency.snapshot(),
-        "broker_connected": publisher.stats.connected,
-        "published": publisher.stats.published,
-        "publish_failures": publisher.stats.failures,
-        "last_error": publisher.stats.last_error,
-        "events_unroutable": publisher.stats.unroutable,
-        "events_nacked": publisher.stats.nacked,
-        "publish_held": bool(publisher.stats.held),
-        "problem": publisher.stats.problem,
-        "deletions_held": pipeline.deletions.held,  # found gone by a scan, not announced
-        # Checked here too, so the signal ends within a heartbeat of the window emptying.
-        "unusual_activity": pipeline.unusual_activity.snapshot(),
-        "unmounted": mounts.any_unmounted,
-        "observer": observer_mode(observer),  # "polling (inotify limit)": the kernel refused
-        "role": publisher.role.role.value,  # active | standby (replicas: watcher/lease.py)
-        **activity_snapshot(pipeline),
-    }
-
-
-def activity_snapshot(pipeline: Pipeline) -> Heartbeat:
-    """What a person asks first: how many files are tracked, what was announced last, when
-    (wall-clock seconds)."""
-    return {"files_tracked": len(pipeline.tracked), "last_event": pipeline.last_event}
-
-
-def _hold_instance(spec: ChildSpec, parent: _ParentLink, stop: _Stop) -> bool:
+def _hold_instance(spec: ChildSpec, parent: ParentLink, stop: StopRequest) -> bool:
     """Hold the instance's watcher.lock until we exit (never closed); a watcher its killed
     supervisor left still stopping holds it: wait for it, up to its stop timeout."""
     from multiwatch.supervisor.run_lock import open_watcher_lock, try_lock_exclusive
@@ -498,7 +446,7 @@ def _hold_instance(spec: ChildSpec, parent: _ParentLink, stop: _Stop) -> bool:
     return False
 
 
-def _wait_for_directory(instance: InstanceConfig, parent: _ParentLink, stop: _Stop) -> bool:
+def _wait_for_directory(instance: InstanceConfig, parent: ParentLink, stop: StopRequest) -> bool:
     """True once the directory exists; an optional instance waits for it (a late mount)."""
     if os.path.isdir(instance.directory):
         return True
@@ -515,104 +463,3 @@ def _wait_for_directory(instance: InstanceConfig, parent: _ParentLink, stop: _St
             log.info("directory appeared", extra={"path": instance.directory})
             return True
     return False
-
-
-class _Stop:
-    """Set by the SIGTERM handler, which also wakes the work loop out of its wait.
-
-    The handler only sets a flag and puts on SimpleQueues (whose put is safe inside a
-    signal handler): a threading.Event's set() takes the lock a wait() in progress on the
-    same thread may hold, and can deadlock."""
-
-    def __init__(self) -> None:
-        self.requested = False
-        self.wake_up: queue.SimpleQueue[RawEvent] | None = None
-        self._own: queue.SimpleQueue[RawEvent] = queue.SimpleQueue()
-
-    def handle_sigterm(self, _signum: int, _frame: object) -> None:
-        self.set()
-
-    def set(self) -> None:
-        self.requested = True
-        self._own.put(WAKE_UP)
-        wake_up = self.wake_up
-        if wake_up is not None:
-            wake_up.put(WAKE_UP)
-
-    def is_set(self) -> bool:
-        return self.requested
-
-    def nudge(self) -> None:
-        """End a wait() in progress without asking to stop (from any thread)."""
-        self._own.put(WAKE_UP)
-
-    def wait(self, timeout: float) -> bool:
-        """Sleep until stop is requested or `timeout` passes; True if it was requested."""
-        if not self.requested:
-            with contextlib.suppress(queue.Empty):
-                self._own.get(timeout=timeout)
-        return self.requested
-
-
-class _Heartbeat:
-    """Sends the status snapshot: at most every HEARTBEAT_SECONDS while its activity summary
-    changes, else every IDLE_HEARTBEAT_SECONDS.  Called from the work loop and from inside
-    long work (hashing a huge file), never from a side thread: a hung loop goes silent."""
-
-    def __init__(self, parent: _ParentLink, snapshot: Callable[[], Heartbeat],
-                 activity: Callable[[], object], *, hang_timeout: float,
-                 clock: Callable[[], float] = time.monotonic) -> None:
-        self._parent = parent
-        self._snapshot = snapshot
-        self._activity = activity
-        self._clock = clock
-        self.idle_seconds = min(IDLE_HEARTBEAT_SECONDS, hang_timeout / 4)
-        self.busy_seconds = min(HEARTBEAT_SECONDS, self.idle_seconds)
-        self._sent_at = -float("inf")
-        self._sent_activity: object = None
-
-    def due(self) -> float:
-        """When the next heartbeat is due, as far as can be told now (time.monotonic)."""
-        if self._activity() != self._sent_activity:
-            return self._sent_at + self.busy_seconds
-        return self._sent_at + self.idle_seconds
-
-    def maybe_send(self) -> None:
-        now = self._clock()
-        if now < self._sent_at + self.busy_seconds:
-            return  # the cheap path taken inside long work
-        if now < self._sent_at + self.idle_seconds and self._activity() == self._sent_activity:
-            return
-        self._sent_at, self._sent_activity = now, self._activity()
-        self._parent.send(Report.HEARTBEAT, self._snapshot())
-
-
-class _ParentLink:
-    """The pipe to the supervisor; a broken pipe means the parent is gone."""
-
-    def __init__(self, connection: Connection, parent_pid: int) -> None:
-        self._connection = connection
-        self._parent_pid = parent_pid
-        self._broken = False
-
-    def send(self, kind: Report, payload: Mapping[str, object]) -> None:
-        if self._broken:
-            return
-        try:
-            self._connection.send((kind, payload))
-        except (BrokenPipeError, EOFError, OSError):
-            self._broken = True
-
-    def alive(self) -> bool:
-        return not self._broken and os.getppid() == self._parent_pid
-
-
-def _die_with_parent(parent_pid: int) -> None:
-    """Ask the kernel to SIGTERM us when the supervisor dies, even by SIGKILL (Linux)."""
-    try:
-        libc = ctypes.CDLL(None, use_errno=True)
-        libc.prctl(_PR_SET_PDEATHSIG, signal.SIGTERM)
-    except (OSError, AttributeError):
-        pass  # not Linux: the loop's getppid() check still catches an orphaning
-    if os.getppid() != parent_pid:  # the parent died before prctl took effect
-        os.kill(os.getpid(), signal.SIGTERM)

@@ -10,8 +10,8 @@ from typing import Any
 from multiwatch.config import BrokerConfig, InstanceConfig, SupervisorConfig
 from multiwatch.supervisor.dashboard import render_page
 from multiwatch.supervisor.lifecycle import Child, State
-from multiwatch.watcher.main import activity_snapshot
 from multiwatch.watcher.raw_event import EventKind, RawEvent
+from multiwatch.watcher.snapshot import activity_snapshot
 from multiwatch.watcher.spec import ChildSpec
 from tests.supervisor.fakes import ReportPipe
 from tests.support.fleet_view import fleet, get, heartbeat, instance, serve

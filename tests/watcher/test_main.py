@@ -21,17 +21,19 @@ from multiwatch.watcher.inotify_observer import DirectInotifyObserver
 from multiwatch.watcher.main import (
     BUSY_WAIT_SECONDS,
     EXIT_PUBLISHER_FAILED,
-    HEARTBEAT_SECONDS,
-    IDLE_HEARTBEAT_SECONDS,
-    WAKE_UP,
-    _Heartbeat,
     _observer_alive,
-    _Stop,
     _wait_budget,
     child_main,
 )
 from multiwatch.watcher.observe import start_observer
 from multiwatch.watcher.outbox import OutboxGauge
+from multiwatch.watcher.parent_link import (
+    HEARTBEAT_SECONDS,
+    IDLE_HEARTBEAT_SECONDS,
+    WAKE_UP,
+    HeartbeatSender,
+    StopRequest,
+)
 from multiwatch.watcher.publisher import Publisher
 from multiwatch.watcher.publisher_health import STALL_GRACE_SECONDS, Progress
 from multiwatch.watcher.raw_event import RawEvent
@@ -57,15 +59,16 @@ class _Clock:
         return self.now
 
 
-def _heartbeat(activity: list[int], *, hang_timeout: float = 60.0) -> tuple[_Heartbeat, _Parent,
-                                                                             _Clock]:
+def _heartbeat(activity: list[int], *,
+               hang_timeout: float = 60.0) -> tuple[HeartbeatSender, _Parent, _Clock]:
     parent, clock = _Parent(), _Clock()
-    beat = _Heartbeat(parent, lambda: {"files_hashed": activity[0]}, lambda: activity[0],  # type: ignore[arg-type]
+    beat = HeartbeatSender(parent, lambda: {"files_hashed": activity[0]}, lambda: activity[0],  # type: ignore[arg-type]
                       hang_timeout=hang_timeout, clock=clock)
     return beat, parent, clock
 
 
-def _sent_at(beat: _Heartbeat, parent: _Parent, clock: _Clock, times: list[float]) -> list[float]:
+def _sent_at(beat: HeartbeatSender, parent: _Parent, clock: _Clock,
+             times: list[float]) -> list[float]:
     sent = []
     for t in times:
         clock.now = 100.0 + t
@@ -122,7 +125,7 @@ def test_the_loop_sleeps_until_the_next_heartbeat_only_when_idle_and_connected(
     interval at most, so readiness is reported within a second of the connection."""
     pipeline, _outbox, root = make_pipeline(tmp_path)
     gauge = pipeline.gauge
-    beat = _Heartbeat(_Parent(), dict, lambda: 0, hang_timeout=60.0)  # type: ignore[arg-type]
+    beat = HeartbeatSender(_Parent(), dict, lambda: 0, hang_timeout=60.0)  # type: ignore[arg-type]
     publisher = SimpleNamespace(stats=SimpleNamespace(connected=True))
     no_scan = float("inf")
 
@@ -144,7 +147,7 @@ def test_the_loop_sleeps_until_the_next_heartbeat_only_when_idle_and_connected(
 
 def test_stopping_puts_a_wake_up_on_the_notification_queue() -> None:
     """What the SIGTERM handler calls: the flag is set and the loop's wait ends at once."""
-    stop = _Stop()
+    stop = StopRequest()
     stop.set()  # before the pipeline exists: only the flag
     events: queue.SimpleQueue[RawEvent] = queue.SimpleQueue()
     stop.wake_up = events
@@ -157,7 +160,7 @@ def test_the_sigterm_handler_takes_no_lock_a_wait_may_hold() -> None:
     """The handler finishes at once even while another thread holds every lock the stop
     object owns: a handler that took one (threading.Event.set) could deadlock against the
     wait() it interrupted on the main thread."""
-    stop = _Stop()
+    stop = StopRequest()
     stop.wake_up = queue.SimpleQueue()
     locks = [v for v in vars(stop).values() if hasattr(v, "acquire")]
     held, release = threading.Event(), threading.Event()
