@@ -68,6 +68,10 @@ STOP_POLL_SECONDS = 0.25
 # At takeover, the events still in the standby's queue are applied for at most this long
 # (the previous active replica is gone: the queue only empties).
 FINISH_SECONDS = 5.0
+# A cold takeover waits this long for the previous holder's state database (its process
+# is exiting) before taking a slot of its own.
+PREVIOUS_HOLDER_EXIT_SECONDS = 2.0
+SLOT_POLL_SECONDS = 0.05
 # Replies the feed waits for when declaring its queue (channel, exchange, queue, two
 # binds, qos, consume), each bounded by the connection's read timeout.
 DECLARE_READS = 7
@@ -400,7 +404,12 @@ def takeover_db(state_dir: str, instance_id: str, warm: WarmSlot | None,
             else:  # the previous active replica exited: its unsent events are files this
                 os.close(fd)  # warm state lacks, which the reconcile finds on disk
         return warm.path
-    taken = replica_slot(state_dir, instance_id)
+    # The lease is free once the previous holder is gone, a moment before its process has
+    # let go of its state database: give it that moment before taking another slot.
+    deadline = time.monotonic() + PREVIOUS_HOLDER_EXIT_SECONDS
+    while (fd := take_slot(state_dir, instance_id, 0)) is None and time.monotonic() < deadline:
+        time.sleep(SLOT_POLL_SECONDS)
+    taken = (0, fd) if fd is not None else replica_slot(state_dir, instance_id)
     if taken is None:
         return state_db_path(state_dir, instance_id) if hold_instance() else None
     slot, _fd = taken
