@@ -30,6 +30,7 @@ from __future__ import annotations
 
 import contextlib
 import os
+import shutil
 import signal
 import sqlite3
 import threading
@@ -208,6 +209,13 @@ def _one_fault(ctx: Ctx, fault: str, files: int, burst_count: int, urls_a: list[
         consumer_url = urls_b[0]
         seen = _drain(consumer_url, queue, tree, files, writer.names, 120)
         outcome.lost = outcome.expected - seen.distinct_paths
+        if seen.missing:
+            kept = ctx.out / f"replica-faults-{uuid.uuid4().hex[:6]}"
+            kept.mkdir(parents=True)
+            for log in (a.log_path, b.log_path):
+                shutil.copy(log, kept / Path(log).name)
+            outcome.notes.append(f"never delivered: {', '.join(sorted(seen.missing)[:5])}; "
+                                 f"both logs kept in {kept}")
         outcome.repeats_tree, outcome.repeats_burst = seen.repeats_tree, seen.repeats_burst
     finally:
         if frozen:
@@ -325,6 +333,7 @@ class _Seen:
     distinct_paths: int
     repeats_tree: int
     repeats_burst: int
+    missing: set[str]
 
 
 def _drain(url: str, queue: str, tree: Path, files: int, burst: list[str],
@@ -361,7 +370,7 @@ def _drain(url: str, queue: str, tree: Path, files: int, burst: list[str],
     finally:
         with contextlib.suppress(Exception):
             conn.close()
-    return _Seen(len(want & paths), repeats["tree"], repeats["burst"])
+    return _Seen(len(want & paths), repeats["tree"], repeats["burst"], want - paths)
 
 
 # ---- files and rosters --------------------------------------------------------------------

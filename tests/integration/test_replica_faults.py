@@ -19,18 +19,19 @@ from typing import Any
 from urllib.parse import urlsplit
 
 import pytest
-from kombu import Connection, Consumer, Queue
+from kombu import Connection, Consumer, Exchange, Queue
 from kombu.message import Message
 
 from tests.integration.test_replicas import TAKEOVER, _announced, _role, _write
 from tests.support.cluster import RabbitMQCluster
 from tests.support.consumer import (
+    BINDING_KEY,
+    EXCHANGE,
     Received,
     _json_array,
     _table,
     collect,
     declare_queue,
-    topology,
     wait_for,
 )
 from tests.support.faults import Burst
@@ -107,8 +108,9 @@ def _lease_queues(asked: RabbitMQ) -> list[str]:
 
 def _declare_quorum_queue(url: str) -> None:
     """The application's topology with the quorum argument the publisher declares it with."""
-    queue = topology(QUEUE)
-    queue.queue_arguments = {"x-queue-type": "quorum"}
+    queue = Queue(QUEUE, exchange=Exchange(EXCHANGE, type="topic", durable=True),
+                  routing_key=BINDING_KEY, durable=True,
+                  queue_arguments={"x-queue-type": "quorum"})
     with Connection(url, connect_timeout=10) as conn:
         queue(conn.default_channel).declare()
 
