@@ -8,16 +8,13 @@ the broker connection are all built here, never inherited.
 
 from __future__ import annotations
 
-import contextlib
 import logging
 import os
-import queue
 import signal
 import sqlite3
 import sys
 import threading
 import time
-from collections.abc import Iterator
 from multiprocessing.connection import Connection
 
 import setproctitle
@@ -35,7 +32,6 @@ from multiwatch.watcher.mount import META_KEY, UNMOUNTED, Mount, MountGuard
 from multiwatch.watcher.observe import (
     directory_watcher,
     inotify_refused,
-    start_observer,
 )
 from multiwatch.watcher.outbox import OutboxGauge
 from multiwatch.watcher.parent_link import (
@@ -43,16 +39,17 @@ from multiwatch.watcher.parent_link import (
     ParentLink,
     StopRequest,
     die_with_parent,
+    sigterm_for_main_thread_only,
 )
 from multiwatch.watcher.pipeline import Pipeline
 from multiwatch.watcher.priority import apply_priority
 from multiwatch.watcher.publisher import CLOSE_WAIT_SECONDS, Publisher
-from multiwatch.watcher.raw_event import RawEvent
 from multiwatch.watcher.read_limit import install_read_limit
 from multiwatch.watcher.snapshot import activity_summary, heartbeat_snapshot
 from multiwatch.watcher.spec import EXIT_DIRECTORY_GONE, ChildSpec, Report
 from multiwatch.watcher.state import StateError, StateStore, state_db_path
 from multiwatch.watcher.stats import ProblemCounter
+from multiwatch.watcher.watching import follow_mount, observe, observer_alive, start_watching
 
 log = logging.getLogger(__name__)
 
@@ -60,7 +57,6 @@ log = logging.getLogger(__name__)
 # often; idle, it sleeps until its next deadline (events and SIGTERM wake it at once).
 BUSY_WAIT_SECONDS = 0.5
 DIRECTORY_RETRY_SECONDS = 2.0
-OBSERVER_JOIN_SECONDS = 5.0
 PREVIOUS_WATCHER_GRACE_SECONDS = 5.0  # beyond stop_timeout: a watcher left by a killed parent
 DEEP_TREE_RECURSION_LIMIT = 20_000
 THREAD_STACK_BYTES = 64 * 1024 * 1024
@@ -149,7 +145,7 @@ def _run(spec: ChildSpec, to_parent: Connection, stop: StopRequest) -> int:
     observer: BaseObserver | None = None
     why_waiting = mounts.why_waiting(tracked_files=len(pipeline.tracked))
     if why_waiting is None:
-        observer = _start_watching(instance, pipeline, mounts, store)
+        observer = start_watching(instance, pipeline, mounts, store)
         log.info("watching", extra={"path": instance.directory, "pid": os.getpid(),
                                     "settle_seconds": instance.settle_seconds,
                                     "tracked_files": len(pipeline.tracked)})
@@ -176,7 +172,7 @@ def _run(spec: ChildSpec, to_parent: Connection, stop: StopRequest) -> int:
         if not parent.alive():
             log.warning("supervisor is gone; stopping")
             break
-        observer = _follow_mount(instance, pipeline, mounts, store, parent, observer)
+        observer = follow_mount(instance, pipeline, mounts, store, parent, observer)
         if observer is None:
             pass  # unmounted: waiting for the mount
         elif pipeline.root_missing or not os.path.isdir(instance.directory):
@@ -196,15 +192,15 @@ def _run(spec: ChildSpec, to_parent: Connection, stop: StopRequest) -> int:
             parent.send(Report.EXITING, {"reason": publisher_problem})
             exit_code = EXIT_PUBLISHER_FAILED
             break
-        if observer is not None and not _observer_alive(observer):
+        if observer is not None and not observer_alive(observer):
             log.error("filesystem observer died; restarting it and rescanning",
                       extra={"path": instance.directory})
             observer.stop()
-            observer = _observe(instance, pipeline)
+            observer = observe(instance, pipeline)
             pipeline.request_scan(watch=directory_watcher(observer))
         if observer is not None and (refused := inotify_refused(observer)) is not None:
             observer.stop()  # gives its watches back to the kernel, for the other watchers
-            observer = _observe(instance, pipeline, refused=refused)  # polls; says why, once
+            observer = observe(instance, pipeline, refused=refused)  # polls; says why, once
             pipeline.request_scan()  # what changed while directories went unwatched
 
     # Everything below ends before the supervisor's SIGKILL (stop_timeout_seconds away).
@@ -247,7 +243,7 @@ def _start_publishing(spec: ChildSpec, parent: ParentLink, stop: StopRequest,
         _count_outbox(store, gauge)
         publisher = Publisher(broker=spec.broker, state_dir=spec.state_dir,
                               instance_id=instance.id, db_path=db_path, gauge=gauge)
-        with _sigterm_for_main_thread_only():
+        with sigterm_for_main_thread_only():
             publisher.start()
         return store, gauge, publisher
     gauge = OutboxGauge(events=0, size=0, max_events=instance.outbox_max_events,
@@ -263,7 +259,7 @@ def _start_publishing(spec: ChildSpec, parent: ParentLink, stop: StopRequest,
             instance_id=instance.id, exchange=spec.broker.exchange, db_path=warm.path,
             expect=publisher.progress.expect, reply_seconds=spec.broker.connect_timeout_seconds)
     publisher.role.on_change = stop.nudge
-    with _sigterm_for_main_thread_only():
+    with sigterm_for_main_thread_only():
         publisher.start()
     snapshot = lambda: standby.standby_snapshot(publisher, problems.count)  # noqa: E731
     code = standby.stand_by(parent, stop, publisher,
@@ -292,74 +288,6 @@ def _count_outbox(store: StateStore, gauge: OutboxGauge) -> None:
                  extra={"outbox_depth": waiting_events})
 
 
-def _start_watching(instance: InstanceConfig, pipeline: Pipeline, mounts: MountGuard,
-                    store: StateStore) -> BaseObserver:
-    """Remember the root's mount, start the observer, then reconcile by scan (observer
-    first: nothing created during the scan can slip through; the scan also adds the
-    watches below the root, each before it lists the directory)."""
-    mount = mounts.adopt()
-    if mount is not None:
-        try:  # so the next start can tell a bare mount point from this filesystem
-            store.set_meta(META_KEY, mount.to_json())
-        except sqlite3.Error as exc:
-            log.warning("cannot record the directory's mount: %s", exc)
-    observer = _observe(instance, pipeline)
-    pipeline.request_scan(watch=directory_watcher(observer))
-    return observer
-
-
-def _follow_mount(instance: InstanceConfig, pipeline: Pipeline, mounts: MountGuard,
-                  store: StateStore, parent: ParentLink,
-                  observer: BaseObserver | None) -> BaseObserver | None:
-    """Stop watching when the root's filesystem goes away (nothing it seems to lose is
-    announced), and resume with a reconcile scan once it is back; None while waiting."""
-    if not mounts.unmounted:
-        if not (mounts.lost() or mounts.mount_gone()):
-            if observer is not None:
-                _follow_submounts(instance, pipeline, mounts, observer)
-            return observer
-        gone = mounts.expected
-        log.warning(UNMOUNTED, extra={"path": instance.directory,
-                                      **(gone.fields() if gone else {})})
-        mounts.unmounted = True
-        if observer is not None:
-            observer.stop()
-            observer.join(timeout=OBSERVER_JOIN_SECONDS)
-        _discard(pipeline.notifications)  # what the unmount looked like (polling: deletions)
-        pipeline.root_missing = False
-    why_waiting = mounts.why_waiting(tracked_files=len(pipeline.tracked))
-    if why_waiting is not None:
-        parent.send(Report.WAITING, {"reason": UNMOUNTED})  # (also tells the hang check we live)
-        return None
-    _discard(pipeline.notifications)
-    observer = _start_watching(instance, pipeline, mounts, store)
-    log.info("directory mounted; watching and reconciling", extra={
-        "path": instance.directory, "tracked_files": len(pipeline.tracked),
-        **(mounts.expected.fields() if mounts.expected else {})})
-    parent.send(Report.READY, {"pid": os.getpid()})
-    return observer
-
-
-def _follow_submounts(instance: InstanceConfig, pipeline: Pipeline, mounts: MountGuard,
-                      observer: BaseObserver) -> None:
-    """A mount inside the tree that went away: nothing below it is announced (see
-    MountGuard.lost); one mounted (again): watched and reconciled like a new directory."""
-    gone, came = mounts.check_submounts()
-    for relative in gone:
-        log.warning(UNMOUNTED, extra={"path": os.path.join(instance.directory, relative),
-                                      "mount_point": os.path.join(instance.directory, relative)})
-    for relative in came:
-        log.info("directory mounted; watching and reconciling",
-                 extra={"path": os.path.join(instance.directory, relative)})
-        pipeline.request_scan(relative, watch=directory_watcher(observer))
-
-
-def _discard(notifications: queue.SimpleQueue[RawEvent]) -> None:
-    with contextlib.suppress(queue.Empty):
-        while True:
-            notifications.get_nowait()
-
-
 def _hash_pool(spec: ChildSpec) -> HashPool:
     """Workers for big files: as many as the cap allows and the cores can use.  A watcher
     with a read_rate_limit takes no machine-wide slot: its rate bounds its reads, and a
@@ -383,36 +311,6 @@ def _wait_budget(pipeline: Pipeline, gauge: OutboxGauge, publisher: Publisher,
     elif not publisher.stats.connected:
         budget = min(budget, heartbeat.busy_seconds)
     return max(budget, 0.0)
-
-
-def _observe(instance: InstanceConfig, pipeline: Pipeline,
-             refused: OSError | None = None) -> BaseObserver:
-    with _sigterm_for_main_thread_only():
-        return start_observer(instance.directory, recursive=instance.recursive,
-                              events=pipeline.notifications, mode=instance.observer,
-                              polling_interval=instance.polling_interval_seconds,
-                              subdirectories_later=True, one_filesystem=instance.one_filesystem,
-                              refused=refused)
-
-
-@contextlib.contextmanager
-def _sigterm_for_main_thread_only() -> Iterator[None]:
-    """Threads started inside inherit a blocked SIGTERM, so the kernel can only deliver it
-    to the main thread (which it prefers anyway), whose wait it interrupts: a signal taken
-    by another thread would only be noticed when the main thread's wait ends on its own."""
-    signal.pthread_sigmask(signal.SIG_BLOCK, {signal.SIGTERM})
-    try:
-        yield
-    finally:
-        signal.pthread_sigmask(signal.SIG_UNBLOCK, {signal.SIGTERM})
-
-
-def _observer_alive(observer: BaseObserver) -> bool:
-    """The observer thread, every emitter thread and the inotify reader (each can die alone,
-    e.g. of a RecursionError while adding watches, leaving the observer deaf but alive)."""
-    reader = getattr(observer, "reader", None)  # DirectInotifyObserver's; polling has none
-    return (observer.is_alive() and all(e.is_alive() for e in observer.emitters)
-            and (reader is None or reader.is_alive()))
 
 
 def _next_scan(instance: InstanceConfig) -> float:

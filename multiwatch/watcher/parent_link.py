@@ -10,7 +10,7 @@ import os
 import queue
 import signal
 import time
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Iterator, Mapping
 from multiprocessing.connection import Connection
 
 from multiwatch.status_view import Heartbeat
@@ -127,3 +127,15 @@ def die_with_parent(parent_pid: int) -> None:
         pass  # not Linux: the loop's getppid() check still catches an orphaning
     if os.getppid() != parent_pid:  # the parent died before prctl took effect
         os.kill(os.getpid(), signal.SIGTERM)
+
+
+@contextlib.contextmanager
+def sigterm_for_main_thread_only() -> Iterator[None]:
+    """Threads started inside inherit a blocked SIGTERM, so the kernel can only deliver it
+    to the main thread (which it prefers anyway), whose wait it interrupts: a signal taken
+    by another thread would only be noticed when the main thread's wait ends on its own."""
+    signal.pthread_sigmask(signal.SIG_BLOCK, {signal.SIGTERM})
+    try:
+        yield
+    finally:
+        signal.pthread_sigmask(signal.SIG_UNBLOCK, {signal.SIGTERM})

@@ -21,7 +21,6 @@ from multiwatch.watcher.inotify_observer import DirectInotifyObserver
 from multiwatch.watcher.main import (
     BUSY_WAIT_SECONDS,
     EXIT_PUBLISHER_FAILED,
-    _observer_alive,
     _wait_budget,
     child_main,
 )
@@ -38,6 +37,7 @@ from multiwatch.watcher.publisher import Publisher
 from multiwatch.watcher.publisher_health import STALL_GRACE_SECONDS, Progress
 from multiwatch.watcher.raw_event import RawEvent
 from multiwatch.watcher.spec import ChildSpec
+from multiwatch.watcher.watching import observer_alive
 from tests.watcher.test_pipeline import announce, make_pipeline
 
 
@@ -312,10 +312,10 @@ def test_an_observer_whose_inotify_reader_died_counts_as_dead(tmp_path: Path) ->
     observer = start_observer(str(tmp_path), recursive=True, events=events, mode="inotify")
     try:
         assert isinstance(observer, DirectInotifyObserver)
-        assert _observer_alive(observer)
+        assert observer_alive(observer)
         observer.reader.stop()
         observer.reader.join(timeout=5)
-        assert not _observer_alive(observer)
+        assert not observer_alive(observer)
     finally:
         observer.stop()
         observer.join(timeout=5)
