@@ -50,14 +50,12 @@ from multiwatch.broker_errors import describe, user_of, where
 from multiwatch.config import BrokerConfig, mask_url
 from multiwatch.watcher.amqp_io import (
     heartbeat_service_interval,
-    publish_frames,
-    read_pending_frames,
     service_heartbeat,
 )
-from multiwatch.watcher.confirms import UNROUTABLE, Confirms, judge, runs
+from multiwatch.watcher.batches import BatchSender, PublishFailed
+from multiwatch.watcher.confirms import Confirms
 from multiwatch.watcher.held_event import HeldEvent
 from multiwatch.watcher.lease import Lease, Role, RoleState
-from multiwatch.watcher.message import Event
 from multiwatch.watcher.outbox import OutboxGauge
 from multiwatch.watcher.publisher_health import Progress, PublisherStats
 from multiwatch.watcher.standby import StandbyFeed
@@ -75,10 +73,6 @@ SETUP_READS = 4
 CLOSE_WAIT_SECONDS = 2.0
 # While waiting for confirms, look at a stop request at least this often.
 STOP_POLL_SECONDS = 0.25
-
-
-class PublishFailed(Exception):
-    """Part of a batch was not confirmed; it stays in the outbox."""
 
 
 class _Relabel(Exception):
@@ -117,6 +111,8 @@ class Publisher(threading.Thread):
         self.stats = PublisherStats()
         self._held = HeldEvent(self.stats, gauge, broker.reconnect_max_seconds)
         self.latency = LatencyHistogram()
+        self._batches = BatchSender(broker, gauge, self.stats, self.latency, self._held,
+                                    stop_deadline=lambda: self._stop_deadline)
         self.progress = Progress()
 
     def attach(self, db_path: str) -> None:
@@ -325,9 +321,9 @@ class Publisher(threading.Thread):
             self.progress.expect(2 * self._broker.confirm_timeout_seconds + BUSY_TIMEOUT_SECONDS,
                                  "publishing")
             if confirms is None:
-                self._publish_spooled(producer, batch, outbox)
+                self._batches.spooled(producer, batch, outbox)
             else:
-                self._publish_batch(connection, producer, confirms, batch, outbox)
+                self._batches.confirmed(connection, producer, confirms, batch, outbox)
 
     # ---------------------------------------------------------------- replicas (ha)
 
@@ -392,73 +388,6 @@ class Publisher(threading.Thread):
         seconds = max(0.0, seconds)
         self.progress.expect(seconds, doing)
         event.wait(seconds)
-
-    def _publish_spooled(self, producer: Producer, batch: list[tuple[int, Event]],
-                         outbox: DurableOutbox) -> None:
-        """The embedded spool (kombu's filesystem transport): no confirms, always a queue."""
-        for _seq, event in batch:
-            producer.publish(
-                event.body, routing_key=event.routing_key, content_type="application/json",
-                content_encoding="utf-8", delivery_mode=2, message_id=event.message_id,
-                correlation_id=event.correlation_id, headers=event.headers, mandatory=True,
-                retry=False,  # retries go through our loop, so the outbox stays the truth
-            )
-        self._remove_delivered(outbox, batch, list(range(len(batch))))
-
-    def _publish_batch(self, connection: Connection, producer: Producer, confirms: Confirms,
-                       batch: list[tuple[int, Event]], outbox: DurableOutbox) -> None:
-        events = [event for _seq, event in batch]
-        read_pending_frames(connection)  # acks, a Connection.Blocked, a close
-        confirms.returned.clear()  # returns arrive before the acks of their own batch
-        publish_frames(connection, producer.channel, self._broker.exchange, events)
-        tags = [confirms.publish() for _ in events]
-        self._await_confirms(connection, confirms)
-        outcomes = [confirms.outcome(tag, e.message_id) for tag, e in zip(tags, events,
-                                                                           strict=True)]
-        verdict = judge(outcomes)
-        self.stats.unroutable += outcomes.count(UNROUTABLE)
-        self.stats.nacked += outcomes.count("nacked")
-        self._remove_delivered(outbox, batch, verdict.delivered)
-        now = time.monotonic()
-        if verdict.held is not None:
-            event = events[verdict.held]
-            reason = confirms.returned.get(event.message_id) or "rejected by the broker (nack)"
-            self._held.hold(event, reason, now)
-        elif 0 in verdict.delivered:
-            self._held.delivered(now)
-        if verdict.timed_out:
-            blocked = self.stats.blocked
-            raise PublishFailed(
-                f"no confirm within {self._broker.confirm_timeout_seconds}s"
-                + (f" (the broker blocked the connection: {blocked})" if blocked else ""))
-
-    def _await_confirms(self, connection: Connection, confirms: Confirms) -> None:
-        """Read acks until every publish is settled, confirm_timeout passes or stop's
-        deadline does (checked every STOP_POLL_SECONDS)."""
-        deadline = time.monotonic() + self._broker.confirm_timeout_seconds
-        while confirms.waiting:
-            until = min(deadline, self._stop_deadline or deadline)
-            remaining = until - time.monotonic()
-            if remaining <= 0:
-                return
-            try:
-                connection.drain_events(timeout=min(remaining, STOP_POLL_SECONDS))
-            except TimeoutError:
-                pass
-
-    def _remove_delivered(self, outbox: DurableOutbox, batch: list[tuple[int, Event]],
-                positions: list[int]) -> None:
-        """Delete what left for good: one range per run of consecutive rows."""
-        for run in runs(positions):
-            outbox.ack([batch[p][0] for p in run])
-        delivered = [batch[p][1] for p in positions]
-        self._gauge.removed(len(delivered), sum(len(e.body) for e in delivered))
-        self.stats.published += len(delivered)
-        confirmed_at = time.monotonic()
-        for event in delivered:
-            noticed = self._gauge.noticed_at.pop(event.message_id, None)
-            if noticed is not None:
-                self.latency.observe(confirmed_at - noticed)
 
 
 def _failure_reason(exc: Exception, link: BrokerLink) -> str:

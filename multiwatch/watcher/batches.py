@@ -1,0 +1,109 @@
+"""One batch of outbox rows on its way to the broker: published, its confirms awaited (each
+wait bounded), judged, and what left for good deleted from the outbox.  Runs on the
+publisher thread (publisher.py), which owns the connection.
+"""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Callable
+
+from kombu import Connection, Producer
+
+from multiwatch.config import BrokerConfig
+from multiwatch.watcher.amqp_io import publish_frames, read_pending_frames
+from multiwatch.watcher.confirms import UNROUTABLE, Confirms, judge, runs
+from multiwatch.watcher.held_event import HeldEvent
+from multiwatch.watcher.message import Event
+from multiwatch.watcher.outbox import OutboxGauge
+from multiwatch.watcher.publisher_health import PublisherStats
+from multiwatch.watcher.state import DurableOutbox
+from multiwatch.watcher.stats import LatencyHistogram
+
+# While waiting for confirms, look at a stop request at least this often.
+STOP_POLL_SECONDS = 0.25
+
+
+class PublishFailed(Exception):
+    """Part of a batch was not confirmed; it stays in the outbox."""
+
+
+class BatchSender:
+    """Publishes batches for one publisher: its figures, its held event, its stop deadline."""
+
+    def __init__(self, broker: BrokerConfig, gauge: OutboxGauge, stats: PublisherStats,
+                 latency: LatencyHistogram, held: HeldEvent, *,
+                 stop_deadline: Callable[[], float | None]) -> None:
+        self._broker = broker
+        self._gauge = gauge
+        self._stats = stats
+        self._latency = latency
+        self._held = held
+        self._stop_deadline = stop_deadline
+
+    def spooled(self, producer: Producer, batch: list[tuple[int, Event]],
+                         outbox: DurableOutbox) -> None:
+        """The embedded spool (kombu's filesystem transport): no confirms, always a queue."""
+        for _seq, event in batch:
+            producer.publish(
+                event.body, routing_key=event.routing_key, content_type="application/json",
+                content_encoding="utf-8", delivery_mode=2, message_id=event.message_id,
+                correlation_id=event.correlation_id, headers=event.headers, mandatory=True,
+                retry=False,  # retries go through our loop, so the outbox stays the truth
+            )
+        self._remove_delivered(outbox, batch, list(range(len(batch))))
+
+    def confirmed(self, connection: Connection, producer: Producer, confirms: Confirms,
+                       batch: list[tuple[int, Event]], outbox: DurableOutbox) -> None:
+        events = [event for _seq, event in batch]
+        read_pending_frames(connection)  # acks, a Connection.Blocked, a close
+        confirms.returned.clear()  # returns arrive before the acks of their own batch
+        publish_frames(connection, producer.channel, self._broker.exchange, events)
+        tags = [confirms.publish() for _ in events]
+        self._await_confirms(connection, confirms)
+        outcomes = [confirms.outcome(tag, e.message_id) for tag, e in zip(tags, events,
+                                                                           strict=True)]
+        verdict = judge(outcomes)
+        self._stats.unroutable += outcomes.count(UNROUTABLE)
+        self._stats.nacked += outcomes.count("nacked")
+        self._remove_delivered(outbox, batch, verdict.delivered)
+        now = time.monotonic()
+        if verdict.held is not None:
+            event = events[verdict.held]
+            reason = confirms.returned.get(event.message_id) or "rejected by the broker (nack)"
+            self._held.hold(event, reason, now)
+        elif 0 in verdict.delivered:
+            self._held.delivered(now)
+        if verdict.timed_out:
+            blocked = self._stats.blocked
+            raise PublishFailed(
+                f"no confirm within {self._broker.confirm_timeout_seconds}s"
+                + (f" (the broker blocked the connection: {blocked})" if blocked else ""))
+
+    def _await_confirms(self, connection: Connection, confirms: Confirms) -> None:
+        """Read acks until every publish is settled, confirm_timeout passes or stop's
+        deadline does (checked every STOP_POLL_SECONDS)."""
+        deadline = time.monotonic() + self._broker.confirm_timeout_seconds
+        while confirms.waiting:
+            until = min(deadline, self._stop_deadline() or deadline)
+            remaining = until - time.monotonic()
+            if remaining <= 0:
+                return
+            try:
+                connection.drain_events(timeout=min(remaining, STOP_POLL_SECONDS))
+            except TimeoutError:
+                pass
+
+    def _remove_delivered(self, outbox: DurableOutbox, batch: list[tuple[int, Event]],
+                positions: list[int]) -> None:
+        """Delete what left for good: one range per run of consecutive rows."""
+        for run in runs(positions):
+            outbox.ack([batch[p][0] for p in run])
+        delivered = [batch[p][1] for p in positions]
+        self._gauge.removed(len(delivered), sum(len(e.body) for e in delivered))
+        self._stats.published += len(delivered)
+        confirmed_at = time.monotonic()
+        for event in delivered:
+            noticed = self._gauge.noticed_at.pop(event.message_id, None)
+            if noticed is not None:
+                self._latency.observe(confirmed_at - noticed)
