@@ -46,17 +46,22 @@ from multiwatch.broker import (
     exchange_for,
     queue_for,
 )
-from multiwatch.broker_errors import describe, user_of, where
-from multiwatch.config import BrokerConfig, mask_url
+from multiwatch.config import BrokerConfig
 from multiwatch.watcher.amqp_io import (
     heartbeat_service_interval,
     service_heartbeat,
 )
-from multiwatch.watcher.batches import BatchSender, PublishFailed
+from multiwatch.watcher.batches import BatchSender
 from multiwatch.watcher.confirms import Confirms
 from multiwatch.watcher.held_event import HeldEvent
 from multiwatch.watcher.lease import Lease, Role, RoleState
 from multiwatch.watcher.outbox import OutboxGauge
+from multiwatch.watcher.publisher_failures import (
+    BlockedAlarm,
+    failure_extra,
+    failure_message,
+    failure_reason,
+)
 from multiwatch.watcher.publisher_health import Progress, PublisherStats
 from multiwatch.watcher.standby import StandbyFeed
 from multiwatch.watcher.state import BUSY_TIMEOUT_SECONDS, DurableOutbox
@@ -66,7 +71,6 @@ log = logging.getLogger(__name__)
 
 FIRST_RETRY_SECONDS = 0.5
 BATCH_SIZE = 256
-BLOCKED_LOG_EVERY_SECONDS = 60.0
 # Channel open, exchange and queue declare, confirm_select: one reply each.
 SETUP_READS = 4
 # A polite close waits this long for Close-Ok (a healthy broker answers at once).
@@ -107,8 +111,8 @@ class Publisher(threading.Thread):
         self._gauge = gauge
         self._stop_deadline: float | None = None
         self._wake = threading.Event()
-        self._blocked_logged_at = -float("inf")
         self.stats = PublisherStats()
+        self._blocked = BlockedAlarm(self.stats)
         self._held = HeldEvent(self.stats, gauge, broker.reconnect_max_seconds)
         self.latency = LatencyHistogram()
         self._batches = BatchSender(broker, gauge, self.stats, self.latency, self._held,
@@ -185,7 +189,8 @@ class Publisher(threading.Thread):
         retry_delay = FIRST_RETRY_SECONDS
         replicated = self._lease is not None and not self._broker.embedded
         link = BrokerLink(self._broker, self._state_dir, connection_name=self._connection_name,
-                          on_blocked=self._on_blocked, on_unblocked=self._on_unblocked,
+                          on_blocked=self._blocked.on_blocked,
+                          on_unblocked=self._blocked.on_unblocked,
                           stopping=lambda: self._stop_deadline is not None,
                           properties=(lambda: {"role": self._labelled}) if replicated else None)
         while not self._stopping_now():
@@ -211,32 +216,21 @@ class Publisher(threading.Thread):
                 retry_delay = FIRST_RETRY_SECONDS
                 continue
             self.stats.failures += 1
-            self.stats.last_error = _failure_reason(failure, link)
+            self.stats.last_error = failure_reason(failure, link)
             if self._stop_deadline is not None:
                 # Stopping: the broker just failed, so the outbox will not drain before the
                 # deadline; it is kept for the next start (logged once, by run()).
-                log.warning("broker unavailable while stopping", extra=self._failure_extra(
-                    failure, link, None))
+                log.warning("broker unavailable while stopping", extra=failure_extra(
+                    failure, link, self.stats, self._gauge, None))
                 return
             delay = random.uniform(0, retry_delay)
-            log.warning(_failure_message(failure), extra=self._failure_extra(
-                failure, link, delay))
+            log.warning(failure_message(failure), extra=failure_extra(
+                failure, link, self.stats, self._gauge, delay))
             retry_delay = min(retry_delay * 2, self._broker.reconnect_max_seconds)
             self.progress.expect(delay, "waiting to reconnect")
             # stop() sets the event to cut this wait short; it is never set otherwise, and
             # the loop's condition then ends the thread, so it needs no clearing.
             self._wake.wait(delay)
-
-    def _failure_extra(self, failure: Exception, link: BrokerLink,
-                       delay: float | None) -> dict[str, object]:
-        extra: dict[str, object] = {"error": self.stats.last_error,
-                                    "outbox_depth": self._gauge.depth}
-        if link.last_url and not isinstance(failure, sqlite3.Error):
-            extra["broker"] = mask_url(link.last_url)
-            extra["user"] = user_of(link.last_url)
-        if delay is not None:
-            extra["retry_in_seconds"] = round(delay, 2)
-        return extra
 
     def _close(self, connection: Connection, *, polite: bool) -> None:
         """A healthy connection is closed politely (bounded); a failed one is dropped."""
@@ -248,21 +242,6 @@ class Publisher(threading.Thread):
             close_connection(connection, within=CLOSE_WAIT_SECONDS)
         else:
             drop_connection(connection)
-
-    def _on_blocked(self, reason: str) -> None:
-        """Connection.Blocked: the broker stopped reading us (an alarm).  Confirms stop
-        coming, so the usual confirm timeout (and reconnect) applies; this names why."""
-        self.stats.blocked = reason or "resource alarm"
-        now = time.monotonic()
-        if now - self._blocked_logged_at >= BLOCKED_LOG_EVERY_SECONDS:  # every reconnect is blocked
-            self._blocked_logged_at = now
-            log.warning("the broker blocked the connection (a memory or disk alarm); events "
-                        "wait in the outbox until it lifts", extra={"reason": self.stats.blocked})
-
-    def _on_unblocked(self) -> None:
-        self.stats.blocked = ""
-        self._blocked_logged_at = -float("inf")
-        log.info("the broker unblocked the connection")
 
     # ---------------------------------------------------------------- one connection
 
@@ -388,19 +367,3 @@ class Publisher(threading.Thread):
         seconds = max(0.0, seconds)
         self.progress.expect(seconds, doing)
         event.wait(seconds)
-
-
-def _failure_reason(exc: Exception, link: BrokerLink) -> str:
-    """Why the last attempt failed, in words, with the URL (masked) and user it concerned:
-    the log line's `error` and the reason status and /readyz show."""
-    if isinstance(exc, sqlite3.Error):
-        return f"{type(exc).__name__}: {exc}"
-    if isinstance(exc, PublishFailed) or not link.last_url:
-        return describe(exc)
-    return f"{describe(exc)} ({where(link.last_url)})"
-
-
-def _failure_message(exc: Exception) -> str:
-    if isinstance(exc, sqlite3.Error):
-        return "cannot update the outbox in the state database, retrying"
-    return "broker unavailable, retrying"
