@@ -31,17 +31,20 @@ class OutboxGauge:
         self.new_events.set()
 
     def removed(self, events: int, size: int) -> None:
+        # Not clamped: the publisher may confirm and delete a row the pipeline committed
+        # before the pipeline has counted it (added() follows the commit); the late added()
+        # then brings the count back to the truth.  Only what is shown is clamped.
         with self._lock:
-            self._events = max(0, self._events - events)
-            self._bytes = max(0, self._bytes - size)
+            self._events -= events
+            self._bytes -= size
 
     @property
     def depth(self) -> int:
-        return self._events
+        return max(0, self._events)
 
     @property
     def size(self) -> int:
-        return self._bytes
+        return max(0, self._bytes)
 
     @property
     def full(self) -> bool:
