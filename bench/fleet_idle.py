@@ -22,6 +22,9 @@ from pathlib import Path
 import psutil
 import yaml
 
+sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
+from bench.harness import is_watcher  # (run as a script: the repo first on the path)
+
 
 def cpu_seconds(process: psutil.Process) -> float:
     """CPU time of all threads in nanosecond resolution (/proc/PID/task/*/schedstat):
@@ -61,9 +64,8 @@ def main() -> int:
                     break
             ready = time.monotonic() - started
             supervisor = psutil.Process(proc.pid)
-            children = [c for c in supervisor.children()  # titled once running
-                        if " ".join(c.cmdline()).startswith("multiwatch: watcher ")
-                        or "spawn_main" in " ".join(c.cmdline())]
+            # (children of the template process, grandchildren of the supervisor)
+            children = [c for c in supervisor.children(recursive=True) if is_watcher(c)]
             time.sleep(2)  # let start-up work finish before the idle window
             before = {c.pid: cpu_seconds(c) for c in [supervisor, *children]}
             time.sleep(args.seconds)

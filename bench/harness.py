@@ -210,9 +210,9 @@ def write_roster(path: Path, *, state_dir: Path, url: str, queue: str,
 
 
 def is_watcher(process: psutil.Process) -> bool:
-    """A watcher child: titled `multiwatch: watcher ID` once running (setproctitle), the
-    bare multiprocessing spawn command line before that (and in versions without titles).
-    A prestarted spare watcher has no instance yet and keeps the spawn command line."""
+    """A watcher: titled `multiwatch: watcher ID` once running (setproctitle); versions that
+    spawned their watchers (before the template process) showed the spawn command line
+    until then, which is still recognised so older commits can be measured."""
     try:
         command = " ".join(process.cmdline())
     except psutil.Error:
