@@ -22,7 +22,7 @@ from typing import TextIO
 from multiwatch.cli.resync import find_instance, open_state
 from multiwatch.cli.tail import escape_controls
 from multiwatch.config import ConfigError, InstanceConfig, Roster
-from multiwatch.watcher import state
+from multiwatch.watcher import held_deletions
 
 WAIT_SECONDS = 60.0  # for the running watcher to serve a request (a big rescan may take longer)
 LOOK_EVERY_SECONDS = 0.2
@@ -35,17 +35,17 @@ def deletions(roster: Roster, instance_id: str, *, action: str | None, out: Text
     conn = open_state(roster, instance, readonly=action in (None, "list"))
     try:
         if action is None:
-            held = state.held_count(conn)
+            held = held_deletions.held_count(conn)
             print(f"instance {instance.id}: {_held(held)}", file=out)
             if held:
                 print(f"  list them with --list; announce them with --release, or --recheck "
                       f"once the files are back in {instance.directory}", file=out)
             return 0
         if action == "list":
-            for path in state.held_paths(conn):
+            for path in held_deletions.held_paths(conn):
                 print(escape_controls(os.path.join(instance.directory, path)), file=out)
             return 0
-        request = state.RELEASE if action == "release" else state.RECHECK
+        request = held_deletions.RELEASE if action == "release" else held_deletions.RECHECK
         return _request(roster, instance, conn, request, out, wait_seconds)
     except sqlite3.Error as exc:
         raise ConfigError(f"instance {instance.id}: state database: {exc}") from None
@@ -55,24 +55,24 @@ def deletions(roster: Roster, instance_id: str, *, action: str | None, out: Text
 
 def _request(roster: Roster, instance: InstanceConfig, conn: sqlite3.Connection, request: int,
              out: TextIO, wait_seconds: float) -> int:
-    held_before = state.held_count(conn)
-    what = "release" if request == state.RELEASE else "recheck"
+    held_before = held_deletions.held_count(conn)
+    what = "release" if request == held_deletions.RELEASE else "recheck"
     if not held_before:
         print(f"instance {instance.id}: no deletions held; nothing to {what}", file=out)
         return 0
-    state.request_deletions(conn, request)
+    held_deletions.request_deletions(conn, request)
     if not _watcher_running(roster, instance):
         print(f"instance {instance.id}: {_held(held_before)}; {what} requested: instance "
               f"{instance.id} is not running, its watcher does it when it starts", file=out)
         return 0
-    served = _wait(lambda: state.deletion_request(conn) < request, wait_seconds)
-    held = state.held_count(conn)
+    served = _wait(lambda: held_deletions.deletion_request(conn) < request, wait_seconds)
+    held = held_deletions.held_count(conn)
     if not served:
         print(f"instance {instance.id}: {what} requested; the watcher has not finished within "
               f"{wait_seconds:g} s ({_held(held)} now); `multiwatch deletions {instance.id}` "
               "shows the count", file=out)
         return 1
-    if request == state.RELEASE:
+    if request == held_deletions.RELEASE:
         print(f"instance {instance.id}: {held_before - held} held deletions released "
               f"(file_deleted queued for those still gone); {_held(held)}", file=out)
     else:

@@ -18,7 +18,7 @@ A hold ends when
 While deletions are held, every deletion a later scan finds joins them: the operator
 decides once, with the whole picture.
 
-The command asks by a row in the state database (state.request_deletions), which this
+The command asks by a row in the state database (held_deletions.request_deletions), which this
 guard reads every POLL_SECONDS while deletions are held (next_due turns the pipeline loop
 for it then, and only then: no idle wakeups otherwise): no signal, no restart.
 """
@@ -30,7 +30,7 @@ import shlex
 from collections.abc import Callable
 
 from multiwatch.config import InstanceConfig
-from multiwatch.watcher import state
+from multiwatch.watcher import held_deletions, state
 from multiwatch.watcher.outbox import OutboxGauge
 
 log = logging.getLogger(__name__)
@@ -52,8 +52,8 @@ class DeletionGuard:
         self._is_tracked = is_tracked
         self._announce = announce  # the pipeline's deletion of a tracked path (file_deleted)
         self._rescan = rescan
-        self.held = state.held_count(self._conn)  # for the heartbeat, refreshed each poll
-        self._serving = 0  # the request being served (state.RECHECK or RELEASE), or 0
+        self.held = held_deletions.held_count(self._conn)  # for the heartbeat, refreshed each poll
+        self._serving = 0  # the request being served (held_deletions.RECHECK or RELEASE), or 0
         self._releasing: list[str] = []  # held paths the release has not looked at yet
         self._released = self._back = 0  # of the release in progress
         self._next_poll = 0.0
@@ -63,13 +63,13 @@ class DeletionGuard:
         """A scan of relative_dir ended: `gone` are the tracked files it found gone, of
         `tracked` files in all.  Returns those to announce now; the others are held."""
         if self.held:
-            back = sorted(set(state.held_paths(self._conn, relative_dir)).difference(gone))
+            back = sorted(set(held_deletions.held_paths(self._conn, relative_dir)).difference(gone))
             if back:  # met by this scan (or no longer tracked): nothing to announce
-                state.hold_deletions(self._conn, back, held=False)
-                self.held = state.held_count(self._conn)
+                held_deletions.hold_deletions(self._conn, back, held=False)
+                self.held = held_deletions.held_count(self._conn)
                 log.info("held deletions no longer held: the files are there again",
                          extra={"files": len(back), "deletions_held": self.held})
-        if not relative_dir and self._serving == state.RECHECK:
+        if not relative_dir and self._serving == held_deletions.RECHECK:
             self._finish()  # the rescan it asked for (the newest walk runs first)
         bound = self._instance.max_scan_deletions
         if not gone or bound is None:
@@ -77,8 +77,8 @@ class DeletionGuard:
         if not self.held and not bound.exceeded(len(gone), tracked):
             return gone
         before = self.held
-        state.hold_deletions(self._conn, gone, held=True)
-        self.held = state.held_count(self._conn)
+        held_deletions.hold_deletions(self._conn, gone, held=True)
+        self.held = held_deletions.held_count(self._conn)
         if self.held > before:
             id_ = self._instance.id
             if self.roster and not self.roster.startswith("<"):  # (not "<environment>")
@@ -95,7 +95,7 @@ class DeletionGuard:
         """When the pipeline should turn for this guard: at once while a release is in
         progress, at the next poll while deletions are held (a request is only possible
         then: an operator waits on it), never otherwise (no idle wakeups)."""
-        if self._releasing or self._serving == state.RELEASE:
+        if self._releasing or self._serving == held_deletions.RELEASE:
             return now
         return self._next_poll if self.held else None
 
@@ -103,18 +103,18 @@ class DeletionGuard:
         """Each pipeline turn: go on with a release; every POLL_SECONDS, look for a request."""
         if self._releasing and not self._gauge.full:
             self._release_some()
-        elif self._serving == state.RELEASE and not self._releasing:
+        elif self._serving == held_deletions.RELEASE and not self._releasing:
             self._finish()  # (a turn after the last announcements, which that turn committed)
         if now < self._next_poll:
             return
         self._next_poll = now + POLL_SECONDS
-        self.held = state.held_count(self._conn)
-        request = state.deletion_request(self._conn)
+        self.held = held_deletions.held_count(self._conn)
+        request = held_deletions.deletion_request(self._conn)
         if not request or request == self._serving:
             return
         self._serving = request
-        if request == state.RELEASE:
-            self._releasing = state.held_paths(self._conn)
+        if request == held_deletions.RELEASE:
+            self._releasing = held_deletions.held_paths(self._conn)
             self._releasing.reverse()  # popped from the end: path order
             self._released = self._back = 0
             log.info("releasing held deletions (multiwatch deletions --release)",
@@ -137,13 +137,13 @@ class DeletionGuard:
             else:
                 back.append(relative)
         if back:
-            state.hold_deletions(self._conn, back, held=False)
+            held_deletions.hold_deletions(self._conn, back, held=False)
             self._back += len(back)
         if not self._releasing:
             log.info("held deletions released: %d announced, %d not (their files are back)",
                      self._released, self._back)
 
     def _finish(self) -> None:
-        state.finish_deletion_request(self._conn, self._serving)
+        held_deletions.finish_deletion_request(self._conn, self._serving)
         self._serving = 0
-        self.held = state.held_count(self._conn)
+        self.held = held_deletions.held_count(self._conn)

@@ -13,18 +13,17 @@ from typing import Any
 import pytest
 
 from multiwatch.config.deletions import ScanDeletionBound
-from multiwatch.watcher.pipeline import Pipeline
-from multiwatch.watcher.raw_event import EventKind, RawEvent
-from multiwatch.watcher.state import (
+from multiwatch.watcher.held_deletions import (
     RECHECK,
     RELEASE,
-    DurableOutbox,
-    connect,
     deletion_request,
     held_count,
     held_paths,
     request_deletions,
 )
+from multiwatch.watcher.pipeline import Pipeline
+from multiwatch.watcher.raw_event import EventKind, RawEvent
+from multiwatch.watcher.state import DurableOutbox, connect
 from tests.watcher.test_pipeline import drain, known_files, make_pipeline, run_until, settle_all
 
 FILES = {f"d{i // 10}/f{i}.txt": b"x%d" % i for i in range(40)}
