@@ -257,7 +257,9 @@ def _start_publishing(spec: ChildSpec, parent: ParentLink, stop: StopRequest,
     if warm is not None:
         publisher.feed = standby.StandbyFeed(
             instance_id=instance.id, exchange=spec.broker.exchange, db_path=warm.path,
-            expect=publisher.progress.expect, reply_seconds=spec.broker.connect_timeout_seconds)
+            expect=publisher.progress.expect, reply_seconds=spec.broker.connect_timeout_seconds,
+            window_seconds=standby.in_flight_window_seconds(spec.broker,
+                                                            instance.ha.lease_retry_seconds))
     publisher.role.on_change = stop.nudge
     with sigterm_for_main_thread_only():
         publisher.start()

@@ -14,11 +14,16 @@ Invariants:
 - Two live watchers never share a state database: a standby holds its database's watcher
   lock (run_lock.replica_slot) from its start to its exit, as an active replica does.
 - A standby's database holds only what the active replica announced: its outbox is emptied
-  when the standby starts (what a replica that has since lost the lease left unsent; the
-  active replica's reconcile has announced whatever of it is still on disk), and the feed
-  never writes to the outbox.  So at takeover the reconcile against the disk finds exactly
-  what the active one had not announced (its unsent events included) and hashes nothing
-  else.
+  when the standby starts (warm_slot says why that loses nothing), and while standing by
+  the feed never writes to the outbox.  So at takeover the reconcile against the disk
+  finds exactly what the active one had not announced (its unsent events included) and
+  hashes nothing else.
+- What the active replica published but may not have seen confirmed reached this
+  standby's queue and was applied, so the reconcile would never announce it again: the
+  feed keeps the raw events of the in-flight window (InFlightWindow) and, at takeover,
+  appends them to the outbox (same bytes, same message ids: consumers deduplicate) before
+  the pipeline announces anything.  Events the active replica had published are repeated
+  only from that window.
 - Applying is idempotent (a version is set, a path forgotten or renamed): a delivery is
   acknowledged only after its change is committed, and one applied twice changes nothing.
 
@@ -42,6 +47,7 @@ import logging
 import os
 import time
 import uuid
+from collections import OrderedDict
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from typing import Any, Protocol
@@ -49,9 +55,16 @@ from typing import Any, Protocol
 import amqp
 from kombu import Connection
 
+from multiwatch.config import BrokerConfig
 from multiwatch.status_view import Heartbeat
 from multiwatch.watcher.hashing import FileVersion, Hashed
-from multiwatch.watcher.message import FILE_DELETED, FILE_MOVED, ROUTING_KEYS
+from multiwatch.watcher.message import (
+    FILE_DELETED,
+    FILE_MOVED,
+    RESYNC_HEADER,
+    ROUTING_KEYS,
+    Event,
+)
 from multiwatch.watcher.spec import Report
 from multiwatch.watcher.state import StateStore, state_db_path
 
@@ -151,6 +164,12 @@ class WarmState:
     def tracked(self) -> int:
         return self._open().tracked_count()
 
+    def reannounce(self, events: Sequence[Event]) -> None:
+        """Append the in-flight window to the outbox, in one transaction (at takeover: the
+        outbox is empty, so they go out before anything the pipeline announces)."""
+        if events:
+            self._open().commit({}, events)
+
     def close(self) -> None:
         if self._store is not None:
             self._store.close()
@@ -160,6 +179,111 @@ class WarmState:
         if self._store is None:
             self._store = StateStore(self.path)
         return self._store
+
+
+# -------------------------------------------------------------------- the in-flight window
+
+# The in-flight window's bounds.  Its length in time (in_flight_window_seconds) follows
+# from the broker settings; its size is bounded in events and bytes, keeping the newest:
+# the active replica publishes a batch (publisher.BATCH_SIZE events, from the head of its
+# outbox) only once the previous batch's confirms are settled, so the events it may not
+# have seen confirmed are the last ones it published, never older ones.  Dropping the
+# oldest could only repeat fewer confirmed events; dropping the newest could lose files.
+WINDOW_MAX_EVENTS = 2048  # 8 batches: an event nacked behind a held one rides a few batches
+WINDOW_MAX_BYTES = 8 * 1024 * 1024
+WINDOW_KEEP_EVENTS = 256  # publisher.BATCH_SIZE: never let go for the byte bound
+# A peer that stops answering is dropped by the broker after 2 to 3 missed heartbeats.
+WINDOW_HEARTBEATS = 3
+WINDOW_SLACK_SECONDS = 5.0  # the standby's own stalls (a commit, a lease try)
+
+
+def in_flight_window_seconds(broker: BrokerConfig, lease_retry_seconds: float) -> float:
+    """How long after the active replica's last publish one of its events may still be
+    unconfirmed when the lease passes: it waits for a confirm up to confirm_timeout (then
+    resets the connection, which frees the lease), retries a held event at least every
+    reconnect_max; a connection gone silent (frozen, cut off) frees the lease once the
+    broker has missed WINDOW_HEARTBEATS heartbeats; the standby tries the lease every
+    lease_retry.  Without heartbeats a silent connection is dropped only by TCP: no bound
+    in time (the window is bounded by its size alone)."""
+    if broker.heartbeat_seconds <= 0:
+        return float("inf")
+    return (broker.confirm_timeout_seconds + broker.reconnect_max_seconds
+            + WINDOW_HEARTBEATS * broker.heartbeat_seconds + lease_retry_seconds
+            + WINDOW_SLACK_SECONDS)
+
+
+def event_of(message: amqp.Message, instance_id: str) -> Event | None:
+    """The outbox row an event delivered to the standby was published from (the publisher
+    sends nothing else: watcher/amqp_io.py publish_frames), or None if it is not one of
+    this instance's events."""
+    properties = message.properties
+    headers = properties.get("application_headers") or {}
+    event_type = headers.get("event_type")
+    message_id = properties.get("message_id")
+    routing_key = message.delivery_info.get("routing_key")
+    if (headers.get("instance_id") != instance_id or event_type not in ROUTING_KEYS
+            or not isinstance(message_id, str) or not message_id
+            or routing_key != ROUTING_KEYS[event_type]):
+        return None
+    body = message.body
+    return Event(instance_id=instance_id, event_type=str(event_type),
+                 routing_key=str(routing_key), message_id=message_id,
+                 correlation_id=str(properties.get("correlation_id") or ""),
+                 body=body.encode("utf-8") if isinstance(body, str) else bytes(body),
+                 resync=bool(headers.get(RESYNC_HEADER, False)))
+
+
+class InFlightWindow:
+    """The raw events the active replica published last (the publisher thread's feed).
+
+    A run of events ends when nothing came for `seconds`: a replica with an event not yet
+    confirmed publishes again within that time (a batch after a reset, a held event's
+    retry), so what came before such a quiet spell was confirmed.  At takeover the window
+    is the current run, unless it ended more than `seconds` ago (then it is empty).  An
+    event received again (a retry, a redelivery) keeps its first place: the active replica
+    always publishes from the head of its outbox, so first receipts are in outbox order."""
+
+    def __init__(self, seconds: float, *, max_events: int = WINDOW_MAX_EVENTS,
+                 max_bytes: int = WINDOW_MAX_BYTES, keep: int = WINDOW_KEEP_EVENTS) -> None:
+        self.seconds = seconds
+        self._max_events, self._max_bytes, self._keep = max_events, max_bytes, keep
+        self._events: OrderedDict[str, Event] = OrderedDict()
+        self._bytes = 0
+        self._last = -float("inf")
+        self.let_go = 0  # the run's oldest events let go for the bounds
+
+    def __len__(self) -> int:
+        return len(self._events)
+
+    def add(self, event: Event, now: float) -> None:
+        if now - self._last > self.seconds:
+            self._clear()
+        self._last = now
+        if event.message_id in self._events:
+            return
+        self._events[event.message_id] = event
+        self._bytes += len(event.body)
+        while len(self._events) > self._max_events or (
+                self._bytes > self._max_bytes and len(self._events) > self._keep):
+            _id, oldest = self._events.popitem(last=False)
+            self._bytes -= len(oldest.body)
+            if not self.let_go:
+                log.warning("the in-flight window is full; letting go of its oldest events "
+                            "(the active replica had their confirms before publishing the "
+                            "newer ones)", extra={"events": len(self._events),
+                                                  "bytes": self._bytes})
+            self.let_go += 1
+
+    def take(self, now: float) -> list[Event]:
+        """The window's events, oldest first, at takeover; the window is empty after."""
+        events = list(self._events.values()) if now - self._last <= self.seconds else []
+        self._clear()
+        return events
+
+    def _clear(self) -> None:
+        self._events.clear()
+        self._bytes = 0
+        self.let_go = 0
 
 
 # -------------------------------------------------------------------- the publisher thread
@@ -182,7 +306,8 @@ class StandbyFeed:
     between two tries of the lease), `finish` once the lease is taken."""
 
     def __init__(self, *, instance_id: str, exchange: str, db_path: str,
-                 expect: Callable[[float, str], None], reply_seconds: float) -> None:
+                 expect: Callable[[float, str], None], reply_seconds: float,
+                 window_seconds: float) -> None:
         self._instance_id = instance_id
         self._events_exchange = exchange
         self._exchange = f"{STANDBY_PREFIX}{instance_id}"
@@ -190,6 +315,7 @@ class StandbyFeed:
         self._reply_seconds = reply_seconds
         self.state = WarmState(db_path)
         self.stats = FeedStats()
+        self.window = InFlightWindow(window_seconds)
         self._connection: Connection | None = None  # the one the queue was declared on
         self._channel: amqp.Channel | None = None
         self._queue = ""
@@ -232,8 +358,9 @@ class StandbyFeed:
 
     def finish(self, connection: Connection) -> None:
         """The lease is held: apply what is still queued (the previous active replica's
-        last events), bounded by FINISH_SECONDS, then delete the queue and close the
-        database for the pipeline to open."""
+        last events), bounded by FINISH_SECONDS, delete the queue, append the in-flight
+        window to the outbox (last: if deleting fails, the window is kept for the next
+        takeover) and close the database for the pipeline to open."""
         if self._connection is connection and self._channel is not None:
             deadline = time.monotonic() + FINISH_SECONDS
             while time.monotonic() < deadline:
@@ -253,6 +380,14 @@ class StandbyFeed:
             self._channel.queue_delete(self._queue)
             log.info("standby caught up before taking over", extra={
                 "files_tracked": self.stats.tracked, "events_applied": self.stats.applied})
+        let_go = self.window.let_go
+        window = self.window.take(time.monotonic())
+        self._expect(30.0, "re-announcing the in-flight window")  # sqlite's busy timeout
+        self.state.reannounce(window)
+        log.info("re-announcing the previous active replica's in-flight window (events it "
+                 "may not have seen confirmed; same message ids)", extra={
+                     "events": len(window), "window_seconds": self.window.seconds,
+                     "let_go": let_go})
         self._forget_connection()
         self.state.close()
 
@@ -292,8 +427,11 @@ class StandbyFeed:
         self.stats.warm = False
 
     def _received(self, message: amqp.Message) -> None:
+        now = time.monotonic()
         if not self._pending:
-            self._first_pending_at = time.monotonic()
+            self._first_pending_at = now
+        if (event := event_of(message, self._instance_id)) is not None:
+            self.window.add(event, now)
         self._pending.append((int(message.delivery_info["delivery_tag"]),
                               change_of(message.body, self._instance_id)))
 
@@ -360,7 +498,15 @@ def replica_db_path(state_dir: str, instance_id: str, slot: int) -> str:
 
 def warm_slot(state_dir: str, instance_id: str, *, embedded: bool) -> WarmSlot | None:
     """The database this standby keeps warm: the first free slot (None with the embedded
-    spool, or when every slot is held: it then stands by cold, as a new replica would)."""
+    spool, or when every slot is held: it then stands by cold, as a new replica would).
+
+    Its outbox is dropped: events a replica that has since lost the lease recorded and did
+    not see confirmed.  Each of them either reached the new active replica's feed, which
+    applied it and re-announces it from its in-flight window (the replica that lost the
+    lease published it at most a window before the takeover), or did not, and then the new
+    active replica's state lacks it and its reconcile finds the file's state on disk.
+    Kept, they would go out at this replica's next takeover after the announcements made
+    since, stale and out of order (a file's discovery after its deletion)."""
     from multiwatch.supervisor.run_lock import replica_slot
 
     if embedded:
@@ -380,8 +526,9 @@ def warm_slot(state_dir: str, instance_id: str, *, embedded: bool) -> WarmSlot |
         store.close()
     if dropped:
         log.warning("the standby's state database held events a replica that has since lost "
-                    "the lease had not sent; dropped (the active replica's reconcile found "
-                    "what of them is still on disk)", extra={"events": dropped, "path": path})
+                    "the lease had not seen confirmed; dropped (the active replica announced "
+                    "them again from its in-flight window, or its reconcile found the files' "
+                    "state on disk)", extra={"events": dropped, "path": path})
     log.info("standing by with a state database of its own", extra={
         "slot": slot, "path": path, "files_tracked": tracked})
     return WarmSlot(slot, fd, path)
