@@ -29,6 +29,7 @@ from tests.support.process import Multiwatch, free_port, run_cli, write_roster
 from tests.support.rabbitmq import RabbitMQ
 
 SCAN_COMPLETE = "startup scan complete"
+REANNOUNCED = "re-announcing the previous active replica's in-flight window"
 
 
 @pytest.fixture
@@ -146,11 +147,22 @@ def test_a_warm_standby_takes_over_announcing_only_what_is_new_and_hashing_nothi
     first.cleanup()  # kill -9 of the active supervisor's process group
     after = _write(inbox, range(20, 30))
     second.wait_for_log(lambda line: line.get("message") == TAKEOVER, timeout=30)
+    window = second.wait_for_log(lambda line: line.get("message", "").startswith(
+        REANNOUNCED), timeout=30)
     scan = second.wait_for_log(lambda line: line.get("message") == SCAN_COMPLETE, timeout=60)
     since = collect(broker_url, QUEUE, timeout=60,
                     until=lambda got: set(_names(got)) >= after)
-    assert set(_names(since)) == after, "only the files written since the kill are announced"
-    assert {m.body["event_type"] for m in since} == {"file_discovered"}
+    published = {m.properties["message_id"] for m in received}
+    new = [m for m in since if m.properties["message_id"] not in published]
+    again = [m for m in since if m.properties["message_id"] in published]
+    assert set(_names(new)) == after, "only the files written since the kill are new"
+    assert {m.body["event_type"] for m in new} == {"file_discovered"}
+    # The active replica may not have seen the confirms of its last events: the new one
+    # publishes its in-flight window again (here the whole test's: seconds old), first,
+    # under the same message ids; a consumer deduplicating on message_id drops them.
+    assert len(again) == window["events"] == len(published)
+    assert [m.properties["message_id"] for m in since[:len(again)]] == \
+        [m.properties["message_id"] for m in again], "the window goes out before anything new"
     assert scan["files_hashed"] <= len(after), "none of the files it knew were hashed"
     assert scan["bytes_hashed"] <= sum((inbox / name).stat().st_size for name in after)
     assert all(len(ids) == 1 for ids in _names(received + since).values())
@@ -201,9 +213,8 @@ def test_events_the_killed_active_replica_had_not_sent_are_announced_by_the_new_
                             until=lambda got: set(_names(received + got)) >= before | unsent)
         announced = _names(received)
         assert set(announced) == before | unsent, "nothing lost"
-        assert all(len(ids) == 1 for ids in announced.values())
-        assert not [m for m in received[len(before):]
-                    if m.body["file_info"]["name"] in before], "nothing known announced again"
+        assert all(len(ids) == 1 for ids in announced.values()), \
+            "known files announced again only from the in-flight window, same message ids"
         assert second.terminate() == 0
     finally:
         for mw in started:
@@ -239,4 +250,52 @@ def test_a_replica_that_was_never_warm_announces_again_under_the_same_message_id
                     until=lambda got: set(_names(got)) >= before)
     assert set(_names(again)) == before, "every file announced again"
     assert _names(again) == _names(received), "under the same message ids"
+    assert second.terminate() == 0
+
+
+def test_events_the_standby_applied_but_the_active_never_saw_confirmed_are_announced_again(
+        tmp_path: Path, inbox: Path, broker_url: str, rabbitmq: RabbitMQ,
+        started: list[Multiwatch]) -> None:
+    """The active replica's last events reach the standby's queue, but not the consumers'
+    (a policy makes it refuse every message: the broker nacks them), and the active replica
+    is killed (-9) before any is confirmed.  The warm standby applied them, so its reconcile
+    finds nothing to announce: it publishes its in-flight window again, and the consumer
+    gets every file, under the message ids the dead replica used."""
+    declare_queue(broker_url, QUEUE)
+    vhost = vhost_of(broker_url)
+    ports = free_port(), free_port()
+    rosters = [_roster(tmp_path, name, inbox, state=tmp_path / name, port=port,
+                       broker_url=broker_url) for name, port in zip("ab", ports, strict=True)]
+    first = Multiwatch(["-c", str(rosters[0])])
+    started.append(first)
+    first.wait_watching("music")
+    second = Multiwatch(["-c", str(rosters[1])])
+    started.append(second)
+    wait_for(lambda: _role(ports[0]) == "active" and _ready_now(ports[1]) == 200, 15,
+             message="active, and a warm standby")
+    before = _write(inbox, range(0, 5))
+    received = collect(broker_url, QUEUE, timeout=30,
+                       until=lambda got: set(_names(got)) >= before)
+
+    rabbitmq.rabbitmqctl("set_policy", "-p", vhost, "--apply-to", "queues", "refuse",
+                         f"^{QUEUE}$", json.dumps({"max-length": 0,
+                                                   "overflow": "reject-publish"}))
+    try:
+        refused = _write(inbox, range(5, 10))
+        first.wait_for_log(lambda line: str(line.get("message", "")).startswith(
+            "event rejected by the broker"), timeout=30)
+        wait_for(lambda: _heartbeat(ports[1]).get("files_tracked") == len(before | refused),
+                 30, message="the standby applied the events the consumers' queue refused")
+        first.cleanup()  # kill -9: none of them confirmed
+    finally:
+        rabbitmq.rabbitmqctl("clear_policy", "-p", vhost, "refuse")
+    second.wait_for_log(lambda line: line.get("message") == TAKEOVER, timeout=30)
+    window = second.wait_for_log(lambda line: line.get("message", "").startswith(
+        REANNOUNCED), timeout=30)
+    assert window["events"] == len(before | refused)
+    received += collect(broker_url, QUEUE, timeout=60,
+                        until=lambda got: set(_names(received + got)) >= before | refused)
+    announced = _names(received)
+    assert set(announced) == before | refused, "nothing lost"
+    assert all(len(ids) == 1 for ids in announced.values()), "one message id per file"
     assert second.terminate() == 0
