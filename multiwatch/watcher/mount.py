@@ -15,6 +15,7 @@ import json
 import logging
 import os
 import re
+import select
 import time
 from collections.abc import Callable, Iterable
 from dataclasses import asdict, dataclass
@@ -26,7 +27,9 @@ MOUNTINFO = "/proc/self/mountinfo"
 UNMOUNTED = "directory unmounted"
 # The state database's meta entry holding the last mount seen (a Mount as JSON).
 META_KEY = "mount"
-SUBMOUNT_CHECK_SECONDS = 1.0  # mountinfo is read at most this often for sub-mounts
+# Without change notifications (below), mountinfo is read at most this often by the loop.
+SUBMOUNT_CHECK_SECONDS = 1.0
+_CHANGED = select.POLLPRI | select.POLLERR
 
 _OCTAL_ESCAPE = re.compile(r"\\([0-7]{3})")
 
@@ -98,6 +101,55 @@ def read_mounts() -> list[MountEntry]:
         return []  # no /proc (not Linux): only devices are compared
 
 
+class MountTable:
+    """The mount table as the loop's checks see it: read again only when it changed.
+
+    poll() on an open /proc/self/mountinfo reports POLLPRI|POLLERR once after each change
+    of the process's mount table (proc(5)); the poll itself clears it.  The descriptor is
+    registered before the table is read, so a change during the read is reported at the
+    next call.  It is opened at the first call, in the process that uses it (a descriptor
+    inherited over fork would share that flag with the other processes).  Where mountinfo
+    cannot be opened or polled, the table is read again when SUBMOUNT_CHECK_SECONDS have
+    passed.  `generation` grows by one at each read: a check whose inputs did not change
+    since it last ran can skip itself."""
+
+    def __init__(self) -> None:
+        self._poll: select.poll | None = None
+        self._file: object = None  # kept open: the poll watches its descriptor
+        self._opened = False
+        self._read_at = -SUBMOUNT_CHECK_SECONDS
+        self._mounts: list[MountEntry] = []
+        self.generation = 0
+
+    def current(self, *, force: bool = False) -> tuple[int, list[MountEntry]]:
+        """(generation, the mounts), read again if the table changed (or `force`)."""
+        now = time.monotonic()
+        if not self._opened:
+            self._opened, force = True, True
+            self._watch()
+        if self._poll is not None:
+            try:
+                changed = bool(self._poll.poll(0))
+            except OSError:
+                changed, self._poll = True, None
+        else:
+            changed = now >= self._read_at + SUBMOUNT_CHECK_SECONDS
+        if changed or force:
+            self._read_at = now
+            self._mounts = read_mounts()
+            self.generation += 1
+        return self.generation, self._mounts
+
+    def _watch(self) -> None:
+        try:
+            file = open(MOUNTINFO, "rb", buffering=0)  # noqa: SIM115 - kept open for poll
+        except OSError:
+            return
+        poll = select.poll()
+        poll.register(file.fileno(), _CHANGED)
+        self._file, self._poll = file, poll
+
+
 def _below(path: str, mount_point: str) -> bool:
     """True if `path` is `mount_point` or inside it."""
     return (mount_point == "/" or path == mount_point
@@ -165,8 +217,10 @@ class MountGuard:
         self._wanted = wanted
         self.submounts: dict[str, int] = {}  # relative directory -> device when last seen
         self.submounts_gone: set[str] = set()
-        self._submounts_checked_at = -SUBMOUNT_CHECK_SECONDS
-        self._root_checked_at = -SUBMOUNT_CHECK_SECONDS
+        self._table = MountTable()
+        # The table's generation each check last ran against (-1: run at the next call).
+        self._submounts_checked = -1
+        self._root_checked = -1
 
     @property
     def any_unmounted(self) -> bool:
@@ -199,15 +253,16 @@ class MountGuard:
 
     def mount_gone(self) -> bool:
         """The expected mount is no longer listed in mountinfo: what `lost` cannot see
-        when a bind mount of the root's own filesystem goes (the device stays).  Read at
-        most every SUBMOUNT_CHECK_SECONDS (the loop calls it every turn)."""
-        now = time.monotonic()
+        when a bind mount of the root's own filesystem goes (the device stays).  The loop
+        calls it every turn; it looks only when the mount table changed (MountTable)."""
         expected = self.expected
-        if expected is None or expected.mount_point == "/" or (
-                now < self._root_checked_at + SUBMOUNT_CHECK_SECONDS):
+        if expected is None or expected.mount_point == "/":
             return False
-        self._root_checked_at = now
-        return not is_mounted(expected.mount_point)
+        generation, mounts = self._table.current()
+        if generation == self._root_checked:
+            return False
+        self._root_checked = generation
+        return not any(entry.mount_point == expected.mount_point for entry in mounts)
 
     def why_waiting(self, *, tracked_files: int = 0) -> str | None:
         """Why the root cannot be watched now (None when it can), compared with `expected`.
@@ -242,22 +297,25 @@ class MountGuard:
             self.expected = current
         self.unmounted = False
         self.submounts, self.submounts_gone = {}, set()
+        self._root_checked = -1  # (checked against the new expectation at the next turn)
         self.check_submounts(force=True)
         return current
 
     def check_submounts(self, *, force: bool = False) -> tuple[list[str], list[str]]:
         """(directories whose sub-mount went away, directories mounted since the last
         check or back), relative to the root; both empty unless `follow_submounts`, and
-        when the last check is under SUBMOUNT_CHECK_SECONDS old (unless `force`)."""
-        now_at = time.monotonic()
-        if not self.follow_submounts or (
-                not force and now_at < self._submounts_checked_at + SUBMOUNT_CHECK_SECONDS):
+        when the mount table has not changed since the last check (unless `force`): a
+        sub-mount's device cannot change without a change of the table."""
+        if not self.follow_submounts:
             return [], []
-        self._submounts_checked_at = now_at
+        generation, mounts = self._table.current(force=force)
+        if generation == self._submounts_checked and not force:
+            return [], []
+        self._submounts_checked = generation
         real = os.path.realpath(self.root)
         prefix = real.rstrip("/") + "/"
         now: dict[str, int] = {}
-        for entry in read_mounts():
+        for entry in mounts:
             if entry.mount_point.startswith(prefix):
                 relative = entry.mount_point[len(prefix):]
                 if not self._wanted(relative):

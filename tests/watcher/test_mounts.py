@@ -27,6 +27,7 @@ from multiwatch.watcher.mount import (
     Mount,
     MountEntry,
     MountGuard,
+    MountTable,
     containing_mount,
     parse_mountinfo,
 )
@@ -336,6 +337,23 @@ def test_check_accepts_a_bare_mount_point_that_mount_required_waits_for(tmp_path
             assert result.returncode == code, result.stderr
     finally:
         (tmp_path / "share").chmod(0o755)
+
+
+@needs_root
+def test_the_mount_table_is_read_again_only_after_the_kernel_says_it_changed(
+        tmp_path: Path, mounts: Mounts) -> None:
+    """An idle loop does not read mountinfo: the generation moves only with a mount or an
+    unmount (poll's POLLPRI on the open mountinfo)."""
+    table = MountTable()
+    first, _ = table.current()
+    assert table.current()[0] == first
+    share = mounts.tmpfs(tmp_path / "share")
+    generation, entries = table.current()
+    assert generation > first and str(share) in {e.mount_point for e in entries}
+    assert table.current()[0] == generation
+    mounts.umount(share)
+    generation, entries = table.current()
+    assert str(share) not in {e.mount_point for e in entries}
 
 
 @needs_root
