@@ -10,6 +10,7 @@ import os
 import sqlite3
 import urllib.parse
 from collections.abc import Iterator
+from functools import partial
 from pathlib import Path
 from typing import Any
 
@@ -25,7 +26,7 @@ from tests.support.consumer import (
     wait_for,
 )
 from tests.support.frozen import FreezableProxy, url_via
-from tests.support.process import Multiwatch, free_port, run_cli, write_roster
+from tests.support.process import LogLine, Multiwatch, free_port, run_cli, write_roster
 from tests.support.rabbitmq import RabbitMQ
 
 SCAN_COMPLETE = "startup scan complete"
@@ -202,8 +203,7 @@ def test_events_the_killed_active_replica_had_not_sent_are_announced_by_the_new_
         proxy.freeze()
         unsent = _write(inbox, range(10, 15))
         for name in unsent:
-            first.wait_for_log(lambda line, name=name: line.get("message") == "file discovered"
-                               and str(line.get("path", "")).endswith(name), timeout=30)
+            first.wait_for_log(partial(_discovered, name), timeout=30)
         first.cleanup()  # kill -9, its events still in the outbox of state.db
         db = state / "instances" / "music" / "state.db"
         with sqlite3.connect(f"file:{db}?mode=ro", uri=True) as conn:
@@ -299,3 +299,8 @@ def test_events_the_standby_applied_but_the_active_never_saw_confirmed_are_annou
     assert set(announced) == before | refused, "nothing lost"
     assert all(len(ids) == 1 for ids in announced.values()), "one message id per file"
     assert second.terminate() == 0
+
+
+def _discovered(name: str, line: LogLine) -> bool:
+    """A log line announcing a file whose path ends with `name`."""
+    return line.get("message") == "file discovered" and str(line.get("path", "")).endswith(name)
