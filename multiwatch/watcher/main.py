@@ -47,6 +47,8 @@ from multiwatch.watcher.publisher import CLOSE_WAIT_SECONDS, Publisher
 from multiwatch.watcher.read_limit import install_read_limit
 from multiwatch.watcher.snapshot import activity_summary, heartbeat_snapshot
 from multiwatch.watcher.spec import EXIT_DIRECTORY_GONE, ChildSpec, Report
+from multiwatch.watcher.standby_feed import StandbyFeed
+from multiwatch.watcher.standby_learning import in_flight_window_seconds
 from multiwatch.watcher.state import StateError, StateStore, state_db_path
 from multiwatch.watcher.stats import ProblemCounter
 from multiwatch.watcher.watching import follow_mount, observe, observer_alive, start_watching
@@ -255,11 +257,10 @@ def _start_publishing(spec: ChildSpec, parent: ParentLink, stop: StopRequest,
                           lease_retry_seconds=instance.ha.lease_retry_seconds)
     warm = standby.warm_slot(spec.state_dir, instance.id, embedded=spec.broker.embedded)
     if warm is not None:
-        publisher.feed = standby.StandbyFeed(
+        publisher.feed = StandbyFeed(
             instance_id=instance.id, exchange=spec.broker.exchange, db_path=warm.path,
             expect=publisher.progress.expect, reply_seconds=spec.broker.connect_timeout_seconds,
-            window_seconds=standby.in_flight_window_seconds(spec.broker,
-                                                            instance.ha.lease_retry_seconds))
+            window_seconds=in_flight_window_seconds(spec.broker, instance.ha.lease_retry_seconds))
     publisher.role.on_change = stop.nudge
     with sigterm_for_main_thread_only():
         publisher.start()

@@ -63,7 +63,7 @@ from multiwatch.watcher.publisher_failures import (
     failure_reason,
 )
 from multiwatch.watcher.publisher_health import Progress, PublisherStats
-from multiwatch.watcher.standby import StandbyFeed
+from multiwatch.watcher.standby_feed import StandbyFeed
 from multiwatch.watcher.state import BUSY_TIMEOUT_SECONDS, DurableOutbox
 from multiwatch.watcher.stats import LatencyHistogram
 

@@ -22,20 +22,18 @@ from multiwatch.watcher.message import (
     Event,
     build_event,
 )
-from multiwatch.watcher.standby import (
+from multiwatch.watcher.standby import replica_db_path, takeover_db, warm_slot
+from multiwatch.watcher.standby_feed import StandbyFeed
+from multiwatch.watcher.standby_learning import (
     WINDOW_KEEP_EVENTS,
     WINDOW_MAX_EVENTS,
     WINDOW_SLACK_SECONDS,
     Change,
     InFlightWindow,
-    StandbyFeed,
     WarmState,
     change_of,
     event_of,
     in_flight_window_seconds,
-    replica_db_path,
-    takeover_db,
-    warm_slot,
 )
 from multiwatch.watcher.state import DurableOutbox, StateStore, iter_files, state_db_path
 
