@@ -7,6 +7,7 @@ falls back to plain per-frame writes when py-amqp's transport does not look as e
 from __future__ import annotations
 
 import contextlib
+import select
 from collections.abc import Iterator, Sequence
 
 import amqp
@@ -80,11 +81,36 @@ def heartbeat_service_interval(connection: Connection) -> float:
 
 
 def read_pending_frames(connection: Connection) -> None:
-    """Handle what the broker sent (acks, Connection.Blocked, a close) without blocking."""
+    """Handle what the broker sent (acks, Connection.Blocked, a close) without blocking.
+
+    Nothing to read (the usual case while idle) is found with one poll() instead of
+    py-amqp's read attempt (two settimeout calls and a timed-out recv, raised through
+    its frame reader)."""
+    if not _input_waiting(connection):
+        return
     try:
         connection.drain_events(timeout=0)
     except TimeoutError:
         pass
+
+
+def _input_waiting(connection: Connection) -> bool:
+    """True unless it is certain a read would find nothing: nothing buffered by py-amqp
+    or TLS, and the socket neither readable nor at EOF or in error.  A transport that
+    does not look as expected (py-amqp internals) counts as having input."""
+    transport = getattr(connection.connection, "transport", None)
+    sock = getattr(transport, "sock", None)
+    if sock is None or getattr(transport, "_read_buffer", None) != b"":
+        return True
+    pending = getattr(sock, "pending", None)  # ssl.SSLSocket: decrypted bytes held back
+    if pending is not None and pending():
+        return True
+    poll = select.poll()
+    try:
+        poll.register(sock.fileno(), select.POLLIN)
+    except (OSError, ValueError):
+        return True  # (a closed socket: the read reports it)
+    return bool(poll.poll(0))
 
 
 def service_heartbeat(connection: Connection) -> None:
