@@ -45,14 +45,6 @@ DEMOTED = "another replica holds the lease now"
 LEASE = "multiwatch.lease.music"
 
 
-@pytest.fixture
-def started() -> Iterator[list[Multiwatch]]:
-    """Every supervisor a test starts, killed (its process group only) at teardown."""
-    running: list[Multiwatch] = []
-    yield running
-    for mw in running:
-        mw.cleanup()
-
 
 @pytest.fixture(scope="module")
 def cluster() -> Iterator[RabbitMQCluster]:

@@ -9,11 +9,8 @@ import signal
 import urllib.error
 import urllib.parse
 import urllib.request
-from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
-
-import pytest
 
 from tests.support.consumer import Received, _json_array, collect, declare_queue, vhost_of, wait_for
 from tests.support.frozen import FreezableProxy, url_via
@@ -23,14 +20,6 @@ from tests.support.rabbitmq import RabbitMQ
 QUEUE = "file_events"
 TAKEOVER = "took over as the active replica of this instance"
 
-
-@pytest.fixture
-def started() -> Iterator[list[Multiwatch]]:
-    """Every supervisor a test starts, killed (its process group only) at teardown."""
-    running: list[Multiwatch] = []
-    yield running
-    for mw in running:
-        mw.cleanup()
 
 
 def _roster(tmp_path: Path, name: str, inbox: Path, *, state: Path, port: int,

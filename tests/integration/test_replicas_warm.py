@@ -9,12 +9,9 @@ import json
 import os
 import sqlite3
 import urllib.parse
-from collections.abc import Iterator
 from functools import partial
 from pathlib import Path
 from typing import Any
-
-import pytest
 
 from tests.integration.test_replicas import QUEUE, TAKEOVER, _ready, _role, _status
 from tests.support.consumer import (
@@ -32,14 +29,6 @@ from tests.support.rabbitmq import RabbitMQ
 SCAN_COMPLETE = "startup scan complete"
 REANNOUNCED = "re-announcing the previous active replica's in-flight window"
 
-
-@pytest.fixture
-def started() -> Iterator[list[Multiwatch]]:
-    """Every supervisor a test starts, killed (its process group only) at teardown."""
-    running: list[Multiwatch] = []
-    yield running
-    for mw in running:
-        mw.cleanup()
 
 
 def _roster(tmp_path: Path, name: str, inbox: Path, *, state: Path, port: int,

@@ -7,7 +7,6 @@ import signal
 import subprocess
 import sys
 import textwrap
-from collections.abc import Iterator
 from pathlib import Path
 
 import psutil
@@ -26,14 +25,6 @@ def _roster(tmp_path: Path, *ids: str, name: str = "roster.yaml") -> Path:
         "instances": [{"id": ident, "directory": str(tmp_path / ident)} for ident in ids],
     })
 
-
-@pytest.fixture
-def started() -> Iterator[list[Multiwatch]]:
-    """Every supervisor a test starts, killed (its process group) at teardown."""
-    running: list[Multiwatch] = []
-    yield running
-    for mw in running:
-        mw.cleanup()
 
 
 def _run(started: list[Multiwatch], *args: str) -> Multiwatch:
