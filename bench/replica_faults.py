@@ -267,11 +267,12 @@ def _takeover(outcome: Outcome, a: Watcher, b: Watcher, marks: tuple[int, int],
     if line.get("message") == HELD_AGAIN:
         return
     since = marks[1] if watcher is b else marks[0]
-    for window in watcher.lines[since:index + 1]:  # (logged as the lease is taken)
-        if str(window.get("message", "")).startswith(REANNOUNCED):
-            outcome.window = int(window.get("events", 0))
     with contextlib.suppress(RuntimeError):
         watcher.wait_log(lambda ln: ln.get("message") == "startup scan complete", 120)
+    for window in watcher.lines[since:]:  # (logged as the lease is taken, before the scan)
+        if str(window.get("message", "")).startswith(REANNOUNCED):
+            outcome.window = int(window.get("events", 0))
+            break
     for scan in watcher.lines[index:]:
         if scan.get("message") == "startup scan complete":
             outcome.hashed = int(scan.get("bytes_hashed", 0))
