@@ -30,6 +30,7 @@ other role is closed and replaced at once (`_Relabel`).
 from __future__ import annotations
 
 import contextlib
+import dataclasses
 import logging
 import random
 import sqlite3
@@ -77,6 +78,15 @@ SETUP_READS = 4
 CLOSE_WAIT_SECONDS = 2.0
 # While waiting for confirms, look at a stop request at least this often.
 STOP_POLL_SECONDS = 0.25
+
+
+def replica_heartbeat_seconds(configured: int) -> int:
+    """The AMQP heartbeat a replica asks for: half of `heartbeat_seconds` (at least 1; 0
+    stays off).  The broker drops a silent peer two to three of its heartbeats after the
+    last frame, so a frozen or cut-off active replica loses its lease within 1 to 1.5 x
+    heartbeat_seconds, and a standby takes over within 2 x heartbeat_seconds +
+    lease_retry_seconds (README, Replicas)."""
+    return max(1, configured // 2) if configured > 0 else 0
 
 
 class _Relabel(Exception):
@@ -188,7 +198,11 @@ class Publisher(threading.Thread):
     def _run(self) -> None:
         retry_delay = FIRST_RETRY_SECONDS
         replicated = self._lease is not None and not self._broker.embedded
-        link = BrokerLink(self._broker, self._state_dir, connection_name=self._connection_name,
+        broker = self._broker
+        if replicated:
+            broker = dataclasses.replace(
+                broker, heartbeat_seconds=replica_heartbeat_seconds(broker.heartbeat_seconds))
+        link = BrokerLink(broker, self._state_dir, connection_name=self._connection_name,
                           on_blocked=self._blocked.on_blocked,
                           on_unblocked=self._blocked.on_unblocked,
                           stopping=lambda: self._stop_deadline is not None,

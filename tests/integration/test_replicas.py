@@ -12,14 +12,21 @@ import urllib.request
 from pathlib import Path
 from typing import Any
 
-from tests.support.consumer import Received, _json_array, collect, declare_queue, vhost_of, wait_for
+from tests.support.consumer import (
+    Received,
+    _json_array,
+    _table,
+    collect,
+    declare_queue,
+    vhost_of,
+    wait_for,
+)
 from tests.support.frozen import FreezableProxy, url_via
 from tests.support.process import Multiwatch, free_port, run_cli, write_roster
 from tests.support.rabbitmq import RabbitMQ
 
 QUEUE = "file_events"
 TAKEOVER = "took over as the active replica of this instance"
-
 
 
 def _roster(tmp_path: Path, name: str, inbox: Path, *, state: Path, port: int,
@@ -97,6 +104,16 @@ def _connection_roles(rabbitmq: RabbitMQ, vhost: str) -> list[str]:
     return sorted(roles)
 
 
+def _connection_heartbeats(rabbitmq: RabbitMQ, vhost: str) -> list[int]:
+    """The heartbeat each file_watcher_music connection negotiated (rabbitmqctl `timeout`)."""
+    out = rabbitmq.rabbitmqctl("list_connections", "vhost", "client_properties", "timeout",
+                               "--formatter", "json")
+    return sorted(int(row["timeout"]) for row in _json_array(out)
+                  if row.get("vhost") == vhost
+                  and _table(row.get("client_properties")).get("connection_name")
+                  == "file_watcher_music")
+
+
 def _lease_queues(rabbitmq: RabbitMQ, vhost: str) -> list[str]:
     out = rabbitmq.rabbitmqctl("list_queues", "-p", vhost, "name", "--formatter", "json")
     return [str(row.get("name")) for row in _json_array(out)
@@ -128,6 +145,8 @@ def test_one_replica_announces_and_the_standby_takes_over_after_kill_9(
     assert _status(ports[1])["supervisor"]["role"] == "standby"
     wait_for(lambda: _connection_roles(rabbitmq, vhost) == ["active", "standby"], 15,
              message="each connection names its role in its client properties")
+    # Half of heartbeat_seconds (2): a frozen active replica is dropped within 1-1.5 x 2 s.
+    assert _connection_heartbeats(rabbitmq, vhost) == [1, 1]
 
     before = _write(inbox, range(0, 20))
     received = collect(broker_url, QUEUE, timeout=30,

@@ -11,6 +11,7 @@ import pytest
 from kombu import Connection
 
 from multiwatch.watcher.lease import BrokerLease, FileLease, Role, RoleState
+from multiwatch.watcher.publisher import replica_heartbeat_seconds
 from tests.support.consumer import wait_for
 from tests.support.rabbitmq import RabbitMQ
 
@@ -138,3 +139,8 @@ def test_a_standby_asks_without_an_error_in_the_broker_log_while_the_lease_is_he
         holder.release()
         wait_for(lambda: lease.take(standby), 10, message="free once its holder left")
         lease.let_go(standby)
+
+
+def test_a_replica_asks_for_half_the_configured_heartbeat() -> None:
+    """Half of heartbeat_seconds, at least 1 s; 0 (heartbeats off) stays 0."""
+    assert [replica_heartbeat_seconds(s) for s in (60, 4, 3, 2, 1, 0)] == [30, 2, 1, 1, 1, 0]
