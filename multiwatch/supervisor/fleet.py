@@ -19,10 +19,9 @@ import threading
 import time
 from collections import deque
 from collections.abc import Callable
-from multiprocessing.connection import wait
 from typing import TYPE_CHECKING, Any
 
-from multiwatch.config import ConfigError, Roster
+from multiwatch.config import ConfigError, InstanceConfig, Roster
 from multiwatch.status_view import FleetView, child_role, fleet_role
 from multiwatch.supervisor.endpoint import OperatorEndpoint
 from multiwatch.supervisor.lifecycle import (
@@ -30,6 +29,7 @@ from multiwatch.supervisor.lifecycle import (
     State,
     WatcherFactory,
     broker_description,
+    stop_children,
     template_factory,
 )
 from multiwatch.supervisor.report_wait import ReportWait
@@ -51,7 +51,6 @@ LOOP_WAIT_SECONDS = 1.0
 EXITING_WAIT_SECONDS = 0.05  # a child's pipe closed: it is exiting; reap it promptly
 HOUSEKEEPING_SECONDS = 1.0
 SAMPLE_EVERY_SECONDS = 5.0  # psutil sampling for the fleet view (cpu_percent spans this)
-KILLED_REAP_SECONDS = 5.0  # how long a SIGKILLed child may take to be reaped at shutdown
 OPEN_FILES_EVERY_SECONDS = 30.0  # the costly part of a sample; also at every resource report
 TURN_ERROR_PAUSE_SECONDS = 0.2  # after an unexpected error in a turn: do not spin on it
 LOG_ERROR_EVERY_SECONDS = 60.0  # the same failure is logged at most this often
@@ -281,14 +280,14 @@ class Supervisor:
         self.roster = roster
         now = self._clock()
         for instance in roster.instances:
-            spec = self._spec_for(instance.id)
+            spec = child_spec(roster, instance)
             current = self._children.get(instance.id)
             unchanged = current is not None and old_specs.get(instance.id) == spec
             if unchanged and current is not None and current.state is not State.FATAL:
                 continue
             if current is not None:
                 log.info("instance changed; restarting it", extra={"instance_id": instance.id})
-                self._stop_children([current])
+                stop_children([current], roster.supervisor.stop_timeout_seconds, self._clock)
             else:
                 try:
                     # (taken already for the first roster)
@@ -303,25 +302,10 @@ class Supervisor:
         for child in list(self._children.values()):
             if child.instance_id not in self._wanted_ids():
                 log.info("instance removed; stopping it", extra={"instance_id": child.instance_id})
-                self._stop_children([child])
+                stop_children([child], roster.supervisor.stop_timeout_seconds, self._clock)
                 del self._children[child.instance_id]
                 self._locks.release(child.instance_id)
         self._supervisor_file.update(self._record())
-
-    def _spec_for(self, instance_id: str) -> ChildSpec:
-        instance = next(i for i in self.roster.instances if i.id == instance_id)
-        return ChildSpec(
-            instance=instance,
-            broker=self.roster.broker,
-            state_dir=self.roster.state_dir,
-            log_level=self.roster.log_level,
-            log_format=self.roster.log_format,
-            roster=self.roster.source,
-            stop_timeout_seconds=self.roster.supervisor.stop_timeout_seconds,
-            parent_pid=os.getpid(),
-            max_parallel_hashes=self.roster.supervisor.max_parallel_hashes,
-            hang_timeout_seconds=self.roster.supervisor.hang_timeout_seconds,
-        )
 
     def _wanted_ids(self) -> set[str]:
         return {instance.id for instance in self.roster.instances}
@@ -329,31 +313,8 @@ class Supervisor:
     # -- shutdown with a deadline --------------------------------------------------------------
 
     def _shutdown(self) -> None:
-        self._stop_children(list(self._children.values()))
-
-    def _stop_children(self, children: list[Child]) -> None:
-        """SIGTERM, wait up to stop_timeout, SIGKILL whoever is left, reap everyone."""
-        for child in children:
-            child.terminate()
-        deadline = self._clock() + self.roster.supervisor.stop_timeout_seconds
-        while self._clock() < deadline and any(c.process is not None for c in children):
-            sentinels = [c.process.sentinel for c in children if c.process is not None]
-            wait(sentinels, timeout=max(0.0, deadline - self._clock()))
-            for child in children:
-                child.receive(self._clock())
-                child.reap(self._clock())
-        for child in children:
-            if child.process is not None:
-                log.warning("child did not stop in time; killing it",
-                            extra={"instance_id": child.instance_id, "pid": child.pid})
-                child.kill()
-                # Bounded: a process stuck in the kernel (a hung NFS read, state D) outlives
-                # SIGKILL until the kernel lets go; the supervisor must still exit.
-                child.process.join(KILLED_REAP_SECONDS)
-                if not child.reap(self._clock()):
-                    log.error("child survived SIGKILL (stuck in the kernel?); leaving it",
-                              extra={"instance_id": child.instance_id, "pid": child.pid})
-
+        stop_children(list(self._children.values()),
+                      self.roster.supervisor.stop_timeout_seconds, self._clock)
 
     # -- resources -------------------------------------------------------------------------------
 
@@ -373,6 +334,22 @@ class Supervisor:
             if limit and rss > limit and child.state is State.RUNNING:
                 child.restart(f"memory limit exceeded: RSS {rss} bytes > memory_limit "
                               f"{limit} bytes", now)
+
+
+def child_spec(roster: Roster, instance: InstanceConfig) -> ChildSpec:
+    """What a watcher of `instance` is started with, under `roster`."""
+    return ChildSpec(
+        instance=instance,
+        broker=roster.broker,
+        state_dir=roster.state_dir,
+        log_level=roster.log_level,
+        log_format=roster.log_format,
+        roster=roster.source,
+        stop_timeout_seconds=roster.supervisor.stop_timeout_seconds,
+        parent_pid=os.getpid(),
+        max_parallel_hashes=roster.supervisor.max_parallel_hashes,
+        hang_timeout_seconds=roster.supervisor.hang_timeout_seconds,
+    )
 
 
 def _exiting(child: Child) -> bool:

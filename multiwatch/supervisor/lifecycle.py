@@ -27,7 +27,7 @@ import random
 import signal
 from collections.abc import Callable
 from functools import partial
-from multiprocessing.connection import Connection
+from multiprocessing.connection import Connection, wait
 from multiprocessing.context import (
     ForkServerContext,
     ForkServerProcess,
@@ -43,6 +43,8 @@ from multiwatch.supervisor.template import template_context
 from multiwatch.watcher.spec import EXIT_DIRECTORY_GONE, ChildSpec, Report, run_child
 
 log = logging.getLogger(__name__)
+
+KILLED_REAP_SECONDS = 5.0  # how long a SIGKILLed child may take to be reaped at shutdown
 
 START_RETRIES = 5  # exits in a row without ever becoming ready → FATAL (until SIGHUP)
 
@@ -318,6 +320,31 @@ class Child:
                 process.kill()
             else:
                 process.terminate()
+
+
+def stop_children(children: list[Child], stop_timeout: float,
+                  clock: Callable[[], float]) -> None:
+    """SIGTERM, wait up to stop_timeout, SIGKILL whoever is left, reap everyone."""
+    for child in children:
+        child.terminate()
+    deadline = clock() + stop_timeout
+    while clock() < deadline and any(c.process is not None for c in children):
+        sentinels = [c.process.sentinel for c in children if c.process is not None]
+        wait(sentinels, timeout=max(0.0, deadline - clock()))
+        for child in children:
+            child.receive(clock())
+            child.reap(clock())
+    for child in children:
+        if child.process is not None:
+            log.warning("child did not stop in time; killing it",
+                        extra={"instance_id": child.instance_id, "pid": child.pid})
+            child.kill()
+            # Bounded: a process stuck in the kernel (a hung NFS read, state D) outlives
+            # SIGKILL until the kernel lets go; the supervisor must still exit.
+            child.process.join(KILLED_REAP_SECONDS)
+            if not child.reap(clock()):
+                log.error("child survived SIGKILL (stuck in the kernel?); leaving it",
+                          extra={"instance_id": child.instance_id, "pid": child.pid})
 
 
 def broker_description(broker: BrokerConfig) -> str:
