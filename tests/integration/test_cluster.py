@@ -7,11 +7,9 @@ queue and all; the session's single broker is not used.
 from __future__ import annotations
 
 import time
-from collections.abc import Iterator
 from pathlib import Path
 from urllib.parse import urlsplit
 
-import pytest
 from kombu import Connection, Consumer, Queue
 from kombu.message import Message
 
@@ -23,18 +21,6 @@ from tests.support.rabbitmq import RabbitMQ
 
 QUEUE = "file_events"
 CONNECTION = "file_watcher_clustered"
-
-
-@pytest.fixture(scope="module")
-def cluster() -> Iterator[RabbitMQCluster]:
-    """Three clustered nodes on this machine, stopped (every pid checked gone) afterwards."""
-    started = RabbitMQCluster.start()
-    print(f"CLUSTER: 3 nodes ready in {started.startup_seconds:.1f}s", flush=True)
-    try:
-        yield started
-    finally:
-        started.stop()
-        assert not started.leftovers()
 
 
 def connection_node(cluster: RabbitMQCluster, asked: RabbitMQ, name: str) -> RabbitMQ | None:

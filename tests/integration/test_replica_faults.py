@@ -13,16 +13,14 @@ import contextlib
 import os
 import signal
 import time
-from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 from urllib.parse import urlsplit
 
-import pytest
 from kombu import Connection, Consumer, Exchange, Queue
 from kombu.message import Message
 
-from tests.integration.test_replicas import TAKEOVER, _announced, _role, _write
+from tests.integration.test_replicas import TAKEOVER, _announced, _role, _write, start_pair
 from tests.support.cluster import RabbitMQCluster
 from tests.support.consumer import (
     BINDING_KEY,
@@ -43,19 +41,6 @@ CONNECTION = "file_watcher_music"
 STANDING_BY = "another replica is active; standing by"
 DEMOTED = "another replica holds the lease now"
 LEASE = "multiwatch.lease.music"
-
-
-
-@pytest.fixture(scope="module")
-def cluster() -> Iterator[RabbitMQCluster]:
-    """Three clustered nodes on this machine, stopped (every pid checked gone) afterwards."""
-    started = RabbitMQCluster.start()
-    print(f"CLUSTER: 3 nodes ready in {started.startup_seconds:.1f}s", flush=True)
-    try:
-        yield started
-    finally:
-        started.stop()
-        assert not started.leftovers()
 
 
 def _roster(tmp_path: Path, name: str, inbox: Path, *, port: int, url: str | list[str],
@@ -200,15 +185,9 @@ def test_a_frozen_active_replica_with_its_own_state_dir_is_replaced_and_later_st
     announces what was written meanwhile; continued, the old one stands by."""
     declare_queue(broker_url, QUEUE)
     ports = free_port(), free_port()
-    first = Multiwatch(["-c", str(_roster(tmp_path, "a", inbox, port=ports[0],
-                                          url=broker_url))])
-    started.append(first)
-    first.wait_watching("music")
-    second = Multiwatch(["-c", str(_roster(tmp_path, "b", inbox, port=ports[1],
-                                           url=broker_url))])
-    started.append(second)
-    wait_for(lambda: _role(ports[0]) == "active" and _role(ports[1]) == "standby", 15,
-             message="roles in /status")
+    first, second = start_pair(started, ports, *(
+        _roster(tmp_path, name, inbox, port=port, url=broker_url)
+        for name, port in zip("ab", ports, strict=True)))
     before = _write(inbox, range(0, 10))
     received = collect(broker_url, QUEUE, timeout=30,
                        until=lambda got: set(_announced(got)) >= before)

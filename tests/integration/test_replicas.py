@@ -91,6 +91,20 @@ def _announced(received: list[Received]) -> dict[str, set[str]]:
     return ids
 
 
+def start_pair(started: list[Multiwatch], ports: tuple[int, int], active: Path,
+               standby: Path) -> tuple[Multiwatch, Multiwatch]:
+    """Two replicas of instance music: the first started and watching (active), then the
+    second, until each one's /status (on `ports`) says its role."""
+    first = Multiwatch(["-c", str(active)])
+    started.append(first)
+    first.wait_watching("music")
+    second = Multiwatch(["-c", str(standby)])
+    started.append(second)
+    wait_for(lambda: _role(ports[0]) == "active" and _role(ports[1]) == "standby", 15,
+             message="roles in /status")
+    return first, second
+
+
 def _connection_roles(rabbitmq: RabbitMQ, vhost: str) -> list[str]:
     out = rabbitmq.rabbitmqctl("list_connections", "vhost", "client_properties",
                                "--formatter", "json")
@@ -188,16 +202,12 @@ def test_an_active_replica_cut_off_from_the_broker_hands_over_and_stands_by_once
     try:
         ports = free_port(), free_port()
         # Through the proxy first; the direct URL is the route back once the proxy is cut.
-        first = Multiwatch(["-c", str(_roster(
-            tmp_path, "a", inbox, state=tmp_path / "a", port=ports[0],
-            broker_url=[url_via(broker_url, proxy.port), broker_url]))])
-        started.append(first)
-        first.wait_watching("music")
-        second = Multiwatch(["-c", str(_roster(tmp_path, "b", inbox, state=tmp_path / "b",
-                                               port=ports[1], broker_url=broker_url))])
-        started.append(second)
-        wait_for(lambda: _role(ports[0]) == "active" and _role(ports[1]) == "standby", 15,
-                 message="roles in /status")
+        first, second = start_pair(
+            started, ports,
+            _roster(tmp_path, "a", inbox, state=tmp_path / "a", port=ports[0],
+                    broker_url=[url_via(broker_url, proxy.port), broker_url]),
+            _roster(tmp_path, "b", inbox, state=tmp_path / "b", port=ports[1],
+                    broker_url=broker_url))
         before = _write(inbox, range(0, 10))
         received = collect(broker_url, QUEUE, timeout=30,
                            until=lambda got: set(_announced(got)) >= before)
@@ -229,15 +239,9 @@ def test_a_frozen_active_replica_on_the_same_state_dir_is_replaced_and_later_sta
     declare_queue(broker_url, QUEUE)
     state = tmp_path / "state"
     ports = free_port(), free_port()
-    first = Multiwatch(["-c", str(_roster(tmp_path, "a", inbox, state=state, port=ports[0],
-                                          broker_url=broker_url))])
-    started.append(first)
-    first.wait_watching("music")
-    second = Multiwatch(["-c", str(_roster(tmp_path, "b", inbox, state=state, port=ports[1],
-                                           broker_url=broker_url))])
-    started.append(second)
-    wait_for(lambda: _role(ports[0]) == "active" and _role(ports[1]) == "standby", 15,
-             message="roles in /status")
+    first, second = start_pair(started, ports, *(
+        _roster(tmp_path, name, inbox, state=state, port=port, broker_url=broker_url)
+        for name, port in zip("ab", ports, strict=True)))
     before = _write(inbox, range(0, 10))
     received = collect(broker_url, QUEUE, timeout=30,
                        until=lambda got: set(_announced(got)) >= before)
@@ -268,13 +272,7 @@ def test_embedded_replicas_on_one_state_dir_share_an_flock_lease(
     ports = free_port(), free_port()
     rosters = [_roster(tmp_path, name, inbox, state=state, port=port, broker_url=None)
                for name, port in zip("ab", ports, strict=True)]
-    first = Multiwatch(["-c", str(rosters[0])])
-    started.append(first)
-    first.wait_watching("music")
-    second = Multiwatch(["-c", str(rosters[1])])
-    started.append(second)
-    wait_for(lambda: _role(ports[0]) == "active" and _role(ports[1]) == "standby", 15,
-             message="roles in /status")
+    first, second = start_pair(started, ports, *rosters)
     before = _write(inbox, range(0, 5))
     tail = run_cli("tail", "-c", str(rosters[0]), "--count", "5", "--timeout", "30")
     assert {json.loads(line)["file_info"]["name"] for line in tail.stdout.splitlines()} \

@@ -13,7 +13,7 @@ from functools import partial
 from pathlib import Path
 from typing import Any
 
-from tests.integration.test_replicas import QUEUE, TAKEOVER, _ready, _role, _status
+from tests.integration.test_replicas import QUEUE, TAKEOVER, _ready, _role, _status, start_pair
 from tests.support.consumer import (
     Received,
     _json_array,
@@ -106,13 +106,7 @@ def test_a_warm_standby_takes_over_announcing_only_what_is_new_and_hashing_nothi
     ports = free_port(), free_port()
     rosters = [_roster(tmp_path, name, inbox, state=tmp_path / name, port=port,
                        broker_url=broker_url) for name, port in zip("ab", ports, strict=True)]
-    first = Multiwatch(["-c", str(rosters[0])])
-    started.append(first)
-    first.wait_watching("music")
-    second = Multiwatch(["-c", str(rosters[1])])
-    started.append(second)
-    wait_for(lambda: _role(ports[0]) == "active" and _role(ports[1]) == "standby", 15,
-             message="roles in /status")
+    first, second = start_pair(started, ports, *rosters)
     wait_for(lambda: _ready_now(ports[1]) == 200, 15,
              message="a warm standby is ready")
     assert _heartbeat(ports[1]).get("standby_warm") is True
