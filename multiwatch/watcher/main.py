@@ -46,7 +46,7 @@ from multiwatch.watcher.priority import apply_priority
 from multiwatch.watcher.publisher import CLOSE_WAIT_SECONDS, Publisher
 from multiwatch.watcher.read_limit import install_read_limit
 from multiwatch.watcher.snapshot import activity_summary, heartbeat_snapshot
-from multiwatch.watcher.spec import EXIT_DIRECTORY_GONE, ChildSpec, Report
+from multiwatch.watcher.spec import EXIT_DIRECTORY_GONE, EXIT_LEASE_LOST, ChildSpec, Report
 from multiwatch.watcher.standby_feed import StandbyFeed
 from multiwatch.watcher.standby_learning import in_flight_window_seconds
 from multiwatch.watcher.state import StateError, StateStore, state_db_path
@@ -64,8 +64,6 @@ DEEP_TREE_RECURSION_LIMIT = 20_000
 THREAD_STACK_BYTES = 64 * 1024 * 1024
 # The publisher thread died or missed its own deadline (the reason went up the pipe first).
 EXIT_PUBLISHER_FAILED = 4
-# A replica (ha) found another holding the lease it had: restarted, it stands by.
-EXIT_LEASE_LOST = 5
 LEASE_LOST = "another replica took over the instance; restarting as a standby"
 
 

@@ -21,6 +21,9 @@ from multiprocessing.connection import Connection
 from multiwatch.config import BrokerConfig, InstanceConfig
 
 EXIT_DIRECTORY_GONE = 3
+# A replica (ha) that was active found another holding the lease: an expected outcome, not
+# a crash.  The supervisor starts it again at once (it stands by), uncounted, unpenalized.
+EXIT_LEASE_LOST = 5
 # Set in the template process (watcher/template.py); a child forked from it inherits it.
 TEMPLATE_PID: int | None = None
 # Ignored by the template (the supervisor leads); a watcher ignores only SIGINT.
