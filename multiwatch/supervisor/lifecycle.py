@@ -11,7 +11,9 @@ loop, "waiting" while an optional directory is absent or its mount is gone (also
 RUNNING, back with "ready": watcher/mount.py), "exiting" with the reason just before
 it exits on its own (its publisher stopped working): /status shows that reason.  A watched
 directory that is gone is not a crash: it is retried at the capped backoff forever and never
-turns FATAL.
+turns FATAL.  Nor is a replica (ha) that lost the lease to another (EXIT_LEASE_LOST): it is
+started again at once, as a standby, and not counted in `restarts` (which alerts watch for
+crash loops).
 
 The process is made by a `WatcherFactory` (`template_factory()` in production: forked from
 the template process, supervisor/template.py) and time is the
@@ -40,7 +42,13 @@ from multiwatch.config import BrokerConfig, SupervisorConfig, mask_url
 from multiwatch.status_view import ChildView, Heartbeat, Resources
 from multiwatch.supervisor.event_rate import EventRate, event_total
 from multiwatch.supervisor.template import template_context
-from multiwatch.watcher.spec import EXIT_DIRECTORY_GONE, ChildSpec, Report, run_child
+from multiwatch.watcher.spec import (
+    EXIT_DIRECTORY_GONE,
+    EXIT_LEASE_LOST,
+    ChildSpec,
+    Report,
+    run_child,
+)
 
 log = logging.getLogger(__name__)
 
@@ -223,6 +231,15 @@ class Child:
             log.info("child stopped", extra={"instance_id": self.instance_id,
                                              "exit": self.last_exit})
             return True
+        if code == EXIT_LEASE_LOST and self.state is not State.STARTING:
+            # A replica that was active found another holding the lease: expected, not a
+            # crash.  Started again at once (it stands by); no restart counted, no backoff.
+            self.reason = self._exiting_because or self.last_exit
+            self.next_start_at = now
+            self.state = State.BACKOFF
+            log.info("replica lost the lease to another; starting it again as a standby",
+                     extra={"instance_id": self.instance_id, "exit": self.last_exit})
+            return True
         self.restarts += 1
         if self._restart_requested:  # asked for (memory limit): no penalty, start again now
             self.reason, self._restart_requested = self._restart_requested, ""
@@ -361,4 +378,6 @@ def _describe_exit(code: int | None) -> str:
         return f"killed by {signal.Signals(-code).name}"
     if code == EXIT_DIRECTORY_GONE:
         return "watched directory missing"
+    if code == EXIT_LEASE_LOST:
+        return "lost the lease to another replica"
     return f"exit status {code}"

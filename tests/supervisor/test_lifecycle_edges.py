@@ -8,7 +8,7 @@ from __future__ import annotations
 
 from multiwatch.config import BrokerConfig, SupervisorConfig
 from multiwatch.supervisor.lifecycle import START_RETRIES, Child, State
-from multiwatch.watcher.spec import EXIT_DIRECTORY_GONE, ChildSpec
+from multiwatch.watcher.spec import EXIT_DIRECTORY_GONE, EXIT_LEASE_LOST, ChildSpec
 from tests.supervisor.fakes import SETTINGS, FakeClock, FakeFactory, FakeWatcher, make_instance
 
 
@@ -219,3 +219,26 @@ def test_a_watcher_asked_to_stop_is_stopped_not_restarted(
     assert child.reap(clock())
     assert (child.state, child.restarts, child.pid) == (State.STOPPED, 0, None)
 
+
+
+def test_a_replica_that_lost_the_lease_starts_again_at_once_uncounted(
+        factory: FakeFactory, clock: FakeClock) -> None:
+    """A demoted replica (exit EXIT_LEASE_LOST after "exiting") is started again at once,
+    without a restart counted or its backoff grown, and never turns FATAL however often."""
+    child = _child(factory)
+    _exit(child, _running(child, factory, clock), clock, 1)  # one real crash first
+    clock.advance(child.next_start_at - clock())
+    backoff_after_crash = child._backoff
+    for _ in range(START_RETRIES + 1):
+        child.start(clock())
+        watcher = factory.started[-1][1]
+        watcher.report("ready", pid=watcher.pid)
+        child.receive(clock())
+        watcher.report("exiting", reason="another replica took over the instance; "
+                       "restarting as a standby")
+        assert _exit(child, watcher, clock, EXIT_LEASE_LOST) == 0
+        assert child.state is State.BACKOFF
+    view = child.view(clock())
+    assert (view["restarts"], view["last_exit"]) == (1, "lost the lease to another replica")
+    assert view["reason"].startswith("another replica took over the instance")
+    assert child._backoff == backoff_after_crash
