@@ -201,12 +201,29 @@ def replica_slot(state_dir: str, instance_id: str, *,
 
 
 def take_slot(state_dir: str, instance_id: str, slot: int) -> int | None:
-    """The held descriptor of watcher lock `slot` if it is free now, else None."""
+    """The held descriptor of watcher lock `slot` if it is free now, else None.  Taken, its
+    file is emptied: what an earlier holder recorded there (replica_slots.mark_active) is
+    not this holder's."""
     fd = open_watcher_lock(state_dir, instance_id, slot)
     if try_lock_exclusive(fd):
+        with contextlib.suppress(OSError):
+            os.ftruncate(fd, 0)
         return fd
     os.close(fd)
     return None
+
+
+def slot_is_held(fd: int) -> bool:
+    """Whether some process holds the flock of this open lock file, without taking it when
+    it is free (a watcher taking it at that moment would find it held): the kernel's list
+    first; only a file it lists is probed (shared, let go at once)."""
+    holders = kernel_lock_holders(os.fstat(fd).st_ino)
+    if holders is not None and not holders:
+        return False
+    if not _try_lock(fd, fcntl.LOCK_SH):
+        return True
+    fcntl.flock(fd, fcntl.LOCK_UN)
+    return False
 
 
 def _instance_file(state_dir: str, instance_id: str, name: str) -> int:

@@ -22,6 +22,7 @@ from watchdog.observers.api import BaseObserver
 
 from multiwatch.config import InstanceConfig
 from multiwatch.logs import setup_logging
+from multiwatch.replica_slots import mark_active
 from multiwatch.watcher import standby
 from multiwatch.watcher.filters import PathFilter
 from multiwatch.watcher.hash_pool import HashPool
@@ -271,6 +272,7 @@ def _start_publishing(spec: ChildSpec, parent: ParentLink, stop: StopRequest,
         replica_db = standby.takeover_db(spec.state_dir, instance.id, warm,
                                          lambda: _hold_instance(spec, parent, stop))
         if replica_db is not None:
+            mark_active(spec.state_dir, instance.id, replica_db)  # for `multiwatch state`
             store = StateStore(replica_db)
             _count_outbox(store, gauge)
             publisher.attach(replica_db)
