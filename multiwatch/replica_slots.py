@@ -121,10 +121,11 @@ def current_db(state_dir: str, instance_id: str, *, ha: bool) -> SlotDb:
     """The database the watcher of this host uses: without ha, state.db.  With ha: the
     active replica's (the newest if a frozen one holds another); else a running standby's
     (state.db first); with none running, the one the last active replica went on from."""
-    own = SlotDb(slot_db_path(state_dir, instance_id, 0), 0, running=False, role=None)
+    found = slots(state_dir, instance_id)
+    own = SlotDb(slot_db_path(state_dir, instance_id, 0), 0,
+                 running=any(held for slot, held, _ in found if slot == 0), role=None)
     if not ha:
         return own
-    found = slots(state_dir, instance_id)
 
     def newest(candidates: list[tuple[int, bool, dict[str, Any]]]) -> int | None:
         marked = [(float(r.get("since") or 0), s) for s, _, r in candidates

@@ -86,14 +86,11 @@ def _held(count: int) -> str:
 
 
 def _watcher_running(roster: Roster, instance: InstanceConfig) -> bool:
-    """True if the instance's watcher holds its watcher.lock (run_lock.py)."""
-    from multiwatch.supervisor.run_lock import open_watcher_lock, try_lock_exclusive
+    """True if a watcher holds the lock of the database addressed (run_lock.py; for a
+    replica, the one this host's watcher uses: replica_slots.current_db)."""
+    from multiwatch.cli.state import state_db
 
-    fd = open_watcher_lock(roster.state_dir, instance.id)
-    try:
-        return not try_lock_exclusive(fd)  # (taken for a moment: closing the fd drops it)
-    finally:
-        os.close(fd)
+    return state_db(roster, instance).running
 
 
 def _wait(done: Callable[[], bool], seconds: float) -> bool:

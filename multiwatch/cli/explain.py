@@ -20,6 +20,7 @@ from fnmatch import fnmatchcase
 from typing import TextIO
 
 from multiwatch.cli.resync import open_state
+from multiwatch.cli.state import state_db
 from multiwatch.config import ConfigError, InstanceConfig, Roster
 from multiwatch.watcher.confined import ConfinedRoot
 from multiwatch.watcher.filters import PathFilter
@@ -29,7 +30,7 @@ from multiwatch.watcher.hashing import (
     NotRegularFile,
     hash_file,
 )
-from multiwatch.watcher.state import pending_events, state_db_path, tracked_file
+from multiwatch.watcher.state import pending_events, tracked_file
 
 NOT_WATCHED = 1
 
@@ -160,10 +161,13 @@ def _lookup_error(exc: OSError, instance: InstanceConfig) -> str:
 def _state(roster: Roster, instance: InstanceConfig, relative: str,
            lines: _Lines) -> Hashed | None:
     """Print what the state database knows; the announced version."""
-    if not os.path.exists(state_db_path(roster.state_dir, instance.id)):
+    db = state_db(roster, instance)
+    if not os.path.exists(db.path):
         lines("state", "no state database (the instance has not run yet)")
         return None
-    conn = open_state(roster, instance, readonly=True)
+    if which := db.describe():
+        lines("state database", which)
+    conn = open_state(roster, instance, readonly=True, db=db)
     try:
         announced = tracked_file(conn, relative)
         fragment = b'"relative_path":' + json.dumps(relative, ensure_ascii=True).encode()

@@ -6,6 +6,12 @@ The command appends `file_discovered` events to the instance's outbox, in the st
 watcher's publisher sends them in order like any other event and counts them in its gauge
 (state.take_resynced); if multiwatch is not running they go out at its next start.
 
+For a replica (`ha`), the events go to the outbox of the active replica running on this
+host, in the database it goes on from (state.db or state.<n>.db: replica_slots.current_db),
+named in the summary when it is not state.db.  Refused when this host's replica is a
+standby (it publishes nothing: resync on the active one's host) and, with a broker, when none
+runs here: a replica starts as a standby and empties its outbox, dropping what was queued.
+
 Each event describes the version the state database recorded (path, size, hashes): nothing
 is re-hashed.  A file whose size, mtime or inode on disk no longer match (or that is gone)
 is skipped: the watcher announces its new version itself, and announcing the old hashes as
@@ -24,6 +30,7 @@ from collections.abc import Iterator
 from typing import TextIO
 
 from multiwatch.config import ConfigError, InstanceConfig, Roster
+from multiwatch.replica_slots import ACTIVE, STANDBY, SlotDb, slot_db_path
 from multiwatch.watcher.hashing import Hashed
 from multiwatch.watcher.message import FILE_DISCOVERED, Event, build_event
 from multiwatch.watcher.state import (
@@ -33,7 +40,6 @@ from multiwatch.watcher.state import (
     iter_files_under,
     outbox_usage,
     queue_resync,
-    state_db_path,
     tracked_file,
 )
 
@@ -62,9 +68,12 @@ def relative_to_instance(instance: InstanceConfig, path: str) -> str:
     return "" if relative == os.curdir else relative
 
 
-def open_state(roster: Roster, instance: InstanceConfig, *,
-               readonly: bool) -> sqlite3.Connection:
-    path = state_db_path(roster.state_dir, instance.id)
+def open_state(roster: Roster, instance: InstanceConfig, *, readonly: bool,
+               db: SlotDb | None = None) -> sqlite3.Connection:
+    """`db` (default: the one this host's watcher uses, cli/state.state_db), opened."""
+    from multiwatch.cli.state import state_db
+
+    path = (db or state_db(roster, instance)).path
     if not os.path.exists(path):
         raise ConfigError(f"instance {instance.id}: no state database at {path} "
                           "(has this instance run yet?)")
@@ -80,17 +89,43 @@ def resync(roster: Roster, instance_id: str, path: str | None,
     err = err or sys.stderr
     instance = find_instance(roster, instance_id)
     relative = relative_to_instance(instance, path) if path else ""
-    conn = open_state(roster, instance, readonly=False)
+    db = _outbox_db(roster, instance)
+    conn = open_state(roster, instance, readonly=False, db=db)
     try:
-        return _resync(conn, instance, relative, path, err)
+        return _resync(conn, instance, relative, path, err, db.describe())
     except sqlite3.Error as exc:
         raise ConfigError(f"instance {instance.id}: state database: {exc}") from None
     finally:
         conn.close()
 
 
+def _outbox_db(roster: Roster, instance: InstanceConfig) -> SlotDb:
+    """The database whose outbox the running (or next) publisher of this host sends: for a
+    replica, the active one's; a ConfigError when no outbox here would be sent."""
+    from multiwatch.cli.state import state_db
+
+    db = state_db(roster, instance)
+    if db.role == STANDBY:
+        raise ConfigError(
+            f"instance {instance.id}: the replica running on this host is a standby (it "
+            "publishes nothing; its state database is kept warm from the active replica's "
+            "events): run resync on the host of the active replica (`multiwatch status` shows "
+            "each replica's ROLE)")
+    if (db.role == ACTIVE and db.running) or not instance.ha.enabled:
+        return db
+    if not roster.broker.embedded:
+        raise ConfigError(
+            f"instance {instance.id}: ha is enabled and no replica of it runs on this host: a "
+            "replica starts as a standby and empties its outbox, so re-announcements queued "
+            "now would be dropped. Run resync while this host's replica is the active one, "
+            "or on the host of the active replica")
+    # Embedded spool: the next replica to take the lease goes on from the instance's own
+    # state.db and its outbox (watcher/standby.takeover_db).
+    return SlotDb(slot_db_path(roster.state_dir, instance.id, 0), 0, running=False, role=None)
+
+
 def _resync(conn: sqlite3.Connection, instance: InstanceConfig, relative: str,
-            path: str | None, err: TextIO) -> int:
+            path: str | None, err: TextIO, which: str = "") -> int:
     single = tracked_file(conn, relative) if relative else None
     chosen: Iterator[TrackedFile] = (iter([TrackedFile(relative, single)]) if single
                                      else iter_files_under(conn, relative))
@@ -130,8 +165,9 @@ def _resync(conn: sqlite3.Connection, instance: InstanceConfig, relative: str,
         queued += len(batch)
     note = (f" ({skipped} skipped: changed on disk since announced; the watcher announces "
             "those itself)") if skipped else ""
-    print(f"{queued} events queued for instance {instance.id} (resync_id {resync_id}){note}",
-          file=err)
+    where = f" in {which}" if which else ""
+    print(f"{queued} events queued for instance {instance.id}{where} (resync_id {resync_id})"
+          f"{note}", file=err)
     return 0
 
 

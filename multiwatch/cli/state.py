@@ -2,7 +2,9 @@
 
 Both read each instance's database through a read-only sqlite connection, which WAL mode
 allows next to the running writer; backup uses sqlite's online backup API, so the copy
-is a consistent snapshot even while events are being recorded.
+is a consistent snapshot even while events are being recorded.  For a replica (`ha`) the
+database is the one the watcher of this host uses (replica_slots.current_db), named on
+stderr when it is not the instance's state.db.
 """
 
 from __future__ import annotations
@@ -15,7 +17,8 @@ from collections.abc import Sequence
 from typing import TextIO
 
 from multiwatch.config import ConfigError, InstanceConfig, Roster
-from multiwatch.watcher.state import StateError, connect, iter_files, state_db_path
+from multiwatch.replica_slots import SlotDb, current_db
+from multiwatch.watcher.state import StateError, connect, iter_files
 
 
 def chosen_instances(roster: Roster, ids: Sequence[str] | None) -> list[InstanceConfig]:
@@ -32,7 +35,7 @@ def chosen_instances(roster: Roster, ids: Sequence[str] | None) -> list[Instance
 def export_state(roster: Roster, ids: Sequence[str] | None, out: TextIO = sys.stdout) -> int:
     """Write every tracked file of the chosen instances as one JSON object per line."""
     for instance in chosen_instances(roster, ids):
-        conn = _open(roster, instance)
+        conn = _open(roster, instance, say_which=True)
         try:
             for tracked in iter_files(conn):
                 hashed = tracked.hashed
@@ -55,7 +58,8 @@ def backup_state(roster: Roster, ids: Sequence[str] | None, destination: str) ->
     """Copy each chosen instance's database to DESTINATION/<id>.state.db (online backup)."""
     os.makedirs(destination, mode=0o700, exist_ok=True)
     for instance in chosen_instances(roster, ids):
-        source = _open(roster, instance)
+        db = state_db(roster, instance)
+        source = _open(roster, instance, db=db)
         target_path = os.path.join(destination, f"{instance.id}.state.db")
         try:
             _private_file(target_path)
@@ -68,7 +72,9 @@ def backup_state(roster: Roster, ids: Sequence[str] | None, destination: str) ->
         finally:
             target.close()
             source.close()
-        print(f"{instance.id}: {target_path}", file=sys.stderr)
+        which = db.describe()
+        print(f"{instance.id}: {target_path}" + (f" (from {which})" if which else ""),
+              file=sys.stderr)
     return 0
 
 
@@ -81,8 +87,18 @@ def _private_file(path: str) -> None:
         os.close(fd)
 
 
-def _open(roster: Roster, instance: InstanceConfig) -> sqlite3.Connection:
+def state_db(roster: Roster, instance: InstanceConfig) -> SlotDb:
+    """The database of `instance` the commands address: its state.db, or for a replica
+    (ha) the one the watcher of this host uses (replica_slots.current_db)."""
+    return current_db(roster.state_dir, instance.id, ha=instance.ha.enabled)
+
+
+def _open(roster: Roster, instance: InstanceConfig, *, db: SlotDb | None = None,
+          say_which: bool = False) -> sqlite3.Connection:
+    db = db or state_db(roster, instance)
+    if say_which and (which := db.describe()):
+        print(f"{instance.id}: reading {which}", file=sys.stderr)
     try:
-        return connect(state_db_path(roster.state_dir, instance.id), readonly=True)
+        return connect(db.path, readonly=True)
     except (StateError, sqlite3.Error) as exc:
         raise ConfigError(f"instance {instance.id}: {exc}") from exc
