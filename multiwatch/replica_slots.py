@@ -17,7 +17,7 @@ Invariants:
   (run_lock.take_slot), and only the active replica writes one.  So a held slot whose file
   says "active" is the active replica's database; a held slot without a record is a
   standby's (or a replica's between taking the lease and recording it).
-- Reading never takes a lock a watcher may be taking (run_lock.slot_is_held).
+- Reading never takes a lock a watcher may be taking (slot_is_held).
 - With no watcher running, the slot whose record is the newest is the database the last
   active replica on this host went on from.
 """
@@ -25,13 +25,14 @@ Invariants:
 from __future__ import annotations
 
 import contextlib
+import fcntl
 import json
 import os
 import time
 from dataclasses import dataclass
 from typing import Any
 
-from multiwatch.supervisor.run_lock import REPLICA_SLOTS, open_watcher_lock, slot_is_held
+from multiwatch.supervisor.run_lock import REPLICA_SLOTS, kernel_lock_holders, open_watcher_lock
 
 ACTIVE = "active"
 STANDBY = "standby"
@@ -87,6 +88,21 @@ def mark_active(state_dir: str, instance_id: str, db_path: str) -> None:
             os.pwrite(fd, data.encode(), 0)
         finally:
             os.close(fd)  # (another open file: the lock on the held one stays)
+
+
+def slot_is_held(fd: int) -> bool:
+    """Whether some process holds the flock of this open lock file, without taking it when
+    it is free (a watcher taking it at that moment would find it held): the kernel's list
+    first; only a file it lists is probed (shared, let go at once)."""
+    holders = kernel_lock_holders(os.fstat(fd).st_ino)
+    if holders is not None and not holders:
+        return False
+    try:
+        fcntl.flock(fd, fcntl.LOCK_SH | fcntl.LOCK_NB)
+    except BlockingIOError:
+        return True
+    fcntl.flock(fd, fcntl.LOCK_UN)
+    return False
 
 
 def _record(fd: int) -> dict[str, Any]:

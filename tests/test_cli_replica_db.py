@@ -14,8 +14,15 @@ import pytest
 import xxhash
 
 from multiwatch.cli import main
-from multiwatch.replica_slots import ACTIVE, STANDBY, current_db, mark_active, slot_db_path
-from multiwatch.supervisor.run_lock import open_watcher_lock, slot_is_held, take_slot
+from multiwatch.replica_slots import (
+    ACTIVE,
+    STANDBY,
+    current_db,
+    mark_active,
+    slot_db_path,
+    slot_is_held,
+)
+from multiwatch.supervisor.run_lock import open_watcher_lock, take_slot
 from multiwatch.watcher.hashing import FileVersion, Hashed
 from multiwatch.watcher.state import DurableOutbox, StateStore
 from tests.support.process import write_roster

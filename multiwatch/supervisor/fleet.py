@@ -285,6 +285,8 @@ class Supervisor:
             unchanged = current is not None and old_specs.get(instance.id) == spec
             if unchanged and current is not None and current.state is not State.FATAL:
                 continue
+            if current is not None and not self._lock_mode(current, instance):
+                continue  # ha could not be turned off: it runs on as a replica
             if current is not None:
                 log.info("instance changed; restarting it", extra={"instance_id": instance.id})
                 stop_children([current], roster.supervisor.stop_timeout_seconds, self._clock)
@@ -306,6 +308,28 @@ class Supervisor:
                 del self._children[child.instance_id]
                 self._locks.release(child.instance_id)
         self._supervisor_file.update(self._record())
+
+    def _lock_mode(self, current: Child, instance: InstanceConfig) -> bool:
+        """Hold run.lock as the changed instance's ha wants (shared with replicas, else
+        exclusive) before its watcher restarts; False if refused (other replicas on this
+        state_dir): the running watcher goes on unchanged, or, if the lock was lost in
+        that instant, is stopped."""
+        if current.spec.instance.ha.enabled == instance.ha.enabled:
+            return True
+        try:
+            self._locks.change_mode(instance.id, replica=instance.ha.enabled)
+            return True
+        except ConfigError as exc:
+            if instance.id in self._locks.held:
+                log.error("roster reload: %s; instance %s goes on as a replica (reload again "
+                          "once they have stopped)", exc, instance.id,
+                          extra={"instance_id": instance.id})
+                return False
+            log.error("roster reload: %s; instance %s stopped", exc, instance.id,
+                      extra={"instance_id": instance.id})
+            stop_children([current], self.roster.supervisor.stop_timeout_seconds, self._clock)
+            del self._children[instance.id]
+            return False
 
     def _wanted_ids(self) -> set[str]:
         return {instance.id for instance in self.roster.instances}

@@ -102,6 +102,33 @@ class InstanceLocks:
                 self.release(instance_id)
             raise
 
+    def change_mode(self, instance_id: str, *, replica: bool) -> None:
+        """Hold <id>'s lock shared (`replica`: ha now enabled) or exclusive from now on, if
+        held in the other mode (a reload toggled ha).  Exclusive is refused (RunLockHeld)
+        while other replicas hold it; <id> then stays in `held`, shared as before, unless
+        all of them let go and a supervisor without ha took it in that instant."""
+        fd = self._fds.get(instance_id)
+        if fd is None or self._shared[instance_id] == replica:
+            return
+        # flock converts in place, but a refused conversion drops the lock held before.
+        if _try_lock(fd, fcntl.LOCK_SH if replica else fcntl.LOCK_EX):
+            if replica:
+                os.ftruncate(fd, 0)  # (shared holders keep no record)
+            else:
+                _write_record(fd, self._record)
+            self._shared[instance_id] = replica
+            return
+        others = (kernel_lock_holders(os.fstat(fd).st_ino) or set()) - {os.getpid()}
+        if not _try_lock(fd, fcntl.LOCK_SH):
+            self._fds.pop(instance_id)
+            self._shared.pop(instance_id)
+            os.close(fd)
+        who = f" (pid {', '.join(map(str, sorted(others)))})" if others else ""
+        raise RunLockHeld(
+            f"ha turned off for instance {instance_id}, but other replicas on this state_dir"
+            f"{who} run it: a watcher without ha beside them would announce every file "
+            "twice. Stop them first, or keep ha on")
+
     def release(self, instance_id: str) -> None:
         fd = self._fds.pop(instance_id, None)
         shared = self._shared.pop(instance_id, False)
@@ -211,19 +238,6 @@ def take_slot(state_dir: str, instance_id: str, slot: int) -> int | None:
         return fd
     os.close(fd)
     return None
-
-
-def slot_is_held(fd: int) -> bool:
-    """Whether some process holds the flock of this open lock file, without taking it when
-    it is free (a watcher taking it at that moment would find it held): the kernel's list
-    first; only a file it lists is probed (shared, let go at once)."""
-    holders = kernel_lock_holders(os.fstat(fd).st_ino)
-    if holders is not None and not holders:
-        return False
-    if not _try_lock(fd, fcntl.LOCK_SH):
-        return True
-    fcntl.flock(fd, fcntl.LOCK_UN)
-    return False
 
 
 def _instance_file(state_dir: str, instance_id: str, name: str) -> int:

@@ -10,9 +10,12 @@ from pathlib import Path
 
 import pytest
 
-from multiwatch.config import ConfigError
+from multiwatch.config import ConfigError, InstanceConfig
+from multiwatch.config.ha import HaConfig
 from multiwatch.supervisor.fleet import SAMPLE_EVERY_SECONDS
 from multiwatch.supervisor.lifecycle import START_RETRIES
+from multiwatch.supervisor.run_lock import InstanceLocks, RunLockHeld
+from multiwatch.watcher.spec import EXIT_LEASE_LOST
 from tests.supervisor.fakes import (
     SETTINGS,
     FakeClock,
@@ -171,3 +174,67 @@ def test_the_loop_terminates_then_kills_a_hung_watcher_and_starts_it_again(
         fleet.turn(advance=1.2 * SETTINGS.restart_backoff_seconds)
         assert fleet.view()["a"]["state"] == "STARTING"
         assert fleet.view()["a"]["pid"] == factory.of("a")[1].pid
+
+
+def _replica(instance_id: str) -> InstanceConfig:
+    return replace(make_instance(instance_id), ha=HaConfig(enabled=True))
+
+
+def _other_supervisor(tmp_path: Path, instance_id: str, *, replica: bool) -> InstanceLocks | None:
+    """Another supervisor on the same state_dir taking the instance's run.lock: its locks, or
+    None if refused."""
+    other = InstanceLocks(str(tmp_path / "state"), None)
+    try:
+        other.acquire(instance_id, replica=replica)
+    except RunLockHeld:
+        return None
+    return other
+
+
+def test_reload_turning_ha_on_holds_run_lock_shared_with_replicas(
+        tmp_path: Path, fleet: Fleet, factory: FakeFactory) -> None:
+    """ha enabled by SIGHUP: the watcher restarts as a replica and run.lock is held shared,
+    so another replica's supervisor may run beside it, and one without ha still may not."""
+    assert _other_supervisor(tmp_path, "a", replica=True) is None  # exclusive before
+    fleet.reload(make_roster(tmp_path, _replica("a"), make_instance("b")))
+    assert [w.signals for w in factory.of("a")] == [["SIGTERM"], []]
+    other = _other_supervisor(tmp_path, "a", replica=True)
+    assert other is not None
+    other.release_all()
+    assert _other_supervisor(tmp_path, "a", replica=False) is None
+
+
+def test_reload_turning_ha_off_beside_other_replicas_is_refused_until_they_stop(
+        tmp_path: Path, factory: FakeFactory, clock: FakeClock,
+        caplog: pytest.LogCaptureFixture) -> None:
+    """ha disabled by SIGHUP while another replica runs on this state_dir: refused with an
+    error saying why and what to do, the replica runs on untouched; once the other has
+    stopped, the same reload applies: restarted without ha, run.lock exclusive again."""
+    with Fleet(make_roster(tmp_path, _replica("a")), factory, clock).running() as fleet:
+        other = _other_supervisor(tmp_path, "a", replica=True)
+        assert other is not None
+        fleet.reload(make_roster(tmp_path, make_instance("a")))
+        assert [w.signals for w in factory.of("a")] == [[]]
+        (refusal,) = [r.getMessage() for r in caplog.records if r.levelname == "ERROR"]
+        assert "ha turned off for instance a" in refusal and "goes on as a replica" in refusal
+        assert "a" in fleet.supervisor._locks.held
+        other.release_all()
+        fleet.reload(make_roster(tmp_path, make_instance("a")))
+        assert [w.signals for w in factory.of("a")] == [["SIGTERM"], []]
+        assert _other_supervisor(tmp_path, "a", replica=True) is None
+
+
+def test_a_demoted_replica_is_started_again_on_the_next_turn_uncounted(
+        tmp_path: Path, factory: FakeFactory, clock: FakeClock) -> None:
+    """A replica exiting with EXIT_LEASE_LOST is started again as soon as it is reaped, with
+    no backoff, and /status counts no restart."""
+    with Fleet(make_roster(tmp_path, _replica("a")), factory, clock).running() as fleet:
+        first = factory.of("a")[0]
+        first.report("ready", pid=first.pid)
+        fleet.turn()
+        first.exit(EXIT_LEASE_LOST)
+        fleet.turn(advance=0.01)  # reaped
+        fleet.turn(advance=0.01)  # started again, well within any backoff
+        assert len(factory.of("a")) == 2
+        view = fleet.view()["a"]
+        assert (view["state"], view["restarts"]) == ("STARTING", 0)
