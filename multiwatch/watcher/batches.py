@@ -8,6 +8,7 @@ from __future__ import annotations
 import time
 from collections.abc import Callable
 
+import amqp
 from kombu import Connection, Producer
 
 from multiwatch.config import BrokerConfig
@@ -17,6 +18,7 @@ from multiwatch.watcher.held_event import HeldEvent
 from multiwatch.watcher.message import Event
 from multiwatch.watcher.outbox import OutboxGauge
 from multiwatch.watcher.publisher_health import PublisherStats
+from multiwatch.watcher.standby_window import SETTLED_EXCHANGE, SETTLED_HEADER, settled_key
 from multiwatch.watcher.state import DurableOutbox
 from multiwatch.watcher.stats import LatencyHistogram
 
@@ -79,6 +81,28 @@ class BatchSender:
             raise PublishFailed(
                 f"no confirm within {self._broker.confirm_timeout_seconds}s"
                 + (f" (the broker blocked the connection: {blocked})" if blocked else ""))
+
+    def settled(self, connection: Connection, channel: amqp.Channel, confirms: Confirms,
+                instance_id: str) -> bool:
+        """Publish the settled marker (standby_window.py) and await its confirm like a
+        batch's: True once confirmed (a nack: False, the standbys keep their windows);
+        PublishFailed if no confirm came within confirm_timeout (the link is in doubt).
+        Not mandatory: with no standby bound, the broker drops it (and confirms it)."""
+        read_pending_frames(connection)
+        channel.send_method(
+            amqp.spec.Basic.Publish, "Bssbb",
+            (0, SETTLED_EXCHANGE, settled_key(instance_id), False, False),
+            amqp.Message(b"", delivery_mode=1, type="multiwatch.settled",
+                         application_headers={"instance_id": instance_id,
+                                              SETTLED_HEADER: True}))
+        tag = confirms.publish()  # the marker takes a delivery tag like any publish
+        self._await_confirms(connection, confirms)
+        if confirms.is_pending(tag):
+            if self._stop_deadline() is not None:
+                return False  # stopping: the standbys keep their windows
+            raise PublishFailed(f"no confirm for the settled marker within "
+                                f"{self._broker.confirm_timeout_seconds}s")
+        return tag not in confirms.nacked
 
     def _await_confirms(self, connection: Connection, confirms: Confirms) -> None:
         """Read acks until every publish is settled, confirm_timeout passes or stop's

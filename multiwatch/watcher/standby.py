@@ -13,28 +13,32 @@ Who runs what, in a replica's watcher child:
 Invariants:
 - Two live watchers never share a state database: a standby holds its database's watcher
   lock (run_lock.replica_slot) from its start to its exit, as an active replica does.
-- A standby's database holds only what the active replica announced: its outbox is emptied
-  when the standby starts (warm_slot says why that loses nothing), and while standing by
-  the feed never writes to the outbox.  So at takeover the reconcile against the disk
-  finds exactly what the active one had not announced (its unsent events included) and
-  hashes nothing else.
+- A standby's database holds only what the active replica announced: what its outbox held
+  when the standby started goes into its in-flight window (warm_slot says why), and while
+  standing by the feed never writes to the outbox.  So at takeover the reconcile against
+  the disk finds exactly what the active one had not announced (its unsent events
+  included) and hashes nothing else.
 - What the active replica published but may not have seen confirmed reached this
   standby's queue and was applied, so the reconcile would never announce it again: the
-  feed keeps the raw events of the in-flight window (InFlightWindow) and, at takeover,
-  appends them to the outbox (same bytes, same message ids: consumers deduplicate) before
-  the pipeline announces anything.  Events the active replica had published are repeated
-  only from that window.
+  feed keeps the raw events of the in-flight window (standby_window.py, a table of the
+  same database, written in the transaction that applies them) until the active replica's
+  settled marker says they were confirmed, and at takeover moves them to the outbox (same
+  bytes, same message ids: consumers deduplicate) before the pipeline announces anything.
+  Events the active replica had published are repeated only from that window: none after
+  a quiet moment of an active replica that sends the marker.
 - Applying is idempotent (a version is set, a path forgotten or renamed): a delivery is
   acknowledged only after its change is committed, and one applied twice changes nothing.
 
 The feed's queue: a headers exchange `multiwatch.standby.<instance_id>` (not durable,
 auto-deleted) is bound to the events exchange for every routing key, and the standby's
 private queue (exclusive, auto-deleted, `multiwatch.standby.<instance_id>.<random>`) to it
-on the header `instance_id`.  The broker filters, so a standby receives its own instance's
-events only (filtering in the client would send every standby of a fleet every instance's
-events), and an instance's events are routed to its own standby only.  The cost: while a
-standby is warm, an event whose routing key no consumer binds still reaches the standby's
-queue, so the active replica does not hold it as unroutable (README, Replicas).
+on the header `instance_id` (and to `amq.direct`, key `multiwatch.standby.<instance_id>`,
+for the settled marker: standby_window.py).  The broker filters, so a standby receives its
+own instance's events only (filtering in the client would send every standby of a fleet
+every instance's events), and an instance's events are routed to its own standby only.
+The cost: while a standby is warm, an event whose routing key no consumer binds still
+reaches the standby's queue, so the active replica does not hold it as unroutable
+(README, Replicas).
 With the embedded spool there is no feed: replicas share the state_dir, and the new active
 replica goes on from the instance's own state.db.
 """
@@ -81,13 +85,16 @@ def warm_slot(state_dir: str, instance_id: str, *, embedded: bool) -> WarmSlot |
     """The database this standby keeps warm: the first free slot (None with the embedded
     spool, or when every slot is held: it then stands by cold, as a new replica would).
 
-    Its outbox is dropped: events a replica that has since lost the lease recorded and did
-    not see confirmed.  Each of them either reached the new active replica's feed, which
-    applied it and re-announces it from its in-flight window (the replica that lost the
-    lease published it at most a window before the takeover), or did not, and then the new
-    active replica's state lacks it and its reconcile finds the file's state on disk.
-    Kept, they would go out at this replica's next takeover after the announcements made
-    since, stale and out of order (a file's discovery after its deletion)."""
+    What its outbox holds goes into its in-flight window when the feed first opens the
+    database (WarmState): events that a replica that has since lost the lease recorded and
+    did not see confirmed, or that a new active replica took from its window and stopped
+    before publishing.  Such an event either reached the current active replica's feed,
+    which re-announced it from its own window at its takeover, or did not, and then that
+    replica's reconcile finds the file's state on disk; but that replica may fail before
+    publishing it, so it is kept, as received now: the active replica's settled marker
+    (its re-announcements confirmed) or the window's time bound lets go of it.  Left in
+    the outbox, it would go out at this replica's next takeover after the announcements
+    made since, stale and out of order (a file's discovery after its deletion)."""
     from multiwatch.supervisor.run_lock import replica_slot
 
     if embedded:
@@ -101,15 +108,9 @@ def warm_slot(state_dir: str, instance_id: str, *, embedded: bool) -> WarmSlot |
     path = replica_db_path(state_dir, instance_id, slot)
     store = StateStore(path)
     try:
-        dropped = store.drop_outbox()
         tracked = store.tracked_count()
     finally:
         store.close()
-    if dropped:
-        log.warning("the standby's state database held events a replica that has since lost "
-                    "the lease had not seen confirmed; dropped (the active replica announced "
-                    "them again from its in-flight window, or its reconcile found the files' "
-                    "state on disk)", extra={"events": dropped, "path": path})
     log.info("standing by with a state database of its own", extra={
         "slot": slot, "path": path, "files_tracked": tracked})
     return WarmSlot(slot, fd, path)

@@ -16,13 +16,15 @@ from dataclasses import dataclass
 import amqp
 from kombu import Connection
 
+from multiwatch.watcher.message import Event
 from multiwatch.watcher.standby_learning import (
     Change,
-    InFlightWindow,
     WarmState,
     change_of,
     event_of,
+    is_settled,
 )
+from multiwatch.watcher.standby_window import SETTLED_EXCHANGE, InFlightWindow, settled_key
 
 log = logging.getLogger("multiwatch.watcher.standby")  # (the logger these lines always had)
 
@@ -38,8 +40,9 @@ STOP_POLL_SECONDS = 0.25
 # (the previous active replica is gone: the queue only empties).
 FINISH_SECONDS = 5.0
 # Replies the feed waits for when declaring its queue (channel, exchange, queue, two
-# binds, qos, consume), each bounded by the connection's read timeout.
-DECLARE_READS = 7
+# binds, qos, consume; then channel, bind and close for the settled marker), each bounded
+# by the connection's read timeout.
+DECLARE_READS = 10
 
 
 @dataclass
@@ -66,14 +69,18 @@ class StandbyFeed:
         self._exchange = f"{STANDBY_PREFIX}{instance_id}"
         self._expect = expect  # Publisher.progress.expect: the deadline of each wait
         self._reply_seconds = reply_seconds
-        self.state = WarmState(db_path)
-        self.stats = FeedStats()
         self.window = InFlightWindow(window_seconds)
+        self.state = WarmState(db_path, self.window)
+        self.stats = FeedStats()
         self._connection: Connection | None = None  # the one the queue was declared on
         self._channel: amqp.Channel | None = None
         self._queue = ""
         self._consumer_tag = ""
         self._pending: list[tuple[int, Change | None]] = []
+        # The window's part of the pending deliveries: the events received since the last
+        # settled marker among them, and whether one came (it empties the window).
+        self._pending_events: list[Event] = []
+        self._pending_settled = False
         self._first_pending_at = 0.0
 
     def serve(self, connection: Connection, until: float, service_every: float,
@@ -134,12 +141,11 @@ class StandbyFeed:
             log.info("standby caught up before taking over", extra={
                 "files_tracked": self.stats.tracked, "events_applied": self.stats.applied})
         let_go = self.window.let_go
-        window = self.window.take(time.monotonic())
         self._expect(30.0, "re-announcing the in-flight window")  # sqlite's busy timeout
-        self.state.reannounce(window)
+        events = self.state.reannounce()
         log.info("re-announcing the previous active replica's in-flight window (events it "
                  "may not have seen confirmed; same message ids)", extra={
-                     "events": len(window), "window_seconds": self.window.seconds,
+                     "events": events, "window_seconds": self.window.seconds,
                      "let_go": let_go})
         self._forget_connection()
         self.state.close()
@@ -159,6 +165,7 @@ class StandbyFeed:
                 continue
             self._connection, self._channel = connection, channel
             break
+        self._bind_settled(connection)
         self.stats.warm = False
         log.info("standing by warm: applying the active replica's events to this replica's "
                  "own state database", extra={"queue": self._queue, "path": self.state.path})
@@ -175,18 +182,42 @@ class StandbyFeed:
         self._consumer_tag = str(channel.basic_consume(self._queue, callback=self._received,
                                                        no_ack=False))
 
+    def _bind_settled(self, connection: Connection) -> None:
+        """Bind the queue to the active replica's settled marker (standby_window.py), on a
+        channel of its own: a broker user without permission on SETTLED_EXCHANGE gets a
+        channel error, and the standby then goes on without markers (the window falls back
+        to its time bound)."""
+        channel = connection.channel()
+        try:
+            channel.queue_bind(self._queue, SETTLED_EXCHANGE,
+                               routing_key=settled_key(self._instance_id))
+        except amqp.exceptions.AccessRefused as exc:
+            log.warning("the standby cannot bind its queue to the active replica's settled "
+                        "marker; its in-flight window is bounded in time only (a takeover "
+                        "may repeat up to its size)", extra={
+                            "exchange": SETTLED_EXCHANGE, "error": str(exc)})
+            return
+        channel.close()
+
     def _forget_connection(self) -> None:
         self._connection, self._channel, self._pending = None, None, []
+        self._pending_events, self._pending_settled = [], False
         self.stats.warm = False
 
     def _received(self, message: amqp.Message) -> None:
         now = time.monotonic()
         if not self._pending:
             self._first_pending_at = now
+        tag = int(message.delivery_info["delivery_tag"])
+        if is_settled(message, self._instance_id):
+            # Everything the active replica published before the marker was confirmed
+            # (the ordering argument: publisher.py _send_settled).
+            self._pending_events, self._pending_settled = [], True
+            self._pending.append((tag, None))
+            return
         if (event := event_of(message, self._instance_id)) is not None:
-            self.window.add(event, now)
-        self._pending.append((int(message.delivery_info["delivery_tag"]),
-                              change_of(message.body, self._instance_id)))
+            self._pending_events.append(event)
+        self._pending.append((tag, change_of(message.body, self._instance_id)))
 
     def _read(self, connection: Connection, seconds: float) -> bool:
         """Read one frame within `seconds`: False if nothing came."""
@@ -201,9 +232,11 @@ class StandbyFeed:
         if not self._pending:
             return
         pending, self._pending = self._pending, []
+        events, settled = self._pending_events, self._pending_settled
+        self._pending_events, self._pending_settled = [], False
         changes = [change for _tag, change in pending if change is not None]
         self._expect(30.0, "applying the active replica's events")  # sqlite's busy timeout
-        self.state.apply(changes)
+        self.state.apply(changes, events, settled=settled)
         self.stats.applied += len(pending)
         if ack and self._channel is not None:
             # After the commit: a change lost before it is delivered again.

@@ -1,14 +1,15 @@
-"""What a standby learns from one of the active replica's events: the change it applies to
-its warm state database (Change, WarmState), and the raw event it keeps while it may still
-be in flight (InFlightWindow).  Used by the feed on the publisher thread (standby_feed.py);
-the standby's invariants are in standby.py's docstring.
+"""What a standby learns from one of the active replica's messages: the change an event
+applies to its warm state database (Change, WarmState), the raw event it keeps while it
+may still be in flight (event_of; the window itself: standby_window.py), and the active
+replica's settled marker (is_settled).  Used by the feed on the publisher thread
+(standby_feed.py); the standby's invariants are in standby.py's docstring.
 """
 
 from __future__ import annotations
 
 import json
 import logging
-from collections import OrderedDict
+import time
 from collections.abc import Sequence
 from dataclasses import dataclass
 
@@ -23,11 +24,10 @@ from multiwatch.watcher.message import (
     ROUTING_KEYS,
     Event,
 )
+from multiwatch.watcher.standby_window import SETTLED_EXCHANGE, InFlightWindow, settled_key
 from multiwatch.watcher.state import StateStore
 
 log = logging.getLogger("multiwatch.watcher.standby")  # (the logger these lines always had)
-
-
 
 
 @dataclass(frozen=True)
@@ -82,30 +82,41 @@ def _inside(relative: object) -> bool:
 
 
 class WarmState:
-    """The standby's state database, written by the publisher thread (its own connection)."""
+    """The standby's state database and its in-flight window (standby_window.py), written by
+    the publisher thread (its own connection).  Wall-clock times (`now`): the window's time
+    bound holds across restarts."""
 
-    def __init__(self, path: str) -> None:
+    def __init__(self, path: str, window: InFlightWindow) -> None:
         self.path = path
+        self.window = window
         self._store: StateStore | None = None
 
-    def apply(self, changes: Sequence[Change]) -> None:
-        """Commit the changes in one transaction, in order (the last one per path wins)."""
+    def apply(self, changes: Sequence[Change], events: Sequence[Event], *,
+              settled: bool = False, now: float | None = None) -> None:
+        """Commit the changes (in order: the last one per path wins) and the window's update
+        (`events` received after the last settled marker, if `settled` one came) in one
+        transaction: a change is in the warm state only with its event in the window."""
         files: dict[str, Hashed | None] = {}
         for change in changes:
             if change.old_relative_path is not None:
                 files[change.old_relative_path] = None
             files[change.relative_path] = change.hashed
-        if files:
-            self._open().commit(files, [])
+        if files or events or settled:
+            at = time.time() if now is None else now
+            self._open().commit(files, [], also=lambda conn: self.window.record(
+                conn, events, settled=settled, now=at))
 
     def tracked(self) -> int:
         return self._open().tracked_count()
 
-    def reannounce(self, events: Sequence[Event]) -> None:
-        """Append the in-flight window to the outbox, in one transaction (at takeover: the
-        outbox is empty, so they go out before anything the pipeline announces)."""
-        if events:
-            self._open().commit({}, events)
+    def in_flight(self) -> int:
+        return self.window.size(self._open().connection)
+
+    def reannounce(self, now: float | None = None) -> int:
+        """Move the in-flight window into the outbox, in one transaction (at takeover: the
+        outbox is empty, so its events go out before anything the pipeline announces); how
+        many events."""
+        return self.window.take(self._open().connection, time.time() if now is None else now)
 
     def close(self) -> None:
         if self._store is not None:
@@ -113,20 +124,19 @@ class WarmState:
             self._store = None
 
     def _open(self) -> StateStore:
+        """The database; opened first, it adopts what its outbox held (standby.py)."""
         if self._store is None:
             self._store = StateStore(self.path)
+            if adopted := self.window.adopt_outbox(self._store.connection, time.time()):
+                log.warning("the standby's state database held events a replica that "
+                            "stopped being active had not seen confirmed; they are kept in "
+                            "the in-flight window, re-published if this replica takes over "
+                            "(unless the active replica says it has settled first)",
+                            extra={"events": adopted, "path": self.path})
         return self._store
 
 
-# The in-flight window's bounds.  Its length in time (in_flight_window_seconds) follows
-# from the broker settings; its size is bounded in events and bytes, keeping the newest:
-# the active replica publishes a batch (publisher.BATCH_SIZE events, from the head of its
-# outbox) only once the previous batch's confirms are settled, so the events it may not
-# have seen confirmed are the last ones it published, never older ones.  Dropping the
-# oldest could only repeat fewer confirmed events; dropping the newest could lose files.
-WINDOW_MAX_EVENTS = 2048  # 8 batches: an event nacked behind a held one rides a few batches
-WINDOW_MAX_BYTES = 8 * 1024 * 1024
-WINDOW_KEEP_EVENTS = 256  # publisher.BATCH_SIZE: never let go for the byte bound
+# The in-flight window's length in time (its table and other bounds: standby_window.py).
 # A peer that stops answering is dropped by the broker after 2 to 3 missed heartbeats.
 WINDOW_HEARTBEATS = 3
 WINDOW_SLACK_SECONDS = 5.0  # the standby's own stalls (a commit, a lease try)
@@ -168,54 +178,11 @@ def event_of(message: amqp.Message, instance_id: str) -> Event | None:
                  resync=bool(headers.get(RESYNC_HEADER, False)))
 
 
-class InFlightWindow:
-    """The raw events the active replica published last (the publisher thread's feed).
-
-    A run of events ends when nothing came for `seconds`: a replica with an event not yet
-    confirmed publishes again within that time (a batch after a reset, a held event's
-    retry), so what came before such a quiet spell was confirmed.  At takeover the window
-    is the current run, unless it ended more than `seconds` ago (then it is empty).  An
-    event received again (a retry, a redelivery) keeps its first place: the active replica
-    always publishes from the head of its outbox, so first receipts are in outbox order."""
-
-    def __init__(self, seconds: float, *, max_events: int = WINDOW_MAX_EVENTS,
-                 max_bytes: int = WINDOW_MAX_BYTES, keep: int = WINDOW_KEEP_EVENTS) -> None:
-        self.seconds = seconds
-        self._max_events, self._max_bytes, self._keep = max_events, max_bytes, keep
-        self._events: OrderedDict[str, Event] = OrderedDict()
-        self._bytes = 0
-        self._last = -float("inf")
-        self.let_go = 0  # the run's oldest events let go for the bounds
-
-    def __len__(self) -> int:
-        return len(self._events)
-
-    def add(self, event: Event, now: float) -> None:
-        if now - self._last > self.seconds:
-            self._clear()
-        self._last = now
-        if event.message_id in self._events:
-            return
-        self._events[event.message_id] = event
-        self._bytes += len(event.body)
-        while len(self._events) > self._max_events or (
-                self._bytes > self._max_bytes and len(self._events) > self._keep):
-            _id, oldest = self._events.popitem(last=False)
-            self._bytes -= len(oldest.body)
-            if not self.let_go:
-                log.warning("the in-flight window is full; letting go of its oldest events "
-                            "(the active replica had their confirms before publishing the "
-                            "newer ones)", extra={"events": len(self._events),
-                                                  "bytes": self._bytes})
-            self.let_go += 1
-
-    def take(self, now: float) -> list[Event]:
-        """The window's events, oldest first, at takeover; the window is empty after."""
-        events = list(self._events.values()) if now - self._last <= self.seconds else []
-        self._clear()
-        return events
-
-    def _clear(self) -> None:
-        self._events.clear()
-        self._bytes = 0
-        self.let_go = 0
+def is_settled(message: amqp.Message, instance_id: str) -> bool:
+    """Whether a delivery is this instance's active replica's settled marker (publisher.py
+    `_send_settled`): it comes through SETTLED_EXCHANGE, never the events exchange."""
+    info = message.delivery_info
+    headers = message.properties.get("application_headers") or {}
+    return (info.get("exchange") == SETTLED_EXCHANGE
+            and info.get("routing_key") == settled_key(instance_id)
+            and headers.get("instance_id") == instance_id)

@@ -17,7 +17,7 @@ from __future__ import annotations
 import os
 import sqlite3
 from collections import Counter
-from collections.abc import Iterator, Mapping, Sequence
+from collections.abc import Callable, Iterator, Mapping, Sequence
 from dataclasses import dataclass
 
 from multiwatch.state_dir import CREATE, VERIFY, UnsafeStateError, secure_database
@@ -94,6 +94,20 @@ MIGRATIONS: tuple[str, ...] = (
     BEGIN DELETE FROM held_deletions WHERE path = old.path; END;
     CREATE TRIGGER files_changed_unhold AFTER UPDATE ON files
     BEGIN DELETE FROM held_deletions WHERE path = old.path; END;
+    """,
+    # 5 → 6: a standby's in-flight window (watcher/standby_window.py): the active replica's
+    # last events as published (an outbox row's columns), one row per message id.
+    """
+    CREATE TABLE in_flight (
+        seq INTEGER PRIMARY KEY AUTOINCREMENT,
+        instance_id TEXT NOT NULL,
+        event_type TEXT NOT NULL,
+        routing_key TEXT NOT NULL,
+        message_id TEXT NOT NULL UNIQUE,
+        correlation_id TEXT NOT NULL,
+        body BLOB NOT NULL,
+        resync INTEGER NOT NULL DEFAULT 0
+    );
     """,
 )
 SCHEMA_VERSION = len(MIGRATIONS)
@@ -241,23 +255,18 @@ class StateStore:
         """The pipeline thread's connection, for the held deletions' functions below."""
         return self._conn
 
-    def drop_outbox(self) -> int:
-        """Delete every waiting event (a standby replica's database, watcher/standby.py: what
-        a replica that has since lost the lease left unsent); how many there were."""
-        with transaction(self._conn):
-            dropped = self._conn.execute("DELETE FROM outbox").rowcount
-            self._conn.execute("DELETE FROM counts WHERE name IN (?, ?)",
-                               (_QUEUED_EVENTS, _QUEUED_BYTES))
-        return int(dropped)
-
     def tracked_count(self) -> int:
         """How many files are tracked (kept by triggers: no row is read)."""
         return int(self._conn.execute("SELECT n FROM counts WHERE name = 'files'").fetchone()[0])
 
-    def commit(self, files: Mapping[str, Hashed | None], events: Sequence[Event]) -> None:
-        """Record new file states (None: forget the path) and their events atomically."""
+    def commit(self, files: Mapping[str, Hashed | None], events: Sequence[Event], *,
+               also: Callable[[sqlite3.Connection], None] | None = None) -> None:
+        """Record new file states (None: forget the path) and their events atomically
+        (`also`: more writes in the same transaction, a standby's in-flight window)."""
         conn = self._conn
         with transaction(conn):
+            if also is not None:
+                also(conn)
             # An upsert, not INSERT OR REPLACE: only a new path fires files_added.
             conn.executemany(
                 "INSERT INTO files VALUES (?, ?, ?, ?, ?, ?, ?) ON CONFLICT (path) DO UPDATE"

@@ -7,7 +7,6 @@ import json
 import os
 from pathlib import Path
 
-import amqp
 import pytest
 
 from multiwatch.status_view import role_label
@@ -19,23 +18,12 @@ from multiwatch.watcher.message import (
     FILE_DISCOVERED,
     FILE_MODIFIED,
     FILE_MOVED,
-    Event,
     build_event,
 )
 from multiwatch.watcher.standby import replica_db_path, takeover_db, warm_slot
-from multiwatch.watcher.standby_feed import StandbyFeed
-from multiwatch.watcher.standby_learning import (
-    WINDOW_KEEP_EVENTS,
-    WINDOW_MAX_EVENTS,
-    WINDOW_SLACK_SECONDS,
-    Change,
-    InFlightWindow,
-    WarmState,
-    change_of,
-    event_of,
-    in_flight_window_seconds,
-)
-from multiwatch.watcher.state import DurableOutbox, StateStore, iter_files, state_db_path
+from multiwatch.watcher.standby_learning import Change, WarmState, change_of
+from multiwatch.watcher.standby_window import InFlightWindow
+from multiwatch.watcher.state import StateStore, iter_files, state_db_path
 
 ID = "music"
 V1 = Hashed(version=FileVersion(size=12, mtime_ns=1_700_000_000_123_456_789, inode=77),
@@ -110,21 +98,22 @@ def test_changes_are_applied_in_order_and_applying_twice_changes_nothing(
     """A batch is committed in order (the last change per path wins); delivered again
     (at-least-once), it leaves the same state."""
     path = str(tmp_path / "state.db")
-    warm = WarmState(path)
+    warm = WarmState(path, InFlightWindow(60.0))
     batch = [Change("a", V1), Change("b", V1), Change("a", V2), Change("c", V1, "b"),
              Change("d", V1), Change("d", None)]
-    warm.apply(batch)
+    warm.apply(batch, [])
     assert _tracked(path) == {"a": V2, "c": V1}
-    warm.apply(batch)
+    warm.apply(batch, [])
     assert _tracked(path) == {"a": V2, "c": V1}
     assert warm.tracked() == 2
     warm.close()
 
 
-def test_a_standby_takes_the_first_free_database_and_empties_its_outbox(
+def test_a_standby_takes_the_first_free_database_and_keeps_its_outbox_as_its_window(
         tmp_path: Path) -> None:
-    """Slot 0 (state.db) when free, else state.<n>.db; events left unsent in it by a replica
-    that has since lost the lease are dropped (the active replica's reconcile covers them)."""
+    """Slot 0 (state.db) when free, else state.<n>.db; events left unsent in it (by a
+    replica that has since lost the lease) leave the outbox for the in-flight window when
+    the feed opens it: re-published only if this replica takes over before a marker."""
     state_dir = str(tmp_path)
     own = state_db_path(state_dir, ID)
     store = StateStore(own)
@@ -134,6 +123,9 @@ def test_a_standby_takes_the_first_free_database_and_empties_its_outbox(
     store.close()
     first = warm_slot(state_dir, ID, embedded=False)
     assert first is not None and first.slot == 0 and first.path == own
+    warm = WarmState(first.path, InFlightWindow(60.0))
+    assert warm.tracked() == 1 and warm.in_flight() == 1
+    warm.close()
     store = StateStore(own)
     assert store.outbox_usage() == (0, 0) and store.tracked_count() == 1
     store.close()
@@ -182,136 +174,3 @@ def test_status_shows_whether_a_standby_is_warm() -> None:
     assert role_label(_standby(standby_warm=False)) == "standby (catching up)"
     assert role_label(_standby()) == "standby"
     assert role_label({"role": "active"}) == "active"
-
-
-# -------------------------------------------------------------------- the in-flight window
-
-
-def _event(n: int, event_type: str = FILE_DISCOVERED, *, resync: str | None = None) -> Event:
-    return build_event(event_type=event_type, instance_id=ID, watched_directory="/data/music",
-                       relative_path=f"f{n:04}.mp3", hashed=V1, resync_id=resync)
-
-
-def _delivered(event: Event, tag: int, *, decoded: bool = False) -> amqp.Message:
-    """The message as the standby's queue hands it over: the very properties the publisher
-    sends (watcher/amqp_io.py publish_frames); py-amqp decodes a utf-8 body to str."""
-    message = amqp.Message(event.body.decode() if decoded else event.body,
-                           content_type="application/json", content_encoding="utf-8",
-                           delivery_mode=2, message_id=event.message_id,
-                           correlation_id=event.correlation_id,
-                           application_headers=event.headers)
-    message.delivery_info = {"delivery_tag": tag, "routing_key": event.routing_key}
-    return message
-
-
-def test_a_delivered_event_gives_back_the_outbox_row_it_was_published_from() -> None:
-    """Routing key, message id, correlation id, headers and body come back exactly, so the
-    new active replica publishes the same bytes under the same message id."""
-    for event in (_event(1), _event(2, FILE_DELETED), _event(3, resync="r1")):
-        for decoded in (False, True):
-            assert event_of(_delivered(event, 1, decoded=decoded), ID) == event
-    other = build_event(event_type=FILE_DISCOVERED, instance_id="other", watched_directory="/d",
-                        relative_path="x", hashed=V1)
-    assert event_of(_delivered(other, 1), ID) is None
-    bare = amqp.Message(b"{}", application_headers={"instance_id": ID})
-    bare.delivery_info = {"delivery_tag": 1, "routing_key": "file.discovered"}
-    assert event_of(bare, ID) is None
-
-
-def test_the_window_is_the_current_run_and_empty_after_a_quiet_spell() -> None:
-    """A run ends when nothing came for the window's length: what came before was
-    confirmed.  At takeover a run that ended longer ago than that gives nothing."""
-    window = InFlightWindow(10.0)
-    window.add(_event(1), 100.0)
-    window.add(_event(2), 105.0)
-    window.add(_event(3), 116.0)  # 11 s quiet: 1 and 2 were confirmed
-    window.add(_event(4), 120.0)
-    assert [e.message_id for e in window.take(125.0)] == [_event(3).message_id,
-                                                          _event(4).message_id]
-    assert window.take(125.0) == []  # taken once
-    window.add(_event(5), 200.0)
-    assert window.take(210.5) == []  # the active replica was quiet for longer
-
-
-def test_an_event_received_again_keeps_its_first_place() -> None:
-    """A held event's retries (and redeliveries) do not move it behind the events published
-    after its first publish: re-announced in outbox order, once each."""
-    window = InFlightWindow(10.0)
-    for n, at in ((1, 0.0), (2, 0.1), (3, 0.2), (1, 5.0), (1, 9.0), (2, 12.0)):
-        window.add(_event(n), at)
-    assert [e.message_id for e in window.take(13.0)] == [_event(n).message_id
-                                                         for n in (1, 2, 3)]
-
-
-def test_a_burst_beyond_the_bounds_keeps_the_newest() -> None:
-    """The events the active replica may not have seen confirmed are its last ones (it
-    publishes a batch after the previous batch's confirms): over the bound, the oldest go;
-    the byte bound never lets go of the newest batch."""
-    window = InFlightWindow(60.0, max_events=100, max_bytes=10**9, keep=10)
-    for n in range(250):
-        window.add(_event(n), n * 0.01)
-    assert window.let_go == 150
-    assert [e.message_id for e in window.take(3.0)] == [_event(n).message_id
-                                                        for n in range(150, 250)]
-    size = len(_event(0).body)
-    window = InFlightWindow(60.0, max_events=100, max_bytes=5 * size, keep=10)
-    for n in range(50):
-        window.add(_event(n), 0.0)
-    assert [e.message_id for e in window.take(1.0)] == [_event(n).message_id
-                                                        for n in range(40, 50)]
-
-
-def test_the_window_bounds_fit_the_publisher() -> None:
-    """The byte bound keeps at least one whole batch; the window lasts a confirm wait, a
-    held event's retry, three heartbeats and a lease try (no bound without heartbeats)."""
-    from multiwatch.config import BrokerConfig
-    from multiwatch.watcher.publisher import BATCH_SIZE
-
-    assert WINDOW_KEEP_EVENTS >= BATCH_SIZE and WINDOW_MAX_EVENTS >= 4 * BATCH_SIZE
-    broker = BrokerConfig(heartbeat_seconds=2, confirm_timeout_seconds=3,
-                          reconnect_max_seconds=2)
-    assert in_flight_window_seconds(broker, 0.5) == 3 + 2 + 3 * 2 + 0.5 + WINDOW_SLACK_SECONDS
-    assert in_flight_window_seconds(BrokerConfig(heartbeat_seconds=0), 2) == float("inf")
-
-
-def _feed(path: str, seconds: float = 60.0) -> StandbyFeed:
-    return StandbyFeed(instance_id=ID, exchange="file-events", db_path=path,
-                       expect=lambda _seconds, _what: None, reply_seconds=1.0,
-                       window_seconds=seconds)
-
-
-def test_at_takeover_the_window_goes_to_the_outbox_before_anything_else(
-        tmp_path: Path) -> None:
-    """The feed applies what it receives and keeps the raw events; taking over, it appends
-    them to the (emptied) outbox of the database the new active replica goes on from, with
-    their message ids, so they are published first and consumers drop the ones they had."""
-    state_dir = str(tmp_path)
-    warm = warm_slot(state_dir, ID, embedded=False)
-    assert warm is not None
-    feed = _feed(warm.path)
-    burst = [_event(n) for n in range(5)] + [_event(0, FILE_DELETED)]
-    for tag, event in enumerate(burst, start=1):
-        feed._received(_delivered(event, tag, decoded=tag % 2 == 0))
-    feed._apply(ack=False)
-    feed.finish(object())  # type: ignore[arg-type]  # (not the connection it consumed on)
-    assert set(_tracked(warm.path)) == {f"f{n:04}.mp3" for n in range(1, 5)}
-    outbox = DurableOutbox(takeover_db(state_dir, ID, warm, lambda: False) or "")
-    rows = [event for _seq, event in outbox.peek(100)]
-    outbox.close()
-    assert rows == burst, "the same rows, in the order published"
-    os.close(warm.fd)
-
-
-def test_a_takeover_after_a_quiet_spell_repeats_nothing(tmp_path: Path) -> None:
-    """Events received longer than the window before the takeover were confirmed: the
-    outbox stays empty (a takeover over unchanged files announces nothing)."""
-    path = str(tmp_path / "state.db")
-    feed = _feed(path, seconds=60.0)
-    feed._received(_delivered(_event(1), 1))
-    feed._apply(ack=False)
-    assert len(feed.window) == 1
-    feed.window._last -= 61.0  # received a window's length before the takeover
-    feed.finish(object())  # type: ignore[arg-type]
-    outbox = DurableOutbox(path)
-    assert outbox.peek(10) == []
-    outbox.close()
