@@ -41,7 +41,7 @@ from typing import Protocol
 from multiwatch.config import BrokerConfig, SupervisorConfig, mask_url
 from multiwatch.status_view import ChildView, Heartbeat, Resources
 from multiwatch.supervisor.event_rate import EventRate, event_total
-from multiwatch.supervisor.template import template_context
+from multiwatch.supervisor.template import start_in_template, template_context
 from multiwatch.watcher.spec import (
     EXIT_DIRECTORY_GONE,
     EXIT_LEASE_LOST,
@@ -95,12 +95,21 @@ WatcherFactory = Callable[[ChildSpec], tuple[WatcherProcess, Connection]]
 
 def spawn_watcher(context: ForkServerContext | SpawnContext,
                   spec: ChildSpec) -> tuple[ForkServerProcess | SpawnProcess, Connection]:
-    """A WatcherFactory once bound to a context: a run_child process started in it."""
+    """A WatcherFactory once bound to a context: a run_child process started in it (in
+    the template: within a deadline, supervisor/template.py)."""
     reader, writer = context.Pipe(duplex=False)
     process = context.Process(target=run_child, args=(spec, writer),
                               name=f"multiwatch-{spec.instance.id}")
-    process.start()
-    writer.close()  # the child holds the only writer: EOF here means it is gone
+    try:
+        if isinstance(context, ForkServerContext):
+            start_in_template(process)
+        else:
+            process.start()
+    except BaseException:
+        reader.close()
+        raise
+    finally:
+        writer.close()  # the child holds the only writer: EOF here means it is gone
     return process, reader
 
 
@@ -200,8 +209,9 @@ class Child:
                     self.state = State.WAITING
                     self.reason = str(payload.get("reason", "waiting"))
                 elif kind == Report.HEARTBEAT:
-                    self.snapshot = payload
-                    total = event_total(payload)
+                    if payload:  # ({}: alive, nothing changed since the last one; parent_link.py)
+                        self.snapshot = payload
+                    total = event_total(self.snapshot)
                     if total is not None:
                         if self._rate is None:  # its counters started from 0 at its start
                             self._rate = EventRate(self.started_at)

@@ -16,19 +16,32 @@ ignores the group's signals (SIGINT, SIGTERM, SIGHUP: the supervisor leads); it 
 the supervisor does (even by SIGKILL: its "alive" pipe closes), and its children die with
 it (PR_SET_PDEATHSIG, watcher/main.py).  If it dies alone, its children stop, their exits
 are reported as status 255, and the next start launches a new template.
+
+Every start has a deadline (`start_in_template`).  multiprocessing's own start waits for the
+template to fork and send the new pid with none: a stopped or hung template would hold the
+supervisor's loop at that start for good.  Here a template found stopped (SIGSTOP) fails
+the start at once, one that does not answer within FORK_TIMEOUT_SECONDS (a template still
+importing: FIRST_FORK_TIMEOUT_SECONDS) fails it then; either way the start fails with the
+reason (the instance backs off and retries) and the template is killed and replaced: its
+watchers stop with it and are started again from the new one, as after a template's crash.
 """
 
 from __future__ import annotations
 
 import contextlib
+import logging
 import multiprocessing
 import os
 import signal
 import tempfile
+import threading
 import time
 from multiprocessing import forkserver
 from multiprocessing.context import ForkServerContext
+from multiprocessing.process import BaseProcess
 from typing import Any
+
+log = logging.getLogger(__name__)
 
 # The template's preload.  Named, not imported: importing it is what makes a process the
 # template (and the supervisor starts it before importing any configuration code).
@@ -41,6 +54,18 @@ STOP_TIMEOUT_SECONDS = 5.0
 SOCKET_DIR_FALLBACKS = ("/dev/shm",)
 MAX_SOCKET_DIR_CHARS = 70
 _REAP_POLL_SECONDS = 0.02
+# A template that has forked once forks the next watcher in milliseconds; one that has not
+# is still importing the watcher (seconds on a loaded machine).  Beyond these it is hung.
+FORK_TIMEOUT_SECONDS = 10.0
+FIRST_FORK_TIMEOUT_SECONDS = 60.0
+KILL_TIMEOUT_SECONDS = 5.0  # a SIGKILLed template is reaped within this (else left: logged)
+STOPPED_STATES = frozenset("Tt")  # /proc/<pid>/stat: stopped by a signal, or traced
+
+_answered: set[int] = set()  # templates that have forked a watcher (their deadline is short)
+
+
+class TemplateUnresponsive(OSError):
+    """The template did not fork a watcher in time (stopped, hung): it was replaced."""
 
 
 def template_context() -> ForkServerContext:
@@ -73,6 +98,62 @@ def _socket_dir() -> str | None:
     return None
 
 
+def start_in_template(process: BaseProcess, *, timeout: float | None = None,
+                      check_stopped: bool = True) -> None:
+    """`process.start()` in the template, within a deadline (`timeout`, default by whether
+    the template has forked before).  Raises TemplateUnresponsive (an OSError) if the
+    template is stopped (checked first, unless `check_stopped` is false) or does not answer
+    in time, after replacing it; or whatever the start itself raised."""
+    pid = template_pid()
+    if check_stopped and pid is not None and _process_state(pid) in STOPPED_STATES:
+        raise _replaced(pid, f"the template process (pid {pid}) is stopped (SIGSTOP)")
+    if timeout is None:
+        timeout = FORK_TIMEOUT_SECONDS if pid in _answered else FIRST_FORK_TIMEOUT_SECONDS
+    done = threading.Event()
+    failed: list[BaseException] = []
+
+    def start() -> None:  # (multiprocessing's wait for the pid has no deadline of its own)
+        try:
+            process.start()
+        except Exception as exc:  # noqa: BLE001 - handed to the caller, who raises it
+            failed.append(exc)
+        finally:
+            done.set()
+
+    threading.Thread(target=start, name="multiwatch-template-start", daemon=True).start()
+    if not done.wait(timeout):
+        pid = template_pid()
+        error = _replaced(pid, f"the template process (pid {pid}) did not fork the watcher "
+                               f"within {timeout:g} s")
+        done.wait(KILL_TIMEOUT_SECONDS)  # killed, it closed its pipes: the start ends (EOF)
+        raise error
+    if failed:
+        raise failed[0]
+    pid = template_pid()
+    if pid is not None:
+        _answered.add(pid)
+
+
+def _replaced(pid: int | None, reason: str) -> TemplateUnresponsive:
+    """Kill the unresponsive template now (the next start launches a new one) and say so;
+    returns the error that fails the start."""
+    log.error("%s; killing it: its watchers stop and are started again from a new template",
+              reason, extra={"template_pid": pid})
+    kill_template()
+    return TemplateUnresponsive(f"{reason}; it was replaced")
+
+
+def _process_state(pid: int) -> str:
+    """The state letter of /proc/<pid>/stat ("" if unknown: not Linux, or gone)."""
+    try:
+        with open(f"/proc/{pid}/stat", "rb") as stat:
+            after_name = stat.read().rsplit(b")", 1)[1]
+    except (OSError, IndexError):
+        return ""
+    fields = after_name.split()
+    return fields[0].decode("ascii", "replace") if fields else ""
+
+
 def template_pid() -> int | None:
     """The running template's pid, if one was started by this process."""
     pid = getattr(forkserver._forkserver, "_forkserver_pid", None)  # (private: see stop)
@@ -82,23 +163,45 @@ def template_pid() -> int | None:
 def stop_template(timeout: float = STOP_TIMEOUT_SECONDS) -> None:
     """Stop the template (after the watchers): close its alive pipe, wait up to `timeout`,
     then SIGKILL.  multiprocessing's own stop waits without a deadline."""
+    _end_template(timeout, kill_first=False)
+
+
+def kill_template() -> None:
+    """SIGKILL the template now (it is hung or stopped); the next start launches a new one."""
+    _end_template(KILL_TIMEOUT_SECONDS, kill_first=True)
+
+
+def _end_template(timeout: float, *, kill_first: bool) -> None:
     server: Any = forkserver._forkserver  # (its state is private: no public stop with a deadline)
     try:
-        with server._lock:  # (ensure_running's lock: no start races this)
+        lock = server._lock  # (ensure_running's lock: no start races this)
+        if not lock.acquire(timeout=timeout):  # a start stuck inside ensure_running
+            log.error("cannot stop the template process: a start holds multiprocessing's "
+                      "forkserver lock", extra={"template_pid": template_pid()})
+            return
+        try:
             pid, alive_fd = server._forkserver_pid, server._forkserver_alive_fd
             address = server._forkserver_address
             server._forkserver_pid = server._forkserver_alive_fd = None
             server._forkserver_address = None
+        finally:
+            lock.release()
     except AttributeError:  # another Python's forkserver: it ends when the supervisor does
         return
     if pid is None:
         return
+    _answered.discard(pid)
+    if kill_first:
+        with contextlib.suppress(ProcessLookupError):
+            os.kill(pid, signal.SIGKILL)
     if alive_fd is not None:
         os.close(alive_fd)  # EOF: the template leaves its loop and exits
     if not _reaped(pid, timeout):
         with contextlib.suppress(ProcessLookupError):
             os.kill(pid, signal.SIGKILL)
-        _reaped(pid, timeout)
+        if not _reaped(pid, timeout):
+            log.error("the template process did not exit after SIGKILL",
+                      extra={"template_pid": pid})
     if isinstance(address, str) and not address.startswith("\0"):
         with contextlib.suppress(OSError):
             os.unlink(address)
