@@ -7,7 +7,8 @@ into it, so the active replica scans them in) are announced by the active replic
 the standby's database tracks all N, the active supervisor's process group is killed (-9).
 Printed: the time with no active replica (kill → the standby's "took over" line; target
 <= 2 x the AMQP heartbeat + lease_retry_seconds), the time to the end of its reconcile,
-the bytes it hashed and the events it announced at takeover (target 0 and 0), and the
+the bytes it hashed and the events it announced at takeover (target 0 and 0; how many of
+them its in-flight window published again, from its log), and the
 standby's catch-up (how long after the active replica's last announcement its database
 tracked every file).  Ceiling: os.scandir + lstat of the same tree (the reconcile's walk).
 """
@@ -129,6 +130,8 @@ def _measure(ctx: Ctx, files: int, url: str, queue: str, base: Path, staging: Pa
         os.killpg(active.pid, signal.SIGKILL)
         took = standby.wait_log(lambda line: line.get("message") == "took over as the active "
                                 "replica of this instance", timeout=120)
+        window = standby.wait_log(lambda line: str(line.get("message", "")).startswith(
+            "re-announcing the previous active replica's in-flight window"), timeout=120)
         scan = standby.wait_log(lambda line: line.get("message") == "startup scan complete",
                                 timeout=120 + files / 1000)
         time.sleep(2.0)  # what the new active replica announces is in the queue by now
@@ -140,7 +143,8 @@ def _measure(ctx: Ctx, files: int, url: str, queue: str, base: Path, staging: Pa
             f"reconciled {listed} files {reconciled:.2f}s after the kill (scan "
             f"{scan.get('elapsed_seconds')}s; ceiling walk {walk:.2f}s): "
             f"{scan.get('bytes_hashed')} bytes hashed, {scan.get('files_hashed')} files "
-            f"hashed, {announced} events announced")
+            f"hashed, {announced} events announced ({window.get('events')} of them the "
+            f"in-flight window published again)")
         ctx.report.add("replicas", f"takeover (kill -9) over {files} unchanged files: time "
                        "with no active replica", f"{gap:.2f}s",
                        target=f"<= {TARGET_SECONDS:.0f}s", ok=gap <= TARGET_SECONDS)
