@@ -20,7 +20,9 @@ decides once, with the whole picture.
 
 The command asks by a row in the state database (held_deletions.request_deletions), which this
 guard reads every POLL_SECONDS while deletions are held (next_due turns the pipeline loop
-for it then, and only then: no idle wakeups otherwise): no signal, no restart.
+for it then, and only then: no idle wakeups otherwise): no signal, no restart.  With none
+held it reads nothing after its first look (the command asks only while some are held, and
+only this guard holds deletions), so an idle watcher's wakeups cost no query.
 """
 
 from __future__ import annotations
@@ -56,7 +58,8 @@ class DeletionGuard:
         self._serving = 0  # the request being served (held_deletions.RECHECK or RELEASE), or 0
         self._releasing: list[str] = []  # held paths the release has not looked at yet
         self._released = self._back = 0  # of the release in progress
-        self._next_poll = 0.0
+        self._next_poll = 0.0  # the first step looks (a request left before the start)
+        self._looked = False
         self.roster = ""  # the roster file (main sets it): the WARNING's commands name it
 
     def scan_found(self, relative_dir: str, gone: list[str], tracked: int) -> list[str]:
@@ -108,6 +111,9 @@ class DeletionGuard:
         if now < self._next_poll:
             return
         self._next_poll = now + POLL_SECONDS
+        if self._looked and not self.held and not self._serving:
+            return  # nothing held: no request can come (and `held` cannot grow behind us)
+        self._looked = True
         self.held = held_deletions.held_count(self._conn)
         request = held_deletions.deletion_request(self._conn)
         if not request or request == self._serving:

@@ -188,6 +188,23 @@ def test_an_idle_watcher_serves_a_release_without_waiting_for_its_idle_wakeup(
     assert pipeline.deletions.next_due(0.0) is None  # nothing held: no wakeups of its own
 
 
+def test_with_nothing_held_the_guard_reads_nothing_after_its_first_look(
+        tmp_path: Path) -> None:
+    """An idle watcher with no deletions held: the guard's turns cost no query (the command
+    asks only while some are held); its first look still finds a request left before."""
+    pipeline, _, _root = _started(tmp_path)
+    statements: list[str] = []
+    pipeline.store.connection.set_trace_callback(statements.append)
+    now = time.monotonic()
+    for turn in range(5):
+        pipeline.deletions.step(now + 2.0 * turn)
+    assert statements == []
+    pipeline, _ = _restart(tmp_path, pipeline)
+    pipeline.store.connection.set_trace_callback(statements.append)
+    pipeline.deletions.step(time.monotonic())
+    assert statements, "the first look reads the held count and any request"
+
+
 def test_recheck_rescans_and_keeps_what_is_still_gone(tmp_path: Path) -> None:
     """A recheck request rescans: files back are un-held, those still gone stay held."""
     pipeline, _, root = _started(tmp_path)
