@@ -53,7 +53,9 @@ class LastEvent(TypedDict):
 
 
 class Heartbeat(TypedDict, total=False):
-    """A watcher's status, sent every heartbeat; empty until the first one arrives."""
+    """A watcher's status, sent with a heartbeat when it changed (and every
+    FULL_EVERY_BEATS-th beat); a heartbeat with an empty one means "unchanged"
+    (watcher/parent_link.py).  Empty until the first one arrives."""
 
     events: dict[str, int]  # event type → events announced since the process started
     bytes_hashed: int

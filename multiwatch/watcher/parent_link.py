@@ -12,6 +12,7 @@ import signal
 import time
 from collections.abc import Callable, Iterator, Mapping
 from multiprocessing.connection import Connection
+from multiprocessing.reduction import ForkingPickler
 
 from multiwatch.status_view import Heartbeat
 from multiwatch.watcher.raw_event import EventKind, RawEvent
@@ -22,10 +23,15 @@ from multiwatch.watcher.spec import Report
 # supervisor's hang_timeout_seconds, so a quiet child is never taken for a hung one).
 HEARTBEAT_SECONDS = 1.0
 IDLE_HEARTBEAT_SECONDS = 5.0
+# A heartbeat whose snapshot equals the last one sent carries an empty one ({}: alive,
+# nothing changed; the supervisor keeps what it has), except every FULL_EVERY_BEATS-th.
+FULL_EVERY_BEATS = 12
 # Put on the notification queue by the SIGTERM handler to end the loop's wait.  Its path
 # is None ("outside the tree"), which the pipeline ignores like any such notification.
 WAKE_UP = RawEvent(EventKind.WAKE, False, None)
 _PR_SET_PDEATHSIG = 1
+# "Alive, nothing changed", pickled once as Connection.send would (recv() unpickles it).
+_EMPTY_HEARTBEAT = ForkingPickler.dumps((Report.HEARTBEAT, {}))
 
 
 class StopRequest:
@@ -68,7 +74,11 @@ class StopRequest:
 class HeartbeatSender:
     """Sends the status snapshot: at most every HEARTBEAT_SECONDS while its activity summary
     changes, else every IDLE_HEARTBEAT_SECONDS.  Called from the work loop and from inside
-    long work (hashing a huge file), never from a side thread: a hung loop goes silent."""
+    long work (hashing a huge file), never from a side thread: a hung loop goes silent.
+
+    Invariant: the supervisor's copy (lifecycle.Child.snapshot) equals the last snapshot
+    built here once each heartbeat is read, since an empty one is sent only when nothing
+    differs from the last full one (an idle watcher's beat then pickles almost nothing)."""
 
     def __init__(self, parent: ParentLink, snapshot: Callable[[], Heartbeat],
                  activity: Callable[[], object], *, hang_timeout: float,
@@ -81,6 +91,8 @@ class HeartbeatSender:
         self.busy_seconds = min(HEARTBEAT_SECONDS, self.idle_seconds)
         self._sent_at = -float("inf")
         self._sent_activity: object = None
+        self._sent_snapshot: Heartbeat | None = None
+        self._empty_beats = 0  # in a row since the last full snapshot
 
     def due(self) -> float:
         """When the next heartbeat is due, as far as can be told now (time.monotonic)."""
@@ -95,7 +107,13 @@ class HeartbeatSender:
         if now < self._sent_at + self.idle_seconds and self._activity() == self._sent_activity:
             return
         self._sent_at, self._sent_activity = now, self._activity()
-        self._parent.send(Report.HEARTBEAT, self._snapshot())
+        snapshot = self._snapshot()
+        if snapshot == self._sent_snapshot and self._empty_beats < FULL_EVERY_BEATS - 1:
+            self._empty_beats += 1
+            self._parent.send_pickled(_EMPTY_HEARTBEAT)
+            return
+        self._sent_snapshot, self._empty_beats = snapshot, 0
+        self._parent.send(Report.HEARTBEAT, snapshot)
 
 
 class ParentLink:
@@ -111,6 +129,15 @@ class ParentLink:
             return
         try:
             self._connection.send((kind, payload))
+        except (BrokenPipeError, EOFError, OSError):
+            self._broken = True
+
+    def send_pickled(self, report: bytes) -> None:
+        """Send a (Report, payload) pickled beforehand (what send() would have written)."""
+        if self._broken:
+            return
+        try:
+            self._connection.send_bytes(report)
         except (BrokenPipeError, EOFError, OSError):
             self._broken = True
 

@@ -34,7 +34,7 @@ class Report(StrEnum):
     """What a watcher tells the supervisor over its pipe, as (Report, payload dict)."""
 
     READY = "ready"  # watching; payload: pid
-    HEARTBEAT = "heartbeat"  # payload: the status snapshot (watcher/main.py _snapshot)
+    HEARTBEAT = "heartbeat"  # payload: the status snapshot (snapshot.py), {} if unchanged
     WAITING = "waiting"  # payload: reason (a directory or mount not there yet)
     EXITING = "exiting"  # payload: reason, just before exiting on its own
 

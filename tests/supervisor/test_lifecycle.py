@@ -55,3 +55,19 @@ def test_a_running_watcher_shows_what_holds_its_events_as_its_reason() -> None:
     child.state = State.RUNNING
     child.snapshot = {"broker_connected": True, "problem": "publishing held: event m1 ..."}
     assert child.view(5.0)["reason"] == "publishing held: event m1 ..."
+
+
+def test_an_empty_heartbeat_keeps_the_status_the_last_full_one_gave() -> None:
+    """An idle watcher's heartbeat says only "alive, unchanged" ({}): /status keeps showing
+    its last figures, and the hang check counts the empty beat."""
+    child = _child()
+    child.state = State.RUNNING
+    child.started_at = 0.0
+    child.reader = ReportPipe([("heartbeat", {"broker_connected": True,  # type: ignore[assignment]
+                                              "events": {"file_discovered": 3}})])
+    child.receive(10.0)
+    child.reader = ReportPipe([("heartbeat", {})])  # type: ignore[assignment]
+    child.receive(15.0)
+    assert child.view(15.0)["heartbeat"] == {"broker_connected": True,
+                                             "events": {"file_discovered": 3}}
+    assert child.last_heartbeat == 15.0  # (the hang check counts it)

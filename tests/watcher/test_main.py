@@ -11,6 +11,7 @@ import sqlite3
 import threading
 import time
 from collections.abc import Callable
+from multiprocessing.reduction import ForkingPickler
 from pathlib import Path
 from types import SimpleNamespace
 from typing import Any
@@ -27,6 +28,7 @@ from multiwatch.watcher.main import (
 from multiwatch.watcher.observe import start_observer
 from multiwatch.watcher.outbox import OutboxGauge
 from multiwatch.watcher.parent_link import (
+    FULL_EVERY_BEATS,
     HEARTBEAT_SECONDS,
     IDLE_HEARTBEAT_SECONDS,
     WAKE_UP,
@@ -49,6 +51,9 @@ class _Parent:
 
     def send(self, kind: str, payload: dict[str, object]) -> None:
         self.sent.append((kind, payload))
+
+    def send_pickled(self, report: bytes) -> None:
+        self.sent.append(ForkingPickler.loads(report))
 
 
 class _Clock:
@@ -97,6 +102,21 @@ def test_a_busy_watcher_heartbeats_every_second() -> None:
         sent += _sent_at(beat, parent, clock, [step * 0.25])
     assert sent == [i * HEARTBEAT_SECONDS for i in range(11)]
     assert parent.sent[-1] == ("heartbeat", {"files_hashed": activity[0]})
+
+
+def test_an_unchanged_status_goes_up_as_an_empty_heartbeat() -> None:
+    """Idle, a heartbeat whose status equals the last one sent carries {} (the supervisor
+    keeps what it has), a full one every FULL_EVERY_BEATS-th beat and whenever it changed."""
+    activity = [0]
+    beat, parent, clock = _heartbeat(activity)
+    times = [i * IDLE_HEARTBEAT_SECONDS for i in range(FULL_EVERY_BEATS + 1)]
+    _sent_at(beat, parent, clock, times)
+    assert [payload for _kind, payload in parent.sent] == (
+        [{"files_hashed": 0}] + [{}] * (FULL_EVERY_BEATS - 1) + [{"files_hashed": 0}])
+    activity[0] = 1
+    clock.now += HEARTBEAT_SECONDS
+    beat.maybe_send()
+    assert parent.sent[-1] == ("heartbeat", {"files_hashed": 1})
 
 
 def test_the_loop_wakes_when_the_next_heartbeat_is_due() -> None:
