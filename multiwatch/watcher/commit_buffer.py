@@ -79,6 +79,7 @@ class CommitBuffer:
         if self.failures:
             log.info("state database writable again", extra={"path": self.store.path})
         self.failures, self._retry_at = 0, 0.0
+        self.tracked.stored(self.files.keys())
         self.gauge.added(len(self.events), sum(len(e.body) for e in self.events))
         with lines_written_together():
             for event, fields in zip(self.events, self._event_logs, strict=True):

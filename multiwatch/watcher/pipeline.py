@@ -183,6 +183,8 @@ class Pipeline:
         announce) its version if that is not the one announced."""
         resolved = self._early.trusted_stat_at_close(
             relative, self._announce.take_at_close(relative))
+        if resolved is None and self._hash_as_seen(relative, seen, now):
+            return
         if resolved is None:
             try:
                 resolved = self._resolve(relative)
@@ -218,6 +220,28 @@ class Pipeline:
             self._on_hash_outcome(relative, now, None, exc)
             return
         self._on_hash_outcome(relative, now, hashed, None)
+
+    def _hash_as_seen(self, relative: str, seen: FileVersion | None, now: float) -> bool:
+        """A small new file a scan saw (a first start's every file): hash it as the version
+        the scan's lstat saw, with no second stat.  hash_file checks that the file it opens
+        has that very version; if not (written since, without events, or the version was
+        an older scan's), False: the caller stats afresh and decides as for any path.
+        True when this was the path's outcome."""
+        pool = self.hash_pool
+        if (seen is None or pool is None or seen.size >= pool.min_bytes
+                or self.instance.follow_symlinks or relative in self.tracked):
+            return False
+        hashed: Hashed | None = None
+        error: Exception | None = None
+        try:
+            hashed = hash_file(self._confined, relative, self._progress, expected=seen)
+        except ChangedWhileHashing:
+            return False
+        except (NotRegularFile, OSError) as exc:
+            error = exc
+        self._announce.take_closed_write(relative)  # (the version is the one seen)
+        self._on_hash_outcome(relative, now, hashed, error)
+        return True
 
     def _collect_hashes(self) -> None:
         """Take the pool's finished hashes back; announce those whose settle period is over."""

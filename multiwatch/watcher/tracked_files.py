@@ -61,7 +61,7 @@ class TrackedFiles(MutableMapping[str, Hashed]):
     def __init__(self, conn: sqlite3.Connection) -> None:
         self._conn = conn
         self._versions: dict[str, Version] = {}  # the tracked paths of loaded directories
-        self._hashes: dict[str, _Hashes] = {}  # read, or written since the load
+        self._hashes: dict[str, _Hashes] = {}  # read, or written and not committed yet (stored)
         # Directories whose rows are in _versions (with how many they had), or None once
         # every row is.
         self._loaded: dict[str, int] | None = {}
@@ -128,6 +128,15 @@ class TrackedFiles(MutableMapping[str, Hashed]):
         hashed = self._hashed(relative_path, version)
         del self[relative_path]
         return hashed
+
+    def stored(self, relative_paths: Iterator[str] | KeysView[str]) -> None:
+        """These paths' rows are committed: their hashes are read back from the database
+        the next time a Hashed is asked for (a deletion, a rename, a modification), as
+        after a restart, instead of staying in memory for the process's life (about a
+        third of a first start's memory per file)."""
+        hashes = self._hashes
+        for relative_path in relative_paths:
+            hashes.pop(relative_path, None)
 
     def paths(self) -> KeysView[str]:
         """Every tracked path, as a dict view (set operations on it run at C speed)."""
