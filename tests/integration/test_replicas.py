@@ -59,6 +59,18 @@ def _role(port: int) -> str | None:
         return None
 
 
+def _demoted(port: int) -> dict[str, Any]:
+    """Instance music in /status once its watcher has exited as a demoted replica."""
+    def entry() -> dict[str, Any] | None:
+        music: dict[str, Any] = _status(port)["instances"]["music"]
+        return music if music.get("last_exit") == "lost the lease to another replica" else None
+
+    found: dict[str, Any] | None = wait_for(entry, 30,
+                                            message="the demoted replica's exit in /status")
+    assert found is not None
+    return found
+
+
 def _ready(port: int) -> int:
     try:
         with urllib.request.urlopen(f"http://127.0.0.1:{port}/readyz", timeout=5) as response:
@@ -222,6 +234,7 @@ def test_an_active_replica_cut_off_from_the_broker_hands_over_and_stands_by_once
         announced = _announced(received)
         assert set(announced) == before | after, "nothing lost"
         assert all(len(ids) == 1 for ids in announced.values())
+        assert _demoted(ports[0])["restarts"] == 0  # an expected outcome, not a crash
         wait_for(lambda: _role(ports[0]) == "standby" and _role(ports[1]) == "active", 90,
                  message="the cut-off replica came back as a standby")
     finally:
@@ -260,8 +273,15 @@ def test_a_frozen_active_replica_on_the_same_state_dir_is_replaced_and_later_sta
     assert all(len(ids) == 1 for ids in announced.values())
     first.wait_for_log(lambda line: str(line.get("message", "")).startswith(
         "another replica holds the lease now"), timeout=60)
+    assert _demoted(ports[0])["restarts"] == 0  # an expected outcome, not a crash
     wait_for(lambda: _role(ports[0]) == "standby" and _role(ports[1]) == "active", 60,
              message="the thawed replica came back as a standby")
+    # The active replica goes on from state.1.db (the frozen one held state.db): the
+    # commands read that one, and say so.
+    export = run_cli("state", "export", "-c", str(tmp_path / "a.yaml"))
+    assert "music: reading state.1.db, the active replica's" in export.stderr, export.stderr
+    assert {json.loads(line)["relative_path"] for line in export.stdout.splitlines()} \
+        >= before | after
 
 
 def test_embedded_replicas_on_one_state_dir_share_an_flock_lease(
@@ -309,3 +329,50 @@ def test_without_ha_a_second_supervisor_is_still_refused(
     refused = run_cli("run", "-c", str(replica), timeout=30)
     assert refused.returncode == 2, refused.stderr
     assert "without ha" in refused.stderr
+
+
+def test_a_reload_toggling_ha_takes_the_run_lock_in_the_new_mode(
+        tmp_path: Path, inbox: Path, started: list[Multiwatch]) -> None:
+    """SIGHUP turning ha on lets a replica run beside the supervisor (embedded spool, one
+    state_dir); turning it off while that replica runs is refused with an error naming it,
+    the first one running on as a replica; the same SIGHUP once it has stopped applies, and
+    replicas are refused again."""
+    state = tmp_path / "state"
+
+    def roster(name: str, *, ha: bool) -> Path:
+        return write_roster(tmp_path / f"{name}.yaml", {
+            "state_dir": str(state), "defaults": {"settle_seconds": 0.1},
+            "supervisor": {"stop_timeout_seconds": 3},
+            "ha": {"enabled": ha, "lease_retry_seconds": 0.5},
+            "instances": [{"id": "music", "directory": str(inbox)}]})
+
+    replica = roster("b", ha=True)
+    first = Multiwatch(["-c", str(roster("a", ha=False))])
+    started.append(first)
+    first.wait_watching("music")
+    assert run_cli("run", "-c", str(replica), timeout=30).returncode == 2
+
+    mark = len(first.lines)
+    roster("a", ha=True)
+    first.process.send_signal(signal.SIGHUP)
+    first.wait_watching("music", after=mark)  # restarted as a replica, the lease holder
+    second = Multiwatch(["-c", str(replica)])
+    started.append(second)
+    second.wait_for_log(lambda line: line.get("message") == "another replica is active; "
+                        "standing by", timeout=30)
+
+    mark = len(first.lines)
+    roster("a", ha=False)
+    first.process.send_signal(signal.SIGHUP)
+    refusal = first.wait_for_log(lambda line: line.get("level") == "ERROR" and str(
+        line.get("message", "")).startswith("roster reload: ha turned off"), after=mark)
+    assert f"pid {second.pid}" in refusal["message"]
+    assert "goes on as a replica" in refusal["message"]
+    assert second.terminate() == 0
+
+    mark = len(first.lines)
+    first.process.send_signal(signal.SIGHUP)
+    first.wait_watching("music", after=mark)
+    refused = run_cli("run", "-c", str(replica), timeout=30)
+    assert refused.returncode == 2 and "without ha" in refused.stderr, refused.stderr
+    assert first.process.poll() is None
