@@ -162,7 +162,7 @@ def test_state_export_and_resync_address_the_active_replicas_database(
 def test_resync_is_refused_on_a_standby_and_with_no_replica_running(
         tmp_path: Path, inbox: Path, held: list[int],
         capsys: pytest.CaptureFixture[str]) -> None:
-    """A standby publishes nothing, and a replica starting empties its outbox: resync says
+    """A standby publishes nothing, nor a replica starting (it stands by first): resync says
     where to run it instead of queueing events that would never go out."""
     state = tmp_path / "state"
     roster = _roster(tmp_path, inbox, ha=True)

@@ -10,7 +10,8 @@ For a replica (`ha`), the events go to the outbox of the active replica running 
 host, in the database it goes on from (state.db or state.<n>.db: replica_slots.current_db),
 named in the summary when it is not state.db.  Refused when this host's replica is a
 standby (it publishes nothing: resync on the active one's host) and, with a broker, when none
-runs here: a replica starts as a standby and empties its outbox, dropping what was queued.
+runs here: a replica starts as a standby, which sends nothing from its outbox (its
+leftovers go out only if it takes over before another replica announces: watcher/standby.py).
 
 Each event describes the version the state database recorded (path, size, hashes): nothing
 is re-hashed.  A file whose size, mtime or inode on disk no longer match (or that is gone)
@@ -116,9 +117,10 @@ def _outbox_db(roster: Roster, instance: InstanceConfig) -> SlotDb:
     if not roster.broker.embedded:
         raise ConfigError(
             f"instance {instance.id}: ha is enabled and no replica of it runs on this host: a "
-            "replica starts as a standby and empties its outbox, so re-announcements queued "
-            "now would be dropped. Run resync while this host's replica is the active one, "
-            "or on the host of the active replica")
+            "replica starts as a standby, which sends nothing from its outbox (only if it "
+            "takes over before another replica does), so re-announcements queued now may "
+            "never go out. Run resync while this host's replica is the active one, or on the "
+            "host of the active replica")
     # Embedded spool: the next replica to take the lease goes on from the instance's own
     # state.db and its outbox (watcher/standby.takeover_db).
     return SlotDb(slot_db_path(roster.state_dir, instance.id, 0), 0, running=False, role=None)
