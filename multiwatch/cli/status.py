@@ -220,12 +220,26 @@ def _row(ident: str, entry: Mapping[str, Any], now: float) -> list[str]:
 def _details(ident: str, entry: Mapping[str, Any], now: float) -> str:
     """"music: discovered 7, modified 2; last modified /x at 2024-… UTC, 5m00s ago"."""
     heartbeat = mapping(entry.get("heartbeat"))
+    if entry.get("role") == "standby" and heartbeat.get("role") == "standby":
+        return _cell(_standby_details(ident, heartbeat))
     what, when = last_event(heartbeat, now)
     counts = events_by_type(heartbeat)
     line = f"{ident}: {'no heartbeat yet' if counts == '-' else counts}"
     if what != "-":
         line += f"; last {what} at {when}"
     return _cell(line)
+
+
+def _standby_details(ident: str, heartbeat: Mapping[str, Any]) -> str:
+    """A standby counts no events of its own: say what it does instead."""
+    line = f"{ident}: standby, announcing nothing while another replica holds the lease"
+    warm, lag = heartbeat.get("standby_warm"), heartbeat.get("standby_lag_events")
+    if warm is True:
+        return line + "; its state is warm (takes over without announcing again)"
+    if warm is False:
+        behind = f", {lag} events behind" if isinstance(lag, int) and lag else ""
+        return line + f"; catching up with the active replica's events{behind}"
+    return line + "; no state of its own kept warm"
 
 
 def _table(rows: Sequence[list[str]]) -> str:
