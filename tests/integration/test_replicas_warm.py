@@ -106,6 +106,7 @@ def test_a_warm_standby_takes_over_announcing_only_what_is_new_and_hashing_nothi
     after kill -9 of the active one, the standby announces only the files written since, and
     hashes none of the others."""
     declare_queue(broker_url, QUEUE)
+    declare_queue(broker_url, "everything", binding_key="#")  # a catch-all consumer
     ports = free_port(), free_port()
     rosters = [_roster(tmp_path, name, inbox, state=tmp_path / name, port=port,
                        broker_url=broker_url) for name, port in zip("ab", ports, strict=True)]
@@ -154,6 +155,10 @@ def test_a_warm_standby_takes_over_announcing_only_what_is_new_and_hashing_nothi
     assert scan["files_hashed"] <= len(after), "none of the files it knew were hashed"
     assert scan["bytes_hashed"] <= sum((inbox / name).stat().st_size for name in after)
     assert all(len(ids) == 1 for ids in _names(received + since).values())
+    everything = collect(broker_url, "everything", binding_key="#", timeout=30,
+                         until=lambda got: len(got) >= len(received) + len(since))
+    assert len(everything) >= len(received) + len(since), \
+        "a catch-all consumer gets events only (no settled marker: collect checks each)"
     wait_for(lambda: _role(ports[1]) == "active", 15, message="the survivor shows active")
     assert _standby_objects(rabbitmq, vhost_of(broker_url)) == [], \
         "the active replica's standby queue (and its exchange) are gone"
