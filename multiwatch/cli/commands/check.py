@@ -1,5 +1,6 @@
 """`multiwatch check`: validate a roster, print the effective configuration, warn when the
 roster needs more inotify instances or watches than the kernel allows (cli/inotify_check.py),
+say where replicas may run and how soon one takes over (roster ha: cli/ha_check.py),
 and with --connect try the brokers and the state directory (cli/preflight.py)."""
 
 from __future__ import annotations
@@ -29,6 +30,7 @@ def register(commands: Subcommands) -> None:
 
 
 def _check(roster: Roster, args: argparse.Namespace) -> int:
+    from multiwatch.cli.ha_check import ha_findings
     from multiwatch.cli.inotify_check import check_inotify
     from multiwatch.config import render_effective
 
@@ -37,6 +39,11 @@ def _check(roster: Roster, args: argparse.Namespace) -> int:
     inotify = check_inotify(roster)  # warnings only: a watcher refused inotify polls
     for warning in inotify.warnings:
         print(f"multiwatch: warning: {warning}", file=sys.stderr)
+    replicas = ha_findings(roster)  # (roster ha)
+    for warning in replicas.warnings:
+        print(f"multiwatch: warning: {warning}", file=sys.stderr)
+    for note in replicas.notes:
+        print(f"multiwatch: note: {note}", file=sys.stderr)
     if args.connect:
         from multiwatch.cli.preflight import check_connect
 
