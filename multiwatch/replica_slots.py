@@ -32,6 +32,7 @@ import time
 from dataclasses import dataclass
 from typing import Any
 
+from multiwatch.config import ConfigError
 from multiwatch.supervisor.run_lock import REPLICA_SLOTS, kernel_lock_holders, open_watcher_lock
 
 ACTIVE = "active"
@@ -137,7 +138,10 @@ def current_db(state_dir: str, instance_id: str, *, ha: bool) -> SlotDb:
     """The database the watcher of this host uses: without ha, state.db.  With ha: the
     active replica's (the newest if a frozen one holds another); else a running standby's
     (state.db first); with none running, the one the last active replica went on from."""
-    found = slots(state_dir, instance_id)
+    try:
+        found = slots(state_dir, instance_id)
+    except (OSError, ConfigError):  # (lock files this user may not open: nothing known)
+        found = []
     own = SlotDb(slot_db_path(state_dir, instance_id, 0), 0,
                  running=any(held for slot, held, _ in found if slot == 0), role=None)
     if not ha:
