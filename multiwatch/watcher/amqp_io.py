@@ -15,8 +15,10 @@ from kombu import Connection
 
 from multiwatch.watcher.message import Event
 
-# An idle publisher services the connection at least this often (seconds).
-IDLE_SERVICE_MAX_SECONDS = 5.0
+# An idle publisher services the connection (and looks for `multiwatch resync` rows) at
+# least this often (seconds): how soon a connection dropped while idle shows, against the
+# fixed CPU cost of each wakeup (as the idle heartbeat's, parent_link.py).
+IDLE_SERVICE_MAX_SECONDS = 10.0
 
 
 def publish_frames(connection: Connection, channel: amqp.Channel, exchange: str,

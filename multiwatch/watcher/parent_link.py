@@ -21,8 +21,11 @@ from multiwatch.watcher.spec import Report
 # Heartbeats carry the status snapshot: every HEARTBEAT_SECONDS while something changes,
 # every IDLE_HEARTBEAT_SECONDS while nothing does (both at most a quarter of the
 # supervisor's hang_timeout_seconds, so a quiet child is never taken for a hung one).
+# Idle, each heartbeat is the loop's only wakeup, and a wakeup has a fixed CPU cost however
+# little it does (caches gone cold while asleep): the idle cadence is what an idle fleet
+# pays (figures: bench/README.md, fleet-200), against how old an idle status may be.
 HEARTBEAT_SECONDS = 1.0
-IDLE_HEARTBEAT_SECONDS = 5.0
+IDLE_HEARTBEAT_SECONDS = 10.0
 # A heartbeat whose snapshot equals the last one sent carries an empty one ({}: alive,
 # nothing changed; the supervisor keeps what it has), except every FULL_EVERY_BEATS-th.
 FULL_EVERY_BEATS = 12
@@ -31,7 +34,7 @@ FULL_EVERY_BEATS = 12
 WAKE_UP = RawEvent(EventKind.WAKE, False, None)
 _PR_SET_PDEATHSIG = 1
 # "Alive, nothing changed", pickled once as Connection.send would (recv() unpickles it).
-_EMPTY_HEARTBEAT = ForkingPickler.dumps((Report.HEARTBEAT, {}))
+_EMPTY_HEARTBEAT = bytes(ForkingPickler.dumps((Report.HEARTBEAT, {})))
 
 
 class StopRequest:
