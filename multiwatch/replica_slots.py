@@ -114,6 +114,11 @@ def _record(fd: int) -> dict[str, Any]:
     return record if isinstance(record, dict) else {}
 
 
+def _since(record: dict[str, Any]) -> float:
+    since = record.get("since")
+    return float(since) if isinstance(since, (int, float)) else 0.0
+
+
 def slots(state_dir: str, instance_id: str) -> list[tuple[int, bool, dict[str, Any]]]:
     """(slot, held now, record) of each slot whose lock file exists."""
     from multiwatch import state_dir as sd
@@ -148,8 +153,7 @@ def current_db(state_dir: str, instance_id: str, *, ha: bool) -> SlotDb:
         return own
 
     def newest(candidates: list[tuple[int, bool, dict[str, Any]]]) -> int | None:
-        marked = [(float(r.get("since") or 0), s) for s, _, r in candidates
-                  if r.get("role") == ACTIVE]
+        marked = [(_since(r), s) for s, _, r in candidates if r.get("role") == ACTIVE]
         return max(marked)[1] if marked else None
 
     held = [entry for entry in found if entry[1]]
