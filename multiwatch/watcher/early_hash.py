@@ -51,9 +51,7 @@ class EarlyHashes:
         if job is not None and job.version == version and job.path == readable_path:
             return resolved  # already hashing this very version
         self.drop(relative)
-        announced = self._tracked.get(relative)
-        if st.st_size < self.pool.min_bytes or (
-                announced is not None and announced.version == version):
+        if st.st_size < self.pool.min_bytes or self._tracked.version_of(relative) == version:
             return resolved
         self.jobs[relative] = self.pool.submit(relative, readable_path, version, self._confined)
         return resolved
@@ -69,8 +67,7 @@ class EarlyHashes:
         st = resolved[1]
         if st.st_size >= self.pool.min_bytes:
             return None
-        announced = self._tracked.get(relative)
-        if announced is not None and announced.version == FileVersion.of(st):
+        if self._tracked.version_of(relative) == FileVersion.of(st):
             return None
         return resolved
 

@@ -203,8 +203,7 @@ class Pipeline:
             # Still being written by someone who does not trigger events (mmap, NFS).
             self.settle.touch(relative, now, seen=version)
             return
-        announced = self.tracked.get(relative)
-        if announced is not None and announced.version == version:
+        if self.tracked.version_of(relative) == version:  # the version announced
             self._unreadable.readable(relative)
             return
         job = self._early.for_settled(relative, readable_path, version)

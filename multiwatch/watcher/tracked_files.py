@@ -15,7 +15,7 @@ import sqlite3
 import sys
 from collections import Counter
 from collections.abc import Iterator, KeysView, Mapping, MutableMapping
-from itertools import filterfalse
+from itertools import filterfalse, islice
 from operator import itemgetter
 
 import xxhash
@@ -26,6 +26,8 @@ from multiwatch.watcher.sql import NO_SLASH, StateError, subtree, transaction
 
 _Hashes = tuple[int, str, str]
 """(ctime_ns, sha256, xxh128): the rest of a Hashed."""
+
+KEEP_HASHES = 10_000  # committed paths whose hashes stay in memory (see TrackedFiles.stored)
 
 def listing_digest(listing: Mapping[str, Version]) -> bytes:
     """The fingerprint of one directory's files (relative path → version), in any order.
@@ -61,7 +63,8 @@ class TrackedFiles(MutableMapping[str, Hashed]):
     def __init__(self, conn: sqlite3.Connection) -> None:
         self._conn = conn
         self._versions: dict[str, Version] = {}  # the tracked paths of loaded directories
-        self._hashes: dict[str, _Hashes] = {}  # read, or written and not committed yet (stored)
+        self._hashes: dict[str, _Hashes] = {}  # read, or written (see stored)
+        self._kept: dict[str, None] = {}  # committed paths with hashes here, oldest first
         # Directories whose rows are in _versions (with how many they had), or None once
         # every row is.
         self._loaded: dict[str, int] | None = {}
@@ -118,6 +121,12 @@ class TrackedFiles(MutableMapping[str, Hashed]):
         version = self._versions.get(relative_path)
         return default if version is None else self._hashed(relative_path, version)
 
+    def version_of(self, relative_path: str) -> Version | None:
+        """The announced (size, mtime_ns, inode) of a tracked path, None if untracked: what
+        deciding whether a file changed needs, without its hashes (no row read for them)."""
+        self._need(relative_path)
+        return self._versions.get(relative_path)
+
     def pop(self, relative_path: str, *default: Hashed | None) -> Hashed | None:  # type: ignore[override]
         self._need(relative_path)
         version = self._versions.get(relative_path)
@@ -130,13 +139,21 @@ class TrackedFiles(MutableMapping[str, Hashed]):
         return hashed
 
     def stored(self, relative_paths: Iterator[str] | KeysView[str]) -> None:
-        """These paths' rows are committed: their hashes are read back from the database
-        the next time a Hashed is asked for (a deletion, a rename, a modification), as
-        after a restart, instead of staying in memory for the process's life (about a
-        third of a first start's memory per file)."""
-        hashes = self._hashes
+        """These paths' rows are committed (and so is every change made so far).  The
+        hashes of the latest KEEP_HASHES committed paths stay in memory; older ones are read
+        back from the database when next asked for (a deletion, a rename, a modification),
+        as after a restart: over a first start's 100,000 files they were a third of its
+        memory (bench/README.md).  A read back is a query per file: a burst of changes to
+        files announced moments before finds their hashes here."""
+        kept = self._kept
         for relative_path in relative_paths:
-            hashes.pop(relative_path, None)
+            kept.pop(relative_path, None)
+            kept[relative_path] = None  # newest last
+        if len(kept) > KEEP_HASHES:
+            hashes = self._hashes
+            for relative_path in list(islice(kept, len(kept) - KEEP_HASHES)):
+                del kept[relative_path]
+                hashes.pop(relative_path, None)
 
     def paths(self) -> KeysView[str]:
         """Every tracked path, as a dict view (set operations on it run at C speed)."""

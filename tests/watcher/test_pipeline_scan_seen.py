@@ -7,7 +7,10 @@ from __future__ import annotations
 import os
 from pathlib import Path
 
+import pytest
+
 from multiwatch.config import InstanceConfig
+from multiwatch.watcher import tracked_files
 from multiwatch.watcher.hash_pool import HashPool
 from multiwatch.watcher.outbox import OutboxGauge
 from multiwatch.watcher.pipeline import Pipeline
@@ -68,16 +71,24 @@ def test_a_file_gone_after_the_scan_saw_it_is_never_announced(tmp_path: Path) ->
     assert drain(outbox) == []
 
 
+@pytest.mark.parametrize("keep", [tracked_files.KEEP_HASHES, 1])
 def test_later_events_of_files_announced_earlier_carry_the_recorded_hashes(
-        tmp_path: Path) -> None:
-    """Once committed, an announced file's hashes come back from the state database: its
-    deletion, rename and modification still carry the hashes it was announced with."""
+        tmp_path: Path, monkeypatch: pytest.MonkeyPatch, keep: int) -> None:
+    """Kept in memory or read back from the state database once committed, an announced
+    file's hashes are those its deletion, rename and modification carry."""
+    monkeypatch.setattr(tracked_files, "KEEP_HASHES", keep)
     pipeline, outbox, root = make_pooled(tmp_path)
     files = {"gone.bin": b"to be deleted", "old.bin": b"to be renamed", "mod.bin": b"v1"}
     for relative, data in files.items():
         (root / relative).write_bytes(data)
     pipeline.request_scan()
     settle_all(pipeline)
+    assert len(drain(outbox)) == 3
+    for relative in files:  # later commits push the three out of memory (keep 1)
+        (root / "other").mkdir(exist_ok=True)
+        (root / "other" / relative).write_bytes(b"x")
+        pipeline.notifications.put(RawEvent(EventKind.CLOSED, False, f"other/{relative}"))
+        settle_all(pipeline)
     assert len(drain(outbox)) == 3
     (root / "gone.bin").unlink()
     os.rename(root / "old.bin", root / "new.bin")
