@@ -5,6 +5,7 @@ publisher thread (publisher.py), which owns the connection.
 
 from __future__ import annotations
 
+import logging
 import time
 from collections.abc import Callable
 
@@ -21,6 +22,8 @@ from multiwatch.watcher.publisher_health import PublisherStats
 from multiwatch.watcher.standby_window import SETTLED_EXCHANGE, SETTLED_HEADER, settled_key
 from multiwatch.watcher.state import DurableOutbox
 from multiwatch.watcher.stats import LatencyHistogram
+
+log = logging.getLogger("multiwatch.watcher.publisher")  # (the publisher thread's logger)
 
 # While waiting for confirms, look at a stop request at least this often.
 STOP_POLL_SECONDS = 0.25
@@ -42,6 +45,7 @@ class BatchSender:
         self._latency = latency
         self._held = held
         self._stop_deadline = stop_deadline
+        self._settled_refused = False  # the broker refused the settled marker (permissions)
 
     def spooled(self, producer: Producer, batch: list[tuple[int, Event]],
                          outbox: DurableOutbox) -> None:
@@ -84,10 +88,28 @@ class BatchSender:
 
     def settled(self, connection: Connection, channel: amqp.Channel, confirms: Confirms,
                 instance_id: str) -> bool:
-        """Publish the settled marker (standby_window.py) and await its confirm like a
-        batch's: True once confirmed (a nack: False, the standbys keep their windows);
-        PublishFailed if no confirm came within confirm_timeout (the link is in doubt).
-        Not mandatory: with no standby bound, the broker drops it (and confirms it)."""
+        """An active replica (ha, holding the lease) whose outbox is drained, every event it
+        published confirmed positively (a held event stays in the outbox): publish the
+        settled marker (once per drain: the caller's part), telling its standbys that their
+        in-flight windows may be emptied (standby_window.py); True if the broker confirmed
+        it positively.
+
+        Invariant (why a standby may empty its window on the marker): every event published
+        on this channel before the marker was confirmed before the marker was published,
+        and RabbitMQ confirms a message only once every queue it was routed to accepted it,
+        so those events were already in each standby's queue (and in the consumers') when
+        the marker reached it: a standby receives the marker after them.  (Messages
+        published on one channel also reach one queue in publish order, through any
+        exchanges.)  A standby that bound its queue later missed those events, and its
+        reconcile finds their files at takeover.
+
+        Not mandatory: with no standby bound, the broker drops (and confirms) it.  Its
+        confirm is awaited like a batch's: a nack settles nothing (the standbys keep their
+        windows); none within confirm_timeout is PublishFailed (the link is in doubt).  A
+        broker user without write permission on SETTLED_EXCHANGE gets a channel error:
+        logged, the connection is replaced, and no marker is sent again."""
+        if self._settled_refused:
+            return False
         read_pending_frames(connection)
         channel.send_method(
             amqp.spec.Basic.Publish, "Bssbb",
@@ -96,7 +118,14 @@ class BatchSender:
                          application_headers={"instance_id": instance_id,
                                               SETTLED_HEADER: True}))
         tag = confirms.publish()  # the marker takes a delivery tag like any publish
-        self._await_confirms(connection, confirms)
+        try:
+            self._await_confirms(connection, confirms)
+        except amqp.exceptions.AccessRefused as exc:
+            self._settled_refused = True
+            log.warning("the broker refused the settled marker (no write permission on "
+                        f"{SETTLED_EXCHANGE}): standbys keep their in-flight windows until "
+                        "its time bound; reconnecting", extra={"error": str(exc)})
+            raise
         if confirms.is_pending(tag):
             if self._stop_deadline() is not None:
                 return False  # stopping: the standbys keep their windows

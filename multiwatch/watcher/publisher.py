@@ -36,9 +36,7 @@ import random
 import sqlite3
 import threading
 import time
-from typing import Any
 
-import amqp
 from kombu import Connection, Producer
 
 from multiwatch.broker import (
@@ -112,7 +110,6 @@ class Publisher(threading.Thread):
         self._state_dir = state_dir
         self._connection_name = f"file_watcher_{instance_id}"
         self._instance_id = instance_id
-        self._settled_refused = False  # the broker refused the settled marker (permissions)
         self._db_path = db_path
         self._outbox: DurableOutbox | None = None
         self._attached = threading.Event()
@@ -308,8 +305,12 @@ class Publisher(threading.Thread):
             size = 1 if retry_at is not None else BATCH_SIZE
             batch = outbox.peek(size) if self._gauge.depth else []
             if not batch:
-                if not settled and confirms is not None and retry_at is None:
-                    settled = self._send_settled(connection, producer.channel, confirms)
+                if not settled and confirms is not None and self._lease is not None:
+                    self.progress.expect(self._broker.confirm_timeout_seconds,
+                                         "publishing the settled marker")
+                    self._batches.settled(connection, producer.channel, confirms,
+                                          self._instance_id)
+                    settled = True  # once per drain, whatever the outcome
                 self._wait(self._gauge.new_events, wake_at - now, "waiting for events")
                 self._gauge.new_events.clear()
                 # Rows `multiwatch resync` added from its own process.
@@ -351,34 +352,6 @@ class Publisher(threading.Thread):
                 raise _Relabel(Role.STANDBY.value)
             self._stand_by(connection, service_every)
         return False
-
-    def _send_settled(self, connection: Connection, channel: Any, confirms: Confirms) -> bool:
-        """The outbox is drained and every event published was confirmed positively (a held
-        event stays in the outbox): tell the standbys, once per drain (True: done, whatever
-        the outcome), that their in-flight windows may be emptied (standby_window.py).
-        Only an active replica (ha, holding the lease on this connection) sends it.
-
-        Invariant (why a standby may empty its window on the marker): every event this
-        replica published before the marker was confirmed before the marker was published,
-        and RabbitMQ confirms a message only once every queue it was routed to accepted it,
-        so those events were already in each standby's queue (and in the consumers') when
-        the marker reached it: a standby receives the marker after them.  (Messages
-        published on one channel also reach one queue in publish order, through any
-        exchanges.)  A standby that bound its queue later missed those events, and its
-        reconcile finds their files at takeover."""
-        if self._lease is None or self._settled_refused:
-            return True
-        self.progress.expect(self._broker.confirm_timeout_seconds,
-                             "publishing the settled marker")
-        try:
-            self._batches.settled(connection, channel, confirms, self._instance_id)
-        except amqp.exceptions.AccessRefused as exc:
-            self._settled_refused = True
-            log.warning("the broker refused the settled marker (no write permission on "
-                        "amq.direct): standbys keep the in-flight window until its time "
-                        "bound; reconnecting", extra={"error": str(exc)})
-            raise
-        return True
 
     def _stand_by(self, connection: Connection, service_every: float) -> None:
         """Where a standby spends its time: lease_retry_seconds between two tries of the
