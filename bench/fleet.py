@@ -41,7 +41,9 @@ from bench.harness import (
 
 INSTANCES = 20
 SETTLE = 0.2
-IDLE_SECONDS = 10.0
+# Two idle heartbeats (and publisher services) of each child: a window of one would count
+# each child's wakeups at its phase's mercy.
+IDLE_SECONDS = 20.0
 RSS_TARGET_MB = 45  # the 20-instance row's target before issue 17
 WATCHING_TARGET = 15.0  # seconds from the command until all are watching (issue 17)
 USS_TARGET_MIB = 8.0  # median child USS (issue 17)
