@@ -36,6 +36,8 @@ from multiwatch.watcher.observe import (
 )
 from multiwatch.watcher.outbox import OutboxGauge
 from multiwatch.watcher.parent_link import (
+    STANDBY_IDLE_HEARTBEAT_SECONDS,
+    WAKE_UP,
     HeartbeatSender,
     ParentLink,
     StopRequest,
@@ -142,6 +144,7 @@ def _run(spec: ChildSpec, to_parent: Connection, stop: StopRequest) -> int:
     pipeline.mount_lost = mounts.lost
     pipeline.deletions.roster = spec.roster
     stop.wake_up = pipeline.notifications
+    problems.wake = lambda: pipeline.notifications.put(WAKE_UP)  # (a problem shows at once)
     quiet_refused_watch_warnings()
     observer: BaseObserver | None = None
     why_waiting = mounts.why_waiting(tracked_files=len(pipeline.tracked))
@@ -261,12 +264,14 @@ def _start_publishing(spec: ChildSpec, parent: ParentLink, stop: StopRequest,
             expect=publisher.progress.expect, reply_seconds=spec.broker.connect_timeout_seconds,
             window_seconds=in_flight_window_seconds(spec.broker, instance.ha.lease_retry_seconds))
     publisher.role.on_change = stop.nudge
+    problems.wake = stop.nudge  # (the standby's loop waits on `stop`)
     with sigterm_for_main_thread_only():
         publisher.start()
     snapshot = lambda: standby.standby_snapshot(publisher, problems.count)  # noqa: E731
     code = standby.stand_by(parent, stop, publisher,
                             HeartbeatSender(parent, snapshot, snapshot,
-                                       hang_timeout=spec.hang_timeout_seconds),
+                                            hang_timeout=spec.hang_timeout_seconds,
+                                            idle_seconds=STANDBY_IDLE_HEARTBEAT_SECONDS),
                             EXIT_PUBLISHER_FAILED)
     if code is None:
         replica_db = standby.takeover_db(spec.state_dir, instance.id, warm,

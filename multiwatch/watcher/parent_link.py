@@ -26,6 +26,10 @@ from multiwatch.watcher.spec import Report
 # pays (figures: bench/README.md, fleet-200), against how old an idle status may be.
 HEARTBEAT_SECONDS = 1.0
 IDLE_HEARTBEAT_SECONDS = 10.0
+# A standby replica's status (its broker link, warm or not) changes on its publisher thread
+# while its loop sleeps, and its readiness rests on that status: it keeps a shorter idle
+# cadence (its publisher wakes every lease_retry_seconds anyway).
+STANDBY_IDLE_HEARTBEAT_SECONDS = 5.0
 # A heartbeat whose snapshot equals the last one sent carries an empty one ({}: alive,
 # nothing changed; the supervisor keeps what it has), except every FULL_EVERY_BEATS-th.
 FULL_EVERY_BEATS = 12
@@ -85,12 +89,13 @@ class HeartbeatSender:
 
     def __init__(self, parent: ParentLink, snapshot: Callable[[], Heartbeat],
                  activity: Callable[[], object], *, hang_timeout: float,
+                 idle_seconds: float = IDLE_HEARTBEAT_SECONDS,
                  clock: Callable[[], float] = time.monotonic) -> None:
         self._parent = parent
         self._snapshot = snapshot
         self._activity = activity
         self._clock = clock
-        self.idle_seconds = min(IDLE_HEARTBEAT_SECONDS, hang_timeout / 4)
+        self.idle_seconds = min(idle_seconds, hang_timeout / 4)
         self.busy_seconds = min(HEARTBEAT_SECONDS, self.idle_seconds)
         self._sent_at = -float("inf")
         self._sent_activity: object = None

@@ -5,6 +5,7 @@ from __future__ import annotations
 import bisect
 import logging
 import threading
+from collections.abc import Callable
 
 from multiwatch.status_view import LatencySnapshot
 
@@ -38,11 +39,17 @@ class LatencyHistogram:
 
 
 class ProblemCounter(logging.Handler):
-    """Counts log records at WARNING or above: the instance's error rate."""
+    """Counts log records at WARNING or above: the instance's error rate.  `wake` (set by the
+    main loop) ends the loop's wait, so a problem logged on another thread while the loop
+    sleeps (the publisher losing the broker) reaches the supervisor within a heartbeat of a
+    busy watcher, not of an idle one."""
 
     def __init__(self) -> None:
         super().__init__(logging.WARNING)
         self.count = 0
+        self.wake: Callable[[], None] | None = None  # thread-safe, never blocks
 
     def emit(self, record: logging.LogRecord) -> None:
         self.count += 1
+        if self.wake is not None:
+            self.wake()

@@ -119,6 +119,28 @@ def test_an_unchanged_status_goes_up_as_an_empty_heartbeat() -> None:
     assert parent.sent[-1] == ("heartbeat", {"files_hashed": 1})
 
 
+def test_a_problem_logged_on_another_thread_ends_the_idle_loops_wait() -> None:
+    """The publisher losing the broker (a WARNING on its thread) wakes the sleeping loop, so
+    the status shows it within a busy heartbeat, not after the idle one."""
+    import logging
+
+    from multiwatch.watcher.stats import ProblemCounter
+
+    notifications: queue.SimpleQueue[RawEvent] = queue.SimpleQueue()
+    problems = ProblemCounter()
+    problems.wake = lambda: notifications.put(WAKE_UP)
+    logger = logging.getLogger("tests.watcher.problem_wake")
+    logger.addHandler(problems)
+    try:
+        thread = threading.Thread(target=logger.warning, args=("broker connection lost",))
+        thread.start()
+        thread.join(timeout=10)
+        assert notifications.get(timeout=10) is WAKE_UP
+    finally:
+        logger.removeHandler(problems)
+    assert problems.count == 1
+
+
 def test_the_loop_wakes_when_the_next_heartbeat_is_due() -> None:
     """due(): the idle deadline while nothing changed, the busy one as soon as something did."""
     activity = [0]
