@@ -84,6 +84,7 @@ class Outcome:
     expected: int = 0
     repeats_tree: int = 0
     repeats_burst: int = 0
+    several_ids: int = 0  # files that came under more than one message_id
     window: int | None = None  # events the new active replica published again (its log)
     hashed: int | None = None  # bytes the new active replica hashed at takeover
     hashed_files: int | None = None
@@ -132,11 +133,22 @@ def _report(ctx: Ctx, o: Outcome) -> None:
     # The new active replica publishes the failed one's in-flight window again (the tree's
     # last events too when the burst followed them closely): repeats only from it.
     window = "" if o.window is None else f" (in-flight window published again: {o.window})"
-    ctx.report.add(name, "repeats by message_id",
-                   f"{o.repeats_tree} of unchanged files, {o.repeats_burst} of the burst"
-                   + window, target="only the in-flight window",
-                   ok=o.repeats_tree <= (o.window or 0))
-    if o.hashed is None:
+    several = f"; {o.several_ids} files under more than one id" if o.several_ids else ""
+    if o.warm:
+        ctx.report.add(name, "repeats by message_id",
+                       f"{o.repeats_tree} of unchanged files, {o.repeats_burst} of the burst"
+                       + window + several, target="only the in-flight window",
+                       ok=o.repeats_tree <= (o.window or 0) and not o.several_ids)
+    else:  # never warm: it reconciles like a first start, under the same message ids
+        ctx.report.add(name, "repeats by message_id",
+                       f"{o.repeats_tree} of unchanged files, {o.repeats_burst} of the burst"
+                       + window + several,
+                       target="every file again, same message_id", ok=not o.several_ids)
+    if o.hashed is not None and not o.warm:
+        ctx.report.add(name, "bytes hashed at takeover",
+                       f"{o.hashed:,} B ({o.hashed_files} files)",
+                       target="the tree (never warm)", ok=True)
+    elif o.hashed is None:
         ctx.report.add(name, "bytes hashed at takeover", "no new scan (the same process "
                        "took the lease again)", target="0 for unchanged files", ok=True)
     else:
@@ -223,6 +235,7 @@ def _one_fault(ctx: Ctx, fault: str, files: int, burst_count: int, urls_a: list[
             outcome.notes.append(f"never delivered: {', '.join(sorted(seen.missing)[:5])}; "
                                  f"both logs kept in {kept}")
         outcome.repeats_tree, outcome.repeats_burst = seen.repeats_tree, seen.repeats_burst
+        outcome.several_ids = seen.several_ids
     finally:
         if frozen:
             with contextlib.suppress(ProcessLookupError):
@@ -345,6 +358,7 @@ class _Seen:
     repeats_tree: int
     repeats_burst: int
     missing: set[str]
+    several_ids: int
 
 
 def _drain(url: str, queue: str, tree: Path, files: int, burst: list[str],
@@ -354,6 +368,7 @@ def _drain(url: str, queue: str, tree: Path, files: int, burst: list[str],
     want = {str(tree / f"t{i:06d}.dat") for i in range(files)} | {str(tree / n) for n in burst}
     paths: set[str] = set()
     ids: set[str] = set()
+    ids_of: dict[str, set[str]] = {}
     repeats = {"tree": 0, "burst": 0}
 
     def on_message(message: amqp.Message) -> None:
@@ -365,6 +380,7 @@ def _drain(url: str, queue: str, tree: Path, files: int, burst: list[str],
             repeats["tree" if os.path.basename(path).startswith("t") else "burst"] += 1
         ids.add(message_id)
         paths.add(path)
+        ids_of.setdefault(path, set()).add(message_id)
 
     conn = _connect(url)
     try:
@@ -381,7 +397,8 @@ def _drain(url: str, queue: str, tree: Path, files: int, burst: list[str],
     finally:
         with contextlib.suppress(Exception):
             conn.close()
-    return _Seen(len(want & paths), repeats["tree"], repeats["burst"], want - paths)
+    return _Seen(len(want & paths), repeats["tree"], repeats["burst"], want - paths,
+                 sum(1 for got in ids_of.values() if len(got) > 1))
 
 
 # ---- files and rosters --------------------------------------------------------------------
