@@ -119,6 +119,13 @@ def _one_line(exc: BaseException) -> str:
     return (lines[0] if lines else type(exc).__name__)[:300]
 
 
+def _reconciled(publisher: Publisher, gauge: OutboxGauge) -> None:
+    """The startup scan is complete: the publisher may send settled markers (replicas),
+    and is woken to send one now if its outbox is drained."""
+    publisher.reconciled.set()
+    gauge.new_events.set()
+
+
 def _run(spec: ChildSpec, to_parent: Connection, stop: StopRequest) -> int:
     instance = spec.instance
     parent = ParentLink(to_parent, spec.parent_pid)
@@ -142,6 +149,7 @@ def _run(spec: ChildSpec, to_parent: Connection, stop: StopRequest) -> int:
     pipeline = Pipeline(instance, store, gauge, progress=heartbeat.maybe_send,
                         hash_pool=_hash_pool(spec))
     pipeline.mount_lost = mounts.lost
+    pipeline.startup.on_complete = lambda: _reconciled(publisher, gauge)
     pipeline.deletions.roster = spec.roster
     stop.wake_up = pipeline.notifications
     problems.wake = lambda: pipeline.notifications.put(WAKE_UP)  # (a problem shows at once)

@@ -291,6 +291,11 @@ class Pipeline:
         return self._buffer.last_event
 
     @property
+    def startup(self) -> StartupProgress:
+        """The startup scan's progress (its `on_complete` hook: watcher/main.py)."""
+        return self._startup
+
+    @property
     def busy(self) -> bool:
         """True while a scan, settling paths or hashes remain (used for startup progress)."""
         return bool(self._reconciler.scans) or len(self.settle) > 0 or bool(self._early.jobs)

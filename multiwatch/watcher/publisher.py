@@ -129,6 +129,9 @@ class Publisher(threading.Thread):
         self._batches = BatchSender(broker, gauge, self.stats, self.latency, self._held,
                                     stop_deadline=lambda: self._stop_deadline)
         self.progress = Progress()
+        # Set by the main loop once the startup scan is complete (its findings are in the
+        # outbox); until then no settled marker is sent (see _serve).
+        self.reconciled = threading.Event()
 
     def attach(self, db_path: str) -> None:
         """The state database whose outbox to publish (a replica's, once it is active)."""
@@ -305,7 +308,11 @@ class Publisher(threading.Thread):
             size = 1 if retry_at is not None else BATCH_SIZE
             batch = outbox.peek(size) if self._gauge.depth else []
             if not batch:
-                if not settled and confirms is not None and self._lease is not None:
+                # Only after this replica's startup reconcile: a replica that just took
+                # over has not yet published what it found of the failed one's events,
+                # and a standby that empties its window on this marker could then lose them.
+                if (not settled and confirms is not None and self._lease is not None
+                        and self.reconciled.is_set()):
                     self.progress.expect(self._broker.confirm_timeout_seconds,
                                          "publishing the settled marker")
                     self._batches.settled(connection, producer.channel, confirms,

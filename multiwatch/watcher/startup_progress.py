@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import logging
 import time
+from collections.abc import Callable
 from typing import TYPE_CHECKING
 
 if TYPE_CHECKING:
@@ -23,6 +24,8 @@ class StartupProgress:
         self._scan_done = False
         self._finished = False
         self._next_report = self.started + PROGRESS_EVERY_SECONDS
+        # Called once, when the scan is done and what it found is committed to the outbox.
+        self.on_complete: Callable[[], None] | None = None
 
     def scan_finished(self) -> None:
         self._scan_done = True
@@ -34,6 +37,8 @@ class StartupProgress:
         if self._scan_done and not pipeline.busy:
             self._finished = True
             self._log("startup scan complete", pipeline, now)
+            if self.on_complete is not None:
+                self.on_complete()
         elif now >= self._next_report:
             self._next_report = now + PROGRESS_EVERY_SECONDS
             self._log("startup scan progress", pipeline, now)
