@@ -1,7 +1,7 @@
 """The benchmark consumer: a separate process that timestamps every message it receives.
 
     python bench/consumer.py URL QUEUE OUT.json [--expect N] [--linger S] [--deadline S]
-                                                [--progress]
+                                                [--progress] [--instance ID ...]
 
 Declares the application's topology (durable topic exchange `file_events`, durable queue
 QUEUE bound with `file.#`), prints `ready`, then consumes without acks (no_ack, prefetch
@@ -15,6 +15,15 @@ Files whose name starts with `_probe` are readiness probes: each is printed as
 `--deadline` seconds, or on SIGTERM; then it writes OUT.json.  With `--progress` it also
 prints `count N` (distinct non-probe paths so far) whenever N grew, at most every 50 ms.
 A separate process so that neither the writer nor the consumer steals the other's GIL.
+
+With `--instance ID` (repeatable) it reads only those instances' events, through a private
+queue as a deployment's per-directory consumer would (and as the standby does,
+multiwatch/watcher/standby_feed.py): a headers exchange `QUEUE.x` (not durable,
+auto-delete) bound to `file_events` for `#`, and QUEUE itself exclusive and auto-delete,
+bound to it once per ID with `instance_id` = ID (x-match all).  Other instances' messages
+never reach it, so its times do not include waiting behind them in a shared queue or
+consumer.  It deletes both on exit; the broker does too if it dies (exclusive queue, then
+auto-delete exchange).
 """
 
 from __future__ import annotations
@@ -55,6 +64,8 @@ def main() -> int:
     parser.add_argument("--linger", type=float, default=1.0)
     parser.add_argument("--deadline", type=float, default=300.0)
     parser.add_argument("--progress", action="store_true")
+    parser.add_argument("--instance", action="append", default=[],
+                        help="only this instance's events, via a private queue (repeatable)")
     args = parser.parse_args()
 
     stop = False
@@ -68,8 +79,17 @@ def main() -> int:
     conn = _connect(args.url)
     channel = conn.channel()
     channel.exchange_declare(EXCHANGE, "topic", durable=True, auto_delete=False)
-    channel.queue_declare(args.queue, durable=True, auto_delete=False)
-    channel.queue_bind(args.queue, EXCHANGE, BINDING_KEY)
+    private = f"{args.queue}.x" if args.instance else ""
+    if private:
+        channel.exchange_declare(private, "headers", durable=False, auto_delete=True)
+        channel.queue_declare(args.queue, durable=False, exclusive=True, auto_delete=True)
+        for instance in args.instance:
+            channel.queue_bind(args.queue, private, routing_key="",
+                               arguments={"x-match": "all", "instance_id": instance})
+        channel.exchange_bind(destination=private, source=EXCHANGE, routing_key="#")
+    else:
+        channel.queue_declare(args.queue, durable=True, auto_delete=False)
+        channel.queue_bind(args.queue, EXCHANGE, BINDING_KEY)
     channel.basic_qos(0, 2000, False)
     records: list[list[object]] = []
     distinct: set[str] = set()
@@ -86,7 +106,7 @@ def main() -> int:
         else:
             distinct.add(path)
 
-    channel.basic_consume(args.queue, callback=on_message, no_ack=True)
+    tag = channel.basic_consume(args.queue, callback=on_message, no_ack=True)
     print("ready", flush=True)
     deadline = time.monotonic() + args.deadline
     reached: float | None = None
@@ -110,6 +130,10 @@ def main() -> int:
     with open(args.out, "w", encoding="utf-8") as out:
         json.dump({"records": records}, out)
     try:
+        if private:  # cancelled first: a queue deleted under its consumer is a Basic.Cancel
+            channel.basic_cancel(tag)
+            channel.exchange_delete(private)
+            channel.queue_delete(args.queue)
         conn.close()
     except Exception:  # noqa: BLE001 - results are written; how we hang up does not matter
         pass

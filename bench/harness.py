@@ -336,15 +336,19 @@ class Consumed:
 
 
 class Consumer:
-    """bench/consumer.py as a child process; `probe` lines are collected as they come."""
+    """bench/consumer.py as a child process; `probe` lines are collected as they come.
+    With `instances`, it reads only those instances' events through a private queue named
+    `queue` (exclusive, auto-delete: consumer.py's docstring)."""
 
     def __init__(self, url: str, queue: str, out: Path, *, expect: int, linger: float = 1.0,
-                 deadline: float = 300.0, progress: bool = False) -> None:
+                 deadline: float = 300.0, progress: bool = False,
+                 instances: Sequence[str] = ()) -> None:
         self.out = out
         self.process = subprocess.Popen(
             [sys.executable, str(CONSUMER), url, queue, str(out), "--expect", str(expect),
              "--linger", str(linger), "--deadline", str(deadline)]
-            + (["--progress"] if progress else []),
+            + (["--progress"] if progress else [])
+            + [arg for instance in instances for arg in ("--instance", instance)],
             cwd=ROOT, stdin=subprocess.DEVNULL, stdout=subprocess.PIPE, text=True,
             start_new_session=True)
         self.probes: set[str] = set()

@@ -14,6 +14,12 @@ process on the machine).  Figures: p50/p99/max of the trickle files closed while
 neighbour was busy (from its first write until the consumer had its last file), beside the
 same trickle's figures over the second before (the quiet baseline, same run), against the
 target settle + 100 ms.
+
+Two consumers take each trickle message: one of its own, reading only the trickle
+instances' events through a private queue (as a deployment's consumer of that directory
+would: multiwatch's share, judged against the target), and the bench's shared one, which
+also reads the neighbour's messages (to count them) and so adds its own wait behind the
+neighbour's backlog (shown beside, not judged).
 """
 
 from __future__ import annotations
@@ -82,11 +88,19 @@ def _split(closed: dict[str, float], received: dict[str, float],
     return windows
 
 
+OWN = "via its own queue"
+SHARED = "via the shared queue"
+
+
 def _report(ctx: Ctx, scenario: str, quiet: Window, busy: Window, what: str,
-            each: Sequence[Window] = ()) -> None:
+            each: Sequence[Window] = (), via: str = OWN) -> None:
+    """Rows of one consumer's figures; only the own queue's are judged against the target
+    (the shared queue's include the bench consumer's wait behind the neighbour's messages)."""
+    judged = via == OWN
     for window in (quiet, busy):
-        say("  " + window.line())
+        say(f"  {via}: " + window.line())
     rounds = ", ".join(ms(percentile(w.latencies, 99)) for w in each if w.latencies)
+    what = f"{what}, {via}"
     if not busy.latencies:
         ctx.report.add(scenario, f"trickle while {what}", "no samples", ok=False)
         return
@@ -99,8 +113,9 @@ def _report(ctx: Ctx, scenario: str, quiet: Window, busy: Window, what: str,
     ctx.report.add(scenario, f"trickle p99 while {what} (max {ms(max(busy.latencies))})",
                    ms(p99), ceiling=f"quiet p99 {ms(base99)}; settle {ms(SETTLE)}",
                    ratio=f"+{ms(p99 - SETTLE)}" + (f"; rounds {rounds}" if rounds else ""),
-                   target=f"<= {ms(TARGET)}",
-                   ok=p99 <= TARGET and busy.missing == 0)
+                   target=f"<= {ms(TARGET)}" if judged else "",
+                   ok=(p99 <= TARGET and busy.missing == 0) if judged
+                   else (False if busy.missing else None))
 
 
 def run_burst(ctx: Ctx) -> None:
@@ -121,6 +136,8 @@ def run_burst(ctx: Ctx) -> None:
         queue = f"bench-noisy-{uuid.uuid4().hex[:6]}"
         consumer = Consumer(url, queue, base / "consumed.json", expect=0, progress=True,
                             deadline=600 + rounds * files / 50)
+        own = Consumer(url, f"{queue}-trickle", base / "trickle-consumed.json", expect=0,
+                       deadline=600 + rounds * files / 50, instances=["bench-noisy-trickle"])
         roster = write_roster(base / "roster.yaml", state_dir=base / "state", url=url,
                               queue=queue, instances=[
                                   {"id": "bench-noisy-burst", "directory": str(loud),
@@ -144,15 +161,16 @@ def run_burst(ctx: Ctx) -> None:
             closed = trickle.stop()
             trickle = None
             consumer.wait_probes(list(map(Path, closed)), timeout=30)
-            got = consumer.stop()
+            own.wait_probes(list(map(Path, closed)), timeout=30)
+            got, own_got = consumer.stop(), own.stop()
         finally:
             if trickle is not None:
                 trickle.stop()
             watcher.stop()
             consumer.stop()
+            own.stop()
             delete_queue(url, queue)
-    assert got is not None
-    received = arrivals(got)
+    assert got is not None and own_got is not None
     first = got.first_by_path()
     spans: list[tuple[str, float, float]] = []
     delivered_all = 0
@@ -166,13 +184,14 @@ def run_burst(ctx: Ctx) -> None:
                       started - QUIET_SECONDS, started))
         spans.append((f"round {number + 1}, during the burst (first write -> last burst file "
                       "received)", started, min(last, waited)))
-    windows = _split(closed, received, spans)
-    for window in windows:
-        say("  " + window.line())
-    quiet, busy = _pool("all rounds, quiet", windows[0::2]), _pool("all rounds, during the "
-                                                                  "bursts", windows[1::2])
-    _report(ctx, "noisy", quiet, busy, f"a neighbour takes {files} files, {rounds} rounds",
-            each=windows[1::2])
+    for via, consumed in ((OWN, own_got), (SHARED, got)):
+        windows = _split(closed, arrivals(consumed), spans)
+        for window in windows:
+            say(f"  {via}: " + window.line())
+        quiet, busy = _pool("all rounds, quiet", windows[0::2]), _pool("all rounds, during "
+                                                                      "the bursts", windows[1::2])
+        _report(ctx, "noisy", quiet, busy, f"a neighbour takes {files} files, {rounds} rounds",
+                each=windows[1::2], via=via)
     ctx.report.add("noisy", f"neighbour's bursts of {files} delivered",
                    f"{delivered_all}/{files * rounds} ({got.duplicates} dup.)", target="all",
                    ok=delivered_all == files * rounds)
@@ -204,6 +223,8 @@ def run_hash(ctx: Ctx) -> None:
         instances = [{"id": "bench-noisy-big", "directory": str(loud), "settle_seconds": SETTLE}]
         instances += [{"id": f"bench-noisy-small{i}", "directory": str(d),
                        "settle_seconds": SETTLE} for i, d in enumerate(smalls)]
+        own = Consumer(url, f"{queue}-trickle", base / "trickle-consumed.json", expect=0,
+                       deadline=1800, instances=[str(i["id"]) for i in instances[1:]])
         roster = write_roster(base / "roster.yaml", state_dir=base / "state", url=url,
                               queue=queue, instances=instances)
         watcher = Watcher(roster, base / "multiwatch.log")
@@ -237,34 +258,36 @@ def run_hash(ctx: Ctx) -> None:
             closed = trickle.stop()
             trickle = None
             consumer.wait_probes(list(map(Path, closed)), timeout=30)
-            got = consumer.stop()
+            own.wait_probes(list(map(Path, closed)), timeout=30)
+            got, own_got = consumer.stop(), own.stop()
         finally:
             if trickle is not None:
                 trickle.stop()
             watcher.stop()
             consumer.stop()
+            own.stop()
             delete_queue(url, queue)
-    assert got is not None
+    assert got is not None and own_got is not None
     received = arrivals(got)
     big_latency = [received[str(p)] - t for p, t in closes.items() if str(p) in received]
-    windows = _split(closed, received, spans)
-    for window in windows[1:]:
-        say("  " + window.line())
-    hashing = Window("all rounds, close -> both announced (hashing)",
-                     [x for w in windows if "hashing" in w.label for x in w.latencies],
-                     sum(w.missing for w in windows if "hashing" in w.label))
-    writing = Window("all rounds, while written",
-                     [x for w in windows if "written" in w.label for x in w.latencies],
-                     sum(w.missing for w in windows if "written" in w.label))
-    say("  " + writing.line())
     say(f"  big files close -> message: {', '.join(f'{x:.2f}s' for x in big_latency)} "
         f"= {size / max(big_latency, default=float('nan')) / 1e9 * 2:.2f} GB/s per pair")
-    _report(ctx, "noisy-hash", windows[0], hashing,
-            f"a neighbour hashes 2 x {size / GIB:.2f} GiB, {rounds} rounds",
-            each=[w for w in windows if "hashing" in w.label])
-    if writing.latencies:
-        ctx.report.add("noisy-hash", f"trickle p99 while the 2 x {size / GIB:.2f} GiB are written",
-                       ms(percentile(writing.latencies, 99)), ratio=f"{len(writing.latencies)} "
-                       "files", ceiling=f"settle {ms(SETTLE)}")
+    for via, consumed in ((OWN, own_got), (SHARED, got)):
+        windows = _split(closed, arrivals(consumed), spans)
+        for window in windows[1:]:
+            say(f"  {via}: " + window.line())
+        hashing = Window("all rounds, close -> both announced (hashing)",
+                         [x for w in windows if "hashing" in w.label for x in w.latencies],
+                         sum(w.missing for w in windows if "hashing" in w.label))
+        writing = Window("all rounds, while written",
+                         [x for w in windows if "written" in w.label for x in w.latencies],
+                         sum(w.missing for w in windows if "written" in w.label))
+        say(f"  {via}: " + writing.line())
+        _report(ctx, "noisy-hash", windows[0], hashing,
+                f"a neighbour hashes 2 x {size / GIB:.2f} GiB, {rounds} rounds",
+                each=[w for w in windows if "hashing" in w.label], via=via)
+        if writing.latencies:
+            ctx.report.add("noisy-hash", f"trickle p99 while the 2 x {size / GIB:.2f} GiB are "
+                           f"written, {via}", ms(percentile(writing.latencies, 99)),
+                           ratio=f"{len(writing.latencies)} files", ceiling=f"settle {ms(SETTLE)}")
     remove_tree(base)
-
