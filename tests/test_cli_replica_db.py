@@ -4,14 +4,12 @@ are held here on separate open files, as watchers hold them."""
 
 from __future__ import annotations
 
-import hashlib
 import json
 import os
 from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
-import xxhash
 
 from multiwatch.cli import main
 from multiwatch.replica_slots import (
@@ -23,9 +21,9 @@ from multiwatch.replica_slots import (
     slot_is_held,
 )
 from multiwatch.supervisor.run_lock import open_watcher_lock, take_slot
-from multiwatch.watcher.hashing import FileVersion, Hashed
-from multiwatch.watcher.state import DurableOutbox, StateStore
+from multiwatch.watcher.state import DurableOutbox
 from tests.support.process import write_roster
+from tests.support.tracked_state import track_written
 
 AMQP = "amqp://guest:guest@127.0.0.1:1/%2F"  # never connected to: only its kind matters
 
@@ -47,20 +45,8 @@ def _take(state: Path, slot: int, held: list[int]) -> None:
 
 def _db(state: Path, slot: int, inbox: Path, names: list[str]) -> str:
     """state.db (slot 0) or state.<n>.db tracking `names` at their current versions."""
-    tracked = {}
-    for name in names:
-        path = inbox / name
-        path.write_bytes(name.encode())
-        st = os.stat(path)
-        tracked[name] = Hashed(
-            FileVersion(size=st.st_size, mtime_ns=st.st_mtime_ns, inode=st.st_ino),
-            hashlib.sha256(name.encode()).hexdigest(), xxhash.xxh128_hexdigest(name.encode()),
-            ctime_ns=st.st_ctime_ns)
     db = slot_db_path(str(state), "inbox", slot)
-    os.makedirs(os.path.dirname(db), exist_ok=True)
-    store = StateStore(db)
-    store.commit(tracked, [])
-    store.close()
+    track_written(db, inbox, names)
     return db
 
 

@@ -4,17 +4,15 @@ from __future__ import annotations
 
 import hashlib
 import json
-import os
 from pathlib import Path
 
 import pytest
-import xxhash
 
 from multiwatch.cli import main
 from multiwatch.cli import resync as resync_command
-from multiwatch.watcher.hashing import FileVersion, Hashed
-from multiwatch.watcher.state import DurableOutbox, StateStore, state_db_path
+from multiwatch.watcher.state import DurableOutbox, state_db_path
 from tests.support.process import write_roster
+from tests.support.tracked_state import track_written
 
 
 def _setup(tmp_path: Path, inbox: Path, names: list[str], **instance: object) -> Path:
@@ -23,19 +21,7 @@ def _setup(tmp_path: Path, inbox: Path, names: list[str], **instance: object) ->
         "state_dir": str(tmp_path / "state"),
         "instances": [{"id": "inbox", "directory": str(inbox), **instance}],
     })
-    tracked = {}
-    for name in names:
-        path = inbox / name
-        path.parent.mkdir(parents=True, exist_ok=True)
-        path.write_bytes(name.encode())
-        st = os.stat(path)
-        tracked[name] = Hashed(
-            FileVersion(size=st.st_size, mtime_ns=st.st_mtime_ns, inode=st.st_ino),
-            hashlib.sha256(name.encode()).hexdigest(), xxhash.xxh128_hexdigest(name.encode()),
-            ctime_ns=st.st_ctime_ns)
-    store = StateStore(state_db_path(str(tmp_path / "state"), "inbox"))
-    store.commit(tracked, [])
-    store.close()
+    track_written(state_db_path(str(tmp_path / "state"), "inbox"), inbox, names)
     return roster
 
 
