@@ -41,8 +41,8 @@ _RECORD_BYTES = 4096
 
 
 def slot_db_path(state_dir: str, instance_id: str, slot: int) -> str:
-    """Slot 0: the instance's own state.db; slot n: state.<n>.db beside it (as
-    watcher/standby.replica_db_path, which the CLI does not import: it pulls in kombu)."""
+    """Slot 0: the instance's own state.db; slot n: state.<n>.db beside it (the watcher's
+    standby.replica_db_path is this)."""
     from multiwatch.watcher.state import state_db_path
 
     path = state_db_path(state_dir, instance_id)

@@ -52,6 +52,7 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any, Protocol
 
+from multiwatch.replica_slots import slot_db_path
 from multiwatch.status_view import Heartbeat
 from multiwatch.watcher.spec import Report
 from multiwatch.watcher.standby_feed import StandbyFeed
@@ -75,10 +76,7 @@ class WarmSlot:
     path: str
 
 
-def replica_db_path(state_dir: str, instance_id: str, slot: int) -> str:
-    """Slot 0: the instance's own state.db; slot n: state.<n>.db beside it."""
-    path = state_db_path(state_dir, instance_id)
-    return path if slot == 0 else os.path.join(os.path.dirname(path), f"state.{slot}.db")
+replica_db_path = slot_db_path  # slot 0: the instance's own state.db; n: state.<n>.db
 
 
 def warm_slot(state_dir: str, instance_id: str, *, embedded: bool) -> WarmSlot | None:
