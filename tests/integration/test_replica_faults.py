@@ -20,7 +20,6 @@ from urllib.parse import urlsplit
 from kombu import Connection, Consumer, Exchange, Queue
 from kombu.message import Message
 
-from tests.integration.test_replicas import TAKEOVER, _announced, _role, _write, start_pair
 from tests.support.cluster import RabbitMQCluster
 from tests.support.consumer import (
     BINDING_KEY,
@@ -33,8 +32,16 @@ from tests.support.consumer import (
     wait_for,
 )
 from tests.support.faults import Burst
-from tests.support.process import Multiwatch, free_port, write_roster
+from tests.support.process import Multiwatch, free_port
 from tests.support.rabbitmq import RabbitMQ
+from tests.support.replicas import (
+    TAKEOVER,
+    ids_by_name,
+    replica_roster,
+    role_of,
+    start_pair,
+    write_numbered,
+)
 
 QUEUE = "file_events"
 CONNECTION = "file_watcher_music"
@@ -46,23 +53,15 @@ LEASE = "multiwatch.lease.music"
 def _roster(tmp_path: Path, name: str, inbox: Path, *, port: int, url: str | list[str],
             quorum: bool = False) -> Path:
     """A replica of instance `music` with its own state_dir (as on its own host)."""
-    broker: dict[str, Any] = {"url": url, "heartbeat_seconds": 2, "connect_timeout_seconds": 2,
-                              "confirm_timeout_seconds": 3, "reconnect_max_seconds": 2}
+    extra: dict[str, Any] = {"reconnect_max_seconds": 2}
     if quorum:
-        broker["queue_type"] = "quorum"
-    return write_roster(tmp_path / f"{name}.yaml", {
-        "state_dir": str(tmp_path / f"state-{name}"),
-        "broker": broker,
-        "defaults": {"settle_seconds": 0.1},
-        "supervisor": {"stop_timeout_seconds": 3},
-        "http": {"listen": f"127.0.0.1:{port}"},
-        "ha": {"enabled": True, "lease_retry_seconds": 0.5},
-        "instances": [{"id": "music", "directory": str(inbox)}],
-    })
+        extra["queue_type"] = "quorum"
+    return replica_roster(tmp_path, name, inbox, state=tmp_path / f"state-{name}", port=port,
+                          broker_url=url, broker_extra=extra)
 
 
 def _one_active(ports: tuple[int, int]) -> bool:
-    return sorted(str(_role(port)) for port in ports) == ["active", "standby"]
+    return sorted(str(role_of(port)) for port in ports) == ["active", "standby"]
 
 
 def _node_of_active_connection(cluster: RabbitMQCluster, asked: RabbitMQ) -> RabbitMQ | None:
@@ -106,7 +105,7 @@ def _consume(url: str, want: set[str], timeout: float) -> list[Received]:
     with Connection(url, connect_timeout=10) as conn, Consumer(
             conn, [Queue(QUEUE, no_declare=True)], on_message=on_message, prefetch_count=200):
         while time.monotonic() < min(deadline, linger_until or deadline):
-            if linger_until is None and want <= set(_announced(received)):
+            if linger_until is None and want <= set(ids_by_name(received)):
                 linger_until = time.monotonic() + 1
             with contextlib.suppress(TimeoutError):
                 conn.drain_events(timeout=0.2)
@@ -139,14 +138,14 @@ def test_stopping_the_node_holding_the_lease_leaves_one_active_replica_and_loses
                                            url=[*urls[1:], urls[0]], quorum=True))])
     started.append(second)
     second.wait_for_log(lambda line: line.get("message") == STANDING_BY)
-    wait_for(lambda: _role(ports[0]) == "active" and _role(ports[1]) == "standby", 15,
+    wait_for(lambda: role_of(ports[0]) == "active" and role_of(ports[1]) == "standby", 15,
              message="roles in /status")
     lease_node = wait_for(lambda: _node_of_active_connection(cluster, cluster.nodes[1]), 15,
                           message="the active replica's connection in list_connections")
     assert lease_node is cluster.nodes[0]
     survivor = cluster.nodes[1]
     try:
-        before = _write(inbox, range(0, 10))
+        before = write_numbered(inbox, range(0, 10))
         burst = Burst(inbox, 300, batch=10, pause=0.2)  # ~6 s of files, across the stop
         burst.start()
         burst.wait_written(50)
@@ -155,10 +154,10 @@ def test_stopping_the_node_holding_the_lease_leaves_one_active_replica_and_loses
         burst.finish()
         wait_for(lambda: _one_active(ports) and LEASE in _lease_queues(survivor), 60,
                  message="one replica active again, holding the lease on a surviving node")
-        after = _write(inbox, range(10, 20))
+        after = write_numbered(inbox, range(10, 20))
         want = before | after | set(burst.names)
         received = _consume(survivor.amqp_url, want, timeout=90)
-        announced = _announced(received)
+        announced = ids_by_name(received)
         missing = want - set(announced)
         assert not missing, f"{len(missing)} files never delivered, e.g. {sorted(missing)[:5]}"
         assert all(len(ids) == 1 for ids in announced.values()), "one message id per file"
@@ -188,21 +187,21 @@ def test_a_frozen_active_replica_with_its_own_state_dir_is_replaced_and_later_st
     first, second = start_pair(started, ports, *(
         _roster(tmp_path, name, inbox, port=port, url=broker_url)
         for name, port in zip("ab", ports, strict=True)))
-    before = _write(inbox, range(0, 10))
+    before = write_numbered(inbox, range(0, 10))
     received = collect(broker_url, QUEUE, timeout=30,
-                       until=lambda got: set(_announced(got)) >= before)
+                       until=lambda got: set(ids_by_name(got)) >= before)
     os.killpg(first.pid, signal.SIGSTOP)
     try:
-        after = _write(inbox, range(10, 20))
+        after = write_numbered(inbox, range(10, 20))
         second.wait_for_log(lambda line: line.get("message") == TAKEOVER, timeout=60)
         received += collect(broker_url, QUEUE, timeout=60,
-                            until=lambda got: set(_announced(received + got)) >= before | after)
+                            until=lambda got: set(ids_by_name(received + got)) >= before | after)
     finally:
         os.killpg(first.pid, signal.SIGCONT)
-    announced = _announced(received)
+    announced = ids_by_name(received)
     assert set(announced) == before | after, "nothing lost"
     assert all(len(ids) == 1 for ids in announced.values()), "one message id per file"
     first.wait_for_log(lambda line: str(line.get("message", "")).startswith(DEMOTED),
                        timeout=60)
-    wait_for(lambda: _role(ports[0]) == "standby" and _role(ports[1]) == "active", 60,
+    wait_for(lambda: role_of(ports[0]) == "standby" and role_of(ports[1]) == "active", 60,
              message="the thawed replica came back as a standby")

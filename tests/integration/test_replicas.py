@@ -13,7 +13,6 @@ from pathlib import Path
 from typing import Any
 
 from tests.support.consumer import (
-    Received,
     _json_array,
     _table,
     collect,
@@ -24,45 +23,23 @@ from tests.support.consumer import (
 from tests.support.frozen import FreezableProxy, url_via
 from tests.support.process import Multiwatch, free_port, run_cli, write_roster
 from tests.support.rabbitmq import RabbitMQ
-
-QUEUE = "file_events"
-TAKEOVER = "took over as the active replica of this instance"
-
-
-def _roster(tmp_path: Path, name: str, inbox: Path, *, state: Path, port: int,
-            broker_url: str | list[str] | None) -> Path:
-    roster: dict[str, Any] = {
-        "state_dir": str(state),
-        "defaults": {"settle_seconds": 0.1},
-        "supervisor": {"stop_timeout_seconds": 3},
-        "http": {"listen": f"127.0.0.1:{port}"},
-        "ha": {"enabled": True, "lease_retry_seconds": 0.5},
-        "instances": [{"id": "music", "directory": str(inbox)}],
-    }
-    if broker_url is not None:
-        # A low heartbeat: a replica cut off is noticed within seconds.
-        roster["broker"] = {"url": broker_url, "heartbeat_seconds": 2,
-                            "connect_timeout_seconds": 2, "confirm_timeout_seconds": 3}
-    return write_roster(tmp_path / f"{name}.yaml", roster)
-
-
-def _status(port: int) -> dict[str, Any]:
-    with urllib.request.urlopen(f"http://127.0.0.1:{port}/status", timeout=5) as response:
-        view: dict[str, Any] = json.load(response)
-    return view
-
-
-def _role(port: int) -> str | None:
-    try:
-        return str(_status(port)["instances"]["music"].get("role"))
-    except (OSError, KeyError):
-        return None
+from tests.support.replicas import (
+    QUEUE,
+    TAKEOVER,
+    ids_by_name,
+    readyz_code,
+    replica_roster,
+    role_of,
+    start_pair,
+    status_of,
+    write_numbered,
+)
 
 
 def _demoted(port: int) -> dict[str, Any]:
     """Instance music in /status once its watcher has exited as a demoted replica."""
     def entry() -> dict[str, Any] | None:
-        music: dict[str, Any] = _status(port)["instances"]["music"]
+        music: dict[str, Any] = status_of(port)["instances"]["music"]
         return music if music.get("last_exit") == "lost the lease to another replica" else None
 
     found: dict[str, Any] | None = wait_for(entry, 30,
@@ -71,50 +48,12 @@ def _demoted(port: int) -> dict[str, Any]:
     return found
 
 
-def _ready(port: int) -> int:
-    try:
-        with urllib.request.urlopen(f"http://127.0.0.1:{port}/readyz", timeout=5) as response:
-            return int(response.status)
-    except urllib.error.HTTPError as exc:
-        return int(exc.code)
-
-
 def _readyz(port: int) -> str:
     try:
         with urllib.request.urlopen(f"http://127.0.0.1:{port}/readyz", timeout=5) as response:
             return str(response.read())
     except urllib.error.HTTPError as exc:
         return str(exc.read())
-
-
-def _write(inbox: Path, names: range) -> set[str]:
-    for n in names:
-        (inbox / f"f{n:03}.txt").write_text(f"file {n}")
-    return {f"f{n:03}.txt" for n in names}
-
-
-def _announced(received: list[Received]) -> dict[str, set[str]]:
-    """file name → the message ids its file_discovered events carried."""
-    ids: dict[str, set[str]] = {}
-    for message in received:
-        if message.body["event_type"] == "file_discovered":
-            name = message.body["file_info"]["name"]
-            ids.setdefault(name, set()).add(str(message.properties["message_id"]))
-    return ids
-
-
-def start_pair(started: list[Multiwatch], ports: tuple[int, int], active: Path,
-               standby: Path) -> tuple[Multiwatch, Multiwatch]:
-    """Two replicas of instance music: the first started and watching (active), then the
-    second, until each one's /status (on `ports`) says its role."""
-    first = Multiwatch(["-c", str(active)])
-    started.append(first)
-    first.wait_watching("music")
-    second = Multiwatch(["-c", str(standby)])
-    started.append(second)
-    wait_for(lambda: _role(ports[0]) == "active" and _role(ports[1]) == "standby", 15,
-             message="roles in /status")
-    return first, second
 
 
 def _connection_roles(rabbitmq: RabbitMQ, vhost: str) -> list[str]:
@@ -155,46 +94,46 @@ def test_one_replica_announces_and_the_standby_takes_over_after_kill_9(
     vhost = vhost_of(broker_url)
     declare_queue(broker_url, QUEUE)
     ports = free_port(), free_port()
-    first = Multiwatch(["-c", str(_roster(tmp_path, "a", inbox, state=tmp_path / "a",
+    first = Multiwatch(["-c", str(replica_roster(tmp_path, "a", inbox, state=tmp_path / "a",
                                           port=ports[0], broker_url=broker_url))])
     started.append(first)
     first.wait_watching("music")
-    second = Multiwatch(["-c", str(_roster(tmp_path, "b", inbox, state=tmp_path / "b",
+    second = Multiwatch(["-c", str(replica_roster(tmp_path, "b", inbox, state=tmp_path / "b",
                                            port=ports[1], broker_url=broker_url))])
     started.append(second)
     second.wait_for_log(lambda line: line.get("message") == "another replica is active; "
                         "standing by")
-    wait_for(lambda: _role(ports[0]) == "active" and _role(ports[1]) == "standby", 15,
+    wait_for(lambda: role_of(ports[0]) == "active" and role_of(ports[1]) == "standby", 15,
              message="roles in /status")
-    wait_for(lambda: _ready(ports[1]) == 200, 15,
+    wait_for(lambda: readyz_code(ports[1]) == 200, 15,
              message=f"a standby connected to the broker is ready: {_readyz(ports[1])}")
-    assert _status(ports[1])["supervisor"]["role"] == "standby"
+    assert status_of(ports[1])["supervisor"]["role"] == "standby"
     wait_for(lambda: _connection_roles(rabbitmq, vhost) == ["active", "standby"], 15,
              message="each connection names its role in its client properties")
     # Half of heartbeat_seconds (2): a frozen active replica is dropped within 1-1.5 x 2 s.
     assert _connection_heartbeats(rabbitmq, vhost) == [1, 1]
 
-    before = _write(inbox, range(0, 20))
+    before = write_numbered(inbox, range(0, 20))
     received = collect(broker_url, QUEUE, timeout=30,
-                       until=lambda got: set(_announced(got)) >= before)
-    announced = _announced(received)
+                       until=lambda got: set(ids_by_name(got)) >= before)
+    announced = ids_by_name(received)
     assert set(announced) == before
     assert all(len(ids) == 1 for ids in announced.values())
     assert not [line for line in second.lines if line.get("message") == "watching"], \
         "the standby watched nothing"
 
     first.cleanup()  # kill -9 of the active supervisor's process group
-    after = _write(inbox, range(20, 40))
+    after = write_numbered(inbox, range(20, 40))
     took_over = second.wait_for_log(lambda line: line.get("message") == TAKEOVER, timeout=30)
     assert took_over["no_active_replica_seconds"] >= 0
     second.wait_watching("music")
     received += collect(broker_url, QUEUE, timeout=60,
-                        until=lambda got: set(_announced(received + got)) >= before | after)
-    announced = _announced(received)
+                        until=lambda got: set(ids_by_name(received + got)) >= before | after)
+    announced = ids_by_name(received)
     assert set(announced) == before | after, "nothing lost"
     # A replica that was never warm announces the files again, under the same message ids.
     assert all(len(ids) == 1 for ids in announced.values())
-    wait_for(lambda: _role(ports[1]) == "active", 15, message="the survivor shows active")
+    wait_for(lambda: role_of(ports[1]) == "active", 15, message="the survivor shows active")
     assert not [line for line in second.lines if line.get("message") == "broker unavailable, "
                 "retrying"], "standing by is not a broker failure"
 
@@ -216,26 +155,26 @@ def test_an_active_replica_cut_off_from_the_broker_hands_over_and_stands_by_once
         # Through the proxy first; the direct URL is the route back once the proxy is cut.
         first, second = start_pair(
             started, ports,
-            _roster(tmp_path, "a", inbox, state=tmp_path / "a", port=ports[0],
+            replica_roster(tmp_path, "a", inbox, state=tmp_path / "a", port=ports[0],
                     broker_url=[url_via(broker_url, proxy.port), broker_url]),
-            _roster(tmp_path, "b", inbox, state=tmp_path / "b", port=ports[1],
+            replica_roster(tmp_path, "b", inbox, state=tmp_path / "b", port=ports[1],
                     broker_url=broker_url))
-        before = _write(inbox, range(0, 10))
+        before = write_numbered(inbox, range(0, 10))
         received = collect(broker_url, QUEUE, timeout=30,
-                           until=lambda got: set(_announced(got)) >= before)
+                           until=lambda got: set(ids_by_name(got)) >= before)
 
         proxy.freeze()
-        after = _write(inbox, range(10, 20))
+        after = write_numbered(inbox, range(10, 20))
         second.wait_for_log(lambda line: line.get("message") == TAKEOVER, timeout=60)
         first.wait_for_log(lambda line: str(line.get("message", "")).startswith(
             "another replica holds the lease now"), timeout=60)
         received += collect(broker_url, QUEUE, timeout=60,
-                            until=lambda got: set(_announced(received + got)) >= before | after)
-        announced = _announced(received)
+                            until=lambda got: set(ids_by_name(received + got)) >= before | after)
+        announced = ids_by_name(received)
         assert set(announced) == before | after, "nothing lost"
         assert all(len(ids) == 1 for ids in announced.values())
         assert _demoted(ports[0])["restarts"] == 0  # an expected outcome, not a crash
-        wait_for(lambda: _role(ports[0]) == "standby" and _role(ports[1]) == "active", 90,
+        wait_for(lambda: role_of(ports[0]) == "standby" and role_of(ports[1]) == "active", 90,
                  message="the cut-off replica came back as a standby")
     finally:
         for mw in started:
@@ -253,28 +192,28 @@ def test_a_frozen_active_replica_on_the_same_state_dir_is_replaced_and_later_sta
     state = tmp_path / "state"
     ports = free_port(), free_port()
     first, second = start_pair(started, ports, *(
-        _roster(tmp_path, name, inbox, state=state, port=port, broker_url=broker_url)
+        replica_roster(tmp_path, name, inbox, state=state, port=port, broker_url=broker_url)
         for name, port in zip("ab", ports, strict=True)))
-    before = _write(inbox, range(0, 10))
+    before = write_numbered(inbox, range(0, 10))
     received = collect(broker_url, QUEUE, timeout=30,
-                       until=lambda got: set(_announced(got)) >= before)
+                       until=lambda got: set(ids_by_name(got)) >= before)
     os.killpg(first.pid, signal.SIGSTOP)
     try:
-        after = _write(inbox, range(10, 20))
+        after = write_numbered(inbox, range(10, 20))
         second.wait_for_log(lambda line: line.get("message") == TAKEOVER, timeout=60)
         second.wait_for_log(lambda line: str(line.get("message", "")).startswith(
             "the instance's state database is still held"), timeout=30)
         received += collect(broker_url, QUEUE, timeout=60,
-                            until=lambda got: set(_announced(received + got)) >= before | after)
+                            until=lambda got: set(ids_by_name(received + got)) >= before | after)
     finally:
         os.killpg(first.pid, signal.SIGCONT)
-    announced = _announced(received)
+    announced = ids_by_name(received)
     assert set(announced) == before | after, "nothing lost"
     assert all(len(ids) == 1 for ids in announced.values())
     first.wait_for_log(lambda line: str(line.get("message", "")).startswith(
         "another replica holds the lease now"), timeout=60)
     assert _demoted(ports[0])["restarts"] == 0  # an expected outcome, not a crash
-    wait_for(lambda: _role(ports[0]) == "standby" and _role(ports[1]) == "active", 60,
+    wait_for(lambda: role_of(ports[0]) == "standby" and role_of(ports[1]) == "active", 60,
              message="the thawed replica came back as a standby")
     # The active replica goes on from state.1.db (the frozen one held state.db): the
     # commands read that one, and say so.
@@ -290,16 +229,16 @@ def test_embedded_replicas_on_one_state_dir_share_an_flock_lease(
     run lock lets a replica in) and takes over from the killed first one."""
     state = tmp_path / "state"
     ports = free_port(), free_port()
-    rosters = [_roster(tmp_path, name, inbox, state=state, port=port, broker_url=None)
+    rosters = [replica_roster(tmp_path, name, inbox, state=state, port=port, broker_url=None)
                for name, port in zip("ab", ports, strict=True)]
     first, second = start_pair(started, ports, *rosters)
-    before = _write(inbox, range(0, 5))
+    before = write_numbered(inbox, range(0, 5))
     tail = run_cli("tail", "-c", str(rosters[0]), "--count", "5", "--timeout", "30")
     assert {json.loads(line)["file_info"]["name"] for line in tail.stdout.splitlines()} \
         == before
 
     first.cleanup()  # kill -9: the kernel drops its flock
-    after = _write(inbox, range(5, 10))
+    after = write_numbered(inbox, range(5, 10))
     second.wait_for_log(lambda line: line.get("message") == TAKEOVER, timeout=30)
     tail = run_cli("tail", "-c", str(rosters[1]), "--count", "5", "--timeout", "30")
     # The new active replica continues from the instance's own state database (the killed
@@ -313,7 +252,7 @@ def test_without_ha_a_second_supervisor_is_still_refused(
         tmp_path: Path, inbox: Path, started: list[Multiwatch]) -> None:
     """A supervisor without ha is refused beside replicas of the instance, and they beside it."""
     state = tmp_path / "state"
-    replica = _roster(tmp_path, "a", inbox, state=state, port=free_port(), broker_url=None)
+    replica = replica_roster(tmp_path, "a", inbox, state=state, port=free_port(), broker_url=None)
     lone = write_roster(tmp_path / "lone.yaml", {
         "state_dir": str(state), "instances": [{"id": "music", "directory": str(inbox)}]})
     first = Multiwatch(["-c", str(replica)])

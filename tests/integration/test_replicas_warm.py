@@ -16,9 +16,7 @@ from typing import Any
 
 import pytest
 
-from tests.integration.test_replicas import QUEUE, TAKEOVER, _ready, _role, _status, start_pair
 from tests.support.consumer import (
-    Received,
     _json_array,
     collect,
     declare_queue,
@@ -26,43 +24,23 @@ from tests.support.consumer import (
     wait_for,
 )
 from tests.support.frozen import FreezableProxy, url_via
-from tests.support.process import LogLine, Multiwatch, free_port, run_cli, write_roster
+from tests.support.process import LogLine, Multiwatch, free_port, run_cli
 from tests.support.rabbitmq import RabbitMQ
+from tests.support.replicas import (
+    QUEUE,
+    TAKEOVER,
+    ids_by_name,
+    readyz_code,
+    replica_roster,
+    role_of,
+    start_pair,
+    status_of,
+    write_numbered,
+)
 
 SCAN_COMPLETE = "startup scan complete"
 REANNOUNCED = "re-announcing the previous active replica's in-flight window"
 
-
-
-def _roster(tmp_path: Path, name: str, inbox: Path, *, state: Path, port: int,
-            broker_url: str) -> Path:
-    return write_roster(tmp_path / f"{name}.yaml", {
-        "state_dir": str(state),
-        "defaults": {"settle_seconds": 0.1},
-        "supervisor": {"stop_timeout_seconds": 3},
-        "http": {"listen": f"127.0.0.1:{port}"},
-        "ha": {"enabled": True, "lease_retry_seconds": 0.5},
-        # A low heartbeat: a replica cut off is noticed within seconds.
-        "broker": {"url": broker_url, "heartbeat_seconds": 2, "connect_timeout_seconds": 2,
-                   "confirm_timeout_seconds": 3},
-        "instances": [{"id": "music", "directory": str(inbox)}],
-    })
-
-
-def _write(inbox: Path, names: range, text: str = "file") -> set[str]:
-    for n in names:
-        (inbox / f"f{n:03}.txt").write_text(f"{text} {n}")
-    return {f"f{n:03}.txt" for n in names}
-
-
-def _names(received: list[Received], event_type: str = "file_discovered") -> dict[str, set[str]]:
-    """file name → the message ids its events of `event_type` carried."""
-    ids: dict[str, set[str]] = {}
-    for message in received:
-        if message.body["event_type"] == event_type:
-            ids.setdefault(message.body["file_info"]["name"], set()).add(
-                str(message.properties["message_id"]))
-    return ids
 
 
 def _export(roster: Path) -> dict[str, dict[str, Any]]:
@@ -76,14 +54,14 @@ def _export(roster: Path) -> dict[str, dict[str, Any]]:
 def _ready_now(port: int) -> int:
     """/readyz's status, 0 while the supervisor does not answer yet."""
     try:
-        return _ready(port)
+        return readyz_code(port)
     except OSError:
         return 0
 
 
 def _heartbeat(port: int) -> dict[str, Any]:
     try:
-        return dict(_status(port)["instances"]["music"].get("heartbeat") or {})
+        return dict(status_of(port)["instances"]["music"].get("heartbeat") or {})
     except (OSError, KeyError):
         return {}
 
@@ -108,7 +86,7 @@ def test_a_warm_standby_takes_over_announcing_only_what_is_new_and_hashing_nothi
     declare_queue(broker_url, QUEUE)
     declare_queue(broker_url, "everything", binding_key="#")  # a catch-all consumer
     ports = free_port(), free_port()
-    rosters = [_roster(tmp_path, name, inbox, state=tmp_path / name, port=port,
+    rosters = [replica_roster(tmp_path, name, inbox, state=tmp_path / name, port=port,
                        broker_url=broker_url) for name, port in zip("ab", ports, strict=True)]
     first, second = start_pair(started, ports, *rosters)
     wait_for(lambda: _ready_now(ports[1]) == 200, 15,
@@ -116,15 +94,16 @@ def test_a_warm_standby_takes_over_announcing_only_what_is_new_and_hashing_nothi
     assert _heartbeat(ports[1]).get("standby_warm") is True
     assert len(_standby_objects(rabbitmq, vhost_of(broker_url))) == 2  # a queue, an exchange
 
-    before = _write(inbox, range(0, 20))
+    before = write_numbered(inbox, range(0, 20))
     received = collect(broker_url, QUEUE, timeout=30,
-                       until=lambda got: set(_names(got)) >= before)
+                       until=lambda got: set(ids_by_name(got)) >= before)
     (inbox / "f000.txt").write_text("changed content")
     (inbox / "f001.txt").unlink()
     (inbox / "f002.txt").rename(inbox / "g002.txt")
     received += collect(broker_url, QUEUE, timeout=30, until=lambda got: (
-        "f000.txt" in _names(got, "file_modified") and "f001.txt" in _names(got, "file_deleted")
-        and "g002.txt" in _names(got, "file_moved")))
+        "f000.txt" in ids_by_name(got, "file_modified")
+        and "f001.txt" in ids_by_name(got, "file_deleted")
+        and "g002.txt" in ids_by_name(got, "file_moved")))
     expected = (before - {"f001.txt", "f002.txt"}) | {"g002.txt"}
     wait_for(lambda: set(_export(rosters[1])) == expected, 30,
              message="the standby's state database follows the announcements")
@@ -137,29 +116,29 @@ def test_a_warm_standby_takes_over_announcing_only_what_is_new_and_hashing_nothi
              message="the standby's in-flight window is emptied by the settled marker")
 
     first.cleanup()  # kill -9 of the active supervisor's process group
-    after = _write(inbox, range(20, 30))
+    after = write_numbered(inbox, range(20, 30))
     second.wait_for_log(lambda line: line.get("message") == TAKEOVER, timeout=30)
     window = second.wait_for_log(lambda line: line.get("message", "").startswith(
         REANNOUNCED), timeout=30)
     scan = second.wait_for_log(lambda line: line.get("message") == SCAN_COMPLETE, timeout=60)
     since = collect(broker_url, QUEUE, timeout=60,
-                    until=lambda got: set(_names(got)) >= after)
+                    until=lambda got: set(ids_by_name(got)) >= after)
     published = {m.properties["message_id"] for m in received}
     new = [m for m in since if m.properties["message_id"] not in published]
     again = [m for m in since if m.properties["message_id"] in published]
-    assert set(_names(new)) == after, "only the files written since the kill are new"
+    assert set(ids_by_name(new)) == after, "only the files written since the kill are new"
     assert {m.body["event_type"] for m in new} == {"file_discovered"}
     # The active replica had seen every confirm (its settled marker): nothing it
     # announced is published again, though the takeover comes seconds after its events.
     assert again == [] and window["events"] == 0, "nothing announced before is repeated"
     assert scan["files_hashed"] <= len(after), "none of the files it knew were hashed"
     assert scan["bytes_hashed"] <= sum((inbox / name).stat().st_size for name in after)
-    assert all(len(ids) == 1 for ids in _names(received + since).values())
+    assert all(len(ids) == 1 for ids in ids_by_name(received + since).values())
     everything = collect(broker_url, "everything", binding_key="#", timeout=30,
                          until=lambda got: len(got) >= len(received) + len(since))
     assert len(everything) >= len(received) + len(since), \
         "a catch-all consumer gets events only (no settled marker: collect checks each)"
-    wait_for(lambda: _role(ports[1]) == "active", 15, message="the survivor shows active")
+    wait_for(lambda: role_of(ports[1]) == "active", 15, message="the survivor shows active")
     assert _standby_objects(rabbitmq, vhost_of(broker_url)) == [], \
         "the active replica's standby queue (and its exchange) are gone"
     assert second.terminate() == 0
@@ -177,23 +156,24 @@ def test_events_the_killed_active_replica_had_not_sent_are_announced_by_the_new_
     proxy = FreezableProxy((parts.hostname or "127.0.0.1", parts.port or 5672))
     try:
         ports = free_port(), free_port()
-        first = Multiwatch(["-c", str(_roster(tmp_path, "a", inbox, state=state, port=ports[0],
-                                              broker_url=url_via(broker_url, proxy.port)))])
+        first = Multiwatch(["-c", str(replica_roster(
+            tmp_path, "a", inbox, state=state, port=ports[0],
+            broker_url=url_via(broker_url, proxy.port)))])
         started.append(first)
         first.wait_watching("music")
-        second = Multiwatch(["-c", str(_roster(tmp_path, "b", inbox, state=state,
+        second = Multiwatch(["-c", str(replica_roster(tmp_path, "b", inbox, state=state,
                                                port=ports[1], broker_url=broker_url))])
         started.append(second)
-        wait_for(lambda: _role(ports[0]) == "active" and _ready_now(ports[1]) == 200, 15,
+        wait_for(lambda: role_of(ports[0]) == "active" and _ready_now(ports[1]) == 200, 15,
                  message="active, and a warm standby")
-        before = _write(inbox, range(0, 10))
+        before = write_numbered(inbox, range(0, 10))
         received = collect(broker_url, QUEUE, timeout=30,
-                           until=lambda got: set(_names(got)) >= before)
+                           until=lambda got: set(ids_by_name(got)) >= before)
         wait_for(lambda: _heartbeat(ports[1]).get("files_tracked") == len(before), 30,
                  message="the standby applied the announcements")
 
         proxy.freeze()
-        unsent = _write(inbox, range(10, 15))
+        unsent = write_numbered(inbox, range(10, 15))
         for name in unsent:
             first.wait_for_log(partial(_discovered, name), timeout=30)
         first.cleanup()  # kill -9, its events still in the outbox of state.db
@@ -202,8 +182,8 @@ def test_events_the_killed_active_replica_had_not_sent_are_announced_by_the_new_
             assert conn.execute("SELECT count(*) FROM outbox").fetchone()[0] >= len(unsent)
         second.wait_for_log(lambda line: line.get("message") == TAKEOVER, timeout=60)
         received += collect(broker_url, QUEUE, timeout=60,
-                            until=lambda got: set(_names(received + got)) >= before | unsent)
-        announced = _names(received)
+                            until=lambda got: set(ids_by_name(received + got)) >= before | unsent)
+        announced = ids_by_name(received)
         assert set(announced) == before | unsent, "nothing lost"
         assert all(len(ids) == 1 for ids in announced.values()), \
             "known files announced again only from the in-flight window, same message ids"
@@ -223,14 +203,14 @@ def test_a_replica_that_was_never_warm_announces_again_under_the_same_message_id
     id the first replica used, so a consumer deduplicating on message_id sees each once."""
     declare_queue(broker_url, QUEUE)
     ports = free_port(), free_port()
-    first = Multiwatch(["-c", str(_roster(tmp_path, "a", inbox, state=tmp_path / "a",
+    first = Multiwatch(["-c", str(replica_roster(tmp_path, "a", inbox, state=tmp_path / "a",
                                           port=ports[0], broker_url=broker_url))])
     started.append(first)
     first.wait_watching("music")
-    before = _write(inbox, range(0, 10))
+    before = write_numbered(inbox, range(0, 10))
     received = collect(broker_url, QUEUE, timeout=30,
-                       until=lambda got: set(_names(got)) >= before)
-    second = Multiwatch(["-c", str(_roster(tmp_path, "b", inbox, state=tmp_path / "b",
+                       until=lambda got: set(ids_by_name(got)) >= before)
+    second = Multiwatch(["-c", str(replica_roster(tmp_path, "b", inbox, state=tmp_path / "b",
                                            port=ports[1], broker_url=broker_url))])
     started.append(second)
     wait_for(lambda: _ready_now(ports[1]) == 200, 15, message="the new standby is ready")
@@ -239,9 +219,9 @@ def test_a_replica_that_was_never_warm_announces_again_under_the_same_message_id
     first.cleanup()  # kill -9
     second.wait_for_log(lambda line: line.get("message") == TAKEOVER, timeout=30)
     again = collect(broker_url, QUEUE, timeout=60,
-                    until=lambda got: set(_names(got)) >= before)
-    assert set(_names(again)) == before, "every file announced again"
-    assert _names(again) == _names(received), "under the same message ids"
+                    until=lambda got: set(ids_by_name(got)) >= before)
+    assert set(ids_by_name(again)) == before, "every file announced again"
+    assert ids_by_name(again) == ids_by_name(received), "under the same message ids"
     assert second.terminate() == 0
 
 
@@ -258,24 +238,24 @@ def test_events_the_standby_applied_but_the_active_never_saw_confirmed_are_annou
     declare_queue(broker_url, QUEUE)
     vhost = vhost_of(broker_url)
     ports = free_port(), free_port()
-    rosters = [_roster(tmp_path, name, inbox, state=tmp_path / name, port=port,
+    rosters = [replica_roster(tmp_path, name, inbox, state=tmp_path / name, port=port,
                        broker_url=broker_url) for name, port in zip("ab", ports, strict=True)]
     first = Multiwatch(["-c", str(rosters[0])])
     started.append(first)
     first.wait_watching("music")
     second = Multiwatch(["-c", str(rosters[1])])
     started.append(second)
-    wait_for(lambda: _role(ports[0]) == "active" and _ready_now(ports[1]) == 200, 15,
+    wait_for(lambda: role_of(ports[0]) == "active" and _ready_now(ports[1]) == 200, 15,
              message="active, and a warm standby")
-    before = _write(inbox, range(0, 5))
+    before = write_numbered(inbox, range(0, 5))
     received = collect(broker_url, QUEUE, timeout=30,
-                       until=lambda got: set(_names(got)) >= before)
+                       until=lambda got: set(ids_by_name(got)) >= before)
 
     rabbitmq.rabbitmqctl("set_policy", "-p", vhost, "--apply-to", "queues", "refuse",
                          f"^{QUEUE}$", json.dumps({"max-length": 0,
                                                    "overflow": "reject-publish"}))
     try:
-        refused = _write(inbox, range(5, 10))
+        refused = write_numbered(inbox, range(5, 10))
         first.wait_for_log(lambda line: str(line.get("message", "")).startswith(
             "event rejected by the broker"), timeout=30)
         # The refused event is held at the head of the active replica's outbox, so the
@@ -297,8 +277,8 @@ def test_events_the_standby_applied_but_the_active_never_saw_confirmed_are_annou
         REANNOUNCED), timeout=30)
     assert window["events"] == applied, "only the events never confirmed"
     received += collect(broker_url, QUEUE, timeout=60,
-                        until=lambda got: set(_names(received + got)) >= before | refused)
-    announced = _names(received)
+                        until=lambda got: set(ids_by_name(received + got)) >= before | refused)
+    announced = ids_by_name(received)
     assert set(announced) == before | refused, "nothing lost"
     assert all(len(ids) == 1 for ids in announced.values()), "one message id per file"
     assert second.terminate() == 0
