@@ -8,6 +8,7 @@ import os
 import re
 import uuid
 from datetime import UTC, datetime, timedelta
+from pathlib import Path
 from typing import Any
 
 import pytest
@@ -210,3 +211,16 @@ def test_body_carries_the_file_version_as_decimal_strings() -> None:
     assert info["mtime_ns"] == str(HASHED.version.mtime_ns) == "1700000000123456789"
     assert info["inode"] == str(HASHED.version.inode)
     assert info["ctime_ns"] == str(HASHED.ctime_ns)
+
+
+def test_every_field_that_can_appear_is_in_the_readme_message_table() -> None:
+    """The README's field table (What is announced) names every field a message can carry:
+    a resync'd move between two names that are not UTF-8 has them all."""
+    latin1 = os.fsdecode(b"caf\xe9.mp3")
+    body = _body(_event(FILE_MOVED, relative_path=f"new/{latin1}", old_relative_path=latin1,
+                        resync_id="r1"))
+    readme = (Path(__file__).resolve().parents[2] / "README.md").read_text()
+    table = readme.split("| field | in | meaning |", 1)[1].split("\n\n", 1)[0]
+    documented = set(re.findall(r"`(?:file_info)?\.?([a-z0-9_]+)`", table))
+    assert set(body) - {"file_info"} <= documented
+    assert set(body["file_info"]) <= documented
