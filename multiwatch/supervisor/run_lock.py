@@ -79,10 +79,12 @@ class InstanceLocks:
             assert folder is not None  # (CREATE policy)
             fd = sd.private_file(folder, RUN_LOCK, path)
         if not _try_lock(fd, fcntl.LOCK_SH if replica else fcntl.LOCK_EX):
-            holder = {} if replica else _holder_record(fd)  # (replicas write no record)
-            if not holder.get("pid"):  # (it exits, or is just starting): ask the kernel
-                holders = kernel_lock_holders(os.fstat(fd).st_ino) or set()
-                holder = {"pid": min(holders)} if len(holders) == 1 else {}
+            # The record names an exclusive holder; replicas (shared) write none, and a
+            # killed holder's record stays behind them: the kernel says who holds it now.
+            holders = kernel_lock_holders(os.fstat(fd).st_ino)
+            holder = _holder_record(fd) if holders is None or len(holders) == 1 else {}
+            if holders is not None and holder.get("pid") not in holders:
+                holder = {"pids": sorted(holders)} if holders else {}
             os.close(fd)
             raise RunLockHeld(_held_message(instance_id, holder, path, replica=replica))
         if not replica:  # shared holders leave the file alone: the others read it
@@ -145,17 +147,22 @@ class InstanceLocks:
 
 def _held_message(instance_id: str, holder: dict[str, Any], path: str, *,
                   replica: bool = False) -> str:
-    pid = holder.get("pid")
-    who = f"pid {pid}" if pid else "another process"
+    pids = [holder["pid"]] if holder.get("pid") else holder.get("pids", [])
+    listed = ", ".join(map(str, pids))
+    who = (f"pid {listed}" if len(pids) == 1 else f"pids {listed}" if pids
+           else "another process")
+    holds = "hold" if len(pids) > 1 else "holds"
     roster = holder.get("roster")
     how = f" (multiwatch run -c {roster})" if roster else ""
-    stop = f"multiwatch stop -c {roster}" if roster else f"kill {pid}" if pid else "stop it"
+    stop = (f"multiwatch stop -c {roster}" if roster
+            else f"kill {' '.join(map(str, pids))}" if pids else "multiwatch stop -c <its roster>")
+    them = "them" if len(pids) > 1 else "it"
     if replica:
-        return (f"instance {instance_id} is already run without ha by {who}{how}, which holds "
-                f"{path}: a replica beside it would announce every file twice. Stop it "
+        return (f"instance {instance_id} is already run without ha by {who}{how}, which {holds} "
+                f"{path}: a replica beside it would announce every file twice. Stop {them} "
                 f"first ({stop}), or enable ha for {instance_id} there too")
-    return (f"instance {instance_id} is already run by {who}{how}, which holds {path}: two "
-            f"supervisors would announce every file twice. Stop it first ({stop}), enable "
+    return (f"instance {instance_id} is already run by {who}{how}, which {holds} {path}: two "
+            f"supervisors would announce every file twice. Stop {them} first ({stop}), enable "
             "ha for it in both rosters (replicas: one announces, the other stands by), or "
             "run other instances with --only")
 

@@ -105,3 +105,42 @@ def test_prepare_tightens_a_loose_lock_file(tmp_path: Path) -> None:
     lock.chmod(0o644)
     state_dir.prepare(str(state), ["music"], embedded=False)
     assert stat.S_IMODE(lock.stat().st_mode) == 0o600
+
+
+_SHARED_HOLDER = (
+    "import fcntl, os, sys\n"
+    "fd = os.open(sys.argv[1], os.O_RDWR)\n"
+    "fcntl.flock(fd, fcntl.LOCK_SH)\n"
+    "print('locked', flush=True)\n"
+    "sys.stdin.read()\n"
+)
+
+
+def test_a_supervisor_without_ha_beside_replicas_is_told_their_pids(tmp_path: Path) -> None:
+    """Refused beside two replicas (which hold the lock shared, with no record), a run
+    without ha names both replicas' pids, not 'another process' nor a killed holder's."""
+    import subprocess
+    import sys
+
+    locks = InstanceLocks(str(tmp_path / "state"), None)
+    locks.acquire("music", replica=True)
+    locks.release("music")  # (the lock file exists now)
+    lock = tmp_path / "state" / "instances" / "music" / "run.lock"
+    # what a supervisor without ha killed by kill -9 leaves behind it
+    lock.write_text('{"pid": 4194304, "roster": "/killed.yaml"}')
+    replicas = [subprocess.Popen([sys.executable, "-c", _SHARED_HOLDER, str(lock)],
+                                 stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True)
+                for _ in range(2)]
+    try:
+        for replica in replicas:
+            assert replica.stdout is not None and replica.stdout.readline() == "locked\n"
+        with pytest.raises(RunLockHeld) as refused:
+            InstanceLocks(str(tmp_path / "state"), "/r.yaml").acquire("music")
+        message = str(refused.value)
+        pids = sorted(replica.pid for replica in replicas)
+        assert f"pids {pids[0]}, {pids[1]}" in message, message
+        assert "another process" not in message and "(stop it)" not in message
+        assert "4194304" not in message and "killed.yaml" not in message
+    finally:
+        for replica in replicas:
+            replica.communicate("", timeout=10)
