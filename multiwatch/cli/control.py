@@ -8,7 +8,8 @@ pid is never signalled.  The pid is opened as a pidfd before the checks, so the 
 reaches the very process that passed them.
 
 Exit status: 0 done (reload: SIGHUP sent; stop: the supervisor has exited), 1 no
-supervisor of this roster runs (or none could be trusted), 2 a roster error, 3 stop: still
+supervisor of this roster runs (or none could be trusted), 2 a roster error (or `stop --only`
+naming some of a supervisor's instances: it stops as a whole, so nothing is sent), 3 stop: still
 running when --timeout ran out (SIGTERM was sent; it is still shutting down).  A state
 directory others control (state_dir.py) is a roster error: its lock files prove nothing.
 """
@@ -55,6 +56,8 @@ def stop_command(roster: Roster, only: Sequence[str] | None, timeout: float | No
     targets = _targets(roster, only)
     if not targets:
         return EXIT_NONE_RUNNING
+    if only:  # a supervisor stops as a whole: never take instances not named with it
+        _refuse_others(targets, only)
     if timeout is None:
         timeout = roster.supervisor.stop_timeout_seconds + REAP_MARGIN_SECONDS
     deadline = time.monotonic() + timeout
@@ -71,6 +74,26 @@ def stop_command(roster: Roster, only: Sequence[str] | None, timeout: float | No
                       "each); wait longer with --timeout", file=sys.stderr)
                 status = EXIT_STILL_RUNNING
     return status
+
+
+def _refuse_others(targets: list[tuple[RunningSupervisor, int | None]],
+                   only: Sequence[str]) -> None:
+    """ConfigError (exit 2, nothing signalled) if a supervisor `stop --only` found also runs
+    instances not named: SIGTERM would stop those too."""
+    for supervisor, _ in targets:
+        others = sorted(set(supervisor.instances) - set(only))
+        if others:
+            for _, pidfd in targets:
+                if pidfd is not None:
+                    os.close(pidfd)
+            named = " --only ".join(only)
+            raise ConfigError(
+                f"the supervisor running {', '.join(only)}, pid {supervisor.pid} "
+                f"({_what(supervisor)}), also runs {', '.join(others)}: stopping it would stop "
+                f"{', '.join(others)} too; nothing was signalled. To stop all of it: multiwatch "
+                f"stop -c {supervisor.roster or '<roster>'} (or --only {named} --only "
+                f"{' --only '.join(others)}); to stop only {', '.join(only)}: remove it from "
+                "the roster and run multiwatch reload")
 
 
 def _targets(roster: Roster, only: Sequence[str] | None) -> list[tuple[RunningSupervisor,

@@ -205,6 +205,25 @@ def test_stop_only_one_instance_of_the_exports_shape(
     assert run_a.process.poll() == 0 and run_b.process.poll() is None
 
 
+def test_stop_only_refuses_to_stop_other_instances_with_it(
+        tmp_path: Path, started: list[Multiwatch]) -> None:
+    """`stop --only docs` on a supervisor that also runs music stops nothing (exit 2) and says
+    how to stop all of it or just docs; its watchers run on."""
+    roster = _roster(tmp_path, "music", "docs")
+    mw = _run(started, "-c", str(roster))
+    mw.wait_watching("music")
+    mw.wait_watching("docs")
+    watchers = mw.child_pids()
+    stop = run_cli("stop", "-c", str(roster), "--only", "docs")
+    assert stop.returncode == 2, stop.stdout
+    assert f"pid {mw.pid}" in stop.stderr and "music too" in stop.stderr
+    assert "multiwatch reload" in stop.stderr and "Traceback" not in stop.stderr
+    assert mw.process.poll() is None and mw.child_pids() == watchers
+    both = run_cli("stop", "-c", str(roster), "--only", "docs", "--only", "music")
+    assert both.returncode == 0, both.stderr
+    assert mw.process.poll() == 0
+
+
 def test_stop_exits_3_when_the_supervisor_outlives_the_timeout(
         tmp_path: Path, started: list[Multiwatch]) -> None:
     """`stop --timeout 0` sends SIGTERM but cannot see the exit in time: exit 3, saying so;

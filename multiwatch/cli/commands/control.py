@@ -26,8 +26,10 @@ def register(commands: Subcommands) -> None:
     stop = commands.add_parser(
         "stop", help="stop the running supervisor (SIGTERM) and wait for it",
         description="Send SIGTERM to the supervisor running this roster and wait until it has "
-        f"exited. {found} Exit status 0 once stopped, 1 when no supervisor of this roster "
-        "runs, 2 for a roster error, 3 when it still runs after --timeout.",
+        f"exited. {found} A supervisor stops as a whole: with --only, one that also runs "
+        "instances not named is not signalled (exit 2). Exit status 0 once stopped, 1 when no "
+        "supervisor of this roster runs, 2 for a roster error, 3 when it still runs after "
+        "--timeout.",
     )
     stop.add_argument("--timeout", type=float, metavar="SECONDS",
                       help="wait at most this long (default: the roster's "
