@@ -122,6 +122,11 @@ class Pipeline:
         listed (see observe.directory_watcher)."""
         self._reconciler.request(relative_dir, watch=watch)
 
+    def watch_directories(self, watch: Callable[[str], object] | None) -> None:
+        """Every walk from now on calls `watch` on each directory before listing it (the
+        running observer's observe.directory_watcher; None: a polling one needs none)."""
+        self._reconciler.watch = watch
+
     def step(self, max_wait: float) -> None:
         """One turn: wait briefly for notifications, then scan, then handle settled paths."""
         now = time.monotonic()

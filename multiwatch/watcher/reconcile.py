@@ -81,15 +81,23 @@ class Reconciler:
         # The directories of walks not started yet: a set, as thousands of directories
         # created at once each ask for one.
         self._queued: set[str] = set()
+        # The running observer's directory watcher (observe.directory_watcher), set when
+        # it starts: every walk adds the watch of each directory before listing it. The
+        # observer's own watch of a new directory can fail for good: a directory created
+        # in one that is renamed before the mkdir's event is read is looked for under the
+        # old name, and nothing else would ever watch it.
+        self.watch: Callable[[str], object] | None = None
 
     def request(self, relative_dir: str = "", *,
                 watch: Callable[[str], object] | None = None) -> None:
-        """Queue a walk of relative_dir (see Pipeline.request_scan)."""
+        """Queue a walk of relative_dir (see Pipeline.request_scan); `watch`: a new
+        observer's watcher, else the running one's (`self.watch`)."""
         if watch is None and relative_dir in self._queued:
             return  # the same walk is queued and has not started: it will see everything
         batches = scan_batches(self._confined, relative_dir, self._filter,
                                recursive=self.instance.recursive,
-                               unlistable=self._unreadable.directories, watch=watch,
+                               unlistable=self._unreadable.directories,
+                               watch=watch if watch is not None else self.watch,
                                one_filesystem=self.instance.one_filesystem)
         self.scans.append(_Scan(relative_dir, batches))
         self._queued.add(relative_dir)

@@ -97,12 +97,15 @@ def _discard(notifications: queue.SimpleQueue[RawEvent]) -> None:
 
 def observe(instance: InstanceConfig, pipeline: Pipeline,
              refused: OSError | None = None) -> BaseObserver:
+    """Start an observer feeding the pipeline, whose walks from now on add its watches."""
     with sigterm_for_main_thread_only():
-        return start_observer(instance.directory, recursive=instance.recursive,
-                              events=pipeline.notifications, mode=instance.observer,
-                              polling_interval=instance.polling_interval_seconds,
-                              subdirectories_later=True, one_filesystem=instance.one_filesystem,
-                              refused=refused)
+        observer = start_observer(instance.directory, recursive=instance.recursive,
+                                  events=pipeline.notifications, mode=instance.observer,
+                                  polling_interval=instance.polling_interval_seconds,
+                                  subdirectories_later=True,
+                                  one_filesystem=instance.one_filesystem, refused=refused)
+    pipeline.watch_directories(directory_watcher(observer))
+    return observer
 
 
 def observer_alive(observer: BaseObserver) -> bool:

@@ -7,17 +7,21 @@ import time
 from pathlib import Path
 
 import pytest
+from watchdog.observers.api import BaseObserver
 
 import multiwatch.watcher.pipeline as pipeline_module
 import multiwatch.watcher.reconcile as reconcile_module
+from multiwatch.watcher.observe import directory_watcher
 from multiwatch.watcher.path_index import PathIndex
 from multiwatch.watcher.raw_event import EventKind, RawEvent
 from multiwatch.watcher.settle import SettleTable
+from multiwatch.watcher.watching import observe
 from tests.watcher.test_pipeline import (
     announce,
     drain,
     known_files,
     make_pipeline,
+    run_until,
     settle_all,
     summary,
 )
@@ -272,3 +276,36 @@ def test_moving_a_big_directory_keeps_reporting_progress(tmp_path: Path) -> None
     assert len(calls) >= 3000
     settle_all(pipeline)
     assert len([b for b in drain(outbox) if b["event_type"] == "file_moved"]) == 3000
+
+
+# -- watches of directories renamed before their events were read ---------------------------
+
+
+def test_directory_created_just_before_its_parent_was_renamed_is_watched(
+        tmp_path: Path, observers: list[BaseObserver]) -> None:
+    """mkdir a/sub; mv a b, both before the inotify reader got to the mkdir (watchdog then
+    tries to watch a/sub, which no longer exists): the walk of b watches b/sub, so a file
+    written there later is announced."""
+    pipeline, outbox, root = make_pipeline(tmp_path)
+    (root / "a").mkdir()
+    observer = observe(pipeline.instance, pipeline)
+    observers.append(observer)
+    pipeline.request_scan(watch=directory_watcher(observer))
+    settle_all(pipeline)
+    [group] = [emitter._inotify for emitter in observer.emitters]  # type: ignore[attr-defined]
+    with group._lock:  # the reader waits in the mkdir's event until the rename is done
+        (root / "a" / "sub").mkdir()
+        os.rename(root / "a", root / "b")
+    run_until(pipeline, lambda: _watched(observer, root / "b"), timeout=10)
+    settle_all(pipeline)
+
+    (root / "b" / "sub" / "late.mp3").write_bytes(b"written after the rename")
+    run_until(pipeline, lambda: bool(outbox.peek(10)), timeout=10)
+    assert summary(drain(outbox)) == [("file_discovered", "b/sub/late.mp3")]
+
+
+def _watched(observer: BaseObserver, directory: Path) -> bool:
+    """The watch group knows `directory` under its new name (the rename has been read)."""
+    [group] = [emitter._inotify for emitter in observer.emitters]  # type: ignore[attr-defined]
+    with group._lock:
+        return group._find_node_by_path(os.fsencode(directory)) is not None
