@@ -1,7 +1,8 @@
 """Proof that an endpoint is the supervisor of this roster, not whoever holds its port.
 
-When its endpoint is listening, the supervisor writes `<state_dir>/endpoint-<host>-<port>.json`
-(mode 0600, replaced atomically): its pid, the listen address and a fresh random secret.
+When its endpoint is listening, the supervisor writes
+`<state_dir>/endpoint-<host>_<port>-net<N>.json` (N: its network namespace's inode; mode 0600,
+replaced atomically): its pid, the listen address and a fresh random secret.
 A client that can read the file (the supervisor's user, or root) sends a random challenge in
 the `X-Multiwatch-Challenge` header; the endpoint answers with `X-Multiwatch-Proof`, an
 HMAC-SHA256 under the secret of the challenge, the path and the body. Another program that
@@ -44,9 +45,22 @@ class EndpointIdentity:
 
 
 def identity_path(state_dir: str, listen: str) -> str:
-    """The file for the endpoint on `listen` (supervisors may share a state_dir)."""
+    """The file for the endpoint on `listen` in this network namespace.
+
+    Supervisors may share a state_dir, and a port belongs to a network namespace: replicas
+    in two containers on one state volume (compose --scale) both listen on 0.0.0.0:9120.
+    Each namespace has its own file, so neither replaces the other's secret; `status`
+    (run inside the container, as `docker compose exec` does) reads its own namespace's."""
     name = re.sub(r"[^A-Za-z0-9.-]", "_", listen.strip().replace("[", "").replace("]", ""))
-    return os.path.join(state_dir, f"endpoint-{name.replace(':', '-')}.json")
+    return os.path.join(state_dir, f"endpoint-{name}{_network_namespace()}.json")
+
+
+def _network_namespace() -> str:
+    """`-net<inode>` of this process's network namespace; "" where /proc does not say."""
+    try:
+        return f"-net{os.stat('/proc/self/ns/net').st_ino}"
+    except OSError:
+        return ""
 
 
 def new_secret() -> bytes:
