@@ -115,9 +115,14 @@ def resolve_host(url: str, within: float,
         done.set()
 
     threading.Thread(target=lookup, name=f"resolve-{host}", daemon=True).start()
-    deadline = time.monotonic() + within
+    started = time.monotonic()
+    deadline = started + within
     while not done.wait(min(RESOLVE_POLL_SECONDS, max(0.0, deadline - time.monotonic()))):
-        if time.monotonic() >= deadline or stopping():
+        if stopping():
+            raise HostLookupTimeout(f"host lookup of {host!r} abandoned after "
+                                    f"{time.monotonic() - started:.1f}s without an answer: "
+                                    "stopping")
+        if time.monotonic() >= deadline:
             raise HostLookupTimeout(f"host lookup of {host!r} gave no answer within "
                                     f"{within:g}s (is the DNS server reachable?)")
     if outcome and outcome[0] is not None:
