@@ -289,6 +289,16 @@ def _judge(info: os.stat_result, path: str, fd: int | None, policy: Policy, *,
         raise UnsafeStateError(
             f"{what} {path} is writable by every user (mode {mode:04o}), so anyone may have "
             f"planted entries in it; check its contents, then: chmod {private:o} {quoted}")
+    # Writable by a group that is not ours: its members may have planted entries or rows,
+    # as anyone may in a world-writable one.  Our own group's write bit is only tightened:
+    # Kubernetes' fsGroup (our runAsGroup) adds g+rw to the whole volume at every mount,
+    # and a umask 002 leaves it on files of our own user-private group.
+    if mode & stat.S_IWGRP and info.st_gid != os.getegid():
+        group = _group_name(info.st_gid)
+        raise UnsafeStateError(
+            f"{what} {path} is writable by group {group} (mode {mode:04o}), whose members "
+            f"may have planted entries in it; check its contents, then: "
+            f"chmod {private:o} {quoted}")
     if fsgroup or not mode & 0o077 or not policy.create:
         return
     assert fd is not None
@@ -317,3 +327,12 @@ def _user_name(uid: int) -> str:
         return pwd.getpwuid(uid).pw_name
     except (ImportError, KeyError):
         return str(uid)
+
+
+def _group_name(gid: int) -> str:
+    try:
+        import grp
+
+        return grp.getgrgid(gid).gr_name
+    except (ImportError, KeyError):
+        return str(gid)

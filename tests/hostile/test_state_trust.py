@@ -141,6 +141,8 @@ def test_a_database_planted_by_another_user_is_refused(
 @pytest.mark.parametrize("problem, expected", [
     ("state owned by nobody", "belongs to nobody"),
     ("instances world-writable", "writable by every user (mode 0777)"),
+    ("database writable by another group", "writable by group nogroup (mode 0660)"),
+    ("instance directory writable by another group", "writable by group nogroup (mode 0770)"),
     ("instance directory a symlink", "is a symbolic link"),
     ("state_dir a symlink", "is a symbolic link"),
     ("hash slot owned by nobody", "belongs to nobody"),
@@ -149,7 +151,8 @@ def test_a_database_planted_by_another_user_is_refused(
 def test_state_that_others_control_is_refused_by_check_and_run(
         tmp_path: Path, inbox: Path, problem: str, expected: str) -> None:
     """Each link of the chain (state_dir, instances/, instances/<id>/, hash slots, spool)
-    owned by another user, writable by all, or a symlink: check and run exit 2, one line."""
+    owned by another user, writable by all or by another group, or a symlink: check and
+    run exit 2, one line."""
     state = tmp_path / "state"
     (state / "instances").mkdir(parents=True, mode=0o700)
     elsewhere = tmp_path / "elsewhere"
@@ -158,6 +161,16 @@ def test_state_that_others_control_is_refused_by_check_and_run(
         os.chown(state, NOBODY, NOBODY)
     elif problem == "instances world-writable":
         (state / "instances").chmod(0o777)
+    elif problem == "database writable by another group":
+        db = Path(state_db_path(str(state), "box"))
+        db.parent.mkdir(mode=0o700)
+        connect(str(db)).close()
+        os.chown(db, os.geteuid(), NOBODY)
+        db.chmod(0o660)
+    elif problem == "instance directory writable by another group":
+        (state / "instances" / "box").mkdir(mode=0o700)
+        os.chown(state / "instances" / "box", os.geteuid(), NOBODY)
+        (state / "instances" / "box").chmod(0o770)
     elif problem == "instance directory a symlink":
         (state / "instances" / "box").symlink_to(elsewhere)
     elif problem == "state_dir a symlink":
