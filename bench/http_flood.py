@@ -70,7 +70,7 @@ def main() -> int:
                 cpu = (sum(supervisor.cpu_times()[:2]) - cpu_before) / (
                     time.monotonic() - wall_before)
                 print(f"{args.clients} slow clients, RLIMIT_NOFILE {args.nofile}: "
-                      f"/healthz {flooded.describe()}; supervisor CPU {100 * cpu:.0f}% of a core")
+                      f"/healthz {flooded.describe()}; supervisor CPU {100 * cpu:.1f}% of a core")
                 started = time.monotonic()
                 proc.send_signal(signal.SIGTERM)
                 try:
