@@ -2,8 +2,10 @@
 
 Owned by the publisher thread. The connection is fine, so it is kept: the held event is
 published alone, with capped exponential backoff, until the broker routes it; the events
-behind it wait in the outbox (no duplicates, no reordering). A log line at most once a
-minute, the publisher's `held` status (heartbeat `problem`, `publish_held`) make it visible.
+behind it wait in the outbox (no duplicates, no reordering; only a nacked event's retries
+reach again the queues that took it, as a nack does not say which queue refused). A log
+line at most once a minute, the publisher's `held` status (heartbeat `problem`,
+`publish_held`) make it visible.
 """
 
 from __future__ import annotations
@@ -21,6 +23,10 @@ FIRST_RETRY_SECONDS = 0.5
 LOG_EVERY_SECONDS = 60.0
 HOW_TO_FIX = ("bind a queue to the exchange for this routing key, or give the exchange an "
               "alternate exchange (a policy) that takes unroutable messages")
+# A nack: a queue the event was routed to refused it (RabbitMQ nacks when any of them does).
+HOW_TO_FIX_NACK = ("make room in the queue that refuses it (a full queue with x-overflow "
+                   "reject-publish: consume it, raise its max-length, or overflow drop-head); "
+                   "queues that took it receive it again at each retry, same message_id")
 
 
 @dataclass
@@ -83,10 +89,11 @@ class HeldEvent:
         if held is None or now - held.logged_at < LOG_EVERY_SECONDS:
             return
         held.logged_at = now
-        what = ("event unroutable: no queue is bound for its routing key"
-                if held.reason.startswith("unroutable") else "event rejected by the broker")
+        unroutable = held.reason.startswith("unroutable")
+        what = ("event unroutable: no queue is bound for its routing key" if unroutable
+                else "event rejected by the broker")
         log.warning("%s; it and the events behind it wait in the outbox (to fix: %s)",
-                    what, HOW_TO_FIX, extra={
+                    what, HOW_TO_FIX if unroutable else HOW_TO_FIX_NACK, extra={
                         "error": held.reason, "routing_key": held.event.routing_key,
                         "message_id": held.event.message_id, "attempts": held.attempts,
                         "held_seconds": round(now - held.since, 1),

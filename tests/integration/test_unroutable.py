@@ -21,6 +21,9 @@ from tests.support.rabbitmq import amqp_connection
 
 MINE = "mine"  # the consumer's own queue when broker.queue is null
 HELD_LOG = "event unroutable"
+NACKED_LOG = "event rejected by the broker"
+# A queue that holds one ready message and makes RabbitMQ nack the next publish.
+FULL = {"x-max-length": 1, "x-overflow": "reject-publish"}
 
 
 @pytest.fixture
@@ -67,6 +70,11 @@ def _metric(port: int, name: str) -> float:
     _, text, _ = http_request(port, "/metrics")
     found = re.search(rf'^{name}{{instance_id="inbox"}} (\S+)$', text, flags=re.MULTILINE)
     return float(found.group(1)) if found else -1.0
+
+
+def _ready_messages(url: str, queue: str) -> int:
+    with amqp_connection(url, connect_timeout=5) as conn:
+        return int(conn.channel().queue_declare(queue, passive=True).message_count)
 
 
 def _names(messages: list[Received]) -> list[tuple[str, str]]:
@@ -136,3 +144,34 @@ def test_a_configured_queue_unbound_while_running_loses_no_event(
     got = collect(broker_url, "file_events", timeout=30, until=lambda ms: len(ms) >= 1)
     assert _names(got) == [("file.discovered", "kept.txt")]
     wait_for(lambda: outbox_rows(db) == 0, timeout=10)
+
+
+@pytest.mark.parametrize("running", [{"queue": None}], indirect=True)
+def test_a_nacked_head_event_waits_and_arrives_once_in_order(
+        tmp_path: Path, inbox: Path, broker_url: str, port: int, running: Multiwatch) -> None:
+    """queue null, the consumer's queue full (max-length 1, overflow reject-publish): the next
+    event is nacked and held (503 with the reason, a metric, one log line saying to make room
+    in the queue), the event behind it waits; once the queue is consumed each event arrives
+    once, in order."""
+    mw = running
+    declare_queue(broker_url, MINE, arguments=FULL)
+    db = state_db(tmp_path, "inbox")
+    (inbox / "n-0.txt").write_bytes(b"fills the queue")
+    wait_for(lambda: _ready_messages(broker_url, MINE) == 1, timeout=20)
+    (inbox / "n-1.txt").write_bytes(b"nacked")
+    wait_for(lambda: "nack" in _not_ready(port), timeout=20, message="/readyz does not say why")
+    (inbox / "n-2.txt").write_bytes(b"waits behind it")
+    wait_for(lambda: outbox_rows(db) == 2, timeout=20, message="n-2 not recorded")
+    wait_for(lambda: _metric(port, "multiwatch_events_nacked_total") >= 3, timeout=20)
+    assert _metric(port, "multiwatch_publish_held") == 1.0
+    assert _ready_messages(broker_url, MINE) == 1 and outbox_rows(db) == 2
+
+    got = collect(broker_url, MINE, timeout=30, until=lambda ms: len(ms) >= 3, arguments=FULL)
+    wait_for(lambda: http_request(port, "/readyz")[0] == 200, timeout=15,
+             message=f"not ready after the queue was consumed: {_not_ready(port)!r}")
+
+    assert [name for _key, name in _names(got)] == ["n-0.txt", "n-1.txt", "n-2.txt"]
+    assert len({m.properties["message_id"] for m in got}) == len(got) == 3
+    held_lines = [line for line in mw.lines if NACKED_LOG in str(line.get("message"))]
+    assert len(held_lines) == 1, held_lines
+    assert "make room in the queue" in held_lines[0]["message"]

@@ -63,19 +63,24 @@ class Received:
 
 
 def topology(
-    queue: str, *, exchange: str = EXCHANGE, binding_key: str = BINDING_KEY
+    queue: str, *, exchange: str = EXCHANGE, binding_key: str = BINDING_KEY,
+    arguments: dict[str, Any] | None = None,
 ) -> Queue:
-    """The application's topology: durable topic exchange, durable queue bound to it."""
+    """The application's topology: durable topic exchange, durable queue bound to it
+    (`arguments`: the queue's x- arguments, repeated at every declaration)."""
     ex = Exchange(exchange, type="topic", durable=True)
-    return Queue(queue, exchange=ex, routing_key=binding_key, durable=True)
+    return Queue(queue, exchange=ex, routing_key=binding_key, durable=True,
+                 queue_arguments=arguments)
 
 
 def declare_queue(
-    url: str, queue: str, *, exchange: str = EXCHANGE, binding_key: str = BINDING_KEY
+    url: str, queue: str, *, exchange: str = EXCHANGE, binding_key: str = BINDING_KEY,
+    arguments: dict[str, Any] | None = None,
 ) -> None:
     """Declare exchange, queue and binding now, so messages published later are kept."""
     with Connection(url, connect_timeout=10) as conn:
-        topology(queue, exchange=exchange, binding_key=binding_key)(conn.default_channel).declare()
+        topology(queue, exchange=exchange, binding_key=binding_key,
+                 arguments=arguments)(conn.default_channel).declare()
 
 
 def collect(
@@ -86,6 +91,7 @@ def collect(
     timeout: float,
     exchange: str = EXCHANGE,
     binding_key: str = BINDING_KEY,
+    arguments: dict[str, Any] | None = None,
 ) -> list[Received]:
     """Consume (and ack) from `queue` until `until(received)` is true or `timeout` passes.
 
@@ -104,7 +110,7 @@ def collect(
 
     deadline = time.monotonic() + timeout
     with Connection(url, connect_timeout=10) as conn:
-        q = topology(queue, exchange=exchange, binding_key=binding_key)
+        q = topology(queue, exchange=exchange, binding_key=binding_key, arguments=arguments)
         with conn.Consumer(q, on_message=on_message, prefetch_count=100):
             while not problems and not until(received):
                 remaining = deadline - time.monotonic()
