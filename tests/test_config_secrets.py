@@ -3,13 +3,16 @@
 
 from __future__ import annotations
 
+import os
+import signal
 from pathlib import Path
 
 import pytest
 
 from multiwatch.config import ConfigError, load_roster
 from multiwatch.config.source import Node, Source
-from tests.support.process import run_cli
+from tests.support.hostile import roster as hostile_roster
+from tests.support.process import Multiwatch, run_cli
 
 SECRET = "S3cret-pw-42"
 
@@ -115,3 +118,35 @@ def test_a_key_named_like_a_secret_is_masked() -> None:
         assert SECRET not in str(error) and "****" in str(error), error
     shown = src.where(Node("/run/secrets/pw", 3), "broker.password_file").error("x \"/run/s\"")
     assert "/run/s" in str(shown)  # a file's path is not a secret
+
+
+def test_run_and_a_sighup_reload_hide_the_password_and_the_variable(
+        tmp_path: Path, inbox: Path) -> None:
+    """`run` refuses the issue's roster with the password masked; a SIGHUP reload of it (and
+    of a `${VAR}` in the wrong field) is rejected in the log without the secret, the
+    supervisor running on."""
+    good = hostile_roster(tmp_path, [{"id": "box", "directory": str(inbox)}])
+    bad = tmp_path / "bad.yaml"
+    bad.write_text(good.read_text().replace("state_dir:", f"broker: amqp://user:{SECRET}@rabbit/"
+                                            "\nstate_dir:", 1))
+    refused = run_cli("run", "-c", str(bad), timeout=30)
+    assert refused.returncode == 2 and "amqp://user:****@rabbit/" in refused.stderr
+    assert SECRET not in refused.stdout + refused.stderr
+    variable = good.read_text().replace("settle_seconds: 0.1", "settle_seconds: ${MW_SECRET}")
+    assert variable != good.read_text()
+    mw = Multiwatch(["-c", str(good)], env={"MW_SECRET": SECRET})
+    try:
+        mw.wait_watching("box")
+        errors = []
+        for text in (bad.read_text(), variable):
+            good.write_text(text)
+            seen = len(mw.lines)
+            os.kill(mw.pid, signal.SIGHUP)
+            rejected = mw.wait_for_log(lambda line: line.get("message") == (
+                "roster reload rejected; the running fleet is unchanged"), after=seen)
+            errors.append(rejected["error"])
+        assert "amqp://user:****@rabbit/" in errors[0] and "${MW_SECRET}" in errors[1], errors
+        assert mw.terminate() == 0
+    finally:
+        mw.cleanup()
+    assert not [raw for raw in mw.raw if SECRET in raw]
