@@ -138,17 +138,39 @@ def check_connect(roster: Roster, also_checked: Sequence[str] = ()) -> int:
     return 0
 
 
-def unwritable(state_dir: str) -> str:
+_STATE_FOLDERS = ("supervisors", "hash-slots", "spool", "spool/messages", "spool/control")
+_INSTANCE_FILES = ("state.db", "state.db-wal", "state.db-shm", "run.lock", "watcher.lock")
+
+
+def unwritable(state_dir: str, instance_ids: Sequence[str] = ()) -> str:
     """Why `run` could not write under state_dir ("" if it can), without writing anything:
     access(2) reports a read-only mount (EROFS) even to root.  The nearest existing parent
-    is asked when state_dir does not exist yet (run creates it there)."""
+    is asked when state_dir does not exist yet (run creates it there); then what exists of
+    the folders and files run writes in (instances/<id>/ of `instance_ids`, their
+    databases and locks, the lock folders and the spool)."""
     folder = state_dir
     while not os.path.isdir(folder) and os.path.dirname(folder) != folder:
         folder = os.path.dirname(folder)
-    if os.access(folder, os.W_OK | os.X_OK):
+    if folder != state_dir:
+        return _why_unwritable(folder, f"{folder}, where run would create it,")
+    if why := _why_unwritable(state_dir, "it"):
+        return why
+    inside = ["instances", *_STATE_FOLDERS]
+    for ident in instance_ids:
+        inside.append(os.path.join("instances", ident))
+        inside.extend(os.path.join("instances", ident, name) for name in _INSTANCE_FILES)
+    for name in inside:
+        path = os.path.join(state_dir, name)
+        if os.path.lexists(path) and (why := _why_unwritable(path, path)):
+            return why
+    return ""
+
+
+def _why_unwritable(path: str, which: str) -> str:
+    """"" if this user may write path (and enter it, a folder), else why, naming it `which`."""
+    if os.access(path, os.W_OK | (os.X_OK if os.path.isdir(path) else 0)):
         return ""
-    which = "it" if folder == state_dir else f"{folder}, where run would create it,"
     with contextlib.suppress(OSError):
-        if os.statvfs(folder).f_flag & os.ST_RDONLY:
+        if os.statvfs(path).f_flag & os.ST_RDONLY:
             return f"{which} is on a read-only file system"
     return f"{which} is not writable by this user"

@@ -119,3 +119,26 @@ def test_a_read_only_state_dir_is_one_clear_error(
     assert done.returncode == 2, done.stderr
     assert done.stderr == (f"multiwatch: error: cannot use the state directory "
                            f"{read_only_state}: it is on a read-only file system\n")
+
+
+@pytest.mark.parametrize("command", ["check", "run"])
+def test_an_instance_folder_run_cannot_write_is_one_clear_error(
+        tmp_path: Path, command: str) -> None:
+    """A state_dir that is writable but holds an instance folder this user may not write
+    (chmod 500): check fails too, and both name that folder in one line (exit 2), where
+    check passed and run said a bare "Permission denied"."""
+    from tests.support.privilege import run_unprivileged
+    from tests.support.process import multiwatch_command
+
+    state = tmp_path / "state"
+    folder = state / "instances" / "docs"
+    folder.mkdir(parents=True)
+    for path in (state, state / "instances"):
+        path.chmod(0o700)
+    folder.chmod(0o500)
+    roster = _roster(tmp_path, None, state_dir=state)
+    done = run_unprivileged(["env", "MULTIWATCH_HTTP_LISTEN=off",
+                             *multiwatch_command(command, "-c", str(roster))])
+    assert done.returncode == 2, done.stdout + done.stderr
+    assert done.stderr == (f"multiwatch: error: cannot use the state directory {state}: "
+                           f"{folder} is not writable by this user\n")

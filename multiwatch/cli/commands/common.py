@@ -85,7 +85,7 @@ def check_state(roster: Roster, *, create: bool, instances: bool = True) -> None
     from multiwatch.config import ConfigError
 
     ids = [i.id for i in roster.instances] if instances else []
-    if instances and (why := unwritable(roster.state_dir)):  # run would write there at once
+    if instances and (why := unwritable(roster.state_dir, ids)):  # run writes there at once
         raise ConfigError(f"cannot use the state directory {roster.state_dir}: {why}")
     try:
         state_dir.prepare(roster.state_dir, ids,
