@@ -82,3 +82,26 @@ def test_an_untracked_path_and_a_never_run_instance_are_clear_errors(
     assert main(["resync", "-c", str(other), "inbox"]) == 2
     assert "has this instance run yet?" in capsys.readouterr().err
     assert not (tmp_path / "other-state").exists()
+
+
+def test_a_resync_longer_than_a_batch_survives_the_publisher_sending_meanwhile(
+        tmp_path: Path, inbox: Path, capsys: pytest.CaptureFixture[str],
+        monkeypatch: pytest.MonkeyPatch) -> None:
+    """The running watcher commits between two batches (its publisher sends the first one):
+    every file is still queued, not `database is locked` after the first batch."""
+    names = [f"d/{n:05}.txt" for n in range(2 * resync_command.BATCH + 5)]
+    roster = _setup(tmp_path, inbox, names)
+    db = state_db_path(str(tmp_path / "state"), "inbox")
+    real_queue = resync_command.queue_resync
+
+    def queue_then_publisher_sends(conn: object, events: list[object]) -> None:
+        real_queue(conn, events)  # type: ignore[arg-type]
+        outbox = DurableOutbox(db)  # the watcher's publisher, another connection
+        try:
+            outbox.ack([seq for seq, _event in outbox.peek(len(events))])
+        finally:
+            outbox.close()
+
+    monkeypatch.setattr(resync_command, "queue_resync", queue_then_publisher_sends)
+    assert main(["resync", "-c", str(roster), "inbox"]) == 0, capsys.readouterr().err
+    assert f"{len(names)} events queued for instance inbox" in capsys.readouterr().err

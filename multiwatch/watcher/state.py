@@ -314,18 +314,28 @@ def tracked_file(conn: sqlite3.Connection, relative_path: str) -> Hashed | None:
                   sha256=sha256, xxh128=xxh128, ctime_ns=ctime_ns)
 
 
-def iter_files_under(conn: sqlite3.Connection, relative_dir: str) -> Iterator[TrackedFile]:
-    """The tracked files below relative_dir ("" for all), in path order."""
-    if not relative_dir:
-        yield from iter_files(conn)
-        return
-    low, high = subtree(relative_dir)
-    for path, inode, size, mtime_ns, ctime_ns, sha256, xxh128 in conn.execute(
+def iter_files_under(conn: sqlite3.Connection, relative_dir: str,
+                     page: int = 1000) -> Iterator[TrackedFile]:
+    """The tracked files below relative_dir ("" for all), in path order, read `page` rows at
+    a time with no statement left open between pages: the caller (`multiwatch resync`) writes
+    on the same connection as it goes, and a read left open would pin a WAL snapshot whose
+    upgrade to a write fails at once (SQLITE_BUSY_SNAPSHOT, "database is locked") as soon as
+    the watcher has committed since."""
+    low, high = subtree(relative_dir) if relative_dir else (b"", None)
+    bound = "" if high is None else " AND path < :high"
+    first, after = True, low
+    while True:
+        rows = conn.execute(
             "SELECT path, inode, size, mtime_ns, ctime_ns, sha256, xxh128 FROM files"
-            " WHERE path >= ? AND path < ? ORDER BY path", (low, high)):
-        yield TrackedFile(os.fsdecode(bytes(path)), Hashed(
-            version=FileVersion(size=size, mtime_ns=mtime_ns, inode=inode),
-            sha256=sha256, xxh128=xxh128, ctime_ns=ctime_ns))
+            f" WHERE path {'>=' if first else '>'} :after{bound} ORDER BY path LIMIT :page",
+            {"after": after, "high": high, "page": page}).fetchall()
+        for path, inode, size, mtime_ns, ctime_ns, sha256, xxh128 in rows:
+            yield TrackedFile(os.fsdecode(bytes(path)), Hashed(
+                version=FileVersion(size=size, mtime_ns=mtime_ns, inode=inode),
+                sha256=sha256, xxh128=xxh128, ctime_ns=ctime_ns))
+        if len(rows) < page:
+            return
+        first, after = False, bytes(rows[-1][0])
 
 
 def pending_events(conn: sqlite3.Connection, body_fragment: bytes) -> list[tuple[str, bool]]:
