@@ -23,8 +23,10 @@ from multiwatch.watcher.mount import META_KEY, Mount
 from multiwatch.watcher.state import StateStore
 
 
-def forget_mount(roster: Roster, ids: Sequence[str] | None, out: TextIO = sys.stdout) -> int:
+def forget_mount(roster: Roster, ids: Sequence[str] | None,
+                 out: TextIO | None = None) -> int:
     """Drop the remembered mount of each chosen instance; exit 1 if one is running."""
+    out = out or sys.stdout  # now, not at import: tests swap sys.stdout per test
     status = 0
     for instance in chosen_instances(roster, ids):
         slots = [slot for slot in range(REPLICA_SLOTS if instance.ha.enabled else 1)

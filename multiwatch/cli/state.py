@@ -32,8 +32,10 @@ def chosen_instances(roster: Roster, ids: Sequence[str] | None) -> list[Instance
     return [known[i] for i in ids]
 
 
-def export_state(roster: Roster, ids: Sequence[str] | None, out: TextIO = sys.stdout) -> int:
+def export_state(roster: Roster, ids: Sequence[str] | None,
+                 out: TextIO | None = None) -> int:
     """Write every tracked file of the chosen instances as one JSON object per line."""
+    out = out or sys.stdout  # now, not at import: tests swap sys.stdout per test
     for instance in chosen_instances(roster, ids):
         conn = _open(roster, instance, say_which=True)
         try:
