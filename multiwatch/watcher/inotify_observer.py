@@ -130,8 +130,11 @@ class BatchingInotifyFD(InotifyFD):
         try:
             return super().add_callback(path, mask, callback, id_)
         except OSError as exc:
-            if exc.errno in _WATCH_LIMIT_ERRNOS and isinstance(callback, DeferringWatchGroup):
-                callback.watch_refused(path, exc)
+            if isinstance(callback, DeferringWatchGroup):
+                if exc.errno in _WATCH_LIMIT_ERRNOS:
+                    callback.watch_refused(path, exc)
+                elif exc.errno == errno.ENAMETOOLONG:
+                    callback.path_too_long(path)
             raise
 
 
@@ -179,6 +182,7 @@ class DeferringWatchGroup(InotifyWatchGroup):
 
     def __post_init__(self) -> None:
         self._defer_subdirectories = self.subdirectories_later and self.is_recursive
+        self._too_long: set[bytes] = set()  # directories warned about (path_too_long)
         super().__post_init__()
 
     def _add_all_callbacks(self, path: bytes) -> None:
@@ -204,6 +208,16 @@ class DeferringWatchGroup(InotifyWatchGroup):
                     self._add_all_callbacks(path)
                 except OSError:
                     pass  # the root refused again (watch_refused has recorded it)
+
+    def path_too_long(self, path: bytes) -> None:
+        """inotify cannot watch `path`: its absolute path is PATH_MAX bytes or more (the
+        walk, relative to the root, still lists it).  watchdog skips it silently; it is
+        warned about once, since changes inside it are seen only by a later scan."""
+        if path not in self._too_long:
+            self._too_long.add(path)
+            log.warning("cannot watch directory, its path is too long for inotify (PATH_MAX, "
+                        "4096 bytes): changes inside it are found only by the next scan",
+                        extra={"path": os.fsdecode(path)})
 
     def watch_refused(self, path: bytes, exc: OSError) -> None:
         """The kernel refused the watch of `path` (called by BatchingInotifyFD, under

@@ -109,6 +109,33 @@ def test_tree_deeper_than_path_max_does_not_stop_the_watcher(
     assert len(warnings) >= 1
 
 
+def test_a_directory_too_long_for_inotify_is_warned_about_once(
+        tmp_path: Path, caplog: pytest.LogCaptureFixture) -> None:
+    """A directory whose absolute path is PATH_MAX bytes or more, though below the root by
+    less (the scan lists it and announces its file), cannot be watched: one warning says
+    so, instead of its changes going unseen in silence."""
+    leaf = "deep.mp3"
+    root_length = len(os.fsencode(str(tmp_path / "w")))
+    names = names_for_depth(tmp_path / "w", 4096 + root_length // 2 + 1 + len(leaf), leaf)
+    caplog.set_level(logging.WARNING)
+    with observed_pipeline(tmp_path) as (announced, root):
+        try:
+            with descend(root, names) as bottom:
+                write_at(bottom, leaf, b"below an unwatchable directory")
+            announced.pipeline.request_scan()
+            [body] = announced.until(lambda bodies: len(bodies) >= 1)
+            announced.pipeline.request_scan()
+            announced.settled()
+        finally:
+            remove_tree(root / names[0])
+    deepest = os.path.join(str(root), *names)
+    assert len(os.fsencode(deepest)) >= 4096 > len(os.fsencode(os.path.join(*names)))
+    assert body["file_info"]["relative_path"] == "/".join([*names, leaf])
+    warned = [r for r in caplog.records if r.levelno == logging.WARNING
+              and r.getMessage().startswith("cannot watch directory")]
+    assert [getattr(r, "path", None) for r in warned] == [deepest]
+
+
 def test_non_utf8_name_is_announced_with_surrogateescape_path(tmp_path: Path) -> None:
     """A name that is not valid UTF-8 is announced; file_info.path is the name decoded with
     surrogateescape (os.fsdecode), so os.fsencode gives back the exact bytes on disk, and the
