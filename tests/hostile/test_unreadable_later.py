@@ -76,3 +76,33 @@ def test_file_unreadable_for_a_while_is_announced_once_readable(tmp_path: Path) 
         assert len(_about(list(mw.lines), secret)) == 1
     finally:
         mw.cleanup()
+
+
+@needs_setpriv
+def test_directory_unlistable_when_it_arrived_is_watched_once_listable(tmp_path: Path) -> None:
+    """A directory moved in with mode 0 cannot be watched then; once chmod 755 has its
+    files announced, files written in it and below it later are announced too."""
+    inbox = tmp_path / "inbox"
+    inbox.mkdir()
+    staged = tmp_path / "staged"
+    (staged / "deeper").mkdir(parents=True)
+    (staged / "first.mp3").write_bytes(b"moved in")
+    staged.chmod(0)
+    mw = UnprivilegedMultiwatch(["-c", str(roster(tmp_path, [{"id": "inbox",
+                                                              "directory": str(inbox)}]))])
+    locked = inbox / "locked"
+    try:
+        mw.wait_watching("inbox")
+        staged.rename(locked)
+        mw.wait_for_log(_warned(locked))
+        locked.chmod(0o755)
+        mw.wait_for_log(_discovered(locked / "first.mp3"), timeout=20)
+        (locked / "later.mp3").write_bytes(b"written once listable")
+        (locked / "deeper" / "below.mp3").write_bytes(b"and below")
+        mw.wait_for_log(_discovered(locked / "later.mp3"), timeout=20)
+        mw.wait_for_log(_discovered(locked / "deeper" / "below.mp3"), timeout=20)
+    finally:
+        for directory in (staged, locked):
+            if directory.exists():
+                directory.chmod(0o755)
+        mw.cleanup()
