@@ -26,6 +26,9 @@ from kombu.utils.url import parse_url
 from multiwatch.config.broker import mask_url
 
 DEFAULT_USER = "guest"  # what py-amqp logs in as when the URL names no user
+# What py-amqp's heartbeat_check raises (as ConnectionForced, with no method: the broker sent
+# nothing) when the broker has been silent for two heartbeats: a frozen node, a cut path.
+HEARTBEATS_MISSED = "Too many heartbeats missed"
 RESOLVE_POLL_SECONDS = 0.1
 
 
@@ -46,6 +49,10 @@ def where(url: str) -> str:
 
 def describe(exc: BaseException) -> str:
     """What went wrong, in words an operator acts on."""
+    if isinstance(exc, amqp.exceptions.ConnectionForced) and exc.method_sig is None \
+            and _reply_text(exc) == HEARTBEATS_MISSED:
+        return ("no heartbeat from the broker in time (a frozen or paused node, or a cut "
+                "network path)")
     if isinstance(exc, amqp.exceptions.AMQPError):
         return f"{_amqp_words(exc)}; the broker said: {_reply_text(exc)}"
     if isinstance(exc, HostLookupTimeout):
