@@ -91,10 +91,14 @@ def child_main(spec: ChildSpec, to_parent: Connection) -> None:
     except StateError as exc:  # a user-fixable problem: say it, without a traceback
         log.error("cannot use the state database: %s", exc)
         code = _tell_parent_why(spec, to_parent, f"cannot use the state database: {exc}")
-    except sqlite3.DatabaseError as exc:  # e.g. "file is not a database": it says which file
-        log.exception("cannot use the state database")
+    except sqlite3.DatabaseError as exc:  # "file is not a database", "attempt to write a
+        # readonly database": the file and sqlite's words say what to fix; the traceback,
+        # for a bug, only at DEBUG
         path = state_db_path(spec.state_dir, spec.instance.id)
-        code = _tell_parent_why(spec, to_parent, f"cannot use the state database {path}: {exc}")
+        log.error("cannot use the state database %s: %s", path, _one_line(exc))
+        log.debug("where the state database failed", exc_info=True)
+        code = _tell_parent_why(spec, to_parent,
+                                f"cannot use the state database {path}: {_one_line(exc)}")
     except Exception as exc:
         log.exception("watcher crashed")
         code = _tell_parent_why(spec, to_parent, f"watcher crashed: {_one_line(exc)}")

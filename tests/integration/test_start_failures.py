@@ -12,8 +12,9 @@ from tests.support.process import Multiwatch, free_port, run_cli, write_roster
 
 
 def test_a_child_failing_at_start_reports_its_reason(tmp_path: Path) -> None:
-    """A state.db that is not a database: each start fails; /readyz, status and the page give
-    the reason in one line, not a bare "exit status 1"."""
+    """A state.db that is not a database: each start fails; /readyz, status, the page and the
+    watcher's log line give the reason in one line, not a bare "exit status 1" nor a
+    traceback."""
     state = tmp_path / "state"
     folder = state / "instances" / "docs"
     folder.mkdir(parents=True)
@@ -46,5 +47,10 @@ def test_a_child_failing_at_start_reports_its_reason(tmp_path: Path) -> None:
         assert "not a database" in status, status
         _, page, _ = http_request(port, "/")
         assert "not a database" in page
+        # the watcher's own log line: the reason with the file, in one line (no traceback)
+        said = [line for line in mw.lines if line.get("logger") == "multiwatch.watcher.main"
+                and line.get("level") == "ERROR"]
+        assert said and all("exception" not in line for line in said), said[:1]
+        assert str(database) in said[0]["message"] and "not a database" in said[0]["message"]
     finally:
         mw.cleanup()
