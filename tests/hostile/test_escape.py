@@ -19,8 +19,13 @@ import pytest
 
 import multiwatch.watcher.pipeline as pipeline_module
 from multiwatch.watcher import confined
+from multiwatch.watcher import hash_pool as hash_pool_module
+from multiwatch.watcher.hash_pool import HashPool
 from multiwatch.watcher.observe import start_observer
+from multiwatch.watcher.outbox import OutboxGauge
+from multiwatch.watcher.pipeline import Pipeline
 from multiwatch.watcher.raw_event import EventKind, RawEvent
+from multiwatch.watcher.state import StateStore
 from tests.support.hostile import Announced, is_log, remove_tree, roster
 from tests.support.process import LogLine, Multiwatch
 from tests.watcher.test_pipeline import make_pipeline
@@ -28,6 +33,7 @@ from tests.watcher.test_pipeline import make_pipeline
 ATTACKER = ["setpriv", "--reuid=nobody", "--regid=nogroup", "--clear-groups", "--"]
 SECRET = b"root's private token: never to be announced\n"
 SECRET_SHA256 = hashlib.sha256(SECRET).hexdigest()
+MIB = 1 << 20
 
 pytestmark = pytest.mark.skipif(os.geteuid() != 0, reason="the attacker is `nobody`: needs root")
 
@@ -65,72 +71,98 @@ def arena() -> Iterator[tuple[Path, Path]]:
 
 
 @contextmanager
-def attacked_pipeline(base: Path, **options: Any) -> Iterator[tuple[Announced, Path]]:
-    """A pipeline over base/w, a directory `nobody` may write into (no observer)."""
+def attacked_pipeline(base: Path, *, pool_from: int | None = None,
+                      **options: Any) -> Iterator[tuple[Announced, Path]]:
+    """A pipeline over base/w, a directory `nobody` may write into (no observer); with
+    `pool_from`, files of that many bytes and more are hashed by a HashPool's threads, as
+    big files are in the watcher."""
+    pool = None if pool_from is None else HashPool(None, workers=2, min_bytes=pool_from)
     pipeline, outbox, root = make_pipeline(base, **options)
+    if pool is not None:  # the same pipeline, as the watcher wires one with its pool
+        pipeline.store.close()
+        pipeline = Pipeline(pipeline.instance, StateStore(pipeline.store.path), OutboxGauge(
+            events=0, size=0, max_events=10**6, max_bytes=10**9), hash_pool=pool)
     root.chmod(0o777)
     try:
         yield Announced(pipeline, outbox), root
     finally:
+        if pool is not None:
+            pool.shutdown()
         outbox.close()
         pipeline.store.close()
 
 
-def leaked(announced: Announced) -> list[str]:
+def leaked(announced: Announced, secret_sha256: str = SECRET_SHA256) -> list[str]:
     """Paths announced with the private file's content."""
     return [body["file_info"]["relative_path"] for body in announced.bodies
-            if body["file_info"]["sha256_hash"] == SECRET_SHA256]
+            if body["file_info"]["sha256_hash"] == secret_sha256]
 
 
-def test_polling_never_enters_a_symlinked_directory_or_loop(
-        arena: tuple[Path, Path], resolution: str) -> None:
-    """Polling mode: `ln -s /private/dir link` and `ln -s . loop` by an unprivileged user;
-    nothing under the link is announced, and each real file is announced once (not once
-    per loop/loop/... level)."""
+@pytest.mark.parametrize("mode", ["polling", "inotify"])
+def test_observers_never_enter_a_symlinked_directory_or_loop(
+        arena: tuple[Path, Path], resolution: str, mode: str) -> None:
+    """Polling mode, and inotify alike: `ln -s /private/dir link`, two `ln -s . loop`s and
+    a `sub/up -> ..` by an unprivileged user; nothing under the link is announced (nor a
+    file the owner adds there later), and each real file is announced once under its real
+    path (not once per loop/loop/... level), files written through a loop included."""
     private, base = arena
     with attacked_pipeline(base) as (announced, root):
-        observer = start_observer(str(root), recursive=True, mode="polling",
+        observer = start_observer(str(root), recursive=True, mode=mode,
                                   events=announced.pipeline.notifications, polling_interval=0.05)
         try:
-            as_attacker('ln -s "$1" "$2/link"; ln -s . "$2/loop"; mkdir "$2/sub";'
+            as_attacker('ln -s "$1" "$2/link"; ln -s . "$2/loop"; ln -s . "$2/loop2";'
+                        'mkdir "$2/sub"; ln -s .. "$2/sub/up";'
                         'echo mine > "$2/sub/real.txt"; echo top > "$2/top.txt"',
                         str(private), str(root))
             announced.until(lambda bodies: len(bodies) >= 2)
+            (private / "later").write_bytes(SECRET)
+            as_attacker('echo via > "$1/loop/loop2/via-loop.txt"; echo up > "$1/sub/up/via-up.txt"',
+                        str(root))
+            announced.until(lambda bodies: len(bodies) >= 4)
             announced.step(0.3)  # a few more polls
             announced.settled()
         finally:
             observer.stop()
             observer.join(timeout=10)
-    assert sorted(announced.paths()) == ["sub/real.txt", "top.txt"], announced.summary()
+    assert sorted(announced.paths()) == ["sub/real.txt", "top.txt", "via-loop.txt",
+                                         "via-up.txt"], announced.summary()
     assert leaked(announced) == []
 
 
+@pytest.mark.parametrize("size", [5, 2 * MIB])
 def test_parent_swapped_for_a_symlink_between_settle_and_hash_is_never_read(
-        arena: tuple[Path, Path], resolution: str, monkeypatch: pytest.MonkeyPatch) -> None:
+        arena: tuple[Path, Path], resolution: str, monkeypatch: pytest.MonkeyPatch,
+        size: int) -> None:
     """A settled d/token whose directory is replaced (mv d moved; ln -s /private d) by an
     unprivileged user right before it is hashed: never announced with the private content
-    (25 tries, the swap made at the worst moment by a hook)."""
+    (25 tries, the swap made at the worst moment by a hook), a small file hashed inline as
+    a big one by the hash pool's threads (the private token of the same size)."""
     private, base = arena
-    real_hash_file = pipeline_module.hash_file
+    secret = SECRET if size < MIB else os.urandom(size)
+    (private / "token").write_bytes(secret)
     swaps: list[str] = []
 
-    def swap_then_hash(*args: Any, **kwargs: Any) -> Any:
-        if swaps:
-            as_attacker('mv "$1/$2" "$1/moved-$2"; ln -s "$3" "$1/$2"',
-                        str(root), swaps.pop(), str(private))
-        return real_hash_file(*args, **kwargs)
+    def swapping(real_hash_file: Any) -> Any:
+        def swap_then_hash(*args: Any, **kwargs: Any) -> Any:
+            if swaps:
+                as_attacker('mv "$1/$2" "$1/moved-$2"; ln -s "$3" "$1/$2"',
+                            str(root), swaps.pop(), str(private))
+            return real_hash_file(*args, **kwargs)
+        return swap_then_hash
 
-    monkeypatch.setattr(pipeline_module, "hash_file", swap_then_hash)
-    with attacked_pipeline(base) as (announced, root):
+    for module in (pipeline_module, hash_pool_module):
+        monkeypatch.setattr(module, "hash_file", swapping(module.hash_file))
+    with attacked_pipeline(base, pool_from=MIB) as (announced, root):
         for attempt in range(25):
             name = f"d{attempt}"
-            as_attacker('mkdir "$1"; printf small > "$1/token"', str(root / name))
+            as_attacker('mkdir "$1"; head -c "$2" /dev/zero > "$1/token"',
+                        str(root / name), str(len(secret)))
             swaps.append(name)
             event = RawEvent(EventKind.CREATED, False, f"{name}/token")
             announced.pipeline.notifications.put(event)
             announced.settled()
             assert not swaps, "the hook did not run"
-    assert leaked(announced) == [], announced.summary()
+    assert leaked(announced, hashlib.sha256(secret).hexdigest()) == [], announced.summary()
 
 
 def test_follow_symlinks_follows_links_inside_the_tree_only(
@@ -162,10 +194,12 @@ def test_follow_symlinks_follows_links_inside_the_tree_only(
 
 def test_swap_race_end_to_end_as_the_issue_describes(arena: tuple[Path, Path],
                                                      tmp_path: Path) -> None:
-    """The real attack against `multiwatch run` (root): a directory of 60 x 4 MB files and a
-    small token moved in, and one second later `mv d moved; ln -s /private d`, 5 times; the
-    private token is never announced."""
+    """The real attack against `multiwatch run` (root): a directory of 60 x 4 MB files, a
+    small token and a big one (hashed by the pool) moved in, and one second later
+    `mv d moved; ln -s /private d`, 10 times; neither private token is ever announced."""
     private, base = arena
+    big_secret = 5 * MIB + 7  # (the attacker's bigtoken has 5 MiB: a leak shows by its size)
+    (private / "bigtoken").write_bytes(os.urandom(big_secret))
     inbox = base / "inbox"
     inbox.mkdir(mode=0o777)
     inbox.chmod(0o777)
@@ -178,14 +212,16 @@ def test_swap_race_end_to_end_as_the_issue_describes(arena: tuple[Path, Path],
     try:
         mw.wait_for_log(lambda line: is_log(line, "startup scan complete", "inbox"),
                         timeout=30)
-        for attempt in range(5):
+        for attempt in range(10):
             as_attacker('d="$1/d"; mkdir "$d"; printf small > "$d/token";'
+                        'head -c 5242880 /dev/zero > "$d/bigtoken";'
                         'for i in $(seq 60); do head -c 4000000 /dev/zero > "$d/big$i"; done',
                         str(staging))
             as_attacker('mv "$1/d" "$2/d"; sleep 1; mv "$2/d" "$2/moved-$3"; ln -s "$4" "$2/d"',
                         str(staging), str(inbox), str(attempt), str(private))
-            moved_token = str(inbox / f"moved-{attempt}" / "token")
-            mw.wait_for_log(partial(_announced_at, moved_token), timeout=120)
+            for token in ("token", "bigtoken"):
+                moved_token = str(inbox / f"moved-{attempt}" / token)
+                mw.wait_for_log(partial(_announced_at, moved_token), timeout=120)
             (inbox / "d").unlink()
         (inbox / "marker").write_bytes(b"the end")
         mw.wait_for_log(lambda line: is_log(line, "file discovered", "inbox")
@@ -195,7 +231,7 @@ def test_swap_race_end_to_end_as_the_issue_describes(arena: tuple[Path, Path],
         mw.cleanup()
     secret_lines = [line for line in mw.lines
                     if str(line.get("path", "")).startswith(str(inbox / "d"))
-                    and line.get("size_bytes") == len(SECRET)]
+                    and line.get("size_bytes") in (len(SECRET), big_secret)]
     assert secret_lines == []
 
 
