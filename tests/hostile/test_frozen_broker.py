@@ -20,9 +20,15 @@ import pytest
 from kombu import Connection
 
 from multiwatch.broker import close_connection, connect_once, open_connection
-from multiwatch.config import BrokerConfig
+from multiwatch.config import BrokerConfig, mask_url
 from tests.support.consumer import collect, wait_for
-from tests.support.faults import FAST_BROKER, durable_roster, is_message, memory_alarm
+from tests.support.faults import (
+    FAST_BROKER,
+    broker_frozen,
+    durable_roster,
+    is_message,
+    memory_alarm,
+)
 from tests.support.frozen import FreezableProxy, url_via
 from tests.support.hostile import figure
 from tests.support.process import LogLine, Multiwatch, multiwatch_command
@@ -53,6 +59,17 @@ def frozen_node() -> Iterator[FreezableProxy]:
         yield node
     finally:
         node.close()
+
+
+@pytest.fixture(scope="module")
+def spare_node() -> Iterator[RabbitMQ]:
+    """A second real node, private to this module (never a reused broker): the one frozen
+    with SIGSTOP in front of the session's node."""
+    node = RabbitMQ.start()
+    try:
+        yield node
+    finally:
+        node.stop()
 
 
 def _start(tmp_path: Path, inbox: Path, urls: list[str], **broker: Any) -> Multiwatch:
@@ -192,6 +209,60 @@ def test_a_watcher_orphaned_by_kill_9_exits_though_its_node_froze(
         took = time.monotonic() - began
         assert took <= STOP_TIMEOUT, f"the orphaned watcher took {took:.1f}s to exit"
         figure(f"supervisor kill -9 with the node frozen: watcher exited {took:.1f}s later")
+    finally:
+        mw.cleanup()
+
+
+def test_a_real_node_sigstopped_first_in_the_list_hands_over_to_the_next(
+        tmp_path: Path, inbox: Path, broker_url: str, spare_node: RabbitMQ) -> None:
+    """A real node, first in the URL list, SIGSTOPped under the connected watcher: the file
+    written after the freeze arrives through the real node listed next (the watcher
+    names the missing confirm), and with the node still frozen SIGTERM stops the watcher by
+    itself."""
+    mw = _start(tmp_path, inbox, [spare_node.amqp_url, broker_url])
+    try:
+        first = _connected(mw)
+        assert first.get("broker") == mask_url(spare_node.amqp_url), first
+        with broker_frozen(spare_node, spare_node.amqp_url):
+            mark = len(mw.lines)
+            frozen_at = time.monotonic()
+            (inbox / "after-sigstop.txt").write_bytes(b"must fail over")
+            _arrives(broker_url, "after-sigstop.txt", timeout=CONFIRM + CONNECT + 30)
+            took = time.monotonic() - frozen_at
+            failed = mw.wait_for_log(lambda line: is_message(
+                line, "broker unavailable, retrying", "inbox"), after=mark, timeout=5)
+            assert "no confirm within" in str(failed.get("error")), failed
+            moved = _connected(mw, after=mark, timeout=5)
+            assert moved.get("broker") == mask_url(broker_url), moved
+            stopped = _stops_by_itself(mw)
+        figure(f"real node SIGSTOPped first in the URL list: delivered via the next node "
+               f"{took:.1f}s after the freeze (confirm {CONFIRM}s + connect {CONNECT}s); "
+               f"SIGTERM to exit {stopped:.1f}s (stop_timeout {STOP_TIMEOUT}s)")
+    finally:
+        mw.cleanup()
+
+
+def test_a_watcher_orphaned_by_kill_9_exits_though_its_real_node_is_sigstopped(
+        tmp_path: Path, inbox: Path, spare_node: RabbitMQ) -> None:
+    """The only node, a real one, SIGSTOPped mid-publish, then kill -9 of the supervisor:
+    the watcher exits by itself within stop_timeout_seconds, not orphaned."""
+    mw = _start(tmp_path, inbox, [spare_node.amqp_url], confirm_timeout_seconds=30)
+    try:
+        _connected(mw)
+        children = [psutil.Process(pid) for pid in mw.child_pids()]
+        assert children
+        with broker_frozen(spare_node, spare_node.amqp_url):
+            mark = len(mw.lines)
+            (inbox / "orphan.txt").write_bytes(b"never confirmed")
+            mw.wait_for_log(lambda line: line.get("instance_id") == "inbox"
+                            and "message_id" in line, after=mark, timeout=20)
+            os.kill(mw.pid, signal.SIGKILL)
+            began = time.monotonic()
+            wait_for(lambda: all(map(_exited, children)), timeout=STOP_TIMEOUT + MARGIN,
+                     message="the watcher is still running after the supervisor died")
+            took = time.monotonic() - began
+        figure(f"supervisor kill -9 with its real node SIGSTOPped: watcher exited {took:.1f}s "
+               f"later (stop_timeout {STOP_TIMEOUT}s)")
     finally:
         mw.cleanup()
 

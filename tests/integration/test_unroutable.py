@@ -14,7 +14,7 @@ from typing import Any
 import pytest
 
 from tests.support.consumer import BINDING_KEY, EXCHANGE, Received, collect, declare_queue, wait_for
-from tests.support.faults import FAST_BROKER, outbox_rows, state_db
+from tests.support.faults import FAST_BROKER, outbox_rows, queue_depth, state_db
 from tests.support.hostile import http_request, roster
 from tests.support.process import Multiwatch, free_port
 from tests.support.rabbitmq import amqp_connection
@@ -70,11 +70,6 @@ def _metric(port: int, name: str) -> float:
     _, text, _ = http_request(port, "/metrics")
     found = re.search(rf'^{name}{{instance_id="inbox"}} (\S+)$', text, flags=re.MULTILINE)
     return float(found.group(1)) if found else -1.0
-
-
-def _ready_messages(url: str, queue: str) -> int:
-    with amqp_connection(url, connect_timeout=5) as conn:
-        return int(conn.channel().queue_declare(queue, passive=True).message_count)
 
 
 def _names(messages: list[Received]) -> list[tuple[str, str]]:
@@ -157,14 +152,14 @@ def test_a_nacked_head_event_waits_and_arrives_once_in_order(
     declare_queue(broker_url, MINE, arguments=FULL)
     db = state_db(tmp_path, "inbox")
     (inbox / "n-0.txt").write_bytes(b"fills the queue")
-    wait_for(lambda: _ready_messages(broker_url, MINE) == 1, timeout=20)
+    wait_for(lambda: queue_depth(broker_url, MINE) == 1, timeout=20)
     (inbox / "n-1.txt").write_bytes(b"nacked")
     wait_for(lambda: "nack" in _not_ready(port), timeout=20, message="/readyz does not say why")
     (inbox / "n-2.txt").write_bytes(b"waits behind it")
     wait_for(lambda: outbox_rows(db) == 2, timeout=20, message="n-2 not recorded")
     wait_for(lambda: _metric(port, "multiwatch_events_nacked_total") >= 3, timeout=20)
     assert _metric(port, "multiwatch_publish_held") == 1.0
-    assert _ready_messages(broker_url, MINE) == 1 and outbox_rows(db) == 2
+    assert queue_depth(broker_url, MINE) == 1 and outbox_rows(db) == 2
 
     got = collect(broker_url, MINE, timeout=30, until=lambda ms: len(ms) >= 3, arguments=FULL)
     wait_for(lambda: http_request(port, "/readyz")[0] == 200, timeout=15,
