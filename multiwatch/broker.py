@@ -23,7 +23,13 @@ import amqp
 from kombu import Connection, Exchange, Queue
 from kombu.utils.url import parse_url
 
-from multiwatch.broker_errors import describe, resolve_host, user_of
+from multiwatch.broker_errors import (
+    CLOSED_BY_SERVER,
+    HandshakeClosed,
+    describe,
+    resolve_host,
+    user_of,
+)
 from multiwatch.config import DEFAULT_QUEUE, BrokerConfig, TlsConfig, mask_url
 from multiwatch.config.broker import read_password_file
 from multiwatch.config.urls import replace_password
@@ -145,8 +151,14 @@ def open_connection(
 
 
 def connect_once(connection: Connection) -> Connection:
-    """Connect with a single attempt (kombu's `connect()` sleeps 2 s and tries again)."""
-    connection.ensure_connection(max_retries=0, reraise_as_library_errors=False)
+    """Connect with a single attempt (kombu's `connect()` sleeps 2 s and tries again).
+    A hang-up before the handshake is done raises HandshakeClosed (described in words)."""
+    try:
+        connection.ensure_connection(max_retries=0, reraise_as_library_errors=False)
+    except OSError as exc:
+        if type(exc) is OSError and str(exc) == CLOSED_BY_SERVER:
+            raise HandshakeClosed(str(exc)) from exc
+        raise
     return connection
 
 

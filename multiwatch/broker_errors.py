@@ -36,6 +36,15 @@ class HostLookupTimeout(OSError):
     """The broker host's name did not resolve within the deadline."""
 
 
+# What py-amqp raises (a bare OSError) when the server hangs up on a read.
+CLOSED_BY_SERVER = "Server unexpectedly closed connection"
+
+
+class HandshakeClosed(OSError):
+    """The server hung up before the AMQP handshake was done (broker.connect_once): not an
+    AMQP port (HTTP, a TLS-only listener reached with amqp://), or a broker refusing."""
+
+
 def user_of(url: str) -> str:
     """The user a URL logs in as (py-amqp's default when it names none)."""
     userid = parse_url(url).get("userid")
@@ -57,6 +66,9 @@ def describe(exc: BaseException) -> str:
         return f"{_amqp_words(exc)}; the broker said: {_reply_text(exc)}"
     if isinstance(exc, HostLookupTimeout):
         return str(exc)
+    if isinstance(exc, HandshakeClosed):
+        return ("the server closed the connection during the AMQP handshake (is it an AMQP "
+                "port? a TLS-only port needs amqps://; else the broker's log says why)")
     if isinstance(exc, socket.gaierror):
         if exc.errno in (socket.EAI_NONAME, getattr(socket, "EAI_NODATA", socket.EAI_NONAME)):
             return "host not found"

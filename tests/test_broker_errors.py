@@ -76,3 +76,27 @@ def test_where_names_the_user_and_masks_the_password() -> None:
     """The URL and user are named; the password never is."""
     assert where("amqp://bob:s3cret@h:5672/v") == "amqp://bob:****@h:5672/v as user 'bob'"
     assert user_of("amqp://h:5672/") == "guest"
+
+
+def test_a_port_that_is_not_amqp_is_described_in_words(tmp_path: Path) -> None:
+    """A server that answers the AMQP header with something else and hangs up (an HTTP port,
+    a TLS-only listener reached with amqp://) reads as such, not "Server unexpectedly
+    closed connection"."""
+    with socket.socket() as server:
+        server.bind(("127.0.0.1", 0))
+        server.listen(1)
+
+        def answer_http() -> None:
+            client, _ = server.accept()
+            with client:
+                client.recv(8)
+                client.sendall(b"HTTP/1.1 400 Bad Request\r\n\r\n")
+
+        threading.Thread(target=answer_http, daemon=True).start()
+        port = server.getsockname()[1]
+        broker = BrokerConfig(url=f"amqp://127.0.0.1:{port}//", connect_timeout_seconds=2)
+        with pytest.raises(OSError) as raised:
+            BrokerLink(broker, str(tmp_path)).connect()
+    words = describe(raised.value)
+    assert words.startswith("the server closed the connection during the AMQP handshake"), words
+    assert "amqps://" in words
