@@ -105,3 +105,19 @@ def test_a_resync_longer_than_a_batch_survives_the_publisher_sending_meanwhile(
     monkeypatch.setattr(resync_command, "queue_resync", queue_then_publisher_sends)
     assert main(["resync", "-c", str(roster), "inbox"]) == 0, capsys.readouterr().err
     assert f"{len(names)} events queued for instance inbox" in capsys.readouterr().err
+
+
+@pytest.mark.parametrize("follow_symlinks", [False, True])
+def test_a_file_whose_directory_became_a_symlink_is_skipped(
+        tmp_path: Path, inbox: Path, capsys: pytest.CaptureFixture[str],
+        follow_symlinks: bool) -> None:
+    """d/a.txt announced, then `mv d moved; ln -s moved d`: d/a.txt names the very same
+    file through a symlink, which the watcher never follows, so resync skips it instead of
+    re-announcing a path that is no longer in the tree (with follow_symlinks too)."""
+    roster = _setup(tmp_path, inbox, ["d/a.txt", "b.txt"], follow_symlinks=follow_symlinks)
+    (inbox / "d").rename(inbox / "moved")
+    (inbox / "d").symlink_to("moved")
+    assert main(["resync", "-c", str(roster), "inbox"]) == 0
+    assert "1 skipped" in capsys.readouterr().err
+    assert [body["file_info"]["relative_path"] for body in _queued(tmp_path)] == [  # type: ignore[index]
+        "b.txt"]

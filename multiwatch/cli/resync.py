@@ -32,7 +32,8 @@ from typing import TextIO
 
 from multiwatch.config import ConfigError, InstanceConfig, Roster
 from multiwatch.replica_slots import ACTIVE, STANDBY, SlotDb, slot_db_path
-from multiwatch.watcher.hashing import Hashed
+from multiwatch.watcher.confined import ConfinedRoot
+from multiwatch.watcher.hashing import Hashed, stat_regular
 from multiwatch.watcher.message import FILE_DISCOVERED, Event, build_event
 from multiwatch.watcher.state import (
     StateError,
@@ -145,8 +146,9 @@ def _resync(conn: sqlite3.Connection, instance: InstanceConfig, relative: str,
     queued = skipped = 0
     last_progress = time.monotonic()
     batch: list[Event] = []
+    root = ConfinedRoot(instance.directory, follow_symlinks=instance.follow_symlinks)
     for seen, tracked in enumerate(chosen, start=1):
-        if _changed_on_disk(instance, tracked):
+        if _changed_on_disk(root, tracked):
             skipped += 1
         else:
             batch.append(_event(instance, tracked, resync_id))
@@ -162,6 +164,7 @@ def _resync(conn: sqlite3.Connection, instance: InstanceConfig, relative: str,
             last_progress = time.monotonic()
             print(f"resync {instance.id}: {seen} of {total} files looked at, {queued} queued",
                   file=err, flush=True)
+    root.release()
     if batch:  # the table changed under us: fewer rows than counted
         queue_resync(conn, batch)
         queued += len(batch)
@@ -181,12 +184,16 @@ def _count_under(conn: sqlite3.Connection, relative: str) -> int:
                             (low, low[:-1] + b"0")).fetchone()[0])
 
 
-def _changed_on_disk(instance: InstanceConfig, tracked: TrackedFile) -> bool:
-    """True if the file is gone or its (size, mtime, inode) differ from the recorded ones."""
-    full = os.path.join(instance.directory, tracked.relative_path)
+def _changed_on_disk(root: ConfinedRoot, tracked: TrackedFile) -> bool:
+    """True if the file is gone or its (size, mtime, inode) differ from the recorded ones.
+
+    Looked up as the watcher does, below the root's descriptor with no symlink on the way
+    (confined.py): a path that now leads through a symlink is not in the tree."""
     try:
-        st = os.stat(full) if instance.follow_symlinks else os.lstat(full)
+        st = stat_regular(root, tracked.relative_path)
     except OSError:
+        return True
+    if st is None:
         return True
     version = tracked.hashed.version
     return (st.st_size, st.st_mtime_ns, st.st_ino) != (version.size, version.mtime_ns,
