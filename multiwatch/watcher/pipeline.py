@@ -85,9 +85,9 @@ class Pipeline:
         self.root_missing = False
         self.mount_lost: Callable[[str], bool] = lambda _path: False  # by main (mount.py)
         self._startup = StartupProgress()
-        self._unreadable = Unreadable(self.root)  # warned about once, tried again
         # Every open, stat and listing below the root goes through its descriptor (confined.py).
         self._confined = ConfinedRoot(self.root, follow_symlinks=instance.follow_symlinks)
+        self._unreadable = Unreadable(self._confined)  # warned about once, tried again
         # Big files being hashed by the pool (or hashed, waiting for their settle period).
         self.hash_pool = hash_pool
         self._early = EarlyHashes(hash_pool, self._confined, self.tracked, self._resolve)

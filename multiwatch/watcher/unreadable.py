@@ -11,6 +11,7 @@ from __future__ import annotations
 import logging
 import os
 
+from multiwatch.watcher.confined import ConfinedRoot
 from multiwatch.watcher.retry import RetrySchedule
 
 log = logging.getLogger(__name__)
@@ -23,7 +24,7 @@ def _within(path: str, relative_dir: str) -> bool:
 class Unreadable:
     """What could not be read or listed under one watched root."""
 
-    def __init__(self, root: str) -> None:
+    def __init__(self, root: ConfinedRoot) -> None:
         self._root = root
         self.files: set[str] = set()  # files reported unreadable
         # Directories reported unlistable: scan.scan_batches adds and discards them itself.
@@ -37,16 +38,24 @@ class Unreadable:
         if relative not in self.files:
             self.files.add(relative)
             log.warning("cannot read file: %s", exc.strerror or exc,
-                        extra={"path": os.path.join(self._root, relative)})
+                        extra={"path": os.path.join(self._root.path, relative)})
 
     def readable(self, relative: str) -> None:
         """The file was read, or is gone: no more retries; a new failure warns again."""
         self._file_retries.forget(relative)
         if relative in self.files:
             self.files.discard(relative)
-            path = os.path.join(self._root, relative)
-            if os.path.lexists(path):
-                log.info("file readable again", extra={"path": path})
+            if self._exists(relative):
+                log.info("file readable again",
+                         extra={"path": os.path.join(self._root.path, relative)})
+
+    def _exists(self, relative: str) -> bool:
+        """Whether `relative` is in the tree, looked up as every other path (confined.py)."""
+        try:
+            self._root.stat(relative)
+        except OSError:
+            return False
+        return True
 
     def next_due(self) -> float | None:
         """When the next retry is due (time.monotonic), or None."""

@@ -6,6 +6,7 @@ hash, and symlinked files with follow_symlinks.  Nothing outside the tree is eve
 from __future__ import annotations
 
 import hashlib
+import logging
 import os
 import subprocess
 import tempfile
@@ -26,6 +27,7 @@ from multiwatch.watcher.outbox import OutboxGauge
 from multiwatch.watcher.pipeline import Pipeline
 from multiwatch.watcher.raw_event import EventKind, RawEvent
 from multiwatch.watcher.state import StateStore
+from multiwatch.watcher.unreadable import Unreadable
 from tests.support.hostile import Announced, is_log, remove_tree, roster
 from tests.support.process import LogLine, Multiwatch
 from tests.watcher.test_pipeline import make_pipeline
@@ -239,3 +241,24 @@ def _announced_at(path: str, line: LogLine) -> bool:
     """A log line announcing `path` (discovered, or moved to it)."""
     return line.get("path") == path and (is_log(line, "file discovered")
                                          or is_log(line, "file moved"))
+
+
+def test_readable_again_is_never_said_of_a_path_through_a_swapped_directory(
+        arena: tuple[Path, Path], resolution: str, caplog: pytest.LogCaptureFixture) -> None:
+    """d/token could not be read; `mv d moved; ln -s /private d` by an unprivileged user:
+    its retry ending is not logged as "file readable again" for d/token, a path that now
+    leads outside the tree (the same file moved back in is)."""
+    private, base = arena
+    root = base / "w"
+    root.mkdir(mode=0o777)
+    root.chmod(0o777)
+    as_attacker('mkdir "$1/d"; printf small > "$1/d/token"', str(root))
+    unreadable = Unreadable(confined.ConfinedRoot(str(root)))
+    caplog.set_level(logging.INFO, logger="multiwatch.watcher.unreadable")
+    unreadable.cannot_read("d/token", PermissionError(13, "Permission denied"), 0.0)
+    as_attacker('mv "$1/d" "$1/moved"; ln -s "$2" "$1/d"', str(root), str(private))
+    unreadable.readable("d/token")
+    unreadable.cannot_read("moved/token", PermissionError(13, "Permission denied"), 0.0)
+    unreadable.readable("moved/token")
+    assert [record.path for record in caplog.records  # type: ignore[attr-defined]
+            if record.getMessage() == "file readable again"] == [str(root / "moved" / "token")]
