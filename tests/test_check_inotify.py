@@ -104,3 +104,18 @@ def test_check_warns_on_the_real_limits_and_still_exits_0(tmp_path: Path) -> Non
     assert instances.startswith("multiwatch: warning: inotify: 3 instances use inotify")
     assert "user.max_inotify_instances=2 is too low (needs >= 3;" in instances
     assert "13 directories" in watches and "user.max_inotify_watches=5 is too low" in watches
+
+
+@in_a_user_namespace
+def test_check_connect_counts_an_inotify_shortfall_as_a_problem(tmp_path: Path) -> None:
+    """`check --connect` (will run work as configured?) reports each inotify shortfall as a
+    problem line and exits 2, where plain check only warns; no 'everything answered'."""
+    roster = _roster(tmp_path, ["a", "b", "c"])
+    done = in_namespace({"instances": 2},
+                        "from multiwatch.cli import main; raise SystemExit(main())",
+                        "check", "--connect", "-c", str(roster))
+    assert done.returncode == 2, done.stderr
+    [problem] = done.stderr.splitlines()
+    assert problem.startswith("multiwatch: problem: inotify: 3 instances use inotify"), problem
+    assert "user.max_inotify_instances=2 is too low" in problem
+    assert "everything run needs answered" not in done.stdout

@@ -5,7 +5,8 @@
 - the state directory (or the nearest existing parent `run` would create it in) accepts a
   new file.
 
-(The inotify limits are compared with the roster by plain `check`: cli/inotify_check.py.)
+(The inotify limits are compared with the roster by plain `check`, cli/inotify_check.py,
+which warns; with --connect a shortfall is one more problem line.)
 Every wait is bounded, the broker's by connect_timeout_seconds per step.
 """
 
@@ -123,12 +124,15 @@ def _check_state_dir(state_dir: str, found: Findings) -> None:
     found.checked.append(f"state directory {state_dir}: writable")
 
 
-def check_connect(roster: Roster, also_checked: Sequence[str] = ()) -> int:
+def check_connect(roster: Roster, also_checked: Sequence[str] = (),
+                  also_problems: Sequence[str] = ()) -> int:
     """Print one line per problem on stderr (exit 2), else a short summary (exit 0) with
-    `also_checked` (what plain check found fine) at its end."""
+    `also_checked` (what plain check found fine) at its end; `also_problems`: what plain
+    check only warns about (the inotify limits) counts here."""
     import sys
 
     found = preflight(roster)
+    found.problems.extend(also_problems)
     found.checked.extend(also_checked)
     for problem in found.problems:
         print(f"multiwatch: problem: {problem}", file=sys.stderr)

@@ -24,8 +24,8 @@ def register(commands: Subcommands) -> None:
     check.add_argument("-c", "--config", metavar="PATH", help=CONFIG_HELP)
     check.add_argument("--connect", action="store_true",
                        help="also log in to every broker URL, declare the exchange and queue "
-                       "passively and try writing the state directory; one line per problem, "
-                       "exit 2")
+                       "passively and try writing the state directory; an inotify shortfall "
+                       "counts too; one line per problem, exit 2")
     check.set_defaults(handler=on_roster(_check))
 
 
@@ -36,9 +36,10 @@ def _check(roster: Roster, args: argparse.Namespace) -> int:
 
     check_state(roster, create=False)
     print(render_effective(roster), end="")
-    inotify = check_inotify(roster)  # warnings only: a watcher refused inotify polls
-    for warning in inotify.warnings:
-        print(f"multiwatch: warning: {warning}", file=sys.stderr)
+    inotify = check_inotify(roster)  # warnings: a watcher refused inotify polls instead;
+    if not args.connect:  # problems for --connect, which asks whether run works as set
+        for warning in inotify.warnings:
+            print(f"multiwatch: warning: {warning}", file=sys.stderr)
     replicas = ha_findings(roster)  # (roster ha)
     for warning in replicas.warnings:
         print(f"multiwatch: warning: {warning}", file=sys.stderr)
@@ -47,5 +48,6 @@ def _check(roster: Roster, args: argparse.Namespace) -> int:
     if args.connect:
         from multiwatch.cli.preflight import check_connect
 
-        return check_connect(roster, [inotify.summary] if inotify.summary else [])
+        return check_connect(roster, [inotify.summary] if inotify.summary else [],
+                             also_problems=inotify.warnings)
     return 0
