@@ -3,7 +3,8 @@ watches the kernel refuses (EMFILE, ENOSPC) reported as lost events, never from 
 
 Runs on the observer's threads (the inotify reader and the emitter); it only enqueues
 RawEvents (raw_event.py) and never raises there. Pinned to watchdog 7.1.x (pyproject.toml):
-the inotify watch group, its `_add_callback` and `_lock`, and the emitter's `_inotify`,
+the inotify watch group, its `_add_callback`, `_add_all_callbacks`, `_lock`, `_id`, `_root`
+and `_nodes_by_wd` (the repair after lost events), and the emitter's `_inotify`,
 `_inotify_fd` and `build_and_queue_event` are not public API;
 tests/watcher/test_observe_internals.py fails loudly if they change shape.
 """
@@ -11,6 +12,7 @@ tests/watcher/test_observe_internals.py fails loudly if they change shape.
 from __future__ import annotations
 
 import errno
+import itertools
 import logging
 import os
 import threading
@@ -46,6 +48,9 @@ _WATCH_LIMIT_ERRNOS = frozenset({errno.ENOSPC, errno.EMFILE})
 # the polling interval's 1 s would be a walk and a log line every second).
 UNWATCHED_RESCAN_SECONDS = 10.0
 READER_JOIN_SECONDS = 5.0
+# Callback ids of the watch groups' repairs after lost events (see on_queue_overflow);
+# the first ids are id(group), memory addresses, far above these.
+_REPAIR_IDS = itertools.count(1)
 
 
 class DirectInotifyObserver(BaseObserver):
@@ -57,8 +62,9 @@ class DirectInotifyObserver(BaseObserver):
     handles what it reads itself (BatchingInotifyFD) and the emitter hands each event
     straight to the handler (DirectInotifyEmitter.queue_event, EventEmitter's public
     hook): two thread hand-offs fewer, and the dispatcher thread idles.  The grouping of
-    moves, the bookkeeping of watches (directories moved out lose theirs) and overflow
-    recovery are watchdog's own, unchanged.
+    moves and the bookkeeping of watches (directories moved out lose theirs) are
+    watchdog's own, unchanged; the repair of the watches after lost events keeps the
+    watches still right instead of replacing them all (DeferringWatchGroup).
 
     With `subdirectories_later`, starting watches the root alone, and the caller's walk
     calls `watch_directory` on every directory below it before listing that directory
@@ -191,6 +197,33 @@ class DeferringWatchGroup(InotifyWatchGroup):
             self._add_callback(path)
             return
         super()._add_all_callbacks(path)
+
+    def on_queue_overflow(self) -> None:
+        """Repair the watches after the kernel dropped events, keeping those still right.
+
+        watchdog's own repair removes every watch and adds them all again, and the kernel
+        queues an "ignored" event per watch removed: in a tree of more directories than
+        its queue holds (fs.inotify.max_queued_events) that overflows it again at once,
+        and the repair repeats forever, deaf to the tree meanwhile.  Here the tree is
+        walked and each directory's watch asked for again, under a new callback id: the
+        kernel answers the watch it has for that directory (no event) or a new one.  The
+        path map is rebuilt from these answers (directories renamed while events were
+        lost are found under their new names), and only the watches no directory of the
+        tree answered (moved out, or deleted) are removed.  Runs on the reader thread
+        (InotifyFD.handle_event), so no event is read, nor delivered twice, meanwhile."""
+        with self._lock:
+            if not self.is_active or not self.is_recursive:
+                return
+            stale, self._id = self._id, CallbackId(next(_REPAIR_IDS))
+            watched = list(self._nodes_by_wd)
+            self._root, self._nodes_by_wd = None, {}
+            try:
+                self._add_all_callbacks(self.path)
+            except OSError as exc:  # the root itself: gone, and the loop will see it
+                log.warning("cannot watch the tree again after lost events: %s",
+                            exc.strerror or exc, extra={"path": os.fsdecode(self.path)})
+            # A watch answered again holds the new id too: it only loses the old one.
+            self._inotify_fd.remove_callbacks([(wd, stale) for wd in watched])
 
     def watch_directory(self, path: bytes) -> None:
         """Watch `path` unless it is watched already; a directory gone meanwhile is

@@ -21,14 +21,15 @@ def test_watchdog_internals_the_observer_relies_on_keep_their_shape() -> None:
     assert watchdog.version.VERSION_STRING.startswith("7.1."), "re-check observe.py's pin"
     fields = {f.name for f in dataclasses.fields(InotifyWatchGroup)}
     assert {"_inotify_fd", "path", "event_mask", "is_recursive", "follow_symlink",
-            "_lock"} <= fields
+            "_lock", "_id", "_root", "_nodes_by_wd"} <= fields
     for name in ("_add_callback", "_add_all_callbacks", "__post_init__", "is_active",
                  "on_queue_overflow", "on_events_lost", "remove_watched_directory"):
         assert hasattr(InotifyWatchGroup, name), name
     for name in ("build_and_queue_event", "queue_events", "on_thread_start",
                  "get_event_mask_from_filter", "queue_event"):
         assert hasattr(InotifyEmitter, name), name
-    for name in ("read_events", "handle_event", "add_callback", "should_keep_running"):
+    for name in ("read_events", "handle_event", "add_callback", "remove_callbacks",
+                 "should_keep_running"):
         assert hasattr(InotifyFD, name), name
     emitter = InotifyEmitter.__init__.__code__.co_varnames
     assert "inotify_fd" in emitter
