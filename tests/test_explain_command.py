@@ -167,3 +167,27 @@ def test_a_subdirectory_of_a_flat_instance_is_explained(
     code, text = _explain(capsys, roster, str(inbox / "sub" / "a.txt"))
     assert code == 0 and "in a subdirectory, and recursive is false" in text
     assert "would announce: nothing" in text
+
+
+def test_a_directory_is_explained_as_a_directory(
+        tmp_path: Path, inbox: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    """A directory (the watched one too): the instance, whether an exclude prunes it (include
+    patterns are for file names), how many files below it are tracked or waiting."""
+    (inbox / "Album").mkdir()
+    (inbox / "Album" / "a.mp3").write_bytes(b"a")
+    (inbox / "Album" / "b.mp3").write_bytes(b"b")
+    (inbox / ".cache").mkdir()
+    roster = _roster(tmp_path, inbox, include=["*.mp3"])
+    _track(tmp_path, inbox, "Album/a.mp3", waiting=True)
+    _track(tmp_path, inbox, "Album/b.mp3")
+    code, text = _explain(capsys, roster, str(inbox / "Album"))
+    assert code == 0 and "no include pattern" not in text, text
+    assert "filters: not excluded" in text
+    assert "state: 2 tracked files below it" in text
+    assert "waiting in the outbox: 1 event for files below it" in text
+    assert "would announce: nothing for the directory itself" in text
+    code, text = _explain(capsys, roster, str(inbox))
+    assert code == 0 and "the watched directory itself" in text, text
+    assert "state: 2 tracked files below it" in text
+    _code, text = _explain(capsys, roster, str(inbox / ".cache"))
+    assert "excluded by exclude pattern '.*'" in text and "nothing below it" in text

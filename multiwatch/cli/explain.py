@@ -30,6 +30,7 @@ from multiwatch.watcher.hashing import (
     NotRegularFile,
     hash_file,
 )
+from multiwatch.watcher.sql import subtree
 from multiwatch.watcher.state import pending_events, tracked_file
 
 NOT_WATCHED = 1
@@ -48,9 +49,11 @@ def explain(roster: Roster, path: str, *, hash_changed: bool = False,
         return NOT_WATCHED
     instance, relative = found
     lines = _Lines(out)
-    lines("path", os.path.join(instance.directory, relative))
-    lines("instance", f"{instance.id} (directory {instance.directory}), relative path "
-          f"{relative}")
+    lines("path", os.path.join(instance.directory, relative) if relative else instance.directory)
+    lines("instance", f"{instance.id} (directory {instance.directory}), " + (
+        f"relative path {relative}" if relative else "the watched directory itself"))
+    if not relative or _is_directory(instance, relative):
+        return _explain_directory(roster, instance, relative, lines)
     if not instance.recursive and "/" in relative:
         lines("filters", "not announced: in a subdirectory, and recursive is false")
         wanted = False
@@ -77,16 +80,82 @@ class _Lines:
 
 
 def _watching(roster: Roster, absolute: str) -> tuple[InstanceConfig, str] | None:
-    """The instance with the deepest directory holding `absolute`, and the relative path."""
+    """The instance with the deepest directory holding `absolute` (or that is it), and the
+    relative path ("" for the directory itself)."""
     best: tuple[InstanceConfig, str] | None = None
     for instance in roster.instances:
         relative = os.path.relpath(absolute, instance.directory)
-        if relative == os.curdir or relative == os.pardir or relative.startswith(
-                os.pardir + os.sep):
+        if relative == os.pardir or relative.startswith(os.pardir + os.sep):
             continue
         if best is None or len(instance.directory) > len(best[0].directory):
-            best = (instance, relative)
+            best = (instance, "" if relative == os.curdir else relative)
     return best
+
+
+def _is_directory(instance: InstanceConfig, relative: str) -> bool:
+    """True if the watcher would see a directory there (a symlink to one is a symlink)."""
+    root = ConfinedRoot(instance.directory, follow_symlinks=instance.follow_symlinks)
+    try:
+        return stat.S_ISDIR(root.stat(relative).st_mode)
+    except OSError:
+        return False
+
+
+def _explain_directory(roster: Roster, instance: InstanceConfig, relative: str,
+                       lines: _Lines) -> int:
+    """A directory: nothing is announced for it; an exclude pattern matching one of its
+    names prunes everything below it (as PathFilter.wants_directory), include patterns
+    apply to the names of the files below it, one by one."""
+    if relative and not instance.recursive:
+        lines("filters", "not watched: a subdirectory, and recursive is false (nothing below "
+              "it is announced)")
+    elif not _directory_excluded(instance, relative, lines):
+        lines("filters", "not excluded: each file below it is judged by its own name and path "
+              "(include patterns apply to file names)")
+    lines("file", "a directory: its files are announced, not the directory itself")
+    _directory_state(roster, instance, relative, lines)
+    lines("would announce", "nothing for the directory itself (explain a file below it to "
+          "see what it would announce)")
+    return 0
+
+
+def _directory_excluded(instance: InstanceConfig, relative: str, lines: _Lines) -> bool:
+    names = relative.split("/") if relative else []
+    for pattern in (p for p in instance.exclude if "/" not in p):
+        for position, name in enumerate(names):
+            if fnmatchcase(name, pattern):
+                part = "its name" if position == len(names) - 1 else "the directory"
+                lines("filters", f"excluded by exclude pattern {pattern!r} (matches {part} "
+                      f"{name!r}): nothing below it is announced")
+                return True
+    return False
+
+
+def _directory_state(roster: Roster, instance: InstanceConfig, relative: str,
+                     lines: _Lines) -> None:
+    """How many tracked files, and events waiting in the outbox, are below the directory."""
+    db = state_db(roster, instance)
+    if not os.path.exists(db.path):
+        lines("state", "no state database (the instance has not run yet)")
+        return
+    if which := db.describe():
+        lines("state database", which)
+    # The bodies are compact JSON: every event for a file below has this prefix.
+    prefix = b'"relative_path":' + (json.dumps(relative + "/", ensure_ascii=True)[:-1].encode()
+                                    if relative else b"")
+    below = ("WHERE path >= ? AND path < ?", subtree(relative)) if relative else ("", ())
+    conn = open_state(roster, instance, readonly=True, db=db)
+    try:
+        tracked = conn.execute(f"SELECT count(*) FROM files {below[0]}", below[1]).fetchone()[0]
+        waiting = conn.execute("SELECT count(*) FROM outbox WHERE instr(body, ?) > 0",
+                               (prefix,)).fetchone()[0]
+    except sqlite3.Error as exc:
+        raise ConfigError(f"instance {instance.id}: state database: {exc}") from None
+    finally:
+        conn.close()
+    lines("state", f"{tracked} tracked file{'' if tracked == 1 else 's'} below it")
+    lines("waiting in the outbox", f"{waiting} event{'' if waiting == 1 else 's'} for files "
+          "below it" if waiting else "nothing")
 
 
 def _nearest(roster: Roster, absolute: str) -> list[InstanceConfig]:
