@@ -73,9 +73,11 @@ def prepare(state_dir: str, instance_ids: Iterable[str], *, embedded: bool,
                 with _child_dir(instances, folder, ident, policy) as fd:
                     if fd is not None:
                         _database_files(fd, folder, policy)
-                        for lock in ("run.lock", "watcher.lock"):  # (flocks survive the check)
-                            if _exists(fd, lock):
-                                _check_file(fd, os.path.join(folder, lock), lock, policy)
+                        # Every other entry too: replica slots' state.<n>.db and their
+                        # watcher.<n>.lock, run.lock, lease.lock (flocks survive the check).
+                        for name in _entries(fd):
+                            with contextlib.suppress(FileNotFoundError):  # (a -wal closed)
+                                _check_file(fd, os.path.join(folder, name), name, policy)
         for lock_dir in ("hash-slots", "supervisors"):
             with _child_dir(top, os.path.join(state_dir, lock_dir), lock_dir, policy,
                             make=False) as locks:

@@ -146,13 +146,15 @@ def test_a_database_planted_by_another_user_is_refused(
     ("instance directory a symlink", "is a symbolic link"),
     ("state_dir a symlink", "is a symbolic link"),
     ("hash slot owned by nobody", "belongs to nobody"),
+    ("replica slot database owned by nobody", "state.1.db belongs to nobody"),
+    ("replica slot lock owned by nobody", "watcher.1.lock belongs to nobody"),
     ("spool message owned by nobody", "belongs to nobody"),
 ])
 def test_state_that_others_control_is_refused_by_check_and_run(
         tmp_path: Path, inbox: Path, problem: str, expected: str) -> None:
-    """Each link of the chain (state_dir, instances/, instances/<id>/, hash slots, spool)
-    owned by another user, writable by all or by another group, or a symlink: check and
-    run exit 2, one line."""
+    """Each link of the chain (state_dir, instances/, instances/<id>/ and each file in it,
+    replica slots' included, hash slots, spool) owned by another user, writable by all or
+    by another group, or a symlink: check and run exit 2, one line."""
     state = tmp_path / "state"
     (state / "instances").mkdir(parents=True, mode=0o700)
     elsewhere = tmp_path / "elsewhere"
@@ -176,6 +178,12 @@ def test_state_that_others_control_is_refused_by_check_and_run(
     elif problem == "state_dir a symlink":
         state.rename(tmp_path / "real-state")
         state.symlink_to(tmp_path / "real-state")
+    elif problem.startswith("replica slot"):
+        folder = state / "instances" / "box"
+        folder.mkdir(mode=0o700)
+        slot = folder / ("state.1.db" if "database" in problem else "watcher.1.lock")
+        slot.touch(mode=0o600)
+        os.chown(slot, NOBODY, NOBODY)
     elif problem == "hash slot owned by nobody":
         (state / "hash-slots").mkdir(mode=0o700)
         (state / "hash-slots" / "slot-0.lock").touch()
