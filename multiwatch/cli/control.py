@@ -9,7 +9,8 @@ reaches the very process that passed them.
 
 Exit status: 0 done (reload: SIGHUP sent; stop: the supervisor has exited), 1 no
 supervisor of this roster runs (or none could be trusted), 2 a roster error (or `stop --only`
-naming some of a supervisor's instances: it stops as a whole, so nothing is sent), 3 stop: still
+naming some of a supervisor's instances: it stops as a whole, so nothing is sent; or reload
+of a supervisor started from the environment, which has no roster file to re-read), 3 stop: still
 running when --timeout ran out (SIGTERM was sent; it is still shutting down).  A state
 directory others control (state_dir.py) is a roster error: its lock files prove nothing.
 """
@@ -34,6 +35,7 @@ from multiwatch.supervisor.run_lock import (
 )
 
 EXIT_NONE_RUNNING = 1
+EXIT_CANNOT_RELOAD = 2  # reload: a supervisor started from the environment (no roster file)
 EXIT_STILL_RUNNING = 3
 REAP_MARGIN_SECONDS = 10.0  # beyond stop_timeout: SIGKILL, reaping, the supervisor's exit
 
@@ -43,12 +45,20 @@ def reload_command(roster: Roster, only: Sequence[str] | None) -> int:
     targets = _targets(roster, only)
     if not targets:
         return EXIT_NONE_RUNNING
+    status = 0
     for supervisor, pidfd in targets:
         with _closing(pidfd):
+            if supervisor.roster is None:  # it would log "SIGHUP ignored" and change nothing
+                print(f"multiwatch: the supervisor, pid {supervisor.pid}, runs a roster from "
+                      "the environment, which it cannot re-read: not signalled. To apply a "
+                      "change, restart it (multiwatch stop, then multiwatch run, with the new "
+                      "environment)", file=sys.stderr)
+                status = EXIT_CANNOT_RELOAD
+                continue
             _send(supervisor.pid, pidfd, signal.SIGHUP)
         print(f"sent SIGHUP to the supervisor, pid {supervisor.pid} ({_what(supervisor)}): it "
               "re-reads its roster and logs what it starts, stops or restarts")
-    return 0
+    return status
 
 
 def stop_command(roster: Roster, only: Sequence[str] | None, timeout: float | None) -> int:

@@ -155,6 +155,7 @@ def _held_message(instance_id: str, holder: dict[str, Any], path: str, *,
     roster = holder.get("roster")
     how = f" (multiwatch run -c {roster})" if roster else ""
     stop = (f"multiwatch stop -c {roster}" if roster
+            else "multiwatch stop, in its environment" if holder.get("pid")  # (no roster file)
             else f"kill {' '.join(map(str, pids))}" if pids else "multiwatch stop -c <its roster>")
     them = "them" if len(pids) > 1 else "it"
     if replica:

@@ -121,6 +121,25 @@ def test_reload_and_stop_signal_the_running_supervisor(
         assert "no multiwatch supervisor runs" in none.stderr
 
 
+def test_reload_of_a_fleet_from_the_environment_says_it_cannot(
+        tmp_path: Path, started: list[Multiwatch]) -> None:
+    """A supervisor started from the environment (no roster file) ignores SIGHUP: `reload`
+    says so and how to apply a change (exit 2), instead of 'sent SIGHUP' and exit 0."""
+    (tmp_path / "data").mkdir()
+    env = {"DATA_DIR": str(tmp_path / "data"), "INSTANCE_ID": "envw",
+           "MULTIWATCH_STATE_DIR": str(tmp_path / "state")}
+    mw = Multiwatch([], env=env)
+    started.append(mw)
+    mw.wait_watching("envw")
+    reload = run_cli("reload", env=env)
+    assert reload.returncode == 2, reload.stdout + reload.stderr
+    assert f"pid {mw.pid}" in reload.stderr and "environment" in reload.stderr
+    assert "multiwatch stop" in reload.stderr and "sent SIGHUP" not in reload.stdout
+    assert not any("SIGHUP" in line.get("message", "") for line in mw.lines)
+    stop = run_cli("stop", env=env)
+    assert stop.returncode == 0, stop.stderr
+
+
 def test_reload_refuses_an_added_instance_another_process_runs(
         tmp_path: Path, started: list[Multiwatch]) -> None:
     """An instance added by SIGHUP that another supervisor runs is refused with an error

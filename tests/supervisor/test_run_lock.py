@@ -35,6 +35,18 @@ def test_a_held_instance_is_refused_naming_the_holder(tmp_path: Path) -> None:
     second.release_all()
 
 
+def test_a_fleet_from_the_environment_is_named_with_how_to_stop_it(tmp_path: Path) -> None:
+    """A holder started from the environment (no roster file) is named by pid, with
+    `multiwatch stop` to end it."""
+    first = InstanceLocks(str(tmp_path / "state"), None)
+    first.acquire("envw")
+    with pytest.raises(RunLockHeld) as refused:
+        InstanceLocks(str(tmp_path / "state"), None).acquire("envw")
+    assert f"pid {os.getpid()}" in str(refused.value)
+    assert "(multiwatch stop, in its environment)" in str(refused.value)
+    first.release_all()
+
+
 def test_acquire_all_is_all_or_nothing(tmp_path: Path) -> None:
     """If one instance is held elsewhere, a supervisor keeps none of the others' locks."""
     other = InstanceLocks(str(tmp_path), None)

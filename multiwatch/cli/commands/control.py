@@ -20,7 +20,8 @@ def register(commands: Subcommands) -> None:
         "reload", help="make the running supervisor re-read its roster (SIGHUP)",
         description="Send SIGHUP to the supervisor running this roster: it re-reads the roster "
         f"and starts, stops or restarts only what changed. {found} Exit status 0 when "
-        "signalled, 1 when no supervisor of this roster runs, 2 for a roster error.",
+        "signalled, 1 when no supervisor of this roster runs, 2 for a roster error or a "
+        "supervisor started from the environment (no roster file to re-read: restart it).",
     )
     reload.set_defaults(handler=on_roster(_reload))
     stop = commands.add_parser(
