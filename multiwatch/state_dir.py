@@ -83,15 +83,18 @@ def prepare(state_dir: str, instance_ids: Iterable[str], *, embedded: bool,
                             make=False) as locks:
                 if locks is not None:
                     for name in _entries(locks):
-                        _check_file(locks, os.path.join(state_dir, lock_dir, name), name,
-                                    policy)
+                        with contextlib.suppress(FileNotFoundError):  # (released meanwhile)
+                            _check_file(locks, os.path.join(state_dir, lock_dir, name), name,
+                                        policy)
         if embedded:
             spool = os.path.join(state_dir, "spool")
             for folder in ("messages", "control"):
                 with private_dir_fd(state_dir, ["spool", folder], policy) as fd:
                     if fd is not None:
                         for name in _entries(fd):
-                            _check_file(fd, os.path.join(spool, folder, name), name, policy)
+                            with contextlib.suppress(FileNotFoundError):  # (consumed meanwhile)
+                                _check_file(fd, os.path.join(spool, folder, name), name,
+                                            policy)
 
 
 def private_dirs(state_dir: str, names: Sequence[str], policy: Policy = CREATE) -> None:

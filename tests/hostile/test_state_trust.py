@@ -14,6 +14,7 @@ from pathlib import Path
 
 import pytest
 
+from multiwatch import state_dir
 from multiwatch.watcher.state import StateError, StateStore, connect, state_db_path
 from tests.support.hostile import is_log, roster
 from tests.support.process import Multiwatch, run_cli
@@ -222,3 +223,16 @@ def test_state_backup_copies_are_private(tmp_path: Path, inbox: Path) -> None:
     assert result.returncode == 0, result.stderr
     assert stat.S_IMODE((tmp_path / "copies").stat().st_mode) == 0o700
     assert stat.S_IMODE((tmp_path / "copies" / "box.state.db").stat().st_mode) == 0o600
+
+
+def test_entries_removed_while_run_checks_them_are_not_an_error(
+        tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """A spool message consumed, a supervisor's lock released or a -wal closed (another
+    replica on the same state_dir) between the listing and its check: run goes on."""
+    state = tmp_path / "state"
+    state_dir.prepare(str(state), ["box"], embedded=True)
+    real_entries = state_dir._entries
+    monkeypatch.setattr(state_dir, "_entries",
+                        lambda fd: [*real_entries(fd), "gone-meanwhile.lock"])
+    state_dir.prepare(str(state), ["box"], embedded=True)
+    state_dir.prepare(str(state), ["box"], embedded=True, policy=state_dir.VERIFY)
