@@ -139,7 +139,8 @@ class Supervisor:
         """Supervise until asked to stop; returns the process exit status.  Raises
         RunLockHeld (a ConfigError) before starting anything if another process runs one
         of the instances."""
-        title = _set_title(f"{SUPERVISOR_TITLE} {self.roster.source}")
+        only = "".join(f" --only {ident}" for ident in self._only or ())  # (ps tells the
+        title = _set_title(f"{SUPERVISOR_TITLE} {self.roster.source}{only}")  # exports apart)
         try:
             self._supervisor_file.acquire(self._record())
             self._locks.acquire_all([i.id for i in self.roster.instances],

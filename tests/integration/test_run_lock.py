@@ -56,13 +56,16 @@ def test_a_second_run_on_the_same_roster_exits_2_naming_the_first(
 
 def test_only_runs_of_different_instances_share_a_state_dir(
         tmp_path: Path, started: list[Multiwatch]) -> None:
-    """`run --only a` and `run --only b` (the exports' shape) both run; a second `--only a`
-    is refused naming the first."""
+    """`run --only a` and `run --only b` (the exports' shape) both run, their titles naming
+    their instance; a second `--only a` is refused naming the first."""
     roster = _roster(tmp_path, "a", "b")
     run_a = _run(started, "-c", str(roster), "--only", "a")
     run_b = _run(started, "-c", str(roster), "--only", "b")
     run_a.wait_watching("a")
     run_b.wait_watching("b")
+    # ps tells them apart
+    assert _title(run_a.pid) == f"multiwatch: supervisor {roster} --only a"
+    assert _title(run_b.pid) == f"multiwatch: supervisor {roster} --only b"
     again = run_cli("run", "-c", str(roster), "--only", "a", timeout=30)
     assert again.returncode == 2
     assert f"pid {run_a.pid}" in again.stderr and "instance a" in again.stderr
