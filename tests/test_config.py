@@ -976,3 +976,32 @@ def test_a_broken_defaults_section_does_not_add_errors_it_caused(dirs: Path) -> 
             directory: {dirs / "mounted-later"}
     """)
     assert config_error(path).startswith(f"{path}:3: defaults.settle_seconds: ")
+
+
+def test_a_misspelt_top_level_key_comes_with_the_other_errors(dirs: Path) -> None:
+    """`log_levle:` at the top does not hide the mistakes below it: every one in one run."""
+    path = write_roster(dirs, f"""
+        log_levle: INFO
+        brokre: {{}}
+        instances:
+          - id: nowhere
+            directory: {dirs / "missing"}
+    """)
+    with pytest.raises(ConfigError) as info:
+        load_roster(path, {})
+    lines = str(info.value).splitlines()
+    assert lines[0] == f"{path}: 3 errors:"
+    assert 'did you mean "log_level"?' in lines[1] and 'did you mean "broker"?' in lines[2]
+    assert f"{path}:5: instances[0].directory" in lines[3]
+
+
+def test_a_misspelt_defaults_section_adds_no_directory_errors(dirs: Path) -> None:
+    """`defualts: {optional: true}`: the typo is reported, not the directory it made optional."""
+    path = write_roster(dirs, f"""
+        defualts:
+          optional: true
+        instances:
+          - id: later
+            directory: {dirs / "mounted-later"}
+    """)
+    assert config_error(path).startswith(f"{path}:1: defualts: unknown key")

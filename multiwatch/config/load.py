@@ -134,8 +134,14 @@ def _load_file(given: str, environ: Mapping[str, str]) -> Roster:
             f"{', '.join(_TOP_KEYS)}; got {cs.kind(root.value)}"
         )
     src = Source(given, os.path.dirname(file), environ, expand=True)
-    top = cs.mapping(src, root, "", _TOP_KEYS)
     errors = ConfigErrors(given)  # each section and instance on its own: all errors at once
+    top: dict[str, Node] = {}
+    for name, child in root.value.items():  # each unknown top-level key is one error
+        with errors.collecting():
+            top.update(cs.mapping(src, Node({name: child}, root.line), "", _TOP_KEYS))
+    # A misspelt `defaults:` may hold the optional: true a missing directory needs.
+    misspelt_defaults = any(_meant(name) == "defaults" for name in root.value
+                            if name not in _TOP_KEYS)
     defaults: dict[str, Any] | None = None
     top_ha = DEFAULT_HA  # (an error in it is collected once, here)
     with errors.collecting():
@@ -146,7 +152,16 @@ def _load_file(given: str, environ: Mapping[str, str]) -> Roster:
     instances, origins = _yaml_instances(src, top.get("instances"), defaults or {}, errors)
     # Without its defaults (optional: true...), an instance's directory check would mislead.
     return _finish(src, top, instances, origins, source=file, errors=errors,
-                   check_directories=defaults is not None, ha_section=top_ha)
+                   check_directories=defaults is not None and not misspelt_defaults,
+                   ha_section=top_ha)
+
+
+def _meant(name: str) -> str | None:
+    """The top-level key an unknown one is closest to (as its error's did-you-mean)."""
+    from difflib import get_close_matches  # only for a mistake
+
+    close = get_close_matches(name, list(_TOP_KEYS), n=1)
+    return close[0] if close else None
 
 
 def _parse_yaml(text: str, filename: str) -> Node | None:
