@@ -185,6 +185,14 @@ def test_only_with_a_typo_suggests_the_instance_meant(tmp_path: Path) -> None:
     assert "Traceback" not in result.stderr
 
 
+def test_instance_with_a_typo_suggests_the_instance_meant(tmp_path: Path) -> None:
+    """`state export --instance watcher-musci` asks "did you mean watcher-music?" too."""
+    roster = _roster(tmp_path, "watcher-music", "watcher-films")
+    result = run_cli("state", "export", "-c", str(roster), "--instance", "watcher-musci")
+    assert result.returncode == 2
+    assert "did you mean watcher-music?" in result.stderr, result.stderr
+
+
 def test_a_tab_in_yaml_indentation_says_use_spaces(tmp_path: Path) -> None:
     """A roster indented with a tab: the error says spaces, not tabs, and names the line."""
     (tmp_path / "w").mkdir()

@@ -27,8 +27,12 @@ def chosen_instances(roster: Roster, ids: Sequence[str] | None) -> list[Instance
     known = {i.id: i for i in roster.instances}
     missing = [i for i in ids if i not in known]
     if missing:
+        import difflib  # only for a mistake
+
+        guesses = "".join(f"; {i}: did you mean {close[0]}?" for i in missing
+                          if (close := difflib.get_close_matches(i, list(known), n=1)))
         raise ConfigError(f"--instance {', '.join(missing)}: no such instance in {roster.source} "
-                          f"(instances: {', '.join(sorted(known))})")
+                          f"(instances: {', '.join(sorted(known))}){guesses}")
     return [known[i] for i in ids]
 
 
