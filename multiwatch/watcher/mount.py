@@ -20,6 +20,8 @@ import time
 from collections.abc import Callable, Iterable
 from dataclasses import asdict, dataclass
 
+from multiwatch.watcher.confined import ConfinedRoot
+
 log = logging.getLogger(__name__)
 
 MOUNTINFO = "/proc/self/mountinfo"
@@ -184,6 +186,20 @@ def is_mounted(mount_point: str) -> bool:
     return any(entry.mount_point == mount_point for entry in read_mounts())
 
 
+def _device_below(root: ConfinedRoot, relative: str) -> int:
+    """The device of the directory `relative` below the root, reached with no symlink on the
+    way (confined.py), as every lookup in the tree; the root is released at once (a
+    watched mount is never pinned)."""
+    try:
+        fd = root.open(relative, os.O_PATH | os.O_DIRECTORY, follow=False)
+    finally:
+        root.release()
+    try:
+        return os.fstat(fd).st_dev
+    finally:
+        os.close(fd)
+
+
 def _is_empty(directory: str) -> bool:
     try:
         with os.scandir(directory) as entries:
@@ -210,6 +226,7 @@ class MountGuard:
                  follow_submounts: bool = False,
                  wanted: Callable[[str], bool] = lambda _directory: True) -> None:
         self.root = root
+        self._confined = ConfinedRoot(root)  # (for the sub-mounts' directories)
         self.required = required
         self.expected = remembered
         self.unmounted = False
@@ -236,7 +253,7 @@ class MountGuard:
         for directory, device in self.submounts.items():
             if relative == directory or relative.startswith(directory + "/"):
                 try:
-                    if os.stat(os.path.join(self.root, directory)).st_dev != device:
+                    if _device_below(self._confined, directory) != device:
                         return True
                 except OSError:
                     return True
@@ -321,7 +338,7 @@ class MountGuard:
                 if not self._wanted(relative):
                     continue
                 try:
-                    now[relative] = os.stat(os.path.join(self.root, relative)).st_dev
+                    now[relative] = _device_below(self._confined, relative)
                 except OSError:
                     continue  # (a mount hidden under another one)
         gone = sorted(d for d in self.submounts

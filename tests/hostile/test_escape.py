@@ -22,6 +22,7 @@ import multiwatch.watcher.pipeline as pipeline_module
 from multiwatch.watcher import confined
 from multiwatch.watcher import hash_pool as hash_pool_module
 from multiwatch.watcher.hash_pool import HashPool
+from multiwatch.watcher.mount import MountGuard
 from multiwatch.watcher.observe import start_observer
 from multiwatch.watcher.outbox import OutboxGauge
 from multiwatch.watcher.pipeline import Pipeline
@@ -29,6 +30,7 @@ from multiwatch.watcher.raw_event import EventKind, RawEvent
 from multiwatch.watcher.state import StateStore
 from multiwatch.watcher.unreadable import Unreadable
 from tests.support.hostile import Announced, is_log, remove_tree, roster
+from tests.support.mounts import Mounts
 from tests.support.process import LogLine, Multiwatch
 from tests.watcher.test_pipeline import make_pipeline
 
@@ -262,3 +264,27 @@ def test_readable_again_is_never_said_of_a_path_through_a_swapped_directory(
     unreadable.readable("moved/token")
     assert [record.path for record in caplog.records  # type: ignore[attr-defined]
             if record.getMessage() == "file readable again"] == [str(root / "moved" / "token")]
+
+
+def test_a_sub_mount_is_never_looked_up_through_a_symlink(arena: tuple[Path, Path]) -> None:
+    """A mount inside the tree under up/inner, then `mv up up.old; ln -s up.old up` by an
+    unprivileged user: up/inner no longer names the mount in the tree (the watcher never
+    follows up), so paths below it count as on a lost mount, as after a plain mv, instead
+    of the link's target being taken for the mount."""
+    _, base = arena
+    root = base / "w"
+    (root / "up").mkdir(parents=True, mode=0o777)
+    root.chmod(0o777)
+    (root / "up").chmod(0o777)
+    mounts = Mounts()
+    try:
+        inner = mounts.tmpfs(root / "up" / "inner")
+        guard = MountGuard(str(root), required=False, remembered=None, follow_submounts=True)
+        guard.adopt()
+        assert guard.submounts == {"up/inner": os.stat(inner).st_dev}
+        assert not guard.lost("up/inner/a.txt")
+        as_attacker('mv "$1/up" "$1/up.old"; ln -s up.old "$1/up"', str(root))
+        assert guard.lost("up/inner/a.txt")
+        assert guard.check_submounts(force=True) == (["up/inner"], ["up.old/inner"])
+    finally:
+        mounts.cleanup()
