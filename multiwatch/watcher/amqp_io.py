@@ -72,11 +72,16 @@ def _coalesced_writes(connection: Connection) -> Iterator[None]:
     send(b"".join(frames))  # not reached if publishing failed: the connection is dropped
 
 
+def negotiated_heartbeat(connection: Connection) -> float:
+    """The heartbeat interval agreed with the broker (seconds; 0: none)."""
+    return float(getattr(connection.connection, "heartbeat", 0) or 0)
+
+
 def heartbeat_service_interval(connection: Connection) -> float:
     """How often an idle publisher services the connection (seconds): a quarter of the
     negotiated heartbeat (py-amqp sends one after half of it), at most
     IDLE_SERVICE_MAX_SECONDS so a connection dropped while idle is noticed within seconds."""
-    negotiated = getattr(connection.connection, "heartbeat", 0) or 0
+    negotiated = negotiated_heartbeat(connection)
     if negotiated > 0:
         return max(0.5, min(IDLE_SERVICE_MAX_SECONDS, negotiated / 4))
     return IDLE_SERVICE_MAX_SECONDS

@@ -13,20 +13,22 @@ import amqp
 from kombu import Connection, Producer
 
 from multiwatch.config import BrokerConfig
-from multiwatch.watcher.amqp_io import publish_frames, read_pending_frames
+from multiwatch.watcher.amqp_io import negotiated_heartbeat, publish_frames, read_pending_frames
 from multiwatch.watcher.confirms import UNROUTABLE, Confirms, judge, runs
 from multiwatch.watcher.held_event import HeldEvent
 from multiwatch.watcher.message import Event
 from multiwatch.watcher.outbox import OutboxGauge
 from multiwatch.watcher.publisher_health import PublisherStats
 from multiwatch.watcher.standby_window import SETTLED_EXCHANGE, SETTLED_HEADER, settled_key
-from multiwatch.watcher.state import DurableOutbox
+from multiwatch.watcher.state import BUSY_TIMEOUT_SECONDS, DurableOutbox
 from multiwatch.watcher.stats import LatencyHistogram
 
 log = logging.getLogger("multiwatch.watcher.publisher")  # (the publisher thread's logger)
 
 # While waiting for confirms, look at a stop request at least this often.
 STOP_POLL_SECONDS = 0.25
+BLOCKED_WAIT = ("no confirm in time on a connection the broker blocked; waiting on it until "
+                "the alarm clears")
 
 
 class PublishFailed(Exception):
@@ -38,8 +40,11 @@ class BatchSender:
 
     def __init__(self, broker: BrokerConfig, gauge: OutboxGauge, stats: PublisherStats,
                  latency: LatencyHistogram, held: HeldEvent, *,
-                 stop_deadline: Callable[[], float | None]) -> None:
+                 stop_deadline: Callable[[], float | None],
+                 expect: Callable[[float, str], None] = lambda _seconds, _doing: None) -> None:
+        """`expect`: the publisher's Progress.expect, renewed while a blocked wait goes on."""
         self._broker = broker
+        self._expect = expect
         self._gauge = gauge
         self._stats = stats
         self._latency = latency
@@ -135,11 +140,33 @@ class BatchSender:
 
     def _await_confirms(self, connection: Connection, confirms: Confirms) -> None:
         """Read acks until every publish is settled, confirm_timeout passes or stop's
-        deadline does (checked every STOP_POLL_SECONDS)."""
-        deadline = time.monotonic() + self._broker.confirm_timeout_seconds
+        deadline does (checked every STOP_POLL_SECONDS).
+
+        On a connection the broker blocked (Connection.Blocked: a memory or disk alarm) the
+        wait goes on past confirm_timeout, for as long as the broker keeps sending heartbeats
+        (checked at every step: a node that also froze raises), until confirm_timeout after
+        it unblocked the connection.  Not abandoned: RabbitMQ reads and routes what a blocked
+        connection sent once the alarm clears, even after the client closed it, so every
+        connection given up and published on again would deliver the batch once more.
+        Without heartbeats (heartbeat_seconds 0) a frozen node could not be told apart: the
+        connection is then given up at confirm_timeout as before."""
+        confirm_timeout = self._broker.confirm_timeout_seconds
+        deadline = time.monotonic() + confirm_timeout
+        kept_blocked = False
         while confirms.waiting:
+            now = time.monotonic()
+            if now >= deadline and self._stats.blocked and negotiated_heartbeat(connection):
+                deadline = now + confirm_timeout  # (and confirm_timeout once unblocked)
+                self._expect(confirm_timeout + BUSY_TIMEOUT_SECONDS,
+                             "waiting for the broker to unblock the connection")
+                if not kept_blocked:
+                    kept_blocked = True
+                    log.info(BLOCKED_WAIT, extra={"reason": self._stats.blocked,
+                                                  "outbox_depth": self._gauge.depth})
+            if kept_blocked:  # a node that froze as well stops its heartbeats: this raises
+                connection.heartbeat_check()
             until = min(deadline, self._stop_deadline() or deadline)
-            remaining = until - time.monotonic()
+            remaining = until - now
             if remaining <= 0:
                 return
             try:

@@ -126,9 +126,10 @@ class Publisher(threading.Thread):
         self._blocked = BlockedAlarm(self.stats)
         self._held = HeldEvent(self.stats, gauge, broker.reconnect_max_seconds)
         self.latency = LatencyHistogram()
-        self._batches = BatchSender(broker, gauge, self.stats, self.latency, self._held,
-                                    stop_deadline=lambda: self._stop_deadline)
         self.progress = Progress()
+        self._batches = BatchSender(broker, gauge, self.stats, self.latency, self._held,
+                                    stop_deadline=lambda: self._stop_deadline,
+                                    expect=self.progress.expect)
         # Set by the main loop once the startup scan is complete (its findings are in the
         # outbox); until then no settled marker is sent (see _serve).
         self.reconciled = threading.Event()

@@ -21,6 +21,7 @@ from kombu import Connection
 
 from multiwatch.broker import close_connection, connect_once, open_connection
 from multiwatch.config import BrokerConfig, mask_url
+from multiwatch.watcher.batches import BLOCKED_WAIT
 from tests.support.consumer import collect, wait_for
 from tests.support.faults import (
     FAST_BROKER,
@@ -28,6 +29,8 @@ from tests.support.faults import (
     durable_roster,
     is_message,
     memory_alarm,
+    outbox_rows,
+    state_db,
 )
 from tests.support.frozen import FreezableProxy, url_via
 from tests.support.hostile import figure
@@ -283,6 +286,62 @@ def test_sigterm_stops_a_watcher_the_broker_blocked(
             stopped = _stops_by_itself(mw)
         assert stopped <= STOP_TIMEOUT, f"stopped {stopped:.1f}s after SIGTERM"
         figure(f"memory alarm: SIGTERM to exit {stopped:.1f}s (stop_timeout {STOP_TIMEOUT}s)")
+    finally:
+        mw.cleanup()
+
+
+def test_a_blocked_connection_is_kept_and_each_event_arrives_once(
+        tmp_path: Path, inbox: Path, broker_url: str, rabbitmq: RabbitMQ) -> None:
+    """A memory alarm blocks the connection past confirm_timeout: the watcher keeps it and
+    waits for the alarm to clear, instead of publishing the events again on new connections
+    (RabbitMQ still delivers what an abandoned blocked connection sent once the alarm lifts):
+    afterwards each event has arrived exactly once."""
+    mw = _start(tmp_path, inbox, [broker_url])
+    try:
+        _connected(mw)
+        mark = len(mw.lines)
+        with memory_alarm(rabbitmq, broker_url):
+            for i in range(20):
+                (inbox / f"alarm-{i:02d}.txt").write_bytes(b"%d" % i)
+            waited = mw.wait_for_log(
+                lambda line: is_message(line, BLOCKED_WAIT, "inbox")  # kept, past the timeout
+                or is_message(line, "connected to broker", "inbox"),  # or: a new connection
+                after=mark, timeout=CONFIRM + 30)
+        db = state_db(tmp_path, "inbox")
+        wait_for(lambda: outbox_rows(db) == 0, timeout=60, message="the outbox never drained")
+        got = collect(broker_url, QUEUE, timeout=5, until=lambda ms: len(ms) > 20)
+        assert sorted(m.body["file_info"]["name"] for m in got) == [
+            f"alarm-{i:02d}.txt" for i in range(20)], f"{len(got)} deliveries of 20 events"
+        assert waited.get("message") == BLOCKED_WAIT, waited
+        figure(f"memory alarm past confirm_timeout: {len(got)} deliveries of 20 events")
+    finally:
+        mw.cleanup()
+
+
+def test_a_blocked_connection_whose_node_then_freezes_is_abandoned(
+        tmp_path: Path, inbox: Path, broker_url: str, rabbitmq: RabbitMQ,
+        proxy: FreezableProxy) -> None:
+    """Kept while blocked, the connection is still watched: when its node also freezes (no
+    more heartbeats) the watcher gives it up and takes the next URL; once the alarm clears
+    the event arrives."""
+    heartbeat = 2
+    mw = _start(tmp_path, inbox, [url_via(broker_url, proxy.port), broker_url],
+                heartbeat_seconds=heartbeat)
+    try:
+        _connected(mw)
+        with memory_alarm(rabbitmq, broker_url):
+            mark = len(mw.lines)
+            (inbox / "blocked-then-frozen.txt").write_bytes(b"x")
+            mw.wait_for_log(lambda line: is_message(line, BLOCKED_WAIT, "inbox"), after=mark,
+                            timeout=CONFIRM + 30)
+            proxy.freeze()
+            failed = mw.wait_for_log(lambda line: is_message(
+                line, "broker unavailable, retrying", "inbox"), after=mark,
+                timeout=3 * heartbeat + 30)
+            assert "no heartbeat from the broker" in str(failed.get("error")), failed
+            moved = _connected(mw, after=mark, timeout=30)
+            assert moved.get("broker") == mask_url(broker_url), moved
+        _arrives(broker_url, "blocked-then-frozen.txt", timeout=60)
     finally:
         mw.cleanup()
 

@@ -17,6 +17,7 @@ from pathlib import Path
 import psutil
 import pytest
 
+from multiwatch.watcher.batches import BLOCKED_WAIT
 from tests.support.consumer import collect, declare_queue, wait_for
 from tests.support.faults import (
     FAST_BROKER,
@@ -101,7 +102,8 @@ def test_broker_stopped_during_a_burst_delivers_every_file_in_order(
 
 def test_memory_alarm_blocks_publishing_and_nothing_is_lost(
         tmp_path: Path, inbox: Path, broker_url: str, rabbitmq: RabbitMQ) -> None:
-    """RabbitMQ's memory alarm blocks publishers: events wait in the outbox, then arrive."""
+    """RabbitMQ's memory alarm blocks publishers: events wait in the outbox (the blocked
+    connection is kept past confirm_timeout), then arrive."""
     roster = durable_roster(tmp_path, broker_url, [{"id": "inbox", "directory": str(inbox)}])
     mw = _start(roster)
     try:
@@ -110,8 +112,8 @@ def test_memory_alarm_blocks_publishing_and_nothing_is_lost(
             for i in range(200):
                 (inbox / f"blocked-{i:03d}.bin").write_bytes(b"%d" % i)
             wait_emitted(mw, "inbox", 200, timeout=60)
-            mw.wait_for_log(lambda line: is_message(line, "broker unavailable, retrying",
-                                                    "inbox"), after=mark, timeout=30)
+            mw.wait_for_log(lambda line: is_message(line, BLOCKED_WAIT, "inbox"), after=mark,
+                            timeout=30)
             assert (outbox_rows(state_db(tmp_path, "inbox")) or 0) > 0
         got = collect(broker_url, QUEUE, timeout=120, until=lambda ms: len(names(ms)) >= 200)
         assert names(got) == {f"blocked-{i:03d}.bin" for i in range(200)}
