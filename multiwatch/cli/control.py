@@ -68,6 +68,7 @@ def stop_command(roster: Roster, only: Sequence[str] | None, timeout: float | No
         return EXIT_NONE_RUNNING
     if only:  # a supervisor stops as a whole: never take instances not named with it
         _refuse_others(targets, only)
+    _refuse_restarted(targets)
     if timeout is None:
         timeout = roster.supervisor.stop_timeout_seconds + REAP_MARGIN_SECONDS
     deadline = time.monotonic() + timeout
@@ -104,6 +105,27 @@ def _refuse_others(targets: list[tuple[RunningSupervisor, int | None]],
                 f"stop -c {supervisor.roster or '<roster>'} (or --only {named} --only "
                 f"{' --only '.join(others)}); to stop only {', '.join(only)}: remove it from "
                 "the roster and run multiwatch reload")
+
+
+def _refuse_restarted(targets: list[tuple[RunningSupervisor, int | None]]) -> None:
+    """ConfigError (exit 2, nothing signalled) if supervisord runs a supervisor found: it
+    would start it again at once (autorestart); supervisorctl stops it for good."""
+    managed = [s for s, _ in targets if s.supervisord_program]
+    if not managed:
+        return
+    for _, pidfd in targets:
+        if pidfd is not None:
+            os.close(pidfd)
+    how = " ".join(
+        (f"supervisorctl -s {s.supervisord_url} stop {s.supervisord_program};"
+         if s.supervisord_url else f"supervisorctl stop {s.supervisord_program};")
+        for s in managed).rstrip(";")
+    pids = ", ".join(str(s.pid) for s in managed)
+    who = (f"the supervisor (pid {pids}) is" if len(managed) == 1
+           else f"the supervisors (pids {pids}) are")
+    them = "it" if len(managed) == 1 else "them"
+    raise ConfigError(f"{who} run by supervisord, which would start {them} again at once: "
+                      f"nothing was signalled; stop {them} through supervisord: {how}")
 
 
 def _targets(roster: Roster, only: Sequence[str] | None) -> list[tuple[RunningSupervisor,

@@ -37,6 +37,7 @@ from multiwatch.supervisor.run_lock import (
     SUPERVISOR_TITLE,
     InstanceLocks,
     SupervisorFile,
+    process_manager,
     roster_path,
 )
 from multiwatch.supervisor.usage import FleetUsage
@@ -154,7 +155,7 @@ class Supervisor:
 
     def _record(self) -> dict[str, Any]:
         return {"roster": roster_path(self.roster.source), "only": self._only,
-                "instances": self._locks.held}
+                "instances": self._locks.held, **process_manager()}
 
     def _supervise(self) -> int:
         wake_fd = self._install_signal_handlers()

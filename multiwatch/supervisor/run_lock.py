@@ -262,6 +262,17 @@ def try_lock_exclusive(fd: int) -> bool:
 # ------------------------------------------------------------------- finding supervisors
 
 
+def process_manager() -> dict[str, str]:
+    """For the supervisor's record: the supervisord program running this process (from the
+    variables supervisord sets for its programs), which restarts it when it exits; {} if
+    none.  Read at start: setproctitle overwrites what /proc/<pid>/environ shows."""
+    program = os.environ.get("SUPERVISOR_PROCESS_NAME")
+    if not program or not os.environ.get("SUPERVISOR_ENABLED"):
+        return {}
+    return {"supervisord_program": program,
+            "supervisord_url": os.environ.get("SUPERVISOR_SERVER_URL", "")}
+
+
 @dataclass(frozen=True)
 class RunningSupervisor:
     """A supervisors/*.lock whose lock is held, and what it records."""
@@ -272,6 +283,8 @@ class RunningSupervisor:
     only: list[str] | None
     instances: list[str]
     inode: int
+    supervisord_program: str | None = None  # run by supervisord as this program
+    supervisord_url: str = ""
 
 
 def running_supervisors(state_dir: str) -> Iterator[RunningSupervisor]:
@@ -310,7 +323,13 @@ def _running(path: str, record: dict[str, Any], inode: int) -> RunningSupervisor
                              roster=record.get("roster") if isinstance(record.get("roster"),
                                                                         str) else None,
                              only=names(only) if only is not None else None,
-                             instances=names(record.get("instances")), inode=inode)
+                             instances=names(record.get("instances")), inode=inode,
+                             supervisord_program=_text(record.get("supervisord_program")),
+                             supervisord_url=_text(record.get("supervisord_url")) or "")
+
+
+def _text(value: Any) -> str | None:
+    return value if isinstance(value, str) and value else None
 
 
 def why_not_the_holder(supervisor: RunningSupervisor) -> str | None:

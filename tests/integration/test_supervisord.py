@@ -96,7 +96,8 @@ def run_dir() -> Iterator[Path]:
 
 def test_supervisord_runs_restarts_and_stops_every_instance(
         tmp_path: Path, run_dir: Path, broker_url: str) -> None:
-    """Exported programs run, a killed one is restarted, events flow, shutdown leaves nothing."""
+    """Exported programs run, a killed one is restarted, events flow, `multiwatch stop` points
+    to supervisorctl (signalling nothing), shutdown leaves nothing."""
     port = free_port()
     dirs = {ident: tmp_path / ident for ident in IDS}
     for directory in dirs.values():
@@ -143,6 +144,13 @@ def test_supervisord_runs_restarts_and_stops_every_instance(
         got = collect(broker_url, "file_events", timeout=30,
                       until=lambda ms: f"{IDS[0]}-2.txt" in names(ms))
         assert f"{IDS[0]}-2.txt" in names(got) and new_pid != pids[victim]
+
+        # `multiwatch stop` would only see supervisord start it again: it says how instead
+        refused = run_cli("stop", "-c", str(roster), "--only", IDS[1])
+        assert refused.returncode == 2, refused.stdout + refused.stderr
+        assert f"supervisorctl -s unix://{run_dir}" in refused.stderr
+        assert f"stop {programs[1]}" in refused.stderr
+        assert supervisord.running(programs[1]) == pids[programs[1]]
 
         supervisord.remember()
         done = supervisord.ctl("shutdown")
