@@ -1,7 +1,9 @@
 """`multiwatch check --connect`: what `run` needs beyond a valid roster, tried for real.
 
 - every broker URL (each node of a cluster list): log in, open a channel, declare the
-  exchange and the queue passively (nothing is created);
+  exchange and the queue passively; once both exist, declare them again as run does (a no-op
+  that the broker checks for configure permission and matching arguments); nothing is
+  created;
 - the state directory (or the nearest existing parent `run` would create it in) accepts a
   new file.
 
@@ -82,7 +84,10 @@ def _try_broker(broker: BrokerConfig, state_dir: str, url: str) -> tuple[str, li
             try:
                 declare()
             except amqp.exceptions.NotFound:
-                missing.append(what)  # run declares it; a refusal to would show above
+                missing.append(what)  # run declares it (if the user may: not known here)
+        if not missing:  # what run declares, as run declares it: a no-op on the broker
+            for _, declare in _declares_as_run(broker, connection):
+                declare()  # refused without configure permission, or declared otherwise
     except Exception as exc:  # noqa: BLE001 - any failure is the finding, in words
         return describe(exc), missing
     finally:
@@ -101,6 +106,20 @@ def _passive_declares(broker: BrokerConfig,
         queue = named_queue(broker, broker.queue)
         yield (f"queue {broker.queue!r}",
                lambda: queue(connection.channel()).queue_declare(passive=True))
+
+
+def _declares_as_run(broker: BrokerConfig,
+                     connection: Connection) -> Iterator[tuple[str, Callable[[], object]]]:
+    """(what, declare) for the exchange and the queue, each declared as run declares it
+    (not passively; no binding), on a fresh channel: once both exist this creates nothing,
+    and the broker checks the user's configure permission and the arguments (type,
+    durability, x-queue-type) as it will for run."""
+    exchange = exchange_for(broker)
+    yield (f"exchange {broker.exchange!r}", lambda: exchange(connection.channel()).declare())
+    if broker.queue is not None:
+        queue = named_queue(broker, broker.queue)
+        yield (f"queue {broker.queue!r}",
+               lambda: queue(connection.channel()).queue_declare())
 
 
 # ---------------------------------------------------------------- the state directory

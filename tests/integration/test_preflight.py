@@ -70,6 +70,28 @@ def test_each_broken_url_is_one_line_in_words(tmp_path: Path, broker_url: str) -
     assert took < CHECK_BUDGET
 
 
+def test_a_user_without_configure_permission_fails_check_connect(
+        tmp_path: Path, broker_url: str, rabbitmq: Any) -> None:
+    """A user who may log in, publish and read but not configure passes a passive declare,
+    yet run's declare is refused: check --connect says so (exit 2), not 'everything run
+    needs answered'; nothing is created."""
+    from kombu import Connection, Exchange, Queue
+
+    from tests.support.hostile import broker_user, url_with_user
+
+    if not rabbitmq.has_rabbitmqctl:
+        pytest.skip("needs rabbitmqctl for the test broker")
+    with Connection(broker_url) as admin:  # the objects exist, as a site's admin made them
+        Queue("file_events", Exchange("file_events", type="topic"),
+              routing_key="file.#")(admin.channel()).declare()
+    with broker_user(rabbitmq, broker_url, "pw", permissions=("^$", ".*", ".*")) as user:
+        done, _ = _check(_roster(tmp_path, url_with_user(broker_url, user, "pw")))
+    assert done.returncode == 2, done.stdout
+    [problem] = done.stderr.splitlines()
+    assert "access refused (the user lacks a permission)" in problem
+    assert "exchange 'file_events'" in problem and f"as user '{user}'" in problem
+
+
 @pytest.fixture
 def read_only_dir(tmp_path: Path) -> Iterator[Path]:
     """A real read-only tmpfs mount (root only), unmounted afterwards."""
