@@ -181,7 +181,8 @@ def test_endpoint_url_reaches_wildcards_on_loopback(listen: str, url: str) -> No
 
 
 @pytest.mark.parametrize(("command", "words"), [
-    ("status", ["--config", "--url", "--json", "http.listen"]),
+    ("status", ["--config", "--url", "--json", "http.listen", "files tracked",
+                "events per minute", "last event"]),
     ("health", ["--config", "--url", "--live", "/readyz", "HEALTHCHECK"]),
 ])
 def test_help_describes_status_and_health(

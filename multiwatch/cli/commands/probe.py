@@ -24,8 +24,11 @@ def register(commands: Subcommands) -> None:
         "status", help="print a running supervisor's fleet as a table (from its HTTP "
         "endpoint)",
         description="Ask a running supervisor (GET /status on its http.listen endpoint) and "
-        "print one row per instance: state, pid, restarts, uptime, outbox depth, broker link, "
-        "CPU, RSS, last exit or reason. Exit status 0, or 1 if the endpoint cannot be reached.",
+        "print a summary (supervisor, role, broker URL with its password masked) and one row "
+        "per instance: state, pid, restarts, uptime, files tracked, events per minute, last "
+        "event and when, outbox depth, broker link, role, CPU, RSS, directory, last exit or "
+        "reason; then the events by type and the endpoint's pages. Exit status 0, or 1 if "
+        "the endpoint cannot be reached.",
     )
     status.add_argument("--json", action="store_true", help="print the raw /status JSON")
     health = commands.add_parser(
