@@ -70,6 +70,29 @@ def test_each_broken_url_is_one_line_in_words(tmp_path: Path, broker_url: str) -
     assert took < CHECK_BUDGET
 
 
+def test_a_missing_vhost_is_a_problem_and_a_missing_queue_is_not(
+        tmp_path: Path, broker_url: str) -> None:
+    """A vhost that does not exist is one line in words (exit 2); an exchange and queue not
+    declared yet pass (run declares them), and are not created by the check."""
+    parts = urllib.parse.urlsplit(broker_url)
+    missing_vhost = urllib.parse.urlunsplit((parts.scheme, parts.netloc, "/mw-no-such-vhost",
+                                             "", ""))
+    done, _ = _check(_roster(tmp_path, missing_vhost))
+    assert done.returncode == 2
+    [problem] = done.stderr.splitlines()
+    assert "access refused to the virtual host (no permission, or no such vhost)" in problem
+    assert "/mw-no-such-vhost as user 'guest'" in problem and "guest:guest" not in problem
+
+    done, _ = _check(_roster(tmp_path, broker_url))  # a fresh vhost: nothing declared yet
+    assert done.returncode == 0, done.stderr
+    assert ("not there yet, run declares them: exchange 'file_events', queue 'file_events'"
+            in done.stdout)
+    from kombu import Connection
+
+    with Connection(broker_url) as admin, pytest.raises(Exception, match="NOT_FOUND"):
+        admin.channel().exchange_declare("file_events", "topic", passive=True)
+
+
 def test_a_user_without_configure_permission_fails_check_connect(
         tmp_path: Path, broker_url: str, rabbitmq: Any) -> None:
     """A user who may log in, publish and read but not configure passes a passive declare,
