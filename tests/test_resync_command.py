@@ -41,7 +41,7 @@ def test_files_changed_on_disk_are_skipped_and_counted(
     (inbox / "c.txt").unlink()
     assert main(["resync", "-c", str(roster), "inbox"]) == 0
     err = capsys.readouterr().err
-    assert "1 events queued for instance inbox" in err and "2 skipped" in err
+    assert "1 event queued for instance inbox" in err and "2 skipped" in err
     (body,) = _queued(tmp_path)
     assert body["file_info"]["relative_path"] == "a.txt"  # type: ignore[index]
     assert body["file_info"]["sha256_hash"] == hashlib.sha256(b"a.txt").hexdigest()  # type: ignore[index]

@@ -171,8 +171,9 @@ def _resync(conn: sqlite3.Connection, instance: InstanceConfig, relative: str,
     note = (f" ({skipped} skipped: changed on disk since announced; the watcher announces "
             "those itself)") if skipped else ""
     where = f" in {which}" if which else ""
-    print(f"{queued} events queued for instance {instance.id}{where} (resync_id {resync_id})"
-          f"{note}", file=err)
+    events = "1 event" if queued == 1 else f"{queued} events"
+    print(f"{events} queued for instance {instance.id}{where} (resync_id {resync_id}){note}",
+          file=err)
     return 0
 
 

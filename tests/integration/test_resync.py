@@ -89,7 +89,7 @@ def test_resync_while_stopped_is_published_at_next_start(
 
     done = run_cli("resync", "-c", str(roster), "inbox", "sub/two.txt")
     assert done.returncode == 0, done.stderr
-    assert "1 events queued for instance inbox" in done.stderr
+    assert "1 event queued for instance inbox" in done.stderr
     mw = Multiwatch(["-c", str(roster)])
     try:
         mw.wait_watching("inbox")
