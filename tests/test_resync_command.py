@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+import sqlite3
 from pathlib import Path
 
 import pytest
@@ -121,3 +122,29 @@ def test_a_file_whose_directory_became_a_symlink_is_skipped(
     assert "1 skipped" in capsys.readouterr().err
     assert [body["file_info"]["relative_path"] for body in _queued(tmp_path)] == [  # type: ignore[index]
         "b.txt"]
+
+
+def test_a_failure_after_some_batches_says_how_many_were_queued(
+        tmp_path: Path, inbox: Path, capsys: pytest.CaptureFixture[str],
+        monkeypatch: pytest.MonkeyPatch) -> None:
+    """The disk fails at the second batch: the error says the first batch is queued."""
+    names = [f"d/{n:05}.txt" for n in range(resync_command.BATCH + 5)]
+    roster = _setup(tmp_path, inbox, names)
+    real_queue = resync_command.queue_resync
+    calls: list[int] = []
+
+    def fail_second(conn: object, events: list[object]) -> None:
+        calls.append(len(events))
+        if len(calls) == 2:
+            raise sqlite3.OperationalError("disk I/O error")
+        real_queue(conn, events)  # type: ignore[arg-type]
+
+    monkeypatch.setattr(resync_command, "queue_resync", fail_second)
+    assert main(["resync", "-c", str(roster), "inbox"]) == 2
+    err = capsys.readouterr().err
+    assert "disk I/O error" in err and f"1000 of {len(names)} events were queued" in err, err
+    db = sqlite3.connect(state_db_path(str(tmp_path / "state"), "inbox"))
+    try:
+        assert db.execute("SELECT count(*) FROM outbox").fetchone()[0] == 1000
+    finally:
+        db.close()

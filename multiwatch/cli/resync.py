@@ -158,7 +158,7 @@ def _resync(conn: sqlite3.Connection, instance: InstanceConfig, relative: str,
                 raise ConfigError(
                     f"instance {instance.id}: outbox_max_bytes reached after {queued} of {total} "
                     "events (they are queued); resync the rest later or by subtree")
-            queue_resync(conn, batch)
+            _queue(conn, instance, batch, queued, total)
             queued, room, batch = queued + len(batch), room - size, []
         if time.monotonic() - last_progress >= PROGRESS_EVERY_SECONDS:
             last_progress = time.monotonic()
@@ -166,7 +166,7 @@ def _resync(conn: sqlite3.Connection, instance: InstanceConfig, relative: str,
                   file=err, flush=True)
     root.release()
     if batch:  # the table changed under us: fewer rows than counted
-        queue_resync(conn, batch)
+        _queue(conn, instance, batch, queued, total)
         queued += len(batch)
     note = (f" ({skipped} skipped: changed on disk since announced; the watcher announces "
             "those itself)") if skipped else ""
@@ -175,6 +175,17 @@ def _resync(conn: sqlite3.Connection, instance: InstanceConfig, relative: str,
     print(f"{events} queued for instance {instance.id}{where} (resync_id {resync_id}){note}",
           file=err)
     return 0
+
+
+def _queue(conn: sqlite3.Connection, instance: InstanceConfig, batch: list[Event],
+           queued: int, total: int) -> None:
+    """Queue one batch; a failure says how many earlier batches are queued (they go out)."""
+    try:
+        queue_resync(conn, batch)
+    except sqlite3.Error as exc:
+        done = (f"; {queued} of {total} events were queued before it (they go out: resync "
+                "the rest by subtree)") if queued else "; nothing was queued"
+        raise ConfigError(f"instance {instance.id}: state database: {exc}{done}") from None
 
 
 def _count_under(conn: sqlite3.Connection, relative: str) -> int:
