@@ -105,6 +105,8 @@ def _amqp_words(exc: amqp.exceptions.AMQPError) -> str:
         return "declared differently on the broker"
     if isinstance(exc, amqp.exceptions.ResourceLocked):
         return "in use by another connection (exclusive)"
+    if isinstance(exc, amqp.exceptions.ConnectionForced):  # an operator, or the node stopping
+        return "the broker closed the connection"
     return "the broker refused"
 
 

@@ -167,6 +167,7 @@ def test_connection_closed_by_the_broker(tmp_path: Path, broker_url: str,
         line = mw.wait_for_log(lambda x: is_log(x, RETRYING, "inbox"), timeout=30)
         figure(f"connection closed by the broker logged as {line['message']!r}: {line['error']}")
         assert "CONNECTION_FORCED" in line["error"] and reason in line["error"]
+        assert line["error"].startswith("the broker closed the connection"), line["error"]
         wait_for(lambda: len([x for x in mw.lines if is_log(x, "connected to broker", "inbox")])
                  > connected, timeout=30, message="did not reconnect after being closed")
         _recovers_and_delivers(mw, port, tmp_path, broker_url)
