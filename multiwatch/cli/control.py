@@ -42,7 +42,7 @@ REAP_MARGIN_SECONDS = 10.0  # beyond stop_timeout: SIGKILL, reaping, the supervi
 
 def reload_command(roster: Roster, only: Sequence[str] | None) -> int:
     """SIGHUP every supervisor running this roster (or --only its instances)."""
-    targets = _targets(roster, only)
+    targets = _targets(roster, only, "reload")
     if not targets:
         return EXIT_NONE_RUNNING
     status = 0
@@ -63,7 +63,7 @@ def reload_command(roster: Roster, only: Sequence[str] | None) -> int:
 
 def stop_command(roster: Roster, only: Sequence[str] | None, timeout: float | None) -> int:
     """SIGTERM every supervisor running this roster, then wait for each to exit."""
-    targets = _targets(roster, only)
+    targets = _targets(roster, only, "stop")
     if not targets:
         return EXIT_NONE_RUNNING
     if only:  # a supervisor stops as a whole: never take instances not named with it
@@ -128,10 +128,11 @@ def _refuse_restarted(targets: list[tuple[RunningSupervisor, int | None]]) -> No
                       f"nothing was signalled; stop {them} through supervisord: {how}")
 
 
-def _targets(roster: Roster, only: Sequence[str] | None) -> list[tuple[RunningSupervisor,
-                                                                        int | None]]:
+def _targets(roster: Roster, only: Sequence[str] | None,
+             command: str) -> list[tuple[RunningSupervisor, int | None]]:
     """The verified supervisors of this roster, each with a pidfd (None without pidfds);
     says why on stderr when there is none."""
+    _refuse_another_users_state(roster, command)
     try:
         found = [s for s in running_supervisors(roster.state_dir) if _runs(s, roster, only)]
     except UnsafeStateError as exc:  # not ours alone: nothing in it can be trusted
@@ -154,6 +155,29 @@ def _targets(roster: Roster, only: Sequence[str] | None) -> list[tuple[RunningSu
               f"supervisors holding a lock in {os.path.join(roster.state_dir, 'supervisors')})",
               file=sys.stderr)
     return verified
+
+
+def _refuse_another_users_state(roster: Roster, command: str) -> None:
+    """ConfigError if another user owns state_dir: its supervisor runs as that user (a
+    service's User=), who is the one to ask (state_dir.py's error would suggest taking the
+    state over, which would break that service's next start)."""
+    import pwd
+    import shlex
+
+    try:
+        owner = os.stat(roster.state_dir).st_uid
+    except OSError:
+        return  # (missing: no supervisor; unreadable: said below)
+    if owner == os.geteuid() or owner == 0:  # (root's: fsGroup volumes, state_dir.py)
+        return
+    try:
+        name = pwd.getpwuid(owner).pw_name
+    except KeyError:
+        name = str(owner)
+    config = f" -c {shlex.quote(roster.source)}" if roster_path(roster.source) else ""
+    raise ConfigError(
+        f"the state directory {roster.state_dir} belongs to {name}, so its supervisor runs as "
+        f"{name}: {command} it as that user, e.g. sudo -u {name} multiwatch {command}{config}")
 
 
 def _runs(supervisor: RunningSupervisor, roster: Roster, only: Sequence[str] | None) -> bool:

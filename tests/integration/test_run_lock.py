@@ -269,6 +269,29 @@ def test_stop_refuses_a_state_dir_others_may_write(tmp_path: Path) -> None:
     assert "writable by every user" in result.stderr and "Traceback" not in result.stderr
 
 
+@pytest.mark.skipif(os.geteuid() != 0, reason="needs root to give the state to another user")
+def test_stop_as_root_on_a_service_users_state_says_to_ask_as_that_user(tmp_path: Path) -> None:
+    """root stopping a fleet whose state_dir belongs to the service user (systemd User=) is
+    told to ask as that user (exit 2), never to chown the state to root (which would stop
+    the service's next start)."""
+    roster = _roster(tmp_path, "music")
+    (tmp_path / "state" / "supervisors").mkdir(parents=True)
+    for path in (tmp_path / "state", tmp_path / "state" / "supervisors"):
+        path.chmod(0o700)
+        os.chown(path, 65534, 65534)
+    for command in ("stop", "reload"):
+        result = run_cli(command, "-c", str(roster))
+        assert result.returncode == 2, result.stdout + result.stderr
+        assert "chown" not in result.stderr and "Traceback" not in result.stderr
+        assert f"-u {_user_name(65534)} multiwatch {command} -c {roster}" in result.stderr
+
+
+def _user_name(uid: int) -> str:
+    import pwd
+
+    return pwd.getpwuid(uid).pw_name
+
+
 def test_a_new_watcher_waits_for_the_one_a_killed_supervisor_left(
         tmp_path: Path, started: list[Multiwatch]) -> None:
     """While a watcher of the instance is still stopping (it holds watcher.lock), the new
