@@ -126,6 +126,18 @@ class Announcer:
         record.at_close = at_close
         self._tidy(relative, record)
 
+    def deleted(self, relative: str, now: float) -> None:
+        """A notified deletion: announced, unless the path cannot be looked up now (EIO,
+        ESTALE, a directory that cannot be searched).  A polling observer reports what its
+        walk could not stat as deleted, though it may well be there: such a path settles
+        instead, and its lookup is retried (unreadable.py) until it says."""
+        try:
+            self._resolve(relative)
+        except OSError:
+            self.settle_later(relative, now)
+            return
+        self.gone(relative)
+
     def gone(self, relative: str) -> None:
         if self._mount_lost(relative):  # a file vanished with its mount is not deleted
             return

@@ -104,7 +104,7 @@ class NotificationRouter:
             self._announce.moved(event.src, event.dest, now)
         elif event.kind == EventKind.DELETED:
             if event.src:
-                self._announce.gone(event.src)
+                self._announce.deleted(event.src, now)
         elif event.src and (event.src in self.settle or self.wants(event.src)):
             # (A path already settling was wanted: most events of a burst skip the filter.)
             at_close = None
@@ -133,8 +133,8 @@ class NotificationRouter:
                 event.src if event.kind == EventKind.CREATED else event.dest)
         elif event.kind == EventKind.DELETED and event.src:
             for relative in self._announce.tracked_under(event.src):
-                self._progress()
-                self._announce.gone(relative)
+                self._progress()  # (an lstat each)
+                self._announce.deleted(relative, now)
         elif event.kind == EventKind.MOVED and event.src:
             for relative in self._announce.tracked_under(event.src):
                 self._progress()  # (an lstat each)

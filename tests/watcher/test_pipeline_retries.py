@@ -21,7 +21,14 @@ from multiwatch.watcher.pipeline import Pipeline
 from multiwatch.watcher.raw_event import EventKind, RawEvent
 from multiwatch.watcher.retry import RetrySchedule
 from multiwatch.watcher.state import DurableOutbox
-from tests.watcher.test_pipeline import drain, known_files, make_pipeline, run_until, summary
+from tests.watcher.test_pipeline import (
+    drain,
+    known_files,
+    make_pipeline,
+    run_until,
+    settle_all,
+    summary,
+)
 
 
 class _FailingRead:
@@ -169,3 +176,53 @@ def test_attrib_on_a_file_changed_without_events_announces_the_change(tmp_path: 
     (root / "m.bin").write_bytes(b"after, with no event")
     pipeline.notifications.put(RawEvent(EventKind.ATTRIB, False, "m.bin"))
     assert summary(_first_announced(pipeline, outbox)) == [("file_modified", "m.bin")]
+
+
+def _stat_failing(monkeypatch: Any, paths: set[str], failures: int) -> list[int]:
+    """ConfinedRoot.stat (the lstat below the root) fails with ESTALE for `paths`, the
+    first `failures` times in all; the count left, in a list."""
+    real_stat, left = ConfinedRoot.stat, [failures]
+
+    def flaky_stat(self: ConfinedRoot, relative: str) -> os.stat_result:
+        if relative in paths and left[0] > 0:
+            left[0] -= 1
+            raise OSError(errno.ESTALE, "Stale file handle")
+        return real_stat(self, relative)
+
+    monkeypatch.setattr(ConfinedRoot, "stat", flaky_stat)
+    return left
+
+
+def test_deletion_notified_while_the_lookup_fails_is_not_announced(
+        tmp_path: Path, monkeypatch, caplog) -> None:
+    """A polling observer reports a file its walk could not stat (ESTALE on a network
+    mount) as deleted: the file is still there, so nothing is announced, and once it can
+    be looked up again its new content is announced as modified."""
+    monkeypatch.setattr(retry_module, "RETRY_FIRST_SECONDS", 0.05)
+    pipeline, outbox, root = make_pipeline(tmp_path)
+    known_files(pipeline, outbox, root, {"a.mp3": b"first"})
+    (root / "a.mp3").write_bytes(b"second version")
+    left = _stat_failing(monkeypatch, {"a.mp3"}, failures=2)
+    pipeline.notifications.put(RawEvent(EventKind.DELETED, False, "a.mp3"))
+    assert summary(_first_announced(pipeline, outbox)) == [("file_modified", "a.mp3")]
+    assert left == [0]
+    assert [w for w in _warnings(caplog) if "cannot read" in w] == [
+        "cannot read file: Stale file handle"]
+
+
+def test_directory_deletion_notified_while_lookups_fail_announces_only_what_is_gone(
+        tmp_path: Path, monkeypatch) -> None:
+    """A directory a polling walk could not list or stat is reported deleted with its
+    files: only the file really gone is announced deleted; the others stay tracked."""
+    monkeypatch.setattr(retry_module, "RETRY_FIRST_SECONDS", 0.05)
+    pipeline, outbox, root = make_pipeline(tmp_path)
+    known_files(pipeline, outbox, root, {"album/a.mp3": b"a", "album/b.mp3": b"b",
+                                         "album/gone.mp3": b"g"})
+    (root / "album" / "gone.mp3").unlink()
+    _stat_failing(monkeypatch, {"album/a.mp3", "album/b.mp3"}, failures=2)
+    pipeline.notifications.put(RawEvent(EventKind.DELETED, True, "album"))
+    assert summary(_first_announced(pipeline, outbox)) == [("file_deleted", "album/gone.mp3")]
+    settle_all(pipeline)
+    run_until(pipeline, lambda: not pipeline._unreadable.files)
+    assert drain(outbox) == []
+    assert set(pipeline.tracked.paths_under("album")) == {"album/a.mp3", "album/b.mp3"}
