@@ -112,3 +112,28 @@ def test_a_missing_generator_says_what_to_install(command: str, package: str) ->
     assert result.returncode == 1
     assert f"-m pip install {package}" in result.stderr
     assert "Traceback" not in result.stderr and result.stdout == ""
+
+
+def test_the_readme_recipe_installs_completion_and_man_page(tmp_path: Path) -> None:
+    """The README's lines, run as they are in an empty home: each file lands where it says,
+    and `man multiwatch` shows the page (they wrote into directories that did not exist)."""
+    readme = (Path(__file__).parents[1] / "README.md").read_text()
+    intro = "Shell completion and the manual page come from"
+    recipe = readme.split(intro, 1)[1].split("```sh\n", 1)[1].split("```", 1)[0]
+    home = tmp_path / "home"
+    home.mkdir()
+    (home / ".local" / "bin").mkdir(parents=True)  # a user's usual PATH entry
+    path = f"{home / '.local' / 'bin'}:{Path(sys.executable).parent}:/usr/bin:/bin"
+    lines = [line for line in recipe.splitlines()
+             if not (line.startswith("man ") and not shutil.which("man"))]
+    result = subprocess.run(["bash", "-e", "-c", "\n".join(lines)], capture_output=True,
+                            text=True, timeout=60, cwd=tmp_path,
+                            env={"HOME": str(home), "PATH": path, "MANPAGER": "cat",
+                                 "MANWIDTH": "80"})
+    assert result.returncode == 0, result.stderr
+    assert "_shtab_multiwatch" in (
+        home / ".local/share/bash-completion/completions/multiwatch").read_text()
+    assert (home / ".zfunc" / "_multiwatch").read_text().startswith("#compdef multiwatch")
+    assert (home / ".local/share/man/man1/multiwatch.1").read_text().startswith(".TH")
+    if shutil.which("man"):
+        assert "MULTIWATCH(1)" in result.stdout, result.stdout[:500]
