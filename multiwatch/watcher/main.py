@@ -54,7 +54,14 @@ from multiwatch.watcher.standby_feed import StandbyFeed
 from multiwatch.watcher.standby_learning import in_flight_window_seconds
 from multiwatch.watcher.state import StateError, StateStore, state_db_path
 from multiwatch.watcher.stats import ProblemCounter
-from multiwatch.watcher.watching import follow_mount, observe, observer_alive, start_watching
+from multiwatch.watcher.watching import (
+    OBSERVER_JOIN_SECONDS,
+    follow_mount,
+    observe,
+    observer_alive,
+    start_watching,
+    stop_observer,
+)
 
 log = logging.getLogger(__name__)
 
@@ -211,18 +218,19 @@ def _run(spec: ChildSpec, to_parent: Connection, stop: StopRequest) -> int:
         if observer is not None and not observer_alive(observer):
             log.error("filesystem observer died; restarting it and rescanning",
                       extra={"path": instance.directory})
-            observer.stop()
+            stop_observer(observer, OBSERVER_JOIN_SECONDS)
             observer = observe(instance, pipeline)
             pipeline.request_scan(watch=directory_watcher(observer))
         if observer is not None and (refused := inotify_refused(observer)) is not None:
-            observer.stop()  # gives its watches back to the kernel, for the other watchers
+            # Gives its watches back to the kernel, for the other watchers.
+            stop_observer(observer, OBSERVER_JOIN_SECONDS)
             observer = observe(instance, pipeline, refused=refused)  # polls; says why, once
             pipeline.request_scan()  # what changed while directories went unwatched
 
     # Everything below ends before the supervisor's SIGKILL (stop_timeout_seconds away).
     stopping_at = time.monotonic()
-    if observer is not None:
-        observer.stop()
+    if observer is not None:  # (joined; a polling walk in progress on a hung mount never ends)
+        stop_observer(observer, min(OBSERVER_JOIN_SECONDS, spec.stop_timeout_seconds / 4))
     if pipeline.files_waiting:
         log.info("stopping with files still settling; the next start's scan announces them",
                  extra={"files_waiting": pipeline.files_waiting})
@@ -234,9 +242,6 @@ def _run(spec: ChildSpec, to_parent: Connection, stop: StopRequest) -> int:
     if publisher.is_alive():  # stuck in a bounded wait longer than the time left: leave it
         log.error("the publisher did not stop in time; exiting without it (the outbox keeps "
                   "its events)", extra={"doing": publisher.progress.doing})
-    if observer is not None:
-        observer.join(timeout=max(stopping_at + spec.stop_timeout_seconds - 0.5
-                                  - time.monotonic(), 0.1))
     store.close()
     log.info("stopped", extra={"events": dict(pipeline.counts), "outbox_depth": gauge.depth})
     return exit_code

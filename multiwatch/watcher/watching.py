@@ -10,6 +10,8 @@ import logging
 import os
 import queue
 import sqlite3
+import threading
+import time
 
 from watchdog.observers.api import BaseObserver
 
@@ -25,6 +27,26 @@ from multiwatch.watcher.state import StateStore
 log = logging.getLogger("multiwatch.watcher.main")  # (the logger these lines always had)
 
 OBSERVER_JOIN_SECONDS = 5.0
+
+
+def stop_observer(observer: BaseObserver, within: float) -> bool:
+    """Stop the observer, waiting at most `within` seconds; True once it has stopped.
+
+    watchdog's stop() joins each emitter without a deadline, and a polling emitter ends
+    only when its walk in progress does: minutes on a slow network mount, never on a hung
+    one.  So stop() runs on a thread of its own; one that has not ended in time is left
+    behind (watchdog's threads and this one are daemons: they end with the process)."""
+    deadline = time.monotonic() + within
+    with sigterm_for_main_thread_only():
+        stopper = threading.Thread(target=observer.stop, name="observer-stop", daemon=True)
+        stopper.start()
+    stopper.join(within)
+    if stopper.is_alive():
+        log.warning("the filesystem observer did not stop within %gs (a walk of a slow or "
+                    "hung mount in progress?); leaving it behind", within)
+        return False
+    observer.join(timeout=max(deadline - time.monotonic(), 0.0))
+    return not observer.is_alive()
 
 
 def start_watching(instance: InstanceConfig, pipeline: Pipeline, mounts: MountGuard,
@@ -58,8 +80,7 @@ def follow_mount(instance: InstanceConfig, pipeline: Pipeline, mounts: MountGuar
                                       **(gone.fields() if gone else {})})
         mounts.unmounted = True
         if observer is not None:
-            observer.stop()
-            observer.join(timeout=OBSERVER_JOIN_SECONDS)
+            stop_observer(observer, OBSERVER_JOIN_SECONDS)
         _discard(pipeline.notifications)  # what the unmount looked like (polling: deletions)
         pipeline.root_missing = False
     why_waiting = mounts.why_waiting(tracked_files=len(pipeline.tracked))

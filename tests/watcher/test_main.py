@@ -17,6 +17,7 @@ from types import SimpleNamespace
 from typing import Any
 
 from multiwatch.config import BrokerConfig, InstanceConfig
+from multiwatch.watcher import observe as observe_module
 from multiwatch.watcher import publisher as publisher_module
 from multiwatch.watcher.inotify_observer import DirectInotifyObserver
 from multiwatch.watcher.main import (
@@ -381,5 +382,54 @@ def test_a_child_whose_publisher_dies_exits_with_the_reason(tmp_path: Path) -> N
         child.process.join(timeout=15)
         assert child.process.exitcode == EXIT_PUBLISHER_FAILED
         assert "cannot open the outbox" in str(payload["reason"]), payload
+    finally:
+        child.stop()
+
+
+class _HangingWalk:
+    """A polling walk that, once `hang-now` exists in the tree, blocks in its next listing
+    (as on a hung network mount) after saying so with a file beside the state."""
+
+    def __init__(self, confined: Any, hung_marker: str) -> None:
+        self._confined = confined
+        self._hung_marker = hung_marker
+        self.stat = confined.stat
+
+    def listdir(self, path: str) -> Any:
+        if os.path.exists(os.path.join(path, "hang-now")):
+            open(self._hung_marker, "w").close()
+            threading.Event().wait()  # never returns: the stat of a hung NFS server
+        return self._confined.listdir(path)
+
+
+def _child_whose_polling_walk_hangs(spec: ChildSpec, to_parent: Any) -> None:
+    """child_main with a polling observer whose walk can be made to hang (see _HangingWalk)."""
+    real = observe_module.ConfinedSnapshotIO
+    marker = os.path.join(spec.state_dir, "walk-hung")
+
+    def hanging(*args: Any, **kwargs: Any) -> _HangingWalk:
+        return _HangingWalk(real(*args, **kwargs), marker)
+
+    observe_module.ConfinedSnapshotIO = hanging  # type: ignore[assignment,misc]
+    child_main(spec, to_parent)
+
+
+def test_sigterm_stops_a_child_whose_polling_walk_hangs(tmp_path: Path) -> None:
+    """SIGTERM while the polling observer is stuck in a walk (a hung network mount): the
+    child still exits by itself, status 0 (watchdog's stop() would wait for that walk
+    forever, and the supervisor would have to SIGKILL it)."""
+    child = _Child(tmp_path, target=_child_whose_polling_walk_hangs, observer="polling",
+                   polling_interval_seconds=0.2)
+    try:
+        child.next_report("ready", timeout=30)
+        (child.directory / "hang-now").write_text("x")
+        hung = tmp_path / "state" / "walk-hung"
+        deadline = time.monotonic() + 30
+        while not hung.exists():
+            assert time.monotonic() < deadline, "the walk never reached the marker"
+            time.sleep(0.05)
+        os.kill(child.process.pid or 0, signal.SIGTERM)
+        child.process.join(timeout=8 + 10)  # the spec's stop_timeout_seconds, and room
+        assert child.process.exitcode == 0, child.process.exitcode
     finally:
         child.stop()
