@@ -138,4 +138,9 @@ ENVIRONMENT_VARIABLES: dict[str, str] = {
     "HOME": "expands ~ in roster paths",
     "XDG_STATE_HOME": "base of the default state directory for a non-root user "
     "(default ~/.local/state)",
+    # Set by supervisord for the programs it runs (never by the operator): a supervisor under
+    # supervisord records its program, so `multiwatch stop` names the supervisorctl command.
+    "SUPERVISOR_ENABLED": "set by supervisord: this process is one of its programs",
+    "SUPERVISOR_PROCESS_NAME": "set by supervisord: the program's name",
+    "SUPERVISOR_SERVER_URL": "set by supervisord: the URL supervisorctl reaches it by",
 }
