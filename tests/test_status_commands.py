@@ -117,6 +117,22 @@ def test_status_finds_the_endpoint_from_the_roster(
         assert code == 0 and out.startswith("ready:")
 
 
+def test_status_believes_a_supervisor_started_before_per_namespace_identity_files(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """A supervisor still running from before the upgrade published endpoint-<host>_<port>.json
+    (no -net<N>): status after the upgrade still finds and believes it."""
+    secret = new_secret()
+    with serve(fleet({"watcher-music": instance()}), secret=secret) as (server, _):
+        roster = _roster(tmp_path, server.port)
+        listen = f"127.0.0.1:{server.port}"
+        publish_identity(str(tmp_path / "state"), listen, os.getpid(), secret)
+        current = Path(identity_path(str(tmp_path / "state"), listen))
+        current.rename(current.with_name(f"endpoint-127.0.0.1_{server.port}.json"))
+        code, out, _ = run(capsys, "status", "-c", str(roster))
+    assert code == 0 and "watcher-music" in out
+
+
 def test_health_exits_0_when_ready_and_1_when_not(capsys: pytest.CaptureFixture[str]) -> None:
     """`health` mirrors /readyz: exit 0 with "ready", exit 1 naming each not-ready instance."""
     with serve(fleet({"a": instance(), "b": instance()})) as (server, holder):

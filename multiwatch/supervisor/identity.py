@@ -105,7 +105,11 @@ def read_identity(state_dir: str, listen: str) -> EndpointIdentity:
     (naming the file and what is wrong) otherwise."""
     path = identity_path(state_dir, listen)
     try:
-        return _load(path)
+        try:
+            return _load(path)
+        except FileNotFoundError:
+            # A supervisor started by a multiwatch before per-namespace files wrote this name.
+            return _load(re.sub(r"-net[0-9]+\.json$", ".json", path))
     except FileNotFoundError:
         raise IdentityError(f"{path} does not exist: no supervisor of this roster has its "
                             f"endpoint on {listen} (is `multiwatch run` running?)") from None
