@@ -159,7 +159,22 @@ def connect_once(connection: Connection) -> Connection:
         if type(exc) is OSError and str(exc) == CLOSED_BY_SERVER:
             raise HandshakeClosed(str(exc)) from exc
         raise
+    _bound_tls_reads(connection)
     return connection
+
+
+def _bound_tls_reads(connection: Connection) -> None:
+    """Give a TLS connection's socket a timeout of connect_timeout_seconds.
+
+    `read_timeout` (SO_RCVTIMEO) bounds reads on a plain socket only: CPython's ssl module
+    retries a TLS read that the kernel timed out, so a reply py-amqp waits for without a
+    timeout of its own (channel open, declare, Close-Ok) would wait forever on a frozen
+    node.  A socket timeout ends it; py-amqp's own waits with a timeout set theirs and put
+    this one back.  (py-amqp's TLS transport happens to leave its connect timeout there
+    too; this does not rely on it.)"""
+    sock = getattr(connection.connection, "sock", None)  # py-amqp's Connection.sock
+    if isinstance(sock, ssl.SSLSocket) and connection.connect_timeout:
+        sock.settimeout(connection.connect_timeout)
 
 
 class BrokerLink:

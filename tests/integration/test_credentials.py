@@ -13,17 +13,21 @@ import json
 import os
 import secrets
 import tempfile
+import threading
 import urllib.parse
 import urllib.request
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 import pytest
 
+from multiwatch.broker import close_connection, connect_once, open_connection
+from multiwatch.config import BrokerConfig, TlsConfig
 from tests.support.consumer import collect, vhost_of, wait_for
 from tests.support.faults import FAST_BROKER, is_message, needs_rabbitmqctl
+from tests.support.frozen import FreezableProxy
 from tests.support.process import LogLine, Multiwatch, free_port, run_cli, write_roster
 from tests.support.rabbitmq import RabbitMQ
 from tests.support.tls import Pki, make_pki, start_tls_node
@@ -283,3 +287,43 @@ def test_untrusted_broker_certificate_is_logged_and_retried(
         assert mw.terminate() == 0
     finally:
         mw.cleanup()
+
+
+def _ends_within(seconds: float, call: Callable[[], object]) -> BaseException | None:
+    """Run `call` on a daemon thread: what it raised (None: returned), or AssertionError
+    if it is still waiting after `seconds`."""
+    outcome: list[BaseException | None] = []
+
+    def run() -> None:
+        try:
+            call()
+            outcome.append(None)
+        except BaseException as exc:  # noqa: BLE001 - handed to the test
+            outcome.append(exc)
+
+    thread = threading.Thread(target=run, daemon=True)
+    thread.start()
+    thread.join(seconds)
+    assert outcome, f"still waiting after {seconds}s"
+    return outcome[0]
+
+
+def test_a_tls_node_that_freezes_gives_every_read_a_deadline(
+        tmp_path: Path, tls_node: tuple[Pki, RabbitMQ, int]) -> None:
+    """amqps:// through a node that freezes after the handshake: opening a channel (a reply
+    py-amqp waits for with no timeout of its own) fails within connect_timeout, as over
+    plain TCP, and the close returns (SO_RCVTIMEO alone does not end a TLS read)."""
+    pki, _, port = tls_node
+    proxy = FreezableProxy(("127.0.0.1", port))
+    try:
+        broker = BrokerConfig(
+            url=f"amqps://guest:guest@127.0.0.1:{proxy.port}/", connect_timeout_seconds=1.0,
+            tls=TlsConfig(ca_file=str(pki.ca), cert_file=str(pki.client_cert),
+                          key_file=str(pki.client_key)))
+        connection = connect_once(open_connection(broker, str(tmp_path)))
+        proxy.freeze()
+        failed = _ends_within(10, connection.channel)
+        assert isinstance(failed, OSError), failed
+        assert _ends_within(10, lambda: close_connection(connection, within=1.0)) is None
+    finally:
+        proxy.close()
