@@ -6,9 +6,14 @@ from __future__ import annotations
 
 import contextlib
 import ctypes
+import fcntl
+import logging
 import os
 import queue
+import select
 import signal
+import struct
+import termios
 import time
 from collections.abc import Callable, Iterator, Mapping
 from multiprocessing.connection import Connection
@@ -39,6 +44,16 @@ WAKE_UP = RawEvent(EventKind.WAKE, False, None)
 _PR_SET_PDEATHSIG = 1
 # "Alive, nothing changed", pickled once as Connection.send would (recv() unpickles it).
 _EMPTY_HEARTBEAT = bytes(ForkingPickler.dumps((Report.HEARTBEAT, {})))
+# A supervisor that stops reading (SIGSTOP, a hung loop) must not block the work loop in a
+# pipe write it cannot leave (SIGTERM included): periodic reports (heartbeats, "still
+# waiting") are skipped while the pipe fills (ParentLink._room_for_periodic), and a one-off
+# report with no room waits this long for the supervisor to read, then the link
+# counts as broken (the parent is gone, or as good as gone).
+ONE_OFF_WAIT_SECONDS = 5.0
+_PERIODIC = frozenset({Report.HEARTBEAT, Report.WAITING})
+_HEADER_BYTES = 4  # the length Connection.send_bytes writes before a report
+
+log = logging.getLogger("multiwatch.watcher.main")  # (the logger the loop's lines use)
 
 
 class StopRequest:
@@ -120,34 +135,96 @@ class HeartbeatSender:
             self._empty_beats += 1
             self._parent.send_pickled(_EMPTY_HEARTBEAT)
             return
-        self._sent_snapshot, self._empty_beats = snapshot, 0
-        self._parent.send(Report.HEARTBEAT, snapshot)
+        if self._parent.send(Report.HEARTBEAT, snapshot):
+            self._sent_snapshot, self._empty_beats = snapshot, 0
+        else:  # skipped (the supervisor is not reading): the next one goes up full
+            self._sent_snapshot = None
 
 
 class ParentLink:
-    """The pipe to the supervisor; a broken pipe means the parent is gone."""
+    """The pipe to the supervisor; a broken pipe means the parent is gone.
+
+    No send blocks for long: the pipe's room is asked of the kernel first (RESERVE_BYTES,
+    ONE_OFF_WAIT_SECONDS), since a blocking pipe write is not ended by SIGTERM."""
 
     def __init__(self, connection: Connection, parent_pid: int) -> None:
         self._connection = connection
         self._parent_pid = parent_pid
         self._broken = False
+        self._congested = False  # periodic reports are being skipped
 
-    def send(self, kind: Report, payload: Mapping[str, object]) -> None:
+    def send(self, kind: Report, payload: Mapping[str, object]) -> bool:
+        """Send one report; False if it was skipped or the link is broken."""
+        return self.send_pickled(bytes(ForkingPickler.dumps((kind, payload))),
+                                 periodic=kind in _PERIODIC)
+
+    def send_pickled(self, report: bytes, *, periodic: bool = True) -> bool:
+        """Send a (Report, payload) pickled beforehand, as Connection.send would write it.
+
+        A periodic report is skipped while the pipe is filling (see _room_for_periodic); a
+        one-off waits up to ONE_OFF_WAIT_SECONDS for room, then the link counts as broken."""
         if self._broken:
-            return
-        try:
-            self._connection.send((kind, payload))
-        except (BrokenPipeError, EOFError, OSError):
+            return False
+        if periodic:
+            if not self._room_for_periodic(len(report) + _HEADER_BYTES):
+                if not self._congested:
+                    self._congested = True
+                    log.warning("the supervisor is not reading this watcher's reports; "
+                                "skipping heartbeats until it does")
+                return False
+            if self._congested:
+                self._congested = False
+                log.info("the supervisor reads this watcher's reports again")
+        elif not self._wait_for_room(len(report) + _HEADER_BYTES, ONE_OFF_WAIT_SECONDS):
             self._broken = True
-
-    def send_pickled(self, report: bytes) -> None:
-        """Send a (Report, payload) pickled beforehand (what send() would have written)."""
-        if self._broken:
-            return
+            return False
         try:
             self._connection.send_bytes(report)
         except (BrokenPipeError, EOFError, OSError):
             self._broken = True
+            return False
+        return True
+
+    def _pipe_fill(self) -> tuple[int, int] | None:
+        """(bytes waiting in the pipe, its capacity); None where the kernel cannot say (not
+        a pipe, not Linux): sends then behave as plain blocking writes."""
+        fd = self._connection.fileno()
+        try:
+            queued = struct.unpack("i", fcntl.ioctl(fd, termios.FIONREAD, b"\0" * 4))[0]
+            return queued, fcntl.fcntl(fd, fcntl.F_GETPIPE_SZ)
+        except (OSError, AttributeError, ValueError):
+            return None
+
+    def _room_for_periodic(self, size: int) -> bool:
+        """A pipe's room is counted in pages: a write that does not fit in the last page's
+        free space takes a page of its own, so the bytes waiting may hold up to twice their
+        pages plus one.  A periodic report goes up while at most a quarter of the capacity
+        in bytes waits with it (at most 9 of 16 pages taken: the rest is the reserve the
+        one-off reports need), or into an empty pipe whatever its size."""
+        fill = self._pipe_fill()
+        if fill is None:
+            return True
+        queued, capacity = fill
+        return queued == 0 or queued + size <= capacity // 4
+
+    def _wait_for_room(self, size: int, within: float) -> bool:
+        """Wait until a write of `size` bytes cannot block: one free page (POLLOUT) for a
+        write of at most PIPE_BUF bytes, an empty pipe for a bigger one."""
+        deadline = time.monotonic() + within
+        poller = select.poll()
+        poller.register(self._connection.fileno(), select.POLLOUT)
+        while True:
+            fill = self._pipe_fill()
+            if fill is None or fill[0] == 0:
+                return True
+            remaining = deadline - time.monotonic()
+            if remaining <= 0:
+                return False
+            if size <= select.PIPE_BUF:
+                if poller.poll(max(1, int(min(remaining, 0.1) * 1000))):
+                    return True
+            else:
+                time.sleep(min(remaining, 0.05))
 
     def alive(self) -> bool:
         return not self._broken and os.getppid() == self._parent_pid

@@ -50,11 +50,13 @@ class _Parent:
     def __init__(self) -> None:
         self.sent: list[tuple[str, dict[str, object]]] = []
 
-    def send(self, kind: str, payload: dict[str, object]) -> None:
+    def send(self, kind: str, payload: dict[str, object]) -> bool:
         self.sent.append((kind, payload))
+        return True
 
-    def send_pickled(self, report: bytes) -> None:
+    def send_pickled(self, report: bytes) -> bool:
         self.sent.append(ForkingPickler.loads(report))
+        return True
 
 
 class _Clock:
