@@ -22,9 +22,11 @@ PIP = $(PY) -m pip install -q --disable-pip-version-check
 
 # Re-run pip only when pyproject.toml changes.  `run` and `tail` need the package alone;
 # `test` (and `install`) add the test tools.
+# -qq: the quickstart's output is multiwatch's own (pip still prints its errors).
 $(VENV)/.installed-run: pyproject.toml | $(PY)
-	$(PIP) -e .
-	touch $@
+	@echo "installing multiwatch into $(VENV) (first run only)"
+	@$(PY) -m pip install -qq --disable-pip-version-check -e .
+	@touch $@
 
 $(VENV)/.installed: pyproject.toml | $(PY)
 	$(PIP) -e '.[test]'
@@ -58,7 +60,7 @@ bench: install rabbitmq-deps
 	$(PY) bench/run.py $(BENCH_ARGS)
 
 run: $(VENV)/.installed-run
-	mkdir -p demo/music demo/downloads
+	@mkdir -p demo/music demo/downloads
 	$(VENV)/bin/multiwatch run -c $(CONFIG)
 
 tail: $(VENV)/.installed-run
