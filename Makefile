@@ -15,7 +15,8 @@ install: $(VENV)/.installed
 
 # Debian's own python3 ships without ensurepip: add python3-venv when we may (root).
 $(PY):
-	$(PYTHON) -m venv $(VENV) || { rm -rf $(VENV); [ "$$(id -u)" = 0 ] \
+	@echo "creating $(VENV)"
+	@$(PYTHON) -m venv $(VENV) || { rm -rf $(VENV); [ "$$(id -u)" = 0 ] \
 	  && apt-get update && $(APT_GET) install -y python3-venv && $(PYTHON) -m venv $(VENV); }
 
 PIP = $(PY) -m pip install -q --disable-pip-version-check
