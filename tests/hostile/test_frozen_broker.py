@@ -203,17 +203,24 @@ def test_a_watcher_orphaned_by_kill_9_exits_though_its_node_froze(
         proxy.freeze()
         mark = len(mw.lines)
         (inbox / "orphan.txt").write_bytes(b"never confirmed")
-        mw.wait_for_log(lambda line: line.get("instance_id") == "inbox"
-                        and "message_id" in line, after=mark, timeout=20)
-        os.kill(mw.pid, signal.SIGKILL)
-        began = time.monotonic()
-        wait_for(lambda: all(map(_exited, children)), timeout=STOP_TIMEOUT + MARGIN,
-                 message="the watcher is still running after the supervisor died")
-        took = time.monotonic() - began
+        took = _kill_supervisor_mid_publish(mw, children, mark)
         assert took <= STOP_TIMEOUT, f"the orphaned watcher took {took:.1f}s to exit"
         figure(f"supervisor kill -9 with the node frozen: watcher exited {took:.1f}s later")
     finally:
         mw.cleanup()
+
+
+def _kill_supervisor_mid_publish(mw: Multiwatch, children: list[psutil.Process],
+                                 mark: int) -> float:
+    """Once the watcher has published (its message id logged after `mark`), kill -9 the
+    supervisor; the seconds until every watcher child has exited by itself."""
+    mw.wait_for_log(lambda line: line.get("instance_id") == "inbox"
+                    and "message_id" in line, after=mark, timeout=20)
+    os.kill(mw.pid, signal.SIGKILL)
+    began = time.monotonic()
+    wait_for(lambda: all(map(_exited, children)), timeout=STOP_TIMEOUT + MARGIN,
+             message="the watcher is still running after the supervisor died")
+    return time.monotonic() - began
 
 
 def test_a_real_node_sigstopped_first_in_the_list_hands_over_to_the_next(
@@ -257,13 +264,7 @@ def test_a_watcher_orphaned_by_kill_9_exits_though_its_real_node_is_sigstopped(
         with broker_frozen(spare_node, spare_node.amqp_url):
             mark = len(mw.lines)
             (inbox / "orphan.txt").write_bytes(b"never confirmed")
-            mw.wait_for_log(lambda line: line.get("instance_id") == "inbox"
-                            and "message_id" in line, after=mark, timeout=20)
-            os.kill(mw.pid, signal.SIGKILL)
-            began = time.monotonic()
-            wait_for(lambda: all(map(_exited, children)), timeout=STOP_TIMEOUT + MARGIN,
-                     message="the watcher is still running after the supervisor died")
-            took = time.monotonic() - began
+            took = _kill_supervisor_mid_publish(mw, children, mark)
         figure(f"supervisor kill -9 with its real node SIGSTOPped: watcher exited {took:.1f}s "
                f"later (stop_timeout {STOP_TIMEOUT}s)")
     finally:
